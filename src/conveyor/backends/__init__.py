@@ -1,0 +1,43 @@
+"""Engines behind the seam in ``base.py``, chosen by one URL."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+from conveyor.backends.base import Backend
+from conveyor.core.errors import ConfigurationError
+
+DEFAULT_URL = "sqlite:///conveyor.db"
+
+
+def resolve_url(url: str | None = None) -> str:
+    """``url``, else ``CONVEYOR_URL``, else the embedded default."""
+    return url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL
+
+
+def create_backend(url: str) -> Backend:
+    """A not-yet-opened backend for ``url``; a ``ConfigurationError`` for an unknown scheme."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "sqlite":
+        from conveyor.backends.sqlite import SQLiteBackend
+
+        return SQLiteBackend(url)
+    if scheme in ("redis", "rediss"):
+        from conveyor.backends.redis import RedisBackend  # type: ignore[import-not-found,unused-ignore]
+
+        return RedisBackend(url)  # type: ignore[no-any-return,unused-ignore]
+    if scheme in ("postgresql", "postgres"):
+        from conveyor.backends.postgres import PostgresBackend  # type: ignore[import-not-found,unused-ignore]
+
+        return PostgresBackend(url)  # type: ignore[no-any-return,unused-ignore]
+    if scheme in ("amqp", "amqps"):
+        from conveyor.backends.amqp import AMQPBackend  # type: ignore[import-not-found,unused-ignore]
+
+        store = os.environ.get("CONVEYOR_STORE_URL")
+        if not store:
+            raise ConfigurationError("an amqp:// URL needs CONVEYOR_STORE_URL for job records "
+                                     "(sqlite, redis or postgresql)")
+        return AMQPBackend(url, create_backend(store))  # type: ignore[no-any-return,unused-ignore]
+    raise ConfigurationError(f"unsupported backend URL {url!r}: use sqlite://, redis://, "
+                             "postgresql:// or amqp://")

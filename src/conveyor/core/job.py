@@ -1,0 +1,129 @@
+"""The job: a frozen record of one submitted run of a task, and its statuses."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from conveyor.serialization import to_rfc3339
+
+
+class Status(enum.StrEnum):
+    """Where a job is in its life."""
+
+    WAITING = "waiting"  #: dependencies not done yet
+    SCHEDULED = "scheduled"  #: not before ``scheduled_at``
+    QUEUED = "queued"  #: ready for a worker
+    RUNNING = "running"  #: leased by a worker
+    RETRYING = "retrying"  #: an attempt failed; next attempt at ``scheduled_at``
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  #: retries exhausted, timed out, or delivered too often (dead letter)
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"  #: the queue's retention ran out before it ran
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
+#: Statuses a worker can claim from once ``scheduled_at`` has passed.
+READY = frozenset({Status.QUEUED, Status.SCHEDULED, Status.RETRYING})
+#: Statuses from which a job can be cancelled at once (no worker involved).
+PENDING = frozenset({Status.WAITING, Status.SCHEDULED, Status.QUEUED, Status.RETRYING})
+
+#: The transition table: every status change any engine may make.
+TRANSITIONS: Mapping[Status, frozenset[Status]] = {
+    Status.WAITING: frozenset({Status.QUEUED, Status.SCHEDULED, Status.CANCELLED, Status.EXPIRED}),
+    Status.SCHEDULED: frozenset({Status.QUEUED, Status.RUNNING, Status.CANCELLED, Status.EXPIRED,
+                                 Status.FAILED}),
+    Status.QUEUED: frozenset({Status.RUNNING, Status.CANCELLED, Status.EXPIRED, Status.FAILED}),
+    Status.RUNNING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.RETRYING, Status.QUEUED,
+                               Status.CANCELLED}),
+    Status.RETRYING: frozenset({Status.QUEUED, Status.RUNNING, Status.CANCELLED, Status.EXPIRED,
+                                Status.FAILED}),
+    Status.SUCCEEDED: frozenset(),
+    Status.FAILED: frozenset({Status.QUEUED}),  # redrive / retry
+    Status.CANCELLED: frozenset({Status.QUEUED}),  # retry
+    Status.EXPIRED: frozenset({Status.QUEUED}),  # retry
+}
+
+
+def can_transition(old: Status, new: Status) -> bool:
+    """True when the transition table allows ``old → new``."""
+    return new in TRANSITIONS[old]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One submitted run of a task. Times are epoch seconds (float); JSON uses RFC 3339."""
+
+    id: str  #: UUIDv7
+    task: str  #: registered task name
+    queue: str = "default"
+    status: Status = Status.QUEUED
+    args: tuple[Any, ...] | list[Any] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    priority: int = 0  #: 0–9, 9 runs first
+    progress: Mapping[str, Any] | None = None  #: ``{"fraction": 0.42, "message": "..."}``
+    result: Any = None
+    error: Mapping[str, Any] | None = None  #: ``{"type", "message", "traceback"}``
+    attempt: int = 1  #: 1 + the number of failed attempts
+    max_retries: int = 3
+    timeout: float | None = None  #: seconds per attempt
+    depends_on: tuple[str, ...] | list[str] = ()
+    idempotency_key: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    webhook: str | None = None
+    created_at: float = 0.0
+    scheduled_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float = 0.0
+    deliveries: int = 0  #: times leased to a worker, crashes included
+    cancel_requested: bool = False
+    revision: int = 1  #: bumped on every change; ETag and SSE event id
+    worker_id: str | None = None  #: holder of the current lease
+    lease_token: str | None = None
+    lease_expires_at: float | None = None
+
+    def replace(self, **changes: Any) -> Job:
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        """The public JSON resource of SPEC §3."""
+        return {
+            "id": self.id,
+            "task": self.task,
+            "queue": self.queue,
+            "status": str(self.status),
+            "args": list(self.args),
+            "kwargs": dict(self.kwargs),
+            "priority": self.priority,
+            "progress": dict(self.progress) if self.progress is not None else None,
+            "result": self.result,
+            "error": dict(self.error) if self.error is not None else None,
+            "attempt": self.attempt,
+            "max_retries": self.max_retries,
+            "timeout": self.timeout,
+            "depends_on": list(self.depends_on),
+            "idempotency_key": self.idempotency_key,
+            "metadata": dict(self.metadata),
+            "webhook": self.webhook,
+            "deliveries": self.deliveries,
+            "cancel_requested": self.cancel_requested,
+            "created_at": to_rfc3339(self.created_at),
+            "scheduled_at": to_rfc3339(self.scheduled_at),
+            "started_at": to_rfc3339(self.started_at),
+            "finished_at": to_rfc3339(self.finished_at),
+            "updated_at": to_rfc3339(self.updated_at),
+        }
+
+
+def error_info(exc: BaseException, traceback_text: str | None = None) -> dict[str, Any]:
+    """The ``error`` object of a job that raised ``exc``."""
+    return {"type": type(exc).__name__, "message": str(exc), "traceback": traceback_text}
