@@ -36,8 +36,8 @@ def create_backend(url: str) -> Backend:
 
         store = os.environ.get("CONVEYOR_STORE_URL")
         if not store:
-            raise ConfigurationError("an amqp:// URL needs CONVEYOR_STORE_URL for job records "
-                                     "(sqlite, redis or postgresql)")
+            raise ConfigurationError(
+                "an amqp:// URL needs CONVEYOR_STORE_URL for job records (sqlite, redis or postgresql)"
+            )
         return AMQPBackend(url, create_backend(store))  # type: ignore[no-any-return,unused-ignore]
-    raise ConfigurationError(f"unsupported backend URL {url!r}: use sqlite://, redis://, "
-                             "postgresql:// or amqp://")
+    raise ConfigurationError(f"unsupported backend URL {url!r}: use sqlite://, redis://, postgresql:// or amqp://")

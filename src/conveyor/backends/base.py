@@ -119,9 +119,14 @@ class WorkerInfo:
         from conveyor.serialization import to_rfc3339
 
         return {
-            "id": self.id, "host": self.host, "pid": self.pid, "queues": list(self.queues),
-            "concurrency": self.concurrency, "running": list(self.running),
-            "started_at": to_rfc3339(self.started_at), "last_heartbeat": to_rfc3339(self.last_heartbeat),
+            "id": self.id,
+            "host": self.host,
+            "pid": self.pid,
+            "queues": list(self.queues),
+            "concurrency": self.concurrency,
+            "running": list(self.running),
+            "started_at": to_rfc3339(self.started_at),
+            "last_heartbeat": to_rfc3339(self.last_heartbeat),
         }
 
 
@@ -207,8 +212,9 @@ class Backend(abc.ABC):
         """Cancel a pending job at once, or flag a running one; ``None`` if unknown."""
 
     @abc.abstractmethod
-    async def requeue(self, queue: str | None, ids: Sequence[str] | None, statuses: Sequence[Status],
-                      now: float) -> list[Job]:
+    async def requeue(
+        self, queue: str | None, ids: Sequence[str] | None, statuses: Sequence[Status], now: float
+    ) -> list[Job]:
         """Put jobs in ``statuses`` back to ``queued`` with attempts and deliveries reset."""
 
     @abc.abstractmethod

@@ -80,8 +80,9 @@ class RegistrationError(ConveyorError):
 class JobFailed(ConveyorError):
     """The job did not succeed."""
 
-    def __init__(self, message: str | None = None, error: dict[str, Any] | None = None,
-                 status: str | None = None) -> None:
+    def __init__(
+        self, message: str | None = None, error: dict[str, Any] | None = None, status: str | None = None
+    ) -> None:
         super().__init__(message)
         #: The job's ``error`` object (``type``, ``message``, ``traceback``), if any.
         self.error = error

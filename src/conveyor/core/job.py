@@ -38,13 +38,10 @@ PENDING = frozenset({Status.WAITING, Status.SCHEDULED, Status.QUEUED, Status.RET
 #: The transition table: every status change any engine may make.
 TRANSITIONS: Mapping[Status, frozenset[Status]] = {
     Status.WAITING: frozenset({Status.QUEUED, Status.SCHEDULED, Status.CANCELLED, Status.EXPIRED}),
-    Status.SCHEDULED: frozenset({Status.QUEUED, Status.RUNNING, Status.CANCELLED, Status.EXPIRED,
-                                 Status.FAILED}),
+    Status.SCHEDULED: frozenset({Status.QUEUED, Status.RUNNING, Status.CANCELLED, Status.EXPIRED, Status.FAILED}),
     Status.QUEUED: frozenset({Status.RUNNING, Status.CANCELLED, Status.EXPIRED, Status.FAILED}),
-    Status.RUNNING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.RETRYING, Status.QUEUED,
-                               Status.CANCELLED}),
-    Status.RETRYING: frozenset({Status.QUEUED, Status.RUNNING, Status.CANCELLED, Status.EXPIRED,
-                                Status.FAILED}),
+    Status.RUNNING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.RETRYING, Status.QUEUED, Status.CANCELLED}),
+    Status.RETRYING: frozenset({Status.QUEUED, Status.RUNNING, Status.CANCELLED, Status.EXPIRED, Status.FAILED}),
     Status.SUCCEEDED: frozenset(),
     Status.FAILED: frozenset({Status.QUEUED}),  # redrive / retry
     Status.CANCELLED: frozenset({Status.QUEUED}),  # retry

@@ -1,0 +1,93 @@
+-- Conveyor's SQLite schema, as an ordered list of migrations.
+--
+-- Each migration starts with a line `-- migration: N` (N = 1, 2, 3, ... in order). A file's
+-- `PRAGMA user_version` is the last migration applied; on open, the backend applies every
+-- later one inside one `BEGIN IMMEDIATE` transaction, so that many processes opening the same
+-- file at once migrate it exactly once. Never edit a released migration: append a new one.
+-- Statements are separated by a `;` at the end of a line.
+--
+-- Times are epoch seconds (REAL). JSON columns hold compact JSON text.
+
+-- migration: 1
+CREATE TABLE jobs (
+    id               TEXT PRIMARY KEY,      -- UUIDv7: sorts by creation
+    task             TEXT NOT NULL,
+    queue            TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    args             TEXT NOT NULL,         -- JSON array
+    kwargs           TEXT NOT NULL,         -- JSON object
+    priority         INTEGER NOT NULL,      -- 0..9, 9 first
+    progress         TEXT,                  -- JSON object or NULL
+    result           TEXT,                  -- JSON or NULL
+    error            TEXT,                  -- JSON object or NULL
+    attempt          INTEGER NOT NULL,
+    max_retries      INTEGER NOT NULL,
+    timeout          REAL,
+    depends_on       TEXT NOT NULL,         -- JSON array of parent ids, as submitted (see job_deps)
+    idempotency_key  TEXT,
+    metadata         TEXT NOT NULL,         -- JSON object
+    webhook          TEXT,
+    created_at       REAL NOT NULL,
+    scheduled_at     REAL,
+    started_at       REAL,
+    finished_at      REAL,
+    updated_at       REAL NOT NULL,
+    ready_at         REAL,                  -- when it became (or becomes) claimable: FIFO order, retention
+    deliveries       INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    revision         INTEGER NOT NULL DEFAULT 1,   -- bumped on every visible change (ETag, SSE id)
+    worker_id        TEXT,                  -- the lease: holder, fencing token, end
+    lease_token      TEXT,
+    lease_expires_at REAL,
+    webhook_state    TEXT,                  -- NULL, 'pending', 'delivered', 'gave_up' (the outbox)
+    webhook_attempts INTEGER NOT NULL DEFAULT 0,
+    webhook_next_at  REAL
+);
+
+-- claim: per queue, 9→0, then oldest ready first (an index scan with LIMIT)
+CREATE INDEX jobs_claim ON jobs (queue, priority DESC, ready_at, id)
+    WHERE status IN ('queued', 'scheduled', 'retrying');
+-- sweep (retention) and the next due time of delayed jobs
+CREATE INDEX jobs_ready_age ON jobs (queue, ready_at)
+    WHERE status IN ('queued', 'scheduled', 'retrying');
+-- sweep (expired leases)
+CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE status = 'running';
+-- sweep (result_ttl)
+CREATE INDEX jobs_finished ON jobs (queue, finished_at)
+    WHERE status IN ('succeeded', 'failed', 'cancelled', 'expired');
+-- the webhook outbox
+CREATE INDEX jobs_webhook_due ON jobs (webhook_next_at) WHERE webhook_state = 'pending';
+CREATE UNIQUE INDEX jobs_idempotency_key ON jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;
+-- listing (newest first) and counting per queue and status
+CREATE INDEX jobs_queue_status ON jobs (queue, status, id);
+CREATE INDEX jobs_status ON jobs (status, id);
+CREATE INDEX jobs_task ON jobs (task, id);
+
+-- the dependency graph: child runs after every parent succeeded
+CREATE TABLE job_deps (
+    child  TEXT NOT NULL,
+    parent TEXT NOT NULL,
+    PRIMARY KEY (child, parent)
+) WITHOUT ROWID;
+CREATE INDEX job_deps_parent ON job_deps (parent, child);
+
+CREATE TABLE queues (
+    name               TEXT PRIMARY KEY,
+    retention          REAL NOT NULL,
+    visibility_timeout REAL NOT NULL,
+    max_deliveries     INTEGER NOT NULL,
+    result_ttl         REAL NOT NULL,
+    paused             INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE workers (
+    id             TEXT PRIMARY KEY,
+    host           TEXT NOT NULL,
+    pid            INTEGER NOT NULL,
+    queues         TEXT NOT NULL,           -- JSON array
+    concurrency    INTEGER NOT NULL,
+    running        TEXT NOT NULL,           -- JSON array of job ids
+    started_at     REAL NOT NULL,
+    last_heartbeat REAL NOT NULL
+);
+CREATE INDEX workers_heartbeat ON workers (last_heartbeat);

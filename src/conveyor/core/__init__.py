@@ -1,0 +1,1 @@
+"""The rules of Conveyor: no engine and no web framework is imported here."""

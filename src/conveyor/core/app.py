@@ -1,0 +1,409 @@
+"""The application: a registry of tasks, queues and schedules, and the way in to enqueue."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+from conveyor.backends import create_backend, resolve_url
+from conveyor.core.errors import (
+    InvalidArguments,
+    RegistrationError,
+    UnknownTask,
+    ValidationError,
+)
+from conveyor.core.handle import JobHandle
+from conveyor.core.ids import is_uuid, uuid7
+from conveyor.core.job import Job, Status
+from conveyor.core.portal import Portal
+from conveyor.core.queues import QueueSettings
+from conveyor.core.task import Task, TaskOptions
+from conveyor.serialization import dumps, from_rfc3339
+
+if TYPE_CHECKING:
+    from conveyor.backends.base import Backend
+
+F = TypeVar("F", bound=Callable[..., Any])
+#: One job to enqueue: task, args, kwargs, options.
+Submission = tuple["Task | str", Sequence[Any], Mapping[str, Any], Mapping[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A periodic task: enqueued once per cron tick, however many schedulers run."""
+
+    task: str
+    cron: str
+    tz: str = "UTC"
+    kwargs: Mapping[str, Any] | None = None
+
+
+class Conveyor:
+    """Registry of tasks, queues and schedules; enqueues through the backend of ``url``."""
+
+    def __init__(self, url: str | None = None) -> None:
+        #: The backend URL (``CONVEYOR_URL``, else ``sqlite:///conveyor.db``).
+        self.url = resolve_url(url)
+        self.tasks: dict[str, Task] = {}
+        #: Declared queue settings (only the ones given), applied when a worker or server starts.
+        self.queue_declarations: dict[str, dict[str, Any]] = {}
+        self.schedules: list[Schedule] = []
+        self.portal = Portal()
+        self._backends: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Future[Backend]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    # -- registration ---------------------------------------------------------------------
+    def task(
+        self,
+        fn: F | None = None,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        max_retries: int = 3,
+        timeout: float | None = None,
+        backoff: float = 1.0,
+        backoff_cap: float = 3600.0,
+    ) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(queue="media", ...)``."""
+
+        def register(func: F) -> Task:
+            task_name = name or func.__name__
+            options = TaskOptions(
+                queue=queue,
+                priority=priority,
+                max_retries=max_retries,
+                timeout=timeout,
+                backoff_base=backoff,
+                backoff_cap=backoff_cap,
+            )
+            options.check(f"task {task_name!r}")
+            _check_queue_name(queue)
+            if task_name in self.tasks:
+                raise RegistrationError(f"a task named {task_name!r} is already registered")
+            task = Task(self, func, task_name, options)
+            self.tasks[task_name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    def queue(
+        self,
+        name: str,
+        *,
+        retention: float | None = None,
+        visibility_timeout: float | None = None,
+        max_deliveries: int | None = None,
+        result_ttl: float | None = None,
+    ) -> None:
+        """Declare a queue's settings (seconds); applied whenever a worker or server starts."""
+        _check_queue_name(name)
+        given = {
+            "retention": retention,
+            "visibility_timeout": visibility_timeout,
+            "max_deliveries": max_deliveries,
+            "result_ttl": result_ttl,
+        }
+        given = {k: v for k, v in given.items() if v is not None}
+        QueueSettings().replace(**given)  # validate now, at import time
+        self.queue_declarations[name] = given
+
+    def periodic(
+        self,
+        cron: str,
+        *,
+        tz: str = "UTC",
+        name: str | None = None,
+        queue: str = "default",
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Callable[[F], Task]:
+        """Register a function as a task enqueued once per tick of ``cron``."""
+        from conveyor.scheduler import check_cron
+
+        check_cron(cron, tz)
+
+        def register(func: F) -> Task:
+            task: Task = self.task(name=name, queue=queue, **options)(func)
+            if kwargs:
+                task.validate((), kwargs)
+            self.schedules.append(Schedule(task.name, cron, tz, dict(kwargs or {})))
+            return task
+
+        return register
+
+    def queue_names(self) -> list[str]:
+        """Every queue the app names: its tasks' and its declarations'."""
+        names = {t.options.queue for t in self.tasks.values()} | set(self.queue_declarations)
+        return sorted(names or {"default"})
+
+    def get_task(self, name: str) -> Task:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise UnknownTask(
+                f"unknown task {name!r}", [{"pointer": "#/task", "detail": f"no task named {name!r}"}]
+            ) from None
+
+    # -- backends -------------------------------------------------------------------------
+    async def backend(self) -> Backend:
+        """The opened backend of the running event loop (one per loop, opened on first use)."""
+        loop = asyncio.get_running_loop()
+        future = self._backends.get(loop)
+        if future is None:
+            future = loop.create_future()
+            self._backends[loop] = future
+            try:
+                backend = create_backend(self.url)
+                await backend.open()
+            except BaseException as exc:
+                del self._backends[loop]
+                future.set_exception(exc)
+                future.exception()  # mark retrieved
+                raise
+            future.set_result(backend)
+        return await asyncio.shield(future)
+
+    def bind(self, backend: Backend) -> None:
+        """Use an already opened ``backend`` for the running loop (workers and servers own theirs)."""
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(backend)
+        self._backends[asyncio.get_running_loop()] = future
+
+    async def apply_queue_settings(self, backend: Backend) -> None:
+        """Store the declared settings over what the backend holds (``paused`` is left alone)."""
+        for name, given in self.queue_declarations.items():
+            current = await backend.queue_settings(name)
+            await backend.save_queue_settings(name, current.replace(**given))
+
+    # -- enqueue --------------------------------------------------------------------------
+    def enqueue(
+        self, task: Task | str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> JobHandle:
+        """Submit one job (sync)."""
+        return self.portal.call(self.enqueue_async(task, args, kwargs, **options))
+
+    async def enqueue_async(
+        self, task: Task | str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> JobHandle:
+        """Submit one job."""
+        return (await self.enqueue_many_async([(task, args, kwargs or {}, options)]))[0]
+
+    def enqueue_many(self, submissions: Sequence[Submission]) -> list[JobHandle]:
+        """Submit many jobs in one round trip (sync)."""
+        return self.portal.call(self.enqueue_many_async(submissions))
+
+    async def enqueue_many_async(self, submissions: Sequence[Submission]) -> list[JobHandle]:
+        """Submit many jobs atomically in one round trip."""
+        now = time.time()
+        jobs = [self.build_job(task, args, kwargs, now=now, **options) for task, args, kwargs, options in submissions]
+        ordered = order_by_dependencies(jobs)
+        stored = await (await self.backend()).enqueue(ordered)
+        # keyed by the id built here: an idempotent replay returns the stored job, with its own id
+        results = dict(zip([j.id for j in ordered], stored, strict=True))
+        return [JobHandle(self, *results[j.id]) for j in jobs]
+
+    def build_job(
+        self,
+        task: Task | str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        now: float,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay: float | None = None,
+        eta: datetime | float | str | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        depends_on: Sequence[Any] | None = None,
+        key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        webhook: str | None = None,
+    ) -> Job:
+        """Validate a submission into a new ``Job``; ``ValidationError`` names what is wrong."""
+        if isinstance(task, str):
+            task = self.get_task(task)
+        if not isinstance(args, list | tuple):
+            raise InvalidArguments("args must be a list", [{"pointer": "#/args", "detail": "must be a list"}])
+        if not isinstance(kwargs, Mapping):
+            raise InvalidArguments("kwargs must be an object", [{"pointer": "#/kwargs", "detail": "must be an object"}])
+        task.validate(args, kwargs)
+        o = task.options
+        scheduled_at = _when(delay, eta, now)
+        job = Job(
+            id=uuid7(),
+            task=task.name,
+            queue=_check_queue_name(queue if queue is not None else o.queue),
+            status=Status.SCHEDULED if scheduled_at is not None and scheduled_at > now else Status.QUEUED,
+            args=list(args),
+            kwargs=dict(kwargs),
+            priority=_check_int("priority", o.priority if priority is None else priority, 0, 9),
+            max_retries=_check_int("max_retries", o.max_retries if max_retries is None else max_retries, 0, 1000),
+            timeout=_check_timeout(o.timeout if timeout is None else timeout),
+            depends_on=_dependency_ids(depends_on),
+            idempotency_key=_check_key(key),
+            metadata=_check_metadata(metadata),
+            webhook=_check_webhook(webhook),
+            created_at=now,
+            scheduled_at=scheduled_at,
+            updated_at=now,
+        )
+        return job
+
+    # -- reads and admin ------------------------------------------------------------------
+    def get_job(self, job_id: str) -> JobHandle | None:
+        """A handle on the job, or None when no job has this id."""
+        return self.portal.call(self.get_job_async(job_id))
+
+    async def get_job_async(self, job_id: str) -> JobHandle | None:
+        if not is_uuid(job_id):
+            return None
+        jobs = await (await self.backend()).get_jobs([job_id])
+        return JobHandle(self, jobs[0], created=False) if jobs else None
+
+    async def cancel_async(self, job_id: str) -> Job | None:
+        return await (await self.backend()).cancel(job_id, time.time())
+
+
+def order_by_dependencies(jobs: Sequence[Job]) -> list[Job]:
+    """Parents before children within one batch; a cycle is refused."""
+    by_id = {j.id: j for j in jobs}
+    done: set[str] = set()
+    visiting: set[str] = set()
+    out: list[Job] = []
+
+    def visit(job: Job) -> None:
+        if job.id in done:
+            return
+        if job.id in visiting:
+            raise ValidationError(
+                "depends_on forms a cycle", [{"pointer": "#/depends_on", "detail": f"cycle through job {job.id}"}]
+            )
+        visiting.add(job.id)
+        for parent in job.depends_on:
+            if parent in by_id:
+                visit(by_id[parent])
+        visiting.discard(job.id)
+        done.add(job.id)
+        out.append(job)
+
+    for job in jobs:
+        visit(job)
+    return out
+
+
+def _when(delay: float | None, eta: datetime | float | str | None, now: float) -> float | None:
+    if delay is not None and eta is not None:
+        raise _invalid("#/eta", "give delay or eta, not both", "delay and eta both given")
+    if delay is not None:
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= 14 * 86400:
+            raise _invalid(
+                "#/delay",
+                "delay must be a number of seconds from 0 to 1209600 (14 days)",
+                "must be 0 to 1209600 seconds",
+            )
+        return now + delay if delay > 0 else None
+    if eta is None:
+        return None
+    try:
+        if isinstance(eta, datetime):
+            when = eta.timestamp() if eta.tzinfo else from_rfc3339(eta.isoformat())
+        elif isinstance(eta, str):
+            when = from_rfc3339(eta)
+        elif isinstance(eta, int | float) and not isinstance(eta, bool):
+            when = float(eta)
+        else:
+            raise TypeError
+    except (TypeError, ValueError, OverflowError):
+        raise _invalid("#/eta", "eta must be an RFC 3339 time", "not an RFC 3339 time") from None
+    return when if when > now else None
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _invalid(
+            f"#/{name}", f"{name} must be an integer from {low} to {high}", f"must be an integer from {low} to {high}"
+        )
+    return value
+
+
+def _check_timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 7 * 86400:
+        raise _invalid(
+            "#/timeout",
+            "timeout must be a positive number of seconds (at most 7 days)",
+            "must be > 0 and ≤ 604800 seconds",
+        )
+    return float(value)
+
+
+def _check_queue_name(name: Any) -> str:
+    if not isinstance(name, str) or not 0 < len(name) <= 100 or not all(c.isalnum() or c in "-_.:" for c in name):
+        raise _invalid("#/queue", "queue names are 1–100 letters, digits, '-', '_', '.' or ':'", "invalid queue name")
+    return name
+
+
+def _check_key(key: Any) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str) or not 0 < len(key) <= 255 or not key.isprintable():
+        raise _invalid("#/key", "an idempotency key is 1–255 printable characters", "1–255 printable characters")
+    return key
+
+
+def _check_metadata(metadata: Any) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    try:
+        if not isinstance(metadata, Mapping) or len(dumps(metadata)) > 64 * 1024:
+            raise TypeError
+    except (TypeError, ValueError):
+        raise _invalid(
+            "#/metadata", "metadata must be a JSON object of at most 64 KiB", "must be a JSON object ≤ 64 KiB"
+        ) from None
+    return dict(metadata)
+
+
+def _check_webhook(url: Any) -> str | None:
+    if url is None:
+        return None
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 2048:
+        raise _invalid("#/webhook", "webhook must be an http(s) URL", "not an http(s) URL")
+    allowed = [h.strip().lower() for h in os.environ.get("CONVEYOR_WEBHOOK_ALLOWED_HOSTS", "").split(",") if h.strip()]
+    if allowed and parts.hostname.lower() not in allowed:
+        raise _invalid(
+            "#/webhook", f"webhook host {parts.hostname!r} is not in CONVEYOR_WEBHOOK_ALLOWED_HOSTS", "host not allowed"
+        )
+    return url
+
+
+def _dependency_ids(depends_on: Sequence[Any] | None) -> list[str]:
+    if depends_on is None:
+        return []
+    if isinstance(depends_on, str) or not isinstance(depends_on, Sequence):
+        raise _invalid("#/depends_on", "depends_on must be a list of job ids", "must be a list of job ids")
+    ids: list[str] = []
+    for i, item in enumerate(depends_on):
+        value = getattr(item, "id", item)
+        if not isinstance(value, str) or not is_uuid(value):
+            raise _invalid(f"#/depends_on/{i}", f"depends_on[{i}] is not a job id", "not a job id")
+        if value not in ids:
+            ids.append(value)
+    return ids
+
+
+def _invalid(pointer: str, message: str, detail: str) -> ValidationError:
+    """A ``ValidationError`` pointing into the submission (JSON Pointer, as RFC 9457 shows)."""
+    return ValidationError(message, [{"pointer": pointer, "detail": detail}])

@@ -1,0 +1,53 @@
+"""The Context: what a running task knows about its job and how it talks back."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from conveyor.core.errors import ValidationError
+from conveyor.core.job import Job
+
+
+class JobCancelled(Exception):
+    """The job was cancelled while it ran."""
+
+
+class Context:
+    """First parameter of every task."""
+
+    def __init__(
+        self,
+        job: Job,
+        report_progress: Callable[[dict[str, Any]], None] | None = None,
+        parent_results: Mapping[str, Any] | None = None,
+    ) -> None:
+        #: The job being run (as it was when the attempt started).
+        self.job = job
+        #: Results of the ``depends_on`` parents, keyed by job id.
+        self.parent_results: Mapping[str, Any] = parent_results or {}
+        self._report = report_progress
+        self._cancel = threading.Event()
+
+    @property
+    def cancelled(self) -> bool:
+        """True once a cancel of this job was requested (or the worker abandoned it)."""
+        return self._cancel.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        """Raise ``JobCancelled`` if a cancel was requested: call it between steps of long work."""
+        if self._cancel.is_set():
+            raise JobCancelled(f"job {self.job.id} was cancelled")
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report progress: ``fraction`` in [0, 1] and an optional message."""
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction <= 1:
+            raise ValidationError(f"progress fraction must be a number in [0, 1], got {fraction!r}")
+        if self._report is not None:
+            value: dict[str, Any] = {"fraction": float(fraction), "message": message}
+            self._report(value)
+
+    def request_cancel(self) -> None:
+        """Used by the worker: mark the job as cancelled for the task to notice."""
+        self._cancel.set()

@@ -1,0 +1,213 @@
+"""Tasks: a registered function, its options, and validation of its arguments."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, get_type_hints
+
+import pydantic
+
+from conveyor.core.errors import InvalidArguments, RegistrationError
+
+if TYPE_CHECKING:
+    from conveyor.core.app import Conveyor
+    from conveyor.core.handle import JobHandle
+
+#: Keyword-only options of ``enqueue``; a task may not declare a parameter with these names.
+RESERVED = frozenset(
+    {"queue", "priority", "delay", "eta", "max_retries", "timeout", "depends_on", "key", "metadata", "webhook"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """Defaults of a task's jobs; each can be overridden per job at enqueue."""
+
+    queue: str = "default"
+    priority: int = 0  #: 0–9, 9 first
+    max_retries: int = 3
+    timeout: float | None = None  #: seconds per attempt; None: no limit
+    backoff_base: float = 1.0  #: seconds; retries wait U(0, min(cap, base·2^(attempt-1)))
+    backoff_cap: float = 3600.0
+
+    def check(self, where: str) -> None:
+        if not isinstance(self.priority, int) or not 0 <= self.priority <= 9:
+            raise RegistrationError(f"{where}: priority must be an integer from 0 to 9")
+        if not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise RegistrationError(f"{where}: max_retries must be an integer ≥ 0")
+        if self.timeout is not None and not self.timeout > 0:
+            raise RegistrationError(f"{where}: timeout must be a positive number of seconds")
+
+
+class Task:
+    """A function registered under a name. Call ``enqueue`` to run it in the background."""
+
+    def __init__(self, app: Conveyor, fn: Callable[..., Any], name: str, options: TaskOptions) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.options = options
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self._signature, self._model = _parameter_model(fn, name)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    # -- arguments ------------------------------------------------------------------------
+    def validate(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Raise ``InvalidArguments`` naming each argument that does not fit the signature."""
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArguments(f"{self.name}: {exc}", _binding_errors(self._signature, args, kwargs)) from None
+        where = {name: f"#/args/{i}" for i, name in enumerate(list(bound.arguments)[: len(args)])}
+        errors = []
+        values: dict[str, Any] = {}
+        for name, value in bound.arguments.items():
+            pointer = where.get(name, f"#/kwargs/{name}")
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError):
+                errors.append(
+                    {
+                        "pointer": pointer,
+                        "detail": f"{name}: {type(value).__name__} is not JSON (Conveyor accepts only JSON arguments)",
+                    }
+                )
+                continue
+            values[name] = value
+        if not errors:
+            errors = self._type_errors(values, where)
+        if errors:
+            raise InvalidArguments(f"{self.name}: " + "; ".join(e["detail"] for e in errors), errors)
+
+    def _type_errors(self, values: dict[str, Any], where: dict[str, str]) -> list[dict[str, str]]:
+        try:
+            self._model.model_validate_json(json.dumps(values), strict=True)
+        except pydantic.ValidationError as exc:
+            out = []
+            for err in exc.errors():
+                name = str(err["loc"][0]) if err["loc"] else ""
+                rest = "".join(f"/{part}" for part in err["loc"][1:])
+                out.append({"pointer": where.get(name, f"#/kwargs/{name}") + rest, "detail": f"{name}: {err['msg']}"})
+            return out
+        return []
+
+    def prepare(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        """Turn stored JSON arguments into the typed values the function declares (models, enums…)."""
+        bound = self._signature.bind(*args, **kwargs)
+        model = self._model.model_validate_json(json.dumps(dict(bound.arguments)))
+        for name in bound.arguments:
+            param = self._signature.parameters[name]
+            if param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                bound.arguments[name] = getattr(model, name)
+        return list(bound.args), dict(bound.kwargs)
+
+    def json_schema(self) -> dict[str, Any]:
+        """A JSON Schema of the task's parameters (an object keyed by parameter name)."""
+        return self._model.model_json_schema()
+
+    def describe(self) -> dict[str, Any]:
+        """The task as ``GET /v1/tasks`` lists it."""
+        o = self.options
+        return {
+            "name": self.name,
+            "queue": o.queue,
+            "priority": o.priority,
+            "max_retries": o.max_retries,
+            "timeout": o.timeout,
+            "async": self.is_async,
+            "doc": inspect.getdoc(self.fn),
+            "parameters": self.json_schema(),
+        }
+
+    # -- enqueue --------------------------------------------------------------------------
+    def enqueue(self, *args: Any, **kwargs: Any) -> JobHandle:
+        """Submit one job; returns at once. Reserved keywords (queue, priority, delay, …) are options."""
+        options = {k: kwargs.pop(k) for k in list(kwargs) if k in RESERVED}
+        return self.app.enqueue(self, args, kwargs, **options)
+
+    async def enqueue_async(self, *args: Any, **kwargs: Any) -> JobHandle:
+        """``enqueue`` for async callers."""
+        options = {k: kwargs.pop(k) for k in list(kwargs) if k in RESERVED}
+        return await self.app.enqueue_async(self, args, kwargs, **options)
+
+    def enqueue_many(self, items: Sequence[Mapping[str, Any] | Sequence[Any]], **options: Any) -> list[JobHandle]:
+        """Submit many jobs in one round trip: each item is a kwargs mapping or an args sequence."""
+        return self.app.enqueue_many([(self, *_split(item), options) for item in items])
+
+
+def _split(item: Mapping[str, Any] | Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(item, Mapping):
+        return (), dict(item)
+    if isinstance(item, list | tuple):
+        return tuple(item), {}
+    raise InvalidArguments("enqueue_many items must be mappings (kwargs) or sequences (args)")
+
+
+def _parameter_model(fn: Callable[..., Any], name: str) -> tuple[inspect.Signature, type[pydantic.BaseModel]]:
+    """The signature without ``ctx`` and a pydantic model of its parameters."""
+    signature = inspect.signature(fn)
+    params = list(signature.parameters.values())
+    if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+        raise RegistrationError(f"task {name!r}: the first parameter must be the Context (ctx)")
+    params = params[1:]
+    clash = sorted(p.name for p in params if p.name in RESERVED)
+    if clash:
+        raise RegistrationError(
+            f"task {name!r}: parameter name(s) {', '.join(clash)} are reserved for "
+            f"enqueue options ({', '.join(sorted(RESERVED))})"
+        )
+    try:
+        hints = get_type_hints(fn)
+    except Exception as exc:
+        raise RegistrationError(f"task {name!r}: cannot resolve type hints: {exc}") from None
+    fields: dict[str, Any] = {}
+    for p in params:
+        hint = hints.get(p.name, Any)
+        if p.kind is p.VAR_POSITIONAL:
+            fields[p.name] = (list[hint], [])  # type: ignore[valid-type]
+        elif p.kind is p.VAR_KEYWORD:
+            fields[p.name] = (dict[str, hint], {})  # type: ignore[valid-type]
+        else:
+            fields[p.name] = (hint, ... if p.default is p.empty else p.default)
+    try:
+        model = pydantic.create_model(f"{name}.parameters", **fields)
+    except Exception as exc:
+        raise RegistrationError(f"task {name!r}: unsupported parameter types: {exc}") from None
+    return signature.replace(parameters=params), model
+
+
+def _binding_errors(
+    signature: inspect.Signature, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> list[dict[str, str]]:
+    """Point at the arguments that cannot be bound at all: missing, unexpected, too many."""
+    params = signature.parameters
+    positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    has_var_args = any(p.kind is p.VAR_POSITIONAL for p in params.values())
+    has_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    errors = []
+    if not has_var_args:
+        errors += [
+            {"pointer": f"#/args/{i}", "detail": f"unexpected positional argument #{i}"}
+            for i in range(len(positional), len(args))
+        ]
+    given = {p.name for p in positional[: len(args)]} | set(kwargs)
+    if not has_var_kw:
+        errors += [
+            {"pointer": f"#/kwargs/{k}", "detail": f"unexpected argument {k!r}"} for k in kwargs if k not in params
+        ]
+    errors += [
+        {"pointer": f"#/kwargs/{k}", "detail": f"{k}: got multiple values"}
+        for k in kwargs
+        if k in {p.name for p in positional[: len(args)]}
+    ]
+    errors += [
+        {"pointer": f"#/kwargs/{p.name}", "detail": f"missing required argument {p.name!r}"}
+        for p in params.values()
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in given
+    ]
+    return errors or [{"pointer": "#/args", "detail": "arguments do not match the signature"}]

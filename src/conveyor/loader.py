@@ -1,0 +1,30 @@
+"""Find the user's app from ``module:attribute`` (``--app`` or ``CONVEYOR_APP``)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from conveyor.core.app import Conveyor
+from conveyor.core.errors import ConfigurationError
+
+
+def load_app(spec: str | None) -> Conveyor:
+    """Import ``module:attribute`` and return the ``Conveyor`` it names."""
+    spec = spec or os.environ.get("CONVEYOR_APP")
+    if not spec:
+        raise ConfigurationError("no app given: pass --app module:attribute or set CONVEYOR_APP")
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(f"--app must look like 'module:attribute', got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: the app may live in the working directory
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from None
+    app = getattr(module, attribute, None)
+    if not isinstance(app, Conveyor):
+        raise ConfigurationError(f"{spec!r} is not a Conveyor app (got {type(app).__name__})")
+    return app
