@@ -1,0 +1,527 @@
+"""The Redis engine: job records in hashes, sorted sets as indexes, every state change in Lua.
+
+URL: ``redis://[user:password@]host:6379/0?prefix=conveyor`` (``rediss://`` for TLS). ``prefix``
+(default ``conveyor``) namespaces the keys of one app; other query parameters go to redis-py.
+
+Key layout (P = prefix, Q = queue name). Keys of one queue share the hash tag ``{P:Q}`` and
+app-wide keys share ``{P}``:
+
+==========================  ======  ==========================================================
+``{P:Q}:j:<id>``            hash    the job record: plain fields, JSON for args, kwargs,
+                                    progress, result, error, metadata, depends_on; internal
+                                    ``_ra`` (when it last became ready), ``_ord`` (ready order,
+                                    ms), ``_np`` (parents not yet succeeded)
+``{P:Q}:ready``             zset    queued jobs, score ``(9 - priority) * 1e13 + _ord``, so
+                                    ZRANGE 0 n is 9→0 priority, then oldest first
+``{P:Q}:sched``             zset    scheduled and retrying jobs by ``scheduled_at`` (ms)
+``{P:Q}:lease``             zset    running jobs by ``lease_expires_at`` (ms)
+``{P:Q}:done``              zset    terminal jobs by ``finished_at`` (ms), for ``result_ttl``
+``{P:Q}:i``                 zset    every job of the queue (score 0, lex order = UUIDv7 order)
+``{P:Q}:s:<status>``        zset    the queue's jobs in one status (lex index; ZCARD = count)
+``{P:Q}:c:<id>``            set     waiting children of job ``<id>``
+``{P:Q}:cfg``               hash    queue settings
+``{P:Q}:wake``              list    wake-up tokens; idle workers BLPOP on them
+``{P}:jq``                  hash    job id → queue (the directory every by-id script reads)
+``{P}:queues``              set     known queue names
+``{P}:i``, ``{P}:s:<st>``,  zset    lex indexes of every job, per status, per task (listing)
+``{P}:t:<task>``
+``{P}:idem``                hash    idempotency key → job id (deleted with the job)
+``{P}:wh`` / ``{P}:wha``    zset /  webhook outbox by next attempt (ms) / attempts made
+                            hash
+``{P}:workers``/``wseen``   hash /  worker id → JSON / worker id by last heartbeat
+                            zset
+==========================  ======  ==========================================================
+
+Every state change is one Lua script (``lua/*.lua``, with ``lua/_common.lua`` prepended), loaded
+once per connection lifetime and called by EVALSHA (a NOSCRIPT reply, e.g. after a server
+restart, reloads it). Scripts build their keys from the prefix, so they need every key they
+touch on one node: on Redis Cluster, per-queue work stays inside the queue's slot, but the
+by-id directory, listing indexes and cross-queue dependencies live under ``{P}``; run
+Conveyor on a single primary (with replicas/Sentinel) or a cluster holding those slots together.
+
+Claim of N jobs, finish of N outcomes and heartbeat of N leases are one round trip each.
+``wait_for_work`` BLPOPs the queues' wake lists on a separate connection pool, so a blocked
+waiter never holds a connection the other calls need.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import secrets
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from conveyor.backends.base import (
+    Backend,
+    HeartbeatReply,
+    JobQuery,
+    Lease,
+    Outcome,
+    Page,
+    QueueInfo,
+    SweepReport,
+    WorkerInfo,
+)
+from conveyor.core.errors import BackendUnavailable, ConfigurationError, ValidationError
+from conveyor.core.job import Job, Status
+from conveyor.core.queues import QueueSettings
+from conveyor.serialization import dumps, loads
+
+SCRIPTS = ("enqueue", "claim", "heartbeat", "finish", "progress", "cancel", "requeue", "purge", "sweep",
+           "get", "list", "webhooks")
+_OUTCOMES = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.RETRYING, Status.QUEUED})
+_BATCH = 500  #: jobs per script call for admin operations (requeue, purge)
+_LIST_BUDGET = 5000  #: index entries one list page examines at most
+
+
+def _f(x: float) -> str:
+    return repr(float(x))
+
+
+def _opt_float(v: str | None) -> float | None:
+    return float(v) if v not in (None, "") else None
+
+
+def job_from_hash(h: Mapping[str, str]) -> Job:
+    """A ``Job`` from a stored record."""
+    g = h.get
+    return Job(
+        id=h["id"], task=h["task"], queue=h["queue"], status=Status(h["status"]),
+        args=loads(h.get("args", "[]")), kwargs=loads(h.get("kwargs", "{}")),
+        priority=int(h.get("priority", 0)), progress=loads(g("progress")), result=loads(g("result")),
+        error=loads(g("error")), attempt=int(h.get("attempt", 1)), max_retries=int(h.get("max_retries", 3)),
+        timeout=_opt_float(g("timeout")), depends_on=loads(h.get("depends_on", "[]")),
+        idempotency_key=g("idempotency_key"), metadata=loads(h.get("metadata", "{}")), webhook=g("webhook"),
+        created_at=float(h.get("created_at", 0.0)), scheduled_at=_opt_float(g("scheduled_at")),
+        started_at=_opt_float(g("started_at")), finished_at=_opt_float(g("finished_at")),
+        updated_at=float(h.get("updated_at", 0.0)), deliveries=int(h.get("deliveries", 0)),
+        cancel_requested=g("cancel_requested") == "1", revision=int(h.get("revision", 1)),
+        worker_id=g("worker_id"), lease_token=g("lease_token"),
+        lease_expires_at=_opt_float(g("lease_expires_at")),
+    )
+
+
+def _hash(flat: Sequence[str]) -> dict[str, str]:
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
+def _record_fields(job: Job, created: float) -> list[str]:
+    """The stored fields of a new job (status and revision are set by the script)."""
+    try:
+        out = ["id", job.id, "task", job.task, "queue", job.queue,
+               "args", dumps(list(job.args)), "kwargs", dumps(dict(job.kwargs)),
+               "priority", str(int(job.priority)), "attempt", str(job.attempt),
+               "max_retries", str(job.max_retries), "depends_on", dumps(list(job.depends_on)),
+               "metadata", dumps(dict(job.metadata)), "created_at", _f(created),
+               "updated_at", _f(job.updated_at or created), "deliveries", str(job.deliveries),
+               "cancel_requested", "1" if job.cancel_requested else "0"]
+        for name in ("progress", "result", "error"):
+            value = getattr(job, name)
+            if value is not None:
+                out += [name, dumps(value)]
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"job {job.id}: arguments are not JSON: {exc}",
+                              [{"pointer": "#/args", "detail": f"not JSON: {exc}"}]) from exc
+    for name in ("timeout", "scheduled_at", "started_at", "finished_at", "lease_expires_at"):
+        value = getattr(job, name)
+        if value is not None:
+            out += [name, _f(value)]
+    for name in ("idempotency_key", "webhook", "worker_id", "lease_token"):
+        value = getattr(job, name)
+        if value is not None:
+            out += [name, value]
+    return out
+
+
+def _encode_cursor(last_id: str) -> str:
+    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        text = ""
+    if not text or len(text) > 200:
+        raise ValidationError("invalid cursor", [{"pointer": "#/cursor", "detail": "not a cursor from this API"}])
+    return text
+
+
+class RedisBackend(Backend):
+    """Conveyor's Redis engine (see the module docstring for the key layout)."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        prefix = "conveyor"
+        rest: list[tuple[str, str]] = []
+        for key, value in query:
+            if key == "prefix":
+                prefix = value
+            else:
+                rest.append((key, value))
+        if not prefix or any(c in prefix for c in "{}*?[]\\ "):
+            raise ConfigurationError(f"invalid redis key prefix {prefix!r}: use letters, digits, '_', '-', '.', ':'")
+        self.url = url
+        self.prefix = prefix
+        self._redis_url = urlunsplit(parts._replace(query=urlencode(rest)))
+        self._where = f"redis at {parts.hostname or 'localhost'}:{parts.port or 6379}"
+        self._r: aioredis.Redis | None = None
+        self._block: aioredis.Redis | None = None
+        self._src: dict[str, str] = {}
+        self._sha: dict[str, str] = {}
+
+    # -- plumbing -----------------------------------------------------------------------
+    def _client(self, blocking: bool) -> aioredis.Redis:
+        retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
+        return aioredis.Redis.from_url(
+            self._redis_url, decode_responses=True, retry=retry,
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            socket_connect_timeout=5.0, socket_timeout=None if blocking else 10.0,
+            health_check_interval=0 if blocking else 30, socket_keepalive=True,
+        )
+
+    @property
+    def r(self) -> aioredis.Redis:
+        if self._r is None:
+            raise BackendUnavailable("the redis backend is not open")
+        return self._r
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError) as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise BackendUnavailable(f"{self._where} is unreachable: {detail}") from exc
+
+    def _gk(self, name: str) -> str:
+        return f"{{{self.prefix}}}:{name}"
+
+    def _qk(self, queue: str, name: str) -> str:
+        return f"{{{self.prefix}:{queue}}}:{name}"
+
+    def _load_sources(self) -> None:
+        if self._src:
+            return
+        d = QueueSettings()
+        prelude = (f"local DEF_RETENTION = {d.retention!r}\nlocal DEF_VT = {d.visibility_timeout!r}\n"
+                   f"local DEF_MD = {d.max_deliveries!r}\nlocal DEF_TTL = {d.result_ttl!r}\n")
+        pkg = resources.files("conveyor.backends.redis") / "lua"
+        common = (pkg / "_common.lua").read_text("utf-8")
+        for name in SCRIPTS:
+            self._src[name] = prelude + common + "\n" + (pkg / f"{name}.lua").read_text("utf-8")
+
+    async def _load_scripts(self) -> None:
+        for name, src in self._src.items():
+            self._sha[name] = await self.r.script_load(src)
+
+    async def _run(self, name: str, *args: Any) -> Any:
+        """EVALSHA a script with ARGV = prefix, *args (reloading it after NOSCRIPT)."""
+        with self._guard():
+            try:
+                return await self.r.evalsha(self._sha[name], 0, self.prefix, *args)
+            except NoScriptError:
+                await self._load_scripts()
+                return await self.r.evalsha(self._sha[name], 0, self.prefix, *args)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._r is not None:
+            return
+        self._load_sources()
+        self._r = self._client(blocking=False)
+        self._block = self._client(blocking=True)
+        try:
+            with self._guard():
+                await self.r.ping()
+                await self._load_scripts()
+        except BackendUnavailable:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        for client in (self._r, self._block):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+        self._r = self._block = None
+
+    async def ping(self) -> None:
+        with self._guard():
+            await self.r.ping()
+
+    async def drop(self) -> None:
+        """Delete every key under this backend's prefix (tests and ``reset`` tooling)."""
+        with self._guard():
+            for pattern in (f"{{{self.prefix}}}:*", f"{{{self.prefix}:*}}:*"):
+                batch: list[str] = []
+                async for key in self.r.scan_iter(match=pattern, count=1000):
+                    batch.append(key)
+                    if len(batch) >= 500:
+                        await self.r.unlink(*batch)
+                        batch = []
+                if batch:
+                    await self.r.unlink(*batch)
+
+    # -- submit -------------------------------------------------------------------------
+    async def enqueue(self, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
+        if not jobs:
+            return []
+        now = time.time()
+        args: list[str] = [_f(now), str(len(jobs))]
+        for job in jobs:
+            created = job.created_at or now
+            scheduled = job.scheduled_at is not None and (job.status == Status.SCHEDULED or
+                                                           job.scheduled_at > created)
+            fields = _record_fields(job, created)
+            args += [job.id, job.queue, job.task, str(int(job.priority)), "1" if scheduled else "0",
+                     job.idempotency_key or "", dumps(list(job.depends_on)), str(len(fields) // 2), *fields]
+        reply = await self._run("enqueue", *args)
+        if reply[0] == "unknown_parent":
+            _, _j, i, parent = reply
+            raise ValidationError(f"depends_on[{i}]: no job has the id {parent}",
+                                  [{"pointer": f"#/depends_on/{i}", "detail": f"unknown job {parent}"}])
+        out: list[tuple[Job, bool]] = []
+        for job, item in zip(jobs, reply[1], strict=True):
+            if int(item[0]) == 0:
+                out.append((job_from_hash(_hash(item[1])), False))
+                continue
+            status = Status(item[1])
+            created = job.created_at or now
+            changes: dict[str, Any] = {"status": status, "revision": 1, "created_at": created,
+                                       "updated_at": job.updated_at or created}
+            if status == Status.CANCELLED:
+                changes.update(error=loads(item[2]), finished_at=now, updated_at=now)
+            out.append((job.replace(**changes), True))
+        return out
+
+    # -- leasing ------------------------------------------------------------------------
+    async def claim(self, queues: Sequence[str], limit: int, worker_id: str, now: float) -> list[Lease]:
+        if limit <= 0 or not queues:
+            return []
+        reply = await self._run("claim", _f(now), str(limit), worker_id, secrets.token_hex(8), *queues)
+        leases = []
+        for flat in reply:
+            job = job_from_hash(_hash(flat))
+            leases.append(Lease(job, job.lease_token or ""))
+        return leases
+
+    async def heartbeat(self, worker: WorkerInfo, leases: Mapping[str, str], now: float) -> HeartbeatReply:
+        info = {"id": worker.id, "host": worker.host, "pid": worker.pid, "queues": list(worker.queues),
+                "concurrency": worker.concurrency, "running": list(worker.running),
+                "started_at": worker.started_at or now, "last_heartbeat": now}
+        args: list[str] = [_f(now), worker.id, dumps(info)]
+        for job_id, token in leases.items():
+            args += [job_id, token]
+        lost, cancel = await self._run("heartbeat", *args)
+        return HeartbeatReply(lost=frozenset(lost), cancel_requested=frozenset(cancel))
+
+    async def finish(self, outcomes: Sequence[Outcome], now: float) -> list[bool]:
+        if not outcomes:
+            return []
+        args: list[str] = [_f(now)]
+        for o in outcomes:
+            if o.status not in _OUTCOMES:
+                raise ValueError(f"an outcome cannot set status {o.status}")
+            result = dumps(o.result) if o.status == Status.SUCCEEDED else ""
+            args += [o.job_id, o.token, str(o.status), result,
+                     dumps(dict(o.error)) if o.error is not None else "",
+                     _f(o.scheduled_at) if o.scheduled_at is not None else "",
+                     str(o.attempt) if o.attempt is not None else "", "1" if o.uncount_delivery else "0"]
+        reply = await self._run("finish", *args)
+        return [bool(int(x)) for x in reply]
+
+    async def set_progress(self, job_id: str, token: str, progress: Mapping[str, Any], now: float) -> bool:
+        return bool(int(await self._run("progress", _f(now), job_id, token, dumps(dict(progress)))))
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        if not queues or timeout <= 0:
+            return
+        with self._guard():
+            # Jobs coming due on a schedule push no token: wake up when the first one is due.
+            pipe = self.r.pipeline(transaction=False)
+            for q in queues:
+                pipe.hget(self._qk(q, "cfg"), "paused")
+                pipe.zrange(self._qk(q, "sched"), 0, 0, withscores=True)
+            replies = await pipe.execute()
+            now_ms = time.time() * 1000
+            for paused, head in zip(replies[::2], replies[1::2], strict=True):
+                if paused != "1" and head:
+                    timeout = min(timeout, max(0.0, (head[0][1] - now_ms) / 1000))
+            if timeout <= 0.0005:
+                return
+            block = self._block
+            if block is None:
+                raise BackendUnavailable("the redis backend is not open")
+            await block.blpop([self._qk(q, "wake") for q in queues], timeout=max(0.001, round(timeout, 3)))
+
+    # -- reads --------------------------------------------------------------------------
+    async def get_jobs(self, ids: Sequence[str]) -> list[Job]:
+        if not ids:
+            return []
+        reply = await self._run("get", "all", *ids)
+        return [job_from_hash(_hash(flat)) for flat in reply]
+
+    async def list_jobs(self, query: JobQuery) -> Page:
+        limit = max(1, min(int(query.limit), 1000))
+        cursor = _decode_cursor(query.cursor) if query.cursor else ""
+        status = str(query.status) if query.status is not None else ""
+        if status and query.queue:
+            kind = "queue_status"
+        elif status:
+            kind = "status"
+        elif query.queue:
+            kind = "queue"
+        elif query.task:
+            kind = "task"
+        else:
+            kind = "all"
+        reply = await self._run("list", kind, status, query.task or "", query.queue or "", cursor,
+                                str(limit), str(_LIST_BUDGET))
+        items = [job_from_hash(_hash(flat)) for flat in reply[1:]]
+        return Page(items, _encode_cursor(reply[0]) if reply[0] else None)
+
+    async def revisions(self, ids: Sequence[str]) -> dict[str, int]:
+        if not ids:
+            return {}
+        flat = await self._run("get", "rev", *ids)
+        return {k: int(v) for k, v in _hash(flat).items()}
+
+    # -- admin --------------------------------------------------------------------------
+    async def cancel(self, job_id: str, now: float) -> Job | None:
+        flat = await self._run("cancel", _f(now), job_id)
+        return job_from_hash(_hash(flat)) if flat else None
+
+    async def requeue(self, queue: str | None, ids: Sequence[str] | None, statuses: Sequence[Status],
+                      now: float) -> list[Job]:
+        wanted = ",".join(str(s) for s in statuses)
+        if not wanted:
+            return []
+        out: list[Job] = []
+        if ids is not None:
+            for start in range(0, len(ids), _BATCH):
+                reply = await self._run("requeue", _f(now), queue or "", wanted, str(_BATCH),
+                                        *ids[start:start + _BATCH])
+                out += [job_from_hash(_hash(flat)) for flat in reply]
+            return out
+        while True:
+            reply = await self._run("requeue", _f(now), queue or "", wanted, str(_BATCH))
+            out += [job_from_hash(_hash(flat)) for flat in reply]
+            if len(reply) < _BATCH:
+                return out
+
+    async def purge(self, queue: str, now: float) -> int:
+        total = 0
+        while True:
+            n = int(await self._run("purge", _f(now), queue, str(_BATCH)))
+            total += n
+            if n < _BATCH:
+                return total
+
+    async def queue_settings(self, name: str) -> QueueSettings:
+        with self._guard():
+            h: dict[str, str] = await self.r.hgetall(self._qk(name, "cfg"))  # type: ignore[assignment]
+        return self._settings(h)
+
+    @staticmethod
+    def _settings(h: Mapping[str, str]) -> QueueSettings:
+        d = QueueSettings()
+        return QueueSettings(
+            retention=float(h.get("retention", d.retention)),
+            visibility_timeout=float(h.get("visibility_timeout", d.visibility_timeout)),
+            max_deliveries=int(h.get("max_deliveries", d.max_deliveries)),
+            result_ttl=float(h.get("result_ttl", d.result_ttl)),
+            paused=h.get("paused", "0") == "1",
+        )
+
+    async def save_queue_settings(self, name: str, settings: QueueSettings) -> None:
+        s = settings.validated()
+        with self._guard():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hset(self._qk(name, "cfg"), mapping={
+                "retention": _f(s.retention), "visibility_timeout": _f(s.visibility_timeout),
+                "max_deliveries": str(int(s.max_deliveries)), "result_ttl": _f(s.result_ttl),
+                "paused": "1" if s.paused else "0"})
+            pipe.sadd(self._gk("queues"), name)
+            if not s.paused:  # a resumed queue may have work waiting
+                pipe.lpush(self._qk(name, "wake"), "1")
+                pipe.ltrim(self._qk(name, "wake"), 0, 63)
+            await pipe.execute()
+
+    async def queues(self, names: Sequence[str] | None = None) -> list[QueueInfo]:
+        statuses = [str(s) for s in Status]
+        with self._guard():
+            if names is None:
+                known: set[str] = await self.r.smembers(self._gk("queues"))  # type: ignore[assignment]
+                names = sorted(known)
+            pipe = self.r.pipeline(transaction=False)
+            for q in names:
+                pipe.hgetall(self._qk(q, "cfg"))
+                for s in statuses:
+                    pipe.zcard(self._qk(q, f"s:{s}"))
+            replies = await pipe.execute()
+        out = []
+        step = 1 + len(statuses)
+        for i, q in enumerate(names):
+            chunk = replies[i * step:(i + 1) * step]
+            counts = {s: int(n) for s, n in zip(statuses, chunk[1:], strict=True) if n}
+            out.append(QueueInfo(q, self._settings(chunk[0]), counts))
+        return out
+
+    # -- webhooks -----------------------------------------------------------------------
+    async def due_webhooks(self, now: float, limit: int, lease: float) -> list[tuple[Job, int]]:
+        if limit <= 0:
+            return []
+        flat = await self._run("webhooks", "due", _f(now), str(limit), _f(lease))
+        return [(job_from_hash(_hash(flat[i + 1])), int(flat[i])) for i in range(0, len(flat), 2)]
+
+    async def webhook_attempted(self, job_id: str, delivered: bool, next_at: float | None) -> None:
+        await self._run("webhooks", "done", job_id, "1" if delivered else "0",
+                        _f(next_at) if next_at is not None else "")
+
+    # -- housekeeping and registry -------------------------------------------------------
+    async def sweep(self, now: float, limit: int = 500) -> SweepReport:
+        r = await self._run("sweep", _f(now), str(max(1, limit)), _f(self.WORKER_TTL))
+        return SweepReport(requeued=int(r[0]), dead=int(r[1]), expired=int(r[2]), deleted=int(r[3]),
+                           workers_dropped=int(r[4]))
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        with self._guard():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hdel(self._gk("workers"), worker_id)
+            pipe.zrem(self._gk("wseen"), worker_id)
+            await pipe.execute()
+
+    async def workers(self, now: float) -> list[WorkerInfo]:
+        with self._guard():
+            ids: list[str] = await self.r.zrangebyscore(  # type: ignore[assignment]
+                self._gk("wseen"), f"({now - self.WORKER_TTL!r}", "+inf")
+            if not ids:
+                return []
+            raw = await self.r.hmget(self._gk("workers"), ids)
+        out = []
+        for text in raw:
+            if not text:
+                continue
+            d = loads(text)
+            out.append(WorkerInfo(id=d["id"], host=d["host"], pid=int(d["pid"]), queues=tuple(d["queues"]),
+                                  concurrency=int(d["concurrency"]), running=tuple(d["running"]),
+                                  started_at=float(d["started_at"]), last_heartbeat=float(d["last_heartbeat"])))
+        return out
+
+
+__all__ = ["RedisBackend", "job_from_hash"]

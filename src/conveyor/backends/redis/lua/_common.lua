@@ -1,0 +1,194 @@
+--[[ _common.lua: helpers prepended to every other script at load time (not run on its own).
+
+Every script gets ARGV[1] = the key prefix P and builds its keys from it (see backend.py for the
+full layout). Keys of one queue Q share the hash tag {P:Q}; app-wide keys share {P}:
+  {P:Q}:j:<id>      hash   the job record (JSON fields args/kwargs/progress/result/error/metadata/
+                           depends_on; internal _ra = when it last became ready, _ord = ready order
+                           in ms, _np = parents not yet succeeded)
+  {P:Q}:ready       zset   queued jobs, score (9 - priority) * 1e13 + _ord
+  {P:Q}:sched       zset   scheduled/retrying jobs, score scheduled_at ms
+  {P:Q}:lease       zset   running jobs, score lease_expires_at ms
+  {P:Q}:done        zset   terminal jobs, score finished_at ms (result_ttl)
+  {P:Q}:i           zset   every job of Q, score 0, member id (lex order = time order)
+  {P:Q}:s:<status>  zset   jobs of Q in <status>, score 0 (lex index and count)
+  {P:Q}:c:<id>      set    waiting children of job <id>
+  {P:Q}:cfg         hash   queue settings
+  {P:Q}:wake        list   wake-up tokens for BLPOP
+  {P}:jq            hash   job id -> queue name
+  {P}:queues        set    known queue names
+  {P}:i, {P}:s:<status>, {P}:t:<task>   zset   lex indexes of every job / by status / by task
+  {P}:idem          hash   idempotency key -> job id
+  {P}:wh            zset   webhook outbox, score = next attempt ms;  {P}:wha hash id -> attempts
+  {P}:workers       hash   worker id -> JSON;  {P}:wseen zset worker id by last heartbeat
+Times are epoch seconds in ARGV and in records (formatted %.17g), milliseconds in scores.
+The Python side prepends DEF_* constants (QueueSettings defaults) before this file.
+]]
+local P = ARGV[1]
+local function gk(s) return '{' .. P .. '}:' .. s end
+local function qk(q, s) return '{' .. P .. ':' .. q .. '}:' .. s end
+local function jkey(q, id) return '{' .. P .. ':' .. q .. '}:j:' .. id end
+local JQ = gk('jq')
+
+local function fmt(x) return string.format('%.17g', x) end
+local function ms(x) return math.floor(x * 1000) end
+local function ims(x) return string.format('%.0f', x) end  -- an integer score as a string
+
+local CFG = {}
+local function cfg(q)
+  local c = CFG[q]
+  if c then return c end
+  local v = redis.call('HMGET', qk(q, 'cfg'), 'retention', 'visibility_timeout', 'max_deliveries',
+    'result_ttl', 'paused')
+  c = { retention = tonumber(v[1]) or DEF_RETENTION, vt = tonumber(v[2]) or DEF_VT,
+        md = tonumber(v[3]) or DEF_MD, ttl = tonumber(v[4]) or DEF_TTL, paused = v[5] == '1' }
+  CFG[q] = c
+  return c
+end
+
+-- move id between the status indexes (old may be nil for a new job)
+local function set_status(q, id, old, new)
+  if old then
+    redis.call('ZREM', gk('s:' .. old), id)
+    redis.call('ZREM', qk(q, 's:' .. old), id)
+  end
+  redis.call('ZADD', gk('s:' .. new), 0, id)
+  redis.call('ZADD', qk(q, 's:' .. new), 0, id)
+end
+
+local WAKE = {}
+local function wake(q, n) WAKE[q] = (WAKE[q] or 0) + n end
+local function flush_wake()
+  for q, n in pairs(WAKE) do
+    if n > 64 then n = 64 end
+    local toks = {}
+    for i = 1, n do toks[i] = '1' end
+    local k = qk(q, 'wake')
+    redis.call('LPUSH', k, unpack(toks))
+    redis.call('LTRIM', k, 0, 63)
+  end
+  WAKE = {}
+end
+
+local function ready_score(key, ord)
+  local p = tonumber(redis.call('HGET', key, 'priority')) or 0
+  return ims((9 - p) * 1e13 + ord)
+end
+
+-- status -> queued. ord: ready order in ms (nil = keep the stored one, else now).
+local function make_ready(q, id, key, old, now, ord)
+  if not ord then ord = tonumber(redis.call('HGET', key, '_ord')) or ms(now) end
+  redis.call('HSET', key, 'status', 'queued', '_ra', fmt(now), '_ord', ims(ord), 'updated_at', fmt(now))
+  redis.call('HDEL', key, 'lease_token', 'lease_expires_at')
+  redis.call('HINCRBY', key, 'revision', 1)
+  redis.call('ZREM', qk(q, 'sched'), id)
+  redis.call('ZREM', qk(q, 'lease'), id)
+  redis.call('ZADD', qk(q, 'ready'), ready_score(key, ord), id)
+  set_status(q, id, old, 'queued')
+  wake(q, 1)
+end
+
+-- status -> scheduled/retrying at time at
+local function make_scheduled(q, id, key, old, new, at, now)
+  redis.call('HSET', key, 'status', new, 'scheduled_at', fmt(at), 'updated_at', fmt(now))
+  redis.call('HDEL', key, 'lease_token', 'lease_expires_at')
+  redis.call('HINCRBY', key, 'revision', 1)
+  redis.call('ZREM', qk(q, 'ready'), id)
+  redis.call('ZREM', qk(q, 'lease'), id)
+  redis.call('ZADD', qk(q, 'sched'), ims(ms(at)), id)
+  set_status(q, id, old, new)
+end
+
+-- terminal transitions are queued here and their dependents handled by propagate()
+local PROP = {}
+
+local function make_terminal(q, id, key, old, new, now, err)
+  redis.call('HSET', key, 'status', new, 'finished_at', fmt(now), 'updated_at', fmt(now))
+  if err then redis.call('HSET', key, 'error', err) end
+  redis.call('HDEL', key, 'lease_token', 'lease_expires_at')
+  redis.call('HINCRBY', key, 'revision', 1)
+  redis.call('ZREM', qk(q, 'ready'), id)
+  redis.call('ZREM', qk(q, 'sched'), id)
+  redis.call('ZREM', qk(q, 'lease'), id)
+  redis.call('ZADD', qk(q, 'done'), ims(ms(now)), id)
+  set_status(q, id, old, new)
+  if redis.call('HEXISTS', key, 'webhook') == 1 then
+    redis.call('ZADD', gk('wh'), ims(ms(now)), id)
+    redis.call('HDEL', gk('wha'), id)
+  end
+  PROP[#PROP + 1] = { q, id, new }
+end
+
+-- a waiting job whose parents all succeeded becomes scheduled or queued
+local function release(q, id, key, now)
+  local sa = tonumber(redis.call('HGET', key, 'scheduled_at'))
+  if sa and sa > now then
+    make_scheduled(q, id, key, 'waiting', 'scheduled', sa, now)
+  else
+    make_ready(q, id, key, 'waiting', now, ms(now))
+  end
+end
+
+-- apply the consequences of every terminal transition so far, transitively
+local function propagate(now)
+  local i = 1
+  while PROP[i] do
+    local q, id, st = PROP[i][1], PROP[i][2], PROP[i][3]
+    i = i + 1
+    local ck = qk(q, 'c:' .. id)
+    local children = redis.call('SMEMBERS', ck)
+    redis.call('DEL', ck)
+    for _, child in ipairs(children) do
+      local cq = redis.call('HGET', JQ, child)
+      if cq then
+        local ckey = jkey(cq, child)
+        if redis.call('HGET', ckey, 'status') == 'waiting' then
+          if st == 'succeeded' then
+            if redis.call('HINCRBY', ckey, '_np', -1) <= 0 then release(cq, child, ckey, now) end
+          else
+            make_terminal(cq, child, ckey, 'waiting', 'cancelled', now, cjson.encode(
+              { type = 'DependencyFailed', message = 'parent ' .. id .. ' ended ' .. st }))
+          end
+        end
+      end
+    end
+  end
+  PROP = {}
+end
+
+-- delete a job record and every index entry of it
+local function delete_job(q, id, key)
+  local v = redis.call('HMGET', key, 'status', 'task', 'idempotency_key')
+  if v[1] then
+    redis.call('ZREM', gk('s:' .. v[1]), id)
+    redis.call('ZREM', qk(q, 's:' .. v[1]), id)
+  end
+  if v[2] then redis.call('ZREM', gk('t:' .. v[2]), id) end
+  if v[3] and redis.call('HGET', gk('idem'), v[3]) == id then redis.call('HDEL', gk('idem'), v[3]) end
+  redis.call('ZREM', gk('i'), id)
+  redis.call('ZREM', qk(q, 'i'), id)
+  redis.call('ZREM', qk(q, 'ready'), id)
+  redis.call('ZREM', qk(q, 'sched'), id)
+  redis.call('ZREM', qk(q, 'lease'), id)
+  redis.call('ZREM', qk(q, 'done'), id)
+  redis.call('ZREM', gk('wh'), id)
+  redis.call('HDEL', gk('wha'), id)
+  redis.call('HDEL', JQ, id)
+  redis.call('DEL', key, qk(q, 'c:' .. id))
+end
+
+-- move due scheduled/retrying jobs of q to ready (at most n)
+local function promote(q, now, n)
+  local ids = redis.call('ZRANGEBYSCORE', qk(q, 'sched'), '-inf', ims(ms(now)), 'LIMIT', 0, n)
+  for _, id in ipairs(ids) do
+    local key = jkey(q, id)
+    local v = redis.call('HMGET', key, 'status', 'scheduled_at')
+    if v[1] == 'scheduled' or v[1] == 'retrying' then
+      local at = tonumber(v[2]) or now
+      make_ready(q, id, key, v[1], now, ms(at))
+      redis.call('HSET', key, '_ra', fmt(at))
+    else
+      redis.call('ZREM', qk(q, 'sched'), id)
+    end
+  end
+  return #ids
+end

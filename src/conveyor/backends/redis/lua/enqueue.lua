@@ -1,0 +1,108 @@
+--[[ enqueue.lua: store jobs atomically (idempotency keys, dependencies, ready/scheduled indexes).
+
+KEYS: none (keys are built from the prefix; see _common.lua).
+ARGV: [1] prefix P, [2] now, [3] number of jobs n, then per job a block:
+      id, queue, task, priority, scheduled ('1' = not before scheduled_at), idempotency key ('' = none),
+      depends_on JSON list, number of hash fields m, then m field/value pairs (the record without
+      status/revision, which are set here).
+Touches: {P:Q}:j:<id>, {P:Q}:ready|sched|done|i|s:*|c:<parent>|wake, {P}:jq|queues|i|s:*|t:<task>|idem|wh.
+Returns: {'ok', per job {created 1|0, status, error JSON or '' | (for an existing job) its HGETALL}}
+         or {'unknown_parent', job index (0-based), parent index (0-based), parent id} with no write.
+]]
+local now = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local IDEM = gk('idem')
+
+-- pass 1: parse, and validate parents of the jobs that will be created (no writes yet)
+local jobs = {}
+local pos = 4
+local seen_keys, seen_ids = {}, {}
+for j = 1, n do
+  local job = { id = ARGV[pos], q = ARGV[pos + 1], task = ARGV[pos + 2], prio = tonumber(ARGV[pos + 3]),
+                sched = ARGV[pos + 4] == '1', key = ARGV[pos + 5], deps = cjson.decode(ARGV[pos + 6]),
+                first = pos + 8, m = tonumber(ARGV[pos + 7]) }
+  pos = pos + 8 + 2 * job.m
+  local existing = nil
+  if job.key ~= '' then existing = seen_keys[job.key] or redis.call('HGET', IDEM, job.key) end
+  if not existing and (seen_ids[job.id] or redis.call('HEXISTS', JQ, job.id) == 1) then existing = job.id end
+  job.existing = existing
+  if not existing then
+    for i, parent in ipairs(job.deps) do
+      if not seen_ids[parent] and redis.call('HEXISTS', JQ, parent) == 0 then
+        return { 'unknown_parent', j - 1, i - 1, parent }
+      end
+    end
+    seen_ids[job.id] = true
+    if job.key ~= '' then seen_keys[job.key] = job.id end
+  end
+  jobs[j] = job
+end
+
+-- pass 2: write
+local out = {}
+for j, job in ipairs(jobs) do
+  if job.existing then
+    local q = redis.call('HGET', JQ, job.existing)
+    out[j] = { 0, redis.call('HGETALL', jkey(q, job.existing)) }
+  else
+    local q, id = job.q, job.id
+    local key = jkey(q, id)
+    local fields = {}
+    for i = 0, 2 * job.m - 1 do fields[i + 1] = ARGV[job.first + i] end
+    redis.call('HSET', key, 'revision', 1, unpack(fields))
+    redis.call('HSET', JQ, id, q)
+    redis.call('SADD', gk('queues'), q)
+    redis.call('ZADD', gk('i'), 0, id)
+    redis.call('ZADD', qk(q, 'i'), 0, id)
+    redis.call('ZADD', gk('t:' .. job.task), 0, id)
+    if job.key ~= '' then redis.call('HSET', IDEM, job.key, id) end
+    -- dependencies
+    local failed_parent, failed_status = nil, nil
+    local pending = 0
+    for _, parent in ipairs(job.deps) do
+      local pq = redis.call('HGET', JQ, parent)
+      local pst = redis.call('HGET', jkey(pq, parent), 'status')
+      if pst == 'failed' or pst == 'cancelled' or pst == 'expired' then
+        if not failed_parent then failed_parent, failed_status = parent, pst end
+      elseif pst ~= 'succeeded' then
+        pending = pending + redis.call('SADD', qk(pq, 'c:' .. parent), id)
+      end
+    end
+    local status, err = nil, ''
+    if failed_parent then
+      for _, parent in ipairs(job.deps) do
+        local pq = redis.call('HGET', JQ, parent)
+        redis.call('SREM', qk(pq, 'c:' .. parent), id)
+      end
+      err = cjson.encode({ type = 'DependencyFailed',
+                           message = 'parent ' .. failed_parent .. ' ended ' .. failed_status })
+      redis.call('HSET', key, 'status', 'waiting')
+      set_status(q, id, nil, 'waiting')
+      make_terminal(q, id, key, 'waiting', 'cancelled', now, err)
+      redis.call('HSET', key, 'revision', 1)
+      status = 'cancelled'
+    elseif pending > 0 then
+      redis.call('HSET', key, 'status', 'waiting', '_np', pending)
+      set_status(q, id, nil, 'waiting')
+      status = 'waiting'
+    elseif job.sched then
+      local at = tonumber(redis.call('HGET', key, 'scheduled_at')) or now
+      redis.call('HSET', key, 'status', 'scheduled')
+      redis.call('ZADD', qk(q, 'sched'), ims(ms(at)), id)
+      set_status(q, id, nil, 'scheduled')
+      status = 'scheduled'
+    else
+      local ra = tonumber(redis.call('HGET', key, 'created_at')) or now
+      local ord = ms(ra)
+      redis.call('HSET', key, 'status', 'queued', '_ra', fmt(ra), '_ord', ims(ord))
+      redis.call('ZADD', qk(q, 'ready'), ims((9 - job.prio) * 1e13 + ord), id)
+      set_status(q, id, nil, 'queued')
+      wake(q, 1)
+      status = 'queued'
+    end
+    out[j] = { 1, status, err }
+  end
+end
+propagate(now)
+flush_wake()
+return { 'ok', out }

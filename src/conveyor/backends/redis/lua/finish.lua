@@ -1,0 +1,45 @@
+--[[ finish.lua: apply outcomes whose lease token still holds.
+
+KEYS: none (keys are built from the prefix; see _common.lua).
+ARGV: [1] prefix P, [2] now, then per outcome 8 values: job id, token, status
+  (succeeded|failed|cancelled|retrying|queued), result JSON ('' = none), error JSON ('' = none),
+  scheduled_at ('' = none), attempt ('' = unchanged), uncount delivery ('1'|'0').
+Touches: {P}:jq (read), {P:Q}:j:<id>, {P:Q}:lease|ready|sched|done|s:*|c:<id>|wake, {P}:s:*,
+  {P}:wh (webhook outbox), and the records and indexes of dependents (released or cancelled).
+Returns: per outcome 1 (applied) or 0 (token no longer holds).
+]]
+local now = tonumber(ARGV[2])
+local out = {}
+for i = 3, #ARGV, 8 do
+  local id, token, st = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local result, err, sa, attempt, uncount = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+  local q = redis.call('HGET', JQ, id)
+  local ok = 0
+  if q then
+    local key = jkey(q, id)
+    local v = redis.call('HMGET', key, 'status', 'lease_token')
+    if v[1] == 'running' and v[2] == token then
+      ok = 1
+      if attempt ~= '' then redis.call('HSET', key, 'attempt', attempt) end
+      if result ~= '' then redis.call('HSET', key, 'result', result) end
+      if err ~= '' then redis.call('HSET', key, 'error', err) end
+      if st == 'succeeded' then
+        if err == '' then redis.call('HDEL', key, 'error') end
+        make_terminal(q, id, key, 'running', st, now, nil)
+      elseif st == 'failed' or st == 'cancelled' then
+        make_terminal(q, id, key, 'running', st, now, nil)
+      elseif st == 'retrying' then
+        make_scheduled(q, id, key, 'running', 'retrying', tonumber(sa) or now, now)
+      elseif st == 'queued' then
+        if uncount == '1' then redis.call('HINCRBY', key, 'deliveries', -1) end
+        make_ready(q, id, key, 'running', now, nil)
+      else
+        return redis.error_reply('unsupported outcome status ' .. st)
+      end
+    end
+  end
+  out[#out + 1] = ok
+end
+propagate(now)
+flush_wake()
+return out

@@ -1,0 +1,95 @@
+--[[ sweep.lua: housekeeping in bounded batches.
+
+KEYS: none (keys are built from the prefix; see _common.lua).
+ARGV: [1] prefix P, [2] now, [3] limit (per category), [4] worker TTL seconds.
+Touches: {P}:queues (read); per queue {P:Q}:lease (expired leases -> queued, or failed with
+  DeliveryLimitExceeded once deliveries >= max_deliveries), {P:Q}:ready|sched (jobs ready longer
+  than the retention -> expired), {P:Q}:done (records finished before now - result_ttl are
+  deleted with every index entry), {P:Q}:j:<id>|s:*|i|c:*|wake; {P}:s:*|i|t:*|jq|idem|wh|wha;
+  {P}:wseen and {P}:workers (workers silent for longer than the TTL are dropped).
+Returns: {requeued, dead, expired, deleted, workers_dropped}.
+]]
+local now = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+local ttl = tonumber(ARGV[4])
+local now_ms = ms(now)
+local requeued, dead, expired, deleted, dropped = 0, 0, 0, 0, 0
+local queues = redis.call('SMEMBERS', gk('queues'))
+
+for _, q in ipairs(queues) do
+  local c = cfg(q)
+  -- expired leases
+  if requeued + dead < limit then
+    local ids = redis.call('ZRANGEBYSCORE', qk(q, 'lease'), '-inf', '(' .. ims(now_ms), 'LIMIT', 0,
+      limit - requeued - dead)
+    for _, id in ipairs(ids) do
+      local key = jkey(q, id)
+      local v = redis.call('HMGET', key, 'status', 'deliveries', 'lease_expires_at')
+      if v[1] ~= 'running' then
+        redis.call('ZREM', qk(q, 'lease'), id)
+      elseif (tonumber(v[3]) or 0) < now then
+        local d = tonumber(v[2]) or 0
+        if d >= c.md then
+          make_terminal(q, id, key, 'running', 'failed', now, cjson.encode({ type = 'DeliveryLimitExceeded',
+            message = 'delivered ' .. d .. ' times without finishing (lease expired)', traceback = cjson.null }))
+          dead = dead + 1
+        else
+          make_ready(q, id, key, 'running', now, nil)
+          requeued = requeued + 1
+        end
+      end
+    end
+  end
+  -- retention: ready jobs (per priority band) and overdue scheduled jobs
+  local cutoff = now - c.retention
+  local cut_ms = ms(cutoff)
+  for p = 9, 0, -1 do
+    if expired >= limit then break end
+    local lo = (9 - p) * 1e13
+    local ids = redis.call('ZRANGEBYSCORE', qk(q, 'ready'), ims(lo), '(' .. ims(lo + cut_ms), 'LIMIT', 0,
+      limit - expired)
+    for _, id in ipairs(ids) do
+      local key = jkey(q, id)
+      local v = redis.call('HMGET', key, 'status', '_ra')
+      if v[1] ~= 'queued' then
+        redis.call('ZREM', qk(q, 'ready'), id)
+      elseif (tonumber(v[2]) or now) < cutoff then
+        make_terminal(q, id, key, 'queued', 'expired', now, nil)
+        expired = expired + 1
+      end
+    end
+  end
+  if expired < limit then
+    local ids = redis.call('ZRANGEBYSCORE', qk(q, 'sched'), '-inf', '(' .. ims(cut_ms), 'LIMIT', 0,
+      limit - expired)
+    for _, id in ipairs(ids) do
+      local key = jkey(q, id)
+      local st = redis.call('HGET', key, 'status')
+      if st == 'scheduled' or st == 'retrying' then
+        make_terminal(q, id, key, st, 'expired', now, nil)
+        expired = expired + 1
+      else
+        redis.call('ZREM', qk(q, 'sched'), id)
+      end
+    end
+  end
+  -- result_ttl
+  if deleted < limit then
+    local ids = redis.call('ZRANGEBYSCORE', qk(q, 'done'), '-inf', '(' .. ims(ms(now - c.ttl)), 'LIMIT', 0,
+      limit - deleted)
+    for _, id in ipairs(ids) do
+      delete_job(q, id, jkey(q, id))
+      deleted = deleted + 1
+    end
+  end
+end
+propagate(now)
+flush_wake()
+
+local gone = redis.call('ZRANGEBYSCORE', gk('wseen'), '-inf', '(' .. fmt(now - ttl), 'LIMIT', 0, limit)
+for _, w in ipairs(gone) do
+  redis.call('ZREM', gk('wseen'), w)
+  redis.call('HDEL', gk('workers'), w)
+  dropped = dropped + 1
+end
+return { requeued, dead, expired, deleted, dropped }
