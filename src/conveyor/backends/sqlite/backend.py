@@ -1,0 +1,794 @@
+"""SQLite engine: jobs, leases, queue settings and workers in one WAL-mode file.
+
+Layout (see ``schema.sql``): ``jobs`` holds every field of a job plus its lease
+(``worker_id``, ``lease_token``, ``lease_expires_at``), ``ready_at`` (when it became
+claimable: FIFO order and retention), ``revision`` and the webhook outbox columns;
+``job_deps(child, parent)`` holds the dependency graph; ``queues`` the stored settings;
+``workers`` the registry.
+
+Every call runs on the caller's thread (the event loop): each is a handful of prepared
+statements that take microseconds, so an executor hop would cost more than it saves. Writes
+run in ``BEGIN IMMEDIATE`` transactions, so that the rules which must be atomic with a write
+(idempotency, fencing, dependency release and cascade, the webhook outbox) hold across
+processes. Lists of ids travel as one JSON parameter (``json_each``) so that each statement
+text stays fixed and prepared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import os
+import re
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from importlib import resources
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from conveyor.backends.base import (
+    Backend,
+    HeartbeatReply,
+    JobQuery,
+    Lease,
+    Outcome,
+    Page,
+    QueueInfo,
+    SweepReport,
+    WorkerInfo,
+)
+from conveyor.core.errors import BackendUnavailable, ConfigurationError, ValidationError
+from conveyor.core.job import PENDING, TERMINAL, Job, Status, can_transition
+from conveyor.core.queues import QueueSettings
+from conveyor.serialization import dumps, loads
+
+BUSY_TIMEOUT = 5.0  #: seconds a statement waits for another process's write lock
+POLL_INTERVAL = 0.002  #: seconds between two looks at ``PRAGMA data_version`` while idle
+_DEFAULTS = QueueSettings()
+_STATUS: dict[str, Status] = {s.value: s for s in Status}
+_ENDED_BADLY = frozenset({Status.FAILED, Status.CANCELLED, Status.EXPIRED})
+_OUTCOMES = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.RETRYING, Status.QUEUED})
+
+# Engine errors that mean "the file cannot be used right now", as opposed to a bug in a query.
+_UNAVAILABLE_CODES = frozenset({
+    sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PROTOCOL, sqlite3.SQLITE_NOTADB,
+    sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH,
+})
+
+# -- SQL --------------------------------------------------------------------------------------
+_READY_SQL = "('queued', 'scheduled', 'retrying')"
+_PENDING_SQL = "('waiting', 'scheduled', 'queued', 'retrying')"
+_TERMINAL_SQL = "('succeeded', 'failed', 'cancelled', 'expired')"
+
+#: The columns that make a ``Job``, in the order ``_job()`` reads them.
+_COLS = ("id, task, queue, status, args, kwargs, priority, progress, result, error, attempt, "
+         "max_retries, timeout, depends_on, idempotency_key, metadata, webhook, created_at, "
+         "scheduled_at, started_at, finished_at, updated_at, deliveries, cancel_requested, revision, "
+         "worker_id, lease_token, lease_expires_at")
+_NCOLS = _COLS.count(",") + 1
+
+#: A job id list passed as one JSON array parameter.
+_IDS = "(SELECT value FROM json_each(?{n}))"
+
+#: The lease a claim or heartbeat hands out: the queue's visibility timeout from ``now``.
+_LEASE_END = (f"?{{now}} + COALESCE((SELECT q.visibility_timeout FROM queues q WHERE q.name = jobs.queue), "
+              f"{_DEFAULTS.visibility_timeout})")
+
+#: SET clause of every change that makes a job terminal at ``?{now}``: the lease ends, the
+#: outbox gets a pending delivery when the job has a webhook.
+_TERMINAL_SET = (
+    "finished_at = ?{now}, updated_at = ?{now}, revision = revision + 1, "
+    "worker_id = NULL, lease_token = NULL, lease_expires_at = NULL, "
+    "webhook_state = CASE WHEN webhook IS NULL THEN webhook_state ELSE 'pending' END, "
+    "webhook_next_at = CASE WHEN webhook IS NULL THEN webhook_next_at ELSE ?{now} END, "
+    "webhook_attempts = CASE WHEN webhook IS NULL THEN webhook_attempts ELSE 0 END"
+)
+
+_INSERT = (
+    "INSERT INTO jobs (id, task, queue, status, args, kwargs, priority, progress, result, error, attempt, "
+    "max_retries, timeout, depends_on, idempotency_key, metadata, webhook, created_at, scheduled_at, "
+    "finished_at, updated_at, ready_at, revision, webhook_state, webhook_next_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)"
+)
+_INSERT_DEP = "INSERT OR IGNORE INTO job_deps (child, parent) VALUES (?, ?)"
+
+_FINISH = (
+    "UPDATE jobs SET status = ?1, "
+    "result = CASE ?1 WHEN 'succeeded' THEN ?2 WHEN 'queued' THEN result ELSE NULL END, "
+    "error = CASE ?1 WHEN 'succeeded' THEN NULL WHEN 'queued' THEN coalesce(?3, error) ELSE ?3 END, "
+    "attempt = coalesce(?4, attempt), "
+    "scheduled_at = CASE ?1 WHEN 'retrying' THEN ?5 ELSE scheduled_at END, "
+    "ready_at = CASE ?1 WHEN 'retrying' THEN ?5 WHEN 'queued' THEN ?7 ELSE ready_at END, "
+    "deliveries = max(deliveries - ?6, 0), "
+    "finished_at = NULL, updated_at = ?7, revision = revision + 1, "
+    "worker_id = NULL, lease_token = NULL, lease_expires_at = NULL "
+    "WHERE id = ?8"
+)
+_FINISH_TERMINAL = (
+    "UPDATE jobs SET status = ?1, result = ?2, error = ?3, attempt = coalesce(?4, attempt), "
+    + _TERMINAL_SET.format(now=7) + " WHERE id = ?8"
+)
+
+#: Waiting children of ``?2`` whose parents all succeeded become ready.
+_RELEASE = (
+    "UPDATE jobs SET status = CASE WHEN scheduled_at > ?1 THEN 'scheduled' ELSE 'queued' END, "
+    "ready_at = max(?1, coalesce(scheduled_at, ?1)), updated_at = ?1, revision = revision + 1 "
+    f"WHERE id IN (SELECT child FROM job_deps WHERE parent IN {_IDS.format(n=2)}) "
+    "AND status = 'waiting' AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs p ON p.id = d.parent "
+    "WHERE d.child = jobs.id AND p.status <> 'succeeded')"
+)
+
+#: Pending children of ``?2`` (which ended badly) are cancelled, each naming its parent.
+_CASCADE = (
+    "UPDATE jobs SET status = 'cancelled', "
+    "error = json_object('type', 'DependencyFailed', 'message', 'parent ' || d.parent || ' ended ' || d.ended), "
+    + _TERMINAL_SET.format(now=1)
+    + " FROM (SELECT dd.child AS child, min(dd.parent) AS parent, p.status AS ended "
+    f"FROM job_deps dd JOIN jobs p ON p.id = dd.parent WHERE dd.parent IN {_IDS.format(n=2)} "
+    f"GROUP BY dd.child) AS d WHERE jobs.id = d.child AND jobs.status IN {_PENDING_SQL} RETURNING jobs.id"
+)
+
+_HEARTBEAT_WORKER = (
+    "INSERT INTO workers (id, host, pid, queues, concurrency, running, started_at, last_heartbeat) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, "
+    "queues = excluded.queues, concurrency = excluded.concurrency, running = excluded.running, "
+    "last_heartbeat = excluded.last_heartbeat"
+)
+_EXTEND = f"UPDATE jobs SET lease_expires_at = {_LEASE_END.format(now=1)} WHERE id IN {_IDS.format(n=2)}"
+
+_REQUEUE_SET = (
+    "status = 'queued', attempt = 1, deliveries = 0, error = NULL, result = NULL, progress = NULL, "
+    "scheduled_at = NULL, started_at = NULL, finished_at = NULL, cancel_requested = 0, ready_at = ?1, "
+    "worker_id = NULL, lease_token = NULL, lease_expires_at = NULL, webhook_state = NULL, "
+    "webhook_attempts = 0, webhook_next_at = NULL, updated_at = ?1, revision = revision + 1"
+)
+
+_SETTINGS_COLS = "name, retention, visibility_timeout, max_deliveries, result_ttl, paused"
+
+#: Every queue that has jobs, by skipping through the (queue, status, id) index.
+_JOB_QUEUES = (
+    "WITH RECURSIVE q(name) AS (SELECT (SELECT min(queue) FROM jobs) UNION ALL "
+    "SELECT (SELECT min(queue) FROM jobs WHERE queue > q.name) FROM q WHERE q.name IS NOT NULL) "
+    "SELECT name FROM q WHERE name IS NOT NULL"
+)
+
+
+def _claim_sql(n_queues: int) -> str:
+    """One statement that leases up to ``?3`` jobs from ``n_queues`` queues (``?4``, ``?5``, ...)."""
+    per_queue = " UNION ALL ".join(
+        f"SELECT * FROM (SELECT id, priority, ready_at FROM jobs WHERE queue = ?{4 + i} "
+        f"AND status IN {_READY_SQL} AND (status = 'queued' OR ready_at <= ?1) "
+        f"AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?{4 + i} AND paused) "
+        "ORDER BY priority DESC, ready_at, id LIMIT ?3)"
+        for i in range(n_queues)
+    )
+    return (
+        "UPDATE jobs SET status = 'running', lease_token = conveyor_token(), worker_id = ?2, "
+        f"lease_expires_at = {_LEASE_END.format(now=1)}, started_at = ?1, updated_at = ?1, "
+        "deliveries = deliveries + 1, revision = revision + 1 "
+        f"WHERE id IN (SELECT id FROM ({per_queue}) ORDER BY priority DESC, ready_at, id LIMIT ?3) "
+        f"RETURNING {_COLS}, ready_at"
+    )
+
+
+def _token() -> str:
+    return str(uuid.uuid4())
+
+
+def _job(r: Sequence[Any]) -> Job:
+    """A ``Job`` from a row of ``_COLS``."""
+    return Job(
+        id=r[0], task=r[1], queue=r[2], status=_STATUS[r[3]], args=loads(r[4]), kwargs=loads(r[5]),
+        priority=r[6], progress=loads(r[7]), result=loads(r[8]), error=loads(r[9]), attempt=r[10],
+        max_retries=r[11], timeout=r[12], depends_on=loads(r[13]), idempotency_key=r[14],
+        metadata=loads(r[15]), webhook=r[16], created_at=r[17], scheduled_at=r[18], started_at=r[19],
+        finished_at=r[20], updated_at=r[21], deliveries=r[22], cancel_requested=bool(r[23]),
+        revision=r[24], worker_id=r[25], lease_token=r[26], lease_expires_at=r[27],
+    )
+
+
+def _settings(r: Sequence[Any]) -> QueueSettings:
+    return QueueSettings(retention=r[1], visibility_timeout=r[2], max_deliveries=r[3], result_ttl=r[4],
+                         paused=bool(r[5]))
+
+
+def _json_or_empty(value: Any, empty: str) -> str:
+    return dumps(value) if value else empty
+
+
+def path_from_url(url: str) -> str:
+    """The file of ``sqlite:///relative.db`` or ``sqlite:////abs/path.db`` (``:memory:`` too)."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "sqlite":
+        raise ConfigurationError(f"not a sqlite:// URL: {url!r}")
+    path = unquote(parts.netloc + parts.path)
+    if path.startswith("/"):
+        path = path[1:]
+    if not path:
+        raise ConfigurationError(f"the SQLite URL {url!r} names no file: use sqlite:///conveyor.db")
+    return path
+
+
+def _migrations() -> list[tuple[int, list[str]]]:
+    """The numbered migrations of ``schema.sql``, each as its list of statements."""
+    text = resources.files(__package__).joinpath("schema.sql").read_text(encoding="utf-8")
+    chunks = re.split(r"^-- migration: (\d+)\s*$", text, flags=re.MULTILINE)
+    out = []
+    for number, body in zip(chunks[1::2], chunks[2::2], strict=True):
+        statements = [s.strip() for s in re.split(r";\s*$", body, flags=re.MULTILINE)]
+        out.append((int(number), [s for s in statements if _has_code(s)]))
+    if [n for n, _ in out] != list(range(1, len(out) + 1)):
+        raise RuntimeError("schema.sql migrations must be numbered 1, 2, 3, ... in order")
+    return out
+
+
+def _has_code(statement: str) -> bool:
+    return any(line.strip() and not line.strip().startswith("--") for line in statement.splitlines())
+
+
+class SQLiteBackend(Backend):
+    """Conveyor's embedded engine: ``sqlite:///conveyor.db`` (relative) or ``sqlite:////abs.db``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = path_from_url(url)
+        self._conn: sqlite3.Connection | None = None
+
+    def __repr__(self) -> str:
+        return f"SQLiteBackend({self.url!r})"
+
+    # -- connection -----------------------------------------------------------------------
+    async def open(self) -> None:
+        """Open the file (creating it), switch to WAL and apply pending migrations."""
+        self._connection()
+
+    async def close(self) -> None:
+        """Close the connection; the backend may be opened again."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    async def ping(self) -> None:
+        """Raise ``BackendUnavailable`` unless the file can be read."""
+        with self._read() as c:
+            c.execute("SELECT count(*) FROM queues").fetchone()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            try:
+                self._conn = self._connect()
+            except sqlite3.DatabaseError as exc:
+                raise self._unavailable(exc) from exc
+        return self._conn
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
+                               check_same_thread=False, cached_statements=256)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.create_function("conveyor_token", 0, _token)
+            self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        migrations = _migrations()
+        latest = migrations[-1][0]
+        if conn.execute("PRAGMA user_version").fetchone()[0] == latest:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > latest:
+                raise ConfigurationError(
+                    f"{self.path} has schema version {version}, newer than this Conveyor knows ({latest}): "
+                    "upgrade Conveyor")
+            for number, statements in migrations[version:]:
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _unavailable(self, exc: sqlite3.Error) -> BackendUnavailable:
+        code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            return BackendUnavailable(f"the SQLite database {self.path} is locked by another process "
+                                      f"(still busy after {BUSY_TIMEOUT:g} s): {exc}")
+        return BackendUnavailable(f"cannot use the SQLite database {os.path.abspath(self.path)}: {exc}")
+
+    def _is_unavailable(self, exc: sqlite3.Error) -> bool:
+        code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+        return code in _UNAVAILABLE_CODES or (isinstance(exc, sqlite3.OperationalError) and (
+            "locked" in str(exc) or "unable to open" in str(exc)))
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """Autocommit reads, with engine outages mapped to ``BackendUnavailable``."""
+        try:
+            yield self._connection()
+        except sqlite3.Error as exc:
+            if self._is_unavailable(exc):
+                raise self._unavailable(exc) from exc
+            raise
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error."""
+        with self._read() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # -- submit ---------------------------------------------------------------------------
+    async def enqueue(self, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
+        """Store ``jobs`` in one transaction (see ``Backend.enqueue``)."""
+        if not jobs:
+            return []
+        now = time.time()
+        with self._write() as c:
+            plan = _EnqueuePlan(c, jobs, now)
+            c.executemany(_INSERT, plan.rows)
+            if plan.deps:
+                c.executemany(_INSERT_DEP, plan.deps)
+        return plan.results
+
+    # -- leasing --------------------------------------------------------------------------
+    async def claim(self, queues: Sequence[str], limit: int, worker_id: str, now: float) -> list[Lease]:
+        """Lease up to ``limit`` ready jobs from ``queues`` in one statement."""
+        names = list(dict.fromkeys(queues))
+        if not names or limit <= 0:
+            return []
+        with self._write() as c:
+            rows = c.execute(_claim_sql(len(names)), (now, worker_id, limit, *names)).fetchall()
+        rows.sort(key=lambda r: (-r[6], r[_NCOLS], r[0]))
+        return [Lease(job, job.lease_token or "") for job in map(_job, rows)]
+
+    async def heartbeat(self, worker: WorkerInfo, leases: Mapping[str, str], now: float) -> HeartbeatReply:
+        """Record ``worker`` as alive and extend the leases it still holds."""
+        worker_row = (worker.id, worker.host, worker.pid, dumps(list(worker.queues)), worker.concurrency,
+                      dumps(list(worker.running)), worker.started_at or now, now)
+        lost: set[str] = set(leases)
+        cancel: set[str] = set()
+        with self._write() as c:
+            c.execute(_HEARTBEAT_WORKER, worker_row)
+            if leases:
+                rows = c.execute(f"SELECT id, lease_token, cancel_requested FROM jobs WHERE status = 'running' "
+                                 f"AND id IN {_IDS.format(n=1)}", (dumps(list(leases)),))
+                for job_id, token, cancel_requested in rows:
+                    if token == leases[job_id]:
+                        lost.discard(job_id)
+                        if cancel_requested:
+                            cancel.add(job_id)
+                held = [job_id for job_id in leases if job_id not in lost]
+                if held:
+                    c.execute(_EXTEND, (now, dumps(held)))
+        return HeartbeatReply(lost=frozenset(lost), cancel_requested=frozenset(cancel))
+
+    async def finish(self, outcomes: Sequence[Outcome], now: float) -> list[bool]:
+        """Apply the outcomes whose token still holds, with their releases and cascades."""
+        if not outcomes:
+            return []
+        for o in outcomes:
+            if o.status not in _OUTCOMES:
+                raise ValueError(f"a job cannot finish as {o.status!s}")
+        with self._write() as c:
+            held = dict(c.execute(f"SELECT id, lease_token FROM jobs WHERE status = 'running' "
+                                  f"AND id IN {_IDS.format(n=1)}", (dumps([o.job_id for o in outcomes]),)))
+            applied = []
+            for o in outcomes:
+                ok = held.get(o.job_id) == o.token
+                if ok:
+                    del held[o.job_id]  # a second outcome for one lease in one call is refused
+                applied.append(ok)
+            done = [o for o, ok in zip(outcomes, applied, strict=True) if ok]
+            self._apply_outcomes(c, done, now)
+        return applied
+
+    def _apply_outcomes(self, c: sqlite3.Connection, done: Sequence[Outcome], now: float) -> None:
+        terminal, other = [], []
+        for o in done:
+            error = dumps(o.error) if o.error is not None else None
+            if o.status in TERMINAL:
+                result = dumps(o.result) if o.status is Status.SUCCEEDED else None
+                terminal.append((o.status.value, result, error, o.attempt, None, 0, now, o.job_id))
+            else:
+                retry_at = (o.scheduled_at if o.scheduled_at is not None else now)
+                other.append((o.status.value, None, error, o.attempt, retry_at, int(o.uncount_delivery),
+                              now, o.job_id))
+        if terminal:
+            c.executemany(_FINISH_TERMINAL, terminal)
+        if other:
+            c.executemany(_FINISH, other)
+        succeeded = [o.job_id for o in done if o.status is Status.SUCCEEDED]
+        if succeeded:
+            c.execute(_RELEASE, (now, dumps(succeeded)))
+        ended = [o.job_id for o in done if o.status in _ENDED_BADLY]
+        if ended:
+            _cascade(c, ended, now)
+
+    async def set_progress(self, job_id: str, token: str, progress: Mapping[str, Any], now: float) -> bool:
+        """Record progress while ``token`` holds the lease."""
+        with self._write() as c:
+            cur = c.execute("UPDATE jobs SET progress = ?1, updated_at = ?2, revision = revision + 1 "
+                            "WHERE id = ?3 AND lease_token = ?4 AND status = 'running'",
+                            (dumps(dict(progress)), now, job_id, token))
+        return cur.rowcount == 1
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Return once another process committed, a delayed job comes due, or ``timeout`` passed."""
+        start = time.monotonic()
+        deadline = start + max(timeout, 0.0)
+        with self._read() as c:
+            version = c.execute("PRAGMA data_version").fetchone()[0]
+            due = self._next_due(c, queues, time.time())
+        if due is not None:
+            deadline = min(deadline, start + max(due - time.time(), 0.0))
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(POLL_INTERVAL, left))
+            with self._read() as c:
+                if c.execute("PRAGMA data_version").fetchone()[0] != version:
+                    return
+
+    @staticmethod
+    def _next_due(c: sqlite3.Connection, queues: Sequence[str], now: float) -> float | None:
+        """When the next delayed or retrying job of ``queues`` becomes claimable, if any."""
+        times = []
+        for name in dict.fromkeys(queues):
+            row = c.execute(f"SELECT ready_at FROM jobs WHERE queue = ? AND status IN {_READY_SQL} "
+                            "AND ready_at > ? ORDER BY ready_at LIMIT 1", (name, now)).fetchone()
+            if row is not None:
+                times.append(row[0])
+        return min(times, default=None)
+
+    # -- reads ----------------------------------------------------------------------------
+    async def get_jobs(self, ids: Sequence[str]) -> list[Job]:
+        """The stored jobs among ``ids``, in the order asked."""
+        if not ids:
+            return []
+        with self._read() as c:
+            rows = c.execute(f"SELECT {_COLS} FROM jobs WHERE id IN {_IDS.format(n=1)}",
+                             (dumps(list(ids)),)).fetchall()
+        found = {r[0]: r for r in rows}
+        return [_job(found[i]) for i in dict.fromkeys(ids) if i in found]
+
+    async def list_jobs(self, query: JobQuery) -> Page:
+        """Newest first; the cursor is the last id of the previous page."""
+        where, params = [], []
+        for column, value in (("status", query.status), ("task", query.task), ("queue", query.queue)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(str(value))
+        if query.cursor:
+            where.append("id < ?")
+            params.append(_decode_cursor(query.cursor))
+        limit = max(1, query.limit)
+        sql = (f"SELECT {_COLS} FROM jobs {'WHERE ' + ' AND '.join(where) if where else ''} "
+               "ORDER BY id DESC LIMIT ?")
+        with self._read() as c:
+            rows = c.execute(sql, (*params, limit + 1)).fetchall()
+        items = [_job(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return Page(items=items, next_cursor=_encode_cursor(items[-1].id) if more and items else None)
+
+    async def revisions(self, ids: Sequence[str]) -> dict[str, int]:
+        """``{id: revision}`` of the known jobs among ``ids``."""
+        if not ids:
+            return {}
+        with self._read() as c:
+            return dict(c.execute(f"SELECT id, revision FROM jobs WHERE id IN {_IDS.format(n=1)}",
+                                  (dumps(list(ids)),)).fetchall())
+
+    # -- admin ----------------------------------------------------------------------------
+    async def cancel(self, job_id: str, now: float) -> Job | None:
+        """Cancel a pending job (and its dependents) at once; flag a running one."""
+        with self._write() as c:
+            row = c.execute("SELECT status, cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            status = _STATUS[row[0]]
+            if status in PENDING:
+                c.execute(f"UPDATE jobs SET status = 'cancelled', {_TERMINAL_SET.format(now=1)} WHERE id = ?2",
+                          (now, job_id))
+                _cascade(c, [job_id], now)
+            elif status is Status.RUNNING and not row[1]:
+                c.execute("UPDATE jobs SET cancel_requested = 1, updated_at = ?1, revision = revision + 1 "
+                          "WHERE id = ?2", (now, job_id))
+            job = c.execute(f"SELECT {_COLS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(job)
+
+    async def requeue(self, queue: str | None, ids: Sequence[str] | None, statuses: Sequence[Status],
+                      now: float) -> list[Job]:
+        """Put jobs in ``statuses`` (of ``queue`` and/or among ``ids``) back to ``queued``."""
+        allowed = [str(s) for s in dict.fromkeys(statuses) if can_transition(Status(s), Status.QUEUED)]
+        if not allowed or (ids is not None and not ids):
+            return []
+        where, params = [f"status IN {_IDS.format(n=2)}"], [now, dumps(allowed)]
+        if queue is not None:
+            params.append(queue)
+            where.append(f"queue = ?{len(params)}")
+        if ids is not None:
+            params.append(dumps(list(ids)))
+            where.append(f"id IN {_IDS.format(n=len(params))}")
+        with self._write() as c:
+            rows = c.execute(f"UPDATE jobs SET {_REQUEUE_SET} WHERE {' AND '.join(where)} RETURNING {_COLS}",
+                             params).fetchall()
+        return sorted(map(_job, rows), key=lambda j: j.id)
+
+    async def purge(self, queue: str, now: float) -> int:
+        """Cancel every ready job of ``queue`` (and their dependents)."""
+        with self._write() as c:
+            rows = c.execute(f"UPDATE jobs SET status = 'cancelled', {_TERMINAL_SET.format(now=1)} "
+                             f"WHERE queue = ?2 AND status IN {_READY_SQL} RETURNING id", (now, queue)).fetchall()
+            purged = [r[0] for r in rows]
+            if purged:
+                _cascade(c, purged, now)
+        return len(purged)
+
+    async def queue_settings(self, name: str) -> QueueSettings:
+        """Stored settings of ``name``, or the defaults."""
+        with self._read() as c:
+            row = c.execute(f"SELECT {_SETTINGS_COLS} FROM queues WHERE name = ?", (name,)).fetchone()
+        return _settings(row) if row is not None else _DEFAULTS
+
+    async def save_queue_settings(self, name: str, settings: QueueSettings) -> None:
+        """Store (insert or replace) the settings of ``name``."""
+        with self._write() as c:
+            c.execute(f"INSERT OR REPLACE INTO queues ({_SETTINGS_COLS}) VALUES (?, ?, ?, ?, ?, ?)",
+                      (name, settings.retention, settings.visibility_timeout, settings.max_deliveries,
+                       settings.result_ttl, int(settings.paused)))
+
+    async def queues(self, names: Sequence[str] | None = None) -> list[QueueInfo]:
+        """Queues with stored settings or jobs (or ``names``), with counts per status."""
+        with self._read() as c:
+            settings = {r[0]: _settings(r) for r in c.execute(f"SELECT {_SETTINGS_COLS} FROM queues")}
+            counts: dict[str, dict[str, int]] = {}
+            if names is None:
+                rows: Iterable[Any] = c.execute("SELECT queue, status, count(*) FROM jobs GROUP BY queue, status")
+            else:
+                rows = c.execute(f"SELECT queue, status, count(*) FROM jobs WHERE queue IN {_IDS.format(n=1)} "
+                                 "GROUP BY queue, status", (dumps(list(names)),))
+            for queue, status, n in rows:
+                counts.setdefault(queue, {})[status] = n
+        wanted = sorted(set(settings) | set(counts)) if names is None else list(dict.fromkeys(names))
+        return [QueueInfo(name=n, settings=settings.get(n, _DEFAULTS), counts=counts.get(n, {})) for n in wanted]
+
+    # -- webhooks -------------------------------------------------------------------------
+    async def due_webhooks(self, now: float, limit: int, lease: float) -> list[tuple[Job, int]]:
+        """Pending deliveries due by ``now``, each hidden from other callers for ``lease`` seconds."""
+        with self._write() as c:
+            rows = c.execute(
+                "UPDATE jobs SET webhook_next_at = ?1 + ?2 WHERE id IN (SELECT id FROM jobs "
+                "WHERE webhook_state = 'pending' AND webhook_next_at <= ?1 ORDER BY webhook_next_at LIMIT ?3) "
+                f"RETURNING {_COLS}, webhook_attempts", (now, lease, limit)).fetchall()
+        rows.sort(key=lambda r: r[0])
+        return [(_job(r), r[_NCOLS]) for r in rows]
+
+    async def webhook_attempted(self, job_id: str, delivered: bool, next_at: float | None) -> None:
+        """Count an attempt; the delivery is done when ``delivered`` or ``next_at`` is ``None``."""
+        state = "delivered" if delivered else ("gave_up" if next_at is None else "pending")
+        with self._write() as c:
+            c.execute("UPDATE jobs SET webhook_attempts = webhook_attempts + 1, webhook_state = ?1, "
+                      "webhook_next_at = ?2 WHERE id = ?3 AND webhook_state = 'pending'",
+                      (state, next_at if state == "pending" else None, job_id))
+
+    # -- housekeeping and registry --------------------------------------------------------
+    async def sweep(self, now: float, limit: int = 500) -> SweepReport:
+        """Expired leases, retention, result_ttl and dead workers; each step its own transaction."""
+        with self._read() as c:
+            settings = {r[0]: _settings(r) for r in c.execute(f"SELECT {_SETTINGS_COLS} FROM queues")}
+            queues = [r[0] for r in c.execute(_JOB_QUEUES)]
+        requeued, dead = self._sweep_leases(now, limit)
+        expired = self._sweep_retention(queues, settings, now, limit)
+        deleted = self._sweep_finished(queues, settings, now, limit)
+        with self._write() as c:
+            dropped = c.execute("DELETE FROM workers WHERE last_heartbeat < ?",
+                                (now - self.WORKER_TTL,)).rowcount
+        return SweepReport(requeued=requeued, dead=dead, expired=expired, deleted=deleted,
+                           workers_dropped=dropped)
+
+    def _sweep_leases(self, now: float, limit: int) -> tuple[int, int]:
+        with self._write() as c:
+            rows = c.execute(
+                "SELECT j.id, j.deliveries, coalesce(q.max_deliveries, ?2) FROM jobs j "
+                "LEFT JOIN queues q ON q.name = j.queue WHERE j.status = 'running' AND j.lease_expires_at < ?1 "
+                "ORDER BY j.lease_expires_at LIMIT ?3", (now, _DEFAULTS.max_deliveries, limit)).fetchall()
+            back = [r[0] for r in rows if r[1] < r[2]]
+            dead = [(dumps({"type": "DeliveryLimitExceeded",
+                            "message": f"delivered {r[1]} times without finishing (max_deliveries {r[2]})"}),
+                     now, r[0]) for r in rows if r[1] >= r[2]]
+            if back:
+                c.execute("UPDATE jobs SET status = 'queued', ready_at = ?1, updated_at = ?1, revision = revision + 1, "
+                          "worker_id = NULL, lease_token = NULL, lease_expires_at = NULL "
+                          f"WHERE id IN {_IDS.format(n=2)}", (now, dumps(back)))
+            if dead:
+                c.executemany(f"UPDATE jobs SET status = 'failed', error = ?1, {_TERMINAL_SET.format(now=2)} "
+                              "WHERE id = ?3", dead)
+                _cascade(c, [d[2] for d in dead], now)
+        return len(back), len(dead)
+
+    def _sweep_retention(self, queues: Sequence[str], settings: Mapping[str, QueueSettings], now: float,
+                         limit: int) -> int:
+        total = 0
+        for name in queues:
+            if total >= limit:
+                break
+            retention = settings.get(name, _DEFAULTS).retention
+            with self._write() as c:
+                rows = c.execute(
+                    f"UPDATE jobs SET status = 'expired', {_TERMINAL_SET.format(now=1)} WHERE id IN (SELECT id "
+                    f"FROM jobs WHERE queue = ?2 AND status IN {_READY_SQL} AND ready_at < ?3 LIMIT ?4) RETURNING id",
+                    (now, name, now - retention, limit - total)).fetchall()
+                if rows:
+                    _cascade(c, [r[0] for r in rows], now)
+            total += len(rows)
+        return total
+
+    def _sweep_finished(self, queues: Sequence[str], settings: Mapping[str, QueueSettings], now: float,
+                        limit: int) -> int:
+        total = 0
+        for name in queues:
+            if total >= limit:
+                break
+            ttl = settings.get(name, _DEFAULTS).result_ttl
+            with self._write() as c:
+                # A record whose webhook is still to be sent stays until the outbox is done with it.
+                rows = c.execute(
+                    f"DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE queue = ?1 AND status IN {_TERMINAL_SQL} "
+                    "AND finished_at < ?2 AND webhook_state IS NOT 'pending' LIMIT ?3) RETURNING id",
+                    (name, now - ttl, limit - total)).fetchall()
+                if rows:
+                    gone = dumps([r[0] for r in rows])
+                    c.execute(f"DELETE FROM job_deps WHERE child IN {_IDS.format(n=1)}", (gone,))
+                    c.execute(f"DELETE FROM job_deps WHERE parent IN {_IDS.format(n=1)}", (gone,))
+            total += len(rows)
+        return total
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Drop a worker that stopped cleanly."""
+        with self._write() as c:
+            c.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+
+    async def workers(self, now: float) -> list[WorkerInfo]:
+        """Workers heard from within ``WORKER_TTL``."""
+        with self._read() as c:
+            rows = c.execute("SELECT id, host, pid, queues, concurrency, running, started_at, last_heartbeat "
+                             "FROM workers WHERE last_heartbeat >= ? ORDER BY id", (now - self.WORKER_TTL,))
+            return [WorkerInfo(id=r[0], host=r[1], pid=r[2], queues=tuple(loads(r[3])), concurrency=r[4],
+                               running=tuple(loads(r[5])), started_at=r[6], last_heartbeat=r[7]) for r in rows]
+
+
+def _cascade(c: sqlite3.Connection, ended: Sequence[str], now: float) -> int:
+    """Cancel the pending dependents of ``ended`` jobs, level by level; how many."""
+    total, frontier = 0, list(ended)
+    while frontier:
+        frontier = [r[0] for r in c.execute(_CASCADE, (now, dumps(frontier))).fetchall()]
+        total += len(frontier)
+    return total
+
+
+def _encode_cursor(last_id: str) -> str:
+    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValidationError("invalid cursor: pass the next_cursor of a previous page",
+                              [{"pointer": "#/cursor", "detail": "not a cursor returned by this API"}]) from None
+
+
+class _EnqueuePlan:
+    """The rows one ``enqueue`` call writes, decided inside its write transaction.
+
+    Resolves idempotency keys (stored, or earlier in the batch), parent ids (stored, or
+    earlier in the batch; a parent deduplicated to a stored job stands for that job) and each
+    new job's first status.
+    """
+
+    def __init__(self, c: sqlite3.Connection, jobs: Sequence[Job], now: float) -> None:
+        self.now = now
+        self.rows: list[tuple[Any, ...]] = []
+        self.deps: list[tuple[str, str]] = []
+        self.results: list[tuple[Job, bool]] = []
+        self.stored = self._stored_by_key(c, jobs)
+        self.alias: dict[str, str] = {}  #: submitted id → stored id (deduplicated by key)
+        self.status: dict[str, Status] = {}
+        self.batch_ids = {j.id for j in jobs}
+        self._load_parent_status(c, jobs)
+        errors = []
+        for index, job in enumerate(jobs):
+            errors += self._unknown_parents(job, index if len(jobs) > 1 else None)
+        if errors:
+            raise ValidationError("; ".join(e["detail"] for e in errors), errors)
+        for job in jobs:
+            self._add(job)
+
+    def _stored_by_key(self, c: sqlite3.Connection, jobs: Sequence[Job]) -> dict[str, Job]:
+        keys = [j.idempotency_key for j in jobs if j.idempotency_key is not None]
+        if not keys:
+            return {}
+        rows = c.execute(f"SELECT {_COLS} FROM jobs WHERE idempotency_key IN {_IDS.format(n=1)}", (dumps(keys),))
+        return {r[14]: _job(r) for r in rows}
+
+    def _load_parent_status(self, c: sqlite3.Connection, jobs: Sequence[Job]) -> None:
+        for job in self.stored.values():
+            self.status[job.id] = job.status
+        outside = {p for j in jobs for p in j.depends_on if p not in self.batch_ids}
+        if outside:
+            rows = c.execute(f"SELECT id, status FROM jobs WHERE id IN {_IDS.format(n=1)}", (dumps(list(outside)),))
+            self.status.update((i, _STATUS[s]) for i, s in rows)
+
+    def _unknown_parents(self, job: Job, index: int | None) -> list[dict[str, str]]:
+        prefix = "#" if index is None else f"#/jobs/{index}"
+        return [{"pointer": f"{prefix}/depends_on/{i}", "detail": f"depends_on: no job has id {p!r}"}
+                for i, p in enumerate(job.depends_on) if p not in self.batch_ids and p not in self.status]
+
+    def _add(self, job: Job) -> None:
+        key = job.idempotency_key
+        prior = self.stored.get(key) if key is not None else None
+        if prior is not None:
+            self.alias[job.id] = prior.id
+            self.results.append((prior, False))
+            return
+        parents = list(dict.fromkeys(self.alias.get(p, p) for p in job.depends_on))
+        status, error = self._first_status(job, parents)
+        now = self.now
+        ready_at = now if status is Status.QUEUED else job.scheduled_at if status is Status.SCHEDULED else None
+        finished_at = now if status is Status.CANCELLED else None
+        created_at = job.created_at or now
+        pending_hook = status is Status.CANCELLED and job.webhook is not None
+        new = Job(
+            id=job.id, task=job.task, queue=job.queue, status=status, args=job.args, kwargs=job.kwargs,
+            priority=job.priority, progress=job.progress, error=error, attempt=job.attempt,
+            max_retries=job.max_retries, timeout=job.timeout, depends_on=parents,
+            idempotency_key=key, metadata=job.metadata, webhook=job.webhook, created_at=created_at,
+            scheduled_at=job.scheduled_at, finished_at=finished_at, updated_at=now,
+        )
+        self.rows.append((
+            new.id, new.task, new.queue, status.value, dumps(list(new.args)), _json_or_empty(new.kwargs, "{}"),
+            new.priority, dumps(new.progress) if new.progress is not None else None, None,
+            dumps(error) if error is not None else None, new.attempt, new.max_retries, new.timeout,
+            _json_or_empty(parents, "[]"), key, _json_or_empty(new.metadata, "{}"), new.webhook, created_at,
+            new.scheduled_at, finished_at, now, ready_at, "pending" if pending_hook else None,
+            now if pending_hook else None,
+        ))
+        self.deps.extend((new.id, p) for p in parents)
+        self.status[new.id] = status
+        if key is not None:
+            self.stored[key] = new
+        self.results.append((new, True))
+
+    def _first_status(self, job: Job, parents: Sequence[str]) -> tuple[Status, dict[str, str] | None]:
+        for parent in parents:
+            ended = self.status.get(parent)
+            if ended in _ENDED_BADLY:
+                return Status.CANCELLED, {"type": "DependencyFailed", "message": f"parent {parent} ended {ended}"}
+        if any(self.status.get(p) is not Status.SUCCEEDED for p in parents):
+            return Status.WAITING, None
+        if job.scheduled_at is not None and job.scheduled_at > self.now:
+            return Status.SCHEDULED, None
+        return Status.QUEUED, None
+
+
+__all__ = ["SQLiteBackend", "path_from_url"]
