@@ -1,0 +1,250 @@
+"""Leasing: claim order, pause, delay, lease expiry, delivery limit, fencing, heartbeats, waking."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from conveyor.backends.base import Outcome, WorkerInfo
+from conveyor.core.job import Status
+from conveyor.core.queues import QueueSettings
+
+
+async def test_claim__ready_job__is_leased_with_a_token(backend, submit):
+    job = await submit()
+    now = time.time()
+
+    [lease] = await backend.claim(["default"], 5, "worker-1", now)
+
+    assert lease.job.id == job.id
+    assert lease.job.status is Status.RUNNING
+    assert lease.token and lease.job.lease_token == lease.token
+    assert lease.job.worker_id == "worker-1"
+    assert lease.job.deliveries == 1
+    assert lease.job.started_at == now
+    assert lease.job.lease_expires_at == now + QueueSettings().visibility_timeout
+    assert await backend.claim(["default"], 5, "worker-2", now) == []
+
+
+async def test_claim__priorities__highest_first_then_fifo(backend, submit):
+    low = await submit(priority=0)
+    high_1 = await submit(priority=9)
+    mid = await submit(priority=5)
+    high_2 = await submit(priority=9)
+
+    leases = await backend.claim(["default"], 10, "worker-1", time.time())
+
+    assert [lease.job.id for lease in leases] == [high_1.id, high_2.id, mid.id, low.id]
+
+
+async def test_claim__limit__claims_one_per_call_in_fifo_order(backend, submit):
+    jobs = [await submit() for _ in range(3)]
+
+    got = [(await backend.claim(["default"], 1, "w", time.time()))[0].job.id for _ in range(3)]
+
+    assert got == [j.id for j in jobs]
+
+
+async def test_claim__only_named_queues__are_served(backend, submit):
+    await submit(queue="other")
+    mine = await submit(queue="mine")
+
+    leases = await backend.claim(["mine", "absent"], 10, "worker-1", time.time())
+
+    assert [lease.job.id for lease in leases] == [mine.id]
+
+
+async def test_claim__paused_queue__hands_out_nothing_until_resumed(backend, submit):
+    job = await submit(queue="media")
+    await backend.save_queue_settings("media", QueueSettings(paused=True))
+
+    assert await backend.claim(["media"], 1, "worker-1", time.time()) == []
+
+    await backend.save_queue_settings("media", QueueSettings(paused=False))
+    [lease] = await backend.claim(["media"], 1, "worker-1", time.time())
+    assert lease.job.id == job.id
+
+
+async def test_claim__delayed_job__not_before_its_time(backend, submit):
+    now = time.time()
+    job = await submit(scheduled_at=now + 60)
+
+    assert await backend.claim(["default"], 1, "worker-1", now + 59) == []
+
+    [lease] = await backend.claim(["default"], 1, "worker-1", now + 61)
+    assert lease.job.id == job.id
+
+
+async def test_claim__expired_lease__redelivers_after_sweep(backend, submit, claim_one, fetch):
+    job = await submit()
+    now = time.time()
+    first = await claim_one(now=now)
+
+    report = await backend.sweep(now + 31)
+    second = await claim_one(now=now + 31, worker="worker-2")
+
+    assert report.requeued == 1
+    assert second.job.id == job.id
+    assert second.token != first.token
+    assert second.job.deliveries == 2
+    assert (await fetch(job.id)).worker_id == "worker-2"
+
+
+async def test_sweep__live_lease__is_left_alone(backend, submit, claim_one, fetch):
+    job = await submit()
+    now = time.time()
+    await claim_one(now=now)
+
+    report = await backend.sweep(now + 29)
+
+    assert report.requeued == 0
+    assert (await fetch(job.id)).status is Status.RUNNING
+
+
+async def test_sweep__deliveries_reach_max__job_fails_with_delivery_limit(backend, submit, claim_one, fetch):
+    await backend.save_queue_settings("default", QueueSettings(max_deliveries=2, visibility_timeout=10))
+    job = await submit()
+    now = time.time()
+    await claim_one(now=now)
+    await backend.sweep(now + 11)
+    await claim_one(now=now + 11)
+
+    report = await backend.sweep(now + 22)
+
+    assert report.dead == 1
+    failed = await fetch(job.id)
+    assert failed.status is Status.FAILED
+    assert failed.error is not None and failed.error["type"] == "DeliveryLimitExceeded"
+    assert failed.finished_at == now + 22
+    assert await backend.claim(["default"], 1, "w", now + 23) == []
+
+
+async def test_finish__stale_token__refused_after_lease_passed_on(backend, submit, claim_one, fetch):
+    job = await submit()
+    now = time.time()
+    old = await claim_one(now=now)
+    await backend.sweep(now + 31)
+    new = await claim_one(now=now + 31, worker="worker-2")
+
+    stale = await backend.finish([Outcome(job.id, old.token, Status.SUCCEEDED, result="old")], now + 32)
+    progress = await backend.set_progress(job.id, old.token, {"fraction": 0.9}, now + 32)
+    reply = await backend.heartbeat(WorkerInfo("worker-1", "host", 1, ("default",), 1), {job.id: old.token},
+                                    now + 32)
+
+    assert stale == [False]
+    assert progress is False
+    assert job.id in reply.lost
+    assert (await fetch(job.id)).status is Status.RUNNING
+    assert await backend.finish([Outcome(job.id, new.token, Status.SUCCEEDED, result="new")], now + 33) == [True]
+    assert (await fetch(job.id)).result == "new"
+
+
+async def test_finish__succeeded__records_result_and_ends_lease(backend, submit, claim_one, fetch):
+    job = await submit()
+    lease = await claim_one()
+    now = time.time()
+
+    assert await backend.finish([Outcome(job.id, lease.token, Status.SUCCEEDED, result={"ok": 1})], now) == [True]
+
+    done = await fetch(job.id)
+    assert done.status is Status.SUCCEEDED
+    assert done.result == {"ok": 1}
+    assert done.finished_at == now
+    assert done.lease_token is None
+    assert await backend.finish([Outcome(job.id, lease.token, Status.FAILED)], now) == [False]
+
+
+async def test_finish__many_outcomes__each_applied_or_refused(backend, submit, new_job, fetch):
+    await backend.enqueue([new_job() for _ in range(3)])
+    a, b, c = await backend.claim(["default"], 3, "w", time.time())
+    now = time.time()
+    error = {"type": "ValueError", "message": "bad", "traceback": None}
+
+    applied = await backend.finish([
+        Outcome(a.job.id, a.token, Status.SUCCEEDED, result=1),
+        Outcome(b.job.id, "not-the-token", Status.SUCCEEDED),
+        Outcome(c.job.id, c.token, Status.FAILED, error=error),
+    ], now)
+
+    assert applied == [True, False, True]
+    assert (await fetch(a.job.id)).status is Status.SUCCEEDED
+    assert (await fetch(b.job.id)).status is Status.RUNNING
+    failed = await fetch(c.job.id)
+    assert (failed.status, failed.error) == (Status.FAILED, error)
+
+
+async def test_finish__retrying__reclaimable_at_its_time_with_next_attempt(backend, submit, claim_one, fetch):
+    job = await submit()
+    now = time.time()
+    lease = await claim_one(now=now)
+    error = {"type": "ValueError", "message": "flaky", "traceback": "..."}
+
+    await backend.finish([Outcome(job.id, lease.token, Status.RETRYING, error=error, scheduled_at=now + 10,
+                                  attempt=2)], now)
+
+    retrying = await fetch(job.id)
+    assert (retrying.status, retrying.attempt, retrying.scheduled_at) == (Status.RETRYING, 2, now + 10)
+    assert retrying.error == error
+    assert await backend.claim(["default"], 1, "w", now + 9) == []
+    again = await claim_one(now=now + 11)
+    assert (again.job.id, again.job.attempt, again.job.deliveries) == (job.id, 2, 2)
+
+
+async def test_finish__handed_back_uncounted__is_queued_without_using_a_delivery(backend, submit, claim_one,
+                                                                                fetch):
+    job = await submit()
+    lease = await claim_one()
+
+    await backend.finish([Outcome(job.id, lease.token, Status.QUEUED, uncount_delivery=True)], time.time())
+
+    back = await fetch(job.id)
+    assert (back.status, back.deliveries, back.lease_token) == (Status.QUEUED, 0, None)
+    assert (await claim_one()).job.id == job.id
+
+
+async def test_heartbeat__held_lease__is_extended_and_worker_registered(backend, submit, claim_one, fetch):
+    job = await submit()
+    now = time.time()
+    lease = await claim_one(now=now)
+    worker = WorkerInfo("worker-1", "host-a", 4242, ("default",), 8, running=(job.id,), started_at=now)
+
+    reply = await backend.heartbeat(worker, {job.id: lease.token}, now + 20)
+
+    assert reply.lost == frozenset() and reply.cancel_requested == frozenset()
+    assert (await fetch(job.id)).lease_expires_at == now + 20 + QueueSettings().visibility_timeout
+    assert (await backend.sweep(now + 35)).requeued == 0
+    [info] = await backend.workers(now + 20)
+    assert (info.id, info.host, info.pid, info.queues, info.running) == (
+        "worker-1", "host-a", 4242, ("default",), (job.id,))
+
+
+async def test_heartbeat__cancel_requested__is_reported(backend, submit, claim_one):
+    job = await submit()
+    lease = await claim_one()
+    await backend.cancel(job.id, time.time())
+
+    reply = await backend.heartbeat(WorkerInfo("w", "h", 1, ("default",), 1), {job.id: lease.token}, time.time())
+
+    assert reply.cancel_requested == frozenset({job.id})
+    assert reply.lost == frozenset()
+
+
+async def test_wait_for_work__another_process_enqueues__wakes_within_milliseconds(backend, open_backend,
+                                                                                   new_job):
+    other = await open_backend()
+    waiter = asyncio.create_task(backend.wait_for_work(["default"], 5.0))
+    await asyncio.sleep(0.05)
+
+    started = time.monotonic()
+    await other.enqueue([new_job()])
+    await asyncio.wait_for(waiter, 2.0)
+
+    assert time.monotonic() - started < 0.5
+
+
+async def test_wait_for_work__nothing_happens__returns_after_timeout(backend):
+    started = time.monotonic()
+
+    await backend.wait_for_work(["default"], 0.05)
+
+    assert 0.04 <= time.monotonic() - started < 1.0

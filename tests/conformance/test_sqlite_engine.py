@@ -1,0 +1,98 @@
+"""What only the embedded engine promises: URLs, WAL, versioned schema, clear outage errors."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+from conveyor.backends.sqlite import SQLiteBackend
+from conveyor.backends.sqlite.backend import path_from_url
+from conveyor.core.errors import BackendUnavailable, ConfigurationError
+from conveyor.core.ids import uuid7
+from conveyor.core.job import Job
+
+
+@pytest.mark.parametrize(("url", "path"), [
+    ("sqlite:///conveyor.db", "conveyor.db"),
+    ("sqlite:///./data/jobs.db", "./data/jobs.db"),
+    ("sqlite:////var/lib/conveyor.db", "/var/lib/conveyor.db"),
+])
+def test_url__relative_and_absolute__name_the_file(url, path):
+    assert path_from_url(url) == path
+
+
+def test_url__no_file__is_a_configuration_error():
+    with pytest.raises(ConfigurationError):
+        SQLiteBackend("sqlite://")
+
+
+async def test_open__relative_url__creates_file_in_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    backend = SQLiteBackend("sqlite:///conveyor.db")
+    await backend.open()
+    await backend.close()
+
+    assert (tmp_path / "conveyor.db").exists()
+
+
+async def test_open__new_file__is_wal_with_latest_schema_version(tmp_path):
+    backend = SQLiteBackend(f"sqlite:///{tmp_path / 'c.db'}")
+    await backend.open()
+    await backend.close()
+
+    conn = sqlite3.connect(tmp_path / "c.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] >= 1
+    conn.close()
+
+
+async def test_open__missing_directory__backend_unavailable_naming_the_file(tmp_path):
+    backend = SQLiteBackend(f"sqlite:///{tmp_path / 'nope' / 'c.db'}")
+
+    with pytest.raises(BackendUnavailable, match=r"c\.db"):
+        await backend.open()
+
+
+async def test_open__newer_schema__refused_with_upgrade_hint(tmp_path):
+    conn = sqlite3.connect(tmp_path / "c.db")
+    conn.execute("PRAGMA user_version = 999")
+    conn.close()
+
+    with pytest.raises(ConfigurationError, match="upgrade"):
+        await SQLiteBackend(f"sqlite:///{tmp_path / 'c.db'}").open()
+
+
+async def test_write__file_locked_by_another_process__backend_unavailable(tmp_path, monkeypatch):
+    import conveyor.backends.sqlite.backend as engine
+
+    path = tmp_path / "c.db"
+    backend = SQLiteBackend(f"sqlite:///{path}")
+    await backend.open()
+    monkeypatch.setattr(engine, "BUSY_TIMEOUT", 0.05)
+    backend._connection().execute("PRAGMA busy_timeout = 50")
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(BackendUnavailable, match="locked"):
+            await backend.enqueue([Job(id=uuid7(), task="t", created_at=time.time())])
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        await backend.close()
+
+
+async def test_reopen__existing_file__keeps_jobs(tmp_path):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    first = SQLiteBackend(url)
+    await first.open()
+    [(job, _)] = await first.enqueue([Job(id=uuid7(), task="t", created_at=time.time())])
+    await first.close()
+
+    second = SQLiteBackend(url)
+    await second.open()
+    try:
+        assert [j.id for j in await second.get_jobs([job.id])] == [job.id]
+    finally:
+        await second.close()

@@ -1,0 +1,165 @@
+"""Submitting and reading jobs: enqueue, get, list with cursors, idempotency, revisions, settings."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from conveyor.backends.base import JobQuery
+from conveyor.core.errors import ValidationError
+from conveyor.core.job import Status
+from conveyor.core.queues import QueueSettings
+
+
+async def test_enqueue__plain_job__is_queued_and_readable(backend, new_job, fetch):
+    job = new_job(args=["in/cat.mp4"], kwargs={"height": 480}, metadata={"by": "test"}, priority=3)
+    [(stored, created)] = await backend.enqueue([job])
+
+    assert created
+    assert stored.status is Status.QUEUED
+    read = await fetch(job.id)
+    assert (read.task, read.queue, read.status) == ("conformance.echo", "default", Status.QUEUED)
+    assert list(read.args) == ["in/cat.mp4"]
+    assert dict(read.kwargs) == {"height": 480}
+    assert dict(read.metadata) == {"by": "test"}
+    assert read.priority == 3
+    assert (read.attempt, read.deliveries, read.result, read.error) == (1, 0, None, None)
+    assert read.created_at == pytest.approx(job.created_at, abs=0.001)
+
+
+async def test_enqueue__batch__stores_every_job_in_order(backend, new_job):
+    jobs = [new_job(args=[i]) for i in range(50)]
+    results = await backend.enqueue(jobs)
+
+    assert [j.id for j, _ in results] == [j.id for j in jobs]
+    assert all(created for _, created in results)
+    stored = await backend.get_jobs([j.id for j in jobs])
+    assert [list(j.args) for j in stored] == [[i] for i in range(50)]
+
+
+async def test_enqueue__future_scheduled_at__is_scheduled(backend, submit):
+    job = await submit(scheduled_at=time.time() + 60)
+
+    assert job.status is Status.SCHEDULED
+
+
+async def test_get_jobs__unknown_ids__are_left_out(backend, submit):
+    job = await submit()
+
+    found = await backend.get_jobs(["01900000-0000-7000-8000-000000000000", job.id])
+
+    assert [j.id for j in found] == [job.id]
+
+
+async def test_enqueue__idempotency_key_stored__returns_stored_job(backend, new_job):
+    [(first, created)] = await backend.enqueue([new_job(idempotency_key="order-42", args=[1])])
+    [(again, created_again)] = await backend.enqueue([new_job(idempotency_key="order-42", args=[2])])
+
+    assert created and not created_again
+    assert again.id == first.id
+    assert list(again.args) == [1]
+    page = await backend.list_jobs(JobQuery())
+    assert [j.id for j in page.items] == [first.id]
+
+
+async def test_enqueue__idempotency_key_twice_in_one_batch__creates_one_job(backend, new_job):
+    results = await backend.enqueue([new_job(idempotency_key="k"), new_job(idempotency_key="k")])
+
+    assert [created for _, created in results] == [True, False]
+    assert results[0][0].id == results[1][0].id
+
+
+async def test_list_jobs__newest_first_with_cursor__pages_through_everything(backend, new_job):
+    jobs = [new_job(args=[i]) for i in range(7)]
+    await backend.enqueue(jobs)
+
+    seen, cursor = [], None
+    for _ in range(10):
+        page = await backend.list_jobs(JobQuery(limit=3, cursor=cursor))
+        seen += [j.id for j in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+
+    assert seen == [j.id for j in reversed(jobs)]
+
+
+async def test_list_jobs__cursor__is_stable_under_new_inserts(backend, new_job):
+    jobs = [new_job() for _ in range(4)]
+    await backend.enqueue(jobs)
+    first = await backend.list_jobs(JobQuery(limit=2))
+
+    await backend.enqueue([new_job() for _ in range(3)])
+    second = await backend.list_jobs(JobQuery(limit=2, cursor=first.next_cursor))
+
+    assert [j.id for j in first.items + second.items] == [j.id for j in reversed(jobs)]
+    assert second.next_cursor is None
+
+
+async def test_list_jobs__filters__match_status_task_and_queue(backend, submit, claim_one):
+    a = await submit("t.a", queue="media")
+    await submit("t.b", queue="media")
+    c = await submit("t.a", queue="mail")
+    await claim_one("mail")
+
+    assert [j.id for j in (await backend.list_jobs(JobQuery(task="t.a"))).items] == [c.id, a.id]
+    assert [j.id for j in (await backend.list_jobs(JobQuery(queue="mail"))).items] == [c.id]
+    assert [j.id for j in (await backend.list_jobs(JobQuery(status=Status.RUNNING))).items] == [c.id]
+    media_a = await backend.list_jobs(JobQuery(task="t.a", queue="media", status=Status.QUEUED))
+    assert [j.id for j in media_a.items] == [a.id]
+
+
+async def test_revisions__every_change__bumps_the_revision(backend, submit, claim_one):
+    job = await submit()
+    seen = [(await backend.revisions([job.id]))[job.id]]
+
+    lease = await claim_one()
+    seen.append((await backend.revisions([job.id]))[job.id])
+    await backend.set_progress(job.id, lease.token, {"fraction": 0.5}, time.time())
+    seen.append((await backend.revisions([job.id]))[job.id])
+    await backend.cancel(job.id, time.time())
+    seen.append((await backend.revisions([job.id]))[job.id])
+
+    assert seen == sorted(set(seen)), f"revisions must strictly increase: {seen}"
+    assert await backend.revisions(["01900000-0000-7000-8000-000000000000"]) == {}
+
+
+async def test_queue_settings__saved__round_trip(backend):
+    assert await backend.queue_settings("media") == QueueSettings()
+
+    settings = QueueSettings(retention=120.0, visibility_timeout=5.0, max_deliveries=2, result_ttl=60.0,
+                             paused=True)
+    await backend.save_queue_settings("media", settings)
+
+    assert await backend.queue_settings("media") == settings
+    [info] = await backend.queues(["media"])
+    assert info.settings == settings
+
+
+async def test_queues__counts__per_status_for_known_queues(backend, submit, claim_one):
+    await submit(queue="media")
+    await submit(queue="media")
+    await submit(queue="media", scheduled_at=time.time() + 60)
+    await claim_one("media")
+    await backend.save_queue_settings("empty", QueueSettings())
+
+    infos = {q.name: q for q in await backend.queues()}
+
+    assert set(infos) == {"media", "empty"}
+    assert infos["media"].to_json()["queued"] == 1
+    assert infos["media"].to_json()["running"] == 1
+    assert infos["media"].to_json()["scheduled"] == 1
+    assert infos["empty"].to_json()["queued"] == 0
+
+
+async def test_enqueue__unknown_parent__raises_validation_error_naming_it(backend, submit, new_job):
+    parent = await submit()
+    missing = "01900000-0000-7000-8000-000000000000"
+
+    with pytest.raises(ValidationError) as caught:
+        await backend.enqueue([new_job(depends_on=[parent.id, missing])])
+
+    assert caught.value.errors[0]["pointer"] == "#/depends_on/1"
+    assert missing in caught.value.errors[0]["detail"]
+    assert len((await backend.list_jobs(JobQuery())).items) == 1
