@@ -1,0 +1,91 @@
+"""Real worker processes against a fresh SQLite file per test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor import Conveyor
+from conveyor.core.job import Status
+from tests.e2e import jobs_app
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = "tests.e2e.jobs_app:app"
+
+
+class Env:
+    """A test's backend URL, a client app with the test tasks, and its worker processes."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.url = f"sqlite:///{tmp_path}/conveyor.db"
+        self.log = tmp_path / "events.jsonl"
+        self.client = Conveyor(self.url)
+        self.client.tasks = dict(jobs_app.app.tasks)
+        self.client.queue_declarations = dict(jobs_app.app.queue_declarations)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.tmp_path = tmp_path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ, CONVEYOR_URL=self.url, TEST_LOG=str(self.log), PYTHONPATH=str(ROOT))
+        env.update(extra)
+        return env
+
+    def worker(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``conveyor worker`` for the test app; output goes to a log file in tmp_path."""
+        out = open(self.tmp_path / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "conveyor.cli", "worker", "--app", APP, *args],
+            env=env or self.env(), stdout=out, stderr=subprocess.STDOUT, cwd=self.tmp_path,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def enqueue(self, task: str, *args: object, **kwargs: object):
+        options = {k: kwargs.pop(k) for k in list(kwargs) if k in {"queue", "priority", "delay", "eta",
+                                                                  "max_retries", "timeout", "depends_on",
+                                                                  "key", "metadata", "webhook"}}
+        return self.client.enqueue(task, args, kwargs, **options)
+
+    def wait_all(self, handles, timeout: float = 30.0, statuses=Status) -> None:
+        """Wait until every job is terminal (bounded)."""
+        deadline = time.monotonic() + timeout
+        pending = list(handles)
+        while pending and time.monotonic() < deadline:
+            pending = [h for h in pending if not h.refresh().status.terminal]
+            if pending:
+                time.sleep(0.05)
+        assert not pending, f"{len(pending)} jobs not finished after {timeout} s: {pending[:3]}"
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.tmp_path.glob("worker-*.log")))
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+        for p in self.procs:
+            p.wait(10)
+
+
+@pytest.fixture
+def e2e(tmp_path: Path) -> Iterator[Env]:
+    env = Env(tmp_path)
+    yield env
+    env.stop()
+    env.client.portal.stop()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

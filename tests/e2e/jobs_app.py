@@ -1,0 +1,125 @@
+"""Tasks used by the end-to-end tests; workers import this as ``tests.e2e.jobs_app:app``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+
+from conveyor import Context, Conveyor
+
+app = Conveyor()  # CONVEYOR_URL of the test
+app.queue("default", visibility_timeout=float(os.environ.get("TEST_VISIBILITY", "30")))
+app.queue("crashy", visibility_timeout=1, max_deliveries=3)
+
+
+def _record(event: str, ctx: Context, **extra: object) -> None:
+    """Append one line to $TEST_LOG: which job ran, when, in which process."""
+    path = os.environ.get("TEST_LOG")
+    if path:
+        line = json.dumps({"event": event, "job": ctx.job.id, "pid": os.getpid(), "t": time.time(), **extra})
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+
+@app.task
+def add(ctx: Context, a: int, b: int) -> int:
+    return a + b
+
+
+@app.task
+async def async_add(ctx: Context, a: int, b: int) -> int:
+    await asyncio.sleep(0.01)
+    return a + b
+
+
+@app.task
+def noop(ctx: Context) -> None:
+    return None
+
+
+@app.task(max_retries=3, backoff=0.05)
+def flaky(ctx: Context, failures: int) -> str:
+    """Fails ``failures`` times (counted in the job's attempt), then succeeds."""
+    if ctx.job.attempt <= failures:
+        raise RuntimeError(f"attempt {ctx.job.attempt} fails")
+    return f"ok after {ctx.job.attempt} attempts"
+
+
+@app.task(max_retries=1, backoff=0.05)
+def always_fails(ctx: Context) -> None:
+    raise ValueError("this task always fails")
+
+
+@app.task
+def work(ctx: Context, ms: int) -> int:
+    """Sleep ``ms`` milliseconds, recording start and end."""
+    _record("start", ctx)
+    time.sleep(ms / 1000)
+    _record("end", ctx)
+    return ms
+
+
+@app.task
+def sleeper(ctx: Context, seconds: float) -> str:
+    """Sleep cooperatively: notices a cancel within 50 ms."""
+    _record("start", ctx)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ctx.raise_if_cancelled()
+        time.sleep(0.05)
+    _record("end", ctx)
+    return "slept"
+
+
+@app.task
+def stubborn(ctx: Context, seconds: float) -> str:
+    """Sleeps and ignores cancellation and time limits."""
+    _record("start", ctx)
+    time.sleep(seconds)
+    _record("end", ctx)
+    return "done"
+
+
+@app.task(queue="crashy")
+def suicide(ctx: Context) -> None:
+    """Kills its own process, as a segfault or the OOM killer would."""
+    _record("start", ctx)
+    os._exit(13)
+
+
+@app.task
+def whoami(ctx: Context, seconds: float) -> int:
+    """Sleep (ignoring cancels), then return the worker's pid: shows whose outcome was kept."""
+    _record("start", ctx)
+    time.sleep(seconds)
+    _record("end", ctx)
+    return os.getpid()
+
+
+@app.task
+def progress_steps(ctx: Context, steps: int) -> int:
+    for i in range(steps):
+        ctx.progress((i + 1) / steps, f"step {i + 1}")
+        time.sleep(0.1)
+    return steps
+
+
+@app.task
+def record_priority(ctx: Context, tag: str) -> str:
+    _record("run", ctx, tag=tag)
+    return tag
+
+
+@app.task
+def parents(ctx: Context) -> dict[str, object]:
+    return dict(ctx.parent_results)
+
+
+def recorded(path: str | Path) -> list[dict[str, object]]:
+    p = Path(path)
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]

@@ -1,0 +1,173 @@
+"""A real `conveyor worker` process against SQLite: the guarantees of SPEC §4, end to end."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conveyor.core.errors import JobFailed
+from conveyor.core.job import Status
+from tests.e2e.conftest import wait_for
+from tests.e2e.jobs_app import recorded
+
+pytestmark = pytest.mark.slow
+
+
+def test_round_trip__sync_and_async_tasks_succeed(e2e):
+    e2e.worker()
+    sync_job = e2e.enqueue("add", 2, 3)
+    async_job = e2e.enqueue("async_add", a=4, b=5)
+    assert sync_job.status is Status.QUEUED
+    assert sync_job.wait(timeout=20) == 5
+    assert async_job.wait(timeout=20) == 9
+    job = sync_job.refresh().job
+    assert job.started_at and job.finished_at and job.finished_at >= job.started_at
+    assert job.attempt == 1 and job.deliveries == 1
+
+
+def test_retries__failing_attempts_are_retried_then_succeed(e2e):
+    e2e.worker()
+    job = e2e.enqueue("flaky", 2)
+    assert job.wait(timeout=20) == "ok after 3 attempts"
+    assert job.refresh().job.attempt == 3
+
+
+def test_dead_letters__exhausted_retries_fail_and_redrive_runs_them_again(e2e):
+    e2e.worker()
+    job = e2e.enqueue("always_fails")
+    with pytest.raises(JobFailed) as err:
+        job.wait(timeout=20)
+    assert err.value.status == "failed" and err.value.error["type"] == "ValueError"
+    assert job.refresh().job.attempt == 2  # the first attempt and its one retry
+    assert "this task always fails" in job.error["message"] and "Traceback" in job.error["traceback"]
+
+    async def redrive():
+        backend = await e2e.client.backend()
+        return await backend.requeue("default", None, [Status.FAILED], time.time())
+
+    redriven = e2e.client.portal.call(redrive())
+    assert [j.id for j in redriven] == [job.id]
+    wait_for(lambda: job.refresh().status is Status.FAILED and job.job.finished_at, what="second failure")
+    assert job.job.attempt == 2 and job.job.deliveries == 2  # attempts reset by redrive, then retried once
+
+
+def test_kill_9__every_job_still_succeeds(e2e):
+    """kill -9 a worker while a few hundred 20 ms jobs run; a fresh worker finishes them all."""
+    env = e2e.env(TEST_VISIBILITY="2")
+    first = e2e.worker("--concurrency", "8", env=env)
+    jobs = e2e.client.enqueue_many([("work", (20,), {}, {}) for _ in range(300)])
+    wait_for(lambda: len(recorded(e2e.log)) > 150, what="jobs to start")
+    first.send_signal(signal.SIGKILL)
+    first.wait(5)
+    e2e.worker("--concurrency", "8", env=env)
+    e2e.wait_all(jobs, timeout=60)
+    assert all(j.status is Status.SUCCEEDED for j in jobs)
+    starts = collections.Counter(e["job"] for e in recorded(e2e.log) if e["event"] == "start")
+    duplicates = [job_id for job_id, n in starts.items() if n > 1]
+    assert len(starts) == 300
+    assert len(duplicates) <= 8  # only the jobs that were running at the kill run twice
+
+
+def test_sigterm__running_jobs_finish_within_grace_and_worker_exits_0(e2e):
+    worker = e2e.worker("--grace", "10")
+    job = e2e.enqueue("sleeper", 1.0)
+    wait_for(lambda: recorded(e2e.log), what="job start")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(15) == 0
+    assert job.refresh().status is Status.SUCCEEDED
+
+
+def test_sigterm__unfinished_jobs_are_handed_back_for_immediate_redelivery(e2e):
+    worker = e2e.worker("--grace", "0.5")
+    job = e2e.enqueue("stubborn", 3.0)
+    wait_for(lambda: recorded(e2e.log), what="job start")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(10) == 0
+    handed = job.refresh().job
+    assert handed.status is Status.QUEUED and handed.deliveries == 0  # not counted as a delivery
+    e2e.worker()
+    assert job.wait(timeout=20) == "done"
+
+
+def test_process_killing_task__fails_after_max_deliveries_without_looping(e2e):
+    job = e2e.enqueue("suicide")
+    deadline = time.monotonic() + 60
+    while not job.refresh().status.terminal and time.monotonic() < deadline:
+        worker = e2e.worker("--queues", "crashy")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.wait(10)
+    assert job.status is Status.FAILED
+    assert job.error["type"] == "DeliveryLimitExceeded"
+    assert job.job.deliveries == 3
+    assert len([e for e in recorded(e2e.log) if e["event"] == "start"]) == 3  # never a fourth run
+
+
+def test_fencing__a_worker_whose_lease_expired_cannot_overwrite_the_outcome(e2e):
+    env = e2e.env(TEST_VISIBILITY="1")
+    slow = e2e.worker(env=env)
+    job = e2e.enqueue("whoami", 2.0)
+    wait_for(lambda: recorded(e2e.log), what="first start")
+    slow.send_signal(signal.SIGSTOP)  # frozen: no heartbeat, the lease runs out
+    fast = e2e.worker(env=env)
+    try:
+        wait_for(lambda: len([e for e in recorded(e2e.log) if e["event"] == "start"]) == 2, timeout=20,
+                 what="redelivery to the second worker")
+    finally:
+        slow.send_signal(signal.SIGCONT)
+    assert job.wait(timeout=20) == fast.pid
+    time.sleep(3)  # the first worker's thread finishes now; its outcome must be refused
+    final = job.refresh().job
+    assert final.result == fast.pid and final.status is Status.SUCCEEDED and final.deliveries == 2
+
+
+def test_delay__job_does_not_start_before_its_time(e2e):
+    e2e.worker()
+    start = time.time()
+    job = e2e.enqueue("add", 1, 1, delay=1.5)
+    assert job.status is Status.SCHEDULED
+    assert job.wait(timeout=20) == 2
+    assert job.refresh().job.started_at >= start + 1.5
+
+
+def test_priority__higher_first_then_fifo(e2e):
+    tags = [("low-1", 0), ("high-1", 9), ("mid", 5), ("high-2", 9), ("low-2", 0)]
+    jobs = [e2e.enqueue("record_priority", tag, priority=p) for tag, p in tags]
+    e2e.worker("--concurrency", "1")
+    e2e.wait_all(jobs)
+    order = [e["tag"] for e in recorded(e2e.log)]
+    assert order == ["high-1", "high-2", "mid", "low-1", "low-2"]
+
+
+def test_cancel__queued_at_once_and_running_cooperatively(e2e):
+    queued = e2e.enqueue("add", 1, 2, delay=60)
+    assert queued.cancel().status is Status.CANCELLED
+    e2e.worker()
+    running = e2e.enqueue("sleeper", 30.0)
+    wait_for(lambda: running.refresh().status is Status.RUNNING, what="running")
+    asked = time.monotonic()
+    running.cancel()
+    wait_for(lambda: running.refresh().status is Status.CANCELLED, timeout=5, what="cancelled")
+    assert time.monotonic() - asked < 1.5
+    assert not [e for e in recorded(e2e.log) if e["event"] == "end"]
+
+
+def test_progress__visible_while_the_job_runs(e2e):
+    e2e.worker()
+    job = e2e.enqueue("progress_steps", 10)
+    wait_for(lambda: (job.refresh().progress or {}).get("fraction", 0) > 0, what="progress")
+    assert job.progress["message"].startswith("step")
+    job.wait(timeout=20)
+    assert job.refresh().progress == {"fraction": 1.0, "message": "step 10"}
+
+
+def test_dependencies__child_reads_its_parents_results(e2e):
+    e2e.worker()
+    a = e2e.enqueue("add", 1, 2)
+    b = e2e.enqueue("add", 3, 4)
+    child = e2e.enqueue("parents", depends_on=[a, b])
+    assert child.wait(timeout=20) == {a.id: 3, b.id: 7}

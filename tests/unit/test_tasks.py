@@ -1,0 +1,138 @@
+"""Task registration and argument validation at enqueue time."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+import pydantic
+import pytest
+
+from conveyor import Context, Conveyor
+from conveyor.core.app import order_by_dependencies
+from conveyor.core.errors import InvalidArguments, RegistrationError, UnknownTask, ValidationError
+from conveyor.core.ids import is_uuid, uuid7
+from conveyor.core.job import Status
+
+
+class Size(pydantic.BaseModel):
+    width: int
+    height: int
+
+
+@pytest.fixture
+def app(tmp_path):
+    app = Conveyor(f"sqlite:///{tmp_path}/t.db")
+
+    @app.task(queue="media", max_retries=5, timeout=60)
+    def transcode(ctx: Context, path: str, height: int, preset: Literal["fast", "slow"] = "fast") -> str:
+        return path
+
+    @app.task
+    def resize(ctx: Context, size: Size, tags: list[str] | None = None) -> None:
+        return None
+
+    return app
+
+
+def test_task_name__defaults_to_function_name_and_duplicates_are_refused(app):
+    assert set(app.tasks) == {"transcode", "resize"}
+
+    with pytest.raises(RegistrationError, match="already registered"):
+        @app.task(name="transcode")
+        def other(ctx: Context) -> None: ...
+
+
+@pytest.mark.parametrize("reserved", ["queue", "priority", "delay", "key", "depends_on", "webhook"])
+def test_registration__reserved_parameter_names_are_refused(app, reserved):
+    ns: dict = {"Context": Context}
+    exec(f"def bad(ctx: Context, {reserved}: int) -> None: ...", ns)
+    with pytest.raises(RegistrationError, match="reserved"):
+        app.task(ns["bad"])
+
+
+def test_registration__a_task_needs_the_context_parameter(app):
+    with pytest.raises(RegistrationError, match="Context"):
+        app.task(lambda: None, name="noctx")
+
+
+@pytest.mark.parametrize(("args", "kwargs", "pointer"), [
+    ((), {"path": "a"}, "#/kwargs/height"),  # missing
+    (("a", "480"), {}, "#/args/1"),  # a string for an int
+    (("a",), {"height": 4.5}, "#/kwargs/height"),  # a float for an int
+    (("a",), {"height": True}, "#/kwargs/height"),  # a bool is not an int
+    (("a", 480), {"colour": "red"}, "#/kwargs/colour"),  # unexpected
+    (("a", 480, "fast", "extra"), {}, "#/args/3"),  # too many
+    (("a", 480), {"preset": "medium"}, "#/kwargs/preset"),  # not one of the literals
+    ((dt.date(2026, 1, 1), 480), {}, "#/args/0"),  # not JSON
+])
+def test_validate__bad_arguments__name_the_argument(app, args, kwargs, pointer):
+    with pytest.raises(InvalidArguments) as err:
+        app.tasks["transcode"].validate(args, kwargs)
+    assert pointer in [e["pointer"] for e in err.value.errors]
+
+
+def test_validate__models_are_checked_field_by_field(app):
+    resize = app.tasks["resize"]
+    resize.validate((), {"size": {"width": 3, "height": 4}})
+    with pytest.raises(InvalidArguments) as err:
+        resize.validate((), {"size": {"width": "wide", "height": 4}})
+    assert err.value.errors[0]["pointer"] == "#/kwargs/size/width"
+    args, kwargs = resize.prepare([], {"size": {"width": 3, "height": 4}})
+    assert args == [Size(width=3, height=4)] and kwargs == {}  # the task receives the typed value
+
+
+def test_json_schema__describes_parameters(app):
+    schema = app.tasks["transcode"].json_schema()
+    assert schema["required"] == ["path", "height"]
+    assert schema["properties"]["height"]["type"] == "integer"
+    assert schema["properties"]["preset"]["enum"] == ["fast", "slow"]
+
+
+def test_build_job__applies_task_defaults_and_options(app):
+    job = app.build_job("transcode", ["a.mp4", 480], {}, now=1000.0)
+    assert (job.queue, job.max_retries, job.timeout, job.status) == ("media", 5, 60.0, Status.QUEUED)
+    assert is_uuid(job.id)
+    later = app.build_job("transcode", ["a.mp4", 480], {}, now=1000.0, delay=30, priority=9, queue="fast")
+    assert (later.status, later.scheduled_at, later.priority, later.queue) == (Status.SCHEDULED, 1030.0, 9, "fast")
+
+
+@pytest.mark.parametrize(("options", "pointer"), [
+    ({"priority": 42}, "#/priority"),
+    ({"priority": -1}, "#/priority"),
+    ({"delay": -5}, "#/delay"),
+    ({"delay": 5, "eta": "2030-01-01T00:00:00Z"}, "#/eta"),
+    ({"eta": "tomorrow"}, "#/eta"),
+    ({"max_retries": -1}, "#/max_retries"),
+    ({"timeout": 0}, "#/timeout"),
+    ({"queue": "no spaces"}, "#/queue"),
+    ({"key": ""}, "#/key"),
+    ({"metadata": ["not", "an", "object"]}, "#/metadata"),
+    ({"webhook": "ftp://example.com/x"}, "#/webhook"),
+    ({"depends_on": ["not-a-uuid"]}, "#/depends_on/0"),
+])
+def test_build_job__bad_options__name_the_option(app, options, pointer):
+    with pytest.raises(ValidationError) as err:
+        app.build_job("transcode", ["a", 1], {}, now=0.0, **options)
+    assert err.value.errors[0]["pointer"] == pointer
+
+
+def test_unknown_task__is_a_validation_error(app):
+    with pytest.raises(UnknownTask) as err:
+        app.build_job("nope", [], {}, now=0.0)
+    assert err.value.errors[0]["pointer"] == "#/task"
+
+
+def test_dependencies__parents_first_and_cycles_refused(app):
+    a = app.build_job("transcode", ["a", 1], {}, now=0.0)
+    b = app.build_job("transcode", ["b", 1], {}, now=0.0, depends_on=[a.id])
+    assert [j.id for j in order_by_dependencies([b, a])] == [a.id, b.id]
+    a2 = a.replace(depends_on=[b.id])
+    with pytest.raises(ValidationError, match="cycle"):
+        order_by_dependencies([a2, b])
+
+
+def test_uuid7__time_ordered_and_unique():
+    ids = [uuid7() for _ in range(5000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(i[14] == "7" for i in ids[:10])
