@@ -1,0 +1,717 @@
+"""The PostgreSQL engine: psycopg 3 (async) with a connection pool, LISTEN/NOTIFY for wake-ups.
+
+One URL: ``postgresql://user@host:5432/db?schema=conveyor``. The ``schema`` parameter (default
+``conveyor``) names the PostgreSQL schema that holds Conveyor's tables; ``pool_min``/``pool_max``
+size the pool and ``pool_timeout`` bounds the wait for a connection (seconds). All other
+parameters go to libpq unchanged.
+
+Every query is schema-qualified, so :meth:`PostgresBackend.enqueue_in` works on any connection of
+the caller's, whatever its ``search_path``. Times are stored as epoch seconds (``double precision``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import importlib.resources
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+import psycopg.errors
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from conveyor import serialization
+from conveyor.backends.base import (
+    Backend,
+    HeartbeatReply,
+    JobQuery,
+    Lease,
+    Outcome,
+    Page,
+    QueueInfo,
+    SweepReport,
+    WorkerInfo,
+)
+from conveyor.core.errors import BackendUnavailable, ConfigurationError, ValidationError
+from conveyor.core.job import Job, Status
+from conveyor.core.queues import QueueSettings
+
+T = TypeVar("T")
+AConn = psycopg.AsyncConnection[Any]
+
+#: The Job fields, in dataclass order: rows are built positionally (``Job(*row)``).
+JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job))
+_STATUS_INDEX = JOB_FIELDS.index("status")
+_DEFAULTS = QueueSettings()
+_TERMINAL_FAIL = ("failed", "cancelled", "expired")
+_SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
+_OWN_PARAMS = ("schema", "pool_min", "pool_max", "pool_timeout")
+_RETRYABLE = (psycopg.errors.TransactionRollback,)
+_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError)
+
+
+def _load_text(name: str) -> str:
+    return importlib.resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+def load_queries(schema_ident: str) -> dict[str, str]:
+    """The named queries of ``queries.sql`` with the schema and the Job columns filled in."""
+    queries: dict[str, str] = {}
+    name: str | None = None
+    lines: list[str] = []
+    job_cols = ", ".join(f"j.{c}" for c in JOB_FIELDS)
+    for line in _load_text("queries.sql").splitlines():
+        if line.startswith("-- name:"):
+            if name:
+                queries[name] = "\n".join(lines).strip().rstrip(";")
+            name, lines = line.split(":", 1)[1].strip(), []
+        elif name is not None and not line.startswith("--"):
+            lines.append(line)
+    if name:
+        queries[name] = "\n".join(lines).strip().rstrip(";")
+    return {k: v.replace("__schema__", schema_ident).replace("__JOB__", job_cols) for k, v in queries.items()}
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """The ordered migrations: (version, file name, SQL with ``__schema__`` placeholders)."""
+    found = []
+    for entry in importlib.resources.files(__package__).joinpath("migrations").iterdir():
+        match = re.match(r"^(\d+)_.*\.sql$", entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def _row_to_job(row: Sequence[Any]) -> Job:
+    values = list(row[: len(JOB_FIELDS)])
+    values[_STATUS_INDEX] = Status(values[_STATUS_INDEX])
+    return Job(*values)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _encode_cursor(created_at: float, job_id: str) -> str:
+    raw = serialization.dumps([created_at, job_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, job_id = serialization.loads(raw)
+        return float(created_at), str(job_id)
+    except (ValueError, TypeError) as exc:
+        raise ValidationError("invalid cursor", [{"pointer": "#/cursor", "detail": "invalid cursor"}]) from exc
+
+
+class _Listener:
+    """One dedicated LISTEN connection; wakes the waiters of the queues named in notifications."""
+
+    def __init__(self, conninfo: str, channel: str) -> None:
+        self._conninfo = conninfo
+        self._channel = channel
+        self._task: asyncio.Task[None] | None = None
+        self._waiters: list[tuple[frozenset[str], asyncio.Future[None]]] = []
+        self.counter = 0  #: bumped on every notification and (re)connect
+        self.last: dict[str, int] = {}  #: queue -> counter value of its last notification
+        self.reconnected_at = 0  #: counter value at the last (re)connect: anything may have been missed
+        self.ready = asyncio.Event()
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="conveyor-pg-listener")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for _, fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._waiters.clear()
+
+    def changed_since(self, mark: int, queues: frozenset[str]) -> bool:
+        return self.reconnected_at > mark or any(self.last.get(q, -1) > mark for q in queues)
+
+    async def wait(self, queues: frozenset[str], timeout: float) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (queues, fut)
+        self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(entry)
+
+    def _wake(self, queue: str | None) -> None:
+        self.counter += 1
+        if queue is None:
+            self.reconnected_at = self.counter
+        else:
+            self.last[queue] = self.counter
+        for queues, fut in self._waiters:
+            if not fut.done() and (queue is None or queue in queues):
+                fut.set_result(None)
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+            except _UNAVAILABLE:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            try:
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                delay = 0.05
+                self.ready.set()
+                self._wake(None)  # notifications may have been missed while not listening
+                async for note in conn.notifies():
+                    self._wake(note.payload or None)
+            except _UNAVAILABLE:
+                pass
+            finally:
+                self.ready.clear()
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+class PostgresBackend(Backend):
+    """Conveyor's jobs, leases and queues in PostgreSQL (one schema per installation)."""
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8, timeout: float = 5.0) -> None:
+        parts = urlsplit(url)
+        params = dict(parse_qsl(parts.query, keep_blank_values=True))
+        own = {k: params.pop(k) for k in _OWN_PARAMS if k in params}
+        self.schema = own.get("schema") or "conveyor"
+        if not _SCHEMA_RE.match(self.schema):
+            raise ConfigurationError(f"invalid PostgreSQL schema name {self.schema!r} in the URL: "
+                                     "use letters, digits and underscores")
+        try:
+            self._min_size = int(own.get("pool_min", min_size))
+            self._max_size = max(self._min_size, int(own.get("pool_max", max_size)))
+            self._timeout = float(own.get("pool_timeout", timeout))
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid pool setting in the PostgreSQL URL: {exc}") from exc
+        scheme = "postgresql"
+        self.url = url
+        self.conninfo = urlunsplit((scheme, parts.netloc, parts.path, urlencode(params), parts.fragment))
+        self._where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or ''}"
+        self.channel = f"conveyor_{self.schema}"
+        self._schema_ident = '"' + self.schema + '"'
+        self.q = load_queries(self._schema_ident)
+        self._pool: AsyncConnectionPool[AConn] | None = None
+        self._listener: _Listener | None = None
+        self._marks: dict[frozenset[str], int] = {}
+
+    # -- plumbing -----------------------------------------------------------------------
+    def _unavailable(self, exc: BaseException) -> BackendUnavailable:
+        return BackendUnavailable(f"PostgreSQL at {self._where} is unavailable: {_first_line(exc)}")
+
+    @contextlib.asynccontextmanager
+    async def _errors(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except (BackendUnavailable, psycopg.errors.TransactionRollback):
+            raise
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc) from exc
+
+    async def _run(self, fn: Callable[[AConn], Awaitable[T]], *, transaction: bool = False) -> T:
+        """Run ``fn`` on a pooled connection (in a transaction if asked); retry deadlocks."""
+        if self._pool is None:
+            raise BackendUnavailable("the PostgreSQL backend is not open")
+        for attempt in range(5):
+            try:
+                async with self._errors(), self._pool.connection() as conn:
+                    if not transaction:
+                        return await fn(conn)
+                    async with conn.transaction():
+                        return await fn(conn)
+            except _RETRYABLE:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.005 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def _fetch(self, name: str, params: Mapping[str, Any], conn: AConn | None = None) -> list[Any]:
+        async def go(c: AConn) -> list[Any]:
+            cur = await c.execute(self.q[name], params)
+            return await cur.fetchall() if cur.description else []
+
+        if conn is not None:
+            return await go(conn)
+        return await self._run(go)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        pool: AsyncConnectionPool[AConn] = AsyncConnectionPool(
+            self.conninfo, min_size=self._min_size, max_size=self._max_size, timeout=self._timeout,
+            kwargs={"autocommit": True, "options": f"-c search_path={self.schema},public"},
+            open=False, name=f"conveyor-{self.schema}", reconnect_timeout=0)
+        try:
+            await pool.open(wait=True, timeout=self._timeout)
+        except _UNAVAILABLE as exc:
+            await pool.close()
+            raise self._unavailable(exc) from exc
+        self._pool = pool
+        try:
+            await self._run(self._migrate)
+        except BaseException:
+            self._pool = None
+            await pool.close()
+            raise
+
+    async def _migrate(self, conn: AConn) -> None:
+        schema = self._schema_ident
+        async with conn.transaction():
+            # One migrator at a time, per schema, across processes.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"conveyor:{self.schema}",))
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            await conn.execute(f"CREATE TABLE IF NOT EXISTS {schema}.schema_version "
+                               "(version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL "
+                               "DEFAULT now())")
+            cur = await conn.execute(f"SELECT version FROM {schema}.schema_version")
+            applied = {row[0] for row in await cur.fetchall()}
+            for version, name, text in migrations():
+                if version in applied:
+                    continue
+                await conn.execute(text.replace("__schema__", schema))
+                await conn.execute(f"INSERT INTO {schema}.schema_version (version, name) VALUES (%s, %s)",
+                                   (version, name))
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def drop(self) -> None:
+        """Drop this installation's schema and everything in it (tests, uninstall)."""
+        if self.schema == "public":
+            raise ConfigurationError("refusing to drop the public schema")
+
+        async def go(conn: AConn) -> None:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {self._schema_ident} CASCADE")
+
+        await self._run(go)
+
+    async def ping(self) -> None:
+        async def go(conn: AConn) -> None:
+            await conn.execute("SELECT 1")
+
+        await self._run(go)
+
+    # -- submit -------------------------------------------------------------------------
+    async def enqueue(self, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
+        if not jobs:
+            return []
+        return await self._run(lambda conn: self._enqueue(conn, jobs), transaction=True)
+
+    async def enqueue_in(self, conn: psycopg.AsyncConnection[Any], jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
+        """Enqueue ``jobs`` on the caller's connection, inside the caller's transaction.
+
+        The jobs exist (and workers are notified) if and only if the caller commits. Works on
+        any connection to the same database, whatever its ``search_path``.
+        """
+        if not jobs:
+            return []
+        async with self._errors(), conn.transaction():
+            return await self._enqueue(conn, jobs)
+
+    async def _enqueue(self, conn: AConn, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
+        now = time.time()
+        existing: dict[str, Job] = {}  # batch id -> stored job with the same idempotency key
+        statuses: dict[str, tuple[Status, dict[str, Any] | None]] = {}
+        if any(j.depends_on for j in jobs):
+            keys = [j.idempotency_key for j in jobs if j.idempotency_key is not None]
+            if keys:
+                stored = {s.idempotency_key: s for s in map(_row_to_job, await self._fetch(
+                    "select_by_keys", {"keys": keys}, conn))}
+                existing = {j.id: stored[j.idempotency_key] for j in jobs
+                            if j.idempotency_key is not None and j.idempotency_key in stored}
+            statuses = await self._dependency_statuses(conn, jobs, existing, now)
+        records, notify = [], set()
+        parents = {p for j in jobs for p in j.depends_on}
+        remap = {k: v.id for k, v in existing.items()}
+        for job in jobs:
+            if job.id in existing:
+                continue
+            status, error = statuses.get(job.id, (job.status, job.error))
+            record = self._record(job, status, error, now, remap, job.id in parents)
+            if record["status"] == "queued" or (record["ready_at"] is not None and record["ready_at"] <= now):
+                notify.add(job.queue)
+            records.append(record)
+        try:
+            payload = serialization.dumps(records)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"job arguments must be JSON: {exc}") from exc
+        rows = await self._fetch("insert_jobs", {"jobs": payload, "channel": self.channel,
+                                                 "notify": sorted(notify)}, conn) if records else []
+        inserted = {row[0]: _row_to_job(row) for row in rows}
+        deps = [(p, r["id"]) for r in records if r["id"] in inserted for p in dict.fromkeys(r["depends_on"])]
+        if deps:
+            await self._fetch("insert_deps", {"parents": [p for p, _ in deps], "children": [c for _, c in deps]},
+                              conn)
+        missing = [j for j in jobs if j.id not in inserted and j.id not in existing]
+        if missing:
+            existing.update(await self._lookup_existing(conn, missing))
+        out: list[tuple[Job, bool]] = []
+        for job in jobs:
+            if job.id in inserted:
+                out.append((inserted[job.id], True))
+            elif job.id in existing:
+                out.append((existing[job.id], False))
+            else:  # pragma: no cover - a conflict whose winner vanished at once
+                raise BackendUnavailable("PostgreSQL: a conflicting job disappeared during enqueue; retry")
+        return out
+
+    @staticmethod
+    def _record(job: Job, status: Status, error: Mapping[str, Any] | None, now: float,
+                remap: Mapping[str, str], has_children: bool) -> dict[str, Any]:
+        """The row to insert for ``job`` (as JSON for ``jsonb_to_recordset``)."""
+        if status is Status.WAITING and not job.depends_on:
+            status = Status.SCHEDULED if job.scheduled_at is not None and job.scheduled_at > now else Status.QUEUED
+        created = job.created_at or now
+        ready_at = {Status.QUEUED: created, Status.SCHEDULED: job.scheduled_at or created,
+                    Status.RETRYING: job.scheduled_at or created}.get(status)
+        return {
+            "id": job.id, "task": job.task, "queue": job.queue, "status": str(status),
+            "args": list(job.args), "kwargs": dict(job.kwargs), "priority": job.priority,
+            "progress": dict(job.progress) if job.progress is not None else None,
+            "result": job.result, "error": dict(error) if error is not None else None,
+            "attempt": job.attempt, "max_retries": job.max_retries, "timeout": job.timeout,
+            "depends_on": [remap.get(p, p) for p in job.depends_on],
+            "idempotency_key": job.idempotency_key, "metadata": dict(job.metadata), "webhook": job.webhook,
+            "created_at": created, "scheduled_at": job.scheduled_at, "started_at": job.started_at,
+            "finished_at": now if status.terminal else job.finished_at, "updated_at": job.updated_at or created,
+            "deliveries": job.deliveries, "cancel_requested": job.cancel_requested, "revision": job.revision,
+            "ready_at": ready_at, "has_children": has_children,
+        }
+
+    async def _lookup_existing(self, conn: AConn, jobs: Sequence[Job]) -> dict[str, Job]:
+        keys = [j.idempotency_key for j in jobs if j.idempotency_key is not None]
+        by_key = {s.idempotency_key: s for s in map(_row_to_job, await self._fetch(
+            "select_by_keys", {"keys": keys}, conn))} if keys else {}
+        by_id = {s.id: s for s in map(_row_to_job, await self._fetch(
+            "select_jobs", {"ids": [j.id for j in jobs]}, conn))}
+        found: dict[str, Job] = {}
+        for job in jobs:
+            stored = by_key.get(job.idempotency_key) if job.idempotency_key is not None else None
+            stored = stored or by_id.get(job.id)
+            if stored is not None:
+                found[job.id] = stored
+        return found
+
+    async def _dependency_statuses(self, conn: AConn, jobs: Sequence[Job], existing: Mapping[str, Job],
+                                   now: float) -> dict[str, tuple[Status, dict[str, Any] | None]]:
+        """Per new job with parents: its status (waiting/cancelled/ready) from its parents' statuses."""
+        batch = {j.id: j for j in jobs if j.id not in existing}
+        remap = {k: v.id for k, v in existing.items()}
+        outside = sorted({remap.get(p, p) for j in batch.values() for p in j.depends_on} - set(batch))
+        parent_status: dict[str, str] = {}
+        if outside:
+            parent_status = {r[0]: r[1] for r in await self._fetch("mark_parents", {"ids": outside}, conn)}
+        errors = [{"pointer": f"#/depends_on/{i}", "detail": f"unknown job {p!r} in depends_on"}
+                  for j in batch.values() for i, p in enumerate(j.depends_on)
+                  if remap.get(p, p) not in batch and remap.get(p, p) not in parent_status]
+        if errors:
+            raise ValidationError("; ".join(e["detail"] for e in errors), errors)
+        memo: dict[str, tuple[Status, dict[str, Any] | None]] = {}
+
+        def resolve(job: Job) -> tuple[Status, dict[str, Any] | None]:
+            if job.id in memo:
+                return memo[job.id]
+            memo[job.id] = (Status.WAITING, None)  # guards against cycles inside a batch
+            status: Status = job.status if job.status is not Status.WAITING else Status.QUEUED
+            if status is Status.QUEUED and job.scheduled_at is not None and job.scheduled_at > now:
+                status = Status.SCHEDULED
+            result: tuple[Status, dict[str, Any] | None] = (
+                status, dict(job.error) if job.error is not None else None)
+            for pid in (remap.get(p, p) for p in job.depends_on):
+                pstatus = str(resolve(batch[pid])[0]) if pid in batch else parent_status[pid]
+                if pstatus in _TERMINAL_FAIL:
+                    result = (Status.CANCELLED, {"type": "DependencyFailed",
+                                                 "message": f"parent {pid} ended {pstatus}"})
+                    break
+                if pstatus != Status.SUCCEEDED:
+                    result = (Status.WAITING, None)
+            memo[job.id] = result
+            return result
+
+        return {j.id: resolve(j) for j in batch.values() if j.depends_on}
+
+    # -- leasing ------------------------------------------------------------------------
+    async def claim(self, queues: Sequence[str], limit: int, worker_id: str, now: float) -> list[Lease]:
+        names = list(dict.fromkeys(queues))
+        if limit <= 0 or not names:
+            return []
+        if self._listener is not None:
+            self._marks[frozenset(names)] = self._listener.counter
+        rows = await self._fetch("claim", {"queues": names, "limit": limit, "worker_id": worker_id, "now": now,
+                                           "d_vt": _DEFAULTS.visibility_timeout})
+        leases = []
+        for row in rows:
+            job = _row_to_job(row)
+            leases.append(Lease(job=job, token=job.lease_token or ""))
+        return leases
+
+    async def heartbeat(self, worker: WorkerInfo, leases: Mapping[str, str], now: float) -> HeartbeatReply:
+        ids = list(leases)
+        rows = await self._fetch("heartbeat", {
+            "id": worker.id, "host": worker.host, "pid": worker.pid,
+            "queues": serialization.dumps(list(worker.queues)), "concurrency": worker.concurrency,
+            "running": serialization.dumps(list(worker.running)), "started_at": worker.started_at or now,
+            "now": now, "ids": ids, "tokens": [leases[i] for i in ids], "d_vt": _DEFAULTS.visibility_timeout})
+        return HeartbeatReply(lost=frozenset(r[0] for r in rows if not r[1]),
+                              cancel_requested=frozenset(r[0] for r in rows if r[1] and r[2]))
+
+    async def finish(self, outcomes: Sequence[Outcome], now: float) -> list[bool]:
+        if not outcomes:
+            return []
+        payload = serialization.dumps([{
+            "job_id": o.job_id, "token": o.token, "status": str(o.status), "result": o.result,
+            "error": dict(o.error) if o.error is not None else None, "scheduled_at": o.scheduled_at,
+            "attempt": o.attempt, "uncount": o.uncount_delivery} for o in outcomes])
+        params = {"outcomes": payload, "now": now, "channel": self.channel, "guard": True}
+        applied = {r[0] for r in await self._fetch("finish", params)}
+        rest = [o for o in outcomes if o.job_id not in applied]
+        if rest:
+            # Jobs with dependents (or whose lease was lost): apply in one transaction with the
+            # release/cancellation of their children.
+            params = {**params, "guard": False, "outcomes": serialization.dumps(
+                [r for r in serialization.loads(payload) if r["job_id"] not in applied])}
+
+            async def go(conn: AConn) -> set[str]:
+                rows = await self._fetch("finish", params, conn)
+                done = [r[0] for r in rows if r[3] and r[1] == "succeeded"]
+                failed = [r[0] for r in rows if r[3] and r[1] in _TERMINAL_FAIL]
+                await self._after_terminal(conn, done, failed, now)
+                return {r[0] for r in rows}
+
+            applied |= await self._run(go, transaction=True)
+        return [o.job_id in applied for o in outcomes]
+
+    async def _after_terminal(self, conn: AConn, succeeded: Sequence[str], failed: Sequence[str],
+                              now: float) -> None:
+        """In the caller's transaction: release children of ``succeeded``, cancel those of ``failed``."""
+        if failed:
+            await self._fetch("cascade_cancel", {"ids": list(failed), "now": now}, conn)
+        if succeeded:
+            children = [r[0] for r in await self._fetch("lock_children", {"ids": list(succeeded)}, conn)]
+            if children:
+                released = await self._fetch("release_children", {"ids": children, "now": now}, conn)
+                ready = sorted({r[1] for r in released if r[2] == "queued"})
+                if ready:
+                    await self._fetch("notify", {"channel": self.channel, "queues": ready}, conn)
+
+    async def set_progress(self, job_id: str, token: str, progress: Mapping[str, Any], now: float) -> bool:
+        try:
+            text = serialization.dumps(dict(progress))
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"progress must be JSON: {exc}") from exc
+        rows = await self._fetch("set_progress", {"id": job_id, "token": token, "progress": text, "now": now})
+        return bool(rows)
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        if self._pool is None:
+            raise BackendUnavailable("the PostgreSQL backend is not open")
+        key = frozenset(queues)
+        listener = self._listener
+        if listener is None:
+            listener = self._listener = _Listener(self.conninfo, self.channel)
+            listener.start()
+            # Until the listener runs, notifications are missed: wait for it, then let the
+            # caller look again.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(listener.ready.wait(), max(timeout, 0))
+            self._marks[key] = listener.counter
+            return
+        listener.start()  # restarts a listener task that died
+        mark = self._marks.get(key, -1)
+        if not listener.changed_since(mark, key) and timeout > 0:
+            await listener.wait(key, timeout)
+        self._marks[key] = listener.counter
+
+    # -- reads --------------------------------------------------------------------------
+    async def get_jobs(self, ids: Sequence[str]) -> list[Job]:
+        if not ids:
+            return []
+        found = {j.id: j for j in map(_row_to_job, await self._fetch("select_jobs", {"ids": list(ids)}))}
+        return [found[i] for i in dict.fromkeys(ids) if i in found]
+
+    async def list_jobs(self, query: JobQuery) -> Page:
+        limit = max(1, min(int(query.limit), 1000))
+        where: list[str] = ["TRUE"]
+        params: dict[str, Any] = {"limit": limit + 1}
+        for name in ("status", "task", "queue"):
+            value = getattr(query, name)
+            if value is not None:
+                where.append(f"j.{name} = %({name})s")
+                params[name] = str(value)
+        if query.cursor:
+            params["c_at"], params["c_id"] = _decode_cursor(query.cursor)
+            where.append("(j.created_at, j.id) < (%(c_at)s, %(c_id)s)")
+        text = self.q["list_jobs"].replace("__WHERE__", " AND ".join(where))
+
+        async def go(conn: AConn) -> list[Any]:
+            cur = await conn.execute(text, params)
+            return await cur.fetchall()
+
+        jobs = [_row_to_job(r) for r in await self._run(go)]
+        cursor = _encode_cursor(jobs[limit - 1].created_at, jobs[limit - 1].id) if len(jobs) > limit else None
+        return Page(items=jobs[:limit], next_cursor=cursor)
+
+    async def revisions(self, ids: Sequence[str]) -> dict[str, int]:
+        if not ids:
+            return {}
+        return {r[0]: int(r[1]) for r in await self._fetch("revisions", {"ids": list(ids)})}
+
+    # -- admin --------------------------------------------------------------------------
+    async def cancel(self, job_id: str, now: float) -> Job | None:
+        async def go(conn: AConn) -> Job | None:
+            rows = await self._fetch("cancel", {"id": job_id, "now": now}, conn)
+            if rows and rows[0][0] == "cancelled" and rows[0][1]:
+                await self._after_terminal(conn, (), [job_id], now)
+            found = await self._fetch("select_jobs", {"ids": [job_id]}, conn)
+            return _row_to_job(found[0]) if found else None
+
+        return await self._run(go, transaction=True)
+
+    async def requeue(self, queue: str | None, ids: Sequence[str] | None, statuses: Sequence[Status],
+                      now: float) -> list[Job]:
+        if not statuses or (ids is not None and not ids):
+            return []
+        where = ["j.status = ANY(%(statuses)s::text[])"]
+        params: dict[str, Any] = {"statuses": [str(s) for s in statuses], "now": now, "channel": self.channel}
+        if queue is not None:
+            where.append("j.queue = %(queue)s")
+            params["queue"] = queue
+        if ids is not None:
+            where.append("j.id = ANY(%(ids)s::text[])")
+            params["ids"] = list(ids)
+        text = self.q["requeue"].replace("__WHERE__", " AND ".join(where))
+
+        async def go(conn: AConn) -> list[Any]:
+            cur = await conn.execute(text, params)
+            return await cur.fetchall()
+
+        return [_row_to_job(r) for r in await self._run(go)]
+
+    async def purge(self, queue: str, now: float) -> int:
+        async def go(conn: AConn) -> int:
+            rows = await self._fetch("purge", {"queue": queue, "now": now}, conn)
+            parents = [r[0] for r in rows if r[1]]
+            if parents:
+                await self._after_terminal(conn, (), parents, now)
+            return len(rows)
+
+        return await self._run(go, transaction=True)
+
+    async def queue_settings(self, name: str) -> QueueSettings:
+        rows = await self._fetch("get_queue", {"name": name})
+        return self._settings(rows[0]) if rows else QueueSettings()
+
+    @staticmethod
+    def _settings(row: Sequence[Any]) -> QueueSettings:
+        return QueueSettings(retention=float(row[0]), visibility_timeout=float(row[1]),
+                             max_deliveries=int(row[2]), result_ttl=float(row[3]), paused=bool(row[4]))
+
+    async def save_queue_settings(self, name: str, settings: QueueSettings) -> None:
+        settings = settings.validated()
+
+        async def go(conn: AConn) -> None:
+            await self._fetch("save_queue", {"name": name, **settings.to_json()}, conn)
+            if not settings.paused:
+                await self._fetch("notify", {"channel": self.channel, "queues": [name]}, conn)
+
+        await self._run(go, transaction=True)
+
+    async def queues(self, names: Sequence[str] | None = None) -> list[QueueInfo]:
+        async def go(conn: AConn) -> tuple[list[Any], list[Any]]:
+            settings = await self._fetch("all_queue_settings", {}, conn)
+            counts = await self._fetch("queue_counts", {"names": list(names) if names is not None else None}, conn)
+            return settings, counts
+
+        settings_rows, count_rows = await self._run(go)
+        settings = {r[0]: self._settings(r[1:]) for r in settings_rows}
+        counts: dict[str, dict[str, int]] = {}
+        for queue, status, n in count_rows:
+            counts.setdefault(queue, {})[status] = int(n)
+        known = list(names) if names is not None else sorted(set(settings) | set(counts))
+        return [QueueInfo(name=n, settings=settings.get(n, QueueSettings()), counts=counts.get(n, {}))
+                for n in dict.fromkeys(known)]
+
+    # -- webhooks -------------------------------------------------------------------------
+    async def due_webhooks(self, now: float, limit: int, lease: float) -> list[tuple[Job, int]]:
+        rows = await self._fetch("due_webhooks", {"now": now, "limit": limit, "lease": lease})
+        jobs = [(_row_to_job(r), int(r[len(JOB_FIELDS)])) for r in rows]
+        return sorted(jobs, key=lambda item: (item[0].finished_at or 0.0, item[0].id))
+
+    async def webhook_attempted(self, job_id: str, delivered: bool, next_at: float | None) -> None:
+        await self._fetch("webhook_attempted", {"id": job_id, "done": delivered or next_at is None,
+                                                "next_at": next_at})
+
+    # -- housekeeping and registry -------------------------------------------------------
+    async def sweep(self, now: float, limit: int = 500) -> SweepReport:
+        async def leases(conn: AConn) -> tuple[int, int]:
+            rows = await self._fetch("sweep_leases", {"now": now, "limit": limit,
+                                                      "d_md": _DEFAULTS.max_deliveries}, conn)
+            requeued = sorted({r[2] for r in rows if r[1] == "queued"})
+            if requeued:
+                await self._fetch("notify", {"channel": self.channel, "queues": requeued}, conn)
+            dead = [r[0] for r in rows if r[1] == "failed"]
+            await self._after_terminal(conn, (), [r[0] for r in rows if r[1] == "failed" and r[3]], now)
+            return len(rows) - len(dead), len(dead)
+
+        async def retention(conn: AConn) -> int:
+            rows = await self._fetch("sweep_retention", {"now": now, "limit": limit,
+                                                         "d_ret": _DEFAULTS.retention}, conn)
+            await self._after_terminal(conn, (), [r[0] for r in rows if r[1]], now)
+            return len(rows)
+
+        async def ttl(conn: AConn) -> int:
+            cur = await conn.execute(self.q["sweep_ttl"], {"now": now, "limit": limit,
+                                                          "d_ttl": _DEFAULTS.result_ttl})
+            return max(cur.rowcount, 0)
+
+        async def workers(conn: AConn) -> int:
+            cur = await conn.execute(self.q["sweep_workers"], {"cutoff": now - self.WORKER_TTL, "limit": limit})
+            return max(cur.rowcount, 0)
+
+        requeued, dead = await self._run(leases, transaction=True)
+        expired = await self._run(retention, transaction=True)
+        deleted = await self._run(ttl)
+        dropped = await self._run(workers)
+        return SweepReport(requeued=requeued, dead=dead, expired=expired, deleted=deleted,
+                           workers_dropped=dropped)
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._fetch("unregister_worker", {"id": worker_id})
+
+    async def workers(self, now: float) -> list[WorkerInfo]:
+        rows = await self._fetch("workers", {"cutoff": now - self.WORKER_TTL})
+        return [WorkerInfo(id=r[0], host=r[1], pid=int(r[2]), queues=tuple(r[3]), concurrency=int(r[4]),
+                           running=tuple(r[5]), started_at=float(r[6]), last_heartbeat=float(r[7]))
+                for r in rows]

@@ -1,0 +1,325 @@
+-- Conveyor's named queries, loaded by name (``-- name: <name>``).
+-- Placeholders: __schema__ (the quoted schema), __JOB__ (the Job columns of alias ``j``, in Job's
+-- field order). Parameters are psycopg named placeholders. Times are epoch seconds.
+
+-- name: insert_jobs
+-- Insert a batch (a JSON array of records); rows whose id or idempotency key exists are skipped.
+WITH ins AS (
+    INSERT INTO __schema__.jobs AS j (
+        id, task, queue, status, args, kwargs, priority, progress, result, error, attempt, max_retries,
+        timeout, depends_on, idempotency_key, metadata, webhook, created_at, scheduled_at, started_at,
+        finished_at, updated_at, deliveries, cancel_requested, revision, ready_at, has_children)
+    SELECT r.id, r.task, r.queue, r.status, coalesce(r.args, '[]'), coalesce(r.kwargs, '{}'), r.priority,
+           r.progress, r.result, r.error, r.attempt, r.max_retries, r.timeout, coalesce(r.depends_on, '[]'),
+           r.idempotency_key, coalesce(r.metadata, '{}'), r.webhook, r.created_at, r.scheduled_at,
+           r.started_at, r.finished_at, r.updated_at, r.deliveries, r.cancel_requested, r.revision, r.ready_at,
+           coalesce(r.has_children, false)
+    FROM jsonb_to_recordset(%(jobs)s::jsonb) AS r(
+        id text, task text, queue text, status text, args jsonb, kwargs jsonb, priority smallint,
+        progress jsonb, result jsonb, error jsonb, attempt integer, max_retries integer,
+        timeout double precision, depends_on jsonb, idempotency_key text, metadata jsonb, webhook text,
+        created_at double precision, scheduled_at double precision, started_at double precision,
+        finished_at double precision, updated_at double precision, deliveries integer,
+        cancel_requested boolean, revision bigint, ready_at double precision, has_children boolean)
+    ON CONFLICT DO NOTHING
+    RETURNING __JOB__
+), n AS (
+    SELECT pg_notify(%(channel)s, q) FROM unnest(%(notify)s::text[]) AS q
+)
+SELECT ins.*, (SELECT count(*) FROM n) AS notified FROM ins;
+
+-- name: select_jobs
+SELECT __JOB__ FROM __schema__.jobs j WHERE j.id = ANY(%(ids)s::text[]);
+
+-- name: select_by_keys
+SELECT __JOB__ FROM __schema__.jobs j WHERE j.idempotency_key = ANY(%(keys)s::text[]);
+
+-- name: mark_parents
+-- Lock the parents of new jobs (in id order) and flag them; their status decides the children's.
+UPDATE __schema__.jobs j SET has_children = true
+FROM (SELECT p.id FROM __schema__.jobs p WHERE p.id = ANY(%(ids)s::text[]) ORDER BY p.id FOR UPDATE) AS p
+WHERE j.id = p.id
+RETURNING j.id, j.status;
+
+-- name: insert_deps
+INSERT INTO __schema__.job_deps (parent_id, child_id)
+SELECT * FROM unnest(%(parents)s::text[], %(children)s::text[])
+ON CONFLICT DO NOTHING;
+
+-- name: claim
+-- Up to %(limit)s ready jobs of the unpaused queues, 9 -> 0 then oldest first, one statement.
+WITH c AS (
+    SELECT x.id, x.priority, x.ready_at, coalesce(q.visibility_timeout, %(d_vt)s) AS vt
+    FROM unnest(%(queues)s::text[]) AS qn(name)
+    LEFT JOIN __schema__.queues q ON q.name = qn.name
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.ready_at FROM __schema__.jobs j
+        WHERE j.queue = qn.name AND j.status IN ('queued', 'scheduled', 'retrying')
+          AND (j.status = 'queued' OR j.ready_at <= %(now)s)
+        ORDER BY j.priority DESC, j.ready_at, j.id
+        LIMIT %(limit)s
+        FOR UPDATE OF j SKIP LOCKED
+    ) AS x
+    WHERE NOT coalesce(q.paused, false)
+    ORDER BY x.priority DESC, x.ready_at, x.id
+    LIMIT %(limit)s
+), u AS (
+    UPDATE __schema__.jobs j
+    SET status = 'running', worker_id = %(worker_id)s, lease_token = gen_random_uuid()::text,
+        lease_expires_at = %(now)s + c.vt, deliveries = j.deliveries + 1, started_at = %(now)s,
+        updated_at = %(now)s, revision = j.revision + 1
+    FROM c WHERE j.id = c.id
+    RETURNING __JOB__, j.ready_at AS _ready_at
+)
+SELECT * FROM u ORDER BY priority DESC, _ready_at, id;
+
+-- name: heartbeat
+WITH w AS (
+    INSERT INTO __schema__.workers AS w (id, host, pid, queues, concurrency, running, started_at, last_heartbeat)
+    VALUES (%(id)s, %(host)s, %(pid)s, %(queues)s::jsonb, %(concurrency)s, %(running)s::jsonb,
+            %(started_at)s, %(now)s)
+    ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid, queues = EXCLUDED.queues,
+        concurrency = EXCLUDED.concurrency, running = EXCLUDED.running, last_heartbeat = EXCLUDED.last_heartbeat
+    RETURNING 1
+), l AS (
+    SELECT * FROM unnest(%(ids)s::text[], %(tokens)s::text[]) AS l(id, token)
+), u AS (
+    UPDATE __schema__.jobs j
+    SET lease_expires_at = %(now)s + coalesce(
+            (SELECT q.visibility_timeout FROM __schema__.queues q WHERE q.name = j.queue), %(d_vt)s)
+    FROM l WHERE j.id = l.id AND j.lease_token = l.token AND j.status = 'running'
+    RETURNING j.id, j.cancel_requested
+)
+SELECT l.id, u.id IS NOT NULL AS held, coalesce(u.cancel_requested, false) AS cancel_requested,
+       (SELECT count(*) FROM w) AS registered
+FROM l LEFT JOIN u ON u.id = l.id;
+
+-- name: finish
+-- Apply outcomes whose token still holds. With %(guard)s, terminal outcomes of jobs that have
+-- dependents are left alone (the caller applies them in a transaction that also moves the children).
+WITH o AS (
+    SELECT * FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS o(
+        job_id text, token text, status text, result jsonb, error jsonb,
+        scheduled_at double precision, attempt integer, uncount boolean)
+), u AS (
+    UPDATE __schema__.jobs j
+    SET status = o.status,
+        result = CASE WHEN o.status = 'succeeded' THEN o.result ELSE j.result END,
+        error = CASE WHEN o.status = 'succeeded' THEN NULL
+                     WHEN o.status = 'queued' THEN j.error
+                     ELSE coalesce(o.error, j.error) END,
+        finished_at = CASE WHEN o.status IN ('succeeded', 'failed', 'cancelled') THEN %(now)s END,
+        scheduled_at = CASE WHEN o.status = 'retrying' THEN o.scheduled_at ELSE j.scheduled_at END,
+        ready_at = CASE WHEN o.status = 'retrying' THEN coalesce(o.scheduled_at, %(now)s)
+                        WHEN o.status = 'queued' THEN %(now)s END,
+        attempt = coalesce(o.attempt, j.attempt),
+        deliveries = CASE WHEN o.status = 'queued' AND coalesce(o.uncount, false)
+                          THEN greatest(j.deliveries - 1, 0) ELSE j.deliveries END,
+        worker_id = NULL, lease_token = NULL, lease_expires_at = NULL,
+        updated_at = %(now)s, revision = j.revision + 1
+    FROM o
+    WHERE j.id = o.job_id AND j.lease_token = o.token AND j.status = 'running'
+      AND NOT (%(guard)s AND j.has_children AND o.status IN ('succeeded', 'failed', 'cancelled'))
+    RETURNING j.id, j.status, j.queue, j.has_children
+), n AS (
+    SELECT pg_notify(%(channel)s, x.queue) FROM (SELECT DISTINCT u.queue FROM u WHERE u.status = 'queued') AS x
+)
+SELECT u.*, (SELECT count(*) FROM n) AS notified FROM u;
+
+-- name: lock_children
+-- Lock the waiting children of ``ids`` (id order), so that the release below sees every parent's
+-- committed status (two parents finishing at once cannot both miss the release).
+SELECT c.id FROM __schema__.jobs c
+WHERE c.status = 'waiting' AND c.id IN (SELECT d.child_id FROM __schema__.job_deps d WHERE d.parent_id = ANY(%(ids)s::text[]))
+ORDER BY c.id
+FOR UPDATE;
+
+-- name: release_children
+UPDATE __schema__.jobs j
+SET status = CASE WHEN j.scheduled_at > %(now)s THEN 'scheduled' ELSE 'queued' END,
+    ready_at = greatest(coalesce(j.scheduled_at, %(now)s), %(now)s),
+    updated_at = %(now)s, revision = j.revision + 1
+WHERE j.id = ANY(%(ids)s::text[]) AND j.status = 'waiting'
+  AND NOT EXISTS (SELECT 1 FROM __schema__.job_deps d JOIN __schema__.jobs p ON p.id = d.parent_id
+                  WHERE d.child_id = j.id AND p.status <> 'succeeded')
+RETURNING j.id, j.queue, j.status;
+
+-- name: cascade_cancel
+-- Cancel the waiting dependents of ``ids`` (which ended failed/cancelled/expired), transitively.
+WITH RECURSIVE tree(child_id, parent_id, parent_status) AS (
+    SELECT d.child_id, d.parent_id, p.status
+    FROM __schema__.job_deps d
+    JOIN __schema__.jobs p ON p.id = d.parent_id
+    JOIN __schema__.jobs c ON c.id = d.child_id AND c.status = 'waiting'
+    WHERE d.parent_id = ANY(%(ids)s::text[])
+  UNION
+    SELECT d.child_id, d.parent_id, 'cancelled'
+    FROM tree t
+    JOIN __schema__.job_deps d ON d.parent_id = t.child_id
+    JOIN __schema__.jobs c ON c.id = d.child_id AND c.status = 'waiting'
+), pick AS (
+    SELECT DISTINCT ON (child_id) child_id, parent_id, parent_status FROM tree ORDER BY child_id, parent_id
+)
+UPDATE __schema__.jobs j
+SET status = 'cancelled',
+    error = jsonb_build_object('type', 'DependencyFailed',
+                               'message', 'parent ' || pick.parent_id || ' ended ' || pick.parent_status),
+    finished_at = %(now)s, ready_at = NULL, updated_at = %(now)s, revision = j.revision + 1
+FROM pick
+WHERE j.id = pick.child_id AND j.status = 'waiting'
+RETURNING j.id;
+
+-- name: set_progress
+UPDATE __schema__.jobs j SET progress = %(progress)s::jsonb, updated_at = %(now)s, revision = j.revision + 1
+WHERE j.id = %(id)s AND j.lease_token = %(token)s AND j.status = 'running'
+RETURNING j.id;
+
+-- name: revisions
+SELECT j.id, j.revision FROM __schema__.jobs j WHERE j.id = ANY(%(ids)s::text[]);
+
+-- name: list_jobs
+SELECT __JOB__ FROM __schema__.jobs j
+WHERE __WHERE__
+ORDER BY j.created_at DESC, j.id DESC
+LIMIT %(limit)s;
+
+-- name: cancel
+UPDATE __schema__.jobs j
+SET status = CASE WHEN j.status = 'running' THEN 'running' ELSE 'cancelled' END,
+    cancel_requested = true,
+    finished_at = CASE WHEN j.status = 'running' THEN j.finished_at ELSE %(now)s END,
+    ready_at = CASE WHEN j.status = 'running' THEN j.ready_at END,
+    updated_at = %(now)s, revision = j.revision + 1
+WHERE j.id = %(id)s
+  AND (j.status IN ('waiting', 'scheduled', 'queued', 'retrying') OR (j.status = 'running' AND NOT j.cancel_requested))
+RETURNING j.status, j.has_children;
+
+-- name: requeue
+WITH u AS (
+    UPDATE __schema__.jobs j
+    SET status = 'queued', attempt = 1, deliveries = 0, error = NULL, result = NULL, progress = NULL,
+        scheduled_at = NULL, started_at = NULL, finished_at = NULL, ready_at = %(now)s,
+        cancel_requested = false, worker_id = NULL, lease_token = NULL, lease_expires_at = NULL,
+        updated_at = %(now)s, revision = j.revision + 1
+    WHERE __WHERE__
+    RETURNING __JOB__
+), n AS (
+    SELECT pg_notify(%(channel)s, x.queue) FROM (SELECT DISTINCT u.queue FROM u) AS x
+)
+SELECT u.*, (SELECT count(*) FROM n) AS notified FROM u ORDER BY u.created_at, u.id;
+
+-- name: purge
+WITH s AS (
+    SELECT p.id FROM __schema__.jobs p
+    WHERE p.queue = %(queue)s AND p.status IN ('queued', 'scheduled', 'retrying')
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE __schema__.jobs j
+SET status = 'cancelled', finished_at = %(now)s, ready_at = NULL, updated_at = %(now)s,
+    revision = j.revision + 1
+FROM s WHERE j.id = s.id
+RETURNING j.id, j.has_children;
+
+-- name: get_queue
+SELECT retention, visibility_timeout, max_deliveries, result_ttl, paused
+FROM __schema__.queues WHERE name = %(name)s;
+
+-- name: save_queue
+INSERT INTO __schema__.queues AS q (name, retention, visibility_timeout, max_deliveries, result_ttl, paused)
+VALUES (%(name)s, %(retention)s, %(visibility_timeout)s, %(max_deliveries)s, %(result_ttl)s, %(paused)s)
+ON CONFLICT (name) DO UPDATE SET retention = EXCLUDED.retention,
+    visibility_timeout = EXCLUDED.visibility_timeout, max_deliveries = EXCLUDED.max_deliveries,
+    result_ttl = EXCLUDED.result_ttl, paused = EXCLUDED.paused;
+
+-- name: notify
+SELECT pg_notify(%(channel)s, q) FROM unnest(%(queues)s::text[]) AS q;
+
+-- name: all_queue_settings
+SELECT name, retention, visibility_timeout, max_deliveries, result_ttl, paused FROM __schema__.queues;
+
+-- name: queue_counts
+SELECT j.queue, j.status, count(*) FROM __schema__.jobs j
+WHERE %(names)s::text[] IS NULL OR j.queue = ANY(%(names)s::text[])
+GROUP BY j.queue, j.status;
+
+-- name: due_webhooks
+WITH d AS (
+    SELECT w.id FROM __schema__.jobs w
+    WHERE w.webhook_next_at IS NOT NULL AND w.webhook_next_at <= %(now)s
+    ORDER BY w.webhook_next_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE __schema__.jobs j SET webhook_next_at = %(now)s + %(lease)s
+FROM d WHERE j.id = d.id
+RETURNING __JOB__, j.webhook_attempts;
+
+-- name: webhook_attempted
+UPDATE __schema__.jobs j
+SET webhook_attempts = j.webhook_attempts + 1,
+    webhook_next_at = CASE WHEN %(done)s THEN NULL ELSE %(next_at)s END
+WHERE j.id = %(id)s;
+
+-- name: sweep_leases
+WITH s AS (
+    SELECT e.id, coalesce(q.max_deliveries, %(d_md)s) AS md
+    FROM __schema__.jobs e LEFT JOIN __schema__.queues q ON q.name = e.queue
+    WHERE e.status = 'running' AND e.lease_expires_at < %(now)s
+    ORDER BY e.lease_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE OF e SKIP LOCKED
+)
+UPDATE __schema__.jobs j
+SET status = CASE WHEN j.deliveries >= s.md THEN 'failed' ELSE 'queued' END,
+    error = CASE WHEN j.deliveries >= s.md
+                 THEN jsonb_build_object('type', 'DeliveryLimitExceeded', 'message',
+                      'delivered ' || j.deliveries || ' times without finishing (max_deliveries ' || s.md || ')')
+                 ELSE j.error END,
+    finished_at = CASE WHEN j.deliveries >= s.md THEN %(now)s END,
+    ready_at = CASE WHEN j.deliveries >= s.md THEN NULL ELSE %(now)s END,
+    worker_id = NULL, lease_token = NULL, lease_expires_at = NULL,
+    updated_at = %(now)s, revision = j.revision + 1
+FROM s WHERE j.id = s.id
+RETURNING j.id, j.status, j.queue, j.has_children;
+
+-- name: sweep_retention
+WITH s AS (
+    SELECT e.id
+    FROM __schema__.jobs e LEFT JOIN __schema__.queues q ON q.name = e.queue
+    WHERE e.status IN ('queued', 'scheduled', 'retrying')
+      AND e.ready_at < %(now)s - least(%(d_ret)s, (SELECT min(m.retention) FROM __schema__.queues m))
+      AND e.ready_at < %(now)s - coalesce(q.retention, %(d_ret)s)
+    ORDER BY e.ready_at
+    LIMIT %(limit)s
+    FOR UPDATE OF e SKIP LOCKED
+)
+UPDATE __schema__.jobs j
+SET status = 'expired', finished_at = %(now)s, ready_at = NULL, updated_at = %(now)s,
+    revision = j.revision + 1
+FROM s WHERE j.id = s.id
+RETURNING j.id, j.has_children;
+
+-- name: sweep_ttl
+WITH s AS (
+    SELECT e.id
+    FROM __schema__.jobs e LEFT JOIN __schema__.queues q ON q.name = e.queue
+    WHERE e.status IN ('succeeded', 'failed', 'cancelled', 'expired')
+      AND e.finished_at <= %(now)s - least(%(d_ttl)s, (SELECT min(m.result_ttl) FROM __schema__.queues m))
+      AND e.finished_at <= %(now)s - coalesce(q.result_ttl, %(d_ttl)s)
+      AND e.webhook_next_at IS NULL
+    ORDER BY e.finished_at
+    LIMIT %(limit)s
+    FOR UPDATE OF e SKIP LOCKED
+)
+DELETE FROM __schema__.jobs j USING s WHERE j.id = s.id;
+
+-- name: sweep_workers
+DELETE FROM __schema__.workers w
+WHERE w.id IN (SELECT x.id FROM __schema__.workers x WHERE x.last_heartbeat < %(cutoff)s LIMIT %(limit)s);
+
+-- name: unregister_worker
+DELETE FROM __schema__.workers WHERE id = %(id)s;
+
+-- name: workers
+SELECT id, host, pid, queues, concurrency, running, started_at, last_heartbeat
+FROM __schema__.workers WHERE last_heartbeat > %(cutoff)s ORDER BY started_at, id;
