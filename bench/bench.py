@@ -1,0 +1,174 @@
+"""Conveyor's own benchmark: enqueue throughput, drain throughput, idle latency.
+
+    .venv/bin/python -m bench.bench [--url sqlite:///bench.db] [--runs 3] [--jobs 10000]
+
+Each figure is the median of ``--runs`` runs on a fresh store. Drain: ``--jobs`` no-op jobs
+are enqueued first, then one ``conveyor worker`` process drains them; throughput is jobs
+divided by (last finished_at − first started_at) read from the job records, so process
+start-up is not counted. Idle latency: with the worker idle, one job at a time is
+enqueued; latency is its started_at − created_at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from conveyor import Conveyor
+from conveyor.backends.base import JobQuery
+from conveyor.core.job import Status
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fresh_url(base: str, run: int) -> str:
+    if base.startswith("sqlite"):
+        return f"sqlite:///{tempfile.mkdtemp(prefix='conveyor-bench-')}/bench.db"
+    sep = "&" if "?" in base else "?"
+    key = "schema" if base.startswith("postgres") else "prefix"
+    return f"{base}{sep}{key}=bench{os.getpid()}_{run}"
+
+
+def client(url: str) -> Conveyor:
+    os.environ["CONVEYOR_URL"] = url
+    from bench import tasks
+
+    app = Conveyor(url)
+    app.tasks = dict(tasks.app.tasks)
+    return app
+
+
+def start_worker(url: str, *extra: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, CONVEYOR_URL=url, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-m", "conveyor.cli", "worker", "--app", "bench.tasks:app",
+                             "--no-scheduler", *extra], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+async def all_jobs(app: Conveyor) -> list[Any]:
+    backend = await app.backend()
+    items, cursor = [], None
+    while True:
+        page = await backend.list_jobs(JobQuery(limit=500, cursor=cursor))
+        items += page.items
+        cursor = page.next_cursor
+        if not cursor:
+            return items
+
+
+async def drop(app: Conveyor) -> None:
+    backend = await app.backend()
+    if hasattr(backend, "drop"):
+        await backend.drop()
+
+
+def bench_enqueue(url: str, n: int) -> tuple[float, float]:
+    app = client(url)
+    task = app.tasks["noop"]
+    app.enqueue(task)  # open the connection first
+    t0 = time.perf_counter()
+    for _ in range(n // 5):
+        app.enqueue(task)
+    single = (n // 5) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        app.enqueue_many([(task, (), {}, {}) for _ in range(n)])
+    batch = 5 * n / (time.perf_counter() - t0)
+    app.portal.call(drop(app))
+    return single, batch
+
+
+def bench_drain(url: str, n: int, worker_args: list[str]) -> float:
+    app = client(url)
+    task = app.tasks["noop"]
+    for i in range(0, n, 5000):
+        app.enqueue_many([(task, (), {}, {}) for _ in range(min(5000, n - i))])
+    worker = start_worker(url, *worker_args)
+    try:
+        deadline = time.monotonic() + 300
+        backend_jobs: list[Any] = []
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            counts = app.portal.call(queue_counts(app))
+            if counts.get("succeeded", 0) >= n:
+                break
+        backend_jobs = app.portal.call(all_jobs(app))
+    finally:
+        stop(worker)
+    done = [j for j in backend_jobs if j.status is Status.SUCCEEDED]
+    assert len(done) == n, f"only {len(done)} of {n} jobs succeeded"
+    span = max(j.finished_at for j in done) - min(j.started_at for j in done)
+    app.portal.call(drop(app))
+    return n / span
+
+
+async def queue_counts(app: Conveyor) -> dict[str, int]:
+    backend = await app.backend()
+    infos = await backend.queues(["default"])
+    return dict(infos[0].counts) if infos else {}
+
+
+def bench_latency(url: str, samples: int) -> tuple[float, float]:
+    app = client(url)
+    task = app.tasks["noop"]
+    worker = start_worker(url)
+    latencies = []
+    try:
+        app.enqueue(task).wait(timeout=30)  # the worker is up
+        for _ in range(samples):
+            time.sleep(0.02)  # let the worker go idle
+            job = app.enqueue(task)
+            job.wait(timeout=10)
+            latencies.append((job.job.started_at - job.job.created_at) * 1000)
+    finally:
+        stop(worker)
+    app.portal.call(drop(app))
+    latencies.sort()
+    return statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="sqlite:///bench.db")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=10000)
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--worker-args", default="", help="extra options for `conveyor worker`")
+    args = parser.parse_args()
+    worker_args = args.worker_args.split()
+    rows: dict[str, list[float]] = {k: [] for k in ("single", "batch", "drain", "p50", "p99")}
+    for run in range(args.runs):
+        single, batch = bench_enqueue(fresh_url(args.url, run), args.jobs)
+        drain = bench_drain(fresh_url(args.url, run + 100), args.jobs, worker_args)
+        p50, p99 = bench_latency(fresh_url(args.url, run + 200), args.samples)
+        for key, value in zip(rows, (single, batch, drain, p50, p99), strict=True):
+            rows[key].append(value)
+        print(f"run {run + 1}: enqueue single {single:,.0f}/s, batch {batch:,.0f}/s, drain {drain:,.0f} jobs/s, "
+              f"idle latency p50 {p50:.2f} ms p99 {p99:.2f} ms", flush=True)
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    print(f"\nmedian of {args.runs} on {args.url.split(':')[0]} ({args.jobs:,} jobs, worker {' '.join(worker_args) or 'defaults'}):")
+    print("| enqueue single | enqueue batch | drain (1 worker process) | idle latency p50 / p99 |")
+    print("|---|---|---|---|")
+    print(f"| {med['single']:,.0f} jobs/s | {med['batch']:,.0f} jobs/s | {med['drain']:,.0f} jobs/s | "
+          f"{med['p50']:.2f} / {med['p99']:.2f} ms |")
+
+
+if __name__ == "__main__":
+    main()
