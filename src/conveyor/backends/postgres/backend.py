@@ -95,6 +95,11 @@ def _row_to_job(row: Sequence[Any]) -> Job:
     return Job(*values)
 
 
+def _ready_status(job: Job, now: float) -> Status:
+    """The status of a new job whose parents (if any) all succeeded."""
+    return Status.SCHEDULED if job.scheduled_at is not None and job.scheduled_at > now else Status.QUEUED
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
@@ -126,6 +131,7 @@ class _Listener:
         self.last: dict[str, int] = {}  #: queue -> counter value of its last notification
         self.reconnected_at = 0  #: counter value at the last (re)connect: anything may have been missed
         self.ready = asyncio.Event()
+        self.connects = 0
 
     def start(self) -> None:
         if self._task is None or self._task.done():
@@ -180,7 +186,9 @@ class _Listener:
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
                 delay = 0.05
                 self.ready.set()
-                self._wake(None)  # notifications may have been missed while not listening
+                if self.connects:
+                    self._wake(None)  # notifications may have been missed while not listening
+                self.connects += 1
                 async for note in conn.notifies():
                     self._wake(note.payload or None)
             except _UNAVAILABLE:
@@ -280,6 +288,12 @@ class PostgresBackend(Backend):
             self._pool = None
             await pool.close()
             raise
+        # The listener starts with the backend, so that no notification sent after open() is
+        # missed by a later wait_for_work().
+        self._listener = _Listener(self.conninfo, self.channel)
+        self._listener.start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._listener.ready.wait(), self._timeout)
 
     async def _migrate(self, conn: AConn) -> None:
         schema = self._schema_ident
@@ -358,7 +372,7 @@ class PostgresBackend(Backend):
         for job in jobs:
             if job.id in existing:
                 continue
-            status, error = statuses.get(job.id, (job.status, job.error))
+            status, error = statuses.get(job.id, (_ready_status(job, now), None))
             record = self._record(job, status, error, now, remap, job.id in parents)
             if record["status"] == "queued" or (record["ready_at"] is not None and record["ready_at"] <= now):
                 notify.add(job.queue)
@@ -391,22 +405,19 @@ class PostgresBackend(Backend):
     def _record(job: Job, status: Status, error: Mapping[str, Any] | None, now: float,
                 remap: Mapping[str, str], has_children: bool) -> dict[str, Any]:
         """The row to insert for ``job`` (as JSON for ``jsonb_to_recordset``)."""
-        if status is Status.WAITING and not job.depends_on:
-            status = Status.SCHEDULED if job.scheduled_at is not None and job.scheduled_at > now else Status.QUEUED
         created = job.created_at or now
-        ready_at = {Status.QUEUED: created, Status.SCHEDULED: job.scheduled_at or created,
-                    Status.RETRYING: job.scheduled_at or created}.get(status)
+        ready_at = {Status.QUEUED: now, Status.SCHEDULED: job.scheduled_at}.get(status)
         return {
             "id": job.id, "task": job.task, "queue": job.queue, "status": str(status),
             "args": list(job.args), "kwargs": dict(job.kwargs), "priority": job.priority,
             "progress": dict(job.progress) if job.progress is not None else None,
-            "result": job.result, "error": dict(error) if error is not None else None,
+            "result": None, "error": dict(error) if error is not None else None,
             "attempt": job.attempt, "max_retries": job.max_retries, "timeout": job.timeout,
             "depends_on": [remap.get(p, p) for p in job.depends_on],
             "idempotency_key": job.idempotency_key, "metadata": dict(job.metadata), "webhook": job.webhook,
-            "created_at": created, "scheduled_at": job.scheduled_at, "started_at": job.started_at,
-            "finished_at": now if status.terminal else job.finished_at, "updated_at": job.updated_at or created,
-            "deliveries": job.deliveries, "cancel_requested": job.cancel_requested, "revision": job.revision,
+            "created_at": created, "scheduled_at": job.scheduled_at, "started_at": None,
+            "finished_at": now if status.terminal else None, "updated_at": now,
+            "deliveries": 0, "cancel_requested": False, "revision": 1,
             "ready_at": ready_at, "has_children": has_children,
         }
 
@@ -433,8 +444,10 @@ class PostgresBackend(Backend):
         parent_status: dict[str, str] = {}
         if outside:
             parent_status = {r[0]: r[1] for r in await self._fetch("mark_parents", {"ids": outside}, conn)}
-        errors = [{"pointer": f"#/depends_on/{i}", "detail": f"unknown job {p!r} in depends_on"}
-                  for j in batch.values() for i, p in enumerate(j.depends_on)
+        many = len(jobs) > 1
+        errors = [{"pointer": f"#/jobs/{n}/depends_on/{i}" if many else f"#/depends_on/{i}",
+                   "detail": f"depends_on: no job has id {p!r}"}
+                  for n, j in enumerate(jobs) if j.id in batch for i, p in enumerate(j.depends_on)
                   if remap.get(p, p) not in batch and remap.get(p, p) not in parent_status]
         if errors:
             raise ValidationError("; ".join(e["detail"] for e in errors), errors)
@@ -444,11 +457,7 @@ class PostgresBackend(Backend):
             if job.id in memo:
                 return memo[job.id]
             memo[job.id] = (Status.WAITING, None)  # guards against cycles inside a batch
-            status: Status = job.status if job.status is not Status.WAITING else Status.QUEUED
-            if status is Status.QUEUED and job.scheduled_at is not None and job.scheduled_at > now:
-                status = Status.SCHEDULED
-            result: tuple[Status, dict[str, Any] | None] = (
-                status, dict(job.error) if job.error is not None else None)
+            result: tuple[Status, dict[str, Any] | None] = (_ready_status(job, now), None)
             for pid in (remap.get(p, p) for p in job.depends_on):
                 pstatus = str(resolve(batch[pid])[0]) if pid in batch else parent_status[pid]
                 if pstatus in _TERMINAL_FAIL:
@@ -541,15 +550,8 @@ class PostgresBackend(Backend):
         listener = self._listener
         if listener is None:
             listener = self._listener = _Listener(self.conninfo, self.channel)
-            listener.start()
-            # Until the listener runs, notifications are missed: wait for it, then let the
-            # caller look again.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(listener.ready.wait(), max(timeout, 0))
-            self._marks[key] = listener.counter
-            return
-        listener.start()  # restarts a listener task that died
-        mark = self._marks.get(key, -1)
+        listener.start()  # (re)starts a listener task that is not running
+        mark = self._marks.get(key, 0)
         if not listener.changed_since(mark, key) and timeout > 0:
             await listener.wait(key, timeout)
         self._marks[key] = listener.counter

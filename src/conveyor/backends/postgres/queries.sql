@@ -257,7 +257,7 @@ RETURNING __JOB__, j.webhook_attempts;
 -- name: webhook_attempted
 UPDATE __schema__.jobs j
 SET webhook_attempts = j.webhook_attempts + 1,
-    webhook_next_at = CASE WHEN %(done)s THEN NULL ELSE %(next_at)s END
+    webhook_next_at = CASE WHEN %(done)s THEN NULL ELSE %(next_at)s::double precision END
 WHERE j.id = %(id)s;
 
 -- name: sweep_leases
