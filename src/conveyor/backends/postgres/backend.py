@@ -122,8 +122,9 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
 class _Listener:
     """One dedicated LISTEN connection; wakes the waiters of the queues named in notifications."""
 
-    def __init__(self, conninfo: str, channel: str) -> None:
+    def __init__(self, conninfo: str, channel: str, app: str) -> None:
         self._conninfo = conninfo
+        self._app = app
         self._channel = channel
         self._task: asyncio.Task[None] | None = None
         self._waiters: list[tuple[frozenset[str], asyncio.Future[None]]] = []
@@ -177,7 +178,8 @@ class _Listener:
         delay = 0.05
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+                conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True,
+                                                             application_name=self._app)
             except _UNAVAILABLE:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -223,6 +225,7 @@ class PostgresBackend(Backend):
         self.conninfo = urlunsplit((scheme, parts.netloc, parts.path, urlencode(params), parts.fragment))
         self._where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or ''}"
         self.channel = f"conveyor_{self.schema}"
+        self.application_name = f"conveyor:{self.schema}"
         self._schema_ident = '"' + self.schema + '"'
         self.q = load_queries(self._schema_ident)
         self._pool: AsyncConnectionPool[AConn] | None = None
@@ -274,7 +277,8 @@ class PostgresBackend(Backend):
             return
         pool: AsyncConnectionPool[AConn] = AsyncConnectionPool(
             self.conninfo, min_size=self._min_size, max_size=self._max_size, timeout=self._timeout,
-            kwargs={"autocommit": True, "options": f"-c search_path={self.schema},public"},
+            kwargs={"autocommit": True, "options": f"-c search_path={self.schema},public",
+                    "application_name": self.application_name},
             open=False, name=f"conveyor-{self.schema}", reconnect_timeout=0)
         try:
             await pool.open(wait=True, timeout=self._timeout)
@@ -290,7 +294,7 @@ class PostgresBackend(Backend):
             raise
         # The listener starts with the backend, so that no notification sent after open() is
         # missed by a later wait_for_work().
-        self._listener = _Listener(self.conninfo, self.channel)
+        self._listener = _Listener(self.conninfo, self.channel, self.application_name)
         self._listener.start()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._listener.ready.wait(), self._timeout)
@@ -549,7 +553,7 @@ class PostgresBackend(Backend):
         key = frozenset(queues)
         listener = self._listener
         if listener is None:
-            listener = self._listener = _Listener(self.conninfo, self.channel)
+            listener = self._listener = _Listener(self.conninfo, self.channel, self.application_name)
         listener.start()  # (re)starts a listener task that is not running
         mark = self._marks.get(key, 0)
         if not listener.changed_since(mark, key) and timeout > 0:

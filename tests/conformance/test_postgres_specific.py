@@ -1,0 +1,249 @@
+"""What only the PostgreSQL engine promises: transactional enqueue, schema isolation, versioned
+migrations, LISTEN/NOTIFY wake-ups, safe concurrency and clear outage errors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+psycopg = pytest.importorskip("psycopg")
+
+from conveyor.backends.base import Outcome  # noqa: E402
+from conveyor.backends.postgres import PostgresBackend  # noqa: E402
+from conveyor.backends.postgres.backend import migrations  # noqa: E402
+from conveyor.core.errors import BackendUnavailable, ConfigurationError  # noqa: E402
+from conveyor.core.ids import uuid7  # noqa: E402
+from conveyor.core.job import Job, Status  # noqa: E402
+
+DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _job(**fields: object) -> Job:
+    return Job(id=uuid7(), task="pg.echo", created_at=time.time(), **fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def pg() -> AsyncIterator[PostgresBackend]:
+    backend = PostgresBackend(f"{DSN}?schema=pgspec_{uuid.uuid4().hex[:12]}")
+    await backend.open()
+    yield backend
+    await backend.drop()
+    await backend.close()
+
+
+def test_url__schema_is_stripped_from_the_connection_string():
+    backend = PostgresBackend(f"{DSN}?schema=abc&connect_timeout=3")
+
+    assert backend.schema == "abc"
+    assert "schema" not in backend.conninfo
+    assert "connect_timeout=3" in backend.conninfo
+    assert backend.channel == "conveyor_abc"
+
+
+def test_url__unsafe_schema_name__is_a_configuration_error():
+    with pytest.raises(ConfigurationError):
+        PostgresBackend(f"{DSN}?schema=a;drop")
+
+
+async def test_open__records_every_migration_in_schema_version(pg):
+    async with await psycopg.AsyncConnection.connect(DSN) as conn:
+        cur = await conn.execute(f'SELECT version FROM "{pg.schema}".schema_version ORDER BY version')
+        versions = [r[0] for r in await cur.fetchall()]
+
+    assert versions == [v for v, _, _ in migrations()]
+
+
+async def test_open__twice_at_once__migrates_once(pg):
+    others = [PostgresBackend(f"{DSN}?schema={pg.schema}") for _ in range(3)]
+    await asyncio.gather(*(o.open() for o in others))
+    for other in others:
+        await other.close()
+
+    async with await psycopg.AsyncConnection.connect(DSN) as conn:
+        cur = await conn.execute(f'SELECT count(*) FROM "{pg.schema}".schema_version')
+        assert (await cur.fetchone())[0] == len(migrations())
+
+
+async def test_enqueue_in__rollback__no_job(pg):
+    job = _job()
+    async with await psycopg.AsyncConnection.connect(DSN) as conn, conn.transaction(force_rollback=True):
+        [(stored, created)] = await pg.enqueue_in(conn, [job])
+        assert created and stored.status is Status.QUEUED
+
+    assert await pg.get_jobs([job.id]) == []
+    assert await pg.claim(["default"], 10, "w", time.time()) == []
+
+
+async def test_enqueue_in__commit__job_is_claimable_and_wakes_waiters(pg):
+    job = _job()
+    await pg.wait_for_work(["default"], 0)
+    async with await psycopg.AsyncConnection.connect(DSN) as conn:
+        async with conn.transaction():
+            await pg.enqueue_in(conn, [job])
+            # Not visible (and no wake-up) before the caller commits.
+            assert await pg.get_jobs([job.id]) == []
+            started = time.monotonic()
+            await pg.wait_for_work(["default"], 0.05)
+            assert time.monotonic() - started >= 0.04
+        started = time.monotonic()
+        await pg.wait_for_work(["default"], 2.0)
+        assert time.monotonic() - started < 1.0
+
+    [lease] = await pg.claim(["default"], 10, "w", time.time())
+    assert lease.job.id == job.id
+
+
+async def test_enqueue_in__any_search_path__uses_the_backend_schema(pg):
+    async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as conn:
+        await conn.execute("SET search_path TO pg_catalog")
+        [(stored, created)] = await pg.enqueue_in(conn, [_job()])
+
+    assert created
+    assert [j.id for j in await pg.get_jobs([stored.id])] == [stored.id]
+
+
+async def test_schemas__are_isolated(pg):
+    other = PostgresBackend(f"{DSN}?schema=pgspec_{uuid.uuid4().hex[:12]}")
+    await other.open()
+    try:
+        await pg.enqueue([_job()])
+        assert await other.claim(["default"], 10, "w", time.time()) == []
+    finally:
+        await other.drop()
+        await other.close()
+
+
+async def test_wait_for_work__notify__wakes_within_a_few_milliseconds(pg):
+    await pg.wait_for_work(["default"], 0)
+    delays = []
+    for _ in range(20):
+        async def enqueue_later() -> float:
+            await asyncio.sleep(0.01)
+            await pg.enqueue([_job()])
+            return time.perf_counter()
+
+        task = asyncio.create_task(enqueue_later())
+        await pg.wait_for_work(["default"], 2.0)
+        woke = time.perf_counter()
+        delays.append(woke - await task if task.done() else 0.0)
+        await pg.claim(["default"], 10, "w", time.time())
+    delays.sort()
+    assert delays[len(delays) // 2] < 0.02
+
+
+async def test_wait_for_work__other_queue__does_not_wake(pg):
+    await pg.wait_for_work(["default"], 0)
+    await pg.claim(["default"], 1, "w", time.time())
+    await pg.enqueue([_job(queue="other")])
+    started = time.monotonic()
+
+    await pg.wait_for_work(["default"], 0.1)
+
+    assert time.monotonic() - started >= 0.09
+
+
+async def test_idempotency__concurrent_inserts_of_one_key__create_one_job(pg):
+    backends = [PostgresBackend(f"{DSN}?schema={pg.schema}") for _ in range(4)]
+    await asyncio.gather(*(b.open() for b in backends))
+    try:
+        results = await asyncio.gather(*(b.enqueue([_job(idempotency_key="same")]) for b in backends * 3))
+    finally:
+        for b in backends:
+            await b.close()
+
+    flat = [r for batch in results for r in batch]
+    assert sum(created for _, created in flat) == 1
+    assert len({job.id for job, _ in flat}) == 1
+
+
+async def test_claim__concurrent_claimers__never_share_a_job(pg):
+    await pg.enqueue([_job() for _ in range(300)])
+    backends = [PostgresBackend(f"{DSN}?schema={pg.schema}") for _ in range(3)]
+    await asyncio.gather(*(b.open() for b in backends))
+    claimed: list[str] = []
+
+    async def drain(b: PostgresBackend) -> None:
+        while leases := await b.claim(["default"], 7, "w", time.time()):
+            claimed.extend(lease.job.id for lease in leases)
+
+    try:
+        await asyncio.gather(*(drain(b) for b in backends))
+    finally:
+        for b in backends:
+            await b.close()
+
+    assert len(claimed) == 300 == len(set(claimed))
+
+
+async def test_finish__two_parents_succeed_at_once__child_is_released(pg):
+    for _ in range(5):
+        a, b = _job(), _job()
+        child = _job(depends_on=[a.id, b.id])
+        await pg.enqueue([a, b, child])
+        leases = await pg.claim(["default"], 2, "w", time.time())
+        other = PostgresBackend(f"{DSN}?schema={pg.schema}")
+        await other.open()
+        try:
+            await asyncio.gather(
+                pg.finish([Outcome(leases[0].job.id, leases[0].token, Status.SUCCEEDED)], time.time()),
+                other.finish([Outcome(leases[1].job.id, leases[1].token, Status.SUCCEEDED)], time.time()),
+            )
+        finally:
+            await other.close()
+        [stored] = await pg.get_jobs([child.id])
+        assert stored.status is Status.QUEUED
+        [lease] = await pg.claim(["default"], 1, "w", time.time())
+        await pg.finish([Outcome(lease.job.id, lease.token, Status.SUCCEEDED)], time.time())
+
+
+async def test_claim__one_statement_for_many_jobs(pg):
+    await pg.enqueue([_job(priority=p % 10) for p in range(50)])
+
+    leases = await pg.claim(["default"], 50, "w", time.time())
+
+    assert len(leases) == 50
+    assert [lease.job.priority for lease in leases] == sorted((p % 10 for p in range(50)), reverse=True)
+    assert len({lease.token for lease in leases}) == 50
+
+
+async def test_unreachable_server__is_backend_unavailable_with_one_line():
+    backend = PostgresBackend("postgresql://postgres@127.0.0.1:1/test?schema=x&pool_timeout=1&connect_timeout=1")
+    started = time.monotonic()
+
+    with pytest.raises(BackendUnavailable) as caught:
+        await backend.open()
+
+    assert time.monotonic() - started < 5
+    assert "\n" not in str(caught.value)
+    assert "127.0.0.1:1" in str(caught.value)
+
+
+async def test_lost_connections__fail_clearly_then_recover(pg):
+    await pg.enqueue([_job()])
+    async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as admin:
+        cur = await admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
+            (pg.application_name,))
+        assert (await cur.fetchone())[0] >= 2  # the pool and the listener
+    outcomes = []
+    for _ in range(5):
+        try:
+            await pg.ping()
+            outcomes.append("ok")
+        except BackendUnavailable as exc:
+            assert "\n" not in str(exc)
+            outcomes.append("down")
+    assert outcomes[-1] == "ok"
+    # The listener reconnects too: a new job wakes a waiter again.
+    await asyncio.sleep(0.3)
+    await pg.claim(["default"], 1, "w", time.time())
+    task = asyncio.create_task(pg.wait_for_work(["default"], 5.0))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    await pg.enqueue([_job()])
+    await task
+    assert time.monotonic() - started < 1.0
