@@ -49,6 +49,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import json
 import secrets
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -282,23 +283,22 @@ class RedisBackend(Backend):
         if not jobs:
             return []
         now = time.time()
-        args: list[str] = [_f(now), str(len(jobs))]
+        payload = []
         for job in jobs:
             created = job.created_at or now
             scheduled = job.scheduled_at is not None and (job.status == Status.SCHEDULED or
                                                            job.scheduled_at > created)
-            fields = _record_fields(job, created)
-            args += [job.id, job.queue, job.task, str(int(job.priority)), "1" if scheduled else "0",
-                     job.idempotency_key or "", dumps(list(job.depends_on)), str(len(fields) // 2), *fields]
-        reply = await self._run("enqueue", *args)
-        if reply[0] == "unknown_parent":
-            _, _j, i, parent = reply
+            payload.append([job.id, job.queue, job.task, str(int(job.priority)), "1" if scheduled else "0",
+                            job.idempotency_key or "", list(job.depends_on), _record_fields(job, created)])
+        reply = json.loads(await self._run("enqueue", _f(now), dumps(payload)))
+        if "unknown_parent" in reply:
+            _j, i, parent = reply["unknown_parent"]
             raise ValidationError(f"depends_on[{i}]: no job has the id {parent}",
                                   [{"pointer": f"#/depends_on/{i}", "detail": f"unknown job {parent}"}])
         out: list[tuple[Job, bool]] = []
-        for job, item in zip(jobs, reply[1], strict=True):
-            if int(item[0]) == 0:
-                out.append((job_from_hash(_hash(item[1])), False))
+        for job, item in zip(jobs, reply["ok"], strict=True):
+            if item[0] == 0:
+                out.append((job_from_hash(item[1]), False))
                 continue
             status = Status(item[1])
             created = job.created_at or now
@@ -315,8 +315,8 @@ class RedisBackend(Backend):
             return []
         reply = await self._run("claim", _f(now), str(limit), worker_id, secrets.token_hex(8), *queues)
         leases = []
-        for flat in reply:
-            job = job_from_hash(_hash(flat))
+        for h in json.loads(reply):
+            job = job_from_hash(h)
             leases.append(Lease(job, job.lease_token or ""))
         return leases
 
@@ -333,17 +333,17 @@ class RedisBackend(Backend):
     async def finish(self, outcomes: Sequence[Outcome], now: float) -> list[bool]:
         if not outcomes:
             return []
-        args: list[str] = [_f(now)]
+        payload = []
         for o in outcomes:
             if o.status not in _OUTCOMES:
                 raise ValueError(f"an outcome cannot set status {o.status}")
             result = dumps(o.result) if o.status == Status.SUCCEEDED else ""
-            args += [o.job_id, o.token, str(o.status), result,
-                     dumps(dict(o.error)) if o.error is not None else "",
-                     _f(o.scheduled_at) if o.scheduled_at is not None else "",
-                     str(o.attempt) if o.attempt is not None else "", "1" if o.uncount_delivery else "0"]
-        reply = await self._run("finish", *args)
-        return [bool(int(x)) for x in reply]
+            payload.append([o.job_id, o.token, str(o.status), result,
+                            dumps(dict(o.error)) if o.error is not None else "",
+                            _f(o.scheduled_at) if o.scheduled_at is not None else "",
+                            str(o.attempt) if o.attempt is not None else "", "1" if o.uncount_delivery else "0"])
+        reply: str = await self._run("finish", _f(now), dumps(payload))
+        return [c == "1" for c in reply]
 
     async def set_progress(self, job_id: str, token: str, progress: Mapping[str, Any], now: float) -> bool:
         return bool(int(await self._run("progress", _f(now), job_id, token, dumps(dict(progress)))))
@@ -374,7 +374,7 @@ class RedisBackend(Backend):
         if not ids:
             return []
         reply = await self._run("get", "all", *ids)
-        return [job_from_hash(_hash(flat)) for flat in reply]
+        return [job_from_hash(h) for h in json.loads(reply)]
 
     async def list_jobs(self, query: JobQuery) -> Page:
         limit = max(1, min(int(query.limit), 1000))
@@ -392,8 +392,8 @@ class RedisBackend(Backend):
             kind = "all"
         reply = await self._run("list", kind, status, query.task or "", query.queue or "", cursor,
                                 str(limit), str(_LIST_BUDGET))
-        items = [job_from_hash(_hash(flat)) for flat in reply[1:]]
-        return Page(items, _encode_cursor(reply[0]) if reply[0] else None)
+        cursor_out, *records = json.loads(reply)
+        return Page([job_from_hash(h) for h in records], _encode_cursor(cursor_out) if cursor_out else None)
 
     async def revisions(self, ids: Sequence[str]) -> dict[str, int]:
         if not ids:
@@ -403,8 +403,8 @@ class RedisBackend(Backend):
 
     # -- admin --------------------------------------------------------------------------
     async def cancel(self, job_id: str, now: float) -> Job | None:
-        flat = await self._run("cancel", _f(now), job_id)
-        return job_from_hash(_hash(flat)) if flat else None
+        text = await self._run("cancel", _f(now), job_id)
+        return job_from_hash(json.loads(text)) if text else None
 
     async def requeue(self, queue: str | None, ids: Sequence[str] | None, statuses: Sequence[Status],
                       now: float) -> list[Job]:
@@ -416,12 +416,12 @@ class RedisBackend(Backend):
             for start in range(0, len(ids), _BATCH):
                 reply = await self._run("requeue", _f(now), queue or "", wanted, str(_BATCH),
                                         *ids[start:start + _BATCH])
-                out += [job_from_hash(_hash(flat)) for flat in reply]
+                out += [job_from_hash(h) for h in json.loads(reply)]
             return out
         while True:
-            reply = await self._run("requeue", _f(now), queue or "", wanted, str(_BATCH))
-            out += [job_from_hash(_hash(flat)) for flat in reply]
-            if len(reply) < _BATCH:
+            records = json.loads(await self._run("requeue", _f(now), queue or "", wanted, str(_BATCH)))
+            out += [job_from_hash(h) for h in records]
+            if len(records) < _BATCH:
                 return out
 
     async def purge(self, queue: str, now: float) -> int:
@@ -486,8 +486,8 @@ class RedisBackend(Backend):
     async def due_webhooks(self, now: float, limit: int, lease: float) -> list[tuple[Job, int]]:
         if limit <= 0:
             return []
-        flat = await self._run("webhooks", "due", _f(now), str(limit), _f(lease))
-        return [(job_from_hash(_hash(flat[i + 1])), int(flat[i])) for i in range(0, len(flat), 2)]
+        reply = await self._run("webhooks", "due", _f(now), str(limit), _f(lease))
+        return [(job_from_hash(h), int(n)) for n, h in json.loads(reply)]
 
     async def webhook_attempted(self, job_id: str, delivered: bool, next_at: float | None) -> None:
         await self._run("webhooks", "done", job_id, "1" if delivered else "0",

@@ -192,3 +192,16 @@ local function promote(q, now, n)
   end
   return #ids
 end
+
+-- a record as a JSON-ready table (replies are JSON strings: far cheaper to parse than RESP)
+local function hobj(key)
+  local h = redis.call('HGETALL', key)
+  if #h == 0 then return nil end
+  local t = {}
+  for i = 1, #h, 2 do t[h[i]] = h[i + 1] end
+  return t
+end
+local function jlist(list)
+  if #list == 0 then return '[]' end
+  return cjson.encode(list)
+end

@@ -4,12 +4,12 @@ KEYS: none (keys are built from the prefix; see _common.lua).
 ARGV: [1] prefix P, [2] now, [3] job id.
 Touches: {P}:jq (read), {P:Q}:j:<id>, {P:Q}:ready|sched|done|s:*|c:<id>, {P}:s:*, {P}:wh,
   and the records of dependents (cancelled transitively).
-Returns: the job's HGETALL after the change, or an empty list when the id is unknown.
+Returns: the job record as JSON after the change, or '' when the id is unknown.
 ]]
 local now = tonumber(ARGV[2])
 local id = ARGV[3]
 local q = redis.call('HGET', JQ, id)
-if not q then return {} end
+if not q then return '' end
 local key = jkey(q, id)
 local st = redis.call('HGET', key, 'status')
 if st == 'waiting' or st == 'scheduled' or st == 'queued' or st == 'retrying' then
@@ -19,4 +19,4 @@ elseif st == 'running' and redis.call('HGET', key, 'cancel_requested') ~= '1' th
   redis.call('HSET', key, 'cancel_requested', '1', 'updated_at', fmt(now))
   redis.call('HINCRBY', key, 'revision', 1)
 end
-return redis.call('HGETALL', key)
+return cjson.encode(hobj(key))

@@ -5,7 +5,7 @@ ARGV: [1] prefix P, [2] now, [3] limit, [4] worker id, [5] token base (random), 
 Touches per queue Q: {P:Q}:cfg (read), {P:Q}:sched -> {P:Q}:ready (due jobs promoted first),
   {P:Q}:ready -> {P:Q}:lease, {P:Q}:j:<id>, {P:Q}:s:*, {P}:s:*; ready jobs past the retention are
   expired instead ({P:Q}:done, {P}:wh, dependents cancelled).
-Returns: a list of HGETALL replies of the leased jobs (status running, new lease_token,
+Returns: a JSON list of the leased job records (status running, new lease_token,
   lease_expires_at = now + visibility_timeout, deliveries + 1, started_at = now, worker_id).
 ]]
 local now = tonumber(ARGV[2])
@@ -61,11 +61,11 @@ for _ = 1, 20 do
       redis.call('HINCRBY', key, 'revision', 1)
       redis.call('ZADD', qk(q, 'lease'), ims(ms(exp)), id)
       set_status(q, id, 'queued', 'running')
-      out[#out + 1] = redis.call('HGETALL', key)
+      out[#out + 1] = hobj(key)
     end
   end
   if expired == 0 then break end
 end
 propagate(now)
 flush_wake()
-return out
+return jlist(out)

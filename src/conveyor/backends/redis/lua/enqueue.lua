@@ -1,27 +1,24 @@
 --[[ enqueue.lua: store jobs atomically (idempotency keys, dependencies, ready/scheduled indexes).
 
 KEYS: none (keys are built from the prefix; see _common.lua).
-ARGV: [1] prefix P, [2] now, [3] number of jobs n, then per job a block:
-      id, queue, task, priority, scheduled ('1' = not before scheduled_at), idempotency key ('' = none),
-      depends_on JSON list, number of hash fields m, then m field/value pairs (the record without
-      status/revision, which are set here).
+ARGV: [1] prefix P, [2] now, [3] JSON list of jobs, each
+      [id, queue, task, priority, scheduled ('1' = not before scheduled_at), idempotency key ('' = none),
+       depends_on (list of ids), flat list of record field/value strings (without status/revision,
+       which are set here)].
 Touches: {P:Q}:j:<id>, {P:Q}:ready|sched|done|i|s:*|c:<parent>|wake, {P}:jq|queues|i|s:*|t:<task>|idem|wh.
-Returns: {'ok', per job {created 1|0, status, error JSON or '' | (for an existing job) its HGETALL}}
-         or {'unknown_parent', job index (0-based), parent index (0-based), parent id} with no write.
+Returns JSON: {"ok": per job [1, status, error JSON or ''] or, for an existing job, [0, record]}
+         or {"unknown_parent": [job index, parent index (0-based), parent id]} with no write.
 ]]
 local now = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
+local input = cjson.decode(ARGV[3])
 local IDEM = gk('idem')
 
 -- pass 1: parse, and validate parents of the jobs that will be created (no writes yet)
 local jobs = {}
-local pos = 4
 local seen_keys, seen_ids = {}, {}
-for j = 1, n do
-  local job = { id = ARGV[pos], q = ARGV[pos + 1], task = ARGV[pos + 2], prio = tonumber(ARGV[pos + 3]),
-                sched = ARGV[pos + 4] == '1', key = ARGV[pos + 5], deps = cjson.decode(ARGV[pos + 6]),
-                first = pos + 8, m = tonumber(ARGV[pos + 7]) }
-  pos = pos + 8 + 2 * job.m
+for j, a in ipairs(input) do
+  local job = { id = a[1], q = a[2], task = a[3], prio = tonumber(a[4]), sched = a[5] == '1', key = a[6],
+                deps = a[7], fields = a[8] }
   local existing = nil
   if job.key ~= '' then existing = seen_keys[job.key] or redis.call('HGET', IDEM, job.key) end
   if not existing and (seen_ids[job.id] or redis.call('HEXISTS', JQ, job.id) == 1) then existing = job.id end
@@ -29,7 +26,7 @@ for j = 1, n do
   if not existing then
     for i, parent in ipairs(job.deps) do
       if not seen_ids[parent] and redis.call('HEXISTS', JQ, parent) == 0 then
-        return { 'unknown_parent', j - 1, i - 1, parent }
+        return cjson.encode({ unknown_parent = { j - 1, i - 1, parent } })
       end
     end
     seen_ids[job.id] = true
@@ -43,13 +40,11 @@ local out = {}
 for j, job in ipairs(jobs) do
   if job.existing then
     local q = redis.call('HGET', JQ, job.existing)
-    out[j] = { 0, redis.call('HGETALL', jkey(q, job.existing)) }
+    out[j] = { 0, hobj(jkey(q, job.existing)) }
   else
     local q, id = job.q, job.id
     local key = jkey(q, id)
-    local fields = {}
-    for i = 0, 2 * job.m - 1 do fields[i + 1] = ARGV[job.first + i] end
-    redis.call('HSET', key, 'revision', 1, unpack(fields))
+    redis.call('HSET', key, 'revision', 1, unpack(job.fields))
     redis.call('HSET', JQ, id, q)
     redis.call('SADD', gk('queues'), q)
     redis.call('ZADD', gk('i'), 0, id)
@@ -105,4 +100,4 @@ for j, job in ipairs(jobs) do
 end
 propagate(now)
 flush_wake()
-return { 'ok', out }
+return cjson.encode({ ok = out })

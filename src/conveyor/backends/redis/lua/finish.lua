@@ -1,18 +1,18 @@
 --[[ finish.lua: apply outcomes whose lease token still holds.
 
 KEYS: none (keys are built from the prefix; see _common.lua).
-ARGV: [1] prefix P, [2] now, then per outcome 8 values: job id, token, status
+ARGV: [1] prefix P, [2] now, [3] JSON list of outcomes, each [job id, token, status
   (succeeded|failed|cancelled|retrying|queued), result JSON ('' = none), error JSON ('' = none),
-  scheduled_at ('' = none), attempt ('' = unchanged), uncount delivery ('1'|'0').
+  scheduled_at ('' = none), attempt ('' = unchanged), uncount delivery ('1'|'0')].
 Touches: {P}:jq (read), {P:Q}:j:<id>, {P:Q}:lease|ready|sched|done|s:*|c:<id>|wake, {P}:s:*,
   {P}:wh (webhook outbox), and the records and indexes of dependents (released or cancelled).
-Returns: per outcome 1 (applied) or 0 (token no longer holds).
+Returns: a string with one character per outcome: '1' applied, '0' token no longer holds.
 ]]
 local now = tonumber(ARGV[2])
 local out = {}
-for i = 3, #ARGV, 8 do
-  local id, token, st = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local result, err, sa, attempt, uncount = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+for _, a in ipairs(cjson.decode(ARGV[3])) do
+  local id, token, st = a[1], a[2], a[3]
+  local result, err, sa, attempt, uncount = a[4], a[5], a[6], a[7], a[8]
   local q = redis.call('HGET', JQ, id)
   local ok = 0
   if q then
@@ -38,8 +38,8 @@ for i = 3, #ARGV, 8 do
       end
     end
   end
-  out[#out + 1] = ok
+  out[#out + 1] = tostring(ok)
 end
 propagate(now)
 flush_wake()
-return out
+return table.concat(out)

@@ -3,7 +3,7 @@
 KEYS: none (keys are built from the prefix; see _common.lua).
 ARGV: [1] prefix P, [2] mode ('all' = whole records, 'rev' = revisions only), [3..] job ids.
 Touches (read only): {P}:jq, {P:Q}:j:<id>.
-Returns: 'all': a list of HGETALL replies of the known jobs;
+Returns: 'all': a JSON list of the records of the known jobs;
          'rev': a flat list id, revision for the known jobs.
 ]]
 local out = {}
@@ -13,8 +13,8 @@ for i = 3, #ARGV do
   local q = redis.call('HGET', JQ, id)
   if q then
     if all then
-      local h = redis.call('HGETALL', jkey(q, id))
-      if #h > 0 then out[#out + 1] = h end
+      local h = hobj(jkey(q, id))
+      if h then out[#out + 1] = h end
     else
       local r = redis.call('HGET', jkey(q, id), 'revision')
       if r then
@@ -24,4 +24,5 @@ for i = 3, #ARGV do
     end
   end
 end
+if all then return jlist(out) end
 return out

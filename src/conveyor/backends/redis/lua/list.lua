@@ -8,7 +8,7 @@ ARGV: [1] prefix P, [2] index to walk: 'all' ({P}:i), 'status' ({P}:s:<status>),
 Indexes are lex-ordered zsets (score 0) of UUIDv7 ids, so the order is creation time and a cursor
 stays stable under concurrent inserts (new ids sort after every cursor).
 Touches (read only): the index, {P}:jq, {P:Q}:j:<id>.
-Returns: {next cursor ('' = none), HGETALL of each job on the page...}.
+Returns JSON: [next cursor ('' = none), record, record, ...].
 ]]
 local kind, fst, ftask, fq = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local limit, budget = tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -41,7 +41,7 @@ while scanned < budget do
           more = true
           break
         end
-        page[#page + 1] = redis.call('HGETALL', key)
+        page[#page + 1] = hobj(key)
         last_on_page = id
       end
     end
@@ -58,4 +58,4 @@ elseif scanned >= budget then
 end
 local out = { cursor }
 for _, h in ipairs(page) do out[#out + 1] = h end
-return out
+return cjson.encode(out)

@@ -4,7 +4,7 @@ KEYS: none (keys are built from the prefix; see _common.lua).
 ARGV: [1] prefix P, [2] now, [3] queue ('' = any), [4] statuses (comma list), [5] limit,
   [6..] job ids (none = scan {P:Q}:s:<status> of the queue, or of every queue when [3] is '').
 Touches: {P}:jq|queues (read), {P:Q}:j:<id>, {P:Q}:s:*|done|ready|sched|lease|wake, {P}:s:*, {P}:wh|wha.
-Returns: the HGETALL replies of the requeued jobs (at most `limit` when scanning).
+Returns: a JSON list of the requeued job records (at most `limit` when scanning).
 ]]
 local now = tonumber(ARGV[2])
 local only_q = ARGV[3]
@@ -25,7 +25,7 @@ local function requeue(q, id)
   redis.call('ZREM', gk('wh'), id)
   redis.call('HDEL', gk('wha'), id)
   make_ready(q, id, key, st, now, ms(now))
-  out[#out + 1] = redis.call('HGETALL', key)
+  out[#out + 1] = hobj(key)
 end
 
 if #ARGV >= 6 then
@@ -45,4 +45,4 @@ else
   end
 end
 flush_wake()
-return out
+return jlist(out)

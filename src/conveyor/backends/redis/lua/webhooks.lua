@@ -7,7 +7,7 @@ ARGV: [1] prefix P, [2] mode:
      record an attempt.
 Touches: {P}:wh (zset id by next attempt ms), {P}:wha (hash id -> attempts made), {P}:jq (read),
   {P:Q}:j:<id> (read).
-Returns: 'due': a flat list attempts, HGETALL, attempts, HGETALL...; 'done': 1.
+Returns: 'due': a JSON list of [attempts, record]; 'done': 1.
 ]]
 local WH, WHA = gk('wh'), gk('wha')
 if ARGV[2] == 'due' then
@@ -18,14 +18,13 @@ if ARGV[2] == 'due' then
     local q = redis.call('HGET', JQ, id)
     if q then
       redis.call('ZADD', WH, ims(ms(now + lease)), id)
-      out[#out + 1] = tonumber(redis.call('HGET', WHA, id)) or 0
-      out[#out + 1] = redis.call('HGETALL', jkey(q, id))
+      out[#out + 1] = { tonumber(redis.call('HGET', WHA, id)) or 0, hobj(jkey(q, id)) }
     else
       redis.call('ZREM', WH, id)
       redis.call('HDEL', WHA, id)
     end
   end
-  return out
+  return jlist(out)
 end
 local id = ARGV[3]
 if ARGV[4] == '1' or ARGV[5] == '' then
