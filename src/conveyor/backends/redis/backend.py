@@ -52,7 +52,7 @@ import contextlib
 import json
 import secrets
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -100,18 +100,29 @@ def job_from_hash(h: Mapping[str, str]) -> Job:
     g = h.get
     return Job(
         id=h["id"], task=h["task"], queue=h["queue"], status=Status(h["status"]),
-        args=loads(h.get("args", "[]")), kwargs=loads(h.get("kwargs", "{}")),
-        priority=int(h.get("priority", 0)), progress=loads(g("progress")), result=loads(g("result")),
-        error=loads(g("error")), attempt=int(h.get("attempt", 1)), max_retries=int(h.get("max_retries", 3)),
-        timeout=_opt_float(g("timeout")), depends_on=loads(h.get("depends_on", "[]")),
-        idempotency_key=g("idempotency_key"), metadata=loads(h.get("metadata", "{}")), webhook=g("webhook"),
-        created_at=float(h.get("created_at", 0.0)), scheduled_at=_opt_float(g("scheduled_at")),
+        args=_json(g("args"), list), kwargs=_json(g("kwargs"), dict),
+        priority=int(g("priority") or 0), progress=_json(g("progress"), _none), result=_json(g("result"), _none),
+        error=_json(g("error"), _none), attempt=int(g("attempt") or 1), max_retries=int(g("max_retries") or 3),
+        timeout=_opt_float(g("timeout")), depends_on=_json(g("depends_on"), list),
+        idempotency_key=g("idempotency_key"), metadata=_json(g("metadata"), dict), webhook=g("webhook"),
+        created_at=float(g("created_at") or 0.0), scheduled_at=_opt_float(g("scheduled_at")),
         started_at=_opt_float(g("started_at")), finished_at=_opt_float(g("finished_at")),
-        updated_at=float(h.get("updated_at", 0.0)), deliveries=int(h.get("deliveries", 0)),
-        cancel_requested=g("cancel_requested") == "1", revision=int(h.get("revision", 1)),
+        updated_at=float(g("updated_at") or 0.0), deliveries=int(g("deliveries") or 0),
+        cancel_requested=g("cancel_requested") == "1", revision=int(g("revision") or 1),
         worker_id=g("worker_id"), lease_token=g("lease_token"),
         lease_expires_at=_opt_float(g("lease_expires_at")),
     )
+
+
+def _json(text: str | None, empty: Callable[[], Any]) -> Any:
+    """Decode a stored JSON field; missing or empty containers skip the parser."""
+    if text is None or text in ("[]", "{}", "null"):
+        return empty() if text != "null" else None
+    return json.loads(text)
+
+
+def _none() -> None:
+    return None
 
 
 def _hash(flat: Sequence[str]) -> dict[str, str]:

@@ -101,21 +101,26 @@ end
 -- terminal transitions are queued here and their dependents handled by propagate()
 local PROP = {}
 
+local FROM = { queued = 'ready', scheduled = 'sched', retrying = 'sched', running = 'lease' }
+
 local function make_terminal(q, id, key, old, new, now, err)
-  redis.call('HSET', key, 'status', new, 'finished_at', fmt(now), 'updated_at', fmt(now))
-  if err then redis.call('HSET', key, 'error', err) end
-  redis.call('HDEL', key, 'lease_token', 'lease_expires_at')
-  redis.call('HINCRBY', key, 'revision', 1)
-  redis.call('ZREM', qk(q, 'ready'), id)
-  redis.call('ZREM', qk(q, 'sched'), id)
-  redis.call('ZREM', qk(q, 'lease'), id)
+  local v = redis.call('HMGET', key, 'revision', 'webhook', '_hc', 'lease_token')
+  local rev = (tonumber(v[1]) or 0) + 1
+  if err then
+    redis.call('HSET', key, 'status', new, 'finished_at', fmt(now), 'updated_at', fmt(now), 'revision', rev,
+      'error', err)
+  else
+    redis.call('HSET', key, 'status', new, 'finished_at', fmt(now), 'updated_at', fmt(now), 'revision', rev)
+  end
+  if v[4] then redis.call('HDEL', key, 'lease_token', 'lease_expires_at') end
+  if FROM[old] then redis.call('ZREM', qk(q, FROM[old]), id) end
   redis.call('ZADD', qk(q, 'done'), ims(ms(now)), id)
   set_status(q, id, old, new)
-  if redis.call('HEXISTS', key, 'webhook') == 1 then
+  if v[2] then
     redis.call('ZADD', gk('wh'), ims(ms(now)), id)
     redis.call('HDEL', gk('wha'), id)
   end
-  PROP[#PROP + 1] = { q, id, new }
+  if v[3] then PROP[#PROP + 1] = { q, id, new } end
 end
 
 -- a waiting job whose parents all succeeded becomes scheduled or queued

@@ -45,7 +45,7 @@ for _ = 1, 20 do
     local key = jkey(q, id)
     local c = cfg(q)
     redis.call('ZREM', qk(q, 'ready'), id)
-    local v = redis.call('HMGET', key, 'status', '_ra')
+    local v = redis.call('HMGET', key, 'status', '_ra', 'deliveries', 'revision')
     if v[1] ~= 'queued' then
       -- stale index entry; drop it
     elseif (tonumber(v[2]) or now) + c.retention < now then
@@ -56,9 +56,8 @@ for _ = 1, 20 do
       local token = base .. '.' .. serial
       local exp = now + c.vt
       redis.call('HSET', key, 'status', 'running', 'lease_token', token, 'lease_expires_at', fmt(exp),
-        'started_at', fmt(now), 'worker_id', worker, 'updated_at', fmt(now))
-      redis.call('HINCRBY', key, 'deliveries', 1)
-      redis.call('HINCRBY', key, 'revision', 1)
+        'started_at', fmt(now), 'worker_id', worker, 'updated_at', fmt(now),
+        'deliveries', (tonumber(v[3]) or 0) + 1, 'revision', (tonumber(v[4]) or 0) + 1)
       redis.call('ZADD', qk(q, 'lease'), ims(ms(exp)), id)
       set_status(q, id, 'queued', 'running')
       out[#out + 1] = hobj(key)

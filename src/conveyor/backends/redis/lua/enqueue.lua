@@ -61,6 +61,7 @@ for j, job in ipairs(jobs) do
         if not failed_parent then failed_parent, failed_status = parent, pst end
       elseif pst ~= 'succeeded' then
         pending = pending + redis.call('SADD', qk(pq, 'c:' .. parent), id)
+        redis.call('HSET', jkey(pq, parent), '_hc', '1')
       end
     end
     local status, err = nil, ''
