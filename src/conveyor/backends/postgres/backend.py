@@ -23,7 +23,9 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
+import psycopg.adapt
 import psycopg.errors
+import psycopg.types.json
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -55,6 +57,22 @@ _SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
 _OWN_PARAMS = ("schema", "pool_min", "pool_max", "pool_timeout")
 _RETRYABLE = (psycopg.errors.TransactionRollback,)
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError)
+
+
+_TRIVIAL_JSON: dict[bytes, Any] = {b"[]": [], b"{}": {}, b"null": None}
+
+
+def _json_loads(data: bytes | bytearray | memoryview | str) -> Any:
+    """``json.loads``, short-cutting the empty values most job columns hold."""
+    raw = bytes(data) if not isinstance(data, str) else data.encode()
+    if len(raw) <= 4 and raw in _TRIVIAL_JSON:
+        value = _TRIVIAL_JSON[raw]
+        return [] if value == [] else {} if value == {} else value
+    return serialization.loads(raw)
+
+
+_ADAPTERS = psycopg.adapt.AdaptersMap(psycopg.adapters)
+psycopg.types.json.set_json_loads(_json_loads, _ADAPTERS)
 
 
 def _load_text(name: str) -> str:
@@ -254,7 +272,11 @@ class PostgresBackend(Backend):
                 async with self._errors(), self._pool.connection() as conn:
                     if not transaction:
                         return await fn(conn)
-                    async with conn.transaction():
+                    # Pool sessions commit asynchronously (claims, acks, heartbeats: a crash of the
+                    # server can only cause a redelivery); transactions (enqueue, admin, DAG moves)
+                    # are durable. The pipeline sends BEGIN and SET with the first query.
+                    async with conn.pipeline(), conn.transaction():
+                        await conn.execute("SET LOCAL synchronous_commit TO on")
                         return await fn(conn)
             except _RETRYABLE:
                 if attempt == 4:
@@ -265,7 +287,10 @@ class PostgresBackend(Backend):
     async def _fetch(self, name: str, params: Mapping[str, Any], conn: AConn | None = None) -> list[Any]:
         async def go(c: AConn) -> list[Any]:
             cur = await c.execute(self.q[name], params)
-            return await cur.fetchall() if cur.description else []
+            try:  # (in pipeline mode the description is only known after fetching)
+                return await cur.fetchall()
+            except psycopg.ProgrammingError:
+                return []  # a statement without rows
 
         if conn is not None:
             return await go(conn)
@@ -277,8 +302,8 @@ class PostgresBackend(Backend):
             return
         pool: AsyncConnectionPool[AConn] = AsyncConnectionPool(
             self.conninfo, min_size=self._min_size, max_size=self._max_size, timeout=self._timeout,
-            kwargs={"autocommit": True, "options": f"-c search_path={self.schema},public",
-                    "application_name": self.application_name},
+            kwargs={"autocommit": True, "context": _ADAPTERS, "application_name": self.application_name,
+                    "options": f"-c search_path={self.schema},public -c synchronous_commit=off"},
             open=False, name=f"conveyor-{self.schema}", reconnect_timeout=0)
         try:
             await pool.open(wait=True, timeout=self._timeout)
