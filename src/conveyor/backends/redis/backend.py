@@ -46,13 +46,15 @@ waiter never holds a connection the other calls need.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -172,6 +174,37 @@ def _decode_cursor(cursor: str) -> str:
     return text
 
 
+@dataclass(slots=True)
+class _Submission:
+    """One caller's enqueue, possibly coalesced with others into one script call."""
+
+    jobs: Sequence[Job]
+    payload: list[list[Any]]
+    now: float
+    future: asyncio.Future[list[tuple[Job, bool]]] | None = None
+
+
+def _settle(sub: _Submission, coro: Awaitable[list[tuple[Job, bool]]]) -> None:
+    """Run ``coro`` for a waiting caller and hand it the result or the exception."""
+
+    async def run() -> None:
+        fut = sub.future
+        try:
+            result = await coro
+        except Exception as exc:
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+            return
+        if fut is not None and not fut.done():
+            fut.set_result(result)
+
+    _BACKGROUND.add(task := asyncio.ensure_future(run()))
+    task.add_done_callback(_BACKGROUND.discard)
+
+
+_BACKGROUND: set[asyncio.Future[None]] = set()
+
+
 class RedisBackend(Backend):
     """Conveyor's Redis engine (see the module docstring for the key layout)."""
 
@@ -195,6 +228,9 @@ class RedisBackend(Backend):
         self._block: aioredis.Redis | None = None
         self._src: dict[str, str] = {}
         self._sha: dict[str, str] = {}
+        self._enqueue_busy = False
+        self._enqueue_waiting: list[_Submission] = []
+        self._enqueue_task: asyncio.Task[None] | None = None
 
     # -- plumbing -----------------------------------------------------------------------
     def _client(self, blocking: bool) -> aioredis.Redis:
@@ -291,9 +327,31 @@ class RedisBackend(Backend):
 
     # -- submit -------------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
+        """Store ``jobs`` in one script call.
+
+        Calls that arrive while another enqueue is in flight are coalesced into one script call
+        (each caller's jobs stay atomic; a caller's unknown parent fails only that caller), so
+        many concurrent single enqueues cost one round trip per batch, not per job.
+        """
         if not jobs:
             return []
         now = time.time()
+        sub = _Submission(jobs, self._payload(jobs, now), now)
+        if self._enqueue_busy:
+            sub.future = asyncio.get_running_loop().create_future()
+            self._enqueue_waiting.append(sub)
+            return await sub.future
+        self._enqueue_busy = True
+        try:
+            return await self._enqueue_one(sub)
+        finally:
+            if self._enqueue_waiting:
+                self._enqueue_task = asyncio.create_task(self._enqueue_coalesced())
+            else:
+                self._enqueue_busy = False
+
+    @staticmethod
+    def _payload(jobs: Sequence[Job], now: float) -> list[list[Any]]:
         payload = []
         for job in jobs:
             created = job.created_at or now
@@ -301,22 +359,60 @@ class RedisBackend(Backend):
                                                            job.scheduled_at > created)
             payload.append([job.id, job.queue, job.task, str(int(job.priority)), "1" if scheduled else "0",
                             job.idempotency_key or "", list(job.depends_on), _record_fields(job, created)])
-        reply = json.loads(await self._run("enqueue", _f(now), dumps(payload)))
+        return payload
+
+    async def _enqueue_script(self, payload: list[list[Any]], now: float) -> Any:
+        return json.loads(await self._run("enqueue", _f(now), dumps(payload)))
+
+    async def _enqueue_one(self, sub: _Submission) -> list[tuple[Job, bool]]:
+        reply = await self._enqueue_script(sub.payload, sub.now)
         if "unknown_parent" in reply:
             _j, i, parent = reply["unknown_parent"]
             raise ValidationError(f"depends_on[{i}]: no job has the id {parent}",
                                   [{"pointer": f"#/depends_on/{i}", "detail": f"unknown job {parent}"}])
+        return self._stored(sub, reply["ok"])
+
+    async def _enqueue_coalesced(self) -> None:
+        try:
+            while self._enqueue_waiting:
+                batch: list[_Submission] = []
+                size = 0
+                while self._enqueue_waiting and size < 1000:
+                    sub = self._enqueue_waiting.pop(0)
+                    batch.append(sub)
+                    size += len(sub.jobs)
+                try:
+                    payload = [item for sub in batch for item in sub.payload]
+                    reply = await self._enqueue_script(payload, max(sub.now for sub in batch))
+                    if "unknown_parent" in reply:  # someone's mistake: run each caller alone
+                        for sub in batch:
+                            _settle(sub, self._enqueue_one(sub))
+                        continue
+                    items = reply["ok"]
+                    for sub in batch:
+                        mine, items = items[:len(sub.jobs)], items[len(sub.jobs):]
+                        if sub.future is not None and not sub.future.done():
+                            sub.future.set_result(self._stored(sub, mine))
+                except Exception as exc:
+                    for sub in batch:
+                        if sub.future is not None and not sub.future.done():
+                            sub.future.set_exception(exc)
+        finally:
+            self._enqueue_busy = False
+
+    @staticmethod
+    def _stored(sub: _Submission, items: list[Any]) -> list[tuple[Job, bool]]:
         out: list[tuple[Job, bool]] = []
-        for job, item in zip(jobs, reply["ok"], strict=True):
+        for job, item in zip(sub.jobs, items, strict=True):
             if item[0] == 0:
                 out.append((job_from_hash(item[1]), False))
                 continue
             status = Status(item[1])
-            created = job.created_at or now
+            created = job.created_at or sub.now
             changes: dict[str, Any] = {"status": status, "revision": 1, "created_at": created,
                                        "updated_at": job.updated_at or created}
             if status == Status.CANCELLED:
-                changes.update(error=loads(item[2]), finished_at=now, updated_at=now)
+                changes.update(error=loads(item[2]), finished_at=sub.now, updated_at=sub.now)
             out.append((job.replace(**changes), True))
         return out
 

@@ -1,0 +1,95 @@
+"""Redis-only behaviour: script reloading, connection errors, wake-ups, coalesced enqueue, drop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+pytest.importorskip("redis")
+
+from conveyor.backends.base import JobQuery
+from conveyor.backends.redis import RedisBackend
+from conveyor.core.errors import BackendUnavailable, ValidationError
+from conveyor.core.ids import uuid7
+from conveyor.core.job import Job
+
+
+@pytest.fixture
+async def rb() -> AsyncIterator[RedisBackend]:
+    b = RedisBackend(f"redis://127.0.0.1:6379/0?prefix=rtest_{uuid.uuid4().hex[:10]}")
+    await b.open()
+    yield b
+    await b.drop()
+    await b.close()
+
+
+def job(**fields: object) -> Job:
+    return Job(id=uuid7(), task="t", created_at=time.time(), **fields)  # type: ignore[arg-type]
+
+
+async def test_scripts_reload_after_script_flush(rb: RedisBackend) -> None:
+    await rb.r.script_flush()
+    [(stored, created)] = await rb.enqueue([job()])
+    assert created and stored.status == "queued"
+
+
+async def test_unreachable_server_is_backend_unavailable() -> None:
+    b = RedisBackend("redis://127.0.0.1:1/0?prefix=nowhere")
+    with pytest.raises(BackendUnavailable, match="unreachable"):
+        await b.open()
+
+
+async def test_wait_for_work_wakes_on_enqueue(rb: RedisBackend) -> None:
+    await rb.r.delete(rb._qk("default", "wake"))
+    waiter = asyncio.create_task(rb.wait_for_work(["default"], 5.0))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    t0 = time.monotonic()
+    await rb.enqueue([job()])
+    await asyncio.wait_for(waiter, 1.0)
+    assert time.monotonic() - t0 < 0.5
+
+
+async def test_wait_for_work_returns_when_a_scheduled_job_comes_due(rb: RedisBackend) -> None:
+    await rb.enqueue([job(scheduled_at=time.time() + 0.2, status="scheduled")])
+    await rb.r.delete(rb._qk("default", "wake"))
+    t0 = time.monotonic()
+    await rb.wait_for_work(["default"], 5.0)
+    assert 0.1 < time.monotonic() - t0 < 1.0
+
+
+async def test_coalesced_enqueue_isolates_a_bad_caller(rb: RedisBackend) -> None:
+    good = [job() for _ in range(20)]
+    bad = job(depends_on=[uuid7()])
+    results = await asyncio.gather(*(rb.enqueue([g]) for g in good[:10]), rb.enqueue([bad]),
+                                   *(rb.enqueue([g]) for g in good[10:]), return_exceptions=True)
+    assert isinstance(results[10], ValidationError)
+    assert all(isinstance(r, list) and r[0][1] for i, r in enumerate(results) if i != 10)
+    assert len(await rb.get_jobs([g.id for g in good])) == 20
+
+
+async def test_list_cursor_is_stable_under_concurrent_inserts(rb: RedisBackend) -> None:
+    first = [job() for _ in range(5)]
+    for j in first:
+        await rb.enqueue([j])
+    page = await rb.list_jobs(JobQuery(limit=2))
+    await rb.enqueue([job() for _ in range(3)])
+    rest = await rb.list_jobs(JobQuery(limit=10, cursor=page.next_cursor))
+    seen = [j.id for j in page.items + rest.items]
+    assert seen == [j.id for j in reversed(first)]
+
+
+async def test_bad_cursor_is_a_validation_error(rb: RedisBackend) -> None:
+    with pytest.raises(ValidationError):
+        await rb.list_jobs(JobQuery(cursor="!!!"))
+
+
+async def test_drop_deletes_every_key_under_the_prefix(rb: RedisBackend) -> None:
+    await rb.enqueue([job(queue="a"), job(queue="b")])
+    await rb.drop()
+    keys = [k async for k in rb.r.scan_iter(match=f"*{rb.prefix}*")]
+    assert keys == []
