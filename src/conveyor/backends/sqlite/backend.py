@@ -20,12 +20,12 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import json
 import os
 import re
 import sqlite3
 import time
-import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -44,11 +44,26 @@ from conveyor.backends.base import (
 from conveyor.core.errors import BackendUnavailable, ConfigurationError, ValidationError
 from conveyor.core.job import PENDING, TERMINAL, Job, Status, can_transition
 from conveyor.core.queues import QueueSettings
-from conveyor.serialization import dumps, loads
 
 BUSY_TIMEOUT = 5.0  #: seconds a statement waits for another process's write lock
 POLL_INTERVAL = 0.002  #: seconds between two looks at ``PRAGMA data_version`` while idle
 _DEFAULTS = QueueSettings()
+#: ``conveyor.serialization``'s JSON format (compact, no NaN, non-JSON refused), with the
+#: encoder built once rather than per value: enqueue and claim encode and decode every field.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_decode = json.JSONDecoder().decode
+
+
+def _loads(text: str | None) -> Any:
+    if text is None:
+        return None
+    if text == "{}":
+        return {}
+    if text == "[]":
+        return []
+    return _decode(text)
+
+
 _STATUS: dict[str, Status] = {s.value: s for s in Status}
 _ENDED_BADLY = frozenset({Status.FAILED, Status.CANCELLED, Status.EXPIRED})
 _OUTCOMES = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.RETRYING, Status.QUEUED})
@@ -61,9 +76,7 @@ _UNAVAILABLE_CODES = frozenset({
 })
 
 # -- SQL --------------------------------------------------------------------------------------
-_READY_SQL = "('queued', 'scheduled', 'retrying')"
 _PENDING_SQL = "('waiting', 'scheduled', 'queued', 'retrying')"
-_TERMINAL_SQL = "('succeeded', 'failed', 'cancelled', 'expired')"
 
 #: The columns that make a ``Job``, in the order ``_job()`` reads them.
 _COLS = ("id, task, queue, status, args, kwargs, priority, progress, result, error, attempt, "
@@ -71,6 +84,9 @@ _COLS = ("id, task, queue, status, args, kwargs, priority, progress, result, err
          "scheduled_at, started_at, finished_at, updated_at, deliveries, cancel_requested, revision, "
          "worker_id, lease_token, lease_expires_at")
 _NCOLS = _COLS.count(",") + 1
+
+#: Most index ranges one listing merges (SQLite allows 500 terms in one compound SELECT).
+_MAX_RANGES = 200
 
 #: A job id list passed as one JSON array parameter.
 _IDS = "(SELECT value FROM json_each(?{n}))"
@@ -82,7 +98,7 @@ _LEASE_END = (f"?{{now}} + COALESCE((SELECT q.visibility_timeout FROM queues q W
 #: SET clause of every change that makes a job terminal at ``?{now}``: the lease ends, the
 #: outbox gets a pending delivery when the job has a webhook.
 _TERMINAL_SET = (
-    "finished_at = ?{now}, updated_at = ?{now}, revision = revision + 1, "
+    "finished_at = ?{now}, updated_at = ?{now}, revision = revision + 1, ready_at = NULL, "
     "worker_id = NULL, lease_token = NULL, lease_expires_at = NULL, "
     "webhook_state = CASE WHEN webhook IS NULL THEN webhook_state ELSE 'pending' END, "
     "webhook_next_at = CASE WHEN webhook IS NULL THEN webhook_next_at ELSE ?{now} END, "
@@ -150,25 +166,65 @@ _REQUEUE_SET = (
 
 _SETTINGS_COLS = "name, retention, visibility_timeout, max_deliveries, result_ttl, paused"
 
-#: Every queue that has jobs, by skipping through the (queue, status, id) index.
-_JOB_QUEUES = (
-    "WITH RECURSIVE q(name) AS (SELECT (SELECT min(queue) FROM jobs) UNION ALL "
-    "SELECT (SELECT min(queue) FROM jobs WHERE queue > q.name) FROM q WHERE q.name IS NOT NULL) "
-    "SELECT name FROM q WHERE name IS NOT NULL"
+#: The statuses off the hot path, indexed by ``jobs_cold`` (this text must match the index's).
+_COLD = "status NOT IN ('queued', 'running', 'succeeded')"
+_COLD_STATUSES = tuple(s for s in Status if s not in (Status.QUEUED, Status.RUNNING, Status.SUCCEEDED))
+
+
+def _queue_names(where: str) -> str:
+    """The distinct queues of the jobs matching ``where``: one index seek per queue, not a scan."""
+    return (
+        f"WITH RECURSIVE q(name) AS (SELECT (SELECT min(queue) FROM jobs WHERE {where}) UNION ALL "
+        f"SELECT (SELECT min(queue) FROM jobs WHERE {where} AND queue > q.name) FROM q WHERE q.name IS NOT NULL) "
+        "SELECT name FROM q WHERE name IS NOT NULL"
+    )
+
+
+_READY_QUEUES = _queue_names("ready_at IS NOT NULL")
+_FINISHED_QUEUES = _queue_names("finished_at IS NOT NULL")
+_COLD_QUEUES = _queue_names(_COLD)
+#: Jobs per queue and status, each count from the index that holds that status.
+_COUNTS = (
+    "SELECT queue, 'queued', count(*) FROM jobs WHERE ready_at IS NOT NULL AND status = 'queued' GROUP BY queue "
+    "UNION ALL SELECT queue, 'running', count(*) FROM jobs WHERE lease_expires_at IS NOT NULL GROUP BY queue "
+    f"UNION ALL SELECT queue, status, count(*) FROM jobs WHERE {_COLD} GROUP BY queue, status "
+    "UNION ALL SELECT queue, 'finished', count(*) FROM jobs WHERE finished_at IS NOT NULL GROUP BY queue"
 )
+
+#: A fresh random UUIDv4 per row, computed by the engine (no Python call per claimed job).
+_NEW_TOKEN = (
+    "(lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4' || "
+    "substr(lower(hex(randomblob(2))), 2) || '-' || substr('89ab', 1 + (random() & 3), 1) || "
+    "substr(lower(hex(randomblob(2))), 2) || '-' || lower(hex(randomblob(6))))"
+)
+
+#: The ready jobs of queue ``?{q}`` at priority ``p``, in claim order, ``{cond}`` holding.
+_BY_PRIORITY = ("SELECT * FROM (SELECT id, ready_at FROM jobs WHERE queue = ?{q} AND priority = {p} "
+                "AND ready_at IS NOT NULL AND {cond} ORDER BY ready_at, id LIMIT ?{limit})")
+
+
+def _per_priority(q: int, cond: str, limit: int) -> str:
+    """One index range per priority 9→0 of one queue (SQLite cannot skip through the index alone)."""
+    return " UNION ALL ".join(_BY_PRIORITY.format(q=q, p=p, cond=cond, limit=limit) for p in range(9, -1, -1))
+
+
+#: Ready jobs of queue ``?2`` that became ready before ``?3``: at most ``?4``.
+_PAST_RETENTION = f"SELECT id FROM ({_per_priority(2, 'ready_at < ?3', 4)}) LIMIT ?4"
+#: The earliest time after ``?2`` at which a job of queue ``?1`` becomes ready.
+_NEXT_DUE = f"SELECT min(ready_at) FROM ({_per_priority(1, 'ready_at > ?2', 3)})"
 
 
 def _claim_sql(n_queues: int) -> str:
     """One statement that leases up to ``?3`` jobs from ``n_queues`` queues (``?4``, ``?5``, ...)."""
     per_queue = " UNION ALL ".join(
         f"SELECT * FROM (SELECT id, priority, ready_at FROM jobs WHERE queue = ?{4 + i} "
-        f"AND status IN {_READY_SQL} AND (status = 'queued' OR ready_at <= ?1) "
+        "AND ready_at IS NOT NULL AND (status = 'queued' OR ready_at <= ?1) "
         f"AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?{4 + i} AND paused) "
         "ORDER BY priority DESC, ready_at, id LIMIT ?3)"
         for i in range(n_queues)
     )
     return (
-        "UPDATE jobs SET status = 'running', lease_token = conveyor_token(), worker_id = ?2, "
+        f"UPDATE jobs SET status = 'running', lease_token = {_NEW_TOKEN}, worker_id = ?2, ready_at = NULL, "
         f"lease_expires_at = {_LEASE_END.format(now=1)}, started_at = ?1, updated_at = ?1, "
         "deliveries = deliveries + 1, revision = revision + 1 "
         f"WHERE id IN (SELECT id FROM ({per_queue}) ORDER BY priority DESC, ready_at, id LIMIT ?3) "
@@ -176,17 +232,13 @@ def _claim_sql(n_queues: int) -> str:
     )
 
 
-def _token() -> str:
-    return str(uuid.uuid4())
-
-
 def _job(r: Sequence[Any]) -> Job:
     """A ``Job`` from a row of ``_COLS``."""
     return Job(
-        id=r[0], task=r[1], queue=r[2], status=_STATUS[r[3]], args=loads(r[4]), kwargs=loads(r[5]),
-        priority=r[6], progress=loads(r[7]), result=loads(r[8]), error=loads(r[9]), attempt=r[10],
-        max_retries=r[11], timeout=r[12], depends_on=loads(r[13]), idempotency_key=r[14],
-        metadata=loads(r[15]), webhook=r[16], created_at=r[17], scheduled_at=r[18], started_at=r[19],
+        id=r[0], task=r[1], queue=r[2], status=_STATUS[r[3]], args=_loads(r[4]), kwargs=_loads(r[5]),
+        priority=r[6], progress=_loads(r[7]), result=_loads(r[8]), error=_loads(r[9]), attempt=r[10],
+        max_retries=r[11], timeout=r[12], depends_on=_loads(r[13]), idempotency_key=r[14],
+        metadata=_loads(r[15]), webhook=r[16], created_at=r[17], scheduled_at=r[18], started_at=r[19],
         finished_at=r[20], updated_at=r[21], deliveries=r[22], cancel_requested=bool(r[23]),
         revision=r[24], worker_id=r[25], lease_token=r[26], lease_expires_at=r[27],
     )
@@ -198,7 +250,7 @@ def _settings(r: Sequence[Any]) -> QueueSettings:
 
 
 def _json_or_empty(value: Any, empty: str) -> str:
-    return dumps(value) if value else empty
+    return _dumps(value) if value else empty
 
 
 def path_from_url(url: str) -> str:
@@ -273,7 +325,6 @@ class SQLiteBackend(Backend):
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL").fetchone()
             conn.execute("PRAGMA synchronous = NORMAL")
-            conn.create_function("conveyor_token", 0, _token)
             self._migrate(conn)
         except BaseException:
             conn.close()
@@ -362,15 +413,15 @@ class SQLiteBackend(Backend):
 
     async def heartbeat(self, worker: WorkerInfo, leases: Mapping[str, str], now: float) -> HeartbeatReply:
         """Record ``worker`` as alive and extend the leases it still holds."""
-        worker_row = (worker.id, worker.host, worker.pid, dumps(list(worker.queues)), worker.concurrency,
-                      dumps(list(worker.running)), worker.started_at or now, now)
+        worker_row = (worker.id, worker.host, worker.pid, _dumps(list(worker.queues)), worker.concurrency,
+                      _dumps(list(worker.running)), worker.started_at or now, now)
         lost: set[str] = set(leases)
         cancel: set[str] = set()
         with self._write() as c:
             c.execute(_HEARTBEAT_WORKER, worker_row)
             if leases:
                 rows = c.execute(f"SELECT id, lease_token, cancel_requested FROM jobs WHERE status = 'running' "
-                                 f"AND id IN {_IDS.format(n=1)}", (dumps(list(leases)),))
+                                 f"AND id IN {_IDS.format(n=1)}", (_dumps(list(leases)),))
                 for job_id, token, cancel_requested in rows:
                     if token == leases[job_id]:
                         lost.discard(job_id)
@@ -378,7 +429,7 @@ class SQLiteBackend(Backend):
                             cancel.add(job_id)
                 held = [job_id for job_id in leases if job_id not in lost]
                 if held:
-                    c.execute(_EXTEND, (now, dumps(held)))
+                    c.execute(_EXTEND, (now, _dumps(held)))
         return HeartbeatReply(lost=frozenset(lost), cancel_requested=frozenset(cancel))
 
     async def finish(self, outcomes: Sequence[Outcome], now: float) -> list[bool]:
@@ -390,7 +441,7 @@ class SQLiteBackend(Backend):
                 raise ValueError(f"a job cannot finish as {o.status!s}")
         with self._write() as c:
             held = dict(c.execute(f"SELECT id, lease_token FROM jobs WHERE status = 'running' "
-                                  f"AND id IN {_IDS.format(n=1)}", (dumps([o.job_id for o in outcomes]),)))
+                                  f"AND id IN {_IDS.format(n=1)}", (_dumps([o.job_id for o in outcomes]),)))
             applied = []
             for o in outcomes:
                 ok = held.get(o.job_id) == o.token
@@ -404,9 +455,9 @@ class SQLiteBackend(Backend):
     def _apply_outcomes(self, c: sqlite3.Connection, done: Sequence[Outcome], now: float) -> None:
         terminal, other = [], []
         for o in done:
-            error = dumps(o.error) if o.error is not None else None
+            error = _dumps(o.error) if o.error is not None else None
             if o.status in TERMINAL:
-                result = dumps(o.result) if o.status is Status.SUCCEEDED else None
+                result = _dumps(o.result) if o.status is Status.SUCCEEDED else None
                 terminal.append((o.status.value, result, error, o.attempt, None, 0, now, o.job_id))
             else:
                 retry_at = (o.scheduled_at if o.scheduled_at is not None else now)
@@ -418,7 +469,7 @@ class SQLiteBackend(Backend):
             c.executemany(_FINISH, other)
         succeeded = [o.job_id for o in done if o.status is Status.SUCCEEDED]
         if succeeded:
-            c.execute(_RELEASE, (now, dumps(succeeded)))
+            c.execute(_RELEASE, (now, _dumps(succeeded)))
         ended = [o.job_id for o in done if o.status in _ENDED_BADLY]
         if ended:
             _cascade(c, ended, now)
@@ -428,7 +479,7 @@ class SQLiteBackend(Backend):
         with self._write() as c:
             cur = c.execute("UPDATE jobs SET progress = ?1, updated_at = ?2, revision = revision + 1 "
                             "WHERE id = ?3 AND lease_token = ?4 AND status = 'running'",
-                            (dumps(dict(progress)), now, job_id, token))
+                            (_dumps(dict(progress)), now, job_id, token))
         return cur.rowcount == 1
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
@@ -452,13 +503,8 @@ class SQLiteBackend(Backend):
     @staticmethod
     def _next_due(c: sqlite3.Connection, queues: Sequence[str], now: float) -> float | None:
         """When the next delayed or retrying job of ``queues`` becomes claimable, if any."""
-        times = []
-        for name in dict.fromkeys(queues):
-            row = c.execute(f"SELECT ready_at FROM jobs WHERE queue = ? AND status IN {_READY_SQL} "
-                            "AND ready_at > ? ORDER BY ready_at LIMIT 1", (name, now)).fetchone()
-            if row is not None:
-                times.append(row[0])
-        return min(times, default=None)
+        times = [c.execute(_NEXT_DUE, (name, now, 1)).fetchone()[0] for name in dict.fromkeys(queues)]
+        return min((t for t in times if t is not None), default=None)
 
     # -- reads ----------------------------------------------------------------------------
     async def get_jobs(self, ids: Sequence[str]) -> list[Job]:
@@ -467,25 +513,17 @@ class SQLiteBackend(Backend):
             return []
         with self._read() as c:
             rows = c.execute(f"SELECT {_COLS} FROM jobs WHERE id IN {_IDS.format(n=1)}",
-                             (dumps(list(ids)),)).fetchall()
+                             (_dumps(list(ids)),)).fetchall()
         found = {r[0]: r for r in rows}
         return [_job(found[i]) for i in dict.fromkeys(ids) if i in found]
 
     async def list_jobs(self, query: JobQuery) -> Page:
         """Newest first; the cursor is the last id of the previous page."""
-        where, params = [], []
-        for column, value in (("status", query.status), ("task", query.task), ("queue", query.queue)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(str(value))
-        if query.cursor:
-            where.append("id < ?")
-            params.append(_decode_cursor(query.cursor))
         limit = max(1, query.limit)
-        sql = (f"SELECT {_COLS} FROM jobs {'WHERE ' + ' AND '.join(where) if where else ''} "
-               "ORDER BY id DESC LIMIT ?")
+        after = _decode_cursor(query.cursor) if query.cursor else None
         with self._read() as c:
-            rows = c.execute(sql, (*params, limit + 1)).fetchall()
+            sql, params = _list_sql(c, query, after, limit + 1)
+            rows = c.execute(sql, params).fetchall()
         items = [_job(r) for r in rows[:limit]]
         more = len(rows) > limit
         return Page(items=items, next_cursor=_encode_cursor(items[-1].id) if more and items else None)
@@ -496,7 +534,7 @@ class SQLiteBackend(Backend):
             return {}
         with self._read() as c:
             return dict(c.execute(f"SELECT id, revision FROM jobs WHERE id IN {_IDS.format(n=1)}",
-                                  (dumps(list(ids)),)).fetchall())
+                                  (_dumps(list(ids)),)).fetchall())
 
     # -- admin ----------------------------------------------------------------------------
     async def cancel(self, job_id: str, now: float) -> Job | None:
@@ -522,12 +560,12 @@ class SQLiteBackend(Backend):
         allowed = [str(s) for s in dict.fromkeys(statuses) if can_transition(Status(s), Status.QUEUED)]
         if not allowed or (ids is not None and not ids):
             return []
-        where, params = [f"status IN {_IDS.format(n=2)}"], [now, dumps(allowed)]
+        where, params = [f"status IN {_IDS.format(n=2)}"], [now, _dumps(allowed)]
         if queue is not None:
             params.append(queue)
             where.append(f"queue = ?{len(params)}")
         if ids is not None:
-            params.append(dumps(list(ids)))
+            params.append(_dumps(list(ids)))
             where.append(f"id IN {_IDS.format(n=len(params))}")
         with self._write() as c:
             rows = c.execute(f"UPDATE jobs SET {_REQUEUE_SET} WHERE {' AND '.join(where)} RETURNING {_COLS}",
@@ -538,7 +576,7 @@ class SQLiteBackend(Backend):
         """Cancel every ready job of ``queue`` (and their dependents)."""
         with self._write() as c:
             rows = c.execute(f"UPDATE jobs SET status = 'cancelled', {_TERMINAL_SET.format(now=1)} "
-                             f"WHERE queue = ?2 AND status IN {_READY_SQL} RETURNING id", (now, queue)).fetchall()
+                             "WHERE queue = ?2 AND ready_at IS NOT NULL RETURNING id", (now, queue)).fetchall()
             purged = [r[0] for r in rows]
             if purged:
                 _cascade(c, purged, now)
@@ -562,13 +600,13 @@ class SQLiteBackend(Backend):
         with self._read() as c:
             settings = {r[0]: _settings(r) for r in c.execute(f"SELECT {_SETTINGS_COLS} FROM queues")}
             counts: dict[str, dict[str, int]] = {}
-            if names is None:
-                rows: Iterable[Any] = c.execute("SELECT queue, status, count(*) FROM jobs GROUP BY queue, status")
-            else:
-                rows = c.execute(f"SELECT queue, status, count(*) FROM jobs WHERE queue IN {_IDS.format(n=1)} "
-                                 "GROUP BY queue, status", (dumps(list(names)),))
-            for queue, status, n in rows:
+            for queue, status, n in c.execute(_COUNTS):
                 counts.setdefault(queue, {})[status] = n
+        for per_status in counts.values():  # succeeded = finished - the terminal statuses counted apart
+            finished = per_status.pop("finished", 0)
+            succeeded = finished - sum(per_status.get(s, 0) for s in ("failed", "cancelled", "expired"))
+            if succeeded:
+                per_status["succeeded"] = succeeded
         wanted = sorted(set(settings) | set(counts)) if names is None else list(dict.fromkeys(names))
         return [QueueInfo(name=n, settings=settings.get(n, _DEFAULTS), counts=counts.get(n, {})) for n in wanted]
 
@@ -578,7 +616,7 @@ class SQLiteBackend(Backend):
         with self._write() as c:
             rows = c.execute(
                 "UPDATE jobs SET webhook_next_at = ?1 + ?2 WHERE id IN (SELECT id FROM jobs "
-                "WHERE webhook_state = 'pending' AND webhook_next_at <= ?1 ORDER BY webhook_next_at LIMIT ?3) "
+                "WHERE webhook_next_at <= ?1 ORDER BY webhook_next_at LIMIT ?3) "
                 f"RETURNING {_COLS}, webhook_attempts", (now, lease, limit)).fetchall()
         rows.sort(key=lambda r: r[0])
         return [(_job(r), r[_NCOLS]) for r in rows]
@@ -596,10 +634,11 @@ class SQLiteBackend(Backend):
         """Expired leases, retention, result_ttl and dead workers; each step its own transaction."""
         with self._read() as c:
             settings = {r[0]: _settings(r) for r in c.execute(f"SELECT {_SETTINGS_COLS} FROM queues")}
-            queues = [r[0] for r in c.execute(_JOB_QUEUES)]
+            ready_queues = [r[0] for r in c.execute(_READY_QUEUES)]
+            finished_queues = [r[0] for r in c.execute(_FINISHED_QUEUES)]
         requeued, dead = self._sweep_leases(now, limit)
-        expired = self._sweep_retention(queues, settings, now, limit)
-        deleted = self._sweep_finished(queues, settings, now, limit)
+        expired = self._sweep_retention(ready_queues, settings, now, limit)
+        deleted = self._sweep_finished(finished_queues, settings, now, limit)
         with self._write() as c:
             dropped = c.execute("DELETE FROM workers WHERE last_heartbeat < ?",
                                 (now - self.WORKER_TTL,)).rowcount
@@ -613,13 +652,13 @@ class SQLiteBackend(Backend):
                 "LEFT JOIN queues q ON q.name = j.queue WHERE j.status = 'running' AND j.lease_expires_at < ?1 "
                 "ORDER BY j.lease_expires_at LIMIT ?3", (now, _DEFAULTS.max_deliveries, limit)).fetchall()
             back = [r[0] for r in rows if r[1] < r[2]]
-            dead = [(dumps({"type": "DeliveryLimitExceeded",
+            dead = [(_dumps({"type": "DeliveryLimitExceeded",
                             "message": f"delivered {r[1]} times without finishing (max_deliveries {r[2]})"}),
                      now, r[0]) for r in rows if r[1] >= r[2]]
             if back:
                 c.execute("UPDATE jobs SET status = 'queued', ready_at = ?1, updated_at = ?1, revision = revision + 1, "
                           "worker_id = NULL, lease_token = NULL, lease_expires_at = NULL "
-                          f"WHERE id IN {_IDS.format(n=2)}", (now, dumps(back)))
+                          f"WHERE id IN {_IDS.format(n=2)}", (now, _dumps(back)))
             if dead:
                 c.executemany(f"UPDATE jobs SET status = 'failed', error = ?1, {_TERMINAL_SET.format(now=2)} "
                               "WHERE id = ?3", dead)
@@ -635,8 +674,8 @@ class SQLiteBackend(Backend):
             retention = settings.get(name, _DEFAULTS).retention
             with self._write() as c:
                 rows = c.execute(
-                    f"UPDATE jobs SET status = 'expired', {_TERMINAL_SET.format(now=1)} WHERE id IN (SELECT id "
-                    f"FROM jobs WHERE queue = ?2 AND status IN {_READY_SQL} AND ready_at < ?3 LIMIT ?4) RETURNING id",
+                    f"UPDATE jobs SET status = 'expired', {_TERMINAL_SET.format(now=1)} "
+                    f"WHERE id IN ({_PAST_RETENTION}) RETURNING id",
                     (now, name, now - retention, limit - total)).fetchall()
                 if rows:
                     _cascade(c, [r[0] for r in rows], now)
@@ -653,11 +692,11 @@ class SQLiteBackend(Backend):
             with self._write() as c:
                 # A record whose webhook is still to be sent stays until the outbox is done with it.
                 rows = c.execute(
-                    f"DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE queue = ?1 AND status IN {_TERMINAL_SQL} "
-                    "AND finished_at < ?2 AND webhook_state IS NOT 'pending' LIMIT ?3) RETURNING id",
+                    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE queue = ?1 AND finished_at < ?2 "
+                    "AND webhook_next_at IS NULL LIMIT ?3) RETURNING id",
                     (name, now - ttl, limit - total)).fetchall()
                 if rows:
-                    gone = dumps([r[0] for r in rows])
+                    gone = _dumps([r[0] for r in rows])
                     c.execute(f"DELETE FROM job_deps WHERE child IN {_IDS.format(n=1)}", (gone,))
                     c.execute(f"DELETE FROM job_deps WHERE parent IN {_IDS.format(n=1)}", (gone,))
             total += len(rows)
@@ -673,15 +712,58 @@ class SQLiteBackend(Backend):
         with self._read() as c:
             rows = c.execute("SELECT id, host, pid, queues, concurrency, running, started_at, last_heartbeat "
                              "FROM workers WHERE last_heartbeat >= ? ORDER BY id", (now - self.WORKER_TTL,))
-            return [WorkerInfo(id=r[0], host=r[1], pid=r[2], queues=tuple(loads(r[3])), concurrency=r[4],
-                               running=tuple(loads(r[5])), started_at=r[6], last_heartbeat=r[7]) for r in rows]
+            return [WorkerInfo(id=r[0], host=r[1], pid=r[2], queues=tuple(_loads(r[3])), concurrency=r[4],
+                               running=tuple(_loads(r[5])), started_at=r[6], last_heartbeat=r[7]) for r in rows]
+
+
+def _list_sql(c: sqlite3.Connection, query: JobQuery, after: str | None, limit: int) -> tuple[str, list[Any]]:
+    """The page query (newest first), walking the index that holds the status asked for.
+
+    Statuses off the hot path: one ``jobs_cold`` range per queue, merged. ``queued`` and
+    ``running``: the ready set or the running set. Otherwise (``succeeded``, no status): the
+    primary key backwards, or ``jobs_task``.
+    """
+    params: list[Any] = [limit, after or "\U0010ffff"]
+    where = ["id < ?2"]
+    for column, value in (("task", query.task), ("queue", query.queue)):
+        if value is not None:
+            params.append(value)
+            where.append(f"{column} = ?{len(params)}")
+    status = Status(query.status) if query.status is not None else None
+    if status in _COLD_STATUSES:
+        return _list_cold_sql(c, query, status, where, params)
+    if status is not None:
+        where.append(f"status = '{status.value}'")
+    source = "jobs"
+    if status is Status.QUEUED:
+        source, where = "jobs INDEXED BY jobs_ready", [*where, "ready_at IS NOT NULL"]
+    elif status is Status.RUNNING:
+        source, where = "jobs INDEXED BY jobs_lease", [*where, "lease_expires_at IS NOT NULL"]
+    return f"SELECT {_COLS} FROM {source} WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?1", params
+
+
+def _list_cold_sql(c: sqlite3.Connection, query: JobQuery, status: Status, where: list[str],
+                   params: list[Any]) -> tuple[str, list[Any]]:
+    queues = [query.queue] if query.queue is not None else [r[0] for r in c.execute(_COLD_QUEUES)]
+    if not queues or len(queues) > _MAX_RANGES:  # none, or too many to merge: walk the primary key
+        return (f"SELECT {_COLS} FROM jobs WHERE {' AND '.join(where)} AND status = '{status.value}' "
+                "ORDER BY id DESC LIMIT ?1", params)
+    where = [w for w in where if not w.startswith("queue =")]
+    params = params[:2] + ([query.task] if query.task is not None else [])
+    ranges = []
+    for queue in queues:
+        params.append(queue)
+        ranges.append(f"SELECT * FROM (SELECT id FROM jobs WHERE queue = ?{len(params)} AND status = '{status.value}' "
+                      f"AND {_COLD} AND {' AND '.join(where)} ORDER BY id DESC LIMIT ?1)")
+    return (f"SELECT {_COLS} FROM jobs WHERE id IN (SELECT id FROM ({' UNION ALL '.join(ranges)}) "
+            "ORDER BY id DESC LIMIT ?1) ORDER BY id DESC", params)
 
 
 def _cascade(c: sqlite3.Connection, ended: Sequence[str], now: float) -> int:
     """Cancel the pending dependents of ``ended`` jobs, level by level; how many."""
     total, frontier = 0, list(ended)
     while frontier:
-        frontier = [r[0] for r in c.execute(_CASCADE, (now, dumps(frontier))).fetchall()]
+        frontier = [r[0] for r in c.execute(_CASCADE, (now, _dumps(frontier))).fetchall()]
         total += len(frontier)
     return total
 
@@ -728,7 +810,7 @@ class _EnqueuePlan:
         keys = [j.idempotency_key for j in jobs if j.idempotency_key is not None]
         if not keys:
             return {}
-        rows = c.execute(f"SELECT {_COLS} FROM jobs WHERE idempotency_key IN {_IDS.format(n=1)}", (dumps(keys),))
+        rows = c.execute(f"SELECT {_COLS} FROM jobs WHERE idempotency_key IN {_IDS.format(n=1)}", (_dumps(keys),))
         return {r[14]: _job(r) for r in rows}
 
     def _load_parent_status(self, c: sqlite3.Connection, jobs: Sequence[Job]) -> None:
@@ -736,7 +818,7 @@ class _EnqueuePlan:
             self.status[job.id] = job.status
         outside = {p for j in jobs for p in j.depends_on if p not in self.batch_ids}
         if outside:
-            rows = c.execute(f"SELECT id, status FROM jobs WHERE id IN {_IDS.format(n=1)}", (dumps(list(outside)),))
+            rows = c.execute(f"SELECT id, status FROM jobs WHERE id IN {_IDS.format(n=1)}", (_dumps(list(outside)),))
             self.status.update((i, _STATUS[s]) for i, s in rows)
 
     def _unknown_parents(self, job: Job, index: int | None) -> list[dict[str, str]]:
@@ -766,9 +848,9 @@ class _EnqueuePlan:
             scheduled_at=job.scheduled_at, finished_at=finished_at, updated_at=now,
         )
         self.rows.append((
-            new.id, new.task, new.queue, status.value, dumps(list(new.args)), _json_or_empty(new.kwargs, "{}"),
-            new.priority, dumps(new.progress) if new.progress is not None else None, None,
-            dumps(error) if error is not None else None, new.attempt, new.max_retries, new.timeout,
+            new.id, new.task, new.queue, status.value, _dumps(list(new.args)), _json_or_empty(new.kwargs, "{}"),
+            new.priority, _dumps(new.progress) if new.progress is not None else None, None,
+            _dumps(error) if error is not None else None, new.attempt, new.max_retries, new.timeout,
             _json_or_empty(parents, "[]"), key, _json_or_empty(new.metadata, "{}"), new.webhook, created_at,
             new.scheduled_at, finished_at, now, ready_at, "pending" if pending_hook else None,
             now if pending_hook else None,

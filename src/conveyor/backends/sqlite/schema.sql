@@ -32,7 +32,7 @@ CREATE TABLE jobs (
     started_at       REAL,
     finished_at      REAL,
     updated_at       REAL NOT NULL,
-    ready_at         REAL,                  -- when it became (or becomes) claimable: FIFO order, retention
+    ready_at         REAL,                  -- while claimable: since when (FIFO order, retention)
     deliveries       INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     revision         INTEGER NOT NULL DEFAULT 1,   -- bumped on every visible change (ETag, SSE id)
@@ -44,23 +44,29 @@ CREATE TABLE jobs (
     webhook_next_at  REAL
 );
 
--- claim: per queue, 9→0, then oldest ready first (an index scan with LIMIT)
-CREATE INDEX jobs_claim ON jobs (queue, priority DESC, ready_at, id)
-    WHERE status IN ('queued', 'scheduled', 'retrying');
--- sweep (retention) and the next due time of delayed jobs
-CREATE INDEX jobs_ready_age ON jobs (queue, ready_at)
-    WHERE status IN ('queued', 'scheduled', 'retrying');
--- sweep (expired leases)
-CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE status = 'running';
--- sweep (result_ttl)
-CREATE INDEX jobs_finished ON jobs (queue, finished_at)
-    WHERE status IN ('succeeded', 'failed', 'cancelled', 'expired');
+-- Partial indexes test `col IS NOT NULL`, which costs nothing per write (an `IN (...)` test
+-- costs more than the index itself). Hence these invariants, kept by every statement:
+--   ready_at         IS NOT NULL  <=>  status IN ('queued', 'scheduled', 'retrying')
+--   lease_expires_at IS NOT NULL  <=>  status = 'running'
+--   finished_at      IS NOT NULL  <=>  status IN ('succeeded', 'failed', 'cancelled', 'expired')
+--   webhook_next_at  IS NOT NULL  <=>  webhook_state = 'pending'
+
+-- A change of status touches only the indexes below whose rows it enters or leaves: the hot
+-- path (queued → running → succeeded) enters and leaves jobs_ready, jobs_lease and
+-- jobs_finished once each, and never jobs_cold.
+
+-- claim (per queue: 9→0, then oldest ready first), retention, the next due time; counts
+CREATE INDEX jobs_ready ON jobs (queue, priority DESC, ready_at, id, status) WHERE ready_at IS NOT NULL;
+-- sweep: expired leases; running jobs
+CREATE INDEX jobs_lease ON jobs (lease_expires_at, queue) WHERE lease_expires_at IS NOT NULL;
+-- sweep: result_ttl; counts
+CREATE INDEX jobs_finished ON jobs (queue, finished_at) WHERE finished_at IS NOT NULL;
+-- listing and counting the statuses off the hot path (dead letters among them)
+CREATE INDEX jobs_cold ON jobs (queue, status, id) WHERE status NOT IN ('queued', 'running', 'succeeded');
 -- the webhook outbox
-CREATE INDEX jobs_webhook_due ON jobs (webhook_next_at) WHERE webhook_state = 'pending';
+CREATE INDEX jobs_webhook_due ON jobs (webhook_next_at) WHERE webhook_next_at IS NOT NULL;
 CREATE UNIQUE INDEX jobs_idempotency_key ON jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;
--- listing (newest first) and counting per queue and status
-CREATE INDEX jobs_queue_status ON jobs (queue, status, id);
-CREATE INDEX jobs_status ON jobs (status, id);
+-- listing by task
 CREATE INDEX jobs_task ON jobs (task, id);
 
 -- the dependency graph: child runs after every parent succeeded
