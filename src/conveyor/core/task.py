@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, get_type_hints
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
 
 import pydantic
 
@@ -52,6 +53,8 @@ class Task:
         self.options = options
         self.is_async = inspect.iscoroutinefunction(fn)
         self._signature, self._model = _parameter_model(fn, name)
+        # JSON values already are what plain annotations (int, str, list[str]…) declare
+        self._plain = all(_is_plain(f.annotation) for f in self._model.model_fields.values())
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
@@ -98,6 +101,8 @@ class Task:
 
     def prepare(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
         """Turn stored JSON arguments into the typed values the function declares (models, enums…)."""
+        if self._plain:
+            return list(args), dict(kwargs)
         bound = self._signature.bind(*args, **kwargs)
         model = self._model.model_validate_json(json.dumps(dict(bound.arguments)))
         for name in bound.arguments:
@@ -146,6 +151,19 @@ def _split(item: Mapping[str, Any] | Sequence[Any]) -> tuple[tuple[Any, ...], di
     if isinstance(item, list | tuple):
         return tuple(item), {}
     raise InvalidArguments("enqueue_many items must be mappings (kwargs) or sequences (args)")
+
+
+_PLAIN = {str, int, float, bool, type(None), list, dict, tuple, Any, inspect.Parameter.empty}
+
+
+def _is_plain(annotation: Any) -> bool:
+    """True for types a JSON value already satisfies as is (no model, enum, date…)."""
+    if annotation in _PLAIN:
+        return True
+    origin = get_origin(annotation)
+    if origin in (list, dict, Union, types.UnionType):
+        return all(_is_plain(a) for a in get_args(annotation))
+    return False
 
 
 def _parameter_model(fn: Callable[..., Any], name: str) -> tuple[inspect.Signature, type[pydantic.BaseModel]]:
