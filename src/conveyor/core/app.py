@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import weakref
@@ -348,9 +349,18 @@ def _check_timeout(value: Any) -> float | None:
     return float(value)
 
 
+_QUEUE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+@functools.lru_cache(maxsize=1024)
+def _valid_queue_name(name: str) -> bool:
+    return 0 < len(name) <= 100 and set(name) <= _QUEUE_CHARS
+
+
 def _check_queue_name(name: Any) -> str:
-    if not isinstance(name, str) or not 0 < len(name) <= 100 or not all(c.isalnum() or c in "-_.:" for c in name):
-        raise _invalid("#/queue", "queue names are 1–100 letters, digits, '-', '_', '.' or ':'", "invalid queue name")
+    if not isinstance(name, str) or not _valid_queue_name(name):
+        raise _invalid("#/queue", "queue names are 1–100 ASCII letters, digits, '-', '_', '.' or ':'",
+                       "invalid queue name")
     return name
 
 

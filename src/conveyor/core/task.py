@@ -67,29 +67,20 @@ class Task:
         except TypeError as exc:
             raise InvalidArguments(f"{self.name}: {exc}", _binding_errors(self._signature, args, kwargs)) from None
         where = {name: f"#/args/{i}" for i, name in enumerate(list(bound.arguments)[: len(args)])}
-        errors = []
-        values: dict[str, Any] = {}
-        for name, value in bound.arguments.items():
-            pointer = where.get(name, f"#/kwargs/{name}")
-            try:
-                json.dumps(value, allow_nan=False)
-            except (TypeError, ValueError):
-                errors.append(
-                    {
-                        "pointer": pointer,
-                        "detail": f"{name}: {type(value).__name__} is not JSON (Conveyor accepts only JSON arguments)",
-                    }
-                )
-                continue
-            values[name] = value
-        if not errors:
-            errors = self._type_errors(values, where)
+        try:
+            text = json.dumps(bound.arguments, allow_nan=False)
+        except (TypeError, ValueError):
+            errors = [{"pointer": where.get(name, f"#/kwargs/{name}"),
+                       "detail": f"{name}: {type(value).__name__} is not JSON (Conveyor accepts only JSON arguments)"}
+                      for name, value in bound.arguments.items() if not _is_json(value)]
+        else:
+            errors = self._type_errors(text, where)
         if errors:
             raise InvalidArguments(f"{self.name}: " + "; ".join(e["detail"] for e in errors), errors)
 
-    def _type_errors(self, values: dict[str, Any], where: dict[str, str]) -> list[dict[str, str]]:
+    def _type_errors(self, text: str, where: dict[str, str]) -> list[dict[str, str]]:
         try:
-            self._model.model_validate_json(json.dumps(values), strict=True)
+            self._model.model_validate_json(text, strict=True)
         except pydantic.ValidationError as exc:
             out = []
             for err in exc.errors():
@@ -143,6 +134,14 @@ class Task:
     def enqueue_many(self, items: Sequence[Mapping[str, Any] | Sequence[Any]], **options: Any) -> list[JobHandle]:
         """Submit many jobs in one round trip: each item is a kwargs mapping or an args sequence."""
         return self.app.enqueue_many([(self, *_split(item), options) for item in items])
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _split(item: Mapping[str, Any] | Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
