@@ -16,6 +16,7 @@ from conveyor.core.errors import (
 from conveyor.core.handle import JobHandle
 from conveyor.core.job import Job, Status
 from conveyor.core.task import Task
+from conveyor.core.workflows import chain, group
 
 __all__ = [
     "BackendUnavailable",
@@ -35,5 +36,7 @@ __all__ = [
     "Task",
     "UnknownTask",
     "ValidationError",
+    "chain",
+    "group",
 ]
 __version__ = "0.1.0"

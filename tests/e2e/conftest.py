@@ -79,7 +79,7 @@ def e2e(tmp_path: Path) -> Iterator[Env]:
     env = Env(tmp_path)
     yield env
     env.stop()
-    env.client.portal.stop()
+    env.client.close()
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> None:

@@ -173,6 +173,15 @@ class Conveyor:
             future.set_result(backend)
         return await asyncio.shield(future)
 
+    def close(self) -> None:
+        """Close the backends this app opened for synchronous callers (tests, scripts)."""
+        for loop, future in list(self._backends.items()):
+            if loop.is_closed() or loop.is_running() or not future.done() or future.exception():
+                continue
+            loop.run_until_complete(future.result().close())
+            del self._backends[loop]
+        self.portal.stop()
+
     def bind(self, backend: Backend) -> None:
         """Use an already opened ``backend`` for the running loop (workers and servers own theirs)."""
         future = asyncio.get_running_loop().create_future()
@@ -229,6 +238,7 @@ class Conveyor:
         key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         webhook: str | None = None,
+        _id: str | None = None,
     ) -> Job:
         """Validate a submission into a new ``Job``; ``ValidationError`` names what is wrong."""
         if isinstance(task, str):
@@ -241,7 +251,7 @@ class Conveyor:
         o = task.options
         scheduled_at = _when(delay, eta, now)
         job = Job(
-            id=uuid7(),
+            id=_id or uuid7(),
             task=task.name,
             queue=_check_queue_name(queue if queue is not None else o.queue),
             status=Status.SCHEDULED if scheduled_at is not None and scheduled_at > now else Status.QUEUED,

@@ -54,8 +54,12 @@ class Portal:
             return self._thread_loop
 
     def stop(self) -> None:
-        """Stop the background loop (thread-owned loops end with their threads)."""
+        """Stop the background loop and close the idle loops of threads."""
         with self._lock:
             loop, self._thread_loop = self._thread_loop, None
+            loops, self._loops = self._loops, []
         if loop is not None and loop.is_running():
             loop.call_soon_threadsafe(loop.stop)
+        for own in loops:
+            if not own.is_running() and not own.is_closed():
+                own.close()

@@ -16,6 +16,7 @@ from conveyor.core.errors import InvalidArguments, RegistrationError
 if TYPE_CHECKING:
     from conveyor.core.app import Conveyor
     from conveyor.core.handle import JobHandle
+    from conveyor.core.workflows import Signature
 
 #: Keyword-only options of ``enqueue``; a task may not declare a parameter with these names.
 RESERVED = frozenset(
@@ -121,6 +122,14 @@ class Task:
         }
 
     # -- enqueue --------------------------------------------------------------------------
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature for ``chain``/``group``: arguments and options, validated now, enqueued later."""
+        from conveyor.core.workflows import Signature
+
+        options = {k: kwargs.pop(k) for k in list(kwargs) if k in RESERVED}
+        self.validate(args, kwargs)
+        return Signature(self, args, kwargs, options)
+
     def enqueue(self, *args: Any, **kwargs: Any) -> JobHandle:
         """Submit one job; returns at once. Reserved keywords (queue, priority, delay, …) are options."""
         options = {k: kwargs.pop(k) for k in list(kwargs) if k in RESERVED}
