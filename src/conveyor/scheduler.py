@@ -3,7 +3,7 @@
 Each tick is enqueued with the idempotency key ``schedule:<task>:<tick>``, so a second
 scheduler (another worker, another host) finds the job already there and adds nothing:
 no leader election, nothing to fail over. After downtime only the most recent missed tick
-is enqueued (within ``CATCH_UP`` seconds); older ones are skipped.
+is enqueued (if at most the schedule's ``catch_up`` seconds old); older ones are skipped.
 """
 
 from __future__ import annotations
@@ -25,10 +25,6 @@ if TYPE_CHECKING:
     from conveyor.core.app import Conveyor, Schedule
 
 log = logging.getLogger(__name__)
-
-#: A tick missed by at most this many seconds (downtime) is still enqueued once.
-CATCH_UP = 3600.0
-
 
 def check_cron(cron: str, tz: str) -> None:
     """Raise ``RegistrationError`` for an invalid cron expression or time zone."""
@@ -73,20 +69,22 @@ async def run_scheduler(app: Conveyor, stop: asyncio.Event, schedules: Sequence[
     if not schedules:
         return
     now = time.time()
-    due = {}
+    due: dict[int, float] = {}
     for s in schedules:
         last = previous_tick(s, now)
-        due[s] = last if now - last <= CATCH_UP else next_tick(s, now)
+        catch_up = s.catch_up if s.catch_up is not None else float("inf")
+        due[id(s)] = last if now - last <= catch_up else next_tick(s, now)
     while not stop.is_set():
         now = time.time()
-        for s, tick in due.items():
+        for s in schedules:
+            tick = due[id(s)]
             if tick <= now:
                 try:
                     await enqueue_tick(app, s, tick)
                 except ConveyorError as exc:
                     log.warning("schedule %s: could not enqueue tick: %s", s.task, exc)
                     continue
-                due[s] = next_tick(s, max(now, tick))
+                due[id(s)] = next_tick(s, max(now, tick))
         wait = max(0.01, min(due.values()) - time.time())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=min(wait, 1.0))

@@ -44,6 +44,9 @@ class Schedule:
     cron: str
     tz: str = "UTC"
     kwargs: Mapping[str, Any] | None = None
+    #: After downtime, the last missed tick is still enqueued if it is at most this many
+    #: seconds old (None: however old; 0: never catch up). Older missed ticks are skipped.
+    catch_up: float | None = 3600.0
 
 
 class Conveyor:
@@ -125,6 +128,7 @@ class Conveyor:
         name: str | None = None,
         queue: str = "default",
         kwargs: Mapping[str, Any] | None = None,
+        catch_up: float | None = 3600.0,
         **options: Any,
     ) -> Callable[[F], Task]:
         """Register a function as a task enqueued once per tick of ``cron``."""
@@ -136,7 +140,7 @@ class Conveyor:
             task: Task = self.task(name=name, queue=queue, **options)(func)
             if kwargs:
                 task.validate((), kwargs)
-            self.schedules.append(Schedule(task.name, cron, tz, dict(kwargs or {})))
+            self.schedules.append(Schedule(task.name, cron, tz, dict(kwargs or {}), catch_up))
             return task
 
         return register
