@@ -249,6 +249,12 @@ class PostgresBackend(Backend):
         self._pool: AsyncConnectionPool[AConn] | None = None
         self._listener: _Listener | None = None
         self._marks: dict[frozenset[str], int] = {}
+        #: Set when a call found the server unreachable: the next calls probe it with one direct
+        #: connect (failing at once while it is down) instead of waiting ``pool_timeout`` for a
+        #: pool that cannot connect; a successful probe purges the pool's dead connections.
+        self._down = False
+        self._probing: asyncio.Future[None] | None = None
+        self._probe_timeout = max(2, int(float(params.get("connect_timeout") or 2)))
 
     # -- plumbing -----------------------------------------------------------------------
     def _unavailable(self, exc: BaseException) -> BackendUnavailable:
@@ -267,6 +273,38 @@ class PostgresBackend(Backend):
         """Run ``fn`` on a pooled connection (in a transaction if asked); retry deadlocks."""
         if self._pool is None:
             raise BackendUnavailable("the PostgreSQL backend is not open")
+        if self._down:
+            await self._probe()
+        try:
+            return await self._attempts(fn, transaction)
+        except BackendUnavailable:
+            self._down = True
+            raise
+
+    async def _probe(self) -> None:
+        """One direct connection attempt shared by concurrent callers (see ``_down``)."""
+        if self._probing is None or self._probing.done():
+            self._probing = asyncio.ensure_future(self._probe_once())
+            self._probing.add_done_callback(lambda f: f.cancelled() or f.exception())  # always retrieved
+        await asyncio.shield(self._probing)
+
+    async def _probe_once(self) -> None:
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True,
+                                                         connect_timeout=self._probe_timeout,
+                                                         application_name=self.application_name)
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc) from exc
+        with contextlib.suppress(Exception):
+            await conn.close()
+        pool = self._pool
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await pool.check()  # drop the connections that died with the outage
+        self._down = False
+
+    async def _attempts(self, fn: Callable[[AConn], Awaitable[T]], transaction: bool) -> T:
+        assert self._pool is not None
         for attempt in range(5):
             try:
                 async with self._errors(), self._pool.connection() as conn:
@@ -306,6 +344,7 @@ class PostgresBackend(Backend):
                     "options": f"-c search_path={self.schema},public -c synchronous_commit=off"},
             open=False, name=f"conveyor-{self.schema}", reconnect_timeout=0)
         try:
+            await self._probe_once()  # fails at once, with libpq's reason, when the server is down
             await pool.open(wait=True, timeout=self._timeout)
         except _UNAVAILABLE as exc:
             await pool.close()
