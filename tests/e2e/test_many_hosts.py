@@ -1,0 +1,179 @@
+"""Two "machines" against one engine, for real: each worker runs in its own network namespace.
+
+The fixture creates two network namespaces (``ip netns``), each joined to the root namespace
+by a veth pair on a private /24 of its own (10.231.11.0/24 and 10.231.12.0/24; root side .1,
+namespace side .2). Redis and PostgreSQL listen on 127.0.0.1 only, so a ``TcpProxy`` in the root
+namespace listens on each veth address and forwards to the engine: a worker in namespace A
+reaches the engine only over 10.231.11.1, like a host on another machine would. Each worker
+also gets its own hostname (``unshare --uts``), so the registry shows two hosts.
+
+One worker is killed with SIGKILL mid-run: every job still finishes on the other host, and the
+dead worker drops out of the registry (after ``Backend.WORKER_TTL``, 15 s).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conveyor.backends.base import Backend
+from conveyor.core.job import Status
+from tests.e2e.conftest import APP, Env, wait_for
+from tests.e2e.jobs_app import recorded
+from tests.e2e.tcp_proxy import TcpProxy
+from tests.e2e.test_faults import PORTS, drop, engine_url, make_client, wait_terminal
+
+pytestmark = pytest.mark.slow
+
+SUBNETS = ("10.231.11", "10.231.12")  #: one /24 per namespace, created (and removed) here
+
+
+@dataclass
+class Host:
+    name: str  #: the network namespace, also the worker's hostname
+    host_ip: str  #: root-namespace end of the veth pair (where the proxies listen)
+    ns_ip: str  #: the namespace's own address
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10, check=check)
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[list[Host]]:
+    """Two network namespaces, each with a veth pair to the root namespace; removed at the end."""
+    if shutil.which("ip") is None or shutil.which("unshare") is None:
+        pytest.skip("needs iproute2 (ip) and util-linux (unshare)")
+    tag = uuid.uuid4().hex[:6]
+    created: list[tuple[str, str]] = []
+    try:
+        out: list[Host] = []
+        for i, subnet in enumerate(SUBNETS):
+            ns, outer, inner = f"cvhost{i}-{tag}", f"cvo{i}{tag}", f"cvi{i}{tag}"
+            res = _ip("netns", "add", ns, check=False)
+            if res.returncode != 0:
+                if not out and ("Operation not permitted" in res.stderr or os.geteuid() != 0):
+                    pytest.skip(f"ip netns add is not permitted here (needs root/CAP_NET_ADMIN): {res.stderr.strip()}")
+                raise RuntimeError(f"ip netns add {ns}: {res.stderr.strip()}")
+            created.append((ns, outer))
+            for cmd in (
+                ("link", "add", outer, "type", "veth", "peer", "name", inner, "netns", ns),
+                ("addr", "add", f"{subnet}.1/24", "dev", outer),
+                ("link", "set", outer, "up"),
+                ("-n", ns, "addr", "add", f"{subnet}.2/24", "dev", inner),
+                ("-n", ns, "link", "set", inner, "up"),
+                ("-n", ns, "link", "set", "lo", "up"),
+            ):
+                _ip(*cmd)
+            out.append(Host(ns, f"{subnet}.1", f"{subnet}.2"))
+        yield out
+    finally:
+        for ns, outer in created:
+            _ip("netns", "del", ns, check=False)  # takes the veth pair with it
+            _ip("link", "del", outer, check=False)
+
+
+class TwoHostEnv(Env):
+    def __init__(self, tmp_path: Path, kind: str, hosts: list[Host]) -> None:
+        super().__init__(tmp_path)
+        self.kind = kind
+        self.namespace = f"cvhosts_{uuid.uuid4().hex[:12]}"
+        self.url = engine_url(kind, "127.0.0.1", PORTS[kind], self.namespace)  # the test's own client
+        self.client = make_client(self.url)
+        self.hosts = hosts
+        self.proxies = [TcpProxy("127.0.0.1", PORTS[kind], listen_host=h.host_ip).start() for h in hosts]
+
+    def host_worker(self, i: int, *args: str) -> subprocess.Popen[bytes]:
+        """``conveyor worker`` inside namespace ``i`` with its own hostname, over the veth link."""
+        host, proxy = self.hosts[i], self.proxies[i]
+        env = self.env(CONVEYOR_URL=engine_url(self.kind, proxy.host, proxy.port, self.namespace),
+                       TEST_VISIBILITY="2")
+        worker = " ".join([sys.executable, "-m", "conveyor.cli", "worker", "--app", APP, *args])
+        out = open(self.tmp_path / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", host.name, "unshare", "--uts", "sh", "-c",
+             f"hostname {host.name} && exec {worker}"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=self.tmp_path,
+        )
+        self.procs.append(proc)  # exec all the way down: proc.pid is the worker's pid
+        return proc
+
+    def workers_seen(self) -> list:
+        async def go():
+            return await (await self.client.backend()).workers(time.time())
+
+        return self.client.portal.call(go(), timeout=10)
+
+
+@pytest.fixture(params=["redis", "postgresql"])
+def two_hosts(request: pytest.FixtureRequest, tmp_path: Path, hosts: list[Host]) -> Iterator[TwoHostEnv]:
+    env = TwoHostEnv(tmp_path, request.param, hosts)
+    try:
+        yield env
+    finally:
+        env.stop()
+        for proxy in env.proxies:
+            proxy.stop()
+        with contextlib.suppress(Exception):
+            drop(env.client)
+        env.client.portal.stop()
+
+
+def test_two_hosts__kill_9_one_host_and_the_other_finishes_every_job(two_hosts: TwoHostEnv):
+    env = two_hosts
+    a = env.host_worker(0, "--concurrency", "4")
+    b = env.host_worker(1, "--concurrency", "4")
+    wait_for(lambda: len(env.workers_seen()) == 2, timeout=20, what=f"both hosts to register\n{env.logs()}")
+    seen = {w.pid: w for w in env.workers_seen()}
+    assert set(seen) == {a.pid, b.pid}
+    assert {seen[a.pid].host, seen[b.pid].host} == {h.name for h in env.hosts}
+    dead_id = seen[a.pid].id
+
+    # Capacity over the veth links: 1000 no-op jobs drained by both hosts (8 slots).
+    noops = wait_terminal(env.client, env.client.enqueue_many([("noop", (), {}, {}) for _ in range(1000)]), 40)
+    assert all(j.status is Status.SUCCEEDED for j in noops)
+    drain = max(j.finished_at for j in noops) - min(j.created_at for j in noops)
+
+    # A few hundred 20 ms jobs; kill -9 host A once a hundred are done.
+    jobs = env.client.enqueue_many([("work", (20,), {}, {}) for _ in range(300)])
+    wait_for(lambda: sum(e["event"] == "end" for e in recorded(env.log)) >= 100, timeout=20,
+             what="100 jobs done before the kill")
+    a.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    a.wait(5)
+    stored = wait_terminal(env.client, jobs, 30)
+    finished = time.monotonic() - killed_at
+    assert all(j.status is Status.SUCCEEDED for j in stored), collections.Counter(j.status for j in stored)
+    assert b.poll() is None, env.logs()
+
+    events = recorded(env.log)
+    starts = collections.Counter(e["job"] for e in events if e["event"] == "start")
+    ends_by_pid = collections.Counter(e["pid"] for e in events if e["event"] == "end")
+    assert {j.id for j in jobs} <= set(starts)
+    assert ends_by_pid[a.pid] > 0 and ends_by_pid[b.pid] > 0
+    twice = [job_id for job_id, n in starts.items() if n > 1]
+    assert len(twice) <= 4, f"{len(twice)} jobs ran twice; only host A's 4 running jobs may"
+    killed_wall = time.time() - (time.monotonic() - killed_at)
+    late = [j.id for j in stored if j.worker_id == dead_id and j.finished_at > killed_wall]
+    assert not late, "a job was recorded as finished by the dead worker after the kill"
+
+    # The dead host leaves the registry once its heartbeat is WORKER_TTL old; B stays.
+    wait_for(lambda: dead_id not in {w.id for w in env.workers_seen()}, timeout=Backend.WORKER_TTL + 8,
+             what="the killed worker to leave the registry")
+    gone = time.monotonic() - killed_at
+    assert [w.pid for w in env.workers_seen()] == [b.pid]
+    print(f"\n[{env.kind}, 2 hosts x 4 slots over veth] 1000 noops in {drain:.2f} s ({1000 / drain:.0f} jobs/s); "
+          f"after kill -9 of host A the other host finished the 300 x 20 ms jobs in {finished:.2f} s "
+          f"({len(twice)} ran twice); dead worker left the registry {gone:.1f} s after the kill")
