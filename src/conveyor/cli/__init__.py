@@ -1,0 +1,72 @@
+"""The ``conveyor`` command line.
+
+One module per command group registers its subcommands with ``register(subparsers)`` and
+binds each to a handler with ``parser.set_defaults(func=handler)``, where ``handler(args)``
+returns the exit code. Errors are raised, not printed: ``main`` turns every one into a single
+line on stderr and the exit code of ``conveyor.cli.errors.EXIT_CODES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from conveyor.cli import jobs, queues, worker
+from conveyor.cli.common import add_common
+from conveyor.cli.errors import EXIT_INTERRUPTED, EXIT_USAGE, exit_code, one_line
+
+PROG = "conveyor"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (``conveyor submit: error: ...``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = f" (see '{self.prog} --help')"
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())}{hint}\n")
+
+
+def build_parser() -> ArgumentParser:
+    """The full parser: every command, with ``server`` and ``up`` when ``conveyor.cli.serve`` exists."""
+    parser = ArgumentParser(prog=PROG, description="Conveyor: background jobs that are never lost.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    add_common(parser)
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command", required=True)
+    for group in (worker, jobs, queues):
+        group.register(subparsers)
+    # ``server`` and ``up`` live in their own module, added when present
+    if importlib.util.find_spec("conveyor.cli.serve") is not None:
+        importlib.import_module("conveyor.cli.serve").register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit code. Never lets a traceback reach the user."""
+    try:
+        args = build_parser().parse_args(argv)
+        code: int = args.func(args)
+        return code
+    except SystemExit as exc:  # argparse (--help, usage errors) and handlers that exit
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if os.environ.get("CONVEYOR_DEBUG"):
+            raise
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
+        return exit_code(exc)
+
+
+def _version() -> str:
+    from conveyor import __version__
+
+    return __version__
+
+
+__all__ = ["build_parser", "main"]

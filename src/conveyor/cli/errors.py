@@ -1,0 +1,60 @@
+"""The one table from Conveyor's error tree to exit codes, and the one-line message users see."""
+
+from __future__ import annotations
+
+from conveyor.core.errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    ConveyorError,
+    IdempotencyKeyInFlight,
+    InvalidTransition,
+    JobFailed,
+    JobNotFound,
+    RegistrationError,
+    ValidationError,
+)
+
+EXIT_OK = 0
+#: The job failed, was not found, or the backend is unreachable.
+EXIT_FAILED = 1
+#: Unknown command or option, unknown task, bad arguments, bad ``--app``.
+EXIT_USAGE = 2
+#: Interrupted by Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(ConveyorError):
+    """The command line is invalid."""
+
+
+#: Error class → exit code; the first entry the error is an instance of wins (subclasses first).
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (UsageError, EXIT_USAGE),
+    (ValidationError, EXIT_USAGE),  # UnknownTask, InvalidArguments, IdempotencyKeyReused
+    (ConfigurationError, EXIT_USAGE),  # bad --app, bad --url, missing CONVEYOR_STORE_URL
+    (RegistrationError, EXIT_USAGE),  # the app's own task definitions are invalid
+    (JobNotFound, EXIT_FAILED),
+    (JobFailed, EXIT_FAILED),
+    (BackendUnavailable, EXIT_FAILED),
+    (InvalidTransition, EXIT_FAILED),
+    (IdempotencyKeyInFlight, EXIT_FAILED),
+    (TimeoutError, EXIT_FAILED),  # submit --wait / watch --timeout ran out
+    (ConveyorError, EXIT_FAILED),
+)
+
+
+def exit_code(exc: BaseException) -> int:
+    """The process exit code for ``exc`` (1 for anything the table does not name)."""
+    for kind, code in EXIT_CODES:
+        if isinstance(exc, kind):
+            return code
+    return EXIT_FAILED
+
+
+def one_line(exc: BaseException) -> str:
+    """The error as one line for stderr: Conveyor's own message, else the type and message."""
+    if isinstance(exc, ConveyorError | TimeoutError):
+        text = str(exc) or (type(exc).__doc__ or type(exc).__name__).strip()
+    else:
+        text = f"unexpected {type(exc).__name__}: {exc}" if str(exc) else f"unexpected {type(exc).__name__}"
+    return " ".join(text.split())  # newlines inside a message would break the one-line promise

@@ -1,0 +1,303 @@
+"""Commands on jobs: submit, status, watch, jobs, cancel, retry."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+from conveyor.backends.base import Backend, JobQuery
+from conveyor.cli import render
+from conveyor.cli.common import add_common, backend_url, load, open_backend
+from conveyor.cli.errors import EXIT_OK, UsageError
+from conveyor.core.errors import InvalidTransition, JobFailed, JobNotFound
+from conveyor.core.ids import is_uuid
+from conveyor.core.job import Job, Status
+
+#: Statuses ``retry`` accepts.
+RETRYABLE = (Status.FAILED, Status.CANCELLED, Status.EXPIRED)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the job commands."""
+    p = subparsers.add_parser("submit", help="enqueue a job and print its id")
+    p.add_argument("task", metavar="TASK", help="registered task name")
+    p.add_argument("args", nargs="*", metavar="ARG_JSON",
+                   help='positional arguments, each JSON (quote strings: \'"a"\')')
+    p.add_argument("--kwargs", metavar="JSON", help="keyword arguments as a JSON object")
+    p.add_argument("--queue", help="queue (default: the task's)")
+    p.add_argument("--priority", type=int, metavar="0-9", help="9 runs first (default: the task's)")
+    p.add_argument("--delay", type=float, metavar="S", help="do not start before S seconds from now")
+    p.add_argument("--max-retries", type=int, metavar="N", help="retries after a failure (default: the task's)")
+    p.add_argument("--key", metavar="K", help="idempotency key: the same key yields the same job")
+    p.add_argument("--wait", action="store_true", help="wait for the job; print its result as JSON")
+    p.add_argument("--timeout", type=_seconds, metavar="S", help="with --wait: give up after S seconds (exit 1)")
+    add_common(p)
+    p.set_defaults(func=submit)
+
+    p = subparsers.add_parser("status", help="show a job")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--json", action="store_true", help="print the job's JSON")
+    add_common(p)
+    p.set_defaults(func=status)
+
+    p = subparsers.add_parser("watch", help="follow a job live until it finishes (exit 1 unless it succeeded)")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--timeout", type=_seconds, metavar="S", help="give up after S seconds (exit 1)")
+    add_common(p)
+    p.set_defaults(func=watch)
+
+    p = subparsers.add_parser("jobs", help="list jobs, newest first")
+    p.add_argument("--status", choices=[str(s) for s in Status])
+    p.add_argument("--queue")
+    p.add_argument("--task")
+    p.add_argument("--limit", type=_limit, default=50, metavar="N", help="at most N jobs, 1-500 (default 50)")
+    p.add_argument("--cursor", help="the next_cursor of a previous page")
+    p.add_argument("--json", action="store_true", help='print {"items": [...], "next_cursor": ...}')
+    add_common(p)
+    p.set_defaults(func=jobs)
+
+    p = subparsers.add_parser("cancel", help="cancel a job (a running one cooperatively)")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--json", action="store_true", help="print the job's JSON")
+    add_common(p)
+    p.set_defaults(func=cancel)
+
+    p = subparsers.add_parser("retry", help="run a failed, cancelled or expired job again")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--json", action="store_true", help="print the job's JSON")
+    add_common(p)
+    p.set_defaults(func=retry)
+
+
+# -- submit ---------------------------------------------------------------------------------
+def submit(args: argparse.Namespace) -> int:
+    """Validate against the app's task, enqueue, print the id (or, with --wait, the result)."""
+    app = load(args)
+    positional = [_json_arg(text, f"argument {i} ({text!r})") for i, text in enumerate(args.args, 1)]
+    kwargs = _json_arg(args.kwargs, "--kwargs") if args.kwargs is not None else {}
+    if not isinstance(kwargs, dict):
+        raise UsageError("--kwargs must be a JSON object, e.g. '{\"height\": 480}'")
+    given = {"queue": args.queue, "priority": args.priority, "delay": args.delay, "max_retries": args.max_retries,
+             "key": args.key}
+    options = {k: v for k, v in given.items() if v is not None}
+    # validate before touching the backend: a typo needs no database
+    app.build_job(args.task, positional, kwargs, now=time.time(), **options)
+
+    async def run() -> int:
+        async with open_backend(app.url) as backend:
+            app.bind(backend)
+            handle = await app.enqueue_async(args.task, positional, kwargs, **options)
+            if not args.wait:
+                print(handle.id)
+                return EXIT_OK
+            render.print_json(await handle.wait_async(args.timeout))
+            return EXIT_OK
+
+    return asyncio.run(run())
+
+
+def _json_arg(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        hint = " (quote strings: '\"text\"')" if text[:1].isalpha() else ""
+        raise UsageError(f"{what} is not valid JSON: {exc}{hint}") from None
+
+
+# -- reading --------------------------------------------------------------------------------
+def status(args: argparse.Namespace) -> int:
+    """Show one job: a panel, or exactly its JSON."""
+
+    async def run() -> Job:
+        async with open_backend(backend_url(args)) as backend:
+            return await get_job(backend, args.id)
+
+    job = asyncio.run(run())
+    if args.json:
+        render.print_json(job.to_json())
+    else:
+        render.console().print(render.job_panel(job))
+    return EXIT_OK
+
+
+def jobs(args: argparse.Namespace) -> int:
+    """List jobs with filters, newest first."""
+    query = JobQuery(
+        status=Status(args.status) if args.status else None,
+        task=args.task,
+        queue=args.queue,
+        limit=args.limit,
+        cursor=args.cursor,
+    )
+
+    async def run() -> tuple[list[Job], str | None]:
+        async with open_backend(backend_url(args)) as backend:
+            page = await backend.list_jobs(query)
+            return page.items, page.next_cursor
+
+    items, next_cursor = asyncio.run(run())
+    if args.json:
+        render.print_json({"items": [j.to_json() for j in items], "next_cursor": next_cursor})
+    elif not items:
+        render.console().print("no jobs")
+    else:
+        render.console().print(render.jobs_table(items, next_cursor))
+    return EXIT_OK
+
+
+def watch(args: argparse.Namespace) -> int:
+    """Follow a job live; exit 0 when it succeeded, 1 otherwise."""
+
+    async def run() -> Job:
+        async with open_backend(backend_url(args)) as backend:
+            if sys.stdout.isatty():
+                return await _watch_bar(backend, args.id, args.timeout)
+            return await follow(backend, args.id, _line_printer(), args.timeout)
+
+    job = asyncio.run(run())
+    if job.status is Status.SUCCEEDED:
+        render.console().print(f"[green]succeeded[/]: {escape(render.compact(job.result, 2000))}")
+        return EXIT_OK
+    error = dict(job.error) if job.error else None
+    what = f": {error.get('type')}: {error.get('message')}" if error else ""
+    raise JobFailed(f"job {job.id} ({job.task}) {job.status}{what}", error, str(job.status))
+
+
+async def _watch_bar(backend: Backend, job_id: str, timeout: float | None) -> Job:
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=render.console(), transient=False) as bar:
+        task_id = bar.add_task(job_id, total=100)
+
+        def show(job: Job) -> None:
+            fraction = (job.progress or {}).get("fraction")
+            completed = 100.0 if job.status is Status.SUCCEEDED else None
+            if completed is None and isinstance(fraction, int | float):
+                completed = float(fraction) * 100
+            label = f"{job.task} [{render.STATUS_STYLES[job.status]}]{job.status}[/]"
+            message = (job.progress or {}).get("message")
+            if message:
+                label += f" {escape(str(message))}"
+            bar.update(task_id, description=label, completed=completed)
+
+        return await follow(backend, job_id, show, timeout)
+
+
+def _line_printer() -> Callable[[Job], None]:
+    """For pipes and logs: one line per visible change."""
+    last: list[str] = []
+
+    def show(job: Job) -> None:
+        progress = "" if job.status.terminal else render.progress_text(job.progress)
+        line = f"{job.status} {progress}".strip()
+        if not last or last[-1] != line:
+            last.append(line)
+            print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+
+    return show
+
+
+async def follow(
+    backend: Backend, job_id: str, on_change: Callable[[Job], None], timeout: float | None = None
+) -> Job:
+    """Call ``on_change`` with the job on every change until it is terminal; the final job."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    revision = -1
+    pause = 0.02
+    job = await get_job(backend, job_id)
+    while True:
+        current = (await backend.revisions([job.id])).get(job.id)
+        if current is None:
+            raise JobNotFound(f"job {job_id} no longer exists")
+        if current != revision:
+            revision, pause = current, 0.02
+            job = await get_job(backend, job_id)
+            on_change(job)
+            if job.status.terminal:
+                return job
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(f"job {job_id} still {job.status} after {timeout:g} s")
+        await asyncio.sleep(pause)
+        pause = min(pause * 1.5, 0.25)
+
+
+async def get_job(backend: Backend, job_id: str) -> Job:
+    """The stored job, or ``JobNotFound``."""
+    found = await backend.get_jobs([job_id]) if is_uuid(job_id) else []
+    if not found:
+        raise JobNotFound(f"no job with id {job_id!r}")
+    return found[0]
+
+
+# -- admin ----------------------------------------------------------------------------------
+def cancel(args: argparse.Namespace) -> int:
+    """Cancel a pending job at once; ask a running one to stop."""
+
+    async def run() -> Job:
+        async with open_backend(backend_url(args)) as backend:
+            job = await backend.cancel(args.id, time.time()) if is_uuid(args.id) else None
+            if job is None:
+                raise JobNotFound(f"no job with id {args.id!r}")
+            return job
+
+    job = asyncio.run(run())
+    if job.status.terminal and job.status is not Status.CANCELLED:
+        raise InvalidTransition(f"job {job.id} already {job.status}; nothing to cancel")
+    if args.json:
+        render.print_json(job.to_json())
+    elif job.status is Status.CANCELLED:
+        print(f"{job.id} cancelled")
+    else:
+        print(f"{job.id} cancel requested ({job.status}: the task stops when it next checks)")
+    return EXIT_OK
+
+
+def retry(args: argparse.Namespace) -> int:
+    """Put a failed, cancelled or expired job back to ``queued`` with attempts reset."""
+
+    async def run() -> Job:
+        async with open_backend(backend_url(args)) as backend:
+            job = await get_job(backend, args.id)
+            requeued = await backend.requeue(None, [job.id], RETRYABLE, time.time()) if job.status in RETRYABLE else []
+            if not requeued:
+                job = await get_job(backend, args.id)  # it may have changed meanwhile: name the status now
+                raise InvalidTransition(
+                    f"job {job.id} is {job.status}; only failed, cancelled or expired jobs can be retried"
+                )
+            return requeued[0]
+
+    job = asyncio.run(run())
+    if args.json:
+        render.print_json(job.to_json())
+    else:
+        print(f"{job.id} {job.status}")
+    return EXIT_OK
+
+
+# -- argument types -------------------------------------------------------------------------
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= value <= 500:
+        raise argparse.ArgumentTypeError(f"must be 1 to 500: {text!r}")
+    return value

@@ -1,0 +1,133 @@
+"""Commands on queues: queues, queue (show or change settings), redrive, purge."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any
+
+from conveyor.backends.base import QueueInfo
+from conveyor.cli import render
+from conveyor.cli.common import add_common, app_spec, backend_url, load, open_backend
+from conveyor.cli.errors import EXIT_FAILED, EXIT_OK
+from conveyor.core.job import Status
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the queue commands."""
+    p = subparsers.add_parser("queues", help="list queues with their counts and settings")
+    p.add_argument("--json", action="store_true", help='print {"items": [...]}')
+    add_common(p)
+    p.set_defaults(func=queues)
+
+    p = subparsers.add_parser("queue", help="show or change one queue's settings (durations in seconds)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--retention", type=float, metavar="S", help="jobs not started within S seconds expire")
+    p.add_argument("--visibility-timeout", type=float, metavar="S", help="lease length without heartbeat")
+    p.add_argument("--max-deliveries", type=int, metavar="N", help="deliveries before a job is failed")
+    p.add_argument("--result-ttl", type=float, metavar="S", help="keep finished job records S seconds")
+    pause = p.add_mutually_exclusive_group()
+    pause.add_argument("--pause", dest="paused", action="store_const", const=True, help="hand no jobs to workers")
+    pause.add_argument("--resume", dest="paused", action="store_const", const=False, help="undo --pause")
+    p.add_argument("--json", action="store_true", help="print the queue's JSON")
+    add_common(p)
+    p.set_defaults(func=queue)
+
+    p = subparsers.add_parser("redrive", help="put a queue's failed jobs (dead letters) back to queued")
+    p.add_argument("queue", metavar="QUEUE")
+    p.add_argument("--ids", nargs="+", metavar="ID", help="only these jobs")
+    p.add_argument("--json", action="store_true", help='print {"redriven": n}')
+    add_common(p)
+    p.set_defaults(func=redrive)
+
+    p = subparsers.add_parser("purge", help="cancel every job waiting in a queue")
+    p.add_argument("queue", metavar="QUEUE")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation on a terminal")
+    p.add_argument("--json", action="store_true", help='print {"purged": n}')
+    add_common(p)
+    p.set_defaults(func=purge)
+
+
+def queues(args: argparse.Namespace) -> int:
+    """Every known queue (and every queue the app names, when one is given)."""
+    named = load(args).queue_names() if app_spec(args) else []
+
+    async def run() -> list[QueueInfo]:
+        async with open_backend(backend_url(args)) as backend:
+            infos = await backend.queues()
+            missing = sorted(set(named) - {i.name for i in infos})
+            if missing:
+                infos += await backend.queues(missing)
+            return sorted(infos, key=lambda i: i.name)
+
+    infos = asyncio.run(run())
+    if args.json:
+        render.print_json({"items": [i.to_json() for i in infos]})
+    elif not infos:
+        render.console().print("no queues")
+    else:
+        render.console().print(render.queues_table(infos))
+    return EXIT_OK
+
+
+def queue(args: argparse.Namespace) -> int:
+    """Show a queue; with options, change its settings first."""
+    changes: dict[str, Any] = {
+        "retention": args.retention,
+        "visibility_timeout": args.visibility_timeout,
+        "max_deliveries": args.max_deliveries,
+        "result_ttl": args.result_ttl,
+        "paused": args.paused,
+    }
+    changes = {k: v for k, v in changes.items() if v is not None}
+
+    async def run() -> QueueInfo:
+        async with open_backend(backend_url(args)) as backend:
+            if changes:
+                current = await backend.queue_settings(args.name)
+                await backend.save_queue_settings(args.name, current.replace(**changes))
+            return (await backend.queues([args.name]))[0]
+
+    info = asyncio.run(run())
+    if args.json:
+        render.print_json(info.to_json())
+    else:
+        render.console().print(render.queue_panel(info))
+    return EXIT_OK
+
+
+def redrive(args: argparse.Namespace) -> int:
+    """Dead letters back to ``queued``, attempts reset."""
+
+    async def run() -> int:
+        async with open_backend(backend_url(args)) as backend:
+            return len(await backend.requeue(args.queue, args.ids, [Status.FAILED], time.time()))
+
+    count = asyncio.run(run())
+    if args.json:
+        render.print_json({"redriven": count})
+    else:
+        print(f"redriven: {count}")
+    return EXIT_OK
+
+
+def purge(args: argparse.Namespace) -> int:
+    """Cancel every ready job of a queue."""
+    if not args.yes and sys.stdin.isatty() and sys.stdout.isatty():
+        answer = input(f"cancel every waiting job of queue {args.queue!r}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing purged", file=sys.stderr)
+            return EXIT_FAILED
+
+    async def run() -> int:
+        async with open_backend(backend_url(args)) as backend:
+            return await backend.purge(args.queue, time.time())
+
+    count = asyncio.run(run())
+    if args.json:
+        render.print_json({"purged": count})
+    else:
+        print(f"purged: {count}")
+    return EXIT_OK

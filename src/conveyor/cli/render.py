@@ -1,0 +1,179 @@
+"""How the commands show jobs and queues: rich tables and panels for people, plain JSON for programs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from conveyor.backends.base import QueueInfo
+from conveyor.core.job import Job, Status
+
+#: How each status is coloured.
+STATUS_STYLES: Mapping[Status, str] = {
+    Status.WAITING: "magenta",
+    Status.SCHEDULED: "cyan",
+    Status.QUEUED: "blue",
+    Status.RUNNING: "yellow",
+    Status.RETRYING: "dark_orange",
+    Status.SUCCEEDED: "green",
+    Status.FAILED: "bold red",
+    Status.CANCELLED: "dim",
+    Status.EXPIRED: "dim red",
+}
+
+
+def console(stderr: bool = False) -> Console:
+    """A console on stdout (or stderr); wide and colourless when not a terminal, so pipes get whole lines."""
+    stream = sys.stderr if stderr else sys.stdout
+    tty = stream.isatty()
+    return Console(file=stream, width=None if tty else 200, soft_wrap=not tty, highlight=False)
+
+
+def print_json(value: Any) -> None:
+    """Plain JSON on stdout: indented for a terminal, one line for a pipe."""
+    indent = 2 if sys.stdout.isatty() else None
+    sys.stdout.write(json.dumps(value, indent=indent, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def status_text(status: Status) -> Text:
+    return Text(str(status), style=STATUS_STYLES.get(status, ""))
+
+
+def when(ts: float | None) -> str:
+    """A local, second-precision time, or an em dash."""
+    if ts is None:
+        return "—"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def progress_text(progress: Mapping[str, Any] | None) -> str:
+    if not progress:
+        return ""
+    fraction = progress.get("fraction")
+    percent = f"{float(fraction):.0%}" if isinstance(fraction, int | float) else ""
+    message = progress.get("message") or ""
+    return f"{percent} {message}".strip()
+
+
+def compact(value: Any, limit: int = 200) -> str:
+    """JSON of ``value``, cut to ``limit`` characters."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def job_panel(job: Job) -> Panel:
+    """Everything worth reading about one job."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    grid.add_row("status", status_text(job.status))
+    grid.add_row("task", escape(job.task))
+    grid.add_row("queue", escape(job.queue))
+    grid.add_row("attempt", f"{job.attempt} of {job.max_retries + 1}")
+    grid.add_row("priority", str(job.priority))
+    if job.progress:
+        grid.add_row("progress", escape(progress_text(job.progress)))
+    grid.add_row("args", escape(compact(list(job.args), 2000)))
+    if job.kwargs:
+        grid.add_row("kwargs", escape(compact(dict(job.kwargs), 2000)))
+    if job.depends_on:
+        grid.add_row("depends on", ", ".join(job.depends_on))
+    if job.idempotency_key:
+        grid.add_row("key", escape(job.idempotency_key))
+    if job.cancel_requested and not job.status.terminal:
+        grid.add_row("cancel", "requested")
+    grid.add_row("created", when(job.created_at))
+    if job.scheduled_at is not None:
+        grid.add_row("scheduled", when(job.scheduled_at))
+    grid.add_row("started", when(job.started_at))
+    grid.add_row("finished", when(job.finished_at))
+    if job.status is Status.SUCCEEDED:
+        grid.add_row("result", escape(compact(job.result, 2000)))
+    parts: list[RenderableType] = [grid]
+    if job.error:
+        parts.append(Text(f"\n{job.error.get('type')}: {job.error.get('message')}", style="red"))
+        if job.error.get("traceback"):
+            parts.append(Text(str(job.error["traceback"]).rstrip(), style="dim"))
+    return Panel(Group(*parts), title=f"job {job.id}", title_align="left", box=box.ROUNDED, expand=False)
+
+
+def jobs_table(jobs: Sequence[Job], next_cursor: str | None = None) -> Table:
+    """One row per job, newest first."""
+    table = Table(box=box.SIMPLE_HEAD, caption=f"more: --cursor {next_cursor}" if next_cursor else None)
+    for name in ("id", "task", "queue", "status", "attempt", "progress", "created", "finished"):
+        table.add_column(name, no_wrap=name == "id")
+    for job in jobs:
+        table.add_row(
+            job.id,
+            escape(job.task),
+            escape(job.queue),
+            status_text(job.status),
+            str(job.attempt),
+            escape(progress_text(job.progress)),
+            when(job.created_at),
+            when(job.finished_at),
+        )
+    return table
+
+
+def duration(seconds: float) -> str:
+    """``90`` → ``1m30s``; whole units only, as SQS consoles show them."""
+    s = int(seconds)
+    if s != seconds or s == 0:
+        return f"{seconds:g}s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if s >= size:
+            parts.append(f"{s // size}{unit}")
+            s %= size
+    return "".join(parts)
+
+
+def queues_table(infos: Sequence[QueueInfo]) -> Table:
+    """One row per queue: counts and settings."""
+    table = Table(box=box.SIMPLE_HEAD)
+    for name in ("queue", "queued", "scheduled", "running", "failed", "retention", "visibility", "max deliveries",
+                 "paused"):
+        table.add_column(name, justify="left" if name in ("queue", "paused") else "right")
+    for info in infos:
+        row = info.to_json()
+        table.add_row(
+            escape(info.name),
+            str(row["queued"]),
+            str(row["scheduled"]),
+            str(row["running"]),
+            Text(str(row["failed"]), style="red" if row["failed"] else ""),
+            duration(info.settings.retention),
+            duration(info.settings.visibility_timeout),
+            str(info.settings.max_deliveries),
+            Text("paused", style="yellow") if info.settings.paused else Text("no"),
+        )
+    return table
+
+
+def queue_panel(info: QueueInfo) -> Panel:
+    """One queue's counts and settings."""
+    row = info.to_json()
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for name in ("queued", "scheduled", "running", "failed"):
+        grid.add_row(name, str(row[name]))
+    s = info.settings
+    grid.add_row("retention", f"{duration(s.retention)} ({s.retention:g} s)")
+    grid.add_row("visibility timeout", f"{duration(s.visibility_timeout)} ({s.visibility_timeout:g} s)")
+    grid.add_row("max deliveries", str(s.max_deliveries))
+    grid.add_row("result ttl", f"{duration(s.result_ttl)} ({s.result_ttl:g} s)")
+    grid.add_row("paused", Text("yes", style="yellow") if s.paused else Text("no"))
+    return Panel(grid, title=f"queue {escape(info.name)}", title_align="left", box=box.ROUNDED, expand=False)

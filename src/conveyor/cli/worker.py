@@ -1,0 +1,68 @@
+"""``conveyor worker``: run jobs from the app's queues in this process."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from conveyor.cli.common import add_common, app_spec, load
+from conveyor.worker.worker import run_worker
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``worker``."""
+    p = subparsers.add_parser("worker", help="run jobs until stopped (SIGTERM/SIGINT), or until idle with --burst")
+    p.add_argument("--queues", type=_names, metavar="A,B", help="queues to work (default: every queue the app names)")
+    p.add_argument("--concurrency", type=_positive, metavar="N", help="jobs at once (default 8; process pool: CPUs)")
+    p.add_argument("--pool", choices=("thread", "process", "async"), default="thread",
+                   help="where sync tasks run (async tasks always run on the event loop)")
+    p.add_argument("--grace", type=_non_negative, default=30.0, metavar="S",
+                   help="on shutdown, let running jobs finish for S seconds (default 30)")
+    p.add_argument("--no-scheduler", action="store_true", help="do not enqueue the app's periodic tasks")
+    p.add_argument("--burst", action="store_true", help="exit once no job is ready")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_common(p)
+    p.set_defaults(func=worker)
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Run a worker; its exit code (0, or 70 when its claim loop stalled)."""
+    app = load(args)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    return run_worker(
+        app,
+        queues=args.queues,
+        concurrency=args.concurrency,
+        pool=args.pool,
+        grace=args.grace,
+        scheduler=not args.no_scheduler,
+        burst=args.burst,
+        app_spec=app_spec(args),
+    )
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one queue")
+    return names
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 seconds or more: {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
