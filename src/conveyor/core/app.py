@@ -76,8 +76,18 @@ class Conveyor:
         timeout: float | None = None,
         backoff: float = 1.0,
         backoff_cap: float = 3600.0,
+        concurrency_limit: int | None = None,
+        rate_limit: str | None = None,
+        limit_key: str | Callable[..., str] | None = None,
     ) -> Any:
-        """Register a function as a task: ``@app.task`` or ``@app.task(queue="media", ...)``."""
+        """Register a function as a task: ``@app.task`` or ``@app.task(queue="media", ...)``.
+
+        ``concurrency_limit`` (at most N of its jobs running at once across all workers) and
+        ``rate_limit`` (``"10/s"``, ``"100/m"``, ``"1000/h"`` starts) are global and apply per
+        ``limit_key``: a format string over the task's parameters (``"{customer_id}"``) or a
+        callable taking its arguments and returning a str; by default the task name. Jobs with
+        the same key share the limits, whichever task they belong to.
+        """
 
         def register(func: F) -> Task:
             task_name = name or func.__name__
@@ -93,7 +103,8 @@ class Conveyor:
             _check_queue_name(queue)
             if task_name in self.tasks:
                 raise RegistrationError(f"a task named {task_name!r} is already registered")
-            task = Task(self, func, task_name, options)
+            limits = {"concurrency_limit": concurrency_limit, "rate_limit": rate_limit, "limit_key": limit_key}
+            task = Task(self, func, task_name, options, limits)
             self.tasks[task_name] = task
             return task
 
@@ -271,6 +282,7 @@ class Conveyor:
             created_at=now,
             scheduled_at=scheduled_at,
             updated_at=now,
+            **task.limit_fields(args, kwargs),
         )
         return job
 

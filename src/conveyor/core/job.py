@@ -86,6 +86,18 @@ class Job:
     worker_id: str | None = None  #: holder of the current lease
     lease_token: str | None = None
     lease_expires_at: float | None = None
+    #: The global limit this job counts against (resolved from the task's ``limit_key`` at
+    #: enqueue; the task name by default); ``None`` when the task has no limits.
+    limit_key: str | None = None
+    #: At most this many jobs of ``limit_key`` run at once, across all workers.
+    concurrency_limit: int | None = None
+    #: At most ``count`` jobs of ``limit_key`` start per ``per_seconds``: ``(count, per_seconds)``.
+    rate_limit: tuple[int, float] | None = None
+    #: The timeline, oldest first (the last ``MAX_ATTEMPTS`` deliveries): one entry per delivery,
+    #: ``{"attempt", "worker_id", "started_at", "finished_at", "status", "error"}`` with epoch
+    #: seconds; ``status`` is ``running`` while it runs, then the outcome (``succeeded``,
+    #: ``retrying``, ``failed``, ``cancelled``, ``handed_back``) or ``lost`` (lease expired).
+    attempts: tuple[Mapping[str, Any], ...] | list[Mapping[str, Any]] = ()
 
     def replace(self, **changes: Any) -> Job:
         """A copy with ``changes`` applied."""
@@ -118,7 +130,43 @@ class Job:
             "started_at": to_rfc3339(self.started_at),
             "finished_at": to_rfc3339(self.finished_at),
             "updated_at": to_rfc3339(self.updated_at),
+            "limit_key": self.limit_key,
+            "concurrency_limit": self.concurrency_limit,
+            "rate_limit": (
+                {"count": self.rate_limit[0], "per": self.rate_limit[1]} if self.rate_limit is not None else None
+            ),
+            "attempts": [attempt_json(a) for a in self.attempts],
         }
+
+
+#: How many timeline entries a job keeps (the oldest are dropped).
+MAX_ATTEMPTS = 50
+
+
+#: The error of a timeline entry whose lease expired (the worker died or stalled).
+LEASE_LOST: Mapping[str, Any] = {"type": "LeaseExpired", "message": "the worker stopped renewing its lease"}
+
+
+def attempt_status(outcome: Status) -> str:
+    """The timeline label of an outcome: its status, ``handed_back`` for a shutdown's hand-back."""
+    return "handed_back" if outcome is Status.QUEUED else outcome.value
+
+
+def brief_error(error: Mapping[str, Any]) -> dict[str, Any]:
+    """An error as a timeline entry keeps it: type and message (the job's ``error`` has the traceback)."""
+    return {"type": error.get("type"), "message": error.get("message")}
+
+
+def attempt_json(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """One timeline entry as the job JSON shows it (RFC 3339 times)."""
+    return {
+        "attempt": entry.get("attempt"),
+        "worker_id": entry.get("worker_id"),
+        "started_at": to_rfc3339(entry.get("started_at")),
+        "finished_at": to_rfc3339(entry.get("finished_at")),
+        "status": entry.get("status"),
+        "error": entry.get("error"),
+    }
 
 
 def error_info(exc: BaseException, traceback_text: str | None = None) -> dict[str, Any]:

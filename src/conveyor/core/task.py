@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hin
 import pydantic
 
 from conveyor.core.errors import InvalidArguments, RegistrationError
+from conveyor.core.limits import Limits
 
 if TYPE_CHECKING:
     from conveyor.core.app import Conveyor
@@ -47,13 +48,29 @@ class TaskOptions:
 class Task:
     """A function registered under a name. Call ``enqueue`` to run it in the background."""
 
-    def __init__(self, app: Conveyor, fn: Callable[..., Any], name: str, options: TaskOptions) -> None:
+    def __init__(
+        self,
+        app: Conveyor,
+        fn: Callable[..., Any],
+        name: str,
+        options: TaskOptions,
+        limits: Mapping[str, Any] | None = None,
+    ) -> None:
         self.app = app
         self.fn = fn
         self.name = name
         self.options = options
         self.is_async = inspect.iscoroutinefunction(fn)
         self._signature, self._model = _parameter_model(fn, name)
+        given = dict(limits or {})
+        #: Global limits (concurrency, rate) of the task's jobs, enforced by the backend.
+        self.limits = Limits.build(
+            f"task {name!r}",
+            self._signature,
+            given.get("concurrency_limit"),
+            given.get("rate_limit"),
+            given.get("limit_key"),
+        )
         # JSON values already are what plain annotations (int, str, list[str]…) declare
         self._plain = all(_is_plain(f.annotation) for f in self._model.model_fields.values())
 
@@ -103,6 +120,16 @@ class Task:
                 bound.arguments[name] = getattr(model, name)
         return list(bound.args), dict(bound.kwargs)
 
+    def limit_fields(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The ``Job`` fields that carry this task's limits for one job's arguments."""
+        if not self.limits.active:
+            return {}
+        return {
+            "limit_key": self.limits.resolve(self.name, self._signature, args, kwargs),
+            "concurrency_limit": self.limits.concurrency,
+            "rate_limit": self.limits.rate,
+        }
+
     def json_schema(self) -> dict[str, Any]:
         """A JSON Schema of the task's parameters (an object keyed by parameter name)."""
         return self._model.model_json_schema()
@@ -116,6 +143,8 @@ class Task:
             "priority": o.priority,
             "max_retries": o.max_retries,
             "timeout": o.timeout,
+            "concurrency_limit": self.limits.concurrency,
+            "rate_limit": {"count": self.limits.rate[0], "per": self.limits.rate[1]} if self.limits.rate else None,
             "async": self.is_async,
             "doc": inspect.getdoc(self.fn),
             "parameters": self.json_schema(),

@@ -42,7 +42,7 @@ from conveyor.backends.base import (
     WorkerInfo,
 )
 from conveyor.core.errors import BackendUnavailable, ConfigurationError, ValidationError
-from conveyor.core.job import PENDING, TERMINAL, Job, Status, can_transition
+from conveyor.core.job import LEASE_LOST, PENDING, TERMINAL, Job, Status, attempt_status, brief_error, can_transition
 from conveyor.core.queues import QueueSettings
 
 BUSY_TIMEOUT = 5.0  #: seconds a statement waits for another process's write lock
@@ -82,7 +82,7 @@ _PENDING_SQL = "('waiting', 'scheduled', 'queued', 'retrying')"
 _COLS = ("id, task, queue, status, args, kwargs, priority, progress, result, error, attempt, "
          "max_retries, timeout, depends_on, idempotency_key, metadata, webhook, created_at, "
          "scheduled_at, started_at, finished_at, updated_at, deliveries, cancel_requested, revision, "
-         "worker_id, lease_token, lease_expires_at")
+         "worker_id, lease_token, lease_expires_at, limit_key, concurrency_limit, rate_count, rate_per, attempts")
 _NCOLS = _COLS.count(",") + 1
 
 #: Most index ranges one listing merges (SQLite allows 500 terms in one compound SELECT).
@@ -108,8 +108,27 @@ _TERMINAL_SET = (
 _INSERT = (
     "INSERT INTO jobs (id, task, queue, status, args, kwargs, priority, progress, result, error, attempt, "
     "max_retries, timeout, depends_on, idempotency_key, metadata, webhook, created_at, scheduled_at, "
-    "finished_at, updated_at, ready_at, revision, webhook_state, webhook_next_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)"
+    "finished_at, updated_at, ready_at, revision, webhook_state, webhook_next_at, limit_key, concurrency_limit, "
+    "rate_count, rate_per) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)"
+)
+
+#: The timeline entry of the delivery that ends: its end ``?{now}``, label ``?{st}``, error ``?{err}``.
+_END_ATTEMPT = (
+    "attempts = CASE WHEN json_extract(attempts, '$[#-1].status') = 'running' THEN json_set(attempts, "
+    "'$[#-1].finished_at', ?{now}, '$[#-1].status', ?{st}, '$[#-1].error', json(?{err})) ELSE attempts END"
+)
+#: A new timeline entry for a delivery to worker ``?2`` starting at ``?1`` (the last 50 kept).
+_NEW_ATTEMPT = (
+    "attempts = (SELECT CASE WHEN json_array_length(a) > 50 THEN json_remove(a, '$[0]') ELSE a END FROM "
+    "(SELECT json_insert(coalesce(attempts, '[]'), '$[#]', json_object('attempt', attempt, 'worker_id', ?2, "
+    "'started_at', ?1, 'finished_at', NULL, 'status', 'running', 'error', NULL)) AS a))"
+)
+#: The SET clause of a claim at ``?1`` by worker ``?2``.
+_LEASE_SET = (
+    f"status = 'running', lease_token = {{token}}, worker_id = ?2, ready_at = NULL, "
+    f"lease_expires_at = {_LEASE_END.format(now=1)}, started_at = ?1, updated_at = ?1, "
+    f"deliveries = deliveries + 1, revision = revision + 1, {_NEW_ATTEMPT}"
 )
 _INSERT_DEP = "INSERT OR IGNORE INTO job_deps (child, parent) VALUES (?, ?)"
 
@@ -122,12 +141,12 @@ _FINISH = (
     "ready_at = CASE ?1 WHEN 'retrying' THEN ?5 WHEN 'queued' THEN ?7 ELSE ready_at END, "
     "deliveries = max(deliveries - ?6, 0), "
     "finished_at = NULL, updated_at = ?7, revision = revision + 1, "
-    "worker_id = NULL, lease_token = NULL, lease_expires_at = NULL "
-    "WHERE id = ?8"
+    "worker_id = NULL, lease_token = NULL, lease_expires_at = NULL, "
+    + _END_ATTEMPT.format(now=7, st=9, err=10) + " WHERE id = ?8"
 )
 _FINISH_TERMINAL = (
     "UPDATE jobs SET status = ?1, result = ?2, error = ?3, attempt = coalesce(?4, attempt), "
-    + _TERMINAL_SET.format(now=7) + " WHERE id = ?8"
+    + _TERMINAL_SET.format(now=7) + ", " + _END_ATTEMPT.format(now=7, st=9, err=10) + " WHERE id = ?8"
 )
 
 #: Waiting children of ``?2`` whose parents all succeeded become ready.
@@ -224,12 +243,81 @@ def _claim_sql(n_queues: int) -> str:
         for i in range(n_queues)
     )
     return (
-        f"UPDATE jobs SET status = 'running', lease_token = {_NEW_TOKEN}, worker_id = ?2, ready_at = NULL, "
-        f"lease_expires_at = {_LEASE_END.format(now=1)}, started_at = ?1, updated_at = ?1, "
-        "deliveries = deliveries + 1, revision = revision + 1 "
+        f"UPDATE jobs SET {_LEASE_SET.format(token=_NEW_TOKEN)} "
         f"WHERE id IN (SELECT id FROM ({per_queue}) ORDER BY priority DESC, ready_at, id LIMIT ?3) "
         f"RETURNING {_COLS}, ready_at"
     )
+
+
+#: Is any limited job ready in the queues of the JSON list ``?1``? (``jobs_limit_ready``)
+_LIMITED_READY = ("SELECT 1 FROM jobs WHERE queue IN (SELECT value FROM json_each(?1)) "
+                  "AND limit_key IS NOT NULL AND ready_at IS NOT NULL LIMIT 1")
+#: Lease the ready jobs among the JSON list of ids ``?3``.
+_CLAIM_IDS = (f"UPDATE jobs SET {_LEASE_SET.format(token=_NEW_TOKEN)} "
+              f"WHERE id IN {_IDS.format(n=3)} AND ready_at IS NOT NULL RETURNING {_COLS}, ready_at")
+_RUNNING_OF_KEY = "SELECT count(*) FROM jobs WHERE limit_key = ?1 AND lease_expires_at IS NOT NULL"
+_STARTS_OF_KEY = "SELECT count(*), min(at) FROM limit_starts WHERE key = ?1 AND at > ?2"
+
+
+def _candidates_sql(n_queues: int) -> str:
+    """Up to ``?2`` claimable jobs of queues ``?5``, ... in claim order, with their limits.
+
+    Jobs of the keys in the JSON list ``?3`` (full) and the ids in ``?4`` (picked) are left out.
+    """
+    per_queue = " UNION ALL ".join(
+        f"SELECT * FROM (SELECT id, priority, ready_at, limit_key, concurrency_limit, rate_count, rate_per "
+        f"FROM jobs WHERE queue = ?{5 + i} AND ready_at IS NOT NULL AND (status = 'queued' OR ready_at <= ?1) "
+        f"AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?{5 + i} AND paused) "
+        f"AND (limit_key IS NULL OR limit_key NOT IN {_IDS.format(n=3)}) AND id NOT IN {_IDS.format(n=4)} "
+        "ORDER BY priority DESC, ready_at, id LIMIT ?2)"
+        for i in range(n_queues)
+    )
+    return (f"SELECT id, limit_key, concurrency_limit, rate_count, rate_per FROM ({per_queue}) "
+            "ORDER BY priority DESC, ready_at, id LIMIT ?2")
+
+
+#: Rounds of candidates one limited claim looks at (each skips the keys found full).
+_LIMIT_ROUNDS = 8
+
+
+class _Gate:
+    """Admits limited jobs while their key has a free slot and room in its rate window."""
+
+    def __init__(self, c: sqlite3.Connection, now: float) -> None:
+        self.c = c
+        self.now = now
+        self.full: set[str] = set()
+        self.running: dict[str, int] = {}
+        self.window: dict[tuple[str, float], list[float]] = {}  #: (key, per) -> [starts, oldest]
+        self.starts: list[tuple[str, float, float]] = []  #: rows for limit_starts
+        self.retry_at: float | None = None
+
+    def admit(self, key: str | None, concurrency: int | None, rate: tuple[int, float] | None) -> bool:
+        if key is None:
+            return True
+        if key in self.full:
+            return False
+        running = self.running.get(key)
+        if running is None:
+            running = self.running[key] = self.c.execute(_RUNNING_OF_KEY, (key,)).fetchone()[0]
+        if concurrency is not None and running >= concurrency:
+            self.full.add(key)
+            return False
+        if rate is not None:
+            count, per = rate
+            w = self.window.get((key, per))
+            if w is None:
+                n, oldest = self.c.execute(_STARTS_OF_KEY, (key, self.now - per)).fetchone()
+                w = self.window[(key, per)] = [n, oldest if oldest is not None else self.now]
+            if w[0] >= count:
+                self.full.add(key)
+                at = w[1] + per
+                self.retry_at = at if self.retry_at is None else min(self.retry_at, at)
+                return False
+            w[0] += 1
+            self.starts.append((key, self.now, self.now + per))
+        self.running[key] = running + 1
+        return True
 
 
 def _job(r: Sequence[Any]) -> Job:
@@ -240,7 +328,9 @@ def _job(r: Sequence[Any]) -> Job:
         max_retries=r[11], timeout=r[12], depends_on=_loads(r[13]), idempotency_key=r[14],
         metadata=_loads(r[15]), webhook=r[16], created_at=r[17], scheduled_at=r[18], started_at=r[19],
         finished_at=r[20], updated_at=r[21], deliveries=r[22], cancel_requested=bool(r[23]),
-        revision=r[24], worker_id=r[25], lease_token=r[26], lease_expires_at=r[27],
+        revision=r[24], worker_id=r[25], lease_token=r[26], lease_expires_at=r[27], limit_key=r[28],
+        concurrency_limit=r[29], rate_limit=(r[30], r[31]) if r[30] is not None else None,
+        attempts=_loads(r[32]) or (),
     )
 
 
@@ -290,6 +380,8 @@ class SQLiteBackend(Backend):
         self.url = url
         self.path = path_from_url(url)
         self._conn: sqlite3.Connection | None = None
+        #: When a rate-limited job that the last claim left queued may start (wakes ``wait_for_work``).
+        self._retry_at: float | None = None
 
     def __repr__(self) -> str:
         return f"SQLiteBackend({self.url!r})"
@@ -407,9 +499,36 @@ class SQLiteBackend(Backend):
         if not names or limit <= 0:
             return []
         with self._write() as c:
-            rows = c.execute(_claim_sql(len(names)), (now, worker_id, limit, *names)).fetchall()
+            if c.execute(_LIMITED_READY, (_dumps(names),)).fetchone() is None:
+                rows = c.execute(_claim_sql(len(names)), (now, worker_id, limit, *names)).fetchall()
+            else:
+                rows = self._claim_limited(c, names, limit, worker_id, now)
         rows.sort(key=lambda r: (-r[6], r[_NCOLS], r[0]))
         return [Lease(job, job.lease_token or "") for job in map(_job, rows)]
+
+    def _claim_limited(self, c: sqlite3.Connection, names: Sequence[str], limit: int, worker_id: str,
+                       now: float) -> list[Any]:
+        """Claim past the jobs whose key is at its limit (they stay queued); in the caller's transaction."""
+        gate = _Gate(c, now)
+        picked: list[str] = []
+        for _ in range(_LIMIT_ROUNDS):
+            want = limit - len(picked)
+            fetch = want * 4 + 16
+            rows = c.execute(_candidates_sql(len(names)),
+                             (now, fetch, _dumps(sorted(gate.full)), _dumps(picked), *names)).fetchall()
+            for job_id, key, concurrency, rate_count, rate_per in rows:
+                if gate.admit(key, concurrency, (rate_count, rate_per) if rate_count is not None else None):
+                    picked.append(job_id)
+                    if len(picked) >= limit:
+                        break
+            if len(picked) >= limit or len(rows) < fetch:
+                break
+        self._retry_at = gate.retry_at
+        if not picked:
+            return []
+        if gate.starts:
+            c.executemany("INSERT INTO limit_starts (key, at, until) VALUES (?, ?, ?)", gate.starts)
+        return c.execute(_CLAIM_IDS, (now, worker_id, _dumps(picked))).fetchall()
 
     async def heartbeat(self, worker: WorkerInfo, leases: Mapping[str, str], now: float) -> HeartbeatReply:
         """Record ``worker`` as alive and extend the leases it still holds."""
@@ -456,13 +575,15 @@ class SQLiteBackend(Backend):
         terminal, other = [], []
         for o in done:
             error = _dumps(o.error) if o.error is not None else None
+            label = attempt_status(o.status)
+            brief = _dumps(brief_error(o.error)) if o.error is not None else None
             if o.status in TERMINAL:
                 result = _dumps(o.result) if o.status is Status.SUCCEEDED else None
-                terminal.append((o.status.value, result, error, o.attempt, None, 0, now, o.job_id))
+                terminal.append((o.status.value, result, error, o.attempt, None, 0, now, o.job_id, label, brief))
             else:
                 retry_at = (o.scheduled_at if o.scheduled_at is not None else now)
                 other.append((o.status.value, None, error, o.attempt, retry_at, int(o.uncount_delivery),
-                              now, o.job_id))
+                              now, o.job_id, label, brief))
         if terminal:
             c.executemany(_FINISH_TERMINAL, terminal)
         if other:
@@ -489,6 +610,8 @@ class SQLiteBackend(Backend):
         with self._read() as c:
             version = c.execute("PRAGMA data_version").fetchone()[0]
             due = self._next_due(c, queues, time.time())
+        if self._retry_at is not None:  # a rate limit's window lets the next job start then
+            due = self._retry_at if due is None else min(due, self._retry_at)
         if due is not None:
             deadline = min(deadline, start + max(due - time.time(), 0.0))
         while True:
@@ -642,6 +765,8 @@ class SQLiteBackend(Backend):
         with self._write() as c:
             dropped = c.execute("DELETE FROM workers WHERE last_heartbeat < ?",
                                 (now - self.WORKER_TTL,)).rowcount
+            c.execute("DELETE FROM limit_starts WHERE rowid IN (SELECT rowid FROM limit_starts WHERE until < ?1 "
+                      "LIMIT ?2)", (now, limit))
         return SweepReport(requeued=requeued, dead=dead, expired=expired, deleted=deleted,
                            workers_dropped=dropped)
 
@@ -655,13 +780,16 @@ class SQLiteBackend(Backend):
             dead = [(_dumps({"type": "DeliveryLimitExceeded",
                             "message": f"delivered {r[1]} times without finishing (max_deliveries {r[2]})"}),
                      now, r[0]) for r in rows if r[1] >= r[2]]
+            lost = _dumps(LEASE_LOST)
             if back:
                 c.execute("UPDATE jobs SET status = 'queued', ready_at = ?1, updated_at = ?1, revision = revision + 1, "
-                          "worker_id = NULL, lease_token = NULL, lease_expires_at = NULL "
-                          f"WHERE id IN {_IDS.format(n=2)}", (now, _dumps(back)))
+                          "worker_id = NULL, lease_token = NULL, lease_expires_at = NULL, "
+                          f"{_END_ATTEMPT.format(now=1, st=3, err=4)} "
+                          f"WHERE id IN {_IDS.format(n=2)}", (now, _dumps(back), "lost", lost))
             if dead:
-                c.executemany(f"UPDATE jobs SET status = 'failed', error = ?1, {_TERMINAL_SET.format(now=2)} "
-                              "WHERE id = ?3", dead)
+                c.executemany(f"UPDATE jobs SET status = 'failed', error = ?1, {_TERMINAL_SET.format(now=2)}, "
+                              f"{_END_ATTEMPT.format(now=2, st=4, err=5)} WHERE id = ?3",
+                              [(*d, "lost", lost) for d in dead])
                 _cascade(c, [d[2] for d in dead], now)
         return len(back), len(dead)
 
@@ -845,7 +973,8 @@ class _EnqueuePlan:
             priority=job.priority, progress=job.progress, error=error, attempt=job.attempt,
             max_retries=job.max_retries, timeout=job.timeout, depends_on=parents,
             idempotency_key=key, metadata=job.metadata, webhook=job.webhook, created_at=created_at,
-            scheduled_at=job.scheduled_at, finished_at=finished_at, updated_at=now,
+            scheduled_at=job.scheduled_at, finished_at=finished_at, updated_at=now, limit_key=job.limit_key,
+            concurrency_limit=job.concurrency_limit, rate_limit=job.rate_limit,
         )
         self.rows.append((
             new.id, new.task, new.queue, status.value, _dumps(list(new.args)), _json_or_empty(new.kwargs, "{}"),
@@ -853,7 +982,8 @@ class _EnqueuePlan:
             _dumps(error) if error is not None else None, new.attempt, new.max_retries, new.timeout,
             _json_or_empty(parents, "[]"), key, _json_or_empty(new.metadata, "{}"), new.webhook, created_at,
             new.scheduled_at, finished_at, now, ready_at, "pending" if pending_hook else None,
-            now if pending_hook else None,
+            now if pending_hook else None, new.limit_key, new.concurrency_limit,
+            new.rate_limit[0] if new.rate_limit else None, new.rate_limit[1] if new.rate_limit else None,
         ))
         self.deps.extend((new.id, p) for p in parents)
         self.status[new.id] = status

@@ -97,3 +97,24 @@ CREATE TABLE workers (
     last_heartbeat REAL NOT NULL
 );
 CREATE INDEX workers_heartbeat ON workers (last_heartbeat);
+
+-- migration: 2
+-- Global limits and the job timeline. A limited job carries its resolved key and limits (at
+-- most concurrency_limit running, at most rate_count starts per rate_per seconds); the running
+-- jobs of a key are counted through jobs_limit_running (so every way a job stops running frees
+-- its slot), its recent starts in limit_starts (a sliding log, pruned by the sweep once `until`
+-- has passed). attempts is the timeline: a JSON array of the last 50 deliveries.
+ALTER TABLE jobs ADD COLUMN limit_key TEXT;
+ALTER TABLE jobs ADD COLUMN concurrency_limit INTEGER;
+ALTER TABLE jobs ADD COLUMN rate_count INTEGER;
+ALTER TABLE jobs ADD COLUMN rate_per REAL;
+ALTER TABLE jobs ADD COLUMN attempts TEXT;
+CREATE INDEX jobs_limit_running ON jobs (limit_key) WHERE limit_key IS NOT NULL AND lease_expires_at IS NOT NULL;
+CREATE INDEX jobs_limit_ready ON jobs (queue) WHERE limit_key IS NOT NULL AND ready_at IS NOT NULL;
+CREATE TABLE limit_starts (
+    key   TEXT NOT NULL,
+    at    REAL NOT NULL,
+    until REAL NOT NULL
+);
+CREATE INDEX limit_starts_key ON limit_starts (key, at);
+CREATE INDEX limit_starts_until ON limit_starts (until);
