@@ -16,7 +16,7 @@ from conveyor.serialization import from_rfc3339, to_rfc3339
 
 
 def test_transitions__terminal_statuses_only_go_back_to_queued():
-    assert TERMINAL == {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.EXPIRED}
+    assert {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.EXPIRED} == TERMINAL
     assert TRANSITIONS[Status.SUCCEEDED] == frozenset()
     for status in (Status.FAILED, Status.CANCELLED, Status.EXPIRED):
         assert TRANSITIONS[status] == {Status.QUEUED}

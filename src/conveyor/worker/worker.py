@@ -95,6 +95,7 @@ class Worker:
         self._flush_needed = asyncio.Event()
         self._loop_tick = time.monotonic()
         self._backend: Backend | None = None
+        self._claim_task: asyncio.Task[None] | None = None
         self._pool: Pool | None = None
         self._max_deliveries: dict[str, int] = {}
 
@@ -141,7 +142,9 @@ class Worker:
             if self.scheduler:
                 helpers.append(asyncio.create_task(run_scheduler(self.app, self._stop)))
             try:
-                await self._claim_loop()
+                self._claim_task = asyncio.create_task(self._claim_loop())
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._claim_task
                 await self._drain()
             finally:
                 for t in helpers:
@@ -311,12 +314,15 @@ class Worker:
                     self.stall_timeout,
                 )
                 self.exit_code = EXIT_STALLED
+                self.grace = 0  # its leases are suspect: hand everything back now
                 self.stop()
+                if self._claim_task is not None:
+                    self._claim_task.cancel()  # it may be stuck inside a call that never returns
                 return
             leases = {job_id: r.lease.token for job_id, r in self.running.items()}
             try:
-                reply = await backend.heartbeat(self.info(), leases, time.time())
-            except BackendUnavailable as exc:
+                reply = await asyncio.wait_for(backend.heartbeat(self.info(), leases, time.time()), 10.0)
+            except (BackendUnavailable, TimeoutError) as exc:
                 log.warning("worker %s: heartbeat failed (%s)", self.id, exc)
                 continue
             for job_id in reply.lost:
