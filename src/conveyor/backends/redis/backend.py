@@ -30,6 +30,8 @@ app-wide keys share ``{P}``:
                             hash
 ``{P}:workers``/``wseen``   hash /  worker id → JSON / worker id by last heartbeat
                             zset
+``{P}:lr:<key>``            set     running job ids of limit key ``<key>`` (concurrency limit)
+``{P}:ls:<key>``            zset    starts of limit key ``<key>`` within its rate window (ms)
 ==========================  ======  ==========================================================
 
 Every state change is one Lua script (``lua/*.lua``, with ``lua/_common.lua`` prepended), loaded
@@ -112,7 +114,10 @@ def job_from_hash(h: Mapping[str, str]) -> Job:
         updated_at=float(g("updated_at") or 0.0), deliveries=int(g("deliveries") or 0),
         cancel_requested=g("cancel_requested") == "1", revision=int(g("revision") or 1),
         worker_id=g("worker_id"), lease_token=g("lease_token"),
-        lease_expires_at=_opt_float(g("lease_expires_at")),
+        lease_expires_at=_opt_float(g("lease_expires_at")), limit_key=g("limit_key"),
+        concurrency_limit=int(g("concurrency_limit") or 0) or None,
+        rate_limit=(int(h["rate_count"]), float(h["rate_per"])) if "rate_count" in h else None,
+        attempts=_json(g("attempts"), list),
     )
 
 
@@ -153,10 +158,14 @@ def _record_fields(job: Job, created: float) -> list[str]:
         value = getattr(job, name)
         if value is not None:
             out += [name, _f(value)]
-    for name in ("idempotency_key", "webhook", "worker_id", "lease_token"):
+    for name in ("idempotency_key", "webhook", "worker_id", "lease_token", "limit_key"):
         value = getattr(job, name)
         if value is not None:
             out += [name, value]
+    if job.concurrency_limit is not None:
+        out += ["concurrency_limit", str(int(job.concurrency_limit))]
+    if job.rate_limit is not None:
+        out += ["rate_count", str(int(job.rate_limit[0])), "rate_per", _f(job.rate_limit[1])]
     return out
 
 
@@ -231,6 +240,8 @@ class RedisBackend(Backend):
         self._enqueue_busy = False
         self._enqueue_waiting: list[_Submission] = []
         self._enqueue_task: asyncio.Task[None] | None = None
+        #: When a rate-limited job that the last claim left queued may start (wakes ``wait_for_work``).
+        self._retry_at: float | None = None
 
     # -- plumbing -----------------------------------------------------------------------
     def _client(self, blocking: bool) -> aioredis.Redis:
@@ -420,7 +431,8 @@ class RedisBackend(Backend):
     async def claim(self, queues: Sequence[str], limit: int, worker_id: str, now: float) -> list[Lease]:
         if limit <= 0 or not queues:
             return []
-        reply = await self._run("claim", _f(now), str(limit), worker_id, secrets.token_hex(8), *queues)
+        reply, retry_at = await self._run("claim", _f(now), str(limit), worker_id, secrets.token_hex(8), *queues)
+        self._retry_at = float(retry_at) if retry_at else None
         leases = []
         for h in json.loads(reply):
             job = job_from_hash(h)
@@ -469,6 +481,8 @@ class RedisBackend(Backend):
             for paused, head in zip(replies[::2], replies[1::2], strict=True):
                 if paused != "1" and head:
                     timeout = min(timeout, max(0.0, (head[0][1] - now_ms) / 1000))
+            if self._retry_at is not None:  # a rate-limited job left queued may start then
+                timeout = min(timeout, max(0.0, self._retry_at - now_ms / 1000))
             if timeout <= 0.0005:
                 return
             block = self._block

@@ -20,6 +20,12 @@ full layout). Keys of one queue Q share the hash tag {P:Q}; app-wide keys share 
   {P}:idem          hash   idempotency key -> job id
   {P}:wh            zset   webhook outbox, score = next attempt ms;  {P}:wha hash id -> attempts
   {P}:workers       hash   worker id -> JSON;  {P}:wseen zset worker id by last heartbeat
+  {P}:lr:<key>      set    ids of the running jobs of limit key <key> (added by claim, removed by
+                           limit_release whenever a job leaves 'running': finish, sweep, hand-back)
+  {P}:ls:<key>      zset   starts of limit key <key> in its rate window (a sliding log: score = start
+                           ms, member = '<id>:<ms>'; pruned by claim, expires once the window passed)
+Job records also hold limit_key, concurrency_limit, rate_count, rate_per (the job's limits) and
+attempts (the timeline: a JSON array of the last 50 deliveries, see start_attempt/end_attempt).
 Times are epoch seconds in ARGV and in records (formatted %.17g), milliseconds in scores.
 The Python side prepends DEF_* constants (QueueSettings defaults) before this file.
 ]]
@@ -57,6 +63,52 @@ end
 
 local WAKE = {}
 local function wake(q, n) WAKE[q] = (WAKE[q] or 0) + n end
+
+-- a job leaves 'running': its limit key's slot is free again (and a waiting worker may use it)
+local function limit_release(q, id, key)
+  local lk = redis.call('HGET', key, 'limit_key')
+  if lk and redis.call('SREM', gk('lr:' .. lk), id) == 1 then wake(q, 1) end
+end
+
+-- the timeline: a JSON array of deliveries. Encoded by hand so that times keep full precision
+-- (cjson would round them to 14 digits).
+local function nn(v) if v == nil or v == cjson.null then return nil end return v end
+local function attempts_json(list)
+  local parts = {}
+  for i, e in ipairs(list) do
+    local fin, err, at = nn(e.finished_at), nn(e.error), nn(e.attempt)
+    parts[i] = '{"attempt":' .. (at and string.format('%d', at) or 'null') ..
+      ',"worker_id":' .. cjson.encode(e.worker_id) .. ',"started_at":' .. fmt(e.started_at) ..
+      ',"finished_at":' .. (fin and fmt(fin) or 'null') .. ',"status":' .. cjson.encode(e.status) ..
+      ',"error":' .. (err and cjson.encode(err) or 'null') .. '}'
+  end
+  return '[' .. table.concat(parts, ',') .. ']'
+end
+
+local function start_attempt(key, attempt, worker, now)
+  local raw = redis.call('HGET', key, 'attempts')
+  local list = {}
+  if raw and raw ~= '[]' then list = cjson.decode(raw) end
+  list[#list + 1] = { attempt = tonumber(attempt) or 1, worker_id = worker, started_at = now, status = 'running' }
+  while #list > 50 do table.remove(list, 1) end
+  redis.call('HSET', key, 'attempts', attempts_json(list))
+end
+
+-- close the running entry: label (succeeded, retrying, lost, ...), err a JSON error or nil
+local function end_attempt(key, now, label, err)
+  local raw = redis.call('HGET', key, 'attempts')
+  if not raw or raw == '[]' then return end
+  local list = cjson.decode(raw)
+  local last = list[#list]
+  if last.status ~= 'running' then return end
+  last.finished_at = now
+  last.status = label
+  if err and err ~= '' then
+    local e = cjson.decode(err)
+    last.error = { type = nn(e.type), message = nn(e.message) }
+  end
+  redis.call('HSET', key, 'attempts', attempts_json(list))
+end
 local function flush_wake()
   for q, n in pairs(WAKE) do
     if n > 64 then n = 64 end
@@ -76,6 +128,7 @@ end
 
 -- status -> queued. ord: ready order in ms (nil = keep the stored one, else now).
 local function make_ready(q, id, key, old, now, ord)
+  if old == 'running' then limit_release(q, id, key) end
   if not ord then ord = tonumber(redis.call('HGET', key, '_ord')) or ms(now) end
   redis.call('HSET', key, 'status', 'queued', '_ra', fmt(now), '_ord', ims(ord), 'updated_at', fmt(now))
   redis.call('HDEL', key, 'lease_token', 'lease_expires_at')
@@ -89,6 +142,7 @@ end
 
 -- status -> scheduled/retrying at time at
 local function make_scheduled(q, id, key, old, new, at, now)
+  if old == 'running' then limit_release(q, id, key) end
   redis.call('HSET', key, 'status', new, 'scheduled_at', fmt(at), 'updated_at', fmt(now))
   redis.call('HDEL', key, 'lease_token', 'lease_expires_at')
   redis.call('HINCRBY', key, 'revision', 1)
@@ -104,6 +158,7 @@ local PROP = {}
 local FROM = { queued = 'ready', scheduled = 'sched', retrying = 'sched', running = 'lease' }
 
 local function make_terminal(q, id, key, old, new, now, err)
+  if old == 'running' then limit_release(q, id, key) end
   local v = redis.call('HMGET', key, 'revision', 'webhook', '_hc', 'lease_token')
   local rev = (tonumber(v[1]) or 0) + 1
   if err then

@@ -5,8 +5,14 @@ ARGV: [1] prefix P, [2] now, [3] limit, [4] worker id, [5] token base (random), 
 Touches per queue Q: {P:Q}:cfg (read), {P:Q}:sched -> {P:Q}:ready (due jobs promoted first),
   {P:Q}:ready -> {P:Q}:lease, {P:Q}:j:<id>, {P:Q}:s:*, {P}:s:*; ready jobs past the retention are
   expired instead ({P:Q}:done, {P}:wh, dependents cancelled).
-Returns: a JSON list of the leased job records (status running, new lease_token,
-  lease_expires_at = now + visibility_timeout, deliveries + 1, started_at = now, worker_id).
+Global limits: a job with a limit_key is leased only while {P}:lr:<key> (running ids) has fewer
+  than concurrency_limit members and {P}:ls:<key> (starts within the last rate_per seconds) fewer
+  than rate_count; otherwise it stays in {P:Q}:ready and the scan goes on past it (at most
+  SCAN_BUDGET entries per call), so the jobs behind it are still leased. A lease adds the job to
+  {P}:lr:<key> and its start to {P}:ls:<key>, and opens a timeline entry (attempts).
+Returns: {JSON list of the leased job records (status running, new lease_token,
+  lease_expires_at = now + visibility_timeout, deliveries + 1, started_at = now, worker_id),
+  when a rate-limited job left queued may start ('' = none)}.
 ]]
 local now = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
@@ -24,12 +30,39 @@ WAKE = {}
 
 local out = {}
 local serial = 0
+local SCAN_BUDGET = 1000
+local budget = SCAN_BUDGET
+local skipped = {}  -- queue -> ready entries left in place ahead of the scan (limited, blocked)
+local full = {}     -- limit key -> true once it can take no more jobs in this call
+local retry_at = nil
+
+local function admit(lk, conc, rc, rp)
+  if full[lk] then return false end
+  if conc and redis.call('SCARD', gk('lr:' .. lk)) >= conc then
+    full[lk] = true
+    return false
+  end
+  if rc then
+    local sk = gk('ls:' .. lk)
+    redis.call('ZREMRANGEBYSCORE', sk, '-inf', ims(ms(now - rp)))
+    if redis.call('ZCARD', sk) >= rc then
+      full[lk] = true
+      local oldest = redis.call('ZRANGE', sk, 0, 0, 'WITHSCORES')
+      local at = tonumber(oldest[2]) / 1000 + rp
+      if not retry_at or at < retry_at then retry_at = at end
+      return false
+    end
+  end
+  return true
+end
+
 for _ = 1, 20 do
   local want = limit - #out
-  if want <= 0 or #queues == 0 then break end
+  if want <= 0 or #queues == 0 or budget <= 0 then break end
   local cands = {}
   for _, q in ipairs(queues) do
-    local r = redis.call('ZRANGE', qk(q, 'ready'), 0, want - 1, 'WITHSCORES')
+    local off = skipped[q] or 0
+    local r = redis.call('ZRANGE', qk(q, 'ready'), off, off + want - 1, 'WITHSCORES')
     for i = 1, #r, 2 do cands[#cands + 1] = { tonumber(r[i + 1]), r[i], q } end
   end
   if #cands == 0 then break end
@@ -39,19 +72,27 @@ for _ = 1, 20 do
       return a[2] < b[2]
     end)
   end
-  local expired = 0
+  local again = false
   for i = 1, math.min(want, #cands) do
     local id, q = cands[i][2], cands[i][3]
     local key = jkey(q, id)
     local c = cfg(q)
-    redis.call('ZREM', qk(q, 'ready'), id)
-    local v = redis.call('HMGET', key, 'status', '_ra', 'deliveries', 'revision')
+    budget = budget - 1
+    local v = redis.call('HMGET', key, 'status', '_ra', 'deliveries', 'revision', 'limit_key',
+      'concurrency_limit', 'rate_count', 'rate_per', 'attempt')
+    local lk = v[5]
     if v[1] ~= 'queued' then
-      -- stale index entry; drop it
+      redis.call('ZREM', qk(q, 'ready'), id)  -- stale index entry; drop it
+      again = true
     elseif (tonumber(v[2]) or now) + c.retention < now then
+      redis.call('ZREM', qk(q, 'ready'), id)
       make_terminal(q, id, key, 'queued', 'expired', now, nil)
-      expired = expired + 1
+      again = true
+    elseif lk and not admit(lk, tonumber(v[6]), tonumber(v[7]), tonumber(v[8])) then
+      skipped[q] = (skipped[q] or 0) + 1  -- stays queued, in place; look past it
+      again = true
     else
+      redis.call('ZREM', qk(q, 'ready'), id)
       serial = serial + 1
       local token = base .. '.' .. serial
       local exp = now + c.vt
@@ -60,11 +101,21 @@ for _ = 1, 20 do
         'deliveries', (tonumber(v[3]) or 0) + 1, 'revision', (tonumber(v[4]) or 0) + 1)
       redis.call('ZADD', qk(q, 'lease'), ims(ms(exp)), id)
       set_status(q, id, 'queued', 'running')
+      if lk then
+        redis.call('SADD', gk('lr:' .. lk), id)
+        local rp = tonumber(v[8])
+        if v[7] and rp then
+          local sk = gk('ls:' .. lk)
+          redis.call('ZADD', sk, ims(ms(now)), id .. ':' .. ims(ms(now)))
+          redis.call('PEXPIRE', sk, ims(rp * 1000 + 1000))
+        end
+      end
+      start_attempt(key, v[9], worker, now)
       out[#out + 1] = hobj(key)
     end
   end
-  if expired == 0 then break end
+  if not again then break end
 end
 propagate(now)
 flush_wake()
-return jlist(out)
+return { jlist(out), retry_at and fmt(retry_at) or '' }

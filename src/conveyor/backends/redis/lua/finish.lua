@@ -20,6 +20,7 @@ for _, a in ipairs(cjson.decode(ARGV[3])) do
     local v = redis.call('HMGET', key, 'status', 'lease_token')
     if v[1] == 'running' and v[2] == token then
       ok = 1
+      end_attempt(key, now, st == 'queued' and 'handed_back' or st, err)
       if attempt ~= '' then redis.call('HSET', key, 'attempt', attempt) end
       if result ~= '' then redis.call('HSET', key, 'result', result) end
       if err ~= '' then redis.call('HSET', key, 'error', err) end

@@ -7,6 +7,7 @@ Touches: {P}:queues (read); per queue {P:Q}:lease (expired leases -> queued, or 
   than the retention -> expired), {P:Q}:done (records finished before now - result_ttl are
   deleted with every index entry), {P:Q}:j:<id>|s:*|i|c:*|wake; {P}:s:*|i|t:*|jq|idem|wh|wha;
   {P}:wseen and {P}:workers (workers silent for longer than the TTL are dropped).
+  Each lost lease closes its timeline entry as 'lost' and frees its limit key's slot.
 Returns: {requeued, dead, expired, deleted, workers_dropped}.
 ]]
 local now = tonumber(ARGV[2])
@@ -14,6 +15,7 @@ local limit = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
 local now_ms = ms(now)
 local requeued, dead, expired, deleted, dropped = 0, 0, 0, 0, 0
+local LEASE_LOST = cjson.encode({ type = 'LeaseExpired', message = 'the worker stopped renewing its lease' })
 local queues = redis.call('SMEMBERS', gk('queues'))
 
 for _, q in ipairs(queues) do
@@ -28,6 +30,7 @@ for _, q in ipairs(queues) do
       if v[1] ~= 'running' then
         redis.call('ZREM', qk(q, 'lease'), id)
       elseif (tonumber(v[3]) or 0) < now then
+        end_attempt(key, now, 'lost', LEASE_LOST)
         local d = tonumber(v[2]) or 0
         if d >= c.md then
           make_terminal(q, id, key, 'running', 'failed', now, cjson.encode({ type = 'DeliveryLimitExceeded',
