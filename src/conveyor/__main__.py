@@ -1,0 +1,8 @@
+"""``python -m conveyor``: the command line."""
+
+import sys
+
+from conveyor.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

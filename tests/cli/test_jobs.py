@@ -1,0 +1,192 @@
+"""``status``, ``watch``, ``jobs``, ``cancel``, ``retry``."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.cli.conftest import Cli, one_error_line
+
+MISSING = "01a2222c-0000-7000-8000-000000000000"
+
+
+@pytest.mark.parametrize("job_id", [MISSING, "not-a-uuid"])
+def test_status__unknown_id__exit_1_one_line(cli: Cli, job_id: str) -> None:
+    result = cli("status", job_id)
+    assert result.code == 1
+    assert f"no job with id '{job_id}'" in one_error_line(result.err)
+
+
+def test_status__unknown_id_as_a_real_process__exit_1(cli: Cli) -> None:
+    result = cli.run("status", MISSING, "--json")
+    assert result.code == 1
+    assert result.out == ""
+    one_error_line(result.err)
+
+
+def test_status__panel__shows_result(cli: Cli) -> None:
+    job_id = cli.submit("add", "2", "2")
+    cli.burst()
+    out = cli("status", job_id).out
+    assert job_id in out
+    assert "succeeded" in out
+    assert "result" in out and "4" in out
+
+
+def test_status__failed_job__panel_shows_error(cli: Cli) -> None:
+    job_id = cli.submit("boom")
+    cli.burst()
+    out = cli("status", job_id).out
+    assert "failed" in out
+    assert "ValueError: boom" in out
+
+
+def test_status__json__is_the_job_resource(cli: Cli) -> None:
+    job_id = cli.submit("steps", "--kwargs", '{"n": 2, "pause": 0}')
+    cli.burst()
+    job = cli.job(job_id)
+    for field in ("id", "task", "queue", "status", "args", "kwargs", "priority", "progress", "result", "error",
+                  "attempt", "max_retries", "depends_on", "idempotency_key", "metadata", "created_at",
+                  "scheduled_at", "started_at", "finished_at", "updated_at"):
+        assert field in job
+    assert job["result"] == "done"
+    assert job["created_at"].endswith("Z")
+
+
+def test_jobs__json__items_and_next_cursor(cli: Cli) -> None:
+    ids = [cli.submit("add", str(i), "0") for i in range(3)]
+    page = cli("jobs", "--json").json()
+    assert set(page) == {"items", "next_cursor"}
+    assert [j["id"] for j in page["items"]] == ids[::-1]  # newest first
+    assert page["next_cursor"] is None
+
+
+def test_jobs__limit_and_cursor__page_through_everything(cli: Cli) -> None:
+    ids = {cli.submit("add", str(i), "0") for i in range(5)}
+    seen: list[str] = []
+    cursor: list[str] = []
+    for _ in range(5):
+        page = cli("jobs", "--json", "--limit", "2", *cursor).json()
+        seen += [j["id"] for j in page["items"]]
+        if page["next_cursor"] is None:
+            break
+        cursor = ["--cursor", page["next_cursor"]]
+    assert sorted(seen) == sorted(ids)
+
+
+def test_jobs__filters__status_task_queue(cli: Cli) -> None:
+    ok = cli.submit("add", "1", "1")
+    bad = cli.submit("boom")
+    cli.burst()
+    media = cli.submit("steps")
+    assert [j["id"] for j in cli("jobs", "--json", "--status", "failed").json()["items"]] == [bad]
+    assert [j["id"] for j in cli("jobs", "--json", "--task", "add").json()["items"]] == [ok]
+    assert [j["id"] for j in cli("jobs", "--json", "--queue", "media").json()["items"]] == [media]
+
+
+def test_jobs__table__lists_each_job(cli: Cli) -> None:
+    job_id = cli.submit("add", "1", "1")
+    out = cli("jobs").out
+    assert job_id in out and "queued" in out and "add" in out
+
+
+def test_jobs__empty__says_so(cli: Cli) -> None:
+    assert cli("jobs").out.strip() == "no jobs"
+
+
+def test_jobs__bad_status__exit_2(cli: Cli) -> None:
+    result = cli("jobs", "--status", "done")
+    assert result.code == 2
+    assert "invalid choice" in one_error_line(result.err)
+
+
+def test_watch__succeeds__exit_0_with_result(cli: Cli) -> None:
+    cli.background_worker("--no-scheduler")
+    job_id = cli.submit("steps", "--kwargs", '{"n": 4, "pause": 0.05}')
+    result = cli.run("watch", job_id, "--timeout", "20", timeout=30)
+    assert result.code == 0, result.err
+    assert "succeeded" in result.out
+    assert '"done"' in result.out
+
+
+def test_watch__fails__exit_1(cli: Cli) -> None:
+    job_id = cli.submit("boom")
+    cli.burst()
+    result = cli("watch", job_id, "--timeout", "5")
+    assert result.code == 1
+    assert "ValueError: boom" in one_error_line(result.err)
+
+
+def test_watch__unknown_id__exit_1(cli: Cli) -> None:
+    result = cli("watch", MISSING)
+    assert result.code == 1
+    one_error_line(result.err)
+
+
+def test_watch__not_finished_in_time__exit_1(cli: Cli) -> None:
+    job_id = cli.submit("add", "1", "1")
+    result = cli("watch", job_id, "--timeout", "0.2")
+    assert result.code == 1
+    assert "still queued" in one_error_line(result.err)
+
+
+def test_cancel__queued_job__is_cancelled(cli: Cli) -> None:
+    job_id = cli.submit("add", "1", "1")
+    result = cli("cancel", job_id)
+    assert result.code == 0
+    assert result.out.strip() == f"{job_id} cancelled"
+    assert cli.job(job_id)["status"] == "cancelled"
+    cli.burst()
+    assert cli.job(job_id)["status"] == "cancelled"
+
+
+def test_cancel__json__prints_the_job(cli: Cli) -> None:
+    job_id = cli.submit("add", "1", "1")
+    assert cli("cancel", job_id, "--json").json()["status"] == "cancelled"
+
+
+def test_cancel__unknown_id__exit_1(cli: Cli) -> None:
+    result = cli("cancel", MISSING)
+    assert result.code == 1
+    one_error_line(result.err)
+
+
+def test_cancel__finished_job__exit_1_clear_message(cli: Cli) -> None:
+    job_id = cli.submit("add", "1", "1")
+    cli.burst()
+    result = cli("cancel", job_id)
+    assert result.code == 1
+    assert "already succeeded" in one_error_line(result.err)
+
+
+@pytest.mark.parametrize("how", ["failed", "cancelled"])
+def test_retry__failed_or_cancelled__back_to_queued(cli: Cli, how: str) -> None:
+    if how == "failed":
+        job_id = cli.submit("boom")
+        cli.burst()
+    else:
+        job_id = cli.submit("add", "1", "1")
+        cli("cancel", job_id)
+    assert cli.job(job_id)["status"] == how
+    result = cli("retry", job_id)
+    assert result.code == 0
+    assert result.out.strip() == f"{job_id} queued"
+    job = cli.job(job_id)
+    assert job["status"] == "queued"
+    assert job["attempt"] == 1
+
+
+@pytest.mark.parametrize("status", ["queued", "succeeded"])
+def test_retry__job_not_finished_badly__exit_1_clear_message(cli: Cli, status: str) -> None:
+    job_id = cli.submit("add", "1", "1")
+    if status == "succeeded":
+        cli.burst()
+    result = cli("retry", job_id)
+    assert result.code == 1
+    assert f"is {status}; only failed, cancelled or expired jobs can be retried" in one_error_line(result.err)
+    assert cli.job(job_id)["status"] == status
+
+
+def test_retry__unknown_id__exit_1(cli: Cli) -> None:
+    result = cli("retry", MISSING)
+    assert result.code == 1
+    one_error_line(result.err)

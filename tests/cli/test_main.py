@@ -1,0 +1,122 @@
+"""The command line as a whole: usage errors, backend errors, entry points."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conveyor.cli.errors import EXIT_CODES, exit_code, one_line
+from conveyor.core.errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    InvalidArguments,
+    InvalidTransition,
+    JobFailed,
+    JobNotFound,
+    UnknownTask,
+)
+from tests.cli.conftest import Cli, one_error_line
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("argv", [["frobnicate"], ["jobs", "--frob"], ["status"], [], ["submit"]])
+def test_usage_errors__exit_2_one_line(cli: Cli, argv: list[str]) -> None:
+    result = cli.run(*argv)
+    assert result.code == 2
+    one_error_line(result.err)
+
+
+def test_help__exit_0_lists_every_command(cli: Cli) -> None:
+    result = cli.run("--help")
+    assert result.code == 0
+    for command in ("worker", "submit", "status", "watch", "jobs", "queues", "queue", "cancel", "retry", "redrive",
+                    "purge"):
+        assert command in result.out
+
+
+def test_backend_unreachable__exit_1_one_line(cli: Cli, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/missing/dir/conveyor.db"
+    for argv in (["jobs"], ["queues"], ["status", "01a2222c-0000-7000-8000-000000000000"], ["submit", "add", "1", "2"]):
+        result = cli.run(*argv, "--url", url)
+        assert result.code == 1, argv
+        assert "SQLite" in one_error_line(result.err)
+
+
+def test_unsupported_url__exit_2(cli: Cli) -> None:
+    result = cli.run("jobs", "--url", "ftp://example.com")
+    assert result.code == 2
+    assert "unsupported backend URL" in one_error_line(result.err)
+
+
+def test_url_before_the_command__is_used(cli: Cli, tmp_path: Path) -> None:
+    job_id = cli.submit("add", "1", "1")
+    env = cli.env()
+    env["CONVEYOR_URL"] = f"sqlite:///{tmp_path}/other.db"
+    result = cli.run("--url", cli.url, "status", job_id, "--json", env=env)
+    assert result.code == 0, result.err
+    assert result.json()["id"] == job_id
+
+
+def test_default_url__conveyor_db_in_working_directory(cli: Cli, tmp_path: Path) -> None:
+    env = cli.env()
+    del env["CONVEYOR_URL"]
+    result = cli.run("submit", "add", "1", "2", env=env)
+    assert result.code == 0, result.err
+    assert (tmp_path / "conveyor.db").exists()
+
+
+def test_python_dash_m_conveyor__works(cli: Cli) -> None:
+    proc = subprocess.run([sys.executable, "-m", "conveyor", "jobs", "--json"], env=cli.env(), cwd=cli.tmp_path,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == '{"items": [], "next_cursor": null}'
+
+
+def test_console_script__installed(cli: Cli) -> None:
+    script = Path(sys.executable).parent / "conveyor"
+    if not script.exists():
+        pytest.skip("console script not installed in this environment")
+    proc = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("conveyor ")
+
+
+def test_unexpected_error__one_line_exit_1(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conveyor.cli import jobs
+
+    def explode(args: object) -> int:
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(jobs, "status", explode)
+    result = cli("status", "anything")
+    assert result.code == 1
+    assert one_error_line(result.err) == "conveyor: error: unexpected RuntimeError: disk on fire second line"
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (UnknownTask("unknown task 'x'"), 2),
+        (InvalidArguments("bad"), 2),
+        (ConfigurationError("bad app"), 2),
+        (JobNotFound(), 1),
+        (JobFailed("failed"), 1),
+        (BackendUnavailable(), 1),
+        (InvalidTransition(), 1),
+        (TimeoutError("late"), 1),
+        (KeyError("x"), 1),
+    ],
+)
+def test_exit_codes__one_table(error: BaseException, code: int) -> None:
+    assert exit_code(error) == code
+    assert "\n" not in one_line(error)
+
+
+def test_exit_codes__subclasses_before_their_bases() -> None:
+    kinds = [kind for kind, _ in EXIT_CODES]
+    for i, kind in enumerate(kinds):
+        assert not any(issubclass(kind, earlier) and kind is not earlier for earlier in kinds[:i]), kind

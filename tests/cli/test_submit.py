@@ -1,0 +1,141 @@
+"""``conveyor submit`` and ``conveyor worker``: enqueue, validate, wait."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.cli.conftest import Cli, one_error_line
+
+
+def test_submit__then_burst_worker__status_json_succeeded(cli: Cli) -> None:
+    submitted = cli.run("submit", "add", "2", "3")
+    assert submitted.code == 0, submitted.err
+    job_id = submitted.out.strip()
+
+    worker = cli.run("worker", "--burst", "--no-scheduler")
+    assert worker.code == 0, worker.err
+
+    status = cli.run("status", job_id, "--json")
+    assert status.code == 0
+    job = status.json()
+    assert job["id"] == job_id
+    assert job["status"] == "succeeded"
+    assert job["result"] == 5
+    assert job["args"] == [2, 3]
+
+
+def test_submit_wait__worker_running__prints_result_json(cli: Cli) -> None:
+    cli.background_worker("--no-scheduler")
+    result = cli.run("submit", "add", "20", "22", "--wait", "--timeout", "20", timeout=30)
+    assert result.code == 0, result.err
+    assert result.out.strip() == "42"
+
+
+def test_submit_wait__task_fails__exit_1_and_names_the_error(cli: Cli) -> None:
+    cli.background_worker("--no-scheduler")
+    result = cli.run("submit", "boom", "--wait", "--timeout", "20", timeout=30)
+    assert result.code == 1
+    line = one_error_line(result.err)
+    assert "failed" in line and "ValueError: boom" in line
+
+
+def test_submit_wait__no_worker__times_out_with_exit_1(cli: Cli) -> None:
+    result = cli("submit", "add", "1", "2", "--wait", "--timeout", "0.3")
+    assert result.code == 1
+    assert "still queued" in one_error_line(result.err)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["add", "1", "x"], "argument 2 ('x') is not valid JSON"),
+        (["add", "1", "{"], "not valid JSON"),
+        (["nope"], "unknown task 'nope'"),
+        (["add", "1", '"two"'], "b:"),
+        (["add", "1"], "missing a required argument: 'b'"),
+        (["add", "1", "2", "3"], "too many positional arguments"),
+        (["add", "--kwargs", "[1, 2]"], "--kwargs must be a JSON object"),
+        (["add", "--kwargs", "{bad"], "--kwargs is not valid JSON"),
+        (["add", "1", "2", "--priority", "12"], "priority must be an integer from 0 to 9"),
+        (["add", "1", "2", "--queue", "no spaces"], "queue names"),
+        (["add", "1", "2", "--priority", "high"], "argument --priority: invalid int value"),
+    ],
+)
+def test_submit__bad_input__exit_2_with_one_line(cli: Cli, argv: list[str], expected: str) -> None:
+    result = cli("submit", *argv)
+    assert result.code == 2
+    assert expected in one_error_line(result.err)
+    assert result.out == ""
+
+
+def test_submit__bad_input_as_a_real_process__exit_2_no_traceback(cli: Cli) -> None:
+    result = cli.run("submit", "add", "1", '"two"')
+    assert result.code == 2
+    assert "b: Input should be a valid integer" in one_error_line(result.err)
+
+
+def test_submit__bad_input__creates_no_job(cli: Cli) -> None:
+    cli("submit", "add", "1", "oops")
+    assert cli("jobs", "--json").json()["items"] == []
+
+
+def test_submit__no_app__exit_2(cli: Cli) -> None:
+    env = cli.env()
+    del env["CONVEYOR_APP"]
+    result = cli.run("submit", "add", "1", "2", env=env)
+    assert result.code == 2
+    assert "no app given" in one_error_line(result.err)
+
+
+@pytest.mark.parametrize(("app", "expected"), [("nomodule:app", "cannot import 'nomodule'"),
+                                                ("cli_test_app:nothing", "is not a Conveyor app"),
+                                                ("cli_test_app", "module:attribute")])
+def test_submit__bad_app__exit_2(cli: Cli, app: str, expected: str) -> None:
+    result = cli.run("submit", "add", "1", "2", "--app", app)
+    assert result.code == 2
+    assert expected in one_error_line(result.err)
+
+
+def test_submit__options__reach_the_job(cli: Cli) -> None:
+    job_id = cli.submit("steps", "--kwargs", '{"n": 2}', "--queue", "bulk", "--priority", "7", "--delay", "600",
+                        "--max-retries", "1")
+    job = cli.job(job_id)
+    assert job["queue"] == "bulk"
+    assert job["priority"] == 7
+    assert job["status"] == "scheduled"
+    assert job["max_retries"] == 1
+    assert job["kwargs"] == {"n": 2}
+
+
+def test_submit__same_key_twice__same_job(cli: Cli) -> None:
+    first = cli.submit("add", "1", "2", "--key", "order-7")
+    second = cli.submit("add", "1", "2", "--key", "order-7")
+    assert first == second
+    assert len(cli("jobs", "--json").json()["items"]) == 1
+
+
+def test_submit__negative_number_argument__is_json_not_an_option(cli: Cli) -> None:
+    job_id = cli.submit("add", "-1", "-2")
+    cli.burst()
+    assert cli.job(job_id)["result"] == -3
+
+
+def test_worker__queues_option__leaves_other_queues_alone(cli: Cli) -> None:
+    media = cli.submit("steps", "--kwargs", '{"n": 1, "pause": 0}')
+    default = cli.submit("add", "1", "1")
+    assert cli("worker", "--burst", "--no-scheduler", "--queues", "default").code == 0
+    assert cli.job(default)["status"] == "succeeded"
+    assert cli.job(media)["status"] == "queued"
+
+
+def test_worker__async_pool_and_concurrency__runs_jobs(cli: Cli) -> None:
+    job_id = cli.submit("add", "3", "4")
+    assert cli("worker", "--burst", "--no-scheduler", "--pool", "async", "--concurrency", "2").code == 0
+    assert cli.job(job_id)["result"] == 7
+
+
+def test_worker__bad_options__exit_2(cli: Cli) -> None:
+    for argv in (["--concurrency", "0"], ["--pool", "fork"], ["--grace", "-1"], ["--queues", ","]):
+        result = cli("worker", "--burst", *argv)
+        assert result.code == 2, argv
+        one_error_line(result.err)
