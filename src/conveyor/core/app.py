@@ -422,7 +422,7 @@ def _check_webhook(url: Any) -> str | None:
         raise _invalid(
             "#/webhook", f"webhook host {parts.hostname!r} is not in CONVEYOR_WEBHOOK_ALLOWED_HOSTS", "host not allowed"
         )
-    return url
+    return str(url)
 
 
 def _dependency_ids(depends_on: Sequence[Any] | None) -> list[str]:

@@ -51,6 +51,9 @@ AConn = psycopg.AsyncConnection[Any]
 #: The Job fields, in dataclass order: rows are built positionally (``Job(*row)``).
 JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job))
 _STATUS_INDEX = JOB_FIELDS.index("status")
+_RATE_INDEX = JOB_FIELDS.index("rate_limit")
+#: Rounds of candidates one limited claim looks at (each skips the keys found full).
+_LIMIT_ROUNDS = 8
 _DEFAULTS = QueueSettings()
 _TERMINAL_FAIL = ("failed", "cancelled", "expired")
 _SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
@@ -110,6 +113,9 @@ def migrations() -> list[tuple[int, str, str]]:
 def _row_to_job(row: Sequence[Any]) -> Job:
     values = list(row[: len(JOB_FIELDS)])
     values[_STATUS_INDEX] = Status(values[_STATUS_INDEX])
+    rate = values[_RATE_INDEX]
+    if rate is not None:  # stored as [count, per_seconds]
+        values[_RATE_INDEX] = (int(rate[0]), float(rate[1]))
     return Job(*values)
 
 
@@ -221,6 +227,60 @@ class _Listener:
             delay = min(delay * 2, 2.0)
 
 
+class _Gate:
+    """Admits limited jobs while their key has a free slot and room in its rate window.
+
+    Each key is decided under a transaction-level advisory lock (``limit_lock``), so that two
+    claimers never both take its last slot; a key locked by another claimer is skipped.
+    """
+
+    def __init__(self, backend: PostgresBackend, conn: AConn, now: float) -> None:
+        self.backend, self.conn, self.now = backend, conn, now
+        self.full: set[str] = set()
+        self.running: dict[str, int] = {}
+        self.window: dict[tuple[str, float], list[float]] = {}  #: (key, per) -> [starts, oldest]
+        self.starts: list[tuple[str, float, float]] = []  #: rows for limit_starts
+        self.retry_at: float | None = None
+
+    async def _one(self, name: str, params: Mapping[str, Any]) -> Any:
+        [row] = await self.backend._fetch(name, params, self.conn)
+        return row
+
+    async def admit(self, key: str | None, concurrency: int | None, rate: Sequence[Any] | None) -> bool:
+        if key is None:
+            return True
+        if key in self.full:
+            return False
+        if key not in self.running:
+            (got,) = await self._one("limit_lock", {"lock": f"conveyor:{self.backend.schema}:{key}"})
+            if not got:
+                self.full.add(key)
+                return False
+            (n,) = await self._one("limit_running", {"key": key})
+            self.running[key] = int(n)
+        if concurrency is not None and self.running[key] >= concurrency:
+            self.full.add(key)
+            return False
+        if rate is not None and not await self._rate_allows(key, int(rate[0]), float(rate[1])):
+            return False
+        self.running[key] += 1
+        return True
+
+    async def _rate_allows(self, key: str, count: int, per: float) -> bool:
+        w = self.window.get((key, per))
+        if w is None:
+            n, oldest = await self._one("limit_starts", {"key": key, "since": self.now - per})
+            w = self.window[(key, per)] = [int(n), oldest if oldest is not None else self.now]
+        if w[0] >= count:
+            self.full.add(key)
+            at = w[1] + per
+            self.retry_at = at if self.retry_at is None else min(self.retry_at, at)
+            return False
+        w[0] += 1
+        self.starts.append((key, self.now, self.now + per))
+        return True
+
+
 class PostgresBackend(Backend):
     """Conveyor's jobs, leases and queues in PostgreSQL (one schema per installation)."""
 
@@ -249,6 +309,8 @@ class PostgresBackend(Backend):
         self._pool: AsyncConnectionPool[AConn] | None = None
         self._listener: _Listener | None = None
         self._marks: dict[frozenset[str], int] = {}
+        #: When a rate-limited job that the last claim left queued may start (wakes ``wait_for_work``).
+        self._retry_at: float | None = None
         #: Set when a call found the server unreachable: the next calls probe it with one direct
         #: connect (failing at once while it is down) instead of waiting ``pool_timeout`` for a
         #: pool that cannot connect; a successful probe purges the pool's dead connections.
@@ -486,7 +548,9 @@ class PostgresBackend(Backend):
             "created_at": created, "scheduled_at": job.scheduled_at, "started_at": None,
             "finished_at": now if status.terminal else None, "updated_at": now,
             "deliveries": 0, "cancel_requested": False, "revision": 1,
-            "ready_at": ready_at, "has_children": has_children,
+            "ready_at": ready_at, "has_children": has_children, "limit_key": job.limit_key,
+            "concurrency_limit": job.concurrency_limit,
+            "rate_limit": list(job.rate_limit) if job.rate_limit is not None else None,
         }
 
     async def _lookup_existing(self, conn: AConn, jobs: Sequence[Job]) -> dict[str, Job]:
@@ -546,13 +610,44 @@ class PostgresBackend(Backend):
             return []
         if self._listener is not None:
             self._marks[frozenset(names)] = self._listener.counter
-        rows = await self._fetch("claim", {"queues": names, "limit": limit, "worker_id": worker_id, "now": now,
-                                           "d_vt": _DEFAULTS.visibility_timeout})
+        params = {"queues": names, "limit": limit, "worker_id": worker_id, "now": now,
+                  "d_vt": _DEFAULTS.visibility_timeout}
+        rows = await self._fetch("claim", params)
+        if rows and rows[0][-1]:  # limited jobs are ready: decide per key, in one transaction
+            rows = await self._run(lambda conn: self._claim_limited(conn, params), transaction=True)
+            rows.sort(key=lambda r: (-r[JOB_FIELDS.index("priority")], r[len(JOB_FIELDS)], r[0]))
         leases = []
         for row in rows:
+            if row[0] is None:  # the flag row of an empty claim
+                continue
             job = _row_to_job(row)
             leases.append(Lease(job=job, token=job.lease_token or ""))
         return leases
+
+    async def _claim_limited(self, conn: AConn, params: Mapping[str, Any]) -> list[Any]:
+        """Claim past the jobs whose key is at its limit (they stay queued); see ``_Gate``."""
+        limit = params["limit"]
+        gate = _Gate(self, conn, params["now"])
+        picked: list[str] = []
+        for _ in range(_LIMIT_ROUNDS):
+            fetch = (limit - len(picked)) * 4 + 16
+            rows = await self._fetch("claim_candidates", {"queues": params["queues"], "limit": fetch,
+                                                          "now": params["now"], "full": sorted(gate.full),
+                                                          "picked": picked}, conn)
+            for job_id, key, concurrency, rate in rows:
+                if await gate.admit(key, concurrency, rate):
+                    picked.append(job_id)
+                    if len(picked) >= limit:
+                        break
+            if len(picked) >= limit or len(rows) < fetch:
+                break
+        self._retry_at = gate.retry_at
+        if not picked:
+            return []
+        if gate.starts:
+            await self._fetch("log_starts", {"keys": [s[0] for s in gate.starts], "ats": [s[1] for s in gate.starts],
+                                             "untils": [s[2] for s in gate.starts]}, conn)
+        return await self._fetch("claim_picked", {**params, "ids": picked}, conn)
 
     async def heartbeat(self, worker: WorkerInfo, leases: Mapping[str, str], now: float) -> HeartbeatReply:
         ids = list(leases)
@@ -620,6 +715,8 @@ class PostgresBackend(Backend):
             listener = self._listener = _Listener(self.conninfo, self.channel, self.application_name)
         listener.start()  # (re)starts a listener task that is not running
         mark = self._marks.get(key, 0)
+        if self._retry_at is not None:  # a rate-limited job left queued may start then
+            timeout = min(timeout, max(0.0, self._retry_at - time.time()))
         if not listener.changed_since(mark, key) and timeout > 0:
             await listener.wait(key, timeout)
         self._marks[key] = listener.counter
@@ -748,9 +845,9 @@ class PostgresBackend(Backend):
         async def leases(conn: AConn) -> tuple[int, int]:
             rows = await self._fetch("sweep_leases", {"now": now, "limit": limit,
                                                       "d_md": _DEFAULTS.max_deliveries}, conn)
-            requeued = sorted({r[2] for r in rows if r[1] == "queued"})
-            if requeued:
-                await self._fetch("notify", {"channel": self.channel, "queues": requeued}, conn)
+            woken = sorted({r[2] for r in rows if r[1] == "queued" or r[4] is not None})  # (a freed limit slot)
+            if woken:
+                await self._fetch("notify", {"channel": self.channel, "queues": woken}, conn)
             dead = [r[0] for r in rows if r[1] == "failed"]
             await self._after_terminal(conn, (), [r[0] for r in rows if r[1] == "failed" and r[3]], now)
             return len(rows) - len(dead), len(dead)
@@ -768,6 +865,7 @@ class PostgresBackend(Backend):
 
         async def workers(conn: AConn) -> int:
             cur = await conn.execute(self.q["sweep_workers"], {"cutoff": now - self.WORKER_TTL, "limit": limit})
+            await conn.execute(self.q["prune_limit_starts"], {"now": now, "limit": limit})
             return max(cur.rowcount, 0)
 
         requeued, dead = await self._run(leases, transaction=True)

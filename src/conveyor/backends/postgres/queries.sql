@@ -8,19 +8,21 @@ WITH ins AS (
     INSERT INTO __schema__.jobs AS j (
         id, task, queue, status, args, kwargs, priority, progress, result, error, attempt, max_retries,
         timeout, depends_on, idempotency_key, metadata, webhook, created_at, scheduled_at, started_at,
-        finished_at, updated_at, deliveries, cancel_requested, revision, ready_at, has_children)
+        finished_at, updated_at, deliveries, cancel_requested, revision, ready_at, has_children,
+        limit_key, concurrency_limit, rate_limit)
     SELECT r.id, r.task, r.queue, r.status, coalesce(r.args, '[]'), coalesce(r.kwargs, '{}'), r.priority,
            r.progress, r.result, r.error, r.attempt, r.max_retries, r.timeout, coalesce(r.depends_on, '[]'),
            r.idempotency_key, coalesce(r.metadata, '{}'), r.webhook, r.created_at, r.scheduled_at,
            r.started_at, r.finished_at, r.updated_at, r.deliveries, r.cancel_requested, r.revision, r.ready_at,
-           coalesce(r.has_children, false)
+           coalesce(r.has_children, false), r.limit_key, r.concurrency_limit, r.rate_limit
     FROM jsonb_to_recordset(%(jobs)s::jsonb) AS r(
         id text, task text, queue text, status text, args jsonb, kwargs jsonb, priority smallint,
         progress jsonb, result jsonb, error jsonb, attempt integer, max_retries integer,
         timeout double precision, depends_on jsonb, idempotency_key text, metadata jsonb, webhook text,
         created_at double precision, scheduled_at double precision, started_at double precision,
         finished_at double precision, updated_at double precision, deliveries integer,
-        cancel_requested boolean, revision bigint, ready_at double precision, has_children boolean)
+        cancel_requested boolean, revision bigint, ready_at double precision, has_children boolean,
+        limit_key text, concurrency_limit integer, rate_limit jsonb)
     ON CONFLICT DO NOTHING
     RETURNING __JOB__
 ), n AS (
@@ -48,7 +50,12 @@ ON CONFLICT DO NOTHING;
 
 -- name: claim
 -- Up to %(limit)s ready jobs of the unpaused queues, 9 -> 0 then oldest first, one statement.
-WITH c AS (
+-- Only while no limited job is ready in these queues (``limited`` tells the caller to take the
+-- limit-aware path instead: claim_candidates, limit_lock, claim_picked in one transaction).
+WITH lim AS MATERIALIZED (
+    SELECT EXISTS (SELECT 1 FROM __schema__.jobs l WHERE l.queue = ANY(%(queues)s::text[])
+                   AND l.limit_key IS NOT NULL AND l.status IN ('queued', 'scheduled', 'retrying')) AS limited
+), c AS (
     SELECT x.id, x.priority, x.ready_at, coalesce(q.visibility_timeout, %(d_vt)s) AS vt
     FROM unnest(%(queues)s::text[]) AS qn(name)
     LEFT JOIN __schema__.queues q ON q.name = qn.name
@@ -56,6 +63,7 @@ WITH c AS (
         SELECT j.id, j.priority, j.ready_at FROM __schema__.jobs j
         WHERE j.queue = qn.name AND j.status IN ('queued', 'scheduled', 'retrying')
           AND (j.status = 'queued' OR j.ready_at <= %(now)s)
+          AND NOT (SELECT lim.limited FROM lim)
         ORDER BY j.priority DESC, j.ready_at, j.id
         LIMIT %(limit)s
         FOR UPDATE OF j SKIP LOCKED
@@ -67,11 +75,64 @@ WITH c AS (
     UPDATE __schema__.jobs j
     SET status = 'running', worker_id = %(worker_id)s, lease_token = gen_random_uuid()::text,
         lease_expires_at = %(now)s + c.vt, deliveries = j.deliveries + 1, started_at = %(now)s,
-        updated_at = %(now)s, revision = j.revision + 1
+        updated_at = %(now)s, revision = j.revision + 1,
+        attempts = (CASE WHEN jsonb_array_length(j.attempts) >= 50 THEN j.attempts - 0 ELSE j.attempts END)
+            || jsonb_build_array(jsonb_build_object('attempt', j.attempt, 'worker_id', %(worker_id)s::text,
+               'started_at', %(now)s::double precision, 'finished_at', NULL, 'status', 'running', 'error', NULL))
     FROM c WHERE j.id = c.id
     RETURNING __JOB__, j.ready_at AS _ready_at
 )
-SELECT * FROM u ORDER BY priority DESC, _ready_at, id;
+SELECT u.*, lim.limited FROM lim LEFT JOIN u ON true ORDER BY u.priority DESC, u._ready_at, u.id;
+
+-- name: claim_candidates
+-- Up to %(limit)s claimable jobs in claim order with their limits, leaving out the keys found
+-- full (%(full)s) and the ids already picked (%(picked)s) by this transaction.
+SELECT x.id, x.limit_key, x.concurrency_limit, x.rate_limit
+FROM unnest(%(queues)s::text[]) AS qn(name)
+LEFT JOIN __schema__.queues q ON q.name = qn.name
+CROSS JOIN LATERAL (
+    SELECT j.id, j.priority, j.ready_at, j.limit_key, j.concurrency_limit, j.rate_limit FROM __schema__.jobs j
+    WHERE j.queue = qn.name AND j.status IN ('queued', 'scheduled', 'retrying')
+      AND (j.status = 'queued' OR j.ready_at <= %(now)s)
+      AND (j.limit_key IS NULL OR j.limit_key <> ALL(%(full)s::text[]))
+      AND j.id <> ALL(%(picked)s::text[])
+    ORDER BY j.priority DESC, j.ready_at, j.id
+    LIMIT %(limit)s
+    FOR UPDATE OF j SKIP LOCKED
+) AS x
+WHERE NOT coalesce(q.paused, false)
+ORDER BY x.priority DESC, x.ready_at, x.id
+LIMIT %(limit)s;
+
+-- name: limit_lock
+-- One claimer at a time decides on a limit key (until its transaction ends); others skip the key.
+SELECT pg_try_advisory_xact_lock(hashtextextended(%(lock)s, 0));
+
+-- name: limit_running
+SELECT count(*) FROM __schema__.jobs j WHERE j.limit_key = %(key)s AND j.status = 'running';
+
+-- name: limit_starts
+SELECT count(*), min(s.at) FROM __schema__.limit_starts s WHERE s.key = %(key)s AND s.at > %(since)s;
+
+-- name: log_starts
+INSERT INTO __schema__.limit_starts (key, at, until)
+SELECT * FROM unnest(%(keys)s::text[], %(ats)s::double precision[], %(untils)s::double precision[]);
+
+-- name: claim_picked
+UPDATE __schema__.jobs j
+SET status = 'running', worker_id = %(worker_id)s, lease_token = gen_random_uuid()::text,
+    lease_expires_at = %(now)s + coalesce(
+        (SELECT q.visibility_timeout FROM __schema__.queues q WHERE q.name = j.queue), %(d_vt)s),
+    deliveries = j.deliveries + 1, started_at = %(now)s, updated_at = %(now)s, revision = j.revision + 1,
+    attempts = (CASE WHEN jsonb_array_length(j.attempts) >= 50 THEN j.attempts - 0 ELSE j.attempts END)
+            || jsonb_build_array(jsonb_build_object('attempt', j.attempt, 'worker_id', %(worker_id)s::text,
+               'started_at', %(now)s::double precision, 'finished_at', NULL, 'status', 'running', 'error', NULL))
+WHERE j.id = ANY(%(ids)s::text[]) AND j.status IN ('queued', 'scheduled', 'retrying')
+RETURNING __JOB__, j.ready_at AS _ready_at;
+
+-- name: prune_limit_starts
+DELETE FROM __schema__.limit_starts s
+WHERE s.ctid IN (SELECT x.ctid FROM __schema__.limit_starts x WHERE x.until < %(now)s LIMIT %(limit)s);
 
 -- name: heartbeat
 WITH w AS (
@@ -115,14 +176,19 @@ WITH o AS (
         attempt = coalesce(o.attempt, j.attempt),
         deliveries = CASE WHEN o.status = 'queued' AND coalesce(o.uncount, false)
                           THEN greatest(j.deliveries - 1, 0) ELSE j.deliveries END,
+        attempts = CASE WHEN j.attempts->-1->>'status' = 'running' THEN jsonb_set(j.attempts, '{-1}',
+            (j.attempts->-1) || jsonb_build_object('finished_at', %(now)s::double precision, 'status', CASE WHEN o.status = 'queued' THEN 'handed_back' ELSE o.status END,
+                                                   'error', CASE WHEN o.error IS NULL THEN NULL ELSE jsonb_build_object('type', o.error->'type', 'message', o.error->'message') END)) ELSE j.attempts END,
         worker_id = NULL, lease_token = NULL, lease_expires_at = NULL,
         updated_at = %(now)s, revision = j.revision + 1
     FROM o
     WHERE j.id = o.job_id AND j.lease_token = o.token AND j.status = 'running'
       AND NOT (%(guard)s AND j.has_children AND o.status IN ('succeeded', 'failed', 'cancelled'))
-    RETURNING j.id, j.status, j.queue, j.has_children
+    RETURNING j.id, j.status, j.queue, j.has_children, j.limit_key
 ), n AS (
-    SELECT pg_notify(%(channel)s, x.queue) FROM (SELECT DISTINCT u.queue FROM u WHERE u.status = 'queued') AS x
+    -- a queued job, or a freed limit slot: a waiting worker may have work now
+    SELECT pg_notify(%(channel)s, x.queue)
+    FROM (SELECT DISTINCT u.queue FROM u WHERE u.status = 'queued' OR u.limit_key IS NOT NULL) AS x
 )
 SELECT u.*, (SELECT count(*) FROM n) AS notified FROM u;
 
@@ -277,10 +343,13 @@ SET status = CASE WHEN j.deliveries >= s.md THEN 'failed' ELSE 'queued' END,
                  ELSE j.error END,
     finished_at = CASE WHEN j.deliveries >= s.md THEN %(now)s END,
     ready_at = CASE WHEN j.deliveries >= s.md THEN NULL ELSE %(now)s END,
+    attempts = CASE WHEN j.attempts->-1->>'status' = 'running' THEN jsonb_set(j.attempts, '{-1}',
+            (j.attempts->-1) || jsonb_build_object('finished_at', %(now)s::double precision, 'status', 'lost',
+                                                   'error', jsonb_build_object('type', 'LeaseExpired', 'message', 'the worker stopped renewing its lease'))) ELSE j.attempts END,
     worker_id = NULL, lease_token = NULL, lease_expires_at = NULL,
     updated_at = %(now)s, revision = j.revision + 1
 FROM s WHERE j.id = s.id
-RETURNING j.id, j.status, j.queue, j.has_children;
+RETURNING j.id, j.status, j.queue, j.has_children, j.limit_key;
 
 -- name: sweep_retention
 WITH s AS (

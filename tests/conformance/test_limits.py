@@ -1,0 +1,154 @@
+"""Global limits: a limited job waits in its queue without holding up the jobs behind it."""
+
+from __future__ import annotations
+
+import time
+
+from conveyor.backends.base import Outcome
+from conveyor.core.job import Status
+from conveyor.core.queues import QueueSettings
+
+T0 = float(int(time.time())) + 60.0  # an explicit clock (claims pass ``now``), after every enqueue
+
+
+def limited(key: str = "api", concurrency: int | None = 2, rate: tuple[int, float] | None = None) -> dict:
+    return {"limit_key": key, "concurrency_limit": concurrency, "rate_limit": rate, "created_at": T0}
+
+
+async def running_of(backend, ids) -> int:
+    return sum(j.status is Status.RUNNING for j in await backend.get_jobs(ids))
+
+
+async def test_claim__concurrency_limit_2_of_10_ready__leases_2_and_the_jobs_behind(backend, submit):
+    capped = [await submit("api.call", **limited()) for _ in range(10)]
+    other = [await submit("other.task", created_at=T0) for _ in range(3)]
+
+    leases = await backend.claim(["default"], 8, "w1", T0)
+
+    got = [lease.job.id for lease in leases]
+    assert got == [capped[0].id, capped[1].id, *(j.id for j in other)]
+    assert await backend.claim(["default"], 8, "w2", T0 + 1) == []
+    assert await running_of(backend, [j.id for j in capped]) == 2
+    queued = await backend.get_jobs([j.id for j in capped[2:]])
+    assert {j.status for j in queued} == {Status.QUEUED}
+
+
+async def test_claim__one_at_a_time_from_many_workers__never_exceeds_the_limit(backend, submit):
+    capped = [await submit("api.call", **limited()) for _ in range(10)]
+
+    for n in range(6):
+        await backend.claim(["default"], 1, f"w{n}", T0 + n)
+
+    assert await running_of(backend, [j.id for j in capped]) == 2
+
+
+async def test_finish__any_outcome__frees_the_slot(backend, submit):
+    for _ in range(6):
+        await submit("api.call", **limited())
+    a, b = await backend.claim(["default"], 5, "w1", T0)
+
+    await backend.finish([Outcome(a.job.id, a.token, Status.SUCCEEDED, result=1)], T0 + 1)
+    [c] = await backend.claim(["default"], 5, "w1", T0 + 2)
+    await backend.finish([Outcome(b.job.id, b.token, Status.RETRYING, error={"type": "E", "message": "m"},
+                                  scheduled_at=T0 + 100, attempt=2)], T0 + 3)
+    [d] = await backend.claim(["default"], 5, "w1", T0 + 4)
+    await backend.finish([Outcome(c.job.id, c.token, Status.QUEUED, uncount_delivery=True)], T0 + 5)
+    [e] = await backend.claim(["default"], 5, "w1", T0 + 6)
+
+    assert len({a.job.id, b.job.id, c.job.id, d.job.id}) == 4  # each stop let exactly one more start
+    assert e.job.status is Status.RUNNING
+    assert await backend.claim(["default"], 5, "w1", T0 + 7) == []
+
+
+async def test_sweep__expired_lease__frees_the_slot(backend, submit):
+    await backend.save_queue_settings("default", QueueSettings(visibility_timeout=10))
+    for _ in range(3):
+        await submit("api.call", **limited(concurrency=1))
+    await backend.claim(["default"], 5, "w1", T0)
+    assert await backend.claim(["default"], 5, "w2", T0 + 5) == []
+
+    await backend.sweep(T0 + 11)
+
+    assert len(await backend.claim(["default"], 5, "w2", T0 + 12)) == 1
+
+
+async def test_cancel__running_job_that_stops__frees_the_slot(backend, submit):
+    first = await submit("api.call", **limited(concurrency=1))
+    await submit("api.call", **limited(concurrency=1))
+    [lease] = await backend.claim(["default"], 5, "w1", T0)
+    assert lease.job.id == first.id
+
+    await backend.cancel(first.id, T0 + 1)
+    assert await backend.claim(["default"], 5, "w2", T0 + 2) == []  # still running until it stops
+    await backend.finish([Outcome(first.id, lease.token, Status.CANCELLED)], T0 + 3)
+
+    assert len(await backend.claim(["default"], 5, "w2", T0 + 4)) == 1
+
+
+async def test_cancel__queued_limited_job__does_not_take_a_slot(backend, submit):
+    waiting = [await submit("api.call", **limited(concurrency=1)) for _ in range(2)]
+    await backend.cancel(waiting[0].id, T0)
+
+    [lease] = await backend.claim(["default"], 5, "w1", T0 + 1)
+
+    assert lease.job.id == waiting[1].id
+
+
+async def test_claim__per_key_limits__are_independent(backend, submit):
+    for customer in ("acme", "globex"):
+        for _ in range(4):
+            await submit("api.call", **limited(key=f"customer:{customer}", concurrency=1))
+
+    leases = await backend.claim(["default"], 10, "w1", T0)
+
+    assert sorted(lease.job.limit_key for lease in leases) == ["customer:acme", "customer:globex"]
+
+
+async def test_claim__limit_is_shared_across_queues(backend, submit):
+    await submit("api.call", queue="a", **limited(concurrency=1))
+    await submit("api.call", queue="b", **limited(concurrency=1))
+
+    leases = await backend.claim(["a", "b"], 10, "w1", T0)
+    assert len(leases) == 1
+    assert await backend.claim(["b"], 10, "w2", T0) == []
+
+
+async def test_claim__rate_limit__n_starts_per_window_then_the_next_window(backend, submit):
+    jobs = [await submit("api.call", **limited(concurrency=None, rate=(3, 1.0))) for _ in range(8)]
+
+    first = await backend.claim(["default"], 10, "w1", T0)
+    assert len(first) == 3
+    assert await backend.claim(["default"], 10, "w1", T0 + 0.5) == []
+    for lease in first:  # finishing does not give rate back: starts count, not running jobs
+        await backend.finish([Outcome(lease.job.id, lease.token, Status.SUCCEEDED)], T0 + 0.6)
+    assert await backend.claim(["default"], 10, "w1", T0 + 0.9) == []
+
+    second = await backend.claim(["default"], 10, "w2", T0 + 1.01)
+
+    assert len(second) == 3
+    assert [lease.job.id for lease in first + second] == [j.id for j in jobs[:6]]
+
+
+async def test_claim__rate_and_concurrency__both_hold(backend, submit):
+    for _ in range(6):
+        await submit("api.call", **limited(concurrency=1, rate=(5, 60.0)))
+
+    [a] = await backend.claim(["default"], 10, "w1", T0)
+    await backend.finish([Outcome(a.job.id, a.token, Status.SUCCEEDED)], T0 + 1)
+    [b] = await backend.claim(["default"], 10, "w1", T0 + 2)
+
+    assert a.job.id != b.job.id
+
+
+async def test_claim__unlimited_jobs_of_a_full_key__keep_priority_order(backend, submit):
+    urgent = await submit("other.task", priority=9, created_at=T0)
+    for _ in range(3):
+        await submit("api.call", priority=5, **limited(concurrency=1))
+    low = await submit("other.task", priority=0, created_at=T0)
+
+    leases = await backend.claim(["default"], 10, "w1", time.time())
+
+    got = [lease.job.id for lease in leases]
+    assert len(got) == 3
+    assert got[0] == urgent.id
+    assert got[-1] == low.id
