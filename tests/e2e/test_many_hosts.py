@@ -56,6 +56,10 @@ def hosts() -> Iterator[list[Host]]:
     """Two network namespaces, each with a veth pair to the root namespace; removed at the end."""
     if shutil.which("ip") is None or shutil.which("unshare") is None:
         pytest.skip("needs iproute2 (ip) and util-linux (unshare)")
+    for line in _ip("netns", "list", check=False).stdout.splitlines():  # left by a run killed mid-test
+        name = line.split()[0] if line.strip() else ""
+        if name.startswith("cvhost") and not _ip("netns", "pids", name, check=False).stdout.strip():
+            _ip("netns", "del", name, check=False)
     tag = uuid.uuid4().hex[:6]
     created: list[tuple[str, str]] = []
     try:
