@@ -123,3 +123,18 @@ def recorded(path: str | Path) -> list[dict[str, object]]:
     if not p.exists():
         return []
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+@app.task(concurrency_limit=2)
+def limited_sleep(ctx: Context, seconds: float) -> None:
+    """At most 2 run at once across every worker: records its start and end."""
+    start = time.time()
+    time.sleep(seconds)
+    _record("limited", ctx, start=start, end=time.time())
+
+
+@app.task(rate_limit="5/s")
+def rate_limited(ctx: Context, n: int) -> int:
+    """At most 5 start per second across every worker."""
+    _record("rated", ctx, start=time.time())
+    return n
