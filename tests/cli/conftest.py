@@ -106,6 +106,10 @@ class Cli:
         self.procs.append(proc)
         return proc
 
+    def logs(self) -> str:
+        """What the background workers wrote (for assertion messages)."""
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.tmp_path.glob("worker-*.log")))
+
     def submit(self, *args: str) -> str:
         result = self(*["submit", *args])
         assert result.code == 0, result.err

@@ -103,7 +103,7 @@ def test_watch__succeeds__exit_0_with_result(cli: Cli) -> None:
     cli.background_worker("--no-scheduler")
     job_id = cli.submit("steps", "--kwargs", '{"n": 4, "pause": 0.05}')
     result = cli.run("watch", job_id, "--timeout", "20", timeout=30)
-    assert result.code == 0, result.err
+    assert result.code == 0, result.err + cli.logs()
     assert "succeeded" in result.out
     assert '"done"' in result.out
 

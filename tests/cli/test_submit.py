@@ -27,7 +27,7 @@ def test_submit__then_burst_worker__status_json_succeeded(cli: Cli) -> None:
 def test_submit_wait__worker_running__prints_result_json(cli: Cli) -> None:
     cli.background_worker("--no-scheduler")
     result = cli.run("submit", "add", "20", "22", "--wait", "--timeout", "20", timeout=30)
-    assert result.code == 0, result.err
+    assert result.code == 0, result.err + cli.logs()
     assert result.out.strip() == "42"
 
 
@@ -35,6 +35,7 @@ def test_submit_wait__task_fails__exit_1_and_names_the_error(cli: Cli) -> None:
     cli.background_worker("--no-scheduler")
     result = cli.run("submit", "boom", "--wait", "--timeout", "20", timeout=30)
     assert result.code == 1
+    assert "ValueError: boom" in result.err, result.err + cli.logs()
     line = one_error_line(result.err)
     assert "failed" in line and "ValueError: boom" in line
 
@@ -59,6 +60,8 @@ def test_submit_wait__no_worker__times_out_with_exit_1(cli: Cli) -> None:
         (["add", "1", "2", "--priority", "12"], "priority must be an integer from 0 to 9"),
         (["add", "1", "2", "--queue", "no spaces"], "queue names"),
         (["add", "1", "2", "--priority", "high"], "argument --priority: invalid int value"),
+        (["add", "1", "2", "--timeout", "5"], "--timeout needs --wait"),
+        (["add", "1", "2", "--delay", "-3"], "delay must be a number of seconds"),
     ],
 )
 def test_submit__bad_input__exit_2_with_one_line(cli: Cli, argv: list[str], expected: str) -> None:

@@ -3,7 +3,9 @@
 One module per command group registers its subcommands with ``register(subparsers)`` and
 binds each to a handler with ``parser.set_defaults(func=handler)``, where ``handler(args)``
 returns the exit code. Errors are raised, not printed: ``main`` turns every one into a single
-line on stderr and the exit code of ``conveyor.cli.errors.EXIT_CODES``.
+line on stderr and the exit code of ``conveyor.cli.errors.EXIT_CODES`` (set ``CONVEYOR_DEBUG=1``
+to see the traceback of an unexpected error instead). ``--url`` and ``--app`` come from
+``conveyor.cli.common.add_common``; ``conveyor.cli.serve``, when present, adds ``server`` and ``up``.
 """
 
 from __future__ import annotations

@@ -80,6 +80,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 # -- submit ---------------------------------------------------------------------------------
 def submit(args: argparse.Namespace) -> int:
     """Validate against the app's task, enqueue, print the id (or, with --wait, the result)."""
+    if args.timeout is not None and not args.wait:
+        raise UsageError("--timeout needs --wait")
     app = load(args)
     positional = [_json_arg(text, f"argument {i} ({text!r})") for i, text in enumerate(args.args, 1)]
     kwargs = _json_arg(args.kwargs, "--kwargs") if args.kwargs is not None else {}
