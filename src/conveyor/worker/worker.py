@@ -67,6 +67,7 @@ class Worker:
         app_spec: str | None = None,
         heartbeat: float = 0.5,
         stall_timeout: float = 60.0,
+        backend: Backend | None = None,
     ) -> None:
         if pool not in ("thread", "process", "async"):
             raise ConfigurationError(f"unknown pool {pool!r}: use thread, process or async")
@@ -94,7 +95,7 @@ class Worker:
         self._slot_free = asyncio.Event()
         self._flush_needed = asyncio.Event()
         self._loop_tick = time.monotonic()
-        self._backend: Backend | None = None
+        self._backend: Backend | None = backend  #: opened by ``run`` unless given
         self._claim_task: asyncio.Task[None] | None = None
         self._pool: Pool | None = None
         self._max_deliveries: dict[str, int] = {}
@@ -120,7 +121,7 @@ class Worker:
 
     async def run(self) -> int:
         """Work until stopped; the process exit code (0, or ``EXIT_STALLED``)."""
-        backend = self._backend = create_backend(self.app.url)
+        backend = self._backend = self._backend or create_backend(self.app.url)
         await backend.open()
         self.app.bind(backend)
         try:

@@ -1,0 +1,100 @@
+"""The Python API of SPEC §5 against a real SQLite file, with an in-process burst worker."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+
+from conveyor import Context, Conveyor, InvalidArguments, JobFailed
+from conveyor.core.job import Status
+from conveyor.worker import Worker
+
+
+@pytest.fixture
+def app(tmp_path):
+    app = Conveyor(f"sqlite:///{tmp_path}/api.db")
+
+    @app.task(queue="media", max_retries=0)
+    def transcode(ctx: Context, path: str, height: int) -> str:
+        if height == 0:
+            raise ValueError("height must be positive")
+        ctx.progress(0.5, "encoding")
+        return f"out/{height}p.mp4"
+
+    @app.task
+    async def notify(ctx: Context, path: str) -> list[str]:
+        return sorted(ctx.parent_results.values())
+
+    yield app
+    app.close()
+
+
+def drain(app: Conveyor) -> None:
+    asyncio.run(Worker(app, burst=True, scheduler=False).run())
+
+
+def test_enqueue__returns_at_once_queued_then_wait_gives_the_result(app):
+    job = app.tasks["transcode"].enqueue("in/cat.mp4", height=480)
+    assert job.status is Status.QUEUED and job.job.queue == "media"
+    drain(app)
+    assert job.wait(timeout=5) == "out/480p.mp4"
+    assert job.progress == {"fraction": 0.5, "message": "encoding"}
+
+
+def test_enqueue_many_and_depends_on__fan_in_reads_parent_results(app):
+    transcode, notify = app.tasks["transcode"], app.tasks["notify"]
+    sizes = transcode.enqueue_many([{"path": "in/cat.mp4", "height": h} for h in (360, 480, 720)])
+    done = notify.enqueue("in/cat.mp4", depends_on=sizes)
+    assert done.status is Status.WAITING
+    drain(app)
+    assert done.wait(timeout=5) == ["out/360p.mp4", "out/480p.mp4", "out/720p.mp4"]
+
+
+def test_enqueue_async__works_inside_a_running_loop(app):
+    async def submit():
+        return await app.tasks["transcode"].enqueue_async("a.mp4", 720)
+
+    job = asyncio.run(submit())
+    drain(app)
+    assert app.get_job(job.id).wait(timeout=5) == "out/720p.mp4"
+
+
+def test_wait__a_failed_job_raises_with_its_error(app):
+    job = app.tasks["transcode"].enqueue("a.mp4", 0)
+    drain(app)
+    with pytest.raises(JobFailed) as err:
+        job.wait(timeout=5)
+    assert err.value.error["type"] == "ValueError" and err.value.status == "failed"
+
+
+def test_wait__times_out_while_no_worker_runs(app):
+    job = app.tasks["transcode"].enqueue("a.mp4", 360)
+    with pytest.raises(TimeoutError):
+        job.wait(timeout=0.2)
+
+
+def test_get_job__unknown_or_malformed_id_is_none(app):
+    assert app.get_job("0193b6c2-8f5e-7c3a-9d1e-3f2a1b4c5d6e") is None
+    assert app.get_job("not-an-id") is None
+
+
+def test_idempotency_key__same_key_returns_the_same_job(app):
+    first = app.tasks["transcode"].enqueue("a.mp4", 360, key="upload-17")
+    again = app.tasks["transcode"].enqueue("a.mp4", 360, key="upload-17")
+    assert again.id == first.id and first.created and not again.created
+
+
+def test_non_json_arguments__refused_at_enqueue_naming_the_argument(app):
+    with pytest.raises(InvalidArguments) as err:
+        app.tasks["transcode"].enqueue(dt.datetime.now(), 360)
+    assert err.value.errors[0]["pointer"] == "#/args/0"
+    assert "path" in str(err.value)
+
+
+def test_cancel__a_queued_job_is_cancelled_and_never_runs(app):
+    job = app.tasks["transcode"].enqueue("a.mp4", 360)
+    assert job.cancel().status is Status.CANCELLED
+    drain(app)
+    assert job.refresh().status is Status.CANCELLED and job.job.started_at is None

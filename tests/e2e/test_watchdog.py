@@ -1,0 +1,50 @@
+"""The stall watchdog: a worker whose claim loop hangs exits non-zero and hands its jobs back."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from conveyor import Context, Conveyor
+from conveyor.backends.sqlite import SQLiteBackend
+from conveyor.core.job import Status
+from conveyor.worker import EXIT_STALLED, Worker
+
+
+class HangingClaims(SQLiteBackend):
+    """A real SQLite backend whose claims hang forever once ``hang`` is set (a wedged connection)."""
+
+    hang = threading.Event()
+
+    async def claim(self, queues, limit, worker_id, now):  # type: ignore[no-untyped-def]
+        while self.hang.is_set():
+            await asyncio.sleep(3600)
+        return await super().claim(queues, limit, worker_id, now)
+
+
+def test_stalled_claim_loop__worker_exits_70_and_hands_back_running_jobs(tmp_path):
+    url = f"sqlite:///{tmp_path}/w.db"
+    app = Conveyor(url)
+    started = threading.Event()
+
+    @app.task
+    def slow(ctx: Context) -> str:
+        started.set()
+        HangingClaims.hang.set()  # from now on the claim loop is wedged
+        time.sleep(1.5)
+        return "done"
+
+    job = slow.enqueue()
+    worker = Worker(app, backend=HangingClaims(url), scheduler=False, stall_timeout=1.0, heartbeat=0.1)
+    t0 = time.monotonic()
+    try:
+        code = asyncio.run(asyncio.wait_for(worker.run(), 15))
+    finally:
+        HangingClaims.hang.clear()
+    assert started.is_set()
+    assert code == EXIT_STALLED
+    assert time.monotonic() - t0 < 5
+    handed = job.refresh().job
+    assert handed.status is Status.QUEUED and handed.deliveries == 0  # ready for another worker at once
+    app.close()
