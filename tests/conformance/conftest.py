@@ -27,6 +27,7 @@ ENGINES = {
     "sqlite": ("conveyor.backends.sqlite", "SQLiteBackend"),
     "redis": ("conveyor.backends.redis", "RedisBackend"),
     "postgresql": ("conveyor.backends.postgres", "PostgresBackend"),
+    "amqp": ("conveyor.backends.amqp", "AMQPBackend"),
 }
 
 OpenBackend = Callable[[], Awaitable[Backend]]
@@ -37,13 +38,18 @@ def _url(engine: str, tmp_path: Path, namespace: str) -> str:
         return f"sqlite:///{tmp_path / 'conveyor.db'}"
     if engine == "redis":
         return f"redis://127.0.0.1:6379/0?prefix={namespace}"
+    if engine == "amqp":  # job records in a fresh SQLite file (CONVEYOR_STORE_URL, set below)
+        return f"amqp://guest:guest@127.0.0.1:5672/?prefix={namespace}"
     return f"postgresql://postgres@127.0.0.1:5432/test?schema={namespace}"
 
 
 @pytest.fixture(params=list(ENGINES))
-async def open_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OpenBackend]:
+async def open_backend(request: pytest.FixtureRequest, tmp_path: Path,
+                       monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[OpenBackend]:
     """Opens backends on this test's namespace (a second one is another process's view)."""
     engine = request.param
+    if engine == "amqp":
+        monkeypatch.setenv("CONVEYOR_STORE_URL", f"sqlite:///{tmp_path / 'store.db'}")
     module, name = ENGINES[engine]
     try:
         getattr(importlib.import_module(module), name)

@@ -1,0 +1,425 @@
+"""The RabbitMQ engine: RabbitMQ carries the wake-ups, the job store keeps the jobs.
+
+URL: ``amqp://user:password@host:5672/vhost?prefix=conveyor`` (``amqps://`` for TLS), with the
+job records in ``CONVEYOR_STORE_URL`` (sqlite, redis or postgresql). ``prefix`` (default
+``conveyor``) names the RabbitMQ queues: Conveyor queue ``Q`` is the durable quorum queue
+``<prefix>.Q``, declared with ``x-delivery-limit`` = the queue's ``max_deliveries`` (at first
+declaration) and, on RabbitMQ ≥ 3.12, ``x-consumer-timeout`` longer than the longest lease.
+
+Who decides what:
+
+- The store is the source of truth for jobs, statuses, leases and fencing tokens, the
+  scheduled index (delays, retries, waiting jobs), dependencies, queue settings, workers and
+  webhooks. Every such method is the store's.
+- RabbitMQ carries one persistent *ticket* per job that becomes ready (see ``outbox.py``),
+  published with publisher confirms. Workers consume tickets with manual acks and a prefetch
+  equal to their free slots; a ticket wakes ``wait_for_work`` at once, on any host.
+- ``claim`` leases from the store (so priority 9→0 then FIFO, global limits and paused queues
+  hold exactly as on the store's own engine), then acks as many held tickets as it leased
+  jobs, or every held ticket when the store had nothing more for it (a ticket whose job was
+  taken, cancelled or finished elsewhere is acked and dropped). A ticket is acked within one
+  claim of arriving, never held while a job runs: a lease's life is the store's business, and
+  the consumer timeout never has to outlast a lease.
+- Priority: quorum queues have no priorities before RabbitMQ 4 (and two levels from 4.0), so
+  tickets carry none. Tickets are interchangeable wake-ups; the order is the store's.
+- Delivery limit: the store counts deliveries and fails a job at ``max_deliveries``
+  (``DeliveryLimitExceeded``) when its lease expires once too often. RabbitMQ's
+  ``x-delivery-limit`` bounds only the redelivery of tickets held by consumers that died
+  before acking them; a ticket dropped that way loses no job (the job stays ready in the
+  store and the sweep tops up tickets).
+- A worker killed with -9 loses its held tickets to RabbitMQ's redelivery (at once, to
+  another consumer) and its leases to the store's sweep (within lease + sweep interval).
+
+While RabbitMQ is unreachable the engine degrades instead of failing: enqueue stores the
+job and logs that its ticket is deferred, claim keeps leasing from the store, and
+``wait_for_work`` sleeps its timeout (workers poll). ``ping`` raises ``BackendUnavailable``,
+so ``/readyz`` tells. ``connect_robust`` reconnects and restores the consumers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import aio_pika
+import aio_pika.exceptions
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+    ConsumerTag,
+)
+
+from conveyor.backends.amqp.outbox import Outbox, Ticket, tickets_for
+from conveyor.backends.base import (
+    Backend,
+    HeartbeatReply,
+    JobQuery,
+    Lease,
+    Outcome,
+    Page,
+    QueueInfo,
+    SweepReport,
+    WorkerInfo,
+)
+from conveyor.core.errors import BackendUnavailable, ConfigurationError
+from conveyor.core.job import Job, Status
+from conveyor.core.queues import QueueSettings
+
+log = logging.getLogger("conveyor.amqp")
+
+#: Errors that mean "RabbitMQ cannot be used right now".
+_DOWN: tuple[type[BaseException], ...] = (*aio_pika.exceptions.CONNECTION_EXCEPTIONS, TimeoutError)
+_ACK_FAILED: tuple[type[BaseException], ...] = (*_DOWN, aio_pika.exceptions.MessageProcessError)
+#: Longer than the longest lease (visibility_timeout ≤ 12 h), in ms.
+CONSUMER_TIMEOUT_MS = 13 * 3600 * 1000
+#: A held ticket not acked by a claim within this long (its worker is busy) is acked.
+HOLD = 2.0
+CONNECT_TIMEOUT = 5.0
+
+
+def _parse(url: str) -> tuple[str, str]:
+    """``(url without prefix, prefix)``."""
+    parts = urlsplit(url)
+    prefix = "conveyor"
+    query: list[tuple[str, str]] = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "prefix":
+            prefix = value
+        else:
+            query.append((key, value))
+    if not prefix or len(prefix) > 100 or any(c.isspace() or c in "#*" for c in prefix):
+        raise ConfigurationError(f"invalid amqp queue prefix {prefix!r}: use letters, digits, '_', '-', '.', ':'")
+    return urlunsplit(parts._replace(query=urlencode(query))), prefix
+
+
+class AMQPBackend(Backend):
+    """RabbitMQ for delivery wake-ups, ``store`` (any other engine) for the job records."""
+
+    def __init__(self, url: str, store: Backend) -> None:
+        self.url = url
+        self.amqp_url, self.prefix = _parse(url)
+        parts = urlsplit(self.amqp_url)
+        self._where = f"RabbitMQ at {parts.hostname or 'localhost'}:{parts.port or 5672}"
+        self.store = store
+        self.outbox = Outbox(store)
+        self._conn: AbstractRobustConnection | None = None
+        self._pub: AbstractChannel | None = None  #: publisher confirms on
+        self._sub: AbstractChannel | None = None  #: consumers, manual acks
+        self._declared: set[str] = set()
+        self._consumers: dict[str, tuple[AbstractQueue, ConsumerTag]] = {}
+        self._prefetch = 0
+        self._held: deque[tuple[float, AbstractIncomingMessage]] = deque()
+        self._arrived = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._reaper: asyncio.Task[None] | None = None
+        self._warned = 0.0
+
+    def __repr__(self) -> str:
+        return f"AMQPBackend({self.url!r}, {self.store!r})"
+
+    def rabbit_queue(self, queue: str) -> str:
+        return f"{self.prefix}.{queue}"
+
+    # -- connection -----------------------------------------------------------------------
+    async def open(self) -> None:
+        """Open the store, connect to RabbitMQ (``BackendUnavailable`` if it does not answer)."""
+        await self.store.open()
+        try:
+            self._conn = await asyncio.wait_for(
+                aio_pika.connect_robust(self.amqp_url, timeout=CONNECT_TIMEOUT,
+                                        client_properties={"connection_name": "conveyor"}),
+                CONNECT_TIMEOUT + 1)
+            self._pub = await self._conn.channel(publisher_confirms=True)
+            self._sub = await self._conn.channel(publisher_confirms=False)
+        except _DOWN as exc:
+            await self.close()
+            raise self._unavailable(exc) from exc
+        self._reaper = asyncio.create_task(self._reap_held())
+
+    async def close(self) -> None:
+        """Close consumers, channels, the connection and the store."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reaper
+            self._reaper = None
+        conn, self._conn = self._conn, None
+        self._pub = self._sub = None
+        self._consumers.clear()
+        self._declared.clear()
+        self._held.clear()
+        self._prefetch = 0
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 5.0)
+        await self.store.close()
+
+    async def ping(self) -> None:
+        """Raise ``BackendUnavailable`` unless both RabbitMQ and the store answer."""
+        await self.store.ping()
+        conn = self._conn
+        if conn is None or conn.is_closed or self._pub is None or self._pub.is_closed:
+            raise BackendUnavailable(f"{self._where} is unreachable (connection closed; reconnecting)")
+        with self._guard():
+            async with conn.channel() as ch:  # one round trip: open and close a channel
+                await ch.close()
+
+    async def drop(self) -> None:
+        """Delete this prefix's RabbitMQ queues and the store's namespace (tests, reset tooling)."""
+        names = {self.rabbit_queue(q.name) for q in await self.store.queues()} | self._declared
+        names.add(self.rabbit_queue("default"))
+        for _, (queue, tag) in list(self._consumers.items()):
+            with contextlib.suppress(*_DOWN):
+                await queue.cancel(tag)
+        self._consumers.clear()
+        self._held.clear()
+        if self._conn is not None:
+            for name in sorted(names):
+                with contextlib.suppress(*_DOWN):
+                    async with self._conn.channel() as ch:
+                        await ch.queue_delete(name)
+        self._declared.clear()
+        drop = getattr(self.store, "drop", None)
+        if drop is not None:
+            await drop()
+
+    def _unavailable(self, exc: BaseException) -> BackendUnavailable:
+        detail = str(exc).strip() or type(exc).__name__
+        return BackendUnavailable(f"{self._where} is unreachable: {detail.splitlines()[0]}")
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except BackendUnavailable:
+            raise
+        except _DOWN as exc:
+            raise self._unavailable(exc) from exc
+
+    def _warn(self, what: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._warned > 10.0:
+            self._warned = now
+            log.warning("%s: %s", what, self._unavailable(exc))
+
+    # -- RabbitMQ queues and tickets ------------------------------------------------------
+    async def _declare(self, queue: str) -> str:
+        """Declare ``<prefix>.<queue>`` once per connection; its name."""
+        name = self.rabbit_queue(queue)
+        if name in self._declared:
+            return name
+        assert self._conn is not None
+        settings = await self.store.queue_settings(queue)
+        arguments: dict[str, Any] = {"x-queue-type": "quorum", "x-delivery-limit": settings.max_deliveries}
+        if self._server_version() >= (3, 12):
+            arguments["x-consumer-timeout"] = CONSUMER_TIMEOUT_MS
+        try:
+            async with self._conn.channel() as ch:
+                await ch.declare_queue(name, durable=True, arguments=arguments)
+        except aio_pika.exceptions.ChannelPreconditionFailed:
+            # declared earlier with other arguments (e.g. max_deliveries changed since): keep it
+            async with self._conn.channel() as ch:
+                await ch.declare_queue(name, passive=True)
+        self._declared.add(name)
+        return name
+
+    def _server_version(self) -> tuple[int, ...]:
+        props: Mapping[str, Any] = {}
+        with contextlib.suppress(Exception):
+            assert self._conn is not None
+            props = self._conn.transport.connection.server_properties  # type: ignore[union-attr]
+        raw = props.get("version", b"0")
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        try:
+            return tuple(int(p) for p in text.split(".")[:2])
+        except ValueError:
+            return (0,)
+
+    async def publish(self, tickets: Sequence[Ticket]) -> None:
+        """Publish ``tickets`` and wait for RabbitMQ's confirms (``BackendUnavailable`` if down)."""
+        if not tickets:
+            return
+        if self._pub is None:
+            raise BackendUnavailable(f"{self._where} is not connected")
+        with self._guard():
+            names = {t.queue: await self._declare(t.queue) for t in tickets}
+            exchange = self._pub.default_exchange
+            await asyncio.gather(*(
+                exchange.publish(
+                    aio_pika.Message(t.job_id.encode(), message_id=t.job_id, content_type="text/plain",
+                                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                    routing_key=names[t.queue], timeout=10.0)
+                for t in tickets))
+
+    async def _publish_soft(self, tickets: Sequence[Ticket]) -> None:
+        """Publish; an outage defers the tickets to the sweep's top-up instead of failing."""
+        try:
+            await self.publish(tickets)
+        except BackendUnavailable as exc:
+            self._warn(f"{len(tickets)} ticket(s) deferred to the outbox sweep", exc)
+        except aio_pika.exceptions.DeliveryError as exc:
+            self._warn(f"{len(tickets)} ticket(s) not confirmed; deferred to the outbox sweep", exc)
+
+    async def ticket_count(self, queue: str) -> int:
+        """Ready (not yet delivered) tickets of ``queue`` in RabbitMQ."""
+        assert self._conn is not None
+        name = await self._declare(queue)
+        async with self._conn.channel() as ch:
+            q = await ch.declare_queue(name, passive=True)
+        result = q.declaration_result
+        return int(result.message_count or 0)
+
+    async def _consume(self, queues: Sequence[str], prefetch: int) -> None:
+        """Consume tickets of ``queues`` with ``prefetch`` unacked tickets at most per queue."""
+        if self._sub is None:
+            raise BackendUnavailable(f"{self._where} is not connected")
+        async with self._lock:
+            with self._guard():
+                prefetch = max(1, prefetch)
+                if prefetch != self._prefetch:
+                    await self._sub.set_qos(prefetch_count=prefetch)
+                    self._prefetch = prefetch
+                for queue in queues:
+                    if queue in self._consumers:
+                        continue
+                    name = await self._declare(queue)
+                    q = await self._sub.get_queue(name, ensure=False)
+                    tag = await q.consume(self._on_ticket, no_ack=False)
+                    self._consumers[queue] = (q, tag)
+
+    async def _on_ticket(self, message: AbstractIncomingMessage) -> None:
+        self._held.append((time.monotonic(), message))
+        self._arrived.set()
+
+    async def _ack(self, count: int) -> None:
+        """Ack the ``count`` oldest held tickets (one ``multiple`` ack per channel)."""
+        count = min(count, len(self._held))
+        if count <= 0:
+            return
+        taken = [self._held.popleft()[1] for _ in range(count)]
+        last = taken[-1]
+        try:
+            # tickets of one channel arrive in delivery-tag order: acking the last acks all
+            await last.ack(multiple=True)
+        except _ACK_FAILED as exc:
+            # after a reconnect the old tags are void: RabbitMQ redelivers those tickets
+            self._warn("ticket ack failed", exc)
+
+    async def _reap_held(self) -> None:
+        """Ack tickets held while this worker is busy (another worker's poll takes the job)."""
+        while True:
+            await asyncio.sleep(HOLD / 2)
+            if self._held and time.monotonic() - self._held[0][0] > HOLD:
+                await self._ack(len(self._held))
+
+    # -- submit ---------------------------------------------------------------------------
+    async def enqueue(self, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
+        """Register in the store (atomic), then publish tickets with confirms (the outbox)."""
+        stored = await self.store.enqueue(jobs)
+        await self._publish_soft(tickets_for([job for job, created in stored if created]))
+        return stored
+
+    # -- leasing --------------------------------------------------------------------------
+    async def claim(self, queues: Sequence[str], limit: int, worker_id: str, now: float) -> list[Lease]:
+        """Lease from the store; ack the tickets that stood for what was leased (or was stale)."""
+        try:
+            await self._consume(queues, limit)
+        except BackendUnavailable as exc:
+            self._warn("consuming tickets failed; claiming from the store alone", exc)
+        leases = await self.store.claim(queues, limit, worker_id, now)
+        await self._ack(len(leases) if len(leases) >= limit else len(self._held))
+        return leases
+
+    async def heartbeat(self, worker: WorkerInfo, leases: Mapping[str, str], now: float) -> HeartbeatReply:
+        return await self.store.heartbeat(worker, leases, now)
+
+    async def finish(self, outcomes: Sequence[Outcome], now: float) -> list[bool]:
+        """Apply in the store; a job handed back gets a fresh ticket."""
+        applied = await self.store.finish(outcomes, now)
+        back = [o.job_id for o, ok in zip(outcomes, applied, strict=True) if ok and o.status is Status.QUEUED]
+        if back:
+            await self._publish_soft(tickets_for(await self.store.get_jobs(back)))
+        return applied
+
+    async def set_progress(self, job_id: str, token: str, progress: Mapping[str, Any], now: float) -> bool:
+        return await self.store.set_progress(job_id, token, progress, now)
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when a ticket arrives for ``queues`` (or one is held), or after ``timeout``."""
+        try:
+            await self._consume(queues, self._prefetch or 1)
+        except BackendUnavailable as exc:
+            self._warn("waiting for tickets failed; polling the store", exc)
+            await asyncio.sleep(timeout)
+            return
+        if self._held:
+            return
+        self._arrived.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._arrived.wait(), timeout)
+
+    # -- reads ----------------------------------------------------------------------------
+    async def get_jobs(self, ids: Sequence[str]) -> list[Job]:
+        return await self.store.get_jobs(ids)
+
+    async def list_jobs(self, query: JobQuery) -> Page:
+        return await self.store.list_jobs(query)
+
+    async def revisions(self, ids: Sequence[str]) -> dict[str, int]:
+        return await self.store.revisions(ids)
+
+    # -- admin ----------------------------------------------------------------------------
+    async def cancel(self, job_id: str, now: float) -> Job | None:
+        return await self.store.cancel(job_id, now)
+
+    async def requeue(
+        self, queue: str | None, ids: Sequence[str] | None, statuses: Sequence[Status], now: float
+    ) -> list[Job]:
+        """Requeue in the store (redrive, retry); the jobs put back get tickets."""
+        jobs = await self.store.requeue(queue, ids, statuses, now)
+        await self._publish_soft(tickets_for(jobs))
+        return jobs
+
+    async def purge(self, queue: str, now: float) -> int:
+        return await self.store.purge(queue, now)
+
+    async def queue_settings(self, name: str) -> QueueSettings:
+        return await self.store.queue_settings(name)
+
+    async def save_queue_settings(self, name: str, settings: QueueSettings) -> None:
+        await self.store.save_queue_settings(name, settings)
+
+    async def queues(self, names: Sequence[str] | None = None) -> list[QueueInfo]:
+        return await self.store.queues(names)
+
+    # -- webhooks -------------------------------------------------------------------------
+    async def due_webhooks(self, now: float, limit: int, lease: float) -> list[tuple[Job, int]]:
+        return await self.store.due_webhooks(now, limit, lease)
+
+    async def webhook_attempted(self, job_id: str, delivered: bool, next_at: float | None) -> None:
+        await self.store.webhook_attempted(job_id, delivered, next_at)
+
+    # -- housekeeping and registry --------------------------------------------------------
+    async def sweep(self, now: float, limit: int = 500) -> SweepReport:
+        """The store's sweep, then the outbox's top-up of tickets (at most every 2 s)."""
+        report = await self.store.sweep(now, limit)
+        try:
+            with self._guard():
+                await self.outbox.reconcile(self.ticket_count, self.publish, force=report.requeued > 0)
+        except BackendUnavailable as exc:
+            self._warn("outbox sweep failed", exc)
+        return report
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self.store.unregister_worker(worker_id)
+
+    async def workers(self, now: float) -> list[WorkerInfo]:
+        return await self.store.workers(now)
