@@ -46,7 +46,9 @@ def test_rate_limit_5_per_second__over_3_seconds__stays_within_the_limit(e2e):
 
     starts = started()
     first = starts[0]
-    window = [t for t in starts if t < first + 3.0]
+    # 3 s less the jitter between a claim and the task reading its clock (the first batch's threads
+    # start a few ms after their claim, so the batch claimed 3 s later would otherwise count too)
+    window = [t for t in starts if t < first + 2.95]
     assert 12 <= len(window) <= 15 + 1
     for t in starts:  # a sliding limit: never more than 5 starts in any second (less a few ms of
         # jitter between the claim and the task's own clock reading)
