@@ -12,6 +12,7 @@ from conveyor.backends.base import QueueInfo
 from conveyor.cli import render
 from conveyor.cli.common import add_common, app_spec, backend_url, load, open_backend
 from conveyor.cli.errors import EXIT_FAILED, EXIT_OK
+from conveyor.core.app import check_queue_name
 from conveyor.core.job import Status
 
 
@@ -74,6 +75,7 @@ def queues(args: argparse.Namespace) -> int:
 
 def queue(args: argparse.Namespace) -> int:
     """Show a queue; with options, change its settings first."""
+    check_queue_name(args.name)
     changes: dict[str, Any] = {
         "retention": args.retention,
         "visibility_timeout": args.visibility_timeout,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import threading
 
 from conveyor.cli.common import add_common, app_spec, load
 from conveyor.worker.worker import run_worker
@@ -29,7 +31,7 @@ def worker(args: argparse.Namespace) -> int:
     """Run a worker; its exit code (0, or 70 when its claim loop stalled)."""
     app = load(args)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    return run_worker(
+    code = run_worker(
         app,
         queues=args.queues,
         concurrency=args.concurrency,
@@ -39,6 +41,12 @@ def worker(args: argparse.Namespace) -> int:
         burst=args.burst,
         app_spec=app_spec(args),
     )
+    if any(t.name.startswith("conveyor-job") and t.is_alive() for t in threading.enumerate()):
+        # a job thread that ignored its time limit or cancel must not keep the process alive:
+        # its job was already settled or handed back
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def _names(text: str) -> list[str]:

@@ -100,7 +100,7 @@ class Conveyor:
                 backoff_cap=backoff_cap,
             )
             options.check(f"task {task_name!r}")
-            _check_queue_name(queue)
+            check_queue_name(queue)
             if task_name in self.tasks:
                 raise RegistrationError(f"a task named {task_name!r} is already registered")
             limits = {"concurrency_limit": concurrency_limit, "rate_limit": rate_limit, "limit_key": limit_key}
@@ -120,7 +120,7 @@ class Conveyor:
         result_ttl: float | None = None,
     ) -> None:
         """Declare a queue's settings (seconds); applied whenever a worker or server starts."""
-        _check_queue_name(name)
+        check_queue_name(name)
         given = {
             "retention": retention,
             "visibility_timeout": visibility_timeout,
@@ -268,7 +268,7 @@ class Conveyor:
         job = Job(
             id=_id or uuid7(),
             task=task.name,
-            queue=_check_queue_name(queue if queue is not None else o.queue),
+            queue=check_queue_name(queue if queue is not None else o.queue),
             status=Status.SCHEDULED if scheduled_at is not None and scheduled_at > now else Status.QUEUED,
             args=list(args),
             kwargs=dict(kwargs),
@@ -383,7 +383,7 @@ def _valid_queue_name(name: str) -> bool:
     return 0 < len(name) <= 100 and set(name) <= _QUEUE_CHARS
 
 
-def _check_queue_name(name: Any) -> str:
+def check_queue_name(name: Any) -> str:
     if not isinstance(name, str) or not _valid_queue_name(name):
         raise _invalid("#/queue", "queue names are 1–100 ASCII letters, digits, '-', '_', '.' or ':'",
                        "invalid queue name")

@@ -45,7 +45,8 @@ class QueueSettings:
         errors = []
         for name, value, low, high in checks:
             if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-                errors.append({"pointer": f"#/{name}", "detail": f"{name} must be a number from {low:g} to {high:g}"})
+                detail = f"{name} must be a number from {low:,.0f} to {high:,.0f}"
+                errors.append({"pointer": f"#/{name}", "detail": detail})
         if not isinstance(self.paused, bool):
             errors.append({"pointer": "#/paused", "detail": "paused must be true or false"})
         if errors:

@@ -245,7 +245,6 @@ class Worker:
         if running.settled:
             return
         running.settled = True
-        self._progress.pop(running.lease.job.id, None)
         if outcome is not None:
             self._outbox.append(outcome)
             self._flush_needed.set()
