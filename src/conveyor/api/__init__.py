@@ -1,0 +1,119 @@
+"""The HTTP API (SPEC §6): ``create_api(app)`` returns the FastAPI application.
+
+One module per resource (``jobs``, ``queues``, ``tasks``, ``workers``, ``health``); every
+error becomes problem+json through ``problems``; ``auth`` and ``limits`` are ASGI middleware
+that answer before the body is parsed; ``events`` streams job changes from one shared watcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from fastapi import FastAPI
+
+from conveyor.api import health, jobs, problems, queues, tasks, workers
+from conveyor.api.auth import AuthMiddleware, Token, parse_tokens, tokens_from_env
+from conveyor.api.deps import ApiState
+from conveyor.api.events import KEEPALIVE
+from conveyor.api.limits import BodyLimitMiddleware
+from conveyor.core.app import Conveyor
+from conveyor.core.errors import BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+#: Default request body limit (``--max-body``): 1 MiB.
+MAX_BODY = 1024 * 1024
+
+
+def create_api(
+    app: Conveyor,
+    *,
+    tokens: Sequence[Token] | str | None = None,
+    max_body: int = MAX_BODY,
+    housekeeping: bool = True,
+    keepalive: float = KEEPALIVE,
+) -> FastAPI:
+    """The API of ``app``. ``tokens``: parsed tokens or ``CONVEYOR_API_TOKENS`` text (None: that
+    variable; empty: no auth). ``housekeeping``: sweep expired leases and old records every ~1 s."""
+    token_list = tokens_from_env() if tokens is None else parse_tokens(tokens) if isinstance(tokens, str) else tokens
+    st = ApiState(app, keepalive=keepalive)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(api: FastAPI) -> AsyncIterator[None]:
+        try:
+            await app.apply_queue_settings(await st.backend())
+        except BackendUnavailable as exc:  # serve anyway: /readyz says 503 until it answers
+            log.warning("backend unavailable at start: %s", exc)
+        sweeper = asyncio.get_running_loop().create_task(_sweep_forever(st)) if housekeeping else None
+        try:
+            yield
+        finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
+            await st.watcher.close()
+            for backend in st.opened:
+                await backend.close()
+
+    api = FastAPI(
+        title="Conveyor",
+        version=_version(),
+        description="Background jobs: submit, watch, cancel and retry jobs; manage queues.",
+        lifespan=lifespan,
+    )
+    api.state.conveyor = st
+    for module in (jobs, queues, tasks, workers, health):
+        api.include_router(module.router)
+    problems.install(api)
+    api.add_middleware(BodyLimitMiddleware, max_body=max_body)
+    api.add_middleware(AuthMiddleware, tokens=token_list)
+    _document(api, bool(token_list))
+    return api
+
+
+async def _sweep_forever(st: ApiState) -> None:
+    """Housekeeping like a worker's: expired leases, retention, old records (bounded batches)."""
+    while True:
+        await asyncio.sleep(random.uniform(0.8, 1.2))
+        try:
+            report = await (await st.backend()).sweep(time.time())
+            if report.total:
+                log.info("housekeeping: %s", report)
+        except BackendUnavailable as exc:
+            log.warning("housekeeping failed: %s", exc)
+        except Exception:
+            log.exception("housekeeping failed")
+
+
+def _document(api: FastAPI, secured: bool) -> None:
+    """OpenAPI: problems as ``application/problem+json``, and the bearer scheme when tokens are set."""
+    original = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            schema = problems.fix_openapi(original())
+            if secured:
+                schema.setdefault("components", {})["securitySchemes"] = {
+                    "bearer": {"type": "http", "scheme": "bearer"}
+                }
+                schema["security"] = [{"bearer": []}]
+            api.openapi_schema = schema
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
+
+
+def _version() -> str:
+    from conveyor import __version__
+
+    return __version__
+
+
+__all__ = ["MAX_BODY", "create_api"]

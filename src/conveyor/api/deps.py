@@ -1,0 +1,38 @@
+"""What every route shares: the app, its backend in this server's loop, the event watcher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from conveyor.api.events import KEEPALIVE, Watcher
+from conveyor.api.idempotency import InFlight
+from conveyor.backends.base import Backend
+from conveyor.core.app import Conveyor
+
+
+@dataclass
+class ApiState:
+    """One server's state (kept on ``FastAPI.state.conveyor``; no globals)."""
+
+    app: Conveyor
+    keepalive: float = KEEPALIVE
+    watcher: Watcher = field(init=False)
+    in_flight: InFlight = field(default_factory=InFlight)
+    opened: list[Backend] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.watcher = Watcher(self.backend)
+
+    async def backend(self) -> Backend:
+        """The app's backend for this server's event loop (opened on first use, retried after failures)."""
+        backend = await self.app.backend()
+        if not self.opened:
+            self.opened.append(backend)
+        return backend
+
+
+def state(request: Request) -> ApiState:
+    api_state: ApiState = request.app.state.conveyor
+    return api_state

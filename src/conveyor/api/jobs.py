@@ -1,0 +1,189 @@
+"""``/v1/jobs``: submit (one, or a batch), read, list, stream, cancel, retry."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from conveyor import metrics
+from conveyor.api import events
+from conveyor.api.deps import ApiState, state
+from conveyor.api.idempotency import is_valid_key, same_request
+from conveyor.api.models import JobBatch, JobList, JobOut, SubmitBatch, SubmitJob
+from conveyor.api.problems import responses
+from conveyor.backends.base import JobQuery
+from conveyor.core.app import order_by_dependencies
+from conveyor.core.errors import (
+    IdempotencyKeyReused,
+    InvalidTransition,
+    JobNotFound,
+    ValidationError,
+)
+from conveyor.core.ids import is_uuid
+from conveyor.core.job import Job, Status
+
+TEXT = {"type": "string"}
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+State = Annotated[ApiState, Depends(state)]
+#: Seconds a client should wait before polling a job that is not finished.
+POLL_AFTER = "1"
+
+
+def job_response(job: Job, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(job.to_json(), status_code=status, headers=headers)
+
+
+def accepted(job: Job) -> JSONResponse:
+    """202 for a job just submitted (or re-run): where to watch it, and when to look."""
+    where = f"/v1/jobs/{job.id}"
+    return job_response(job, 202, {"Location": where, "Content-Location": where, "Retry-After": POLL_AFTER})
+
+
+async def find(st: ApiState, job_id: str) -> Job:
+    jobs = await (await st.backend()).get_jobs([job_id]) if is_uuid(job_id) else []
+    if not jobs:
+        raise JobNotFound(f"no job has id {job_id!r}")
+    return jobs[0]
+
+
+@router.post(
+    "", status_code=202, response_model=JobOut,
+    responses={200: {"model": JobOut, "description": "Idempotent replay: the job this key made"},
+               **responses(400, 401, 403, 409, 413, 415, 422)},
+)
+async def submit(
+    body: SubmitJob,
+    st: State,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
+) -> Response:
+    """Submit a job; 202 with the job. With ``Idempotency-Key``, a repeat gets the same job (200)."""
+    if idempotency_key is not None and not is_valid_key(idempotency_key):
+        raise HTTPException(400, "Idempotency-Key must be 1–255 printable ASCII characters")
+    with st.in_flight.hold(idempotency_key):
+        job = st.app.build_job(body.task, body.args, body.kwargs, now=time.time(), key=idempotency_key,
+                               **body.options())
+        [(stored, created)] = await (await st.backend()).enqueue([job])
+    if not created:
+        if not same_request(job, stored):
+            raise IdempotencyKeyReused(
+                f"idempotency key {idempotency_key!r} was used for a different request (job {stored.id})",
+                [{"pointer": "#", "detail": "differs from the request that first used this key"}],
+            )
+        return job_response(stored, 200, {"Content-Location": f"/v1/jobs/{stored.id}", "Idempotent-Replayed": "true"})
+    metrics.job_enqueued(stored)
+    return accepted(stored)
+
+
+@router.post("/batch", status_code=202, response_model=JobBatch, responses=responses(400, 401, 403, 413, 415, 422))
+async def submit_batch(body: SubmitBatch, st: State) -> Response:
+    """Submit up to 1000 jobs in one round trip: all are accepted, or none (422 names each problem)."""
+    now = time.time()
+    jobs: list[Job] = []
+    errors: list[dict[str, str]] = []
+    for i, item in enumerate(body.jobs):
+        try:
+            jobs.append(st.app.build_job(item.task, item.args, item.kwargs, now=now, **item.options()))
+        except ValidationError as exc:
+            for err in exc.errors or [{"pointer": "#", "detail": str(exc)}]:
+                errors.append({**err, "pointer": f"#/jobs/{i}" + err.get("pointer", "#").removeprefix("#")})
+    if errors:
+        raise ValidationError(f"{len(errors)} problem(s) in the batch; no job was submitted", errors)
+    stored = await (await st.backend()).enqueue(order_by_dependencies(jobs))
+    by_id = {job.id: result for job, result in zip(order_by_dependencies(jobs), stored, strict=True)}
+    out = [by_id[job.id][0] for job in jobs]
+    for job, created in stored:
+        if created:
+            metrics.job_enqueued(job)
+    return JSONResponse({"jobs": [job.to_json() for job in out]}, status_code=202)
+
+
+@router.get("", response_model=JobList, responses=responses(401, 403, 422))
+async def list_jobs(
+    st: State,
+    status: Status | None = None,
+    task: Annotated[str | None, Query(max_length=200)] = None,
+    queue: Annotated[str | None, Query(max_length=100)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> Response:
+    """Jobs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+    page = await (await st.backend()).list_jobs(JobQuery(status, task, queue, limit, cursor))
+    return JSONResponse({"items": [job.to_json() for job in page.items], "next_cursor": page.next_cursor})
+
+
+@router.get(
+    "/{job_id}", response_model=JobOut,
+    responses={304: {"description": "Not modified since the ETag given in If-None-Match"},
+               **responses(401, 403, 404)},
+)
+async def get_job(
+    job_id: str, st: State, if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None
+) -> Response:
+    """One job; ``ETag`` is its revision, ``If-None-Match`` with it answers 304."""
+    job = await find(st, job_id)
+    etag = f'"{job.revision}"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if not job.status.terminal:
+        headers["Retry-After"] = POLL_AFTER
+    if if_none_match is not None and _matches(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+    return job_response(job, 200, headers)
+
+
+def _matches(header: str, etag: str) -> bool:
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag in tags
+
+
+@router.get(
+    "/{job_id}/events",
+    responses={200: {"description": "An event stream", "content": {"text/event-stream": {"schema": TEXT}}},
+               204: {"description": "The client already saw the terminal event"},
+               **responses(401, 403, 404)},
+    response_class=StreamingResponse,
+)
+async def job_events(
+    job_id: str, st: State, last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None
+) -> Response:
+    """Server-Sent Events: ``event: job`` on every change (``id:`` = revision) until a terminal status."""
+    job = await find(st, job_id)
+    last = int(last_event_id) if last_event_id is not None and last_event_id.strip().isdigit() else None
+    if last is not None and job.status.terminal and job.revision <= last:
+        return Response(status_code=204)
+    return StreamingResponse(
+        events.stream(st.watcher, job, last, st.keepalive),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=responses(401, 403, 404, 409))
+async def cancel(job_id: str, st: State) -> Response:
+    """Cancel: a pending job at once, a running one cooperatively. 409 for a job that already finished
+    otherwise; cancelling a cancelled job again is a no-op (202)."""
+    job = await (await st.backend()).cancel(job_id, time.time()) if is_uuid(job_id) else None
+    if job is None:
+        raise JobNotFound(f"no job has id {job_id!r}")
+    if job.status.terminal and job.status is not Status.CANCELLED:
+        raise InvalidTransition(f"job {job_id} already {job.status}; it cannot be cancelled")
+    return job_response(job, 202)
+
+
+RETRYABLE = (Status.FAILED, Status.CANCELLED, Status.EXPIRED)
+
+
+@router.post("/{job_id}/retry", status_code=202, response_model=JobOut, responses=responses(401, 403, 404, 409))
+async def retry(job_id: str, st: State) -> Response:
+    """Run a failed, cancelled or expired job again (attempts reset); 409 for any other status."""
+    job = await find(st, job_id)
+    if job.status not in RETRYABLE:
+        raise InvalidTransition(f"job {job_id} is {job.status}; only failed, cancelled or expired jobs can be retried")
+    requeued = await (await st.backend()).requeue(None, [job_id], RETRYABLE, time.time())
+    if not requeued:  # it changed between the two reads
+        raise InvalidTransition(f"job {job_id} can no longer be retried")
+    return accepted(requeued[0])
+
+

@@ -1,0 +1,84 @@
+"""``/v1/queues``: counts and settings, change settings, redrive dead letters, purge."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Response
+from fastapi.responses import JSONResponse
+
+from conveyor.api.deps import ApiState, state
+from conveyor.api.models import Purged, QueueList, QueueOut, QueuePatch, Redrive, Redriven
+from conveyor.api.problems import responses
+from conveyor.backends.base import Backend, QueueInfo
+from conveyor.core.errors import JobNotFound
+from conveyor.core.job import Status
+
+router = APIRouter(prefix="/v1/queues", tags=["queues"])
+State = Annotated[ApiState, Depends(state)]
+_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+class QueueNotFound(JobNotFound):
+    """No queue has this name."""
+
+
+async def _all(st: ApiState, backend: Backend) -> list[QueueInfo]:
+    """Every queue the backend knows, plus those the app names (with zero counts)."""
+    infos = await backend.queues()
+    missing = [n for n in st.app.queue_names() if n not in {q.name for q in infos}]
+    if missing:
+        infos = sorted([*infos, *await backend.queues(missing)], key=lambda q: q.name)
+    return infos
+
+
+def _check_name(name: str) -> str:
+    if not 0 < len(name) <= 100 or not set(name) <= _CHARS:
+        raise QueueNotFound(f"no queue named {name!r}")
+    return name
+
+
+@router.get("", response_model=QueueList, responses=responses(401, 403))
+async def list_queues(st: State) -> Response:
+    """Every queue: counts per status and settings."""
+    infos = await _all(st, await st.backend())
+    return JSONResponse({"items": [q.to_json() for q in infos]})
+
+
+@router.get("/{name}", response_model=QueueOut, responses=responses(401, 403, 404))
+async def get_queue(name: str, st: State) -> Response:
+    """One queue; 404 unless the app names it or the backend has jobs or settings for it."""
+    backend = await st.backend()
+    for info in await _all(st, backend):
+        if info.name == _check_name(name):
+            return JSONResponse(info.to_json())
+    raise QueueNotFound(f"no queue named {name!r}")
+
+
+@router.patch("/{name}", response_model=QueueOut, responses=responses(400, 401, 403, 404, 413, 415, 422))
+async def patch_queue(name: str, body: QueuePatch, st: State) -> Response:
+    """Change settings (seconds): ``retention``, ``visibility_timeout``, ``max_deliveries``, ``result_ttl``,
+    ``paused``; fields left out keep their values."""
+    backend = await st.backend()
+    current = await backend.queue_settings(_check_name(name))
+    given = body.model_dump(exclude_none=True)
+    if given:
+        await backend.save_queue_settings(name, current.replace(**given))
+    [info] = await backend.queues([name])
+    return JSONResponse(info.to_json())
+
+
+@router.post("/{name}/redrive", response_model=Redriven, responses=responses(400, 401, 403, 404, 413, 415, 422))
+async def redrive(name: str, st: State, body: Annotated[Redrive | None, Body()] = None) -> Response:
+    """Put the queue's dead letters (``failed`` jobs; only ``ids`` if given) back to ``queued``."""
+    ids = body.ids if body is not None else None
+    jobs = await (await st.backend()).requeue(_check_name(name), ids, [Status.FAILED], time.time())
+    return JSONResponse({"redriven": len(jobs)})
+
+
+@router.post("/{name}/purge", response_model=Purged, responses=responses(401, 403, 404))
+async def purge(name: str, st: State) -> Response:
+    """Cancel every job of the queue that has not started yet."""
+    purged = await (await st.backend()).purge(_check_name(name), time.time())
+    return JSONResponse({"purged": purged})

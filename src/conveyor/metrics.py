@@ -1,0 +1,87 @@
+"""Prometheus metrics: job counters and timings per task and queue, queue depth at scrape.
+
+Workers call ``job_started`` and ``job_finished``; the API server calls ``job_enqueued``.
+When ``PROMETHEUS_MULTIPROC_DIR`` is set (``conveyor up`` sets it for its children) every
+process writes its samples there and the server's ``/metrics`` aggregates them all; without
+it, ``/metrics`` shows the serving process's own registry.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import REGISTRY, Collector
+
+from conveyor.backends.base import QueueInfo
+from conveyor.core.job import Job, Status
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LABELS = ("task", "queue")
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, float("inf"))
+
+ENQUEUED = Counter("conveyor_jobs_enqueued", "Jobs accepted for enqueueing.", _LABELS)
+STARTED = Counter("conveyor_jobs_started", "Job attempts started by workers.", _LABELS)
+SUCCEEDED = Counter("conveyor_jobs_succeeded", "Jobs that succeeded.", _LABELS)
+FAILED = Counter("conveyor_jobs_failed", "Jobs that failed for good (dead letters).", _LABELS)
+RETRIED = Counter("conveyor_jobs_retried", "Failed attempts that will be retried.", _LABELS)
+DURATION = Histogram("conveyor_job_duration_seconds", "Run time of one attempt.", _LABELS, buckets=_BUCKETS)
+WAIT = Histogram("conveyor_job_wait_seconds", "Time from ready to started.", _LABELS, buckets=_BUCKETS)
+
+_OUTCOMES = {Status.SUCCEEDED: SUCCEEDED, Status.FAILED: FAILED, Status.RETRYING: RETRIED}
+
+
+def job_enqueued(job: Job) -> None:
+    """Count one accepted job."""
+    ENQUEUED.labels(job.task, job.queue).inc()
+
+
+def job_started(job: Job, now: float) -> None:
+    """Count one started attempt and how long it waited since it became ready."""
+    STARTED.labels(job.task, job.queue).inc()
+    ready_at = job.scheduled_at if job.scheduled_at is not None else job.created_at
+    WAIT.labels(job.task, job.queue).observe(max(0.0, now - ready_at))
+
+
+def job_finished(job: Job, status: Status | str, duration: float) -> None:
+    """Count an attempt's outcome (``succeeded``, ``failed``, ``retrying``) and its run time."""
+    counter = _OUTCOMES.get(Status(status))
+    if counter is not None:
+        counter.labels(job.task, job.queue).inc()
+    DURATION.labels(job.task, job.queue).observe(max(0.0, duration))
+
+
+class QueueDepth(Collector):
+    """Gauges of each queue's jobs per status, from one ``backend.queues()`` at scrape time."""
+
+    def __init__(self, queues: Sequence[QueueInfo]) -> None:
+        self.queues = queues
+
+    def collect(self) -> Iterable[Metric]:
+        depth = GaugeMetricFamily("conveyor_queue_jobs", "Jobs in a queue per status.", labels=["queue", "status"])
+        paused = GaugeMetricFamily("conveyor_queue_paused", "1 when the queue is paused.", labels=["queue"])
+        for info in self.queues:
+            for status in ("waiting", "scheduled", "queued", "running", "retrying", "failed"):
+                depth.add_metric([info.name, status], float(info.counts.get(status, 0)))
+            paused.add_metric([info.name], 1.0 if info.settings.paused else 0.0)
+        yield depth
+        yield paused
+
+
+def render(queues: Sequence[QueueInfo]) -> bytes:
+    """The Prometheus text of every process's counters plus the queue gauges."""
+    registry = CollectorRegistry(auto_describe=False)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        text = generate_latest(registry)
+    else:
+        text = generate_latest(REGISTRY)
+    gauges = CollectorRegistry(auto_describe=False)
+    gauges.register(QueueDepth(queues))
+    return text + generate_latest(gauges)
+
+
+__all__ = ["job_enqueued", "job_finished", "job_started", "render"]
