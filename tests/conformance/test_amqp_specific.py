@@ -1,0 +1,205 @@
+"""RabbitMQ-only behaviour: tickets, the outbox top-up, other stores, outages, configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aio_pika
+import aio_pika.exceptions
+import pytest
+
+from conveyor.backends import create_backend
+from conveyor.backends.amqp import AMQPBackend
+from conveyor.backends.base import Backend, Outcome
+from conveyor.core.errors import BackendUnavailable, ConfigurationError
+from conveyor.core.ids import uuid7
+from conveyor.core.job import Job, Status
+
+RABBIT = "amqp://guest:guest@127.0.0.1:5672/"
+STORES = {
+    "sqlite": lambda tmp, ns: f"sqlite:///{tmp / 'store.db'}",
+    "redis": lambda tmp, ns: f"redis://127.0.0.1:6379/0?prefix={ns}",
+    "postgresql": lambda tmp, ns: f"postgresql://postgres@127.0.0.1:5432/test?schema={ns}",
+}
+
+Opener = Callable[[], Awaitable[AMQPBackend]]
+
+
+def job(**fields: object) -> Job:
+    return Job(id=uuid7(), task="t", created_at=time.time(), **fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=list(STORES))
+async def open_amqp(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
+    """AMQP backends over one store of each kind, on a namespace of this test's own."""
+    ns = f"amqptest_{uuid.uuid4().hex[:10]}"
+    store_url = STORES[request.param](tmp_path, ns)
+    opened: list[AMQPBackend] = []
+
+    async def open_one() -> AMQPBackend:
+        b = AMQPBackend(f"{RABBIT}?prefix={ns}", create_backend(store_url))
+        await b.open()
+        opened.append(b)
+        return b
+
+    yield open_one
+    if opened:
+        await opened[0].drop()
+    for b in reversed(opened):
+        await b.close()
+
+
+async def ready_tickets(b: AMQPBackend, queue: str = "default") -> int:
+    """Tickets not acked yet: waiting in RabbitMQ or held by ``b``'s consumer."""
+    await asyncio.sleep(0.1)  # let acks and deliveries land
+    return await b.ticket_count(queue) + len(b._held)
+
+
+async def test_smoke__any_store__enqueue_wakes_another_process_claim_finish(open_amqp: Opener) -> None:
+    a, b = await open_amqp(), await open_amqp()
+    waiter = asyncio.create_task(b.wait_for_work(["default"], 5.0))
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    [(stored, created)] = await a.enqueue([job()])
+    await asyncio.wait_for(waiter, 2.0)
+    assert created and time.monotonic() - started < 0.5
+
+    [lease] = await b.claim(["default"], 4, "w1", time.time())
+    assert lease.job.id == stored.id
+    assert await b.finish([Outcome(stored.id, lease.token, Status.SUCCEEDED, result=1)], time.time()) == [True]
+    assert await ready_tickets(a) == 0
+
+
+async def test_tickets__one_per_ready_job__acked_as_jobs_are_leased(open_amqp: Opener) -> None:
+    b = await open_amqp()
+    await b.enqueue([job() for _ in range(3)] + [job(scheduled_at=time.time() + 60)])
+    assert await ready_tickets(b) == 3  # the scheduled job waits in the store's index, not in RabbitMQ
+
+    leases = await b.claim(["default"], 8, "w1", time.time())
+    await asyncio.sleep(0.1)  # tickets delivered after the claim began are acked by the next one
+    assert await b.claim(["default"], 8, "w1", time.time()) == []
+
+    assert len(leases) == 3
+    assert await ready_tickets(b) == 0
+
+
+async def test_claim__stale_ticket__is_acked_and_dropped(open_amqp: Opener) -> None:
+    b = await open_amqp()
+    [(stored, _)] = await b.enqueue([job()])
+    await b.cancel(stored.id, time.time())
+    await b.wait_for_work(["default"], 2.0)  # the ticket arrives
+
+    assert await b.claim(["default"], 1, "w1", time.time()) == []
+    assert await ready_tickets(b) == 0
+    assert not b._held
+
+
+async def test_hand_back__gets_a_fresh_ticket(open_amqp: Opener) -> None:
+    b = await open_amqp()
+    await b.enqueue([job()])
+    await b.wait_for_work(["default"], 2.0)  # the ticket is held
+    [lease] = await b.claim(["default"], 1, "w1", time.time())
+    assert await ready_tickets(b) == 0
+
+    await b.finish([Outcome(lease.job.id, lease.token, Status.QUEUED, uncount_delivery=True)], time.time())
+
+    assert await ready_tickets(b) == 1
+
+
+async def test_outbox__job_stored_without_ticket__sweep_tops_up_and_wakes_a_waiter(open_amqp: Opener) -> None:
+    b, other = await open_amqp(), await open_amqp()
+    await b.store.enqueue([job()])  # as if the process died between the store and the publish
+    assert await ready_tickets(b) == 0
+    waiter = asyncio.create_task(other.wait_for_work(["default"], 5.0))
+    await asyncio.sleep(0.1)
+
+    await b.sweep(time.time())
+
+    await asyncio.wait_for(waiter, 2.0)
+    assert len(await other.claim(["default"], 4, "w2", time.time())) == 1
+
+
+HOLDER = """
+import asyncio, sys
+from conveyor.backends import create_backend
+from conveyor.backends.amqp import AMQPBackend
+
+async def main():
+    b = AMQPBackend(sys.argv[1], create_backend(sys.argv[2]))
+    await b.open()
+    assert b._reaper is not None
+    b._reaper.cancel()  # hold the ticket as a busy worker would
+    while not b._held:
+        await b.wait_for_work(["default"], 1.0)
+    print("held", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+async def test_consumer_killed__held_ticket__is_redelivered_to_another(open_amqp: Opener) -> None:
+    survivor = await open_amqp()
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLDER, survivor.url, _store_url(survivor), stdout=asyncio.subprocess.PIPE)
+    try:
+        await asyncio.sleep(1.0)  # the holder subscribes first, so RabbitMQ hands it the ticket
+        await survivor.enqueue([job()])
+        assert holder.stdout is not None
+        assert await asyncio.wait_for(holder.stdout.readline(), 10.0) == b"held\n"
+        await survivor.wait_for_work(["default"], 0)  # subscribe
+        assert not survivor._held
+
+        holder.kill()  # kill -9
+
+        await asyncio.wait_for(survivor.wait_for_work(["default"], 5.0), 6.0)
+        assert survivor._held
+        assert len(await survivor.claim(["default"], 1, "w2", time.time())) == 1
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+        await holder.wait()
+
+
+def _store_url(b: AMQPBackend) -> str:
+    return str(b.store.url)  # type: ignore[attr-defined]
+
+
+async def test_queue__is_a_quorum_queue_with_the_delivery_limit(open_amqp: Opener) -> None:
+    b = await open_amqp()
+    await b.enqueue([job()])
+    conn = await aio_pika.connect(RABBIT)
+    try:
+        ch = await conn.channel()
+        with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
+            await ch.declare_queue(b.rabbit_queue("default"), durable=True,
+                                   arguments={"x-queue-type": "quorum", "x-delivery-limit": 99})
+    finally:
+        await conn.close()
+
+
+async def test_unreachable_rabbitmq__is_backend_unavailable_in_one_line(tmp_path: Path) -> None:
+    b = AMQPBackend("amqp://guest:guest@127.0.0.1:1/", create_backend(f"sqlite:///{tmp_path / 's.db'}"))
+    with pytest.raises(BackendUnavailable) as err:
+        await b.open()
+    assert "RabbitMQ at 127.0.0.1:1 is unreachable" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_amqp_url__without_store_url__is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONVEYOR_STORE_URL", raising=False)
+    with pytest.raises(ConfigurationError, match="CONVEYOR_STORE_URL"):
+        create_backend(RABBIT)
+
+
+def test_amqp_url__store_url__builds_the_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CONVEYOR_STORE_URL", f"sqlite:///{tmp_path / 's.db'}")
+    b = create_backend(f"{RABBIT}?prefix=app1&heartbeat=30")
+    assert isinstance(b, AMQPBackend) and isinstance(b.store, Backend)
+    assert b.prefix == "app1" and b.rabbit_queue("media") == "app1.media"
+    assert "prefix" not in b.amqp_url and "heartbeat=30" in b.amqp_url
