@@ -9,7 +9,10 @@ the loop cancels a coroutine, a process pool kills the child, a thread cannot be
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import collections
+import queue
+import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from conveyor.core.context import Context
@@ -43,16 +46,29 @@ async def run_async(task: Task, args: list[Any], kwargs: dict[str, Any], ctx: Co
 
 class ThreadPool:
     """Sync tasks in threads. A timed-out or cancelled thread keeps running until it returns;
-    its slot is freed at once and its outcome is dropped."""
+    its slot is freed at once and its outcome is dropped.
+
+    Threads hand results back in batches: the first completion schedules one callback on
+    the loop that settles every completion queued by then, so a burst of short jobs costs
+    one loop wake-up instead of one per job.
+    """
 
     def __init__(self, size: int) -> None:
-        # headroom: threads that outlive their job (timeouts) must not starve new jobs
-        self._executor = concurrent.futures.ThreadPoolExecutor(size + 16, thread_name_prefix="conveyor-job")
+        self._size = size
+        self._calls: queue.SimpleQueue[tuple[asyncio.Future[Any], Callable[[], Any]] | None] = queue.SimpleQueue()
+        self._done: collections.deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = collections.deque()
+        self._wake_pending = False
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(
         self, task: Task, args: list[Any], kwargs: dict[str, Any], ctx: Context, timeout: float | None
     ) -> Any:
-        future = asyncio.get_running_loop().run_in_executor(self._executor, lambda: task.fn(ctx, *args, **kwargs))
+        self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._submit(future, lambda: task.fn(ctx, *args, **kwargs))
         if timeout is None:
             return await future
         try:
@@ -61,8 +77,51 @@ class ThreadPool:
             ctx.request_cancel()  # a cooperative task stops at its next raise_if_cancelled()
             raise
 
+    def _submit(self, future: asyncio.Future[Any], call: Callable[[], Any]) -> None:
+        with self._lock:
+            # a thread per job in flight, up to size (+ those outliving a time limit)
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1
+        if spawn:
+            thread = threading.Thread(target=self._serve, name=f"conveyor-job-{len(self._threads)}", daemon=False)
+            self._threads.append(thread)
+            thread.start()
+        self._calls.put((future, call))
+
+    def _serve(self) -> None:
+        while True:
+            item = self._calls.get()
+            if item is None:
+                return
+            future, call = item
+            try:
+                result, error = call(), None
+            except BaseException as exc:
+                result, error = None, exc
+            self._done.append((future, result, error))
+            with self._lock:
+                self._idle += 1
+                wake = not self._wake_pending
+                self._wake_pending = True
+            if wake and self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._settle)
+
+    def _settle(self) -> None:
+        with self._lock:
+            self._wake_pending = False
+        while self._done:
+            future, result, error = self._done.popleft()
+            if future.done():
+                continue  # the job was settled already (time limit, cancel, lease lost)
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
     def stop(self, job_id: str) -> None:
         return None  # threads cannot be stopped; the worker tells the task through ctx.cancelled
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for _ in self._threads:
+            self._calls.put(None)
