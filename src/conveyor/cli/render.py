@@ -101,11 +101,31 @@ def job_panel(job: Job) -> Panel:
     if job.status is Status.SUCCEEDED:
         grid.add_row("result", escape(compact(job.result, 2000)))
     parts: list[RenderableType] = [grid]
+    if job.attempts:
+        parts.append(timeline_table(job))
     if job.error:
         parts.append(Text(f"\n{job.error.get('type')}: {job.error.get('message')}", style="red"))
         if job.error.get("traceback"):
             parts.append(Text(str(job.error["traceback"]).rstrip(), style="dim"))
     return Panel(Group(*parts), title=f"job {job.id}", title_align="left", box=box.ROUNDED, expand=False)
+
+
+def timeline_table(job: Job) -> Table:
+    """Every delivery of the job: who ran it, when, and how it ended."""
+    table = Table(title="timeline", title_justify="left", box=box.SIMPLE, show_edge=False)
+    for name in ("attempt", "worker", "started", "finished", "outcome", "error"):
+        table.add_column(name)
+    for entry in job.attempts:
+        error = entry.get("error") or {}
+        table.add_row(
+            str(entry.get("attempt", "")),
+            escape(str(entry.get("worker_id") or "")),
+            when(entry.get("started_at")),
+            when(entry.get("finished_at")),
+            escape(str(entry.get("status") or "running")),
+            escape(f"{error.get('type')}: {error.get('message')}" if error else ""),
+        )
+    return table
 
 
 def jobs_table(jobs: Sequence[Job], next_cursor: str | None = None) -> Table:
