@@ -138,3 +138,29 @@ def rate_limited(ctx: Context, n: int) -> int:
     """At most 5 start per second across every worker."""
     _record("rated", ctx, start=time.time())
     return n
+
+
+@app.task
+async def async_sleeper(ctx: Context, seconds: float) -> str:
+    """An async task: a cancel arrives as CancelledError at its next await."""
+    _record("start", ctx)
+    await asyncio.sleep(seconds)
+    _record("end", ctx)
+    return "slept"
+
+
+@app.task(max_retries=0, timeout=0.5)
+def overrun(ctx: Context, seconds: float) -> str:
+    """Ignores its 0.5 s time limit (sleeps without looking at ctx)."""
+    _record("start", ctx)
+    time.sleep(seconds)
+    _record("end", ctx)
+    return "too late"
+
+
+@app.task(max_retries=0, timeout=0.5)
+async def async_overrun(ctx: Context, seconds: float) -> str:
+    _record("start", ctx)
+    await asyncio.sleep(seconds)
+    _record("end", ctx)
+    return "too late"
