@@ -1,0 +1,147 @@
+"""``conveyor server`` (the HTTP API) and ``conveyor up`` (server + workers + scheduler, supervised)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import logging
+import signal
+import sys
+from collections.abc import Iterator
+
+from conveyor.cli.common import add_common, app_spec, load
+from conveyor.cli.errors import UsageError
+
+DEFAULT_MAX_BODY = 1024 * 1024
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``server`` and ``up``."""
+    p = subparsers.add_parser("server", help="serve the HTTP API (one process)")
+    _serve_options(p)
+    add_common(p)
+    p.set_defaults(func=server)
+    u = subparsers.add_parser("up", help="server + workers + scheduler, supervised: the single-machine mode")
+    _serve_options(u)
+    u.add_argument("--workers", type=_positive, default=2, metavar="N", help="worker processes (default 2)")
+    u.add_argument("--concurrency", type=_positive, metavar="N", help="jobs at once per worker (default 8)")
+    u.add_argument("--grace", type=float, default=30.0, metavar="S",
+                   help="on shutdown, let running jobs finish for S seconds (default 30)")
+    add_common(u)
+    u.set_defaults(func=up)
+
+
+def _serve_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--max-body", type=_positive, default=DEFAULT_MAX_BODY, metavar="BYTES",
+                   help="largest request body accepted (default 1048576)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow listening beyond loopback without CONVEYOR_API_TOKENS")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+def check_exposure(host: str, insecure: bool, has_tokens: bool) -> None:
+    """Refuse to listen beyond loopback without tokens, unless ``--insecure``."""
+    if has_tokens or insecure or _loopback(host):
+        return
+    raise UsageError(f"refusing to listen on {host} without CONVEYOR_API_TOKENS; set tokens or pass --insecure")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def server(args: argparse.Namespace) -> int:
+    """Serve the API until SIGINT/SIGTERM; 0 after a clean stop."""
+    import uvicorn
+
+    from conveyor.api import create_api
+    from conveyor.api.auth import tokens_from_env
+
+    app = load(args)
+    tokens = tokens_from_env()
+    check_exposure(args.host, args.insecure, bool(tokens))
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    api = create_api(app, tokens=tokens, max_body=args.max_body)
+    config = uvicorn.Config(api, host=args.host, port=args.port, log_level=args.log_level.lower(),
+                            lifespan="on", proxy_headers=False)
+    srv = _Server(config)
+    srv.run()
+    return 0 if srv.started else 1
+
+
+def up(args: argparse.Namespace) -> int:
+    """Run server, workers and the scheduler as supervised child processes."""
+    from conveyor.api.auth import tokens_from_env
+    from conveyor.supervisor import Child, Supervisor
+
+    app = load(args)  # fail here, once, on a bad --app or URL (exit 2), not in every child
+    check_exposure(args.host, args.insecure, bool(tokens_from_env()))
+    spec = app_spec(args)
+    assert spec is not None  # load() succeeded
+    base = [sys.executable, "-m", "conveyor.cli"]
+    common = ["--app", spec, "--url", app.url]
+    serve = ["server", *common, "--host", args.host, "--port", str(args.port), "--max-body", str(args.max_body),
+             "--log-level", args.log_level, *(["--insecure"] if args.insecure else [])]
+    children = [Child("server", [*base, *serve])]
+    for i in range(args.workers):
+        work = ["worker", *common, "--grace", str(args.grace), "--log-level", args.log_level]
+        if args.concurrency:
+            work += ["--concurrency", str(args.concurrency)]
+        if i > 0:
+            work.append("--no-scheduler")  # one scheduler is enough (more would be harmless)
+        children.append(Child(f"worker-{i + 1}", [*base, *work]))
+    print(f"conveyor up: http://{args.host}:{args.port} with {args.workers} worker(s) on {app.url}",
+          file=sys.stderr, flush=True)
+    return Supervisor(children, stop_timeout=args.grace + 10).run()
+
+
+class _Server:
+    """uvicorn, stopping on SIGINT/SIGTERM without re-raising the signal (so the exit code is 0)."""
+
+    def __init__(self, config: object) -> None:
+        import uvicorn
+
+        class Quiet(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                previous = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+                try:
+                    yield
+                finally:
+                    for s, handler in previous.items():
+                        signal.signal(s, handler)
+
+        assert isinstance(config, uvicorn.Config)
+        self.server = Quiet(config)
+
+    @property
+    def started(self) -> bool:
+        return bool(self.server.started)
+
+    def run(self) -> None:
+        self.server.run()
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {text!r}")
+    return value

@@ -1,0 +1,122 @@
+"""``conveyor up``'s supervisor: child processes kept running, stopped together.
+
+Each child runs in its own session, so a terminal's Ctrl-C reaches only the supervisor, which
+forwards one SIGTERM to every child (workers then drain within their grace). A child that
+exits while the supervisor is not stopping is restarted after a backoff (0.5 s doubling to
+30 s; reset once a child has run for a minute). A second Ctrl-C forwards a second SIGTERM
+(workers hand their jobs back at once); children still alive after ``stop_timeout`` are killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START, BACKOFF_CAP, HEALTHY_AFTER = 0.5, 30.0, 60.0
+
+
+@dataclass
+class Child:
+    """One supervised process: its name, its command line, and how it has been doing."""
+
+    name: str
+    argv: Sequence[str]
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    restarts: int = 0
+    next_start: float = 0.0
+    exits: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    """Starts ``children``, restarts those that exit, stops them all on SIGINT/SIGTERM (exit 0)."""
+
+    def __init__(self, children: Sequence[Child], env: Mapping[str, str] | None = None,
+                 stop_timeout: float = 40.0) -> None:
+        self.children = list(children)
+        self.env = dict(env if env is not None else os.environ)
+        self.stop_timeout = stop_timeout
+        self.signals = 0
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.signals += 1
+        if self.signals > 1:  # a second Ctrl-C: ask again (workers then hand their jobs back at once)
+            self._signal_all(signal.SIGTERM)
+
+    def run(self) -> int:
+        """Supervise until a signal; the exit code (0 after a clean stop)."""
+        metrics_dir = tempfile.mkdtemp(prefix="conveyor-metrics-")
+        self.env.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while not self.signals:
+                self._tick(time.monotonic())
+                time.sleep(0.1)
+            self._stop_all()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+        return 0
+
+    def _tick(self, now: float) -> None:
+        for child in self.children:
+            if child.proc is None:
+                if now >= child.next_start:
+                    self._start(child, now)
+                continue
+            code = child.proc.poll()
+            if code is None:
+                continue
+            child.exits.append(code)
+            child.proc = None
+            if now - child.started >= HEALTHY_AFTER:
+                child.restarts = 0
+            delay = min(BACKOFF_CAP, BACKOFF_START * 2**child.restarts)
+            child.restarts += 1
+            child.next_start = now + delay
+            _say(f"{child.name} exited with code {code}; restarting in {delay:.1f} s")
+
+    def _start(self, child: Child, now: float) -> None:
+        child.proc = subprocess.Popen(list(child.argv), env=self.env, start_new_session=True)
+        child.started = now
+        log.info("%s started (pid %d)", child.name, child.proc.pid)
+
+    def _signal_all(self, signum: int) -> None:
+        for child in self.children:
+            if child.proc is not None and child.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.send_signal(signum)
+
+    def _stop_all(self) -> None:
+        _say("stopping: SIGTERM to every child")
+        self._signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        for child in self.children:
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _say(f"{child.name} did not stop within {self.stop_timeout:.0f} s; killed")
+                child.proc.kill()
+                child.proc.wait()
+
+
+def _say(text: str) -> None:
+    print(f"conveyor up: {text}", file=sys.stderr, flush=True)
+
+
+__all__ = ["Child", "Supervisor"]
