@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from conveyor import metrics
 from conveyor.backends import create_backend
 from conveyor.backends.base import Backend, Lease, Outcome, WorkerInfo
 from conveyor.core import rules
@@ -219,6 +220,7 @@ class Worker:
 
         running = Running(lease, Context(job, report))
         self.running[job.id] = running
+        metrics.job_started(job, time.time())
         running.task = asyncio.create_task(self._run(running))
 
     async def _run(self, running: Running) -> None:
@@ -246,6 +248,7 @@ class Worker:
             return
         running.settled = True
         if outcome is not None:
+            metrics.job_finished(running.lease.job, outcome.status, time.monotonic() - running.started)
             self._outbox.append(outcome)
             self._flush_needed.set()
 
