@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-Seconds = StrictInt | StrictFloat
+Seconds = StrictFloat  # strict, yet ints are accepted (and become floats); bools are not
 
 
 class SubmitJob(BaseModel):

@@ -8,6 +8,7 @@ below; anything else is a bug and gets a generic 500 without a traceback (logged
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,6 +32,7 @@ from conveyor.core.errors import (
 )
 
 log = logging.getLogger(__name__)
+_UNION_TAG = re.compile(r"(constrained-)?(int|float|str|bool|bytes|none|list|dict)|[\w-]+\[.*\]")
 
 MEDIA_TYPE = "application/problem+json"
 TYPE_BASE = "https://conveyor.dev/problems/"
@@ -136,7 +138,8 @@ def validation_errors(exc: RequestValidationError) -> tuple[int, list[dict[str, 
     out: list[dict[str, str]] = []
     status = 422
     for err in exc.errors():
-        loc = [str(part) for part in err.get("loc", ())]
+        # pydantic names the member of a union it tried ("int", "function-after[...]"): not a body path
+        loc = [str(part) for part in err.get("loc", ()) if not _UNION_TAG.fullmatch(str(part))]
         where, rest = (loc[0], loc[1:]) if loc else ("body", [])
         if err.get("type") == "json_invalid":
             reason = (err.get("ctx") or {}).get("error", "invalid JSON")

@@ -1,0 +1,115 @@
+"""A real server per test: uvicorn on a free port in a thread, over a fresh SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from conveyor import Conveyor
+from conveyor.api import create_api
+from conveyor.worker.worker import Worker
+from tests.api import api_app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def make_app(url: str) -> Conveyor:
+    app = Conveyor(url)
+    app.tasks = dict(api_app.app.tasks)
+    app.queue_declarations = dict(api_app.app.queue_declarations)
+    return app
+
+
+class Server:
+    """uvicorn serving ``create_api(app, **options)`` in a thread until ``stop``."""
+
+    def __init__(self, app: Conveyor, **options: Any) -> None:
+        self.app = app
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api = create_api(app, **options)
+        config = uvicorn.Config(self.api, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.01)
+        self.http = httpx.Client(base_url=self.url, timeout=10)
+
+    def stop(self) -> None:
+        self.http.close()
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+class WorkerThread:
+    """A real ``Worker`` on its own event loop in a thread."""
+
+    def __init__(self, app: Conveyor, **options: Any) -> None:
+        self.worker = Worker(app, scheduler=False, heartbeat=0.2, **options)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self.worker.run(),), daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.worker.stop)
+        self.thread.join(15)
+        with contextlib.suppress(Exception):
+            self.loop.close()
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/conveyor.db"
+
+
+@pytest.fixture
+def app(url: str) -> Conveyor:
+    return make_app(url)
+
+
+@pytest.fixture
+def server(app: Conveyor) -> Iterator[Server]:
+    s = Server(app, tokens="")
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def http(server: Server) -> httpx.Client:
+    return server.http
+
+
+@pytest.fixture
+def worker(url: str) -> Iterator[WorkerThread]:
+    w = WorkerThread(make_app(url), concurrency=4)
+    yield w
+    w.stop()
+
+
+def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns something truthy (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"condition not met within {timeout} s"
+        time.sleep(interval)

@@ -1,0 +1,151 @@
+"""Garbage in, problem+json out: never a 500, always the right 4xx with pointers."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.api.conftest import Server, make_app
+
+PROBLEM = "application/problem+json"
+HUGE = "x" * 600_000
+
+GARBAGE = [
+    # (body, expected status, expected pointer or None)
+    ({"task": 5}, 422, "#/task"),
+    ({"task": None}, 422, "#/task"),
+    ({"task": ""}, 422, "#/task"),
+    ({"task": "add", "args": "1,2"}, 422, "#/args"),
+    ({"task": "add", "args": {"a": 1}}, 422, "#/args"),
+    ({"task": "add", "kwargs": [1, 2]}, 422, "#/kwargs"),
+    ({"task": "add", "args": [1, 2], "queue": 7}, 422, "#/queue"),
+    ({"task": "add", "args": [1, 2], "queue": "bad queue!"}, 422, "#/queue"),
+    ({"task": "add", "args": [1, 2], "priority": 42}, 422, "#/priority"),
+    ({"task": "add", "args": [1, 2], "priority": -1}, 422, "#/priority"),
+    ({"task": "add", "args": [1, 2], "priority": "5"}, 422, "#/priority"),
+    ({"task": "add", "args": [1, 2], "priority": 1.5}, 422, "#/priority"),
+    ({"task": "add", "args": [1, 2], "priority": True}, 422, "#/priority"),
+    ({"task": "add", "args": [1, 2], "delay": -1}, 422, "#/delay"),
+    ({"task": "add", "args": [1, 2], "delay": "soon"}, 422, "#/delay"),
+    ({"task": "add", "args": [1, 2], "delay": 1e300}, 422, "#/delay"),
+    ({"task": "add", "args": [1, 2], "eta": "tomorrow"}, 422, "#/eta"),
+    ({"task": "add", "args": [1, 2], "eta": 12}, 422, "#/eta"),
+    ({"task": "add", "args": [1, 2], "delay": 1, "eta": "2030-01-01T00:00:00Z"}, 422, "#/eta"),
+    ({"task": "add", "args": [1, 2], "max_retries": -3}, 422, "#/max_retries"),
+    ({"task": "add", "args": [1, 2], "timeout": 0}, 422, "#/timeout"),
+    ({"task": "add", "args": [1, 2], "depends_on": "abc"}, 422, "#/depends_on"),
+    ({"task": "add", "args": [1, 2], "depends_on": ["not-a-uuid"]}, 422, "#/depends_on/0"),
+    ({"task": "add", "args": [1, 2], "depends_on": ["01a22233-d0de-71e6-b821-e3be6140d5a1"]}, 422, None),
+    ({"task": "add", "args": [1, 2], "metadata": [1]}, 422, "#/metadata"),
+    ({"task": "add", "args": [1, 2], "metadata": {"big": HUGE[:70_000]}}, 422, "#/metadata"),
+    ({"task": "add", "args": [1, 2], "webhook": "ftp://x"}, 422, "#/webhook"),
+    ({"task": "add", "args": [1, 2], "webhook": 3}, 422, "#/webhook"),
+    ({"task": "add", "args": [1, 2], "surprise": 1}, 422, "#/surprise"),
+    ({"task": "nope"}, 422, "#/task"),
+    ({"task": "ünïcødé 🎉"}, 422, "#/task"),
+    ({"task": "add", "args": [1]}, 422, None),
+    ({"task": "add", "args": [1, 2, 3]}, 422, None),
+    ({"task": "add", "args": [1, "two"]}, 422, "#/args/1"),
+    ({"task": "add", "kwargs": {"a": 1, "b": "two"}}, 422, "#/kwargs/b"),
+    ({"task": "add", "kwargs": {"a": 1, "b": 2, "c": 3}}, 422, None),
+    ({"task": "transcode", "args": ["x"], "kwargs": {"height": 4.5}}, 422, "#/kwargs/height"),
+    ({"task": "transcode", "args": [HUGE], "kwargs": {"height": 1}}, 202, None),
+    ({"task": "transcode", "args": ["ünïcødé 🎉 \u0000"], "kwargs": {"height": 1}}, 202, None),
+    ({"task": "add", "args": [2**70, 1]}, 202, None),  # Python ints are unbounded
+    ([1, 2, 3], 422, "#"),
+    ("just a string", 422, "#"),
+    (None, 422, "#"),
+    (12, 422, "#"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "pointer"), GARBAGE, ids=[str(i) for i in range(len(GARBAGE))])
+def test_submit__garbage__problem_with_pointer(http: httpx.Client, body: object, status: int,
+                                               pointer: str | None) -> None:
+    r = http.post("/v1/jobs", content=json.dumps(body), headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text[:500]
+    if status >= 400:
+        problem = r.json()
+        assert r.headers["content-type"] == PROBLEM
+        assert {"type", "title", "status", "detail"} <= set(problem) and problem["status"] == status
+        if pointer is not None:
+            assert pointer in [e.get("pointer") for e in problem["errors"]], problem
+
+
+def test_submit__deep_nesting__never_500(http: httpx.Client) -> None:
+    for depth in (50, 500, 5000, 100_000):
+        nested = "[" * depth + "]" * depth
+        body = '{"task": "transcode", "args": ["x"], "kwargs": {"height": 1, "extra": ' + nested + "}}"
+        r = http.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+        assert r.status_code in (400, 413, 422), (depth, r.status_code, r.text[:300])
+        assert r.headers["content-type"] == PROBLEM
+
+
+def test_malformed_json__400(http: httpx.Client) -> None:
+    for raw in (b"{", b'{"task": }', b"\xff\xfe", b"{'task': 'add'}"):
+        r = http.post("/v1/jobs", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 400, (raw, r.text)
+        assert r.headers["content-type"] == PROBLEM and r.json()["type"].endswith("/bad-request")
+
+
+def test_body_without_content_type__taken_as_json(http: httpx.Client) -> None:
+    assert http.post("/v1/jobs", content=b'{"task": "add", "args": [1, 2]}').status_code == 202
+
+
+def test_non_json_content_type__415(http: httpx.Client) -> None:
+    r = http.post("/v1/jobs", content=b"task=add", headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 415 and r.headers["content-type"] == PROBLEM
+
+
+def test_body_over_limit__413_by_content_length_and_by_stream(app) -> None:  # type: ignore[no-untyped-def]
+    server = Server(app, tokens="", max_body=1000)
+    try:
+        big = json.dumps({"task": "transcode", "args": ["x" * 2000], "kwargs": {"height": 1}}).encode()
+        r = server.http.post("/v1/jobs", content=big, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and r.headers["content-type"] == PROBLEM
+
+        def chunks():  # type: ignore[no-untyped-def]
+            for _ in range(20):  # chunked: no Content-Length, so the limit is counted while reading
+                yield b" " * 100
+        r = server.http.post("/v1/jobs", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413, r.text
+        ok = server.http.post("/v1/jobs", json={"task": "add", "args": [1, 2]})
+        assert ok.status_code == 202
+    finally:
+        server.stop()
+
+
+def test_unknown_route_and_method__problem(http: httpx.Client) -> None:
+    r = http.get("/v2/nothing")
+    assert r.status_code == 404 and r.headers["content-type"] == PROBLEM
+    r = http.delete("/v1/jobs")
+    assert r.status_code == 405 and r.headers["content-type"] == PROBLEM
+
+
+def test_backend_down__503_with_retry_after(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    server = Server(make_app(f"sqlite:///{blocker}/sub/conveyor.db"), tokens="", housekeeping=False)
+    try:
+        for method, path in (("GET", "/readyz"), ("GET", "/v1/jobs"), ("POST", "/v1/jobs")):
+            r = server.http.request(method, path, json={"task": "add", "args": [1, 2]} if method == "POST" else None)
+            assert r.status_code == 503, (path, r.text)
+            assert r.headers["retry-after"] and r.headers["content-type"] == PROBLEM
+        assert server.http.get("/healthz").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_internal_bug__generic_500_without_traceback(app, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    server = Server(app, tokens="")
+    try:
+        def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+            raise RuntimeError("secret internals")
+        monkeypatch.setattr(app.tasks["add"], "describe", broken)
+        r = server.http.get("/v1/tasks")
+        assert r.status_code == 500 and r.headers["content-type"] == PROBLEM
+        assert "secret" not in r.text and "Traceback" not in r.text
+    finally:
+        server.stop()

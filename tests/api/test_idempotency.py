@@ -1,0 +1,60 @@
+"""Idempotency-Key on POST /v1/jobs: replay 200, mismatch 422, in flight 409, one job under a storm."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from tests.api.conftest import Server
+
+BODY = {"task": "add", "args": [1, 2]}
+
+
+def test_same_key_same_body__same_job_200(http: httpx.Client) -> None:
+    first = http.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": "k1"})
+    again = http.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": "k1"})
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.json()["id"] == first.json()["id"] and again.json()["idempotency_key"] == "k1"
+    assert again.headers["idempotent-replayed"] == "true"
+
+
+def test_same_key_different_body__422(http: httpx.Client) -> None:
+    assert http.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": "k2"}).status_code == 202
+    for other in ({"task": "add", "args": [1, 3]}, {**BODY, "priority": 5}, {**BODY, "queue": "q2"}):
+        r = http.post("/v1/jobs", json=other, headers={"Idempotency-Key": "k2"})
+        assert r.status_code == 422 and r.json()["type"].endswith("/idempotency-key-reused")
+
+
+def test_bad_key__400(http: httpx.Client) -> None:
+    for key in ("", "x" * 256, "tab\there"):
+        r = http.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": key})
+        assert r.status_code in (400, 422), (key, r.status_code)
+
+
+def test_parallel_identical_requests__exactly_one_job(server: Server) -> None:
+    async def storm() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            return await asyncio.gather(*[
+                client.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": "storm"}) for _ in range(30)
+            ])
+
+    responses = asyncio.run(storm())
+    codes = [r.status_code for r in responses]
+    assert codes.count(202) == 1 and set(codes) <= {200, 202, 409}, codes
+    ids = {r.json()["id"] for r in responses if r.status_code in (200, 202)}
+    assert len(ids) == 1
+    in_flight = [r for r in responses if r.status_code == 409]
+    assert all(r.headers["retry-after"] == "1" for r in in_flight)
+    assert len(server.http.get("/v1/jobs").json()["items"]) == 1
+
+
+def test_two_servers_one_backend__still_one_job(server: Server) -> None:
+    other = Server(server.app.__class__(server.app.url), tokens="")
+    other.app.tasks = server.app.tasks
+    try:
+        a = server.http.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": "shared"})
+        b = other.http.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": "shared"})
+        assert (a.status_code, b.status_code) == (202, 200) and a.json()["id"] == b.json()["id"]
+    finally:
+        other.stop()

@@ -1,0 +1,150 @@
+"""Every /v1/jobs route through a real server: codes, headers, bodies (SPEC §6)."""
+
+from __future__ import annotations
+
+import httpx
+
+from conveyor.core.job import Status
+from tests.api.conftest import Server, WorkerThread, make_app, wait_for
+
+PROBLEM = "application/problem+json"
+
+
+def submit(http: httpx.Client, task: str = "add", **body: object) -> dict:
+    body.setdefault("args", [1, 2]) if task == "add" else None
+    r = http.post("/v1/jobs", json={"task": task, **body})
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+def test_submit__accepted__202_with_location_and_retry_after(http: httpx.Client) -> None:
+    r = http.post("/v1/jobs", json={"task": "transcode", "args": ["in/cat.mp4"], "kwargs": {"height": 480}})
+    assert r.status_code == 202
+    job = r.json()
+    assert job["status"] == "queued" and job["queue"] == "media" and job["max_retries"] == 5
+    assert r.headers["location"] == r.headers["content-location"] == f"/v1/jobs/{job['id']}"
+    assert int(r.headers["retry-after"]) >= 1
+    assert r.headers["content-type"] == "application/json"
+
+
+def test_submit__options__are_applied(http: httpx.Client) -> None:
+    job = submit(http, priority=7, queue="other", delay=60, max_retries=0, timeout=5, metadata={"who": "me"})
+    assert (job["priority"], job["queue"], job["status"], job["max_retries"], job["timeout"]) == (
+        7, "other", "scheduled", 0, 5.0)
+    assert job["metadata"] == {"who": "me"} and job["scheduled_at"] is not None
+
+
+def test_get__etag_and_if_none_match__304(http: httpx.Client) -> None:
+    job = submit(http)
+    r = http.get(f"/v1/jobs/{job['id']}")
+    assert r.status_code == 200 and r.json()["id"] == job["id"]
+    etag = r.headers["etag"]
+    assert etag.startswith('"') and not etag.startswith("W/")
+    assert http.get(f"/v1/jobs/{job['id']}", headers={"If-None-Match": etag}).status_code == 304
+    assert http.get(f"/v1/jobs/{job['id']}", headers={"If-None-Match": '"999"'}).status_code == 200
+
+
+def test_get__etag_changes_when_the_job_changes(http: httpx.Client) -> None:
+    job = submit(http)
+    etag = http.get(f"/v1/jobs/{job['id']}").headers["etag"]
+    http.post(f"/v1/jobs/{job['id']}/cancel")
+    r = http.get(f"/v1/jobs/{job['id']}", headers={"If-None-Match": etag})
+    assert r.status_code == 200 and r.json()["status"] == "cancelled" and r.headers["etag"] != etag
+
+
+def test_get__unknown_or_malformed_id__404_problem(http: httpx.Client) -> None:
+    for job_id in ("01a22233-d0de-71e6-b821-e3be6140d5a1", "nope", "💥", "1" * 300):
+        r = http.get(f"/v1/jobs/{job_id}")
+        assert r.status_code == 404 and r.headers["content-type"] == PROBLEM
+        assert r.json()["status"] == 404
+
+
+def test_list__filters_limit_and_cursor(http: httpx.Client) -> None:
+    ids = [submit(http)["id"] for _ in range(5)]
+    submit(http, "transcode", args=["x"], kwargs={"height": 1})
+    page = http.get("/v1/jobs", params={"task": "add", "limit": 2}).json()
+    assert len(page["items"]) == 2 and page["next_cursor"]
+    seen = [j["id"] for j in page["items"]]
+    while page["next_cursor"]:
+        page = http.get("/v1/jobs", params={"task": "add", "limit": 2, "cursor": page["next_cursor"]}).json()
+        seen += [j["id"] for j in page["items"]]
+    assert seen == ids[::-1]  # newest first, each once
+    assert [j["task"] for j in http.get("/v1/jobs", params={"queue": "media"}).json()["items"]] == ["transcode"]
+    assert http.get("/v1/jobs", params={"status": "running"}).json() == {"items": [], "next_cursor": None}
+    assert http.get("/v1/jobs", params={"cursor": "!!!"}).status_code in (200, 422)  # never a 500
+
+
+def test_list__bad_parameters__422_or_400_never_500(http: httpx.Client) -> None:
+    for params in ({"limit": 501}, {"limit": 0}, {"limit": "x"}, {"status": "done"}):
+        r = http.get("/v1/jobs", params=params)
+        assert r.status_code == 422, (params, r.text)
+        assert r.headers["content-type"] == PROBLEM and r.json()["errors"]
+
+
+def test_batch__accepted_in_order(http: httpx.Client) -> None:
+    body = {"jobs": [{"task": "add", "args": [i, i]} for i in range(50)]}
+    r = http.post("/v1/jobs/batch", json=body)
+    assert r.status_code == 202
+    jobs = r.json()["jobs"]
+    assert [j["args"] for j in jobs] == [[i, i] for i in range(50)]
+
+
+def test_batch__one_bad_job__nothing_stored_and_pointers_name_each(http: httpx.Client) -> None:
+    body = {"jobs": [{"task": "add", "args": [1, 2]}, {"task": "add", "args": [1, 2]},
+                     {"task": "nope"}, {"task": "transcode", "args": ["x"], "kwargs": {"height": "tall"}}]}
+    r = http.post("/v1/jobs/batch", json=body)
+    assert r.status_code == 422
+    pointers = [e["pointer"] for e in r.json()["errors"]]
+    assert pointers == ["#/jobs/2/task", "#/jobs/3/kwargs/height"]
+    assert http.get("/v1/jobs").json()["items"] == []
+
+
+def test_batch__over_1000__422(http: httpx.Client) -> None:
+    r = http.post("/v1/jobs/batch", json={"jobs": [{"task": "add", "args": [1, 2]}] * 1001})
+    assert r.status_code == 422 and r.json()["errors"][0]["pointer"] == "#/jobs"
+
+
+def test_cancel__queued__202_cancelled_then_again_202(http: httpx.Client) -> None:
+    job = submit(http)
+    r = http.post(f"/v1/jobs/{job['id']}/cancel")
+    assert r.status_code == 202 and r.json()["status"] == "cancelled"
+    assert http.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202  # idempotent
+
+
+def test_cancel__succeeded_job__409(http: httpx.Client, worker: WorkerThread) -> None:
+    job = submit(http)
+    wait_for(lambda: http.get(f"/v1/jobs/{job['id']}").json()["status"] == "succeeded")
+    r = http.post(f"/v1/jobs/{job['id']}/cancel")
+    assert r.status_code == 409 and r.json()["type"].endswith("/invalid-state-transition")
+
+
+def test_cancel__running_job__cooperative(http: httpx.Client, worker: WorkerThread) -> None:
+    job = submit(http, "sleepy", args=[10])
+    wait_for(lambda: http.get(f"/v1/jobs/{job['id']}").json()["status"] == "running")
+    r = http.post(f"/v1/jobs/{job['id']}/cancel")
+    assert r.status_code == 202 and r.json()["cancel_requested"] is True
+    wait_for(lambda: http.get(f"/v1/jobs/{job['id']}").json()["status"] == "cancelled", timeout=10)
+
+
+def test_cancel_and_retry__unknown__404(http: httpx.Client) -> None:
+    for action in ("cancel", "retry"):
+        assert http.post(f"/v1/jobs/01a22233-d0de-71e6-b821-e3be6140d5a1/{action}").status_code == 404
+        assert http.post(f"/v1/jobs/garbage/{action}").status_code == 404
+
+
+def test_retry__failed_or_cancelled__202_queued__else_409(http: httpx.Client, server: Server) -> None:
+    queued = submit(http)
+    assert http.post(f"/v1/jobs/{queued['id']}/retry").status_code == 409
+    http.post(f"/v1/jobs/{queued['id']}/cancel")
+    r = http.post(f"/v1/jobs/{queued['id']}/retry")
+    assert r.status_code == 202 and r.json()["status"] == "queued"
+    assert r.headers["location"] == f"/v1/jobs/{queued['id']}"
+    w = WorkerThread(make_app(server.app.url), concurrency=2)
+    try:
+        failing = submit(http, "boom", args=[])
+        wait_for(lambda: http.get(f"/v1/jobs/{failing['id']}").json()["status"] == Status.FAILED)
+        r = http.post(f"/v1/jobs/{failing['id']}/retry")
+        assert r.status_code == 202 and r.json()["attempt"] == 1
+    finally:
+        w.stop()
+
