@@ -48,6 +48,21 @@ def next_tick(schedule: Schedule, now: float) -> float:
     return float(croniter(schedule.cron, base).get_next(float))
 
 
+def describe(schedule: Schedule, now: float) -> dict[str, object]:
+    """A schedule as ``GET /v1/schedules`` and ``conveyor schedules`` show it."""
+    from conveyor.serialization import to_rfc3339
+
+    return {
+        "task": schedule.task,
+        "cron": schedule.cron,
+        "tz": schedule.tz,
+        "kwargs": dict(schedule.kwargs or {}),
+        "catch_up": schedule.catch_up,
+        "previous_run_at": to_rfc3339(previous_tick(schedule, now)),
+        "next_run_at": to_rfc3339(next_tick(schedule, now)),
+    }
+
+
 def tick_key(schedule: Schedule, tick: float) -> str:
     stamp = datetime.fromtimestamp(tick, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return f"schedule:{schedule.task}:{stamp}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,20 @@ def test_exit_codes__subclasses_before_their_bases() -> None:
     kinds = [kind for kind, _ in EXIT_CODES]
     for i, kind in enumerate(kinds):
         assert not any(issubclass(kind, earlier) and kind is not earlier for earlier in kinds[:i]), kind
+
+
+def test_schedules__lists_periodic_tasks_with_their_next_run(capsys):
+    from conveyor.cli import main
+
+    assert main(["schedules", "--app", "examples.demo:app", "--json"]) == 0
+    items = json.loads(capsys.readouterr().out)["items"]
+    assert [i["task"] for i in items] == ["morning_digest"]
+    assert items[0]["cron"] == "0 7 * * *" and items[0]["next_run_at"].endswith("T07:00:00.000Z")
+
+
+def test_schedules__without_an_app__exit_2(capsys, monkeypatch):
+    from conveyor.cli import main
+
+    monkeypatch.delenv("CONVEYOR_APP", raising=False)
+    assert main(["schedules"]) == 2
+    assert "no app given" in capsys.readouterr().err

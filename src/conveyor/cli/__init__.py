@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from conveyor.cli import jobs, queues, worker
+from conveyor.cli import jobs, queues, schedules, worker
 from conveyor.cli.common import add_common
 from conveyor.cli.errors import EXIT_INTERRUPTED, EXIT_USAGE, exit_code, one_line
 
@@ -39,7 +39,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     add_common(parser)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command", required=True)
-    for group in (worker, jobs, queues):
+    for group in (worker, jobs, queues, schedules):
         group.register(subparsers)
     # ``server`` and ``up`` live in their own module, added when present
     if importlib.util.find_spec("conveyor.cli.serve") is not None:

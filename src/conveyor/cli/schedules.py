@@ -1,0 +1,40 @@
+"""``conveyor schedules``: the app's periodic tasks and when each runs next."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from conveyor.cli import render
+from conveyor.cli.common import add_common, load
+from conveyor.cli.errors import EXIT_OK
+from conveyor.scheduler import describe
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``schedules``."""
+    p = subparsers.add_parser("schedules", help="list the app's periodic tasks with their next run")
+    p.add_argument("--json", action="store_true", help='print {"items": [...]}')
+    add_common(p)
+    p.set_defaults(func=schedules)
+
+
+def schedules(args: argparse.Namespace) -> int:
+    """Print every schedule of the app (needs --app or CONVEYOR_APP)."""
+    now = time.time()
+    items = [describe(s, now) for s in load(args).schedules]
+    if args.json:
+        render.print_json({"items": items})
+        return EXIT_OK
+    table = Table(box=box.SIMPLE_HEAD)
+    for name in ("task", "cron", "tz", "next run (UTC)", "previous tick (UTC)"):
+        table.add_column(name)
+    for item in items:
+        table.add_row(escape(str(item["task"])), escape(str(item["cron"])), escape(str(item["tz"])),
+                      str(item["next_run_at"]), str(item["previous_run_at"]))
+    render.console().print(table if items else "no schedules")
+    return EXIT_OK
