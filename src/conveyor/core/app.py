@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from conveyor.backends import create_backend, resolve_url
 from conveyor.core.errors import (
+    ConfigurationError,
     InvalidArguments,
     RegistrationError,
     UnknownTask,
@@ -235,6 +236,23 @@ class Conveyor:
         # keyed by the id built here: an idempotent replay returns the stored job, with its own id
         results = dict(zip([j.id for j in ordered], stored, strict=True))
         return [JobHandle(self, *results[j.id]) for j in jobs]
+
+    async def enqueue_in_transaction(
+        self, connection: Any, task: Task | str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> JobHandle:
+        """Enqueue on the caller's own database connection, inside the caller's open transaction.
+
+        The job exists if and only if the caller's transaction commits (PostgreSQL: pass the
+        ``psycopg.AsyncConnection`` your own writes use).
+        """
+        backend = await self.backend()
+        enqueue_in = getattr(backend, "enqueue_in", None)
+        if enqueue_in is None:
+            raise ConfigurationError(f"transactional enqueue needs a PostgreSQL backend, not {self.url.split(':')[0]}")
+        job = self.build_job(task, args, kwargs or {}, now=time.time(), **options)
+        stored, created = (await enqueue_in(connection, [job]))[0]
+        return JobHandle(self, stored, created)
 
     def build_job(
         self,
