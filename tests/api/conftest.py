@@ -69,6 +69,8 @@ class WorkerThread:
         self.thread.start()
 
     def stop(self) -> None:
+        if self.loop.is_closed():
+            return
         self.loop.call_soon_threadsafe(self.worker.stop)
         self.thread.join(15)
         with contextlib.suppress(Exception):

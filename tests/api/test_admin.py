@@ -1,0 +1,70 @@
+"""Queues, tasks, workers, health and metrics routes."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.api.conftest import Server, WorkerThread, wait_for
+
+
+def test_queues__list_and_get(http: httpx.Client) -> None:
+    http.post("/v1/jobs", json={"task": "add", "args": [1, 2]})
+    items = http.get("/v1/queues").json()["items"]
+    by_name = {q["name"]: q for q in items}
+    assert {"default", "media"} <= set(by_name)
+    assert by_name["default"]["queued"] == 1 and by_name["media"]["visibility_timeout"] == 60
+    assert set(by_name["default"]) >= {"name", "queued", "scheduled", "running", "failed", "retention",
+                                       "visibility_timeout", "max_deliveries", "paused"}
+    assert http.get("/v1/queues/default").json()["queued"] == 1
+    assert http.get("/v1/queues/nothing-here").status_code == 404
+    assert http.get("/v1/queues/bad%20name").status_code == 404
+
+
+def test_queue_patch__validated__unknown_fields_422(http: httpx.Client) -> None:
+    r = http.patch("/v1/queues/default", json={"retention": 120, "paused": True})
+    assert r.status_code == 200 and r.json()["retention"] == 120 and r.json()["paused"] is True
+    assert http.get("/v1/queues/default").json()["paused"] is True
+    for body, pointer in (({"retention": 1}, "#/retention"), ({"visibility_timeout": -1}, "#/visibility_timeout"),
+                          ({"max_deliveries": 0}, "#/max_deliveries"), ({"paused": "yes"}, "#/paused"),
+                          ({"colour": "red"}, "#/colour")):
+        r = http.patch("/v1/queues/default", json=body)
+        assert r.status_code == 422, body
+        assert pointer in [e["pointer"] for e in r.json()["errors"]]
+    assert http.get("/v1/queues/default").json()["retention"] == 120
+
+
+def test_redrive_and_purge(server: Server, worker: WorkerThread) -> None:
+    http = server.http
+    failed = [http.post("/v1/jobs", json={"task": "boom"}).json()["id"] for _ in range(3)]
+    wait_for(lambda: http.get("/v1/queues/default").json()["failed"] == 3)
+    worker.stop()
+    r = http.post("/v1/queues/default/redrive", json={"ids": failed[:1]})
+    assert r.status_code == 200 and r.json() == {"redriven": 1}
+    assert http.post("/v1/queues/default/redrive").json() == {"redriven": 2}
+    assert http.get(f"/v1/jobs/{failed[2]}").json()["status"] == "queued"
+    r = http.post("/v1/queues/default/purge")
+    assert r.status_code == 200 and r.json() == {"purged": 3}
+    assert http.get(f"/v1/jobs/{failed[0]}").json()["status"] == "cancelled"
+
+
+def test_tasks__defaults_and_json_schema(http: httpx.Client) -> None:
+    tasks = {t["name"]: t for t in http.get("/v1/tasks").json()["items"]}
+    assert tasks["transcode"]["queue"] == "media" and tasks["transcode"]["max_retries"] == 5
+    schema = tasks["transcode"]["parameters"]
+    assert schema["properties"]["height"]["type"] == "integer" and set(schema["required"]) == {"path", "height"}
+
+
+def test_workers__live_worker_listed(server: Server, worker: WorkerThread) -> None:
+    items = wait_for(lambda: server.http.get("/v1/workers").json()["items"], timeout=5)
+    assert items[0]["concurrency"] == 4 and "default" in items[0]["queues"] and items[0]["pid"]
+
+
+def test_health_ready_metrics(server: Server, worker: WorkerThread) -> None:
+    http = server.http
+    assert http.get("/healthz").json() == {"status": "ok"}
+    assert http.get("/readyz").status_code == 200
+    job = http.post("/v1/jobs", json={"task": "add", "args": [1, 2]}).json()
+    wait_for(lambda: http.get(f"/v1/jobs/{job['id']}").json()["status"] == "succeeded")
+    text = http.get("/metrics").text
+    assert 'conveyor_jobs_enqueued_total{queue="default",task="add"}' in text
+    assert 'conveyor_queue_jobs{queue="default",status="queued"} 0.0' in text
