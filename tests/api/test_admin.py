@@ -68,3 +68,19 @@ def test_health_ready_metrics(server: Server, worker: WorkerThread) -> None:
     text = http.get("/metrics").text
     assert 'conveyor_jobs_enqueued_total{queue="default",task="add"}' in text
     assert 'conveyor_queue_jobs{queue="default",status="queued"} 0.0' in text
+
+
+def test_metrics__worker_hooks_count_and_time(server: Server) -> None:
+    from conveyor import metrics
+    from conveyor.core.job import Job, Status
+
+    job = Job(id="01a22233-d0de-71e6-b821-e3be6140d5a1", task="metrics_probe", queue="q", created_at=100.0)
+    metrics.job_started(job, now=101.5)
+    metrics.job_finished(job, Status.RETRYING, 0.2)
+    metrics.job_finished(job, "succeeded", 0.3)
+    text = server.http.get("/metrics").text
+    labels = '{queue="q",task="metrics_probe"}'
+    for line in (f"conveyor_jobs_started_total{labels} 1.0", f"conveyor_jobs_retried_total{labels} 1.0",
+                 f"conveyor_jobs_succeeded_total{labels} 1.0", f"conveyor_job_duration_seconds_count{labels} 2.0",
+                 f"conveyor_job_wait_seconds_sum{labels} 1.5"):
+        assert line in text, line
