@@ -98,6 +98,7 @@ class Worker:
         self._loop_tick = time.monotonic()
         self._backend: Backend | None = backend  #: opened by ``run`` unless given
         self._claim_task: asyncio.Task[None] | None = None
+        self._flushing: asyncio.Future[None] | None = None
         self._pool: Pool | None = None
         self._max_deliveries: dict[str, int] = {}
 
@@ -152,6 +153,8 @@ class Worker:
                 for t in helpers:
                     t.cancel()
                 await asyncio.gather(*helpers, return_exceptions=True)
+                if self._flushing is not None:
+                    await asyncio.wait([self._flushing])
                 await self._flush()
                 with contextlib.suppress(BackendUnavailable):
                     await backend.unregister_worker(self.id)
@@ -277,7 +280,9 @@ class Worker:
             self._flush_needed.clear()
             await asyncio.sleep(0)  # let the jobs finishing in this tick join the batch
             try:
-                await self._flush()
+                # shielded: stopping the worker must not cut a write whose batch it would then resend
+                self._flushing = asyncio.ensure_future(self._flush())
+                await asyncio.shield(self._flushing)
             except BackendUnavailable as exc:
                 log.warning("worker %s: could not record outcomes (%s); retrying", self.id, exc)
                 await asyncio.sleep(0.5)
@@ -329,8 +334,9 @@ class Worker:
                 log.warning("worker %s: heartbeat failed (%s)", self.id, exc)
                 continue
             for job_id in reply.lost:
-                log.warning("job %s: lease lost to another worker; abandoning it", job_id)
-                self._abandon(job_id, None)
+                if job_id in self.running:  # not one that finished while the heartbeat was in flight
+                    log.warning("job %s: lease lost to another worker; abandoning it", job_id)
+                    self._abandon(job_id, None)
             for job_id in reply.cancel_requested:
                 running = self.running.get(job_id)
                 if running is not None:
