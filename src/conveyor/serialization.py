@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import math
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,10 +21,19 @@ def loads(text: str | bytes | None) -> Any:
 
 
 def to_rfc3339(ts: float | None) -> str | None:
-    """Epoch seconds → ``2026-11-28T10:00:00.000Z``."""
+    """Epoch seconds → ``2026-11-28T10:00:00.000Z`` (truncated to the millisecond)."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    seconds = math.floor(ts)
+    micros = round((ts - seconds) * 1_000_000)  # as datetime rounds: to the nearest microsecond
+    if micros == 1_000_000:
+        seconds, micros = seconds + 1, 0
+    return f"{_whole_second(seconds)}.{micros // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _whole_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def from_rfc3339(text: str) -> float:

@@ -33,6 +33,6 @@ class ApiState:
         return backend
 
 
-def state(request: Request) -> ApiState:
+async def state(request: Request) -> ApiState:
     api_state: ApiState = request.app.state.conveyor
     return api_state

@@ -40,6 +40,7 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure", action="store_true",
                    help="allow listening beyond loopback without CONVEYOR_API_TOKENS")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs ~10%%)")
 
 
 def check_exposure(host: str, insecure: bool, has_tokens: bool) -> None:
@@ -71,7 +72,7 @@ def server(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     api = create_api(app, tokens=tokens, max_body=args.max_body)
     config = uvicorn.Config(api, host=args.host, port=args.port, log_level=args.log_level.lower(),
-                            lifespan="on", proxy_headers=False)
+                            lifespan="on", proxy_headers=False, access_log=args.access_log)
     srv = _Server(config)
     srv.run()
     return 0 if srv.started else 1
@@ -89,7 +90,8 @@ def up(args: argparse.Namespace) -> int:
     base = [sys.executable, "-m", "conveyor.cli"]
     common = ["--app", spec, "--url", app.url]
     serve = ["server", *common, "--host", args.host, "--port", str(args.port), "--max-body", str(args.max_body),
-             "--log-level", args.log_level, *(["--insecure"] if args.insecure else [])]
+             "--log-level", args.log_level, *(["--insecure"] if args.insecure else []),
+             *(["--access-log"] if args.access_log else [])]
     children = [Child("server", [*base, *serve])]
     for i in range(args.workers):
         work = ["worker", *common, "--grace", str(args.grace), "--log-level", args.log_level]
