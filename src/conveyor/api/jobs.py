@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
+import pydantic
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from conveyor import metrics
@@ -53,13 +55,23 @@ async def find(st: ApiState, job_id: str) -> Job:
     "", status_code=202, response_model=JobOut,
     responses={200: {"model": JobOut, "description": "Idempotent replay: the job this key made"},
                **responses(400, 401, 403, 409, 413, 415, 422)},
+    openapi_extra={
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/SubmitJob"}}}},
+        "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
+    },
 )
-async def submit(
-    body: SubmitJob,
-    st: State,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
-) -> Response:
+async def submit(request: Request) -> Response:
     """Submit a job; 202 with the job. With ``Idempotency-Key``, a repeat gets the same job (200)."""
+    # the hot path: the body is parsed here in one pydantic call rather than by FastAPI's
+    # dependency machinery (a third of the request's time); errors take the same route
+    st: ApiState = request.app.state.conveyor
+    idempotency_key = request.headers.get("idempotency-key")
+    try:
+        body = SubmitJob.model_validate_json(await request.body())
+    except pydantic.ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
     if idempotency_key is not None and not is_valid_key(idempotency_key):
         raise HTTPException(400, "Idempotency-Key must be 1–255 printable ASCII characters")
     with st.in_flight.hold(idempotency_key):
