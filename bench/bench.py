@@ -12,7 +12,6 @@ enqueued; latency is its started_at − created_at.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
 import statistics
@@ -95,12 +94,12 @@ def bench_enqueue(url: str, n: int) -> tuple[float, float]:
     return single, batch
 
 
-def bench_drain(url: str, n: int, worker_args: list[str]) -> float:
+def bench_drain(url: str, n: int, worker_args: list[str], processes: int = 1) -> float:
     app = client(url)
     task = app.tasks["noop"]
     for i in range(0, n, 5000):
         app.enqueue_many([(task, (), {}, {}) for _ in range(min(5000, n - i))])
-    worker = start_worker(url, *worker_args)
+    workers = [start_worker(url, *worker_args) for _ in range(processes)]
     try:
         deadline = time.monotonic() + 300
         backend_jobs: list[Any] = []
@@ -111,7 +110,8 @@ def bench_drain(url: str, n: int, worker_args: list[str]) -> float:
                 break
         backend_jobs = app.portal.call(all_jobs(app))
     finally:
-        stop(worker)
+        for worker in workers:
+            stop(worker)
     done = [j for j in backend_jobs if j.status is Status.SUCCEEDED]
     assert len(done) == n, f"only {len(done)} of {n} jobs succeeded"
     span = max(j.finished_at for j in done) - min(j.started_at for j in done)
@@ -151,20 +151,22 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10000)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--worker-args", default="", help="extra options for `conveyor worker`")
+    parser.add_argument("--processes", type=int, default=1, help="worker processes for the drain")
     args = parser.parse_args()
     worker_args = args.worker_args.split()
     rows: dict[str, list[float]] = {k: [] for k in ("single", "batch", "drain", "p50", "p99")}
     for run in range(args.runs):
         single, batch = bench_enqueue(fresh_url(args.url, run), args.jobs)
-        drain = bench_drain(fresh_url(args.url, run + 100), args.jobs, worker_args)
+        drain = bench_drain(fresh_url(args.url, run + 100), args.jobs, worker_args, args.processes)
         p50, p99 = bench_latency(fresh_url(args.url, run + 200), args.samples)
         for key, value in zip(rows, (single, batch, drain, p50, p99), strict=True):
             rows[key].append(value)
         print(f"run {run + 1}: enqueue single {single:,.0f}/s, batch {batch:,.0f}/s, drain {drain:,.0f} jobs/s, "
               f"idle latency p50 {p50:.2f} ms p99 {p99:.2f} ms", flush=True)
     med = {k: statistics.median(v) for k, v in rows.items()}
-    print(f"\nmedian of {args.runs} on {args.url.split(':')[0]} ({args.jobs:,} jobs, worker {' '.join(worker_args) or 'defaults'}):")
-    print("| enqueue single | enqueue batch | drain (1 worker process) | idle latency p50 / p99 |")
+    worker = " ".join(worker_args) or "defaults"
+    print(f"\nmedian of {args.runs} on {args.url.split(':')[0]} ({args.jobs:,} jobs, worker {worker}):")
+    print(f"| enqueue single | enqueue batch | drain ({args.processes} worker process(es)) | idle latency p50 / p99 |")
     print("|---|---|---|---|")
     print(f"| {med['single']:,.0f} jobs/s | {med['batch']:,.0f} jobs/s | {med['drain']:,.0f} jobs/s | "
           f"{med['p50']:.2f} / {med['p99']:.2f} ms |")
