@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from conveyor.api import health, jobs, problems, queues, tasks, workers
+from conveyor.api import health, jobs, problems, queues, schedules, tasks, workers
 from conveyor.api.auth import AuthMiddleware, Token, parse_tokens, tokens_from_env
 from conveyor.api.deps import ApiState
 from conveyor.api.events import KEEPALIVE
@@ -69,7 +69,7 @@ def create_api(
         lifespan=lifespan,
     )
     api.state.conveyor = st
-    for module in (jobs, queues, tasks, workers, health):
+    for module in (jobs, queues, tasks, schedules, workers, health):
         api.include_router(module.router)
     problems.install(api)
     api.add_middleware(BodyLimitMiddleware, max_body=max_body)

@@ -161,6 +161,20 @@ class TaskList(BaseModel):
     items: list[TaskOut]
 
 
+class ScheduleOut(BaseModel):
+    task: str
+    cron: str
+    tz: str
+    kwargs: dict[str, Any]
+    catch_up: float | None
+    previous_run_at: str
+    next_run_at: str
+
+
+class ScheduleList(BaseModel):
+    items: list[ScheduleOut]
+
+
 class WorkerOut(BaseModel):
     id: str
     host: str
