@@ -98,3 +98,16 @@ def test_cancel__a_queued_job_is_cancelled_and_never_runs(app):
     assert job.cancel().status is Status.CANCELLED
     drain(app)
     assert job.refresh().status is Status.CANCELLED and job.job.started_at is None
+
+
+def test_depends_on_by_name__child_reads_parent_results_by_name(app):
+    @app.task
+    def compare(ctx: Context) -> dict[str, str]:
+        return {"small": ctx.parent_results["small"], "large": ctx.parent_results["large"]}
+
+    transcode = app.tasks["transcode"]
+    small, large = transcode.enqueue("a.mp4", 360), transcode.enqueue("a.mp4", 720)
+    job = compare.enqueue(depends_on={"small": small, "large": large})
+    assert job.job.depends_on == [small.id, large.id]
+    drain(app)
+    assert job.wait(timeout=5) == {"small": "out/360p.mp4", "large": "out/720p.mp4"}

@@ -7,7 +7,7 @@ import functools
 import os
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -267,7 +267,7 @@ class Conveyor:
         eta: datetime | float | str | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
-        depends_on: Sequence[Any] | None = None,
+        depends_on: Sequence[Any] | Mapping[str, Any] | None = None,
         key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         webhook: str | None = None,
@@ -293,9 +293,9 @@ class Conveyor:
             priority=_check_int("priority", o.priority if priority is None else priority, 0, 9),
             max_retries=_check_int("max_retries", o.max_retries if max_retries is None else max_retries, 0, 1000),
             timeout=_check_timeout(o.timeout if timeout is None else timeout),
-            depends_on=_dependency_ids(depends_on),
+            depends_on=_dependency_ids(depends_on.values() if isinstance(depends_on, Mapping) else depends_on),
             idempotency_key=_check_key(key),
-            metadata=_check_metadata(metadata),
+            metadata=_with_parent_names(_check_metadata(metadata), depends_on),
             webhook=_check_webhook(webhook),
             created_at=now,
             scheduled_at=scheduled_at,
@@ -443,10 +443,23 @@ def _check_webhook(url: Any) -> str | None:
     return str(url)
 
 
-def _dependency_ids(depends_on: Sequence[Any] | None) -> list[str]:
+#: Metadata key recording the names given to parents (``depends_on={"video": job}``).
+PARENT_NAMES = "conveyor.parents"
+
+
+def _with_parent_names(metadata: dict[str, Any], depends_on: Any) -> dict[str, Any]:
+    """Remember ``depends_on={"name": job}`` names, so the child reads parents' results by name."""
+    if not isinstance(depends_on, Mapping):
+        return metadata
+    if not all(isinstance(k, str) and k for k in depends_on):
+        raise _invalid("#/depends_on", "depends_on names must be non-empty strings", "names must be strings")
+    return {**metadata, PARENT_NAMES: {name: getattr(job, "id", job) for name, job in depends_on.items()}}
+
+
+def _dependency_ids(depends_on: Iterable[Any] | None) -> list[str]:
     if depends_on is None:
         return []
-    if isinstance(depends_on, str) or not isinstance(depends_on, Sequence):
+    if isinstance(depends_on, str) or not isinstance(depends_on, Iterable):
         raise _invalid("#/depends_on", "depends_on must be a list of job ids", "must be a list of job ids")
     ids: list[str] = []
     for i, item in enumerate(depends_on):

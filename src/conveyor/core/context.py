@@ -25,7 +25,8 @@ class Context:
     ) -> None:
         #: The job being run (as it was when the attempt started).
         self.job = job
-        #: Results of the ``depends_on`` parents, keyed by job id.
+        #: Results of the ``depends_on`` parents, keyed by job id (and by name, for
+        #: ``depends_on={"name": job}``).
         self.parent_results: Mapping[str, Any] = parent_results or {}
         self._report = report_progress
         self._cancel = threading.Event()

@@ -26,7 +26,7 @@ from conveyor import metrics
 from conveyor.backends import create_backend
 from conveyor.backends.base import Backend, Lease, Outcome, WorkerInfo
 from conveyor.core import rules
-from conveyor.core.app import Conveyor
+from conveyor.core.app import PARENT_NAMES, Conveyor
 from conveyor.core.context import Context
 from conveyor.core.errors import BackendUnavailable, ConfigurationError
 from conveyor.core.job import Status
@@ -232,7 +232,9 @@ class Worker:
         try:
             if job.depends_on:
                 parents = await self.app.backend()
-                running.ctx.parent_results = {p.id: p.result for p in await parents.get_jobs(list(job.depends_on))}
+                results = {p.id: p.result for p in await parents.get_jobs(list(job.depends_on))}
+                names = job.metadata.get(PARENT_NAMES) or {}
+                running.ctx.parent_results = {**results, **{n: results.get(i) for n, i in names.items()}}
             assert self._pool is not None
             outcome = await execute(
                 self.app.tasks.get(job.task), lease, running.ctx, self._pool, self._max_deliveries.get(job.queue, 10)
