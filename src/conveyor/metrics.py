@@ -8,8 +8,10 @@ it, ``/metrics`` shows the serving process's own registry.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -34,24 +36,30 @@ WAIT = Histogram("conveyor_job_wait_seconds", "Time from ready to started.", _LA
 _OUTCOMES = {Status.SUCCEEDED: SUCCEEDED, Status.FAILED: FAILED, Status.RETRYING: RETRIED}
 
 
+@functools.lru_cache(maxsize=4096)
+def _child(metric: Counter | Histogram, task: str, queue: str) -> Any:
+    """``metric.labels(task, queue)``, looked up once per pair (it costs microseconds per job)."""
+    return metric.labels(task, queue)
+
+
 def job_enqueued(job: Job) -> None:
     """Count one accepted job."""
-    ENQUEUED.labels(job.task, job.queue).inc()
+    _child(ENQUEUED, job.task, job.queue).inc()
 
 
 def job_started(job: Job, now: float) -> None:
     """Count one started attempt and how long it waited since it became ready."""
-    STARTED.labels(job.task, job.queue).inc()
+    _child(STARTED, job.task, job.queue).inc()
     ready_at = job.scheduled_at if job.scheduled_at is not None else job.created_at
-    WAIT.labels(job.task, job.queue).observe(max(0.0, now - ready_at))
+    _child(WAIT, job.task, job.queue).observe(max(0.0, now - ready_at))
 
 
 def job_finished(job: Job, status: Status | str, duration: float) -> None:
     """Count an attempt's outcome (``succeeded``, ``failed``, ``retrying``) and its run time."""
     counter = _OUTCOMES.get(Status(status))
     if counter is not None:
-        counter.labels(job.task, job.queue).inc()
-    DURATION.labels(job.task, job.queue).observe(max(0.0, duration))
+        _child(counter, job.task, job.queue).inc()
+    _child(DURATION, job.task, job.queue).observe(max(0.0, duration))
 
 
 class QueueDepth(Collector):
