@@ -94,9 +94,9 @@ def bench_enqueue(url: str, n: int) -> tuple[float, float]:
     return single, batch
 
 
-def bench_drain(url: str, n: int, worker_args: list[str], processes: int = 1) -> float:
+def bench_drain(url: str, n: int, worker_args: list[str], processes: int = 1, task_name: str = "noop") -> float:
     app = client(url)
-    task = app.tasks["noop"]
+    task = app.tasks[task_name]
     for i in range(0, n, 5000):
         app.enqueue_many([(task, (), {}, {}) for _ in range(min(5000, n - i))])
     workers = [start_worker(url, *worker_args) for _ in range(processes)]
@@ -152,19 +152,20 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--worker-args", default="", help="extra options for `conveyor worker`")
     parser.add_argument("--processes", type=int, default=1, help="worker processes for the drain")
+    parser.add_argument("--task", default="noop", choices=("noop", "anoop"), help="drain a sync or an async no-op")
     args = parser.parse_args()
     worker_args = args.worker_args.split()
     rows: dict[str, list[float]] = {k: [] for k in ("single", "batch", "drain", "p50", "p99")}
     for run in range(args.runs):
         single, batch = bench_enqueue(fresh_url(args.url, run), args.jobs)
-        drain = bench_drain(fresh_url(args.url, run + 100), args.jobs, worker_args, args.processes)
+        drain = bench_drain(fresh_url(args.url, run + 100), args.jobs, worker_args, args.processes, args.task)
         p50, p99 = bench_latency(fresh_url(args.url, run + 200), args.samples)
         for key, value in zip(rows, (single, batch, drain, p50, p99), strict=True):
             rows[key].append(value)
         print(f"run {run + 1}: enqueue single {single:,.0f}/s, batch {batch:,.0f}/s, drain {drain:,.0f} jobs/s, "
               f"idle latency p50 {p50:.2f} ms p99 {p99:.2f} ms", flush=True)
     med = {k: statistics.median(v) for k, v in rows.items()}
-    worker = " ".join(worker_args) or "defaults"
+    worker = (" ".join(worker_args) or "defaults") + f", task {args.task}"
     print(f"\nmedian of {args.runs} on {args.url.split(':')[0]} ({args.jobs:,} jobs, worker {worker}):")
     print(f"| enqueue single | enqueue batch | drain ({args.processes} worker process(es)) | idle latency p50 / p99 |")
     print("|---|---|---|---|")
