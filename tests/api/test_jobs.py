@@ -71,7 +71,19 @@ def test_list__filters_limit_and_cursor(http: httpx.Client) -> None:
     assert seen == ids[::-1]  # newest first, each once
     assert [j["task"] for j in http.get("/v1/jobs", params={"queue": "media"}).json()["items"]] == ["transcode"]
     assert http.get("/v1/jobs", params={"status": "running"}).json() == {"items": [], "next_cursor": None}
-    assert http.get("/v1/jobs", params={"cursor": "!!!"}).status_code in (200, 422)  # never a 500
+    bad = http.get("/v1/jobs", params={"cursor": "!!!"})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["pointer"] == "#/cursor"
+
+
+def test_list__cursor_is_stable_under_concurrent_inserts(http: httpx.Client) -> None:
+    first = [submit(http)["id"] for _ in range(7)]
+    page = http.get("/v1/jobs", params={"limit": 3}).json()
+    seen = [j["id"] for j in page["items"]]
+    while page["next_cursor"]:
+        submit(http)  # new jobs arrive while the client pages
+        page = http.get("/v1/jobs", params={"limit": 3, "cursor": page["next_cursor"]}).json()
+        seen += [j["id"] for j in page["items"]]
+    assert seen == first[::-1]  # every job that existed appears exactly once, none of the newcomers
 
 
 def test_list__bad_parameters__422_or_400_never_500(http: httpx.Client) -> None:

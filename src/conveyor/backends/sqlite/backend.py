@@ -42,6 +42,7 @@ from conveyor.backends.base import (
     WorkerInfo,
 )
 from conveyor.core.errors import BackendUnavailable, ConfigurationError, ValidationError
+from conveyor.core.ids import is_uuid
 from conveyor.core.job import LEASE_LOST, PENDING, TERMINAL, Job, Status, attempt_status, brief_error, can_transition
 from conveyor.core.queues import QueueSettings
 
@@ -902,7 +903,10 @@ def _encode_cursor(last_id: str) -> str:
 
 def _decode_cursor(cursor: str) -> str:
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        last_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not is_uuid(last_id):
+            raise ValueError(last_id)
+        return last_id
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise ValidationError("invalid cursor: pass the next_cursor of a previous page",
                               [{"pointer": "#/cursor", "detail": "not a cursor returned by this API"}]) from None
