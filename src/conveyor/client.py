@@ -187,6 +187,30 @@ class Client:
         job: Job = self._call("POST", f"/v1/jobs/{job_id}/retry")
         return job
 
+    def queues(self) -> dict[str, Any]:
+        """Every queue: ``{"items": [{name, queued, scheduled, running, failed, ...settings}]}``."""
+        page: dict[str, Any] = self._call("GET", "/v1/queues")
+        return page
+
+    def queue(self, name: str) -> dict[str, Any]:
+        """One queue's counts and settings."""
+        info: dict[str, Any] = self._call("GET", f"/v1/queues/{name}")
+        return info
+
+    def update_queue(self, name: str, **settings: Any) -> dict[str, Any]:
+        """Change settings (``retention``, ``visibility_timeout``, ``max_deliveries``, ``result_ttl``, ``paused``)."""
+        info: dict[str, Any] = self._call("PATCH", f"/v1/queues/{name}", json=settings)
+        return info
+
+    def redrive(self, name: str, ids: Sequence[str] | None = None) -> int:
+        """Put the queue's dead letters (only ``ids`` if given) back to ``queued``; how many."""
+        reply = self._call("POST", f"/v1/queues/{name}/redrive", json={"ids": list(ids)} if ids is not None else {})
+        return int(reply["redriven"])
+
+    def purge(self, name: str) -> int:
+        """Cancel every job of the queue that has not started; how many."""
+        return int(self._call("POST", f"/v1/queues/{name}/purge")["purged"])
+
     def events(self, job_id: str, timeout: float | None = None) -> Iterator[Job]:
         """The job's states as they change, ending with its terminal one (reconnects as needed)."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -277,6 +301,26 @@ class AsyncClient:
     async def retry(self, job_id: str) -> Job:
         job: Job = await self._call("POST", f"/v1/jobs/{job_id}/retry")
         return job
+
+    async def queues(self) -> dict[str, Any]:
+        page: dict[str, Any] = await self._call("GET", "/v1/queues")
+        return page
+
+    async def queue(self, name: str) -> dict[str, Any]:
+        info: dict[str, Any] = await self._call("GET", f"/v1/queues/{name}")
+        return info
+
+    async def update_queue(self, name: str, **settings: Any) -> dict[str, Any]:
+        info: dict[str, Any] = await self._call("PATCH", f"/v1/queues/{name}", json=settings)
+        return info
+
+    async def redrive(self, name: str, ids: Sequence[str] | None = None) -> int:
+        body = {"ids": list(ids)} if ids is not None else {}
+        reply = await self._call("POST", f"/v1/queues/{name}/redrive", json=body)
+        return int(reply["redriven"])
+
+    async def purge(self, name: str) -> int:
+        return int((await self._call("POST", f"/v1/queues/{name}/purge"))["purged"])
 
     async def events(self, job_id: str, timeout: float | None = None) -> AsyncIterator[Job]:
         deadline = None if timeout is None else time.monotonic() + timeout

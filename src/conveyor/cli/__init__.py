@@ -6,6 +6,9 @@ returns the exit code. Errors are raised, not printed: ``main`` turns every one 
 line on stderr and the exit code of ``conveyor.cli.errors.EXIT_CODES`` (set ``CONVEYOR_DEBUG=1``
 to see the traceback of an unexpected error instead). ``--url`` and ``--app`` come from
 ``conveyor.cli.common.add_common``; ``conveyor.cli.serve``, when present, adds ``server`` and ``up``.
+The job and queue commands also take ``--api URL`` / ``--token`` (``add_api``) and do their work
+through ``conveyor.cli.ops.open_operations``: the backend directly, or the HTTP API via
+``conveyor.client`` — the one place where the two differ.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""What every command shares: ``--url`` and ``--app``, the app, and one backend per command."""
+"""What every command shares: ``--url`` and ``--app``, the app, and one backend per command; ``--api`` and
+``--token`` for the commands that can work through the HTTP API instead (see ``conveyor.cli.ops``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,18 @@ from collections.abc import AsyncIterator
 
 from conveyor.backends import create_backend, resolve_url
 from conveyor.backends.base import Backend
+from conveyor.cli.errors import UsageError
 from conveyor.core.app import Conveyor
 from conveyor.loader import load_app
+
+#: Said in the help of every command that takes ``--api``.
+API_HELP = (
+    "With --api URL (or $CONVEYOR_API) the command works through that Conveyor HTTP API instead of "
+    "opening the backend: --url and --app are not needed (the server validates), and the token comes from "
+    "--token or $CONVEYOR_API_TOKEN. Exit codes: 0 ok; 1 job failed or not found, API unreachable, or the "
+    "token missing, unknown (HTTP 401) or without the needed scope (HTTP 403); 2 usage error (incl. an "
+    "unknown task or bad arguments, HTTP 422)."
+)
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +35,36 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--app", default=argparse.SUPPRESS, metavar="MOD:ATTR", help="the Conveyor app (default: $CONVEYOR_APP)"
     )
+
+
+def add_api(parser: argparse.ArgumentParser) -> None:
+    """Add ``--api`` and ``--token``: work through the HTTP API (``conveyor.cli.ops.Remote``)."""
+    group = parser.add_argument_group("HTTP API")
+    group.add_argument(
+        "--api", default=argparse.SUPPRESS, metavar="URL",
+        help="work through the Conveyor HTTP API at URL, e.g. http://127.0.0.1:8000 (default: $CONVEYOR_API)",
+    )
+    group.add_argument(
+        "--token", default=argparse.SUPPRESS, metavar="TOKEN",
+        help="bearer token for --api (default: $CONVEYOR_API_TOKEN); a missing or refused token exits 1",
+    )
+
+
+def api_settings(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The API base URL (``--api``, else ``CONVEYOR_API``; None: use the backend) and its token."""
+    api: str | None = getattr(args, "api", None)
+    if not api and not getattr(args, "url", None):  # an explicit --url wins over $CONVEYOR_API
+        api = os.environ.get("CONVEYOR_API") or None
+    token: str | None = getattr(args, "token", None) or os.environ.get("CONVEYOR_API_TOKEN") or None
+    if api is None:
+        if getattr(args, "token", None):
+            raise UsageError("--token needs --api (or CONVEYOR_API)")
+        return None, None
+    if getattr(args, "api", None) and getattr(args, "url", None):
+        raise UsageError("--api and --url exclude each other: the server chooses the backend")
+    if not api.startswith(("http://", "https://")) or len(api.split("://", 1)[1].strip("/")) == 0:
+        raise UsageError(f"--api must be an http:// or https:// URL, not {api!r}")
+    return api.rstrip("/"), token
 
 
 def app_spec(args: argparse.Namespace) -> str | None:

@@ -13,21 +13,20 @@ from typing import Any
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from conveyor.backends.base import Backend, JobQuery
 from conveyor.cli import render
-from conveyor.cli.common import add_common, backend_url, load, open_backend
+from conveyor.cli.common import API_HELP, add_api, add_common
 from conveyor.cli.errors import EXIT_OK, UsageError
+from conveyor.cli.ops import RETRYABLE, Operations, open_operations
+from conveyor.client import OPTIONS
 from conveyor.core.errors import InvalidTransition, JobFailed, JobNotFound
-from conveyor.core.ids import is_uuid
 from conveyor.core.job import Job, Status
 
-#: Statuses ``retry`` accepts.
-RETRYABLE = (Status.FAILED, Status.CANCELLED, Status.EXPIRED)
+__all__ = ["RETRYABLE", "follow", "register"]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the job commands."""
-    p = subparsers.add_parser("submit", help="enqueue a job and print its id")
+    p = subparsers.add_parser("submit", help="enqueue a job and print its id", epilog=API_HELP)
     p.add_argument("task", metavar="TASK", help="registered task name")
     p.add_argument("args", nargs="*", metavar="ARG_JSON",
                    help='positional arguments, each JSON (quote strings: \'"a"\')')
@@ -40,21 +39,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--wait", action="store_true", help="wait for the job; print its result as JSON")
     p.add_argument("--timeout", type=_seconds, metavar="S", help="with --wait: give up after S seconds (exit 1)")
     add_common(p)
+    add_api(p)
     p.set_defaults(func=submit)
 
-    p = subparsers.add_parser("status", help="show a job")
+    p = subparsers.add_parser("status", help="show a job", epilog=API_HELP)
     p.add_argument("id", metavar="ID")
     p.add_argument("--json", action="store_true", help="print the job's JSON")
     add_common(p)
+    add_api(p)
     p.set_defaults(func=status)
 
-    p = subparsers.add_parser("watch", help="follow a job live until it finishes (exit 1 unless it succeeded)")
+    p = subparsers.add_parser("watch", help="follow a job live until it finishes (exit 1 unless it succeeded)",
+                              epilog=API_HELP)
     p.add_argument("id", metavar="ID")
     p.add_argument("--timeout", type=_seconds, metavar="S", help="give up after S seconds (exit 1)")
     add_common(p)
+    add_api(p)
     p.set_defaults(func=watch)
 
-    p = subparsers.add_parser("jobs", help="list jobs, newest first")
+    p = subparsers.add_parser("jobs", help="list jobs, newest first", epilog=API_HELP)
     p.add_argument("--status", choices=[str(s) for s in Status])
     p.add_argument("--queue")
     p.add_argument("--task")
@@ -62,45 +65,47 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--cursor", help="the next_cursor of a previous page")
     p.add_argument("--json", action="store_true", help='print {"items": [...], "next_cursor": ...}')
     add_common(p)
+    add_api(p)
     p.set_defaults(func=jobs)
 
-    p = subparsers.add_parser("cancel", help="cancel a job (a running one cooperatively)")
+    p = subparsers.add_parser("cancel", help="cancel a job (a running one cooperatively)", epilog=API_HELP)
     p.add_argument("id", metavar="ID")
     p.add_argument("--json", action="store_true", help="print the job's JSON")
     add_common(p)
+    add_api(p)
     p.set_defaults(func=cancel)
 
-    p = subparsers.add_parser("retry", help="run a failed, cancelled or expired job again")
+    p = subparsers.add_parser("retry", help="run a failed, cancelled or expired job again", epilog=API_HELP)
     p.add_argument("id", metavar="ID")
     p.add_argument("--json", action="store_true", help="print the job's JSON")
     add_common(p)
+    add_api(p)
     p.set_defaults(func=retry)
 
 
 # -- submit ---------------------------------------------------------------------------------
 def submit(args: argparse.Namespace) -> int:
-    """Validate against the app's task, enqueue, print the id (or, with --wait, the result)."""
+    """Validate, enqueue, print the id (or, with --wait, the result)."""
     if args.timeout is not None and not args.wait:
         raise UsageError("--timeout needs --wait")
-    app = load(args)
     positional = [_json_arg(text, f"argument {i} ({text!r})") for i, text in enumerate(args.args, 1)]
     kwargs = _json_arg(args.kwargs, "--kwargs") if args.kwargs is not None else {}
     if not isinstance(kwargs, dict):
         raise UsageError("--kwargs must be a JSON object, e.g. '{\"height\": 480}'")
+    reserved = sorted(set(kwargs) & OPTIONS)
+    if reserved:
+        raise UsageError(f"--kwargs may not use the reserved name(s) {', '.join(reserved)}; use the options")
     given = {"queue": args.queue, "priority": args.priority, "delay": args.delay, "max_retries": args.max_retries,
              "key": args.key}
     options = {k: v for k, v in given.items() if v is not None}
-    # validate before touching the backend: a typo needs no database
-    app.build_job(args.task, positional, kwargs, now=time.time(), **options)
 
     async def run() -> int:
-        async with open_backend(app.url) as backend:
-            app.bind(backend)
-            handle = await app.enqueue_async(args.task, positional, kwargs, **options)
+        async with open_operations(args) as ops:
+            job_id = await ops.submit(args.task, positional, kwargs, options)
             if not args.wait:
-                print(handle.id)
+                print(job_id)
                 return EXIT_OK
-            render.print_json(await handle.wait_async(args.timeout))
+            render.print_json(await ops.wait(job_id, args.timeout))
             return EXIT_OK
 
     return asyncio.run(run())
@@ -118,40 +123,34 @@ def _json_arg(text: str, what: str) -> Any:
 def status(args: argparse.Namespace) -> int:
     """Show one job: a panel, or exactly its JSON."""
 
-    async def run() -> Job:
-        async with open_backend(backend_url(args)) as backend:
-            return await get_job(backend, args.id)
+    async def run() -> dict[str, Any]:
+        async with open_operations(args) as ops:
+            return await ops.get(args.id)
 
-    job = asyncio.run(run())
+    data = asyncio.run(run())
     if args.json:
-        render.print_json(job.to_json())
+        render.print_json(data)
     else:
-        render.console().print(render.job_panel(job))
+        render.console().print(render.job_panel(Job.from_json(data)))
     return EXIT_OK
 
 
 def jobs(args: argparse.Namespace) -> int:
     """List jobs with filters, newest first."""
-    query = JobQuery(
-        status=Status(args.status) if args.status else None,
-        task=args.task,
-        queue=args.queue,
-        limit=args.limit,
-        cursor=args.cursor,
-    )
 
-    async def run() -> tuple[list[Job], str | None]:
-        async with open_backend(backend_url(args)) as backend:
-            page = await backend.list_jobs(query)
-            return page.items, page.next_cursor
+    async def run() -> dict[str, Any]:
+        async with open_operations(args) as ops:
+            return await ops.jobs(status=args.status, task=args.task, queue=args.queue, limit=args.limit,
+                                  cursor=args.cursor)
 
-    items, next_cursor = asyncio.run(run())
+    page = asyncio.run(run())
+    items = [Job.from_json(item) for item in page["items"]]
     if args.json:
-        render.print_json({"items": [j.to_json() for j in items], "next_cursor": next_cursor})
+        render.print_json(page)
     elif not items:
         render.console().print("no jobs")
     else:
-        render.console().print(render.jobs_table(items, next_cursor))
+        render.console().print(render.jobs_table(items, page.get("next_cursor")))
     return EXIT_OK
 
 
@@ -159,10 +158,10 @@ def watch(args: argparse.Namespace) -> int:
     """Follow a job live; exit 0 when it succeeded, 1 otherwise."""
 
     async def run() -> Job:
-        async with open_backend(backend_url(args)) as backend:
+        async with open_operations(args) as ops:
             if sys.stdout.isatty():
-                return await _watch_bar(backend, args.id, args.timeout)
-            return await follow(backend, args.id, _line_printer(), args.timeout)
+                return await _watch_bar(ops, args.id, args.timeout)
+            return await follow(ops, args.id, _line_printer(), args.timeout)
 
     job = asyncio.run(run())
     if job.status is Status.SUCCEEDED:
@@ -173,7 +172,7 @@ def watch(args: argparse.Namespace) -> int:
     raise JobFailed(f"job {job.id} ({job.task}) {job.status}{what}", error, str(job.status))
 
 
-async def _watch_bar(backend: Backend, job_id: str, timeout: float | None) -> Job:
+async def _watch_bar(ops: Operations, job_id: str, timeout: float | None) -> Job:
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
                TimeElapsedColumn())
     with Progress(*columns, console=render.console(), transient=False) as bar:
@@ -190,7 +189,7 @@ async def _watch_bar(backend: Backend, job_id: str, timeout: float | None) -> Jo
                 label += f" {escape(str(message))}"
             bar.update(task_id, description=label, completed=completed)
 
-        return await follow(backend, job_id, show, timeout)
+        return await follow(ops, job_id, show, timeout)
 
 
 def _line_printer() -> Callable[[Job], None]:
@@ -208,53 +207,34 @@ def _line_printer() -> Callable[[Job], None]:
 
 
 async def follow(
-    backend: Backend, job_id: str, on_change: Callable[[Job], None], timeout: float | None = None
+    ops: Operations, job_id: str, on_change: Callable[[Job], None], timeout: float | None = None
 ) -> Job:
     """Call ``on_change`` with the job on every change until it is terminal; the final job."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    revision = -1
-    pause = 0.02
-    job = await get_job(backend, job_id)
-    while True:
-        current = (await backend.revisions([job.id])).get(job.id)
-        if current is None:
-            raise JobNotFound(f"job {job_id} no longer exists")
-        if current != revision:
-            revision, pause = current, 0.02
-            job = await get_job(backend, job_id)
-            on_change(job)
-            if job.status.terminal:
-                return job
-        if deadline is not None and time.monotonic() >= deadline:
-            raise TimeoutError(f"job {job_id} still {job.status} after {timeout:g} s")
-        await asyncio.sleep(pause)
-        pause = min(pause * 1.5, 0.25)
-
-
-async def get_job(backend: Backend, job_id: str) -> Job:
-    """The stored job, or ``JobNotFound``."""
-    found = await backend.get_jobs([job_id]) if is_uuid(job_id) else []
-    if not found:
+    final: Job | None = None
+    async for data in ops.follow(job_id, timeout):
+        final = Job.from_json(data)
+        on_change(final)
+        if final.status.terminal:
+            break
+    if final is None:
         raise JobNotFound(f"no job with id {job_id!r}")
-    return found[0]
+    return final
 
 
 # -- admin ----------------------------------------------------------------------------------
 def cancel(args: argparse.Namespace) -> int:
     """Cancel a pending job at once; ask a running one to stop."""
 
-    async def run() -> Job:
-        async with open_backend(backend_url(args)) as backend:
-            job = await backend.cancel(args.id, time.time()) if is_uuid(args.id) else None
-            if job is None:
-                raise JobNotFound(f"no job with id {args.id!r}")
-            return job
+    async def run() -> dict[str, Any]:
+        async with open_operations(args) as ops:
+            return await ops.cancel(args.id)
 
-    job = asyncio.run(run())
+    data = asyncio.run(run())
+    job = Job.from_json(data)
     if job.status.terminal and job.status is not Status.CANCELLED:
         raise InvalidTransition(f"job {job.id} already {job.status}; nothing to cancel")
     if args.json:
-        render.print_json(job.to_json())
+        render.print_json(data)
     elif job.status is Status.CANCELLED:
         print(f"{job.id} cancelled")
     else:
@@ -265,22 +245,15 @@ def cancel(args: argparse.Namespace) -> int:
 def retry(args: argparse.Namespace) -> int:
     """Put a failed, cancelled or expired job back to ``queued`` with attempts reset."""
 
-    async def run() -> Job:
-        async with open_backend(backend_url(args)) as backend:
-            job = await get_job(backend, args.id)
-            requeued = await backend.requeue(None, [job.id], RETRYABLE, time.time()) if job.status in RETRYABLE else []
-            if not requeued:
-                job = await get_job(backend, args.id)  # it may have changed meanwhile: name the status now
-                raise InvalidTransition(
-                    f"job {job.id} is {job.status}; only failed, cancelled or expired jobs can be retried"
-                )
-            return requeued[0]
+    async def run() -> dict[str, Any]:
+        async with open_operations(args) as ops:
+            return await ops.retry(args.id)
 
-    job = asyncio.run(run())
+    data = asyncio.run(run())
     if args.json:
-        render.print_json(job.to_json())
+        render.print_json(data)
     else:
-        print(f"{job.id} {job.status}")
+        print(f"{data['id']} {data['status']}")
     return EXIT_OK
 
 

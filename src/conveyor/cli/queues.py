@@ -5,25 +5,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import time
 from typing import Any
 
-from conveyor.backends.base import QueueInfo
 from conveyor.cli import render
-from conveyor.cli.common import add_common, app_spec, backend_url, load, open_backend
+from conveyor.cli.common import API_HELP, add_api, add_common
 from conveyor.cli.errors import EXIT_FAILED, EXIT_OK
+from conveyor.cli.ops import open_operations
 from conveyor.core.app import check_queue_name
-from conveyor.core.job import Status
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the queue commands."""
-    p = subparsers.add_parser("queues", help="list queues with their counts and settings")
+    p = subparsers.add_parser("queues", help="list queues with their counts and settings", epilog=API_HELP)
     p.add_argument("--json", action="store_true", help='print {"items": [...]}')
     add_common(p)
+    add_api(p)
     p.set_defaults(func=queues)
 
-    p = subparsers.add_parser("queue", help="show or change one queue's settings (durations in seconds)")
+    p = subparsers.add_parser("queue", help="show or change one queue's settings (durations in seconds)",
+                              epilog=API_HELP)
     p.add_argument("name", metavar="NAME")
     p.add_argument("--retention", type=float, metavar="S", help="jobs not started within S seconds expire")
     p.add_argument("--visibility-timeout", type=float, metavar="S", help="lease length without heartbeat")
@@ -34,42 +34,41 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     pause.add_argument("--resume", dest="paused", action="store_const", const=False, help="undo --pause")
     p.add_argument("--json", action="store_true", help="print the queue's JSON")
     add_common(p)
+    add_api(p)
     p.set_defaults(func=queue)
 
-    p = subparsers.add_parser("redrive", help="put a queue's failed jobs (dead letters) back to queued")
+    p = subparsers.add_parser("redrive", help="put a queue's failed jobs (dead letters) back to queued",
+                              epilog=API_HELP)
     p.add_argument("queue", metavar="QUEUE")
     p.add_argument("--ids", nargs="+", metavar="ID", help="only these jobs")
     p.add_argument("--json", action="store_true", help='print {"redriven": n}')
     add_common(p)
+    add_api(p)
     p.set_defaults(func=redrive)
 
-    p = subparsers.add_parser("purge", help="cancel every job waiting in a queue")
+    p = subparsers.add_parser("purge", help="cancel every job waiting in a queue", epilog=API_HELP)
     p.add_argument("queue", metavar="QUEUE")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation on a terminal")
     p.add_argument("--json", action="store_true", help='print {"purged": n}')
     add_common(p)
+    add_api(p)
     p.set_defaults(func=purge)
 
 
 def queues(args: argparse.Namespace) -> int:
     """Every known queue (and every queue the app names, when one is given)."""
-    named = load(args).queue_names() if app_spec(args) else []
 
-    async def run() -> list[QueueInfo]:
-        async with open_backend(backend_url(args)) as backend:
-            infos = await backend.queues()
-            missing = sorted(set(named) - {i.name for i in infos})
-            if missing:
-                infos += await backend.queues(missing)
-            return sorted(infos, key=lambda i: i.name)
+    async def run() -> dict[str, Any]:
+        async with open_operations(args) as ops:
+            return await ops.queues()
 
-    infos = asyncio.run(run())
+    page = asyncio.run(run())
     if args.json:
-        render.print_json({"items": [i.to_json() for i in infos]})
-    elif not infos:
+        render.print_json(page)
+    elif not page["items"]:
         render.console().print("no queues")
     else:
-        render.console().print(render.queues_table(infos))
+        render.console().print(render.queues_table([render.queue_info(q) for q in page["items"]]))
     return EXIT_OK
 
 
@@ -85,18 +84,15 @@ def queue(args: argparse.Namespace) -> int:
     }
     changes = {k: v for k, v in changes.items() if v is not None}
 
-    async def run() -> QueueInfo:
-        async with open_backend(backend_url(args)) as backend:
-            if changes:
-                current = await backend.queue_settings(args.name)
-                await backend.save_queue_settings(args.name, current.replace(**changes))
-            return (await backend.queues([args.name]))[0]
+    async def run() -> dict[str, Any]:
+        async with open_operations(args) as ops:
+            return await ops.queue(args.name, changes)
 
-    info = asyncio.run(run())
+    data = asyncio.run(run())
     if args.json:
-        render.print_json(info.to_json())
+        render.print_json(data)
     else:
-        render.console().print(render.queue_panel(info))
+        render.console().print(render.queue_panel(render.queue_info(data)))
     return EXIT_OK
 
 
@@ -104,8 +100,8 @@ def redrive(args: argparse.Namespace) -> int:
     """Dead letters back to ``queued``, attempts reset."""
 
     async def run() -> int:
-        async with open_backend(backend_url(args)) as backend:
-            return len(await backend.requeue(args.queue, args.ids, [Status.FAILED], time.time()))
+        async with open_operations(args) as ops:
+            return await ops.redrive(args.queue, args.ids)
 
     count = asyncio.run(run())
     if args.json:
@@ -124,8 +120,8 @@ def purge(args: argparse.Namespace) -> int:
             return EXIT_FAILED
 
     async def run() -> int:
-        async with open_backend(backend_url(args)) as backend:
-            return await backend.purge(args.queue, time.time())
+        async with open_operations(args) as ops:
+            return await ops.purge(args.queue)
 
     count = asyncio.run(run())
     if args.json:

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from conveyor.backends.base import QueueInfo
 from conveyor.core.job import Job, Status
+from conveyor.core.queues import QueueSettings
 
 #: How each status is coloured.
 STATUS_STYLES: Mapping[Status, str] = {
@@ -158,6 +159,20 @@ def duration(seconds: float) -> str:
             parts.append(f"{s // size}{unit}")
             s %= size
     return "".join(parts)
+
+
+def queue_info(data: Mapping[str, Any]) -> QueueInfo:
+    """A queue's JSON (``GET /v1/queues/{name}``) as the ``QueueInfo`` the tables show."""
+    defaults = QueueSettings()
+    settings = QueueSettings(
+        retention=float(data.get("retention", defaults.retention)),
+        visibility_timeout=float(data.get("visibility_timeout", defaults.visibility_timeout)),
+        max_deliveries=int(data.get("max_deliveries", defaults.max_deliveries)),
+        result_ttl=float(data.get("result_ttl", defaults.result_ttl)),
+        paused=bool(data.get("paused", False)),
+    )
+    counts = {name: int(data.get(name) or 0) for name in ("queued", "scheduled", "running", "failed")}
+    return QueueInfo(name=str(data["name"]), settings=settings, counts=counts)
 
 
 def queues_table(infos: Sequence[QueueInfo]) -> Table:

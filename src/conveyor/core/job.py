@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from conveyor.serialization import to_rfc3339
+from conveyor.serialization import from_rfc3339, to_rfc3339
 
 
 class Status(enum.StrEnum):
@@ -138,6 +138,41 @@ class Job:
             "attempts": [attempt_json(a) for a in self.attempts],
         }
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Job:
+        """The inverse of ``to_json``: a job from its public JSON (fields it leaves out keep their defaults)."""
+        rate = data.get("rate_limit")
+        return cls(
+            id=str(data["id"]),
+            task=str(data["task"]),
+            queue=str(data.get("queue", "default")),
+            status=Status(data.get("status", Status.QUEUED)),
+            args=list(data.get("args") or []),
+            kwargs=dict(data.get("kwargs") or {}),
+            priority=int(data.get("priority", 0)),
+            progress=dict(data["progress"]) if data.get("progress") is not None else None,
+            result=data.get("result"),
+            error=dict(data["error"]) if data.get("error") is not None else None,
+            attempt=int(data.get("attempt", 1)),
+            max_retries=int(data.get("max_retries", 3)),
+            timeout=data.get("timeout"),
+            depends_on=list(data.get("depends_on") or []),
+            idempotency_key=data.get("idempotency_key"),
+            metadata=dict(data.get("metadata") or {}),
+            webhook=data.get("webhook"),
+            deliveries=int(data.get("deliveries", 0)),
+            cancel_requested=bool(data.get("cancel_requested", False)),
+            created_at=_epoch(data.get("created_at")) or 0.0,
+            scheduled_at=_epoch(data.get("scheduled_at")),
+            started_at=_epoch(data.get("started_at")),
+            finished_at=_epoch(data.get("finished_at")),
+            updated_at=_epoch(data.get("updated_at")) or 0.0,
+            limit_key=data.get("limit_key"),
+            concurrency_limit=data.get("concurrency_limit"),
+            rate_limit=(int(rate["count"]), float(rate["per"])) if rate else None,
+            attempts=[attempt_from_json(a) for a in data.get("attempts") or []],
+        )
+
 
 #: How many timeline entries a job keeps (the oldest are dropped).
 MAX_ATTEMPTS = 50
@@ -167,6 +202,15 @@ def attempt_json(entry: Mapping[str, Any]) -> dict[str, Any]:
         "status": entry.get("status"),
         "error": entry.get("error"),
     }
+
+
+def attempt_from_json(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of ``attempt_json``: one timeline entry with epoch-second times."""
+    return {**entry, "started_at": _epoch(entry.get("started_at")), "finished_at": _epoch(entry.get("finished_at"))}
+
+
+def _epoch(text: str | None) -> float | None:
+    return None if text is None else from_rfc3339(text)
 
 
 def error_info(exc: BaseException, traceback_text: str | None = None) -> dict[str, Any]:

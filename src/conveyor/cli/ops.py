@@ -1,0 +1,351 @@
+"""The one seam between the commands and where jobs live: the backend itself, or the HTTP API.
+
+The job and queue commands (``submit``, ``status``, ``watch``, ``jobs``, ``cancel``, ``retry``,
+``queues``, ``queue``, ``redrive``, ``purge``) talk to an ``Operations``, opened once per command by
+``open_operations(args)``: ``Direct`` opens the backend of ``--url`` (and loads ``--app`` when it
+needs it); ``Remote`` goes through ``conveyor.client.AsyncClient`` to the API of ``--api``. Both
+speak the HTTP API's JSON (SPEC §3, §6), so ``--json`` prints the same thing either way and, through
+``--api``, exactly what the server returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+import httpx
+
+from conveyor.backends.base import Backend, JobQuery
+from conveyor.cli.common import api_settings, app_spec, backend_url, load, open_backend
+from conveyor.client import ApiError, AsyncClient, outcome
+from conveyor.core.app import Conveyor
+from conveyor.core.errors import BackendUnavailable, ConveyorError, InvalidTransition, JobNotFound, ValidationError
+from conveyor.core.ids import is_uuid
+from conveyor.core.job import Job, Status
+
+#: A job, a page of jobs, or a queue, as the HTTP API's JSON.
+JsonObject = dict[str, Any]
+#: Statuses ``retry`` accepts.
+RETRYABLE = (Status.FAILED, Status.CANCELLED, Status.EXPIRED)
+
+
+class ApiAuthError(ConveyorError):
+    """The API refused the request's token (401) or its scope (403)."""
+
+
+class Operations(Protocol):
+    """What the job and queue commands need; every job and queue is the API's JSON."""
+
+    async def submit(self, task: str, args: Sequence[Any], kwargs: Mapping[str, Any],
+                     options: Mapping[str, Any]) -> str:
+        """Enqueue one job (``options``: queue, priority, delay, max_retries, key); its id."""
+        ...
+
+    async def wait(self, job_id: str, timeout: float | None) -> Any:
+        """The job's result once it finished; ``JobFailed`` unless it succeeded; ``TimeoutError``."""
+        ...
+
+    async def get(self, job_id: str) -> JsonObject:
+        """One job, or ``JobNotFound``."""
+        ...
+
+    def follow(self, job_id: str, timeout: float | None) -> AsyncIterator[JsonObject]:
+        """The job on every change, ending with its terminal state; ``TimeoutError`` after ``timeout``."""
+        ...
+
+    async def jobs(self, *, status: str | None, task: str | None, queue: str | None, limit: int,
+                   cursor: str | None) -> JsonObject:
+        """One page, newest first: ``{"items": [...], "next_cursor": ...}``."""
+        ...
+
+    async def cancel(self, job_id: str) -> JsonObject:
+        ...
+
+    async def retry(self, job_id: str) -> JsonObject:
+        ...
+
+    async def queues(self) -> JsonObject:
+        """``{"items": [queue, ...]}``."""
+        ...
+
+    async def queue(self, name: str, changes: Mapping[str, Any]) -> JsonObject:
+        """One queue, after applying ``changes`` to its settings when there are any."""
+        ...
+
+    async def redrive(self, name: str, ids: Sequence[str] | None) -> int:
+        ...
+
+    async def purge(self, name: str) -> int:
+        ...
+
+
+@contextlib.asynccontextmanager
+async def open_operations(args: Any) -> AsyncIterator[Operations]:
+    """``Remote`` when ``--api`` / ``CONVEYOR_API`` is set, else ``Direct``; closed at the end."""
+    api, token = api_settings(args)
+    if api is not None:
+        async with AsyncClient(api, token=token) as client:
+            yield Remote(client, api, token)
+        return
+    direct = Direct(args)
+    try:
+        yield direct
+    finally:
+        await direct.close()
+
+
+# -- the backend itself ---------------------------------------------------------------------
+class Direct:
+    """Opens the backend (lazily: a typo in ``submit`` needs no database) and works on it."""
+
+    def __init__(self, args: Any) -> None:
+        self.args = args
+        self._app: Conveyor | None = None
+        self._backend: Backend | None = None
+        self._stack = contextlib.AsyncExitStack()
+
+    def app(self) -> Conveyor:
+        if self._app is None:
+            self._app = load(self.args)
+        return self._app
+
+    async def backend(self) -> Backend:
+        if self._backend is None:
+            url = self._app.url if self._app is not None else backend_url(self.args)
+            self._backend = await self._stack.enter_async_context(open_backend(url))
+        return self._backend
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+    async def submit(self, task: str, args: Sequence[Any], kwargs: Mapping[str, Any],
+                     options: Mapping[str, Any]) -> str:
+        app = self.app()
+        app.build_job(task, args, kwargs, now=time.time(), **options)  # validate before touching the backend
+        app.bind(await self.backend())
+        handle = await app.enqueue_async(task, args, kwargs, **options)
+        return handle.id
+
+    async def wait(self, job_id: str, timeout: float | None) -> Any:
+        app = self.app()
+        app.bind(await self.backend())
+        handle = await app.get_job_async(job_id)
+        if handle is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return await handle.wait_async(timeout)
+
+    async def _job(self, job_id: str) -> Job:
+        found = await (await self.backend()).get_jobs([job_id]) if is_uuid(job_id) else []
+        if not found:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return found[0]
+
+    async def get(self, job_id: str) -> JsonObject:
+        return (await self._job(job_id)).to_json()
+
+    async def follow(self, job_id: str, timeout: float | None) -> AsyncIterator[JsonObject]:
+        backend = await self.backend()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        revision = -1
+        pause = 0.02
+        job = await self._job(job_id)
+        while True:
+            current = (await backend.revisions([job.id])).get(job.id)
+            if current is None:
+                raise JobNotFound(f"job {job_id} no longer exists")
+            if current != revision:
+                revision, pause = current, 0.02
+                job = await self._job(job_id)
+                yield job.to_json()
+                if job.status.terminal:
+                    return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} still {job.status} after {timeout:g} s")
+            await asyncio.sleep(pause)
+            pause = min(pause * 1.5, 0.25)
+
+    async def jobs(self, *, status: str | None, task: str | None, queue: str | None, limit: int,
+                   cursor: str | None) -> JsonObject:
+        query = JobQuery(status=Status(status) if status else None, task=task, queue=queue, limit=limit,
+                         cursor=cursor)
+        page = await (await self.backend()).list_jobs(query)
+        return {"items": [j.to_json() for j in page.items], "next_cursor": page.next_cursor}
+
+    async def cancel(self, job_id: str) -> JsonObject:
+        job = await (await self.backend()).cancel(job_id, time.time()) if is_uuid(job_id) else None
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return job.to_json()
+
+    async def retry(self, job_id: str) -> JsonObject:
+        backend = await self.backend()
+        job = await self._job(job_id)
+        requeued = await backend.requeue(None, [job.id], RETRYABLE, time.time()) if job.status in RETRYABLE else []
+        if not requeued:
+            job = await self._job(job_id)  # it may have changed meanwhile: name the status now
+            raise InvalidTransition(
+                f"job {job.id} is {job.status}; only failed, cancelled or expired jobs can be retried"
+            )
+        return requeued[0].to_json()
+
+    async def queues(self) -> JsonObject:
+        named = self.app().queue_names() if app_spec(self.args) else []
+        backend = await self.backend()
+        infos = await backend.queues()
+        missing = sorted(set(named) - {i.name for i in infos})
+        if missing:
+            infos += await backend.queues(missing)
+        return {"items": [i.to_json() for i in sorted(infos, key=lambda i: i.name)]}
+
+    async def queue(self, name: str, changes: Mapping[str, Any]) -> JsonObject:
+        backend = await self.backend()
+        if changes:
+            current = await backend.queue_settings(name)
+            await backend.save_queue_settings(name, current.replace(**changes))
+        return (await backend.queues([name]))[0].to_json()
+
+    async def redrive(self, name: str, ids: Sequence[str] | None) -> int:
+        return len(await (await self.backend()).requeue(name, ids, [Status.FAILED], time.time()))
+
+    async def purge(self, name: str) -> int:
+        return await (await self.backend()).purge(name, time.time())
+
+
+# -- the HTTP API ---------------------------------------------------------------------------
+class Remote:
+    """Works through ``conveyor.client.AsyncClient``; the server validates and answers in JSON."""
+
+    def __init__(self, client: AsyncClient, api: str, token: str | None) -> None:
+        self.client = client
+        self.api = api
+        self.token = token
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """The client's errors as one clear line each (the exit code follows from the class)."""
+        try:
+            yield
+        except ValidationError as exc:  # 422: unknown task, bad arguments, bad settings
+            if exc.errors:  # name each part of the request that is wrong: "#/args/1: b: ..."
+                details = "; ".join(f"{e.get('pointer') or e.get('parameter') or '#'}: {e.get('detail')}"
+                                    for e in exc.errors)
+                raise type(exc)(details, exc.errors) from None
+            raise
+        except BackendUnavailable as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, httpx.TransportError):
+                raise BackendUnavailable(f"cannot reach the API at {self.api}: {_reason(cause)}") from None
+            raise
+        except ApiError as exc:
+            detail = exc.problem.get("detail") or str(exc)
+            if exc.status == 401 and self.token is None:
+                raise ApiAuthError(f"the API at {self.api} needs a token: pass --token or set CONVEYOR_API_TOKEN "
+                                   "(HTTP 401)") from None
+            if exc.status == 401:
+                raise ApiAuthError(f"the API at {self.api} did not accept the token of --token / "
+                                   "CONVEYOR_API_TOKEN (HTTP 401)") from None
+            if exc.status == 403:
+                raise ApiAuthError(f"the token is not allowed to do this: {detail} (HTTP 403)") from None
+            raise
+        except (ValueError, KeyError, TypeError):  # a 2xx that is not Conveyor's JSON
+            raise ConveyorError(f"the server at {self.api} did not answer like a Conveyor API") from None
+
+    async def submit(self, task: str, args: Sequence[Any], kwargs: Mapping[str, Any],
+                     options: Mapping[str, Any]) -> str:
+        with self._errors():
+            job = await self.client.submit(task, *args, **kwargs, **options)
+            return str(job["id"])
+
+    async def wait(self, job_id: str, timeout: float | None) -> Any:
+        final: JsonObject | None = None
+        async for job in self.follow(job_id, timeout):
+            final = job
+        if final is None:
+            final = await self.get(job_id)
+        return outcome(final)
+
+    async def get(self, job_id: str) -> JsonObject:
+        with self._errors():
+            return await self.client.get(job_id)
+
+    async def follow(self, job_id: str, timeout: float | None) -> AsyncIterator[JsonObject]:
+        """The job's server-sent events, each wait bounded by what is left of ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last: JsonObject | None = None
+        with self._errors():
+            events = self.client.events(job_id)
+            try:
+                while True:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    try:
+                        if left is not None and left <= 0:
+                            raise TimeoutError
+                        job = await asyncio.wait_for(anext(events), left)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        status = last["status"] if last else "unfinished"
+                        raise TimeoutError(f"job {job_id} still {status} after {timeout:g} s") from None
+                    last = job
+                    yield job
+            finally:
+                await aclose(events)
+            if last is None or last["status"] not in {str(s) for s in Status if s.terminal}:
+                yield await self.client.get(job_id)  # the stream ended early (e.g. 204): read it once
+
+    async def jobs(self, *, status: str | None, task: str | None, queue: str | None, limit: int,
+                   cursor: str | None) -> JsonObject:
+        with self._errors():
+            return await self.client.list(status=status, task=task, queue=queue, limit=limit, cursor=cursor)
+
+    async def cancel(self, job_id: str) -> JsonObject:
+        with self._errors():
+            return await self.client.cancel(job_id)
+
+    async def retry(self, job_id: str) -> JsonObject:
+        with self._errors():
+            return await self.client.retry(job_id)
+
+    async def queues(self) -> JsonObject:
+        with self._errors():
+            return await self.client.queues()
+
+    async def queue(self, name: str, changes: Mapping[str, Any]) -> JsonObject:
+        with self._errors():
+            if changes:
+                return await self.client.update_queue(name, **changes)
+            return await self.client.queue(name)
+
+    async def redrive(self, name: str, ids: Sequence[str] | None) -> int:
+        with self._errors():
+            return await self.client.redrive(name, ids)
+
+    async def purge(self, name: str) -> int:
+        with self._errors():
+            return await self.client.purge(name)
+
+
+async def aclose(iterator: AsyncIterator[Any]) -> None:
+    """Close an async generator (and the stream it holds) early."""
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        await close()
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a connection failed, in a few lowercase words (``connection refused``, ``timed out``)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and (seen.errno or seen.strerror):
+            return (os.strerror(seen.errno) if seen.errno else str(seen.strerror)).lower()
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc).lower()
+    if "connection attempts failed" in text or "refused" in text:
+        return "connection refused"
+    return str(exc) or type(exc).__name__

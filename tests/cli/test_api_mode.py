@@ -1,0 +1,335 @@
+"""``--api URL``: the commands work through a real ``conveyor server`` instead of opening the backend.
+
+One server and one worker (subprocesses, over their own SQLite file) serve the whole module; tests
+keep out of each other's way with their own queues. Jobs on queue ``held`` are never run (the worker
+serves only the app's queues). A second server has tokens configured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conveyor.cli import main
+from tests.cli.conftest import APP, Result, one_error_line
+
+HELD = "held"  # a queue no worker serves
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Api:
+    url: str
+    db: str
+    procs: list[subprocess.Popen[bytes]]
+
+    def get(self, path: str, token: str | None = None) -> Any:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = httpx.get(self.url + path, headers=headers, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+
+def _env(app_dir: Path, db: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    env.update(CONVEYOR_URL=db, CONVEYOR_APP=APP, PYTHONPATH=str(app_dir), **extra)
+    return env
+
+
+def _start(tmp: Path, app_dir: Path, with_worker: bool, **extra_env: str) -> Api:
+    db = f"sqlite:///{tmp}/conveyor.db"
+    port = free_port()
+    env = _env(app_dir, db, **extra_env)
+    log = open(tmp / "server.log", "wb")  # noqa: SIM115
+    server = subprocess.Popen([sys.executable, "-m", "conveyor.cli", "server", "--port", str(port)],
+                              env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
+    api = Api(f"http://127.0.0.1:{port}", db, [server])
+    deadline = time.monotonic() + 15
+    while True:
+        assert server.poll() is None, (tmp / "server.log").read_text()
+        try:
+            if httpx.get(api.url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server did not start within 15 s"
+        time.sleep(0.05)
+    if with_worker:
+        wlog = open(tmp / "worker.log", "wb")  # noqa: SIM115
+        api.procs.append(subprocess.Popen(
+            [sys.executable, "-m", "conveyor.cli", "worker", "--no-scheduler", "--concurrency", "4"],
+            env=env, cwd=tmp, stdout=wlog, stderr=subprocess.STDOUT,
+        ))
+    return api
+
+
+def _stop(api: Api) -> None:
+    for proc in api.procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in api.procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory, app_dir: Path) -> Iterator[Api]:
+    running = _start(tmp_path_factory.mktemp("api_mode"), app_dir, with_worker=True)
+    yield running
+    _stop(running)
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory, app_dir: Path) -> Iterator[Api]:
+    running = _start(tmp_path_factory.mktemp("api_tokens"), app_dir, with_worker=False,
+                     CONVEYOR_API_TOKENS="ci:s3cret:admin;viewer:r3ad:read")
+    yield running
+    _stop(running)
+
+
+class Remote:
+    """Runs ``conveyor ... --api URL`` in-process, with no backend URL and no app in sight."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self.capsys = capsys
+
+    def __call__(self, *args: str) -> Result:
+        self.capsys.readouterr()
+        code = main(list(args))
+        out, err = self.capsys.readouterr()
+        assert "Traceback" not in err, err
+        return Result(code, out, err)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Remote:
+    for name in [k for k in os.environ if k.startswith("CONVEYOR_")]:
+        monkeypatch.delenv(name)
+    return Remote(capsys)
+
+
+def _submit(cli: Remote, api: Api, *args: str) -> str:
+    result = cli("submit", *args, "--api", api.url)
+    assert result.code == 0, result.err
+    return result.out.strip()
+
+
+def _wait_status(cli: Remote, api: Api, job_id: str, statuses: set[str], timeout: float = 15.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = cli("status", job_id, "--json", "--api", api.url)
+        assert result.code == 0, result.err
+        job: dict[str, Any] = result.json()
+        if job["status"] in statuses:
+            return job
+        assert time.monotonic() < deadline, f"job still {job['status']} after {timeout} s"
+        time.sleep(0.05)
+
+
+# -- jobs -----------------------------------------------------------------------------------
+def test_submit_then_status_json__exactly_the_servers_job(cli: Remote, api: Api) -> None:
+    job_id = _submit(cli, api, "add", "2", "3")
+    job = _wait_status(cli, api, job_id, {"succeeded", "failed"})
+    assert job["status"] == "succeeded" and job["result"] == 5
+    assert job == api.get(f"/v1/jobs/{job_id}")
+    shown = cli("status", job_id, "--api", api.url)
+    assert shown.code == 0 and "succeeded" in shown.out and job_id in shown.out
+
+
+def test_submit_wait__prints_the_result(cli: Remote, api: Api) -> None:
+    result = cli("submit", "add", "20", "22", "--wait", "--timeout", "15", "--api", api.url)
+    assert result.code == 0, result.err
+    assert json.loads(result.out) == 42
+
+
+def test_submit_wait__failed_job__exit_1_one_line(cli: Remote, api: Api) -> None:
+    result = cli("submit", "boom", "--wait", "--timeout", "15", "--api", api.url)
+    assert result.code == 1
+    assert "boom" in one_error_line(result.err)
+
+
+def test_watch__follows_to_the_end(cli: Remote, api: Api) -> None:
+    job_id = _submit(cli, api, "steps", "--kwargs", '{"n": 3, "pause": 0.05}')
+    result = cli("watch", job_id, "--timeout", "15", "--api", api.url)
+    assert result.code == 0, result.err
+    assert "succeeded" in result.out and '"done"' in result.out
+
+
+def test_watch__timeout__exit_1(cli: Remote, api: Api) -> None:
+    job_id = _submit(cli, api, "add", "1", "1", "--queue", HELD)
+    started = time.monotonic()
+    result = cli("watch", job_id, "--timeout", "0.5", "--api", api.url)
+    assert result.code == 1
+    assert "still queued" in one_error_line(result.err)
+    assert time.monotonic() - started < 5
+
+
+def test_submit__unknown_task__exit_2_one_line(cli: Remote, api: Api) -> None:
+    result = cli("submit", "nope", "--api", api.url)
+    assert result.code == 2
+    line = one_error_line(result.err)
+    assert "#/task" in line and "nope" in line
+
+
+def test_submit__bad_argument__exit_2_names_the_pointer(cli: Remote, api: Api) -> None:
+    result = cli("submit", "add", "1", '"x"', "--api", api.url)
+    assert result.code == 2
+    assert "#/args/1" in one_error_line(result.err)
+    result = cli("submit", "add", "1", "--api", api.url)
+    assert result.code == 2
+    assert "#/kwargs/b" in one_error_line(result.err)
+
+
+def test_submit__no_app_needed_but_json_still_checked_locally(cli: Remote, api: Api) -> None:
+    result = cli("submit", "add", "oops", "--api", api.url)
+    assert result.code == 2
+    assert "not valid JSON" in one_error_line(result.err)
+
+
+def test_status__unknown_id__exit_1(cli: Remote, api: Api) -> None:
+    for job_id in ("0193b6c2-8f5e-7c3a-9d1e-3f2a1b4c5d6e", "not-an-id"):
+        result = cli("status", job_id, "--api", api.url)
+        assert result.code == 1
+        assert job_id in one_error_line(result.err)
+
+
+def test_jobs_json__the_servers_page(cli: Remote, api: Api) -> None:
+    ids = [_submit(cli, api, "add", "1", str(i), "--queue", "listed") for i in range(3)]
+    result = cli("jobs", "--queue", "listed", "--limit", "2", "--json", "--api", api.url)
+    assert result.code == 0, result.err
+    page = result.json()
+    assert page == api.get("/v1/jobs?queue=listed&limit=2")
+    assert [j["id"] for j in page["items"]] == ids[::-1][:2]
+    assert page["next_cursor"]
+    rest = cli("jobs", "--queue", "listed", "--cursor", page["next_cursor"], "--json", "--api", api.url).json()
+    assert [j["id"] for j in rest["items"]] == ids[:1]
+    table = cli("jobs", "--queue", "listed", "--status", "queued", "--api", api.url)
+    assert table.code == 0 and all(i in table.out for i in ids)
+
+
+def test_cancel_then_retry(cli: Remote, api: Api) -> None:
+    job_id = _submit(cli, api, "add", "1", "1", "--queue", HELD)
+    result = cli("cancel", job_id, "--json", "--api", api.url)
+    assert result.code == 0, result.err
+    assert result.json()["status"] == "cancelled"
+    result = cli("retry", job_id, "--api", api.url)
+    assert result.code == 0, result.err
+    assert result.out.strip() == f"{job_id} queued"
+    result = cli("retry", job_id, "--api", api.url)  # queued: nothing to retry
+    assert result.code == 1
+    one_error_line(result.err)
+
+
+def test_cancel__unknown_id__exit_1(cli: Remote, api: Api) -> None:
+    result = cli("cancel", "0193b6c2-8f5e-7c3a-9d1e-3f2a1b4c5d6e", "--api", api.url)
+    assert result.code == 1
+    one_error_line(result.err)
+
+
+# -- queues ---------------------------------------------------------------------------------
+def test_queues_json__the_servers_list(cli: Remote, api: Api) -> None:
+    result = cli("queues", "--json", "--api", api.url)
+    assert result.code == 0, result.err
+    body = result.json()
+    assert {"default", "media"} <= {q["name"] for q in body["items"]}
+    table = cli("queues", "--api", api.url)
+    assert table.code == 0 and "default" in table.out
+
+
+def test_queue__pause_resume_and_settings(cli: Remote, api: Api) -> None:
+    _submit(cli, api, "add", "1", "1", "--queue", "tuned")
+    result = cli("queue", "tuned", "--pause", "--retention", "3600", "--json", "--api", api.url)
+    assert result.code == 0, result.err
+    shown = result.json()
+    assert shown["paused"] is True and shown["retention"] == 3600
+    assert shown == api.get("/v1/queues/tuned")
+    assert cli("queue", "tuned", "--resume", "--json", "--api", api.url).json()["paused"] is False
+    panel = cli("queue", "tuned", "--api", api.url)
+    assert panel.code == 0 and "1h (3600 s)" in panel.out
+    bad = cli("queue", "tuned", "--retention", "3", "--api", api.url)
+    assert bad.code == 2
+    assert "#/retention" in one_error_line(bad.err)
+
+
+def test_redrive__dead_letters_back(cli: Remote, api: Api) -> None:
+    job_id = _submit(cli, api, "boom")
+    _wait_status(cli, api, job_id, {"failed"})
+    result = cli("redrive", "default", "--ids", job_id, "--json", "--api", api.url)
+    assert result.code == 0, result.err
+    assert result.json() == {"redriven": 1}
+
+
+def test_purge__cancels_what_waits(cli: Remote, api: Api) -> None:
+    ids = [_submit(cli, api, "add", "1", "1", "--queue", "doomed") for _ in range(2)]
+    result = cli("purge", "doomed", "--yes", "--json", "--api", api.url)
+    assert result.code == 0, result.err
+    assert result.json() == {"purged": 2}
+    assert {api.get(f"/v1/jobs/{i}")["status"] for i in ids} == {"cancelled"}
+
+
+# -- connection and tokens ------------------------------------------------------------------
+def test_unreachable_api__exit_1_one_line(cli: Remote) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    for command in (["status", "0193b6c2-8f5e-7c3a-9d1e-3f2a1b4c5d6e"], ["submit", "add", "1", "2"], ["queues"]):
+        result = cli(*command, "--api", url)
+        assert result.code == 1
+        assert one_error_line(result.err) == f"conveyor: error: cannot reach the API at {url}: connection refused"
+
+
+def test_api_from_the_environment(cli: Remote, api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_API", api.url)
+    result = cli("queues", "--json")
+    assert result.code == 0, result.err
+    assert result.json() == api.get("/v1/queues")
+
+
+def test_not_an_http_url__usage_error(cli: Remote) -> None:
+    result = cli("jobs", "--api", "localhost:8000")
+    assert result.code == 2
+    assert "http://" in one_error_line(result.err)
+
+
+def test_tokens__missing_or_wrong__exit_1_naming_the_token(cli: Remote, secured: Api) -> None:
+    result = cli("jobs", "--api", secured.url)
+    assert result.code == 1
+    line = one_error_line(result.err)
+    assert "token" in line and "401" in line and "CONVEYOR_API_TOKEN" in line
+    result = cli("jobs", "--api", secured.url, "--token", "wrong")
+    assert result.code == 1
+    assert "did not accept the token" in one_error_line(result.err)
+
+
+def test_tokens__right_token_works_and_scope_is_checked(
+    cli: Remote, secured: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = _submit(cli, secured, "add", "1", "2", "--queue", HELD, "--token", "s3cret")
+    result = cli("status", job_id, "--json", "--api", secured.url, "--token", "r3ad")
+    assert result.code == 0, result.err
+    assert result.json() == secured.get(f"/v1/jobs/{job_id}", token="s3cret")
+    monkeypatch.setenv("CONVEYOR_API_TOKEN", "r3ad")
+    result = cli("cancel", job_id, "--api", secured.url)  # read scope: may not cancel
+    assert result.code == 1
+    line = one_error_line(result.err)
+    assert "403" in line and "admin" in line
+    monkeypatch.setenv("CONVEYOR_API_TOKEN", "s3cret")
+    assert cli("cancel", job_id, "--api", secured.url).code == 0
