@@ -1,0 +1,44 @@
+"""The layering the architecture promises: the core imports no engine and no web framework."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "conveyor"
+FORBIDDEN_IN_CORE = ("fastapi", "starlette", "uvicorn", "httpx", "redis", "psycopg", "psycopg_pool", "aio_pika",
+                     "prometheus_client", "rich", "conveyor.api", "conveyor.cli", "conveyor.worker",
+                     "conveyor.backends.sqlite", "conveyor.backends.redis", "conveyor.backends.postgres",
+                     "conveyor.backends.amqp")
+ENGINE_CLIENTS = ("redis", "psycopg", "psycopg_pool", "aio_pika", "sqlite3")
+
+
+def module_imports(path: Path, top_level_only: bool = True) -> set[str]:
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    names: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.If):  # `if TYPE_CHECKING:` blocks are not imports at run time
+            continue
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def _hits(names: set[str], forbidden: tuple[str, ...]) -> set[str]:
+    return {n for n in names for f in forbidden if n == f or n.startswith(f + ".")}
+
+
+@pytest.mark.parametrize("path", sorted((SRC / "core").glob("*.py")), ids=lambda p: p.name)
+def test_core__imports_no_engine_and_no_web_framework(path: Path) -> None:
+    assert not _hits(module_imports(path, top_level_only=False), FORBIDDEN_IN_CORE)
+
+
+@pytest.mark.parametrize("package", ["api", "cli", "worker"])
+def test_upper_layers__never_import_an_engine_client(package: str) -> None:
+    for path in (SRC / package).rglob("*.py"):
+        assert not _hits(module_imports(path, top_level_only=False), ENGINE_CLIENTS), path
