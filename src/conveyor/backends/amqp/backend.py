@@ -32,8 +32,13 @@ Who decides what:
 
 While RabbitMQ is unreachable the engine degrades instead of failing: enqueue stores the
 job and logs that its ticket is deferred, claim keeps leasing from the store, and
-``wait_for_work`` sleeps its timeout (workers poll). ``ping`` raises ``BackendUnavailable``,
-so ``/readyz`` tells. ``connect_robust`` reconnects and restores the consumers.
+``wait_for_work`` sleeps its timeout (workers poll). Neither waits for RabbitMQ: while
+``connect_robust`` is between attempts they fail over at once (the robust channel's own
+calls would wait for the reconnect), and each call on the way is bounded. ``ping`` raises
+``BackendUnavailable``, so ``/readyz`` tells; so does ``open`` (a process that never reached
+RabbitMQ cannot enqueue). ``connect_robust`` reconnects (every ``reconnect_interval``
+seconds, a URL option, default 5) and reopens the channels; ``_on_reconnect`` then drops
+the dead consumers and held tickets so that the next claim or wait consumes afresh.
 """
 
 from __future__ import annotations
@@ -83,6 +88,8 @@ CONSUMER_TIMEOUT_MS = 13 * 3600 * 1000
 #: A held ticket not acked by a claim within this long (its worker is busy) is acked.
 HOLD = 2.0
 CONNECT_TIMEOUT = 5.0
+#: Bound on one RabbitMQ call made on the way to a claim or a wait (answers take milliseconds).
+RPC_TIMEOUT = 5.0
 
 
 def _parse(url: str) -> tuple[str, str]:
@@ -142,6 +149,7 @@ class AMQPBackend(Backend):
         except _DOWN as exc:
             await self.close()
             raise self._unavailable(exc) from exc
+        self._conn.reconnect_callbacks.add(self._on_reconnect)
         self._reaper = asyncio.create_task(self._reap_held())
 
     async def close(self) -> None:
@@ -191,7 +199,28 @@ class AMQPBackend(Backend):
         if drop is not None:
             await drop()
 
+    def _connected(self) -> bool:
+        """Whether the connection is up now (``connect_robust`` is not between attempts)."""
+        conn = self._conn
+        return conn is not None and not conn.is_closed and conn.connected.is_set()
+
+    def _on_reconnect(self, _: AbstractRobustConnection | None) -> None:
+        """``connect_robust`` reconnected and reopened the channels: start consuming afresh.
+
+        The consumers were made on the old channels (``get_queue(ensure=False)`` queues are not
+        restored by the robust channel), and the held tickets' delivery tags died with them
+        (RabbitMQ put those tickets back). Forget both; the next claim or ``wait_for_work``
+        consumes again, and it is woken now so that happens at once.
+        """
+        self._consumers.clear()
+        self._held.clear()
+        self._declared.clear()
+        self._arrived.set()
+        log.info("reconnected to %s; consuming tickets again", self._where)
+
     def _unavailable(self, exc: BaseException) -> BackendUnavailable:
+        if isinstance(exc, BackendUnavailable):
+            return exc
         detail = str(exc).strip() or type(exc).__name__
         return BackendUnavailable(f"{self._where} is unreachable: {detail.splitlines()[0]}")
 
@@ -247,7 +276,7 @@ class AMQPBackend(Backend):
         """Publish ``tickets`` and wait for RabbitMQ's confirms (``BackendUnavailable`` if down)."""
         if not tickets:
             return
-        if self._pub is None:
+        if self._pub is None or not self._connected():
             raise BackendUnavailable(f"{self._where} is not connected")
         with self._guard():
             names = {t.queue: await self._declare(t.queue) for t in tickets}
@@ -279,20 +308,22 @@ class AMQPBackend(Backend):
 
     async def _consume(self, queues: Sequence[str], prefetch: int) -> None:
         """Consume tickets of ``queues`` with ``prefetch`` unacked tickets at most per queue."""
-        if self._sub is None:
-            raise BackendUnavailable(f"{self._where} is not connected")
+        # While the connection is down the robust channel's calls wait for the reconnect
+        # (set_qos does): fail at once instead, and bound each call for a drop in mid-call.
+        if self._sub is None or not self._connected():
+            raise BackendUnavailable(f"{self._where} is not connected (reconnecting)")
         async with self._lock:
             with self._guard():
                 prefetch = max(1, prefetch)
                 if prefetch != self._prefetch:
-                    await self._sub.set_qos(prefetch_count=prefetch)
+                    await asyncio.wait_for(self._sub.set_qos(prefetch_count=prefetch), RPC_TIMEOUT)
                     self._prefetch = prefetch
                 for queue in queues:
                     if queue in self._consumers:
                         continue
-                    name = await self._declare(queue)
+                    name = await asyncio.wait_for(self._declare(queue), RPC_TIMEOUT)
                     q = await self._sub.get_queue(name, ensure=False)
-                    tag = await q.consume(self._on_ticket, no_ack=False)
+                    tag = await asyncio.wait_for(q.consume(self._on_ticket, no_ack=False), RPC_TIMEOUT)
                     self._consumers[queue] = (q, tag)
 
     async def _on_ticket(self, message: AbstractIncomingMessage) -> None:

@@ -1,0 +1,288 @@
+"""Fault injection on RabbitMQ: real workers reach it through a proxy that the test cuts.
+
+Two ``conveyor worker`` processes use ``amqp://…`` through ``TcpProxy`` with the job records in
+a store they reach directly (a fresh SQLite file, or a fresh PostgreSQL schema). 200 short jobs
+are enqueued; the proxy is cut for 5 s mid-run (every connection reset, new ones refused) and
+restored. What the RabbitMQ engine promises (``backends/amqp/backend.py``):
+
+- during the outage the store keeps working: claims lease from it and idle workers poll it,
+  so jobs keep finishing; an enqueue on a client that was connected stores the job and defers
+  its ticket (it returns, fast), and that job runs; a client that never reached RabbitMQ
+  cannot open the engine and fails fast with ``BackendUnavailable``, storing nothing;
+- no worker exits, every job ends ``succeeded``, none runs more than twice;
+- after the restore ``connect_robust`` reconnects and the consumers come back: RabbitMQ shows
+  both workers consuming again, and an idle worker is woken by a ticket for a new job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import re
+import statistics
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor import Conveyor
+from conveyor.core.errors import BackendUnavailable
+from conveyor.core.job import Job, Status
+from tests.e2e import jobs_app
+from tests.e2e.conftest import Env, wait_for
+from tests.e2e.jobs_app import recorded
+from tests.e2e.tcp_proxy import TcpProxy
+
+aio_pika = pytest.importorskip("aio_pika")
+
+pytestmark = pytest.mark.slow
+
+RABBIT = ("127.0.0.1", 5672)
+OUTAGE = 5.0
+VISIBILITY = 10  #: leases outlive the outage: no job needs to run twice
+FAST = 3.0  #: an enqueue during the outage returns (or fails) within this many seconds
+RECONNECT = 15.0  #: consumers must be back this long after the restore
+PICKUP = 1.0  #: an idle worker starts a new job this soon after its enqueue, once reconnected
+PROBES = 5
+ENQUEUES_IN_OUTAGE = 4  #: one a second through the outage
+OUTAGE_PICKUP = 1.5  #: a job enqueued during the outage starts this soon, from the store
+
+
+def amqp_url(port: int, prefix: str) -> str:
+    return f"amqp://guest:guest@{RABBIT[0]}:{port}/?prefix={prefix}"
+
+
+def make_client(url: str) -> Conveyor:
+    client = Conveyor(url)
+    client.tasks = dict(jobs_app.app.tasks)
+    client.queue_declarations = dict(jobs_app.app.queue_declarations)
+    return client
+
+
+def call(client: Conveyor, method: str, *args: Any) -> Any:
+    """``await (await client.backend()).<method>(*args)`` on the client's portal (bounded)."""
+    async def go() -> Any:
+        return await getattr(await client.backend(), method)(*args)
+
+    return client.portal.call(go(), timeout=30)
+
+
+def pings(client: Conveyor) -> bool:
+    try:
+        call(client, "ping")
+    except BackendUnavailable:
+        return False
+    return True
+
+
+def close(client: Conveyor) -> None:
+    async def go() -> None:
+        await (await client.backend()).close()
+
+    with contextlib.suppress(Exception):
+        client.portal.call(go(), timeout=10)
+    client.portal.stop()
+
+
+def rabbit_queue(name: str) -> tuple[int, int]:
+    """``(consumers, ready tickets)`` of RabbitMQ queue ``name``, asked directly (not via the proxy)."""
+    async def go() -> tuple[int, int]:
+        conn = await aio_pika.connect(amqp_url(RABBIT[1], "x"), timeout=5)
+        try:
+            async with conn.channel() as ch:
+                q = await ch.declare_queue(name, passive=True)
+                result = q.declaration_result
+                return int(result.consumer_count or 0), int(result.message_count or 0)
+        finally:
+            await conn.close()
+
+    return asyncio.run(asyncio.wait_for(go(), 10))
+
+
+def unexpected_tracebacks(logs: str) -> list[str]:
+    """Log records with a traceback, except aiormq's warning that a connection was reset."""
+    records = re.split(r"\n(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} )", logs)
+    return [r for r in records if "Traceback" in r and "aiormq.connection: Cancelling cause reader exited" not in r]
+
+
+class RabbitFaultEnv(Env):
+    """Workers reach RabbitMQ through ``proxy``; ``client`` reaches it directly. One store for all."""
+
+    def __init__(self, tmp_path: Path, store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        super().__init__(tmp_path)
+        self.client.close()
+        self.prefix = f"cvamqpfault_{uuid.uuid4().hex[:10]}"
+        if store == "sqlite":
+            self.store_url = f"sqlite:///{tmp_path}/store.db"
+        else:
+            self.store_url = f"postgresql://postgres@127.0.0.1:5432/test?schema={self.prefix}"
+        monkeypatch.setenv("CONVEYOR_STORE_URL", self.store_url)  # read by create_backend, here and in workers
+        self.store = store
+        self.proxy = TcpProxy(*RABBIT).start()
+        self.direct_url = amqp_url(RABBIT[1], self.prefix)
+        self.url = amqp_url(self.proxy.port, self.prefix)  # what workers use
+        self.client = make_client(self.direct_url)
+        self.rabbit_name = f"{self.prefix}.default"
+
+    def starts(self) -> collections.Counter[str]:
+        return collections.Counter(str(e["job"]) for e in recorded(self.log) if e["event"] == "start")
+
+    def first_starts(self) -> dict[str, float]:
+        """When each job first started (epoch seconds)."""
+        first: dict[str, float] = {}
+        for e in recorded(self.log):
+            if e["event"] == "start":
+                first.setdefault(str(e["job"]), float(str(e["t"])))
+        return first
+
+    def started_at(self, job_id: str, timeout: float) -> float:
+        """Wait (bounded) until ``job_id`` starts; when it first started."""
+        deadline = time.monotonic() + timeout
+        while (at := self.first_starts().get(job_id)) is None:
+            assert time.monotonic() < deadline, f"job {job_id} did not start within {timeout} s"
+            time.sleep(0.01)
+        return at
+
+    def ended(self) -> int:
+        return sum(e["event"] == "end" for e in recorded(self.log))
+
+    def jobs_stored(self) -> int:
+        return sum(sum(q.counts.values()) for q in call(self.client, "queues"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def rabbit_faults(request: pytest.FixtureRequest, tmp_path: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> Iterator[RabbitFaultEnv]:
+    env = RabbitFaultEnv(tmp_path, request.param, monkeypatch)
+    try:
+        yield env
+    finally:
+        env.stop()
+        env.proxy.stop()
+        with contextlib.suppress(Exception):
+            call(env.client, "drop")  # the RabbitMQ queues of the prefix, and the store's namespace
+        close(env.client)
+
+
+def fetch(client: Conveyor, ids: Sequence[str]) -> list[Job]:
+    return list(call(client, "get_jobs", list(ids)))
+
+
+def wait_terminal(client: Conveyor, ids: Sequence[str], timeout: float) -> list[Job]:
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = fetch(client, ids)
+        pending = [j for j in jobs if not j.status.terminal]
+        if not pending and len(jobs) == len(ids):
+            return jobs
+        assert time.monotonic() < deadline, f"{len(pending)} jobs not finished after {timeout} s: {pending[:3]}"
+        time.sleep(0.02)
+
+
+def timed_enqueue(client: Conveyor) -> tuple[str | BaseException, float]:
+    """``(job id or the exception, seconds taken)`` of one ``work(10)`` enqueue."""
+    started = time.monotonic()
+    try:
+        handle = client.enqueue("work", (10,))
+    except Exception as exc:
+        return exc, time.monotonic() - started
+    return handle.id, time.monotonic() - started
+
+
+def test_rabbitmq_outage__store_carries_on_and_tickets_flow_again(rabbit_faults: RabbitFaultEnv) -> None:
+    env = rabbit_faults
+    workers = [env.worker("--concurrency", "2", env=env.env(TEST_VISIBILITY=str(VISIBILITY))) for _ in range(2)]
+    app_client = make_client(env.url)  # an app that reaches RabbitMQ through the proxy, connected before the cut
+    try:
+        warm = app_client.enqueue("work", (10,))
+        wait_for(lambda: warm.refresh().status is Status.SUCCEEDED, timeout=20, what="workers up, first job done")
+        wait_for(lambda: rabbit_queue(env.rabbit_name)[0] == 2, timeout=10, what="both workers consuming")
+        jobs = env.client.enqueue_many([("work", (10,), {}, {}) for _ in range(200)])
+        ids = [warm.id] + [j.id for j in jobs]
+        wait_for(lambda: env.ended() >= 30, timeout=20, what="30 jobs done before the cut")
+
+        env.proxy.cut()
+        cut_at = time.monotonic()
+        done_at_cut = sum(j.status is Status.SUCCEEDED for j in fetch(env.client, ids))
+        stored_at_cut = env.jobs_stored()
+        # A connected app's enqueue stores the job and defers its ticket: it returns, fast. One a
+        # second, so that workers must claim from the store (polling) through the whole outage.
+        accepted: list[tuple[str, float, float]] = []  # (job id, enqueued at (epoch), seconds taken)
+        for i in range(ENQUEUES_IN_OUTAGE):
+            result, took = timed_enqueue(app_client)
+            assert not isinstance(result, BaseException), f"enqueue in the outage raised {result!r} after {took:.2f} s"
+            assert took < FAST, f"enqueue during the outage took {took:.2f} s"
+            accepted.append((result, time.time() - took, took))
+            time.sleep(max(0.0, cut_at + i + 1 - time.monotonic()))
+        # Readiness tells: ping fails, fast.
+        pinged = time.monotonic()
+        with pytest.raises(BackendUnavailable):
+            call(app_client, "ping")
+        assert time.monotonic() - pinged < FAST
+        # An app that never reached RabbitMQ cannot open the engine: BackendUnavailable, fast.
+        fresh = make_client(env.url)
+        try:
+            refused, took_refused = timed_enqueue(fresh)
+        finally:
+            close(fresh)
+        assert isinstance(refused, BackendUnavailable), f"expected BackendUnavailable, got {refused!r}"
+        assert took_refused < FAST, f"a new client took {took_refused:.2f} s to fail"
+        assert env.jobs_stored() == stored_at_cut + len(accepted)  # the refused one stored nothing
+        ids += [job_id for job_id, _, _ in accepted]
+
+        time.sleep(max(0.0, OUTAGE - (time.monotonic() - cut_at)))
+        assert [w.poll() for w in workers] == [None, None], f"a worker exited during the outage:\n{env.logs()}"
+        done_in_outage = sum(j.status is Status.SUCCEEDED for j in fetch(env.client, ids)) - done_at_cut
+        # Claims go to the store while RabbitMQ is away: work goes on, at the polling pace.
+        assert done_in_outage > 0, f"no job finished during the {OUTAGE:.0f} s outage:\n{env.logs()}"
+        first_start = env.first_starts()
+        waits = [first_start[job_id] - at if job_id in first_start else None for job_id, at, _ in accepted]
+        assert all(w is not None and w < OUTAGE_PICKUP for w in waits), (
+            f"jobs enqueued during the outage waited {waits} s (polling the store should start them):\n{env.logs()}")
+
+        env.proxy.restore()
+        restored_at = time.monotonic()
+        stored = wait_terminal(env.client, ids, 30)
+        all_done = time.monotonic() - restored_at
+        assert all(j.status is Status.SUCCEEDED for j in stored), collections.Counter(j.status for j in stored)
+
+        # connect_robust reconnects and both workers consume tickets again.
+        wait_for(lambda: rabbit_queue(env.rabbit_name)[0] == 2, timeout=RECONNECT,
+                 what=f"both workers consuming {env.rabbit_name} again after the restore")
+        reconnected = time.monotonic() - restored_at
+        wait_for(lambda: pings(app_client), timeout=RECONNECT, what="the app's ping to pass again")
+        assert env.proxy.accepted > 4  # they reconnected through the proxy
+
+        # An idle worker is woken by a new job's ticket (polling alone would be up to 0.25 s).
+        latencies = []
+        for _ in range(PROBES):
+            time.sleep(0.3)  # both workers idle, waiting for a ticket
+            before = time.time()
+            probe = env.client.enqueue("work", (1,)).id
+            latencies.append(env.started_at(probe, timeout=5) - before)
+            ids.append(probe)
+        assert max(latencies) < PICKUP, f"pickup after the restore took {latencies}"
+        wait_terminal(env.client, ids, 10)
+        consumers, backlog = rabbit_queue(env.rabbit_name)
+        assert consumers == 2
+
+        assert [w.poll() for w in workers] == [None, None], f"a worker exited:\n{env.logs()}"
+        assert {w.pid for w in call(env.client, "workers", time.time())} == {w.pid for w in workers}
+        starts = env.starts()
+        assert set(ids) <= set(starts)
+        assert max(starts[i] for i in ids) <= 2, f"a job ran more than twice: {starts.most_common(3)}"
+        twice = sum(starts[i] > 1 for i in ids)
+        assert not unexpected_tracebacks(env.logs()), env.logs()
+        print(f"\n[amqp, {env.store} store] outage {OUTAGE:.0f} s: {done_at_cut} done before the cut, "
+              f"{done_in_outage} finished during it; all {len(ids) - PROBES} done {all_done:.2f} s after restore; "
+              f"consumers back after {reconnected:.2f} s; enqueue during the outage returned in "
+              f"{', '.join(f'{t:.3f}' for _, _, t in accepted)} s (ticket deferred) and started after "
+              f"{', '.join(f'{w:.2f}' for w in waits if w is not None)} s, a new client failed in "
+              f"{took_refused:.3f} s; pickup after restore median {statistics.median(latencies) * 1000:.0f} ms, "
+              f"max {max(latencies) * 1000:.0f} ms; {twice} ran twice; {backlog} tickets left")
+    finally:
+        close(app_client)
