@@ -181,6 +181,14 @@ MAX_ATTEMPTS = 50
 #: The error of a timeline entry whose lease expired (the worker died or stalled).
 LEASE_LOST: Mapping[str, Any] = {"type": "LeaseExpired", "message": "the worker stopped renewing its lease"}
 
+#: The error of a job cancelled while it ran whose worker was lost before stopping it: the sweep
+#: of its expired lease ends it ``cancelled`` (cancellation is stored; it is never run again).
+CANCELLED_LOST: Mapping[str, Any] = {"type": "Cancelled", "message": "cancelled while its worker was lost",
+                                     "traceback": None}
+#: The error of a job cancelled while it ran that its worker handed back (``queued`` outcome).
+CANCELLED_HANDED_BACK: Mapping[str, Any] = {"type": "Cancelled", "message": "cancelled while its worker handed it back",
+                                            "traceback": None}
+
 
 def attempt_status(outcome: Status) -> str:
     """The timeline label of an outcome: its status, ``handed_back`` for a shutdown's hand-back."""

@@ -42,7 +42,7 @@ from conveyor.backends.base import (
     WorkerInfo,
 )
 from conveyor.core.errors import BackendUnavailable, ConfigurationError, ValidationError
-from conveyor.core.job import Job, Status
+from conveyor.core.job import CANCELLED_HANDED_BACK, CANCELLED_LOST, Job, Status
 from conveyor.core.queues import QueueSettings
 
 T = TypeVar("T")
@@ -666,7 +666,8 @@ class PostgresBackend(Backend):
             "job_id": o.job_id, "token": o.token, "status": str(o.status), "result": o.result,
             "error": dict(o.error) if o.error is not None else None, "scheduled_at": o.scheduled_at,
             "attempt": o.attempt, "uncount": o.uncount_delivery} for o in outcomes])
-        params = {"outcomes": payload, "now": now, "channel": self.channel, "guard": True}
+        params = {"outcomes": payload, "now": now, "channel": self.channel, "guard": True,
+                  "hb_cancel": serialization.dumps(dict(CANCELLED_HANDED_BACK))}
         applied = {r[0] for r in await self._fetch("finish", params)}
         rest = [o for o in outcomes if o.job_id not in applied]
         if rest:
@@ -844,13 +845,18 @@ class PostgresBackend(Backend):
     async def sweep(self, now: float, limit: int = 500) -> SweepReport:
         async def leases(conn: AConn) -> tuple[int, int]:
             rows = await self._fetch("sweep_leases", {"now": now, "limit": limit,
-                                                      "d_md": _DEFAULTS.max_deliveries}, conn)
+                                                      "d_md": _DEFAULTS.max_deliveries,
+                                                      "lost_cancel": serialization.dumps(dict(CANCELLED_LOST))},
+                                     conn)
             woken = sorted({r[2] for r in rows if r[1] == "queued" or r[4] is not None})  # (a freed limit slot)
             if woken:
                 await self._fetch("notify", {"channel": self.channel, "queues": woken}, conn)
-            dead = [r[0] for r in rows if r[1] == "failed"]
-            await self._after_terminal(conn, (), [r[0] for r in rows if r[1] == "failed" and r[3]], now)
-            return len(rows) - len(dead), len(dead)
+            # A lost lease ends queued, failed (delivery limit) or cancelled (a cancel was requested:
+            # stored, so never run again; no SweepReport field counts it).
+            requeued = sum(1 for r in rows if r[1] == "queued")
+            dead = sum(1 for r in rows if r[1] == "failed")
+            await self._after_terminal(conn, (), [r[0] for r in rows if r[1] in ("failed", "cancelled") and r[3]], now)
+            return requeued, dead
 
         async def retention(conn: AConn) -> int:
             rows = await self._fetch("sweep_retention", {"now": now, "limit": limit,

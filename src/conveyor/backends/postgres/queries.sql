@@ -158,32 +158,41 @@ FROM l LEFT JOIN u ON u.id = l.id;
 -- name: finish
 -- Apply outcomes whose token still holds. With %(guard)s, terminal outcomes of jobs that have
 -- dependents are left alone (the caller applies them in a transaction that also moves the children).
+-- A 'queued' outcome (hand-back) of a job whose cancel was requested ends it 'cancelled' instead
+-- (``hb_cancel``: cancellation is stored); ``j.cancel_requested`` is read from the locked row.
 WITH o AS (
     SELECT * FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS o(
         job_id text, token text, status text, result jsonb, error jsonb,
         scheduled_at double precision, attempt integer, uncount boolean)
 ), u AS (
     UPDATE __schema__.jobs j
-    SET status = o.status,
+    SET status = CASE WHEN o.status = 'queued' AND j.cancel_requested THEN 'cancelled' ELSE o.status END,
         result = CASE WHEN o.status = 'succeeded' THEN o.result ELSE j.result END,
         error = CASE WHEN o.status = 'succeeded' THEN NULL
+                     WHEN o.status = 'queued' AND j.cancel_requested THEN %(hb_cancel)s::jsonb
                      WHEN o.status = 'queued' THEN j.error
                      ELSE coalesce(o.error, j.error) END,
-        finished_at = CASE WHEN o.status IN ('succeeded', 'failed', 'cancelled') THEN %(now)s END,
+        finished_at = CASE WHEN o.status IN ('succeeded', 'failed', 'cancelled')
+                             OR (o.status = 'queued' AND j.cancel_requested) THEN %(now)s END,
         scheduled_at = CASE WHEN o.status = 'retrying' THEN o.scheduled_at ELSE j.scheduled_at END,
         ready_at = CASE WHEN o.status = 'retrying' THEN coalesce(o.scheduled_at, %(now)s)
-                        WHEN o.status = 'queued' THEN %(now)s END,
+                        WHEN o.status = 'queued' AND NOT j.cancel_requested THEN %(now)s END,
         attempt = coalesce(o.attempt, j.attempt),
-        deliveries = CASE WHEN o.status = 'queued' AND coalesce(o.uncount, false)
+        deliveries = CASE WHEN o.status = 'queued' AND coalesce(o.uncount, false) AND NOT j.cancel_requested
                           THEN greatest(j.deliveries - 1, 0) ELSE j.deliveries END,
         attempts = CASE WHEN j.attempts->-1->>'status' = 'running' THEN jsonb_set(j.attempts, '{-1}',
-            (j.attempts->-1) || jsonb_build_object('finished_at', %(now)s::double precision, 'status', CASE WHEN o.status = 'queued' THEN 'handed_back' ELSE o.status END,
-                                                   'error', CASE WHEN o.error IS NULL THEN NULL ELSE jsonb_build_object('type', o.error->'type', 'message', o.error->'message') END)) ELSE j.attempts END,
+            (j.attempts->-1) || CASE WHEN o.status = 'queued' AND j.cancel_requested
+                THEN jsonb_build_object('finished_at', %(now)s::double precision, 'status', 'cancelled',
+                                        'error', jsonb_build_object('type', %(hb_cancel)s::jsonb->'type',
+                                                                    'message', %(hb_cancel)s::jsonb->'message'))
+                ELSE jsonb_build_object('finished_at', %(now)s::double precision, 'status', CASE WHEN o.status = 'queued' THEN 'handed_back' ELSE o.status END,
+                                        'error', CASE WHEN o.error IS NULL THEN NULL ELSE jsonb_build_object('type', o.error->'type', 'message', o.error->'message') END) END) ELSE j.attempts END,
         worker_id = NULL, lease_token = NULL, lease_expires_at = NULL,
         updated_at = %(now)s, revision = j.revision + 1
     FROM o
     WHERE j.id = o.job_id AND j.lease_token = o.token AND j.status = 'running'
-      AND NOT (%(guard)s AND j.has_children AND o.status IN ('succeeded', 'failed', 'cancelled'))
+      AND NOT (%(guard)s AND j.has_children
+               AND (o.status IN ('succeeded', 'failed', 'cancelled') OR (o.status = 'queued' AND j.cancel_requested)))
     RETURNING j.id, j.status, j.queue, j.has_children, j.limit_key
 ), n AS (
     -- a queued job, or a freed limit slot: a waiting worker may have work now
@@ -327,6 +336,8 @@ SET webhook_attempts = j.webhook_attempts + 1,
 WHERE j.id = %(id)s;
 
 -- name: sweep_leases
+-- Expired leases: back to queued, failed at the delivery limit, or cancelled when a user asked
+-- (cancellation is stored: a cancelled job whose worker died is not run again).
 WITH s AS (
     SELECT e.id, coalesce(q.max_deliveries, %(d_md)s) AS md
     FROM __schema__.jobs e LEFT JOIN __schema__.queues q ON q.name = e.queue
@@ -336,16 +347,21 @@ WITH s AS (
     FOR UPDATE OF e SKIP LOCKED
 )
 UPDATE __schema__.jobs j
-SET status = CASE WHEN j.deliveries >= s.md THEN 'failed' ELSE 'queued' END,
-    error = CASE WHEN j.deliveries >= s.md
+SET status = CASE WHEN j.cancel_requested THEN 'cancelled' WHEN j.deliveries >= s.md THEN 'failed' ELSE 'queued' END,
+    error = CASE WHEN j.cancel_requested THEN %(lost_cancel)s::jsonb
+                 WHEN j.deliveries >= s.md
                  THEN jsonb_build_object('type', 'DeliveryLimitExceeded', 'message',
                       'delivered ' || j.deliveries || ' times without finishing (max_deliveries ' || s.md || ')')
                  ELSE j.error END,
-    finished_at = CASE WHEN j.deliveries >= s.md THEN %(now)s END,
-    ready_at = CASE WHEN j.deliveries >= s.md THEN NULL ELSE %(now)s END,
+    finished_at = CASE WHEN j.cancel_requested OR j.deliveries >= s.md THEN %(now)s END,
+    ready_at = CASE WHEN j.cancel_requested OR j.deliveries >= s.md THEN NULL ELSE %(now)s END,
     attempts = CASE WHEN j.attempts->-1->>'status' = 'running' THEN jsonb_set(j.attempts, '{-1}',
-            (j.attempts->-1) || jsonb_build_object('finished_at', %(now)s::double precision, 'status', 'lost',
-                                                   'error', jsonb_build_object('type', 'LeaseExpired', 'message', 'the worker stopped renewing its lease'))) ELSE j.attempts END,
+            (j.attempts->-1) || CASE WHEN j.cancel_requested
+                THEN jsonb_build_object('finished_at', %(now)s::double precision, 'status', 'cancelled',
+                                        'error', jsonb_build_object('type', %(lost_cancel)s::jsonb->'type',
+                                                                    'message', %(lost_cancel)s::jsonb->'message'))
+                ELSE jsonb_build_object('finished_at', %(now)s::double precision, 'status', 'lost',
+                                        'error', jsonb_build_object('type', 'LeaseExpired', 'message', 'the worker stopped renewing its lease')) END) ELSE j.attempts END,
     worker_id = NULL, lease_token = NULL, lease_expires_at = NULL,
     updated_at = %(now)s, revision = j.revision + 1
 FROM s WHERE j.id = s.id

@@ -20,6 +20,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -43,7 +44,18 @@ from conveyor.backends.base import (
 )
 from conveyor.core.errors import BackendUnavailable, ConfigurationError, ValidationError
 from conveyor.core.ids import is_uuid
-from conveyor.core.job import LEASE_LOST, PENDING, TERMINAL, Job, Status, attempt_status, brief_error, can_transition
+from conveyor.core.job import (
+    CANCELLED_HANDED_BACK,
+    CANCELLED_LOST,
+    LEASE_LOST,
+    PENDING,
+    TERMINAL,
+    Job,
+    Status,
+    attempt_status,
+    brief_error,
+    can_transition,
+)
 from conveyor.core.queues import QueueSettings
 
 BUSY_TIMEOUT = 5.0  #: seconds a statement waits for another process's write lock
@@ -560,15 +572,20 @@ class SQLiteBackend(Backend):
             if o.status not in _OUTCOMES:
                 raise ValueError(f"a job cannot finish as {o.status!s}")
         with self._write() as c:
-            held = dict(c.execute(f"SELECT id, lease_token FROM jobs WHERE status = 'running' "
-                                  f"AND id IN {_IDS.format(n=1)}", (_dumps([o.job_id for o in outcomes]),)))
+            rows = c.execute(f"SELECT id, lease_token, cancel_requested FROM jobs WHERE status = 'running' "
+                             f"AND id IN {_IDS.format(n=1)}", (_dumps([o.job_id for o in outcomes]),)).fetchall()
+            held = {r[0]: r[1] for r in rows}
+            flagged = {r[0] for r in rows if r[2]}
             applied = []
             for o in outcomes:
                 ok = held.get(o.job_id) == o.token
                 if ok:
                     del held[o.job_id]  # a second outcome for one lease in one call is refused
                 applied.append(ok)
-            done = [o for o, ok in zip(outcomes, applied, strict=True) if ok]
+            # A job cancelled while it ran and then handed back is not run again: it ends cancelled.
+            done = [dataclasses.replace(o, status=Status.CANCELLED, error=CANCELLED_HANDED_BACK)
+                    if o.status is Status.QUEUED and o.job_id in flagged else o
+                    for o, ok in zip(outcomes, applied, strict=True) if ok]
             self._apply_outcomes(c, done, now)
         return applied
 
@@ -772,15 +789,22 @@ class SQLiteBackend(Backend):
                            workers_dropped=dropped)
 
     def _sweep_leases(self, now: float, limit: int) -> tuple[int, int]:
+        """Expired leases: back to queued, failed at the delivery limit, cancelled when a user asked."""
         with self._write() as c:
             rows = c.execute(
-                "SELECT j.id, j.deliveries, coalesce(q.max_deliveries, ?2) FROM jobs j "
+                "SELECT j.id, j.deliveries, coalesce(q.max_deliveries, ?2), j.cancel_requested FROM jobs j "
                 "LEFT JOIN queues q ON q.name = j.queue WHERE j.status = 'running' AND j.lease_expires_at < ?1 "
                 "ORDER BY j.lease_expires_at LIMIT ?3", (now, _DEFAULTS.max_deliveries, limit)).fetchall()
-            back = [r[0] for r in rows if r[1] < r[2]]
+            cancelled = [r[0] for r in rows if r[3]]  # cancellation is stored: never run it again
+            back = [r[0] for r in rows if r[1] < r[2] and not r[3]]
             dead = [(_dumps({"type": "DeliveryLimitExceeded",
                             "message": f"delivered {r[1]} times without finishing (max_deliveries {r[2]})"}),
-                     now, r[0]) for r in rows if r[1] >= r[2]]
+                     now, r[0]) for r in rows if r[1] >= r[2] and not r[3]]
+            if cancelled:
+                c.execute(f"UPDATE jobs SET status = 'cancelled', error = ?3, {_TERMINAL_SET.format(now=1)}, "
+                          f"{_END_ATTEMPT.format(now=1, st=4, err=5)} WHERE id IN {_IDS.format(n=2)}",
+                          (now, _dumps(cancelled), _dumps(CANCELLED_LOST), "cancelled",
+                           _dumps(brief_error(CANCELLED_LOST))))
             lost = _dumps(LEASE_LOST)
             if back:
                 c.execute("UPDATE jobs SET status = 'queued', ready_at = ?1, updated_at = ?1, revision = revision + 1, "
@@ -791,7 +815,8 @@ class SQLiteBackend(Backend):
                 c.executemany(f"UPDATE jobs SET status = 'failed', error = ?1, {_TERMINAL_SET.format(now=2)}, "
                               f"{_END_ATTEMPT.format(now=2, st=4, err=5)} WHERE id = ?3",
                               [(*d, "lost", lost) for d in dead])
-                _cascade(c, [d[2] for d in dead], now)
+            if dead or cancelled:
+                _cascade(c, [d[2] for d in dead] + cancelled, now)
         return len(back), len(dead)
 
     def _sweep_retention(self, queues: Sequence[str], settings: Mapping[str, QueueSettings], now: float,

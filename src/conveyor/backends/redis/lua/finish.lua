@@ -6,6 +6,7 @@ ARGV: [1] prefix P, [2] now, [3] JSON list of outcomes, each [job id, token, sta
   scheduled_at ('' = none), attempt ('' = unchanged), uncount delivery ('1'|'0')].
 Touches: {P}:jq (read), {P:Q}:j:<id>, {P:Q}:lease|ready|sched|done|s:*|c:<id>|wake, {P}:s:*,
   {P}:wh (webhook outbox), and the records and indexes of dependents (released or cancelled).
+A 'queued' outcome (hand-back) of a job whose cancel was requested ends it 'cancelled' instead.
 Returns: a string with one character per outcome: '1' applied, '0' token no longer holds.
 ]]
 local now = tonumber(ARGV[2])
@@ -17,9 +18,14 @@ for _, a in ipairs(cjson.decode(ARGV[3])) do
   local ok = 0
   if q then
     local key = jkey(q, id)
-    local v = redis.call('HMGET', key, 'status', 'lease_token')
+    local v = redis.call('HMGET', key, 'status', 'lease_token', 'cancel_requested')
     if v[1] == 'running' and v[2] == token then
       ok = 1
+      if st == 'queued' and v[3] == '1' then  -- cancellation is stored: not run again
+        st, uncount = 'cancelled', '0'
+        err = cjson.encode({ type = 'Cancelled', message = 'cancelled while its worker handed it back',
+          traceback = cjson.null })
+      end
       end_attempt(key, now, st == 'queued' and 'handed_back' or st, err)
       if attempt ~= '' then redis.call('HSET', key, 'attempt', attempt) end
       if result ~= '' then redis.call('HSET', key, 'result', result) end

@@ -7,7 +7,9 @@ Touches: {P}:queues (read); per queue {P:Q}:lease (expired leases -> queued, or 
   than the retention -> expired), {P:Q}:done (records finished before now - result_ttl are
   deleted with every index entry), {P:Q}:j:<id>|s:*|i|c:*|wake; {P}:s:*|i|t:*|jq|idem|wh|wha;
   {P}:wseen and {P}:workers (workers silent for longer than the TTL are dropped).
-  Each lost lease closes its timeline entry as 'lost' and frees its limit key's slot.
+  Each lost lease closes its timeline entry as 'lost' and frees its limit key's slot; a lost lease
+  of a job whose cancel was requested ends 'cancelled' instead (timeline entry 'cancelled'; its
+  dependents are cancelled and its webhook is owed like any cancelled job's; not counted).
 Returns: {requeued, dead, expired, deleted, workers_dropped}.
 ]]
 local now = tonumber(ARGV[2])
@@ -15,20 +17,28 @@ local limit = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
 local now_ms = ms(now)
 local requeued, dead, expired, deleted, dropped = 0, 0, 0, 0, 0
+local stopped = 0  -- lost leases of jobs a user cancelled: ended cancelled (no SweepReport field)
 local LEASE_LOST = cjson.encode({ type = 'LeaseExpired', message = 'the worker stopped renewing its lease' })
+local CANCELLED_LOST = cjson.encode({ type = 'Cancelled', message = 'cancelled while its worker was lost',
+  traceback = cjson.null })
 local queues = redis.call('SMEMBERS', gk('queues'))
 
 for _, q in ipairs(queues) do
   local c = cfg(q)
   -- expired leases
-  if requeued + dead < limit then
+  if requeued + dead + stopped < limit then
     local ids = redis.call('ZRANGEBYSCORE', qk(q, 'lease'), '-inf', '(' .. ims(now_ms), 'LIMIT', 0,
-      limit - requeued - dead)
+      limit - requeued - dead - stopped)
     for _, id in ipairs(ids) do
       local key = jkey(q, id)
-      local v = redis.call('HMGET', key, 'status', 'deliveries', 'lease_expires_at')
+      local v = redis.call('HMGET', key, 'status', 'deliveries', 'lease_expires_at', 'cancel_requested')
       if v[1] ~= 'running' then
         redis.call('ZREM', qk(q, 'lease'), id)
+      elseif (tonumber(v[3]) or 0) < now and v[4] == '1' then
+        -- cancellation is stored: a cancelled job whose worker died is not run again
+        end_attempt(key, now, 'cancelled', CANCELLED_LOST)
+        make_terminal(q, id, key, 'running', 'cancelled', now, CANCELLED_LOST)
+        stopped = stopped + 1
       elseif (tonumber(v[3]) or 0) < now then
         end_attempt(key, now, 'lost', LEASE_LOST)
         local d = tonumber(v[2]) or 0
