@@ -3,15 +3,22 @@
 Each test gets its own namespace: a fresh SQLite file, a Redis key prefix, a PostgreSQL
 schema. An engine whose module is not importable yet is skipped; an engine that imports but
 whose service does not answer fails (a CI without Redis must not look green).
+``redis-cluster`` runs the Redis engine on a real 3-primary Redis Cluster that the
+``redis_cluster`` fixture starts once per session on free local ports and shuts down afterwards.
 Times are passed explicitly (``now``) instead of sleeping, so the suite is fast and exact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import shutil
+import socket
+import subprocess
+import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +33,7 @@ from conveyor.core.job import Job
 ENGINES = {
     "sqlite": ("conveyor.backends.sqlite", "SQLiteBackend"),
     "redis": ("conveyor.backends.redis", "RedisBackend"),
+    "redis-cluster": ("conveyor.backends.redis", "RedisBackend"),
     "postgresql": ("conveyor.backends.postgres", "PostgresBackend"),
     "amqp": ("conveyor.backends.amqp", "AMQPBackend"),
 }
@@ -33,11 +41,72 @@ ENGINES = {
 OpenBackend = Callable[[], Awaitable[Backend]]
 
 
-def _url(engine: str, tmp_path: Path, namespace: str) -> str:
+def _free_cluster_port() -> int:
+    """A free port P whose cluster bus port P + 10000 is free too."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a redis cluster node")
+
+
+def _cli(port: int, *args: str) -> str:
+    return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True,
+                          timeout=30, check=False).stdout
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[str]:
+    """Starts a 3-primary Redis Cluster on free ports in a temporary directory: "host:port" of a node."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.fail("redis-server and redis-cli are needed for the redis-cluster engine")
+    workdir = tempfile.mkdtemp(prefix="conveyor-cluster-")
+    ports: list[int] = []
+    try:
+        for _ in range(3):
+            port = _free_cluster_port()
+            subprocess.run(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                            "--cluster-config-file", f"nodes-{port}.conf", "--save", "", "--appendonly", "no",
+                            "--daemonize", "yes", "--dir", workdir, "--logfile", f"redis-{port}.log"],
+                           check=True, timeout=30)
+            ports.append(port)
+        deadline = time.monotonic() + 10
+        while not all(_cli(p, "ping").strip() == "PONG" for p in ports):
+            if time.monotonic() > deadline:
+                pytest.fail("the redis cluster nodes did not start")
+            time.sleep(0.05)
+        created = subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                                  "--cluster-replicas", "0", "--cluster-yes"],
+                                 capture_output=True, text=True, timeout=60, check=False)
+        assert created.returncode == 0, created.stdout + created.stderr
+        deadline = time.monotonic() + 20
+        while not all("cluster_state:ok" in _cli(p, "cluster", "info") for p in ports):
+            if time.monotonic() > deadline:
+                pytest.fail("the redis cluster did not reach cluster_state:ok")
+            time.sleep(0.05)
+        yield f"127.0.0.1:{ports[0]}"
+    finally:
+        for port in ports:
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                _cli(port, "shutdown", "nosave")
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _url(engine: str, tmp_path: Path, namespace: str, cluster: str = "") -> str:
     if engine == "sqlite":
         return f"sqlite:///{tmp_path / 'conveyor.db'}"
     if engine == "redis":
         return f"redis://127.0.0.1:6379/0?prefix={namespace}"
+    if engine == "redis-cluster":
+        return f"redis+cluster://{cluster}/?prefix={namespace}"
     if engine == "amqp":  # job records in a fresh SQLite file (CONVEYOR_STORE_URL, set below)
         return f"amqp://guest:guest@127.0.0.1:5672/?prefix={namespace}"
     return f"postgresql://postgres@127.0.0.1:5432/test?schema={namespace}"
@@ -55,7 +124,8 @@ async def open_backend(request: pytest.FixtureRequest, tmp_path: Path,
         getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
         pytest.skip("backend module not written yet")
-    url = _url(engine, tmp_path, f"conformance_{uuid.uuid4().hex[:12]}")
+    cluster = request.getfixturevalue("redis_cluster") if engine == "redis-cluster" else ""
+    url = _url(engine, tmp_path, f"conformance_{uuid.uuid4().hex[:12]}", cluster)
     opened: list[Backend] = []
 
     async def open_one() -> Backend:

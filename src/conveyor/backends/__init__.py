@@ -23,7 +23,7 @@ def create_backend(url: str) -> Backend:
         from conveyor.backends.sqlite import SQLiteBackend
 
         return SQLiteBackend(url)
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
         from conveyor.backends.redis import RedisBackend  # type: ignore[import-not-found,unused-ignore]
 
         return RedisBackend(url)  # type: ignore[no-any-return,unused-ignore]
@@ -40,4 +40,6 @@ def create_backend(url: str) -> Backend:
                 "an amqp:// URL needs CONVEYOR_STORE_URL for job records (sqlite, redis or postgresql)"
             )
         return AMQPBackend(url, create_backend(store))  # type: ignore[no-any-return,unused-ignore]
-    raise ConfigurationError(f"unsupported backend URL {url!r}: use sqlite://, redis://, postgresql:// or amqp://")
+    raise ConfigurationError(
+        f"unsupported backend URL {url!r}: use sqlite://, redis://, redis+cluster://, postgresql:// or amqp://"
+    )

@@ -1,26 +1,32 @@
 """The Redis engine: job records in hashes, sorted sets as indexes, every state change in Lua.
 
-URL: ``redis://[user:password@]host:6379/0?prefix=conveyor`` (``rediss://`` for TLS). ``prefix``
-(default ``conveyor``) namespaces the keys of one app; other query parameters go to redis-py.
+URL: ``redis://[user:password@]host:6379/0?prefix=conveyor`` (``rediss://`` for TLS) for one
+server (a primary, with replicas or Sentinel in front as you like), or
+``redis+cluster://[user:password@]host:7000/?prefix=conveyor`` (``rediss+cluster://``) for a
+Redis Cluster: any one node; the client discovers the others and follows MOVED/ASK redirects.
+``prefix`` (default ``conveyor``) namespaces the keys of one app; other query parameters go to
+redis-py.
 
-Key layout (P = prefix, Q = queue name). Keys of one queue share the hash tag ``{P:Q}`` and
-app-wide keys share ``{P}``:
+Key layout (P = prefix, Q = queue name). EVERY key of one installation carries the single hash
+tag ``{P}``, so on a cluster all of an app's keys live in one slot and every script (which may
+touch a queue's keys, another queue's dependents, the by-id directory and global limits at once)
+is single-slot. Queue names never contain ``/``, so ``{P}:q/<Q>/`` is an unambiguous queue prefix:
 
 ==========================  ======  ==========================================================
-``{P:Q}:j:<id>``            hash    the job record: plain fields, JSON for args, kwargs,
+``{P}:q/Q/j:<id>``          hash    the job record: plain fields, JSON for args, kwargs,
                                     progress, result, error, metadata, depends_on; internal
                                     ``_ra`` (when it last became ready), ``_ord`` (ready order,
                                     ms), ``_np`` (parents not yet succeeded)
-``{P:Q}:ready``             zset    queued jobs, score ``(9 - priority) * 1e13 + _ord``, so
+``{P}:q/Q/ready``           zset    queued jobs, score ``(9 - priority) * 1e13 + _ord``, so
                                     ZRANGE 0 n is 9→0 priority, then oldest first
-``{P:Q}:sched``             zset    scheduled and retrying jobs by ``scheduled_at`` (ms)
-``{P:Q}:lease``             zset    running jobs by ``lease_expires_at`` (ms)
-``{P:Q}:done``              zset    terminal jobs by ``finished_at`` (ms), for ``result_ttl``
-``{P:Q}:i``                 zset    every job of the queue (score 0, lex order = UUIDv7 order)
-``{P:Q}:s:<status>``        zset    the queue's jobs in one status (lex index; ZCARD = count)
-``{P:Q}:c:<id>``            set     waiting children of job ``<id>``
-``{P:Q}:cfg``               hash    queue settings
-``{P:Q}:wake``              list    wake-up tokens; idle workers BLPOP on them
+``{P}:q/Q/sched``           zset    scheduled and retrying jobs by ``scheduled_at`` (ms)
+``{P}:q/Q/lease``           zset    running jobs by ``lease_expires_at`` (ms)
+``{P}:q/Q/done``            zset    terminal jobs by ``finished_at`` (ms), for ``result_ttl``
+``{P}:q/Q/i``               zset    every job of the queue (score 0, lex order = UUIDv7 order)
+``{P}:q/Q/s:<status>``      zset    the queue's jobs in one status (lex index; ZCARD = count)
+``{P}:q/Q/c:<id>``          set     waiting children of job ``<id>``
+``{P}:q/Q/cfg``             hash    queue settings
+``{P}:q/Q/wake``            list    wake-up tokens; idle workers BLPOP on them
 ``{P}:jq``                  hash    job id → queue (the directory every by-id script reads)
 ``{P}:queues``              set     known queue names
 ``{P}:i``, ``{P}:s:<st>``,  zset    lex indexes of every job, per status, per task (listing)
@@ -35,11 +41,13 @@ app-wide keys share ``{P}``:
 ==========================  ======  ==========================================================
 
 Every state change is one Lua script (``lua/*.lua``, with ``lua/_common.lua`` prepended), loaded
-once per connection lifetime and called by EVALSHA (a NOSCRIPT reply, e.g. after a server
-restart, reloads it). Scripts build their keys from the prefix, so they need every key they
-touch on one node: on Redis Cluster, per-queue work stays inside the queue's slot, but the
-by-id directory, listing indexes and cross-queue dependencies live under ``{P}``; run
-Conveyor on a single primary (with replicas/Sentinel) or a cluster holding those slots together.
+once per connection lifetime and called by EVALSHA with KEYS[1] = ``{P}:jq``, which routes the
+call to the node owning the ``{P}`` slot (the script builds its other keys from the prefix; they
+share the tag). A NOSCRIPT reply, e.g. after a server restart or a failover, reloads the scripts.
+The trade-off on a cluster: one installation's data and load sit on one primary (the slot's);
+the cluster scales by running several installations (prefixes), which spread over the slots.
+A finer per-queue tag cannot keep every script single-slot: dependencies cross queues, limits
+are global, and the by-id directory, idempotency keys and listing indexes span all queues.
 
 Claim of N jobs, finish of N outcomes and heartbeat of N leases are one round trip each.
 ``wait_for_work`` BLPOPs the queues' wake lists on a separate connection pool, so a blocked
@@ -62,10 +70,11 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ClusterError, NoScriptError, RedisClusterException, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor.backends.base import (
@@ -229,12 +238,19 @@ class RedisBackend(Backend):
                 rest.append((key, value))
         if not prefix or any(c in prefix for c in "{}*?[]\\ "):
             raise ConfigurationError(f"invalid redis key prefix {prefix!r}: use letters, digits, '_', '-', '.', ':'")
+        scheme = parts.scheme.lower()
+        #: a Redis Cluster (``redis+cluster://``): RedisCluster clients, no MULTI pipelines
+        self.cluster = scheme.endswith("+cluster")
+        if self.cluster and parts.path not in ("", "/", "/0"):
+            raise ConfigurationError(f"a redis cluster has only database 0, not {parts.path.lstrip('/')!r}")
         self.url = url
         self.prefix = prefix
-        self._redis_url = urlunsplit(parts._replace(query=urlencode(rest)))
-        self._where = f"redis at {parts.hostname or 'localhost'}:{parts.port or 6379}"
-        self._r: aioredis.Redis | None = None
-        self._block: aioredis.Redis | None = None
+        self._anchor = f"{{{prefix}}}:jq"  #: KEYS[1] of every script: routes it to the {P} slot
+        self._redis_url = urlunsplit(parts._replace(scheme=scheme.removesuffix("+cluster"), query=urlencode(rest)))
+        kind = "redis cluster" if self.cluster else "redis"
+        self._where = f"{kind} at {parts.hostname or 'localhost'}:{parts.port or 6379}"
+        self._r: aioredis.Redis | RedisCluster | None = None
+        self._block: aioredis.Redis | RedisCluster | None = None
         self._src: dict[str, str] = {}
         self._sha: dict[str, str] = {}
         self._enqueue_busy = False
@@ -244,17 +260,18 @@ class RedisBackend(Backend):
         self._retry_at: float | None = None
 
     # -- plumbing -----------------------------------------------------------------------
-    def _client(self, blocking: bool) -> aioredis.Redis:
+    def _client(self, blocking: bool) -> aioredis.Redis | RedisCluster:
         retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
-        return aioredis.Redis.from_url(
-            self._redis_url, decode_responses=True, retry=retry,
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        options: dict[str, Any] = dict(
+            decode_responses=True, retry=retry, retry_on_error=[RedisConnectionError, RedisTimeoutError],
             socket_connect_timeout=5.0, socket_timeout=None if blocking else 10.0,
-            health_check_interval=0 if blocking else 30, socket_keepalive=True,
-        )
+            health_check_interval=0 if blocking else 30, socket_keepalive=True)
+        if self.cluster:
+            return RedisCluster.from_url(self._redis_url, **options)
+        return aioredis.Redis.from_url(self._redis_url, **options)
 
     @property
-    def r(self) -> aioredis.Redis:
+    def r(self) -> aioredis.Redis | RedisCluster:
         if self._r is None:
             raise BackendUnavailable("the redis backend is not open")
         return self._r
@@ -263,7 +280,8 @@ class RedisBackend(Backend):
     def _guard(self) -> Iterator[None]:
         try:
             yield
-        except (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError) as exc:
+        except (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, ClusterError,
+                SlotNotCoveredError) as exc:
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise BackendUnavailable(f"{self._where} is unreachable: {detail}") from exc
 
@@ -271,7 +289,7 @@ class RedisBackend(Backend):
         return f"{{{self.prefix}}}:{name}"
 
     def _qk(self, queue: str, name: str) -> str:
-        return f"{{{self.prefix}:{queue}}}:{name}"
+        return f"{{{self.prefix}}}:q/{queue}/{name}"
 
     def _load_sources(self) -> None:
         if self._src:
@@ -289,13 +307,13 @@ class RedisBackend(Backend):
             self._sha[name] = await self.r.script_load(src)
 
     async def _run(self, name: str, *args: Any) -> Any:
-        """EVALSHA a script with ARGV = prefix, *args (reloading it after NOSCRIPT)."""
+        """EVALSHA a script with KEYS = {P}:jq, ARGV = prefix, *args (reloading it after NOSCRIPT)."""
         with self._guard():
             try:
-                return await self.r.evalsha(self._sha[name], 0, self.prefix, *args)
+                return await self.r.evalsha(self._sha[name], 1, self._anchor, self.prefix, *args)
             except NoScriptError:
                 await self._load_scripts()
-                return await self.r.evalsha(self._sha[name], 0, self.prefix, *args)
+                return await self.r.evalsha(self._sha[name], 1, self._anchor, self.prefix, *args)
 
     # -- lifecycle ----------------------------------------------------------------------
     async def open(self) -> None:
@@ -306,7 +324,10 @@ class RedisBackend(Backend):
         self._block = self._client(blocking=True)
         try:
             with self._guard():
-                await self.r.ping()
+                try:
+                    await self.r.ping()
+                except RedisClusterException as exc:  # no startup node answered
+                    raise RedisConnectionError(str(exc)) from exc
                 await self._load_scripts()
         except BackendUnavailable:
             await self.close()
@@ -326,15 +347,14 @@ class RedisBackend(Backend):
     async def drop(self) -> None:
         """Delete every key under this backend's prefix (tests and ``reset`` tooling)."""
         with self._guard():
-            for pattern in (f"{{{self.prefix}}}:*", f"{{{self.prefix}:*}}:*"):
-                batch: list[str] = []
-                async for key in self.r.scan_iter(match=pattern, count=1000):
-                    batch.append(key)
-                    if len(batch) >= 500:
-                        await self.r.unlink(*batch)
-                        batch = []
-                if batch:
+            batch: list[str] = []
+            async for key in self.r.scan_iter(match=f"{{{self.prefix}}}:*", count=1000):
+                batch.append(key)
+                if len(batch) >= 500:
                     await self.r.unlink(*batch)
+                    batch = []
+            if batch:
+                await self.r.unlink(*batch)
 
     # -- submit -------------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
@@ -572,7 +592,7 @@ class RedisBackend(Backend):
     async def save_queue_settings(self, name: str, settings: QueueSettings) -> None:
         s = settings.validated()
         with self._guard():
-            pipe = self.r.pipeline(transaction=True)
+            pipe = self.r.pipeline(transaction=not self.cluster)
             pipe.hset(self._qk(name, "cfg"), mapping={
                 "retention": _f(s.retention), "visibility_timeout": _f(s.visibility_timeout),
                 "max_deliveries": str(int(s.max_deliveries)), "result_ttl": _f(s.result_ttl),
@@ -622,7 +642,7 @@ class RedisBackend(Backend):
 
     async def unregister_worker(self, worker_id: str) -> None:
         with self._guard():
-            pipe = self.r.pipeline(transaction=True)
+            pipe = self.r.pipeline(transaction=not self.cluster)
             pipe.hdel(self._gk("workers"), worker_id)
             pipe.zrem(self._gk("wseen"), worker_id)
             await pipe.execute()

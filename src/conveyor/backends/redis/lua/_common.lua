@@ -1,19 +1,22 @@
 --[[ _common.lua: helpers prepended to every other script at load time (not run on its own).
 
-Every script gets ARGV[1] = the key prefix P and builds its keys from it (see backend.py for the
-full layout). Keys of one queue Q share the hash tag {P:Q}; app-wide keys share {P}:
-  {P:Q}:j:<id>      hash   the job record (JSON fields args/kwargs/progress/result/error/metadata/
+Every script gets KEYS[1] = {P}:jq and ARGV[1] = the key prefix P, and builds its keys from P (see
+backend.py for the full layout). EVERY key of one installation carries the one hash tag {P}, so
+on Redis Cluster all of them live in one slot and every script is single-slot; KEYS[1] routes the
+call there. Keys of one queue Q are {P}:q/<Q>/<name> (queue names never contain '/'); app-wide
+keys are {P}:<name>:
+  {P}:q/Q/j:<id>    hash   the job record (JSON fields args/kwargs/progress/result/error/metadata/
                            depends_on; internal _ra = when it last became ready, _ord = ready order
                            in ms, _np = parents not yet succeeded)
-  {P:Q}:ready       zset   queued jobs, score (9 - priority) * 1e13 + _ord
-  {P:Q}:sched       zset   scheduled/retrying jobs, score scheduled_at ms
-  {P:Q}:lease       zset   running jobs, score lease_expires_at ms
-  {P:Q}:done        zset   terminal jobs, score finished_at ms (result_ttl)
-  {P:Q}:i           zset   every job of Q, score 0, member id (lex order = time order)
-  {P:Q}:s:<status>  zset   jobs of Q in <status>, score 0 (lex index and count)
-  {P:Q}:c:<id>      set    waiting children of job <id>
-  {P:Q}:cfg         hash   queue settings
-  {P:Q}:wake        list   wake-up tokens for BLPOP
+  {P}:q/Q/ready     zset   queued jobs, score (9 - priority) * 1e13 + _ord
+  {P}:q/Q/sched     zset   scheduled/retrying jobs, score scheduled_at ms
+  {P}:q/Q/lease     zset   running jobs, score lease_expires_at ms
+  {P}:q/Q/done      zset   terminal jobs, score finished_at ms (result_ttl)
+  {P}:q/Q/i         zset   every job of Q, score 0, member id (lex order = time order)
+  {P}:q/Q/s:<st>    zset   jobs of Q in <st>, score 0 (lex index and count)
+  {P}:q/Q/c:<id>    set    waiting children of job <id>
+  {P}:q/Q/cfg       hash   queue settings
+  {P}:q/Q/wake      list   wake-up tokens for BLPOP
   {P}:jq            hash   job id -> queue name
   {P}:queues        set    known queue names
   {P}:i, {P}:s:<status>, {P}:t:<task>   zset   lex indexes of every job / by status / by task
@@ -31,8 +34,9 @@ The Python side prepends DEF_* constants (QueueSettings defaults) before this fi
 ]]
 local P = ARGV[1]
 local function gk(s) return '{' .. P .. '}:' .. s end
-local function qk(q, s) return '{' .. P .. ':' .. q .. '}:' .. s end
-local function jkey(q, id) return '{' .. P .. ':' .. q .. '}:j:' .. id end
+local QP = '{' .. P .. '}:q/'
+local function qk(q, s) return QP .. q .. '/' .. s end
+local function jkey(q, id) return QP .. q .. '/j:' .. id end
 local JQ = gk('jq')
 
 local function fmt(x) return string.format('%.17g', x) end

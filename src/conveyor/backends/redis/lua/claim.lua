@@ -1,13 +1,14 @@
 --[[ claim.lua: lease up to `limit` ready jobs of the unpaused queues, 9 -> 0 priority, then oldest.
 
-KEYS: none (keys are built from the prefix; see _common.lua).
+KEYS: [1] {P}:jq (routes the call to the slot of {P}; the other keys are built from P and
+  share that hash tag, see _common.lua).
 ARGV: [1] prefix P, [2] now, [3] limit, [4] worker id, [5] token base (random), [6..] queue names.
-Touches per queue Q: {P:Q}:cfg (read), {P:Q}:sched -> {P:Q}:ready (due jobs promoted first),
-  {P:Q}:ready -> {P:Q}:lease, {P:Q}:j:<id>, {P:Q}:s:*, {P}:s:*; ready jobs past the retention are
-  expired instead ({P:Q}:done, {P}:wh, dependents cancelled).
+Touches per queue Q: {P}:q/Q/cfg (read), {P}:q/Q/sched -> {P}:q/Q/ready (due jobs promoted first),
+  {P}:q/Q/ready -> {P}:q/Q/lease, {P}:q/Q/j:<id>, {P}:q/Q/s:*, {P}:s:*; ready jobs past the retention are
+  expired instead ({P}:q/Q/done, {P}:wh, dependents cancelled).
 Global limits: a job with a limit_key is leased only while {P}:lr:<key> (running ids) has fewer
   than concurrency_limit members and {P}:ls:<key> (starts within the last rate_per seconds) fewer
-  than rate_count; otherwise it stays in {P:Q}:ready and the scan goes on past it (at most
+  than rate_count; otherwise it stays in {P}:q/Q/ready and the scan goes on past it (at most
   SCAN_BUDGET entries per call), so the jobs behind it are still leased. A lease adds the job to
   {P}:lr:<key> and its start to {P}:ls:<key>, and opens a timeline entry (attempts).
 Returns: {JSON list of the leased job records (status running, new lease_token,

@@ -1,11 +1,12 @@
 --[[ enqueue.lua: store jobs atomically (idempotency keys, dependencies, ready/scheduled indexes).
 
-KEYS: none (keys are built from the prefix; see _common.lua).
+KEYS: [1] {P}:jq (routes the call to the slot of {P}; the other keys are built from P and
+  share that hash tag, see _common.lua).
 ARGV: [1] prefix P, [2] now, [3] JSON list of jobs, each
       [id, queue, task, priority, scheduled ('1' = not before scheduled_at), idempotency key ('' = none),
        depends_on (list of ids), flat list of record field/value strings (without status/revision,
        which are set here)].
-Touches: {P:Q}:j:<id>, {P:Q}:ready|sched|done|i|s:*|c:<parent>|wake, {P}:jq|queues|i|s:*|t:<task>|idem|wh.
+Touches: {P}:q/Q/j:<id>, {P}:q/Q/ready|sched|done|i|s:*|c:<parent>|wake, {P}:jq|queues|i|s:*|t:<task>|idem|wh.
 Returns JSON: {"ok": per job [1, status, error JSON or ''] or, for an existing job, [0, record]}
          or {"unknown_parent": [job index, parent index (0-based), parent id]} with no write.
 ]]

@@ -1,10 +1,11 @@
 --[[ finish.lua: apply outcomes whose lease token still holds.
 
-KEYS: none (keys are built from the prefix; see _common.lua).
+KEYS: [1] {P}:jq (routes the call to the slot of {P}; the other keys are built from P and
+  share that hash tag, see _common.lua).
 ARGV: [1] prefix P, [2] now, [3] JSON list of outcomes, each [job id, token, status
   (succeeded|failed|cancelled|retrying|queued), result JSON ('' = none), error JSON ('' = none),
   scheduled_at ('' = none), attempt ('' = unchanged), uncount delivery ('1'|'0')].
-Touches: {P}:jq (read), {P:Q}:j:<id>, {P:Q}:lease|ready|sched|done|s:*|c:<id>|wake, {P}:s:*,
+Touches: {P}:jq (read), {P}:q/Q/j:<id>, {P}:q/Q/lease|ready|sched|done|s:*|c:<id>|wake, {P}:s:*,
   {P}:wh (webhook outbox), and the records and indexes of dependents (released or cancelled).
 A 'queued' outcome (hand-back) of a job whose cancel was requested ends it 'cancelled' instead.
 Returns: a string with one character per outcome: '1' applied, '0' token no longer holds.

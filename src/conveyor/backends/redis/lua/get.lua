@@ -1,8 +1,9 @@
 --[[ get.lua: read jobs (or only their revisions) by id.
 
-KEYS: none (keys are built from the prefix; see _common.lua).
+KEYS: [1] {P}:jq (routes the call to the slot of {P}; the other keys are built from P and
+  share that hash tag, see _common.lua).
 ARGV: [1] prefix P, [2] mode ('all' = whole records, 'rev' = revisions only), [3..] job ids.
-Touches (read only): {P}:jq, {P:Q}:j:<id>.
+Touches (read only): {P}:jq, {P}:q/Q/j:<id>.
 Returns: 'all': a JSON list of the records of the known jobs;
          'rev': a flat list id, revision for the known jobs.
 ]]

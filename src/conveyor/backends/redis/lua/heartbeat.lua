@@ -1,9 +1,10 @@
 --[[ heartbeat.lua: register a worker as alive and extend its leases.
 
-KEYS: none (keys are built from the prefix; see _common.lua).
+KEYS: [1] {P}:jq (routes the call to the slot of {P}; the other keys are built from P and
+  share that hash tag, see _common.lua).
 ARGV: [1] prefix P, [2] now, [3] worker id, [4] worker JSON, then pairs job id, lease token.
 Touches: {P}:workers (id -> JSON), {P}:wseen (id by now), {P}:jq (read),
-  {P:Q}:j:<id> (lease_expires_at), {P:Q}:lease (score), {P:Q}:cfg (read).
+  {P}:q/Q/j:<id> (lease_expires_at), {P}:q/Q/lease (score), {P}:q/Q/cfg (read).
   The revision is not bumped: lease_expires_at is not part of the public resource.
 Returns: {lost job ids, job ids whose cancel was requested}.
 ]]

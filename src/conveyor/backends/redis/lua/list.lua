@@ -1,13 +1,14 @@
 --[[ list.lua: one page of jobs, newest first, with optional filters.
 
-KEYS: none (keys are built from the prefix; see _common.lua).
-ARGV: [1] prefix P, [2] index to walk: 'all' ({P}:i), 'status' ({P}:s:<status>), 'queue' ({P:Q}:i),
-  'queue_status' ({P:Q}:s:<status>), 'task' ({P}:t:<task>); [3] status filter, [4] task filter,
+KEYS: [1] {P}:jq (routes the call to the slot of {P}; the other keys are built from P and
+  share that hash tag, see _common.lua).
+ARGV: [1] prefix P, [2] index to walk: 'all' ({P}:i), 'status' ({P}:s:<status>), 'queue' ({P}:q/Q/i),
+  'queue_status' ({P}:q/Q/s:<status>), 'task' ({P}:t:<task>); [3] status filter, [4] task filter,
   [5] queue filter ('' = none); [6] cursor = last id of the previous page ('' = from the newest);
   [7] limit; [8] scan budget (index entries examined at most).
 Indexes are lex-ordered zsets (score 0) of UUIDv7 ids, so the order is creation time and a cursor
 stays stable under concurrent inserts (new ids sort after every cursor).
-Touches (read only): the index, {P}:jq, {P:Q}:j:<id>.
+Touches (read only): the index, {P}:jq, {P}:q/Q/j:<id>.
 Returns JSON: [next cursor ('' = none), record, record, ...].
 ]]
 local kind, fst, ftask, fq = ARGV[2], ARGV[3], ARGV[4], ARGV[5]

@@ -1,8 +1,9 @@
 --[[ progress.lua: record progress if the lease token still holds.
 
-KEYS: none (keys are built from the prefix; see _common.lua).
+KEYS: [1] {P}:jq (routes the call to the slot of {P}; the other keys are built from P and
+  share that hash tag, see _common.lua).
 ARGV: [1] prefix P, [2] now, [3] job id, [4] token, [5] progress JSON.
-Touches: {P}:jq (read), {P:Q}:j:<id> (progress, updated_at, revision).
+Touches: {P}:jq (read), {P}:q/Q/j:<id> (progress, updated_at, revision).
 Returns: 1 when recorded, else 0.
 ]]
 local q = redis.call('HGET', JQ, ARGV[3])

@@ -1,8 +1,9 @@
 --[[ purge.lua: cancel ready jobs (queued, scheduled, retrying) of one queue.
 
-KEYS: none (keys are built from the prefix; see _common.lua).
+KEYS: [1] {P}:jq (routes the call to the slot of {P}; the other keys are built from P and
+  share that hash tag, see _common.lua).
 ARGV: [1] prefix P, [2] now, [3] queue, [4] limit.
-Touches: {P:Q}:s:queued|scheduled|retrying (read), {P:Q}:j:<id>, {P:Q}:ready|sched|done|s:*|c:<id>,
+Touches: {P}:q/Q/s:queued|scheduled|retrying (read), {P}:q/Q/j:<id>, {P}:q/Q/ready|sched|done|s:*|c:<id>,
   {P}:s:*, {P}:wh, and the records of dependents (cancelled transitively).
 Returns: how many jobs were cancelled (at most limit; call again while it returns limit).
 ]]

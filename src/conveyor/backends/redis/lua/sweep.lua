@@ -1,11 +1,12 @@
 --[[ sweep.lua: housekeeping in bounded batches.
 
-KEYS: none (keys are built from the prefix; see _common.lua).
+KEYS: [1] {P}:jq (routes the call to the slot of {P}; the other keys are built from P and
+  share that hash tag, see _common.lua).
 ARGV: [1] prefix P, [2] now, [3] limit (per category), [4] worker TTL seconds.
-Touches: {P}:queues (read); per queue {P:Q}:lease (expired leases -> queued, or failed with
-  DeliveryLimitExceeded once deliveries >= max_deliveries), {P:Q}:ready|sched (jobs ready longer
-  than the retention -> expired), {P:Q}:done (records finished before now - result_ttl are
-  deleted with every index entry), {P:Q}:j:<id>|s:*|i|c:*|wake; {P}:s:*|i|t:*|jq|idem|wh|wha;
+Touches: {P}:queues (read); per queue {P}:q/Q/lease (expired leases -> queued, or failed with
+  DeliveryLimitExceeded once deliveries >= max_deliveries), {P}:q/Q/ready|sched (jobs ready longer
+  than the retention -> expired), {P}:q/Q/done (records finished before now - result_ttl are
+  deleted with every index entry), {P}:q/Q/j:<id>|s:*|i|c:*|wake; {P}:s:*|i|t:*|jq|idem|wh|wha;
   {P}:wseen and {P}:workers (workers silent for longer than the TTL are dropped).
   Each lost lease closes its timeline entry as 'lost' and frees its limit key's slot; a lost lease
   of a job whose cancel was requested ends 'cancelled' instead (timeline entry 'cancelled'; its

@@ -1,12 +1,13 @@
 --[[ webhooks.lua: the webhook outbox (jobs that turned terminal with a webhook URL).
 
-KEYS: none (keys are built from the prefix; see _common.lua).
+KEYS: [1] {P}:jq (routes the call to the slot of {P}; the other keys are built from P and
+  share that hash tag, see _common.lua).
 ARGV: [1] prefix P, [2] mode:
   'due', [3] now, [4] limit, [5] lease seconds: return due deliveries and hide them for `lease`;
   'done', [3] job id, [4] delivered ('1'|'0'), [5] next attempt time ('' = give up):
      record an attempt.
 Touches: {P}:wh (zset id by next attempt ms), {P}:wha (hash id -> attempts made), {P}:jq (read),
-  {P:Q}:j:<id> (read).
+  {P}:q/Q/j:<id> (read).
 Returns: 'due': a JSON list of [attempts, record]; 'done': 1.
 ]]
 local WH, WHA = gk('wh'), gk('wha')
