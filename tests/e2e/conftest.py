@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,8 +24,8 @@ APP = "tests.e2e.jobs_app:app"
 class Env:
     """A test's backend URL, a client app with the test tasks, and its worker processes."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.url = f"sqlite:///{tmp_path}/conveyor.db"
+    def __init__(self, tmp_path: Path, url: str | None = None) -> None:
+        self.url = url or f"sqlite:///{tmp_path}/conveyor.db"
         self.log = tmp_path / "events.jsonl"
         self.client = Conveyor(self.url)
         self.client.tasks = dict(jobs_app.app.tasks)
@@ -79,6 +80,30 @@ def e2e(tmp_path: Path) -> Iterator[Env]:
     env = Env(tmp_path)
     yield env
     env.stop()
+    env.client.close()
+
+
+ENGINES = {
+    "sqlite": lambda tmp, name: f"sqlite:///{tmp}/conveyor.db",
+    "redis": lambda tmp, name: f"redis://127.0.0.1:6379/0?prefix={name}",
+    "postgresql": lambda tmp, name: f"postgresql://postgres@127.0.0.1:5432/test?schema={name}",
+}
+
+
+@pytest.fixture(params=list(ENGINES))
+def e2e_any(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
+    """``e2e`` on every engine: each test in its own namespace, dropped afterwards."""
+    name = f"e2e_{uuid.uuid4().hex[:10]}"
+    env = Env(tmp_path, ENGINES[request.param](tmp_path, name))
+    yield env
+    env.stop()
+
+    async def drop() -> None:
+        backend = await env.client.backend()
+        if hasattr(backend, "drop"):
+            await backend.drop()
+
+    env.client.portal.call(drop())
     env.client.close()
 
 

@@ -56,41 +56,41 @@ def test_dead_letters__exhausted_retries_fail_and_redrive_runs_them_again(e2e):
     assert job.job.attempt == 2 and job.job.deliveries == 2  # attempts reset by redrive, then retried once
 
 
-def test_kill_9__every_job_still_succeeds(e2e):
+def test_kill_9__every_job_still_succeeds(e2e_any):
     """kill -9 a worker while a few hundred 20 ms jobs run; a fresh worker finishes them all."""
-    env = e2e.env(TEST_VISIBILITY="2")
-    first = e2e.worker("--concurrency", "8", env=env)
-    jobs = e2e.client.enqueue_many([("work", (20,), {}, {}) for _ in range(300)])
-    wait_for(lambda: len(recorded(e2e.log)) > 150, what="jobs to start")
+    env = e2e_any.env(TEST_VISIBILITY="2")
+    first = e2e_any.worker("--concurrency", "8", env=env)
+    jobs = e2e_any.client.enqueue_many([("work", (20,), {}, {}) for _ in range(300)])
+    wait_for(lambda: len(recorded(e2e_any.log)) > 150, what="jobs to start")
     first.send_signal(signal.SIGKILL)
     first.wait(5)
-    e2e.worker("--concurrency", "8", env=env)
-    e2e.wait_all(jobs, timeout=60)
+    e2e_any.worker("--concurrency", "8", env=env)
+    e2e_any.wait_all(jobs, timeout=60)
     assert all(j.status is Status.SUCCEEDED for j in jobs)
-    starts = collections.Counter(e["job"] for e in recorded(e2e.log) if e["event"] == "start")
+    starts = collections.Counter(e["job"] for e in recorded(e2e_any.log) if e["event"] == "start")
     duplicates = [job_id for job_id, n in starts.items() if n > 1]
     assert len(starts) == 300
     assert len(duplicates) <= 8  # only the jobs that were running at the kill run twice
 
 
-def test_sigterm__running_jobs_finish_within_grace_and_worker_exits_0(e2e):
-    worker = e2e.worker("--grace", "10")
-    job = e2e.enqueue("sleeper", 1.0)
-    wait_for(lambda: recorded(e2e.log), what="job start")
+def test_sigterm__running_jobs_finish_within_grace_and_worker_exits_0(e2e_any):
+    worker = e2e_any.worker("--grace", "10")
+    job = e2e_any.enqueue("sleeper", 1.0)
+    wait_for(lambda: recorded(e2e_any.log), what="job start")
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(15) == 0
     assert job.refresh().status is Status.SUCCEEDED
 
 
-def test_sigterm__unfinished_jobs_are_handed_back_for_immediate_redelivery(e2e):
-    worker = e2e.worker("--grace", "0.5")
-    job = e2e.enqueue("stubborn", 3.0)
-    wait_for(lambda: recorded(e2e.log), what="job start")
+def test_sigterm__unfinished_jobs_are_handed_back_for_immediate_redelivery(e2e_any):
+    worker = e2e_any.worker("--grace", "0.5")
+    job = e2e_any.enqueue("stubborn", 3.0)
+    wait_for(lambda: recorded(e2e_any.log), what="job start")
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(10) == 0
     handed = job.refresh().job
     assert handed.status is Status.QUEUED and handed.deliveries == 0  # not counted as a delivery
-    e2e.worker()
+    e2e_any.worker()
     assert job.wait(timeout=20) == "done"
 
 
@@ -107,15 +107,15 @@ def test_process_killing_task__fails_after_max_deliveries_without_looping(e2e):
     assert len([e for e in recorded(e2e.log) if e["event"] == "start"]) == 3  # never a fourth run
 
 
-def test_fencing__a_worker_whose_lease_expired_cannot_overwrite_the_outcome(e2e):
-    env = e2e.env(TEST_VISIBILITY="1")
-    slow = e2e.worker(env=env)
-    job = e2e.enqueue("whoami", 2.0)
-    wait_for(lambda: recorded(e2e.log), what="first start")
+def test_fencing__a_worker_whose_lease_expired_cannot_overwrite_the_outcome(e2e_any):
+    env = e2e_any.env(TEST_VISIBILITY="1")
+    slow = e2e_any.worker(env=env)
+    job = e2e_any.enqueue("whoami", 2.0)
+    wait_for(lambda: recorded(e2e_any.log), what="first start")
     slow.send_signal(signal.SIGSTOP)  # frozen: no heartbeat, the lease runs out
-    fast = e2e.worker(env=env)
+    fast = e2e_any.worker(env=env)
     try:
-        wait_for(lambda: len([e for e in recorded(e2e.log) if e["event"] == "start"]) == 2, timeout=20,
+        wait_for(lambda: len([e for e in recorded(e2e_any.log) if e["event"] == "start"]) == 2, timeout=20,
                  what="redelivery to the second worker")
     finally:
         slow.send_signal(signal.SIGCONT)
