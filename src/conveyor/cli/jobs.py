@@ -13,7 +13,7 @@ from typing import Any
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from conveyor.cli import render
+from conveyor.cli import argtypes, render
 from conveyor.cli.common import API_HELP, add_api, add_common
 from conveyor.cli.errors import EXIT_OK, UsageError
 from conveyor.cli.ops import RETRYABLE, Operations, open_operations
@@ -23,6 +23,8 @@ from conveyor.core.job import Job, Status
 
 __all__ = ["RETRYABLE", "follow", "register"]
 
+
+SECONDS = argtypes.seconds(positive=True)
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the job commands."""
@@ -37,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--max-retries", type=int, metavar="N", help="retries after a failure (default: the task's)")
     p.add_argument("--key", metavar="K", help="idempotency key: the same key yields the same job")
     p.add_argument("--wait", action="store_true", help="wait for the job; print its result as JSON")
-    p.add_argument("--timeout", type=_seconds, metavar="S", help="with --wait: give up after S seconds (exit 1)")
+    p.add_argument("--timeout", type=SECONDS, metavar="S", help="with --wait: give up after S seconds (exit 1)")
     add_common(p)
     add_api(p)
     p.set_defaults(func=submit)
@@ -52,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser("watch", help="follow a job live until it finishes (exit 1 unless it succeeded)",
                               epilog=API_HELP)
     p.add_argument("id", metavar="ID")
-    p.add_argument("--timeout", type=_seconds, metavar="S", help="give up after S seconds (exit 1)")
+    p.add_argument("--timeout", type=SECONDS, metavar="S", help="give up after S seconds (exit 1)")
     add_common(p)
     add_api(p)
     p.set_defaults(func=watch)
@@ -61,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--status", choices=[str(s) for s in Status])
     p.add_argument("--queue")
     p.add_argument("--task")
-    p.add_argument("--limit", type=_limit, default=50, metavar="N", help="at most N jobs, 1-500 (default 50)")
+    p.add_argument("--limit", type=argtypes.integer(1, 500), default=50, metavar="N",
+                   help="at most N jobs, 1-500 (default 50)")
     p.add_argument("--cursor", help="the next_cursor of a previous page")
     p.add_argument("--json", action="store_true", help='print {"items": [...], "next_cursor": ...}')
     add_common(p)
@@ -255,24 +258,3 @@ def retry(args: argparse.Namespace) -> int:
     else:
         print(f"{data['id']} {data['status']}")
     return EXIT_OK
-
-
-# -- argument types -------------------------------------------------------------------------
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
-    return value
-
-
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 1 <= value <= 500:
-        raise argparse.ArgumentTypeError(f"must be 1 to 500: {text!r}")
-    return value

@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import Iterator
 
+from conveyor.cli import argtypes
 from conveyor.cli.common import add_common, app_spec, load
 from conveyor.cli.errors import UsageError
 
@@ -24,9 +25,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=server)
     u = subparsers.add_parser("up", help="server + workers + scheduler, supervised: the single-machine mode")
     _serve_options(u)
-    u.add_argument("--workers", type=_positive, default=2, metavar="N", help="worker processes (default 2)")
-    u.add_argument("--concurrency", type=_positive, metavar="N", help="jobs at once per worker (default 8)")
-    u.add_argument("--grace", type=float, default=30.0, metavar="S",
+    u.add_argument("--workers", type=argtypes.integer(1), default=2, metavar="N", help="worker processes (default 2)")
+    u.add_argument("--concurrency", type=argtypes.integer(1), metavar="N", help="jobs at once per worker (default 8)")
+    u.add_argument("--grace", type=argtypes.seconds(), default=30.0, metavar="S",
                    help="on shutdown, let running jobs finish for S seconds (default 30)")
     add_common(u)
     u.set_defaults(func=up)
@@ -34,8 +35,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
-    p.add_argument("--max-body", type=_positive, default=DEFAULT_MAX_BODY, metavar="BYTES",
+    p.add_argument("--port", type=argtypes.integer(1, 65535, "a TCP port is"), default=8000,
+                   help="TCP port (default 8000)")
+    p.add_argument("--max-body", type=argtypes.integer(1), default=DEFAULT_MAX_BODY, metavar="BYTES",
                    help="largest request body accepted (default 1048576)")
     p.add_argument("--insecure", action="store_true",
                    help="allow listening beyond loopback without CONVEYOR_API_TOKENS")
@@ -130,20 +132,3 @@ class _Server:
 
     def run(self) -> None:
         self.server.run()
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _positive(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"not a TCP port: {text!r}")
-    return value

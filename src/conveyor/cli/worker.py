@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 
+from conveyor.cli import argtypes
 from conveyor.cli.common import add_common, app_spec, load
 from conveyor.worker.worker import run_worker
 
@@ -14,11 +15,13 @@ from conveyor.worker.worker import run_worker
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``worker``."""
     p = subparsers.add_parser("worker", help="run jobs until stopped (SIGTERM/SIGINT), or until idle with --burst")
-    p.add_argument("--queues", type=_names, metavar="A,B", help="queues to work (default: every queue the app names)")
-    p.add_argument("--concurrency", type=_positive, metavar="N", help="jobs at once (default 8; process pool: CPUs)")
+    p.add_argument("--queues", type=argtypes.names, metavar="A,B",
+                   help="queues to work (default: every queue the app names)")
+    p.add_argument("--concurrency", type=argtypes.integer(1), metavar="N",
+                   help="jobs at once (default 8; process pool: CPUs)")
     p.add_argument("--pool", choices=("thread", "process", "async"), default="thread",
                    help="where sync tasks run (async tasks always run on the event loop)")
-    p.add_argument("--grace", type=_non_negative, default=30.0, metavar="S",
+    p.add_argument("--grace", type=argtypes.seconds(), default=30.0, metavar="S",
                    help="on shutdown, let running jobs finish for S seconds (default 30)")
     p.add_argument("--no-scheduler", action="store_true", help="do not enqueue the app's periodic tasks")
     p.add_argument("--burst", action="store_true", help="exit once no job is ready")
@@ -47,30 +50,3 @@ def worker(args: argparse.Namespace) -> int:
         logging.shutdown()
         os._exit(code)
     return code
-
-
-def _names(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("name at least one queue")
-    return names
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 seconds or more: {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value

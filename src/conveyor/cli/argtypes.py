@@ -1,0 +1,45 @@
+"""Argument types shared by the commands: each refuses bad input with one clear line (exit 2)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def integer(low: int, high: int | None = None, what: str = "") -> Callable[[str], int]:
+    """An integer from ``low`` to ``high`` (inclusive)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"at least {low}" if high is None else f"{low} to {high}"
+            raise argparse.ArgumentTypeError(f"{what or 'must be'} {bounds}: {text!r}")
+        return value
+
+    return parse
+
+
+def seconds(positive: bool = False) -> Callable[[str], float]:
+    """A number of seconds: 0 or more, or more than 0 when ``positive``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if not (value > 0 if positive else value >= 0) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be {'more than' if positive else 'at least'} 0 seconds: {text!r}")
+        return value
+
+    return parse
+
+
+def names(text: str) -> list[str]:
+    """A comma-separated list of at least one name."""
+    found = [n.strip() for n in text.split(",") if n.strip()]
+    if not found:
+        raise argparse.ArgumentTypeError("name at least one queue")
+    return found
