@@ -2,6 +2,9 @@
 
     .venv/bin/python -m bench.bench [--url sqlite:///bench.db] [--runs 3] [--jobs 10000]
 
+RabbitMQ: ``--url amqp://guest:guest@127.0.0.1:5672/``; the job store is a fresh SQLite file
+per run, or ``BENCH_STORE_URL`` (a redis:// or postgresql:// base URL).
+
 Each figure is the median of ``--runs`` runs on a fresh store. Drain: ``--jobs`` no-op jobs
 are enqueued first, then one ``conveyor worker`` process drains them; throughput is jobs
 divided by (last finished_at − first started_at) read from the job records, so process
@@ -32,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def fresh_url(base: str, run: int) -> str:
     if base.startswith("sqlite"):
         return f"sqlite:///{tempfile.mkdtemp(prefix='conveyor-bench-')}/bench.db"
+    if base.startswith("amqp"):  # RabbitMQ: a fresh job store for every run too (inherited by workers)
+        os.environ["CONVEYOR_STORE_URL"] = fresh_url(os.environ.get("BENCH_STORE_URL", "sqlite://"), run)
     sep = "&" if "?" in base else "?"
     key = "schema" if base.startswith("postgres") else "prefix"
     return f"{base}{sep}{key}=bench{os.getpid()}_{run}"
