@@ -29,7 +29,6 @@ from conveyor.core import rules
 from conveyor.core.app import PARENT_NAMES, Conveyor
 from conveyor.core.context import Context
 from conveyor.core.errors import BackendUnavailable, ConfigurationError
-from conveyor.core.job import Status
 from conveyor.scheduler import run_scheduler
 from conveyor.worker.execute import execute
 from conveyor.worker.pools import Pool, ThreadPool
@@ -403,4 +402,4 @@ def run_worker(app: Conveyor, **options: Any) -> int:
     return asyncio.run(Worker(app, **options).run())
 
 
-__all__ = ["EXIT_STALLED", "Status", "Worker", "run_worker"]
+__all__ = ["EXIT_STALLED", "Worker", "run_worker"]
