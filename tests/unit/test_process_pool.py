@@ -27,7 +27,13 @@ APP = """
 import os
 import time
 
+import pydantic
+
 from conveyor import Context, Conveyor
+
+
+class Size(pydantic.BaseModel):
+    width: int
 
 app = Conveyor("sqlite:///{db}")
 
@@ -44,6 +50,12 @@ def add(ctx: Context, a: int, b: int) -> int:
 @app.task
 def whoami(ctx: Context) -> dict:
     return {{"pid": os.getpid(), "job": ctx.job.id, "parents": dict(ctx.parent_results)}}
+
+
+@app.task
+def area(ctx: Context, size: Size) -> int:
+    assert isinstance(size, Size), type(size)  # the child prepares typed arguments from JSON
+    return size.width * 2
 
 
 @app.task
@@ -145,6 +157,7 @@ async def gone(pid: int) -> bool:
 
 async def test_result__round_trip_with_job_and_parent_results(pool: ProcessPool, app: Conveyor) -> None:
     assert await Call(app, "add", 2, b=3).run(pool) == 5
+    assert await Call(app, "area", size={"width": 21}).run(pool) == 42
     call = Call(app, "whoami")
     info = await call.run(pool)
     assert info["job"] == call.job.id

@@ -2,11 +2,11 @@
 
 Each child is started with ``spawn``, imports the app from ``module:attribute`` once, tells
 the parent it is ready, then runs one job at a time: the parent sends
-``(job id, task name, task module, args, kwargs, job, parent results)`` over a pipe and the
-child answers ``("progress", value)`` any number of times, then ``("ok", result)`` or
-``("error", type name, message, traceback)``. The pipe is internal IPC between our own
-processes (pickled tuples of JSON job data and the task's prepared arguments); nothing of it
-is stored.
+``{"job", "task", "module", "parents"}`` (the job as its public JSON) over a pipe and the
+child answers ``["progress", value]`` any number of times, then ``["ok", result]`` or
+``["error", type name, message, traceback]``. Every message is JSON, like everything else
+in Conveyor (no pickle anywhere): the child turns the job's JSON arguments into the typed
+values the function declares itself (``Task.prepare``).
 
 One reader thread per child waits on the pipe and on the process's sentinel and hands what
 arrives to the event loop, so the loop never blocks on a child. A child that is stopped,
@@ -25,10 +25,10 @@ import atexit
 import contextlib
 import ctypes
 import importlib
+import json
 import logging
 import multiprocessing
 import os
-import pickle
 import signal
 import sys
 import threading
@@ -42,6 +42,7 @@ from multiprocessing.connection import wait as wait_for_objects
 from typing import Any
 
 from conveyor.core.context import Context, JobCancelled
+from conveyor.core.job import Job
 from conveyor.core.task import Task
 from conveyor.worker.pools import ProcessDied
 
@@ -158,19 +159,13 @@ class ProcessPool:
             raise RuntimeError("the process pool is closed")
         if self._loop is None:
             self._start(loop)
-        message = (
-            ctx.job.id,
-            task.name,
-            getattr(task.fn, "__module__", None),
-            list(args),
-            dict(kwargs),
-            ctx.job,
-            dict(ctx.parent_results),
-        )
-        try:
-            data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            raise TypeError(f"the job's arguments cannot be passed to a process: {exc}") from None
+        message = {
+            "job": ctx.job.to_json(),  # its JSON arguments: the child prepares them itself
+            "task": task.name,
+            "module": getattr(task.fn, "__module__", None),
+            "parents": dict(ctx.parent_results),
+        }
+        data = json.dumps(message).encode()
         for attempt in range(3):
             child = await self._acquire()
             try:
@@ -332,10 +327,10 @@ class ProcessPool:
 
     def _receive(self, child: _Child, post: Callable[..., object]) -> bool:
         try:
-            message = child.conn.recv()
+            message = tuple(json.loads(child.conn.recv_bytes()))
         except (EOFError, OSError):
             return False
-        except Exception as exc:  # could not unpickle: fail the job, keep the child
+        except ValueError as exc:  # not JSON: fail the job, keep the child
             message = ("error", type(exc).__name__, f"the job's result could not be read: {exc}", None)
         post(self._on_message, child, message)
         return True
@@ -415,8 +410,9 @@ def _child_main(conn: Connection, app_spec: str, parent_pid: int) -> None:
     lock = threading.Lock()
 
     def send(message: tuple[Any, ...]) -> None:
+        data = json.dumps(message).encode()  # raises before anything is written
         with lock:  # the task's own threads may report progress
-            conn.send(message)
+            conn.send_bytes(data)
 
     from conveyor.loader import load_app
 
@@ -432,11 +428,12 @@ def _child_main(conn: Connection, app_spec: str, parent_pid: int) -> None:
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        _job_id, task_name, module, args, kwargs, job, parent_results = pickle.loads(data)
-        reply = _run_job(app, send, task_name, module, args, kwargs, job, parent_results)
+        message = json.loads(data)
+        reply = _run_job(app, send, message["task"], message["module"], Job.from_json(message["job"]),
+                         message["parents"])
         try:
             try:
-                send(reply)  # pickles before it writes: a result that cannot be pickled writes nothing
+                send(reply)  # encodes before it writes: a result that is not JSON writes nothing
             except (OSError, EOFError):
                 raise
             except Exception as exc:
@@ -450,9 +447,7 @@ def _run_job(
     send: Callable[[tuple[Any, ...]], None],
     task_name: str,
     module: str | None,
-    args: list[Any],
-    kwargs: dict[str, Any],
-    job: Any,
+    job: Job,
     parent_results: dict[str, Any],
 ) -> tuple[Any, ...]:
     def report(value: dict[str, Any]) -> None:
@@ -465,6 +460,7 @@ def _run_job(
             task = app.tasks.get(task_name)
         if task is None:
             raise UnknownTask(f"no task {task_name!r} is registered in the app of this worker")
+        args, kwargs = task.prepare(job.args, job.kwargs)
         result = task.fn(Context(job, report, parent_results), *args, **kwargs)
         from conveyor.worker.execute import _check_json
 
