@@ -95,3 +95,18 @@ def test_up__beyond_loopback_without_tokens__exit_2_one_line(tmp_path: Path) -> 
         r = subprocess.run([sys.executable, "-m", "conveyor.cli", command, "--app", "tests.api.api_app:app",
                             "--host", "0.0.0.0"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--insecure" in r.stderr
+
+
+def test_up__port_in_use__exit_1_one_line_instead_of_restarting_forever(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = dict(os.environ, PYTHONPATH=str(ROOT), CONVEYOR_URL=f"sqlite:///{tmp_path}/conveyor.db")
+        r = subprocess.run([sys.executable, "-m", "conveyor.cli", "up", "--app", "tests.api.api_app:app",
+                            "--port", str(port)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [f"conveyor up: error: cannot listen on 127.0.0.1:{port}: "
+                                             "Address already in use"]

@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 
@@ -43,6 +44,18 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
                    help="allow listening beyond loopback without CONVEYOR_API_TOKENS")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs ~10%%)")
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (in use, no such address), or None."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 def check_exposure(host: str, insecure: bool, has_tokens: bool) -> None:
@@ -87,6 +100,10 @@ def up(args: argparse.Namespace) -> int:
 
     app = load(args)  # fail here, once, on a bad --app or URL (exit 2), not in every child
     check_exposure(args.host, args.insecure, bool(tokens_from_env()))
+    problem = port_problem(args.host, args.port)
+    if problem:  # a server child could never start: say so once instead of restarting it forever
+        print(f"conveyor up: error: cannot listen on {args.host}:{args.port}: {problem}", file=sys.stderr)
+        return 1
     spec = app_spec(args)
     assert spec is not None  # load() succeeded
     base = [sys.executable, "-m", "conveyor.cli"]
