@@ -1,23 +1,23 @@
 """Conveyor side by side with its peers, on the same local Redis, in one run.
 
     python3.11 -m venv .bench-venv
-    .bench-venv/bin/pip install -e '.[redis]' 'celery[redis]' 'dramatiq[redis]' rq huey
+    .bench-venv/bin/pip install -e '.[redis]' 'celery[redis]' 'dramatiq[redis]' rq huey taskiq taskiq-redis
     .bench-venv/bin/pip install --no-deps arq   # arq pins redis<6, kombu[redis] needs >=6.4
     .bench-venv/bin/python -m bench.compare [--runs 3] [--jobs 10000] [--samples 200] [--only a,b]
 
-Every framework runs the same no-op: one ``RPUSH <done> <time.time() - t>`` on a pooled
-connection of its worker process (``bench/peers/``), so every one is measured the same way,
-from outside, by the same clock:
+Every framework runs the same no-op (``bench/peers/_record.py``), so every one is measured the
+same way, from outside, by the same clock:
 
 - enqueue single: ``--jobs`` jobs enqueued one call at a time from this process, worker down;
 - drain: then ONE worker process (each framework's own CLI, its concurrency as in the table)
-  is started and drains them; jobs/s = (jobs − 1) / (last − first completion time), so
-  process start-up is not counted;
+  is started and drains them. A drain job only counts itself in the worker's memory (no Redis
+  call of its own); a thread publishes the count and the first and last completion times every
+  10 ms. jobs/s = (jobs − 1) / (last − first completion), so process start-up is not counted;
 - idle start latency: the same worker, idle, gets one job at a time whose argument is its
-  enqueue time; the task pushes the delay. ``--samples`` samples, 20–40 ms apart (arq, which
+  enqueue time; the task RPUSHes the delay. ``--samples`` samples, 20–40 ms apart (arq, which
   polls every 0.5 s, 20–520 ms apart so that samples meet its poll at a random phase).
 
-Each figure is the median over ``--runs`` runs. Peers use Redis dbs 1–5 (FLUSHDB of that db
+Each figure is the median over ``--runs`` runs. Peers use Redis dbs 1–6 (FLUSHDB of that db
 before and after); Conveyor uses db 0 under a prefix of its own, deleted afterwards. Every
 wait is bounded and every worker is started in its own process group and killed with it.
 """
@@ -117,7 +117,7 @@ class Framework:
 
 
 def flush_db(db: int) -> None:
-    assert 1 <= db <= 5, "peers only use dbs 1-5"
+    assert 1 <= db <= 6, "peers only use dbs 1-6"
     redis.Redis.from_url(f"{REDIS}/{db}").flushdb()
 
 
@@ -147,6 +147,29 @@ def arq_framework() -> Framework:
     return fw
 
 
+def taskiq_framework() -> Framework:
+    from bench.peers import taskiq_tasks
+
+    loop = asyncio.new_event_loop()
+
+    async def many(n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await taskiq_tasks.enqueue()
+        return time.perf_counter() - t0
+
+    def prepare(run: int) -> None:
+        flush_db(taskiq_tasks.DB)
+        loop.run_until_complete(taskiq_tasks.open_broker())  # declares the consumer group
+
+    fw = peer("Taskiq", "taskiq", "taskiq_tasks", "RedisStreamBroker, asyncio (100 tasks), ack when executed",
+              "no (no result backend by default)")
+    fw.prepare = prepare
+    fw.enqueue = lambda t: loop.run_until_complete(taskiq_tasks.enqueue(t))
+    fw.enqueue_many = lambda n: loop.run_until_complete(many(n))
+    return fw
+
+
 def conveyor_framework(label: str, task_name: str, worker_args: list[str], worker: str) -> Framework:
     from bench.peers import conveyor_tasks
     from conveyor import Conveyor
@@ -171,7 +194,8 @@ def conveyor_framework(label: str, task_name: str, worker_args: list[str], worke
             await backend.close()
 
         app.portal.call(drop())
-        redis.Redis.from_url(f"{REDIS}/0").delete(f"bench:{state['prefix']}:done")
+        redis.Redis.from_url(f"{REDIS}/0").delete(f"bench:{state['prefix']}:done",
+                                                  f"bench:{state['prefix']}:done:drain")
 
     return Framework(
         label, "conveyor", worker, "yes: status, attempts, timestamps, result per job", 0,
@@ -201,6 +225,7 @@ def frameworks(only: set[str] | None) -> list[Framework]:
         "arq": arq_framework,
         "huey": lambda: peer("Huey", "huey", "huey_tasks", "RedisHuey, 1 process × 8 threads",
                              "no (return values only, when not None)"),
+        "taskiq": taskiq_framework,
     }
     chosen = [k for k in makers if only is None or k in only]
     out = []
@@ -213,21 +238,33 @@ def frameworks(only: set[str] | None) -> list[Framework]:
 
 
 # -- measurements -------------------------------------------------------------------------
-def wait_for(r: redis.Redis, key: str, n: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+def drained(r: redis.Redis, key: str) -> tuple[int, float, float]:
+    """Completions so far over the worker's processes: (count, first, last)."""
+    counts = [value.split() for value in r.hgetall(f"{key}:drain").values()]
+    if not counts:
+        return 0, 0.0, 0.0
+    return (sum(int(c) for c, _, _ in counts), min(float(f) for _, f, _ in counts),
+            max(float(last) for _, _, last in counts))
+
+
+def wait_for(r: redis.Redis, key: str, n: int, proc: subprocess.Popen[bytes], timeout: float) -> float:
+    """Wait until ``n`` drain jobs completed; jobs/s between the first and last completion."""
     deadline = time.monotonic() + timeout
-    while (done := r.llen(key)) < n:
+    while (done := drained(r, key))[0] < n:
         if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with {proc.returncode} after {done} of {n} jobs")
+            raise RuntimeError(f"worker exited with {proc.returncode} after {done[0]} of {n} jobs")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"only {done} of {n} jobs done within {timeout:.0f} s")
-        time.sleep(0.2)
+            raise RuntimeError(f"only {done[0]} of {n} jobs done within {timeout:.0f} s")
+        time.sleep(0.1)
+    count, first, last = done
+    return (count - 1) / (last - first)
 
 
 def one_run(fw: Framework, run: int, jobs: int, samples: int, drain_timeout: float) -> tuple[float, ...]:
     fw.prepare(run)
     r = fw.client()
     key = fw.done_key()
-    r.delete(key)
+    r.delete(key, f"{key}:drain")
     # enqueue single: worker down, one call per job
     if fw.enqueue_many is not None:
         elapsed = fw.enqueue_many(jobs)
@@ -240,10 +277,7 @@ def one_run(fw: Framework, run: int, jobs: int, samples: int, drain_timeout: flo
     proc = start_worker(fw.worker_cmd(), fw.worker_env())
     try:
         # drain
-        wait_for(r, key, jobs, proc, drain_timeout)
-        stamps = [float(x) for x in r.lrange(key, 0, -1)]
-        drain = (len(stamps) - 1) / (max(stamps) - min(stamps))
-        r.delete(key)
+        drain = wait_for(r, key, jobs, proc, drain_timeout)
         # idle start latency (one warm-up sample first)
         latencies = []
         for i in range(samples + 1):
@@ -257,7 +291,7 @@ def one_run(fw: Framework, run: int, jobs: int, samples: int, drain_timeout: flo
                 latencies.append(float(got[1]) * 1000)
     finally:
         stop_worker(proc)
-        r.delete(key)
+        r.delete(key, f"{key}:drain")
         fw.cleanup()
     latencies.sort()
     p50 = statistics.median(latencies)
@@ -287,7 +321,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10000)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--drain-timeout", type=float, default=240.0, help="seconds per drain at most")
-    parser.add_argument("--only", help="comma-separated: conveyor,conveyor-async,celery,dramatiq,rq,arq,huey")
+    parser.add_argument("--only", help="comma-separated: conveyor,conveyor-async,celery,dramatiq,rq,arq,huey,taskiq")
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
