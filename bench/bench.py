@@ -5,7 +5,10 @@
 RabbitMQ: ``--url amqp://guest:guest@127.0.0.1:5672/``; the job store is a fresh SQLite file
 per run, or ``BENCH_STORE_URL`` (a redis:// or postgresql:// base URL).
 
-Each figure is the median of ``--runs`` runs on a fresh store. Drain: ``--jobs`` no-op jobs
+Each figure is the median of ``--runs`` runs on a fresh store. Enqueue: one job per call from
+one thread; one job per call from 64 coroutines at once (as an API server's requests arrive);
+and batches of ``--jobs``. The engine's round trips per second (``ping``, one at a time) are
+printed beside them: no one-job-per-call loop can beat that floor. Drain: ``--jobs`` no-op jobs
 are enqueued first, then one ``conveyor worker`` process drains them; throughput is jobs
 divided by (last finished_at − first started_at) read from the job records, so process
 start-up is not counted. Idle latency: with the worker idle, one job at a time is
@@ -15,6 +18,7 @@ enqueued; latency is its started_at − created_at.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import statistics
@@ -83,20 +87,44 @@ async def drop(app: Conveyor) -> None:
         await backend.drop()
 
 
-def bench_enqueue(url: str, n: int) -> tuple[float, float]:
+async def ping_rate(app: Conveyor, n: int) -> float:
+    """Round trips to the engine per second, one at a time: the floor under one call per job."""
+    backend = await app.backend()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await backend.ping()
+    return n / (time.perf_counter() - t0)
+
+
+async def concurrent_singles(app: Conveyor, n: int, callers: int) -> float:
+    """``callers`` coroutines each enqueue one job per call (as an API server's requests do)."""
+    task = app.tasks["noop"]
+
+    async def caller(count: int) -> None:
+        for _ in range(count):
+            await app.enqueue_async(task)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(caller(n // callers) for _ in range(callers)))
+    return (n // callers) * callers / (time.perf_counter() - t0)
+
+
+def bench_enqueue(url: str, n: int) -> tuple[float, float, float, float]:
     app = client(url)
     task = app.tasks["noop"]
     app.enqueue(task)  # open the connection first
+    ping = app.portal.call(ping_rate(app, 2000))
     t0 = time.perf_counter()
     for _ in range(n // 5):
         app.enqueue(task)
     single = (n // 5) / (time.perf_counter() - t0)
+    concurrent = app.portal.call(concurrent_singles(app, n, 64))
     t0 = time.perf_counter()
     for _ in range(5):
         app.enqueue_many([(task, (), {}, {}) for _ in range(n)])
     batch = 5 * n / (time.perf_counter() - t0)
     app.portal.call(drop(app))
-    return single, batch
+    return ping, single, concurrent, batch
 
 
 def bench_drain(url: str, n: int, worker_args: list[str], processes: int = 1, task_name: str = "noop") -> float:
@@ -160,22 +188,25 @@ def main() -> None:
     parser.add_argument("--task", default="noop", choices=("noop", "anoop"), help="drain a sync or an async no-op")
     args = parser.parse_args()
     worker_args = args.worker_args.split()
-    rows: dict[str, list[float]] = {k: [] for k in ("single", "batch", "drain", "p50", "p99")}
+    keys = ("ping", "single", "concurrent", "batch", "drain", "p50", "p99")
+    rows: dict[str, list[float]] = {k: [] for k in keys}
     for run in range(args.runs):
-        single, batch = bench_enqueue(fresh_url(args.url, run), args.jobs)
+        ping, single, concurrent, batch = bench_enqueue(fresh_url(args.url, run), args.jobs)
         drain = bench_drain(fresh_url(args.url, run + 100), args.jobs, worker_args, args.processes, args.task)
         p50, p99 = bench_latency(fresh_url(args.url, run + 200), args.samples)
-        for key, value in zip(rows, (single, batch, drain, p50, p99), strict=True):
+        for key, value in zip(keys, (ping, single, concurrent, batch, drain, p50, p99), strict=True):
             rows[key].append(value)
-        print(f"run {run + 1}: enqueue single {single:,.0f}/s, batch {batch:,.0f}/s, drain {drain:,.0f} jobs/s, "
+        print(f"run {run + 1}: round trips {ping:,.0f}/s, enqueue single {single:,.0f}/s, "
+              f"single × 64 callers {concurrent:,.0f}/s, batch {batch:,.0f}/s, drain {drain:,.0f} jobs/s, "
               f"idle latency p50 {p50:.2f} ms p99 {p99:.2f} ms", flush=True)
     med = {k: statistics.median(v) for k, v in rows.items()}
     worker = (" ".join(worker_args) or "defaults") + f", task {args.task}"
     print(f"\nmedian of {args.runs} on {args.url.split(':')[0]} ({args.jobs:,} jobs, worker {worker}):")
-    print(f"| enqueue single | enqueue batch | drain ({args.processes} worker process(es)) | idle latency p50 / p99 |")
-    print("|---|---|---|---|")
-    print(f"| {med['single']:,.0f} jobs/s | {med['batch']:,.0f} jobs/s | {med['drain']:,.0f} jobs/s | "
-          f"{med['p50']:.2f} / {med['p99']:.2f} ms |")
+    print(f"| engine round trips (ping) | enqueue single | enqueue single, 64 concurrent callers | enqueue batch "
+          f"| drain ({args.processes} worker process(es)) | idle latency p50 / p99 |")
+    print("|---|---|---|---|---|---|")
+    print(f"| {med['ping']:,.0f}/s | {med['single']:,.0f} jobs/s | {med['concurrent']:,.0f} jobs/s "
+          f"| {med['batch']:,.0f} jobs/s | {med['drain']:,.0f} jobs/s | {med['p50']:.2f} / {med['p99']:.2f} ms |")
 
 
 if __name__ == "__main__":
