@@ -26,11 +26,11 @@ is single-slot. Queue names never contain ``/``, so ``{P}:q/<Q>/`` is an unambig
 ``{P}:q/Q/s:<status>``      zset    the queue's jobs in one status (lex index; ZCARD = count)
 ``{P}:q/Q/c:<id>``          set     waiting children of job ``<id>``
 ``{P}:q/Q/cfg``             hash    queue settings
-``{P}:q/Q/wake``            list    wake-up tokens; idle workers BLPOP on them
+``{P}:q/Q/wake``            list    wake-up tokens; idle workers BLPOP on them (trimmed back
+                                    to 64 once longer than 96)
 ``{P}:jq``                  hash    job id → queue (the directory every by-id script reads)
 ``{P}:queues``              set     known queue names
-``{P}:i``, ``{P}:s:<st>``,  zset    lex indexes of every job, per status, per task (listing)
-``{P}:t:<task>``
+``{P}:t:<task>``            zset    every job of the task (score 0, lex order; listing)
 ``{P}:idem``                hash    idempotency key → job id (deleted with the job)
 ``{P}:wh`` / ``{P}:wha``    zset /  webhook outbox by next attempt (ms) / attempts made
                             hash
@@ -39,6 +39,10 @@ is single-slot. Queue names never contain ``/``, so ``{P}:q/<Q>/`` is an unambig
 ``{P}:lr:<key>``            set     running job ids of limit key ``<key>`` (concurrency limit)
 ``{P}:ls:<key>``            zset    starts of limit key ``<key>`` within its rate window (ms)
 ==========================  ======  ==========================================================
+
+There is no app-wide index of every job or of a status: listing all jobs, or one status, merges
+the per-queue indexes (``{P}:q/Q/i``, ``{P}:q/Q/s:<st>``) of the known queues, newest first, so a
+status change is one index write, not two, and an enqueue writes two id indexes, not three.
 
 Every state change is one Lua script (``lua/*.lua``, with ``lua/_common.lua`` prepended), loaded
 once per connection lifetime and called by EVALSHA with KEYS[1] = ``{P}:jq``, which routes the
@@ -146,15 +150,17 @@ def _hash(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(it, it, strict=True))
 
 
-def _record_fields(job: Job, created: float) -> list[str]:
+def _record_fields(job: Job, created: str) -> list[str]:
     """The stored fields of a new job (status and revision are set by the script)."""
     try:
         out = ["id", job.id, "task", job.task, "queue", job.queue,
-               "args", dumps(list(job.args)), "kwargs", dumps(dict(job.kwargs)),
+               "args", dumps(list(job.args)) if job.args else "[]",
+               "kwargs", dumps(dict(job.kwargs)) if job.kwargs else "{}",
                "priority", str(int(job.priority)), "attempt", str(job.attempt),
-               "max_retries", str(job.max_retries), "depends_on", dumps(list(job.depends_on)),
-               "metadata", dumps(dict(job.metadata)), "created_at", _f(created),
-               "updated_at", _f(job.updated_at or created), "deliveries", str(job.deliveries),
+               "max_retries", str(job.max_retries),
+               "depends_on", dumps(list(job.depends_on)) if job.depends_on else "[]",
+               "metadata", dumps(dict(job.metadata)) if job.metadata else "{}", "created_at", created,
+               "updated_at", _f(job.updated_at) if job.updated_at else created, "deliveries", str(job.deliveries),
                "cancel_requested", "1" if job.cancel_requested else "0"]
         for name in ("progress", "result", "error"):
             value = getattr(job, name)
@@ -197,7 +203,7 @@ class _Submission:
     """One caller's enqueue, possibly coalesced with others into one script call."""
 
     jobs: Sequence[Job]
-    payload: list[list[Any]]
+    payload: list[str]  #: the jobs' flat ARGV strings (see enqueue.lua)
     now: float
     future: asyncio.Future[list[tuple[Job, bool]]] | None = None
 
@@ -382,26 +388,29 @@ class RedisBackend(Backend):
                 self._enqueue_busy = False
 
     @staticmethod
-    def _payload(jobs: Sequence[Job], now: float) -> list[list[Any]]:
-        payload = []
+    def _payload(jobs: Sequence[Job], now: float) -> list[str]:
+        payload: list[str] = []
         for job in jobs:
-            created = job.created_at or now
+            created = _f(job.created_at or now)
             scheduled = job.scheduled_at is not None and (job.status == Status.SCHEDULED or
-                                                           job.scheduled_at > created)
-            payload.append([job.id, job.queue, job.task, str(int(job.priority)), "1" if scheduled else "0",
-                            job.idempotency_key or "", list(job.depends_on), _record_fields(job, created)])
+                                                           job.scheduled_at > (job.created_at or now))
+            fields = _record_fields(job, created)
+            payload += [job.id, job.queue, job.task, str(int(job.priority)), created,
+                        _f(job.scheduled_at) if scheduled else "", job.idempotency_key or "",  # type: ignore[arg-type]
+                        str(len(job.depends_on)), *job.depends_on, str(len(fields)), *fields]
         return payload
 
-    async def _enqueue_script(self, payload: list[list[Any]], now: float) -> Any:
-        return json.loads(await self._run("enqueue", _f(now), dumps(payload)))
+    async def _enqueue_script(self, count: int, payload: list[str], now: float) -> list[Any]:
+        reply: list[Any] = await self._run("enqueue", _f(now), str(count), *payload)
+        return reply
 
     async def _enqueue_one(self, sub: _Submission) -> list[tuple[Job, bool]]:
-        reply = await self._enqueue_script(sub.payload, sub.now)
-        if "unknown_parent" in reply:
-            _j, i, parent = reply["unknown_parent"]
+        reply = await self._enqueue_script(len(sub.jobs), sub.payload, sub.now)
+        if reply and reply[0] == "!":
+            _j, i, parent = reply[1:]
             raise ValidationError(f"depends_on[{i}]: no job has the id {parent}",
                                   [{"pointer": f"#/depends_on/{i}", "detail": f"unknown job {parent}"}])
-        return self._stored(sub, reply["ok"])
+        return self._stored(sub, reply)
 
     async def _enqueue_coalesced(self) -> None:
         try:
@@ -414,12 +423,11 @@ class RedisBackend(Backend):
                     size += len(sub.jobs)
                 try:
                     payload = [item for sub in batch for item in sub.payload]
-                    reply = await self._enqueue_script(payload, max(sub.now for sub in batch))
-                    if "unknown_parent" in reply:  # someone's mistake: run each caller alone
+                    items = await self._enqueue_script(size, payload, max(sub.now for sub in batch))
+                    if items and items[0] == "!":  # someone's mistake: run each caller alone
                         for sub in batch:
                             _settle(sub, self._enqueue_one(sub))
                         continue
-                    items = reply["ok"]
                     for sub in batch:
                         mine, items = items[:len(sub.jobs)], items[len(sub.jobs):]
                         if sub.future is not None and not sub.future.done():
@@ -432,19 +440,23 @@ class RedisBackend(Backend):
             self._enqueue_busy = False
 
     @staticmethod
-    def _stored(sub: _Submission, items: list[Any]) -> list[tuple[Job, bool]]:
+    def _stored(sub: _Submission, items: list[str]) -> list[tuple[Job, bool]]:
         out: list[tuple[Job, bool]] = []
         for job, item in zip(sub.jobs, items, strict=True):
-            if item[0] == 0:
-                out.append((job_from_hash(item[1]), False))
+            if item[0] == "=":  # an existing job: its record
+                out.append((job_from_hash(json.loads(item[1:])), False))
                 continue
-            status = Status(item[1])
             created = job.created_at or sub.now
-            changes: dict[str, Any] = {"status": status, "revision": 1, "created_at": created,
-                                       "updated_at": job.updated_at or created}
-            if status == Status.CANCELLED:
-                changes.update(error=loads(item[2]), finished_at=sub.now, updated_at=sub.now)
-            out.append((job.replace(**changes), True))
+            updated = job.updated_at or created
+            if item[0] == "{":  # created cancelled (a parent failed): the error
+                out.append((job.replace(status=Status.CANCELLED, revision=1, created_at=created,
+                                        error=loads(item), finished_at=sub.now, updated_at=sub.now), True))
+            elif job.status == item and job.revision == 1 and job.created_at == created \
+                    and job.updated_at == updated:
+                out.append((job, True))  # already as stored
+            else:
+                out.append((job.replace(status=Status(item), revision=1, created_at=created, updated_at=updated),
+                            True))
         return out
 
     # -- leasing ------------------------------------------------------------------------
@@ -472,16 +484,15 @@ class RedisBackend(Backend):
     async def finish(self, outcomes: Sequence[Outcome], now: float) -> list[bool]:
         if not outcomes:
             return []
-        payload = []
+        args: list[str] = [_f(now)]
         for o in outcomes:
             if o.status not in _OUTCOMES:
                 raise ValueError(f"an outcome cannot set status {o.status}")
-            result = dumps(o.result) if o.status == Status.SUCCEEDED else ""
-            payload.append([o.job_id, o.token, str(o.status), result,
-                            dumps(dict(o.error)) if o.error is not None else "",
-                            _f(o.scheduled_at) if o.scheduled_at is not None else "",
-                            str(o.attempt) if o.attempt is not None else "", "1" if o.uncount_delivery else "0"])
-        reply: str = await self._run("finish", _f(now), dumps(payload))
+            args += [o.job_id, o.token, o.status, dumps(o.result) if o.status == Status.SUCCEEDED else "",
+                     dumps(dict(o.error)) if o.error is not None else "",
+                     _f(o.scheduled_at) if o.scheduled_at is not None else "",
+                     str(o.attempt) if o.attempt is not None else "", "1" if o.uncount_delivery else "0"]
+        reply: str = await self._run("finish", *args)
         return [c == "1" for c in reply]
 
     async def set_progress(self, job_id: str, token: str, progress: Mapping[str, Any], now: float) -> bool:

@@ -16,10 +16,10 @@ keys are {P}:<name>:
   {P}:q/Q/s:<st>    zset   jobs of Q in <st>, score 0 (lex index and count)
   {P}:q/Q/c:<id>    set    waiting children of job <id>
   {P}:q/Q/cfg       hash   queue settings
-  {P}:q/Q/wake      list   wake-up tokens for BLPOP
+  {P}:q/Q/wake      list   wake-up tokens for BLPOP (trimmed to 64 once longer than 96)
   {P}:jq            hash   job id -> queue name
   {P}:queues        set    known queue names
-  {P}:i, {P}:s:<status>, {P}:t:<task>   zset   lex indexes of every job / by status / by task
+  {P}:t:<task>      zset   every job of <task>, score 0 (lex index)
   {P}:idem          hash   idempotency key -> job id
   {P}:wh            zset   webhook outbox, score = next attempt ms;  {P}:wha hash id -> attempts
   {P}:workers       hash   worker id -> JSON;  {P}:wseen zset worker id by last heartbeat
@@ -28,7 +28,10 @@ keys are {P}:<name>:
   {P}:ls:<key>      zset   starts of limit key <key> in its rate window (a sliding log: score = start
                            ms, member = '<id>:<ms>'; pruned by claim, expires once the window passed)
 Job records also hold limit_key, concurrency_limit, rate_count, rate_per (the job's limits) and
-attempts (the timeline: a JSON array of the last 50 deliveries, see start_attempt/end_attempt).
+attempts (the timeline: a JSON array of the last 50 deliveries, see attempt_started/attempt_ended).
+There is no app-wide index of all jobs or of a status: a listing of every job, or of one status,
+merges the per-queue indexes ({P}:q/Q/i, {P}:q/Q/s:<st>) of the queues in {P}:queues (see
+list.lua), so a job costs one index write per status change, not two.
 Times are epoch seconds in ARGV and in records (formatted %.17g), milliseconds in scores.
 The Python side prepends DEF_* constants (QueueSettings defaults) before this file.
 ]]
@@ -55,22 +58,19 @@ local function cfg(q)
   return c
 end
 
--- move id between the status indexes (old may be nil for a new job)
+-- move id between its queue's status indexes (old may be nil for a new job)
 local function set_status(q, id, old, new)
-  if old then
-    redis.call('ZREM', gk('s:' .. old), id)
-    redis.call('ZREM', qk(q, 's:' .. old), id)
-  end
-  redis.call('ZADD', gk('s:' .. new), 0, id)
+  if old then redis.call('ZREM', qk(q, 's:' .. old), id) end
   redis.call('ZADD', qk(q, 's:' .. new), 0, id)
 end
 
 local WAKE = {}
 local function wake(q, n) WAKE[q] = (WAKE[q] or 0) + n end
 
--- a job leaves 'running': its limit key's slot is free again (and a waiting worker may use it)
-local function limit_release(q, id, key)
-  local lk = redis.call('HGET', key, 'limit_key')
+-- a job leaves 'running': its limit key's slot is free again (and a waiting worker may use it).
+-- lk: the job's limit_key when the caller read it already (false = none), nil = read it here.
+local function limit_release(q, id, key, lk)
+  if lk == nil then lk = redis.call('HGET', key, 'limit_key') end
   if lk and redis.call('SREM', gk('lr:' .. lk), id) == 1 then wake(q, 1) end
 end
 
@@ -89,38 +89,51 @@ local function attempts_json(list)
   return '[' .. table.concat(parts, ',') .. ']'
 end
 
-local function start_attempt(key, attempt, worker, now)
-  local raw = redis.call('HGET', key, 'attempts')
+-- the timeline raw (stored JSON or nil/false) with a new running entry, as JSON
+local function attempt_started(raw, attempt, worker, now)
   local list = {}
   if raw and raw ~= '[]' then list = cjson.decode(raw) end
   list[#list + 1] = { attempt = tonumber(attempt) or 1, worker_id = worker, started_at = now, status = 'running' }
   while #list > 50 do table.remove(list, 1) end
-  redis.call('HSET', key, 'attempts', attempts_json(list))
+  return attempts_json(list)
 end
 
--- close the running entry: label (succeeded, retrying, lost, ...), err a JSON error or nil
-local function end_attempt(key, now, label, err)
-  local raw = redis.call('HGET', key, 'attempts')
-  if not raw or raw == '[]' then return end
+-- the timeline raw with its running entry closed: label (succeeded, retrying, lost, ...), err a
+-- JSON error or nil/''; nil when there is no running entry (nothing to write)
+local function attempt_ended(raw, now, label, err)
+  if not raw or raw == '[]' then return nil end
   local list = cjson.decode(raw)
   local last = list[#list]
-  if last.status ~= 'running' then return end
+  if last.status ~= 'running' then return nil end
   last.finished_at = now
   last.status = label
   if err and err ~= '' then
     local e = cjson.decode(err)
     last.error = { type = nn(e.type), message = nn(e.message) }
   end
-  redis.call('HSET', key, 'attempts', attempts_json(list))
+  return attempts_json(list)
 end
+
+local function end_attempt(key, now, label, err)
+  local json = attempt_ended(redis.call('HGET', key, 'attempts'), now, label, err)
+  if json then redis.call('HSET', key, 'attempts', json) end
+end
+
+-- push the wake-up tokens owed (at most 64 per queue); the list is trimmed back to 64 tokens only
+-- once it grew past 96, so a push is one call, not two, while no worker drains the tokens
 local function flush_wake()
   for q, n in pairs(WAKE) do
     if n > 64 then n = 64 end
-    local toks = {}
-    for i = 1, n do toks[i] = '1' end
     local k = qk(q, 'wake')
-    redis.call('LPUSH', k, unpack(toks))
-    redis.call('LTRIM', k, 0, 63)
+    local len
+    if n == 1 then
+      len = redis.call('LPUSH', k, '1')
+    else
+      local toks = {}
+      for i = 1, n do toks[i] = '1' end
+      len = redis.call('LPUSH', k, unpack(toks))
+    end
+    if len > 96 then redis.call('LTRIM', k, 0, 63) end
   end
   WAKE = {}
 end
@@ -161,16 +174,16 @@ local PROP = {}
 
 local FROM = { queued = 'ready', scheduled = 'sched', retrying = 'sched', running = 'lease' }
 
-local function make_terminal(q, id, key, old, new, now, err)
-  if old == 'running' then limit_release(q, id, key) end
-  local v = redis.call('HMGET', key, 'revision', 'webhook', '_hc', 'lease_token')
-  local rev = (tonumber(v[1]) or 0) + 1
-  if err then
-    redis.call('HSET', key, 'status', new, 'finished_at', fmt(now), 'updated_at', fmt(now), 'revision', rev,
-      'error', err)
-  else
-    redis.call('HSET', key, 'status', new, 'finished_at', fmt(now), 'updated_at', fmt(now), 'revision', rev)
-  end
+-- pre: what the caller read of the record already: { revision, webhook, _hc, lease_token,
+-- limit_key } (HMGET values, false = missing), nil = read here. extra: more field/value pairs for
+-- the record's HSET, nil = none.
+local function make_terminal(q, id, key, old, new, now, err, pre, extra)
+  local v = pre or redis.call('HMGET', key, 'revision', 'webhook', '_hc', 'lease_token', 'limit_key')
+  if old == 'running' then limit_release(q, id, key, v[5]) end
+  local f = { 'status', new, 'finished_at', fmt(now), 'updated_at', fmt(now), 'revision', (tonumber(v[1]) or 0) + 1 }
+  if err then f[#f + 1] = 'error'; f[#f + 1] = err end
+  if extra then for _, x in ipairs(extra) do f[#f + 1] = x end end
+  redis.call('HSET', key, unpack(f))
   if v[4] then redis.call('HDEL', key, 'lease_token', 'lease_expires_at') end
   if FROM[old] then redis.call('ZREM', qk(q, FROM[old]), id) end
   redis.call('ZADD', qk(q, 'done'), ims(ms(now)), id)
@@ -222,13 +235,9 @@ end
 -- delete a job record and every index entry of it
 local function delete_job(q, id, key)
   local v = redis.call('HMGET', key, 'status', 'task', 'idempotency_key')
-  if v[1] then
-    redis.call('ZREM', gk('s:' .. v[1]), id)
-    redis.call('ZREM', qk(q, 's:' .. v[1]), id)
-  end
+  if v[1] then redis.call('ZREM', qk(q, 's:' .. v[1]), id) end
   if v[2] then redis.call('ZREM', gk('t:' .. v[2]), id) end
   if v[3] and redis.call('HGET', gk('idem'), v[3]) == id then redis.call('HDEL', gk('idem'), v[3]) end
-  redis.call('ZREM', gk('i'), id)
   redis.call('ZREM', qk(q, 'i'), id)
   redis.call('ZREM', qk(q, 'ready'), id)
   redis.call('ZREM', qk(q, 'sched'), id)

@@ -3,7 +3,7 @@
 KEYS: [1] {P}:jq (routes the call to the slot of {P}; the other keys are built from P and
   share that hash tag, see _common.lua).
 ARGV: [1] prefix P, [2] now, [3] job id.
-Touches: {P}:jq (read), {P}:q/Q/j:<id>, {P}:q/Q/ready|sched|done|s:*|c:<id>, {P}:s:*, {P}:wh,
+Touches: {P}:jq (read), {P}:q/Q/j:<id>, {P}:q/Q/ready|sched|done|s:*|c:<id>, {P}:wh,
   and the records of dependents (cancelled transitively).
 Returns: the job record as JSON after the change, or '' when the id is unknown.
 ]]

@@ -4,8 +4,8 @@ KEYS: [1] {P}:jq (routes the call to the slot of {P}; the other keys are built f
   share that hash tag, see _common.lua).
 ARGV: [1] prefix P, [2] now, [3] limit, [4] worker id, [5] token base (random), [6..] queue names.
 Touches per queue Q: {P}:q/Q/cfg (read), {P}:q/Q/sched -> {P}:q/Q/ready (due jobs promoted first),
-  {P}:q/Q/ready -> {P}:q/Q/lease, {P}:q/Q/j:<id>, {P}:q/Q/s:*, {P}:s:*; ready jobs past the retention are
-  expired instead ({P}:q/Q/done, {P}:wh, dependents cancelled).
+  {P}:q/Q/ready -> {P}:q/Q/lease, {P}:q/Q/j:<id>, {P}:q/Q/s:queued -> {P}:q/Q/s:running; ready jobs
+  past the retention are expired instead ({P}:q/Q/done|s:*, {P}:wh, dependents cancelled).
 Global limits: a job with a limit_key is leased only while {P}:lr:<key> (running ids) has fewer
   than concurrency_limit members and {P}:ls:<key> (starts within the last rate_per seconds) fewer
   than rate_count; otherwise it stays in {P}:q/Q/ready and the scan goes on past it (at most
@@ -74,49 +74,67 @@ for _ = 1, 20 do
     end)
   end
   local again = false
+  local taken = {}  -- queue -> ids leased in this round; their index moves are written per queue
   for i = 1, math.min(want, #cands) do
     local id, q = cands[i][2], cands[i][3]
     local key = jkey(q, id)
     local c = cfg(q)
     budget = budget - 1
-    local v = redis.call('HMGET', key, 'status', '_ra', 'deliveries', 'revision', 'limit_key',
-      'concurrency_limit', 'rate_count', 'rate_per', 'attempt')
-    local lk = v[5]
-    if v[1] ~= 'queued' then
+    local h = hobj(key) or {}  -- the whole record: checked, updated in place and returned
+    local lk = h.limit_key
+    if h.status ~= 'queued' then
       redis.call('ZREM', qk(q, 'ready'), id)  -- stale index entry; drop it
       again = true
-    elseif (tonumber(v[2]) or now) + c.retention < now then
+    elseif (tonumber(h._ra) or now) + c.retention < now then
       redis.call('ZREM', qk(q, 'ready'), id)
-      make_terminal(q, id, key, 'queued', 'expired', now, nil)
+      make_terminal(q, id, key, 'queued', 'expired', now, nil,
+        { h.revision or false, h.webhook or false, h._hc or false, h.lease_token or false, lk or false })
       again = true
-    elseif lk and not admit(lk, tonumber(v[6]), tonumber(v[7]), tonumber(v[8])) then
+    elseif lk and not admit(lk, tonumber(h.concurrency_limit), tonumber(h.rate_count), tonumber(h.rate_per)) then
       skipped[q] = (skipped[q] or 0) + 1  -- stays queued, in place; look past it
       again = true
     else
-      redis.call('ZREM', qk(q, 'ready'), id)
       serial = serial + 1
-      local token = base .. '.' .. serial
       local exp = now + c.vt
-      redis.call('HSET', key, 'status', 'running', 'lease_token', token, 'lease_expires_at', fmt(exp),
-        'started_at', fmt(now), 'worker_id', worker, 'updated_at', fmt(now),
-        'deliveries', (tonumber(v[3]) or 0) + 1, 'revision', (tonumber(v[4]) or 0) + 1)
-      redis.call('ZADD', qk(q, 'lease'), ims(ms(exp)), id)
-      set_status(q, id, 'queued', 'running')
+      h.status, h.lease_token, h.lease_expires_at = 'running', base .. '.' .. serial, fmt(exp)
+      h.started_at, h.worker_id, h.updated_at = fmt(now), worker, fmt(now)
+      h.deliveries = ims((tonumber(h.deliveries) or 0) + 1)
+      h.revision = ims((tonumber(h.revision) or 0) + 1)
+      h.attempts = attempt_started(h.attempts, h.attempt, worker, now)
+      redis.call('HSET', key, 'status', 'running', 'lease_token', h.lease_token, 'lease_expires_at',
+        h.lease_expires_at, 'started_at', h.started_at, 'worker_id', worker, 'updated_at', h.updated_at,
+        'deliveries', h.deliveries, 'revision', h.revision, 'attempts', h.attempts)
+      local t = taken[q]
+      if not t then
+        t = { ids = {}, lease = {} }
+        taken[q] = t
+      end
+      t.ids[#t.ids + 1] = id
+      t.lease[#t.lease + 1] = ims(ms(exp))
+      t.lease[#t.lease + 1] = id
       if lk then
         redis.call('SADD', gk('lr:' .. lk), id)
-        local rp = tonumber(v[8])
-        if v[7] and rp then
+        local rp = tonumber(h.rate_per)
+        if h.rate_count and rp then
           local sk = gk('ls:' .. lk)
           redis.call('ZADD', sk, ims(ms(now)), id .. ':' .. ims(ms(now)))
           redis.call('PEXPIRE', sk, ims(rp * 1000 + 1000))
         end
       end
-      start_attempt(key, v[9], worker, now)
-      out[#out + 1] = hobj(key)
+      out[#out + 1] = h
     end
+  end
+  -- ready -> lease and s:queued -> s:running, one call per index and queue
+  for q, t in pairs(taken) do
+    local zs = {}
+    for n, id in ipairs(t.ids) do zs[2 * n - 1] = 0; zs[2 * n] = id end
+    redis.call('ZREM', qk(q, 'ready'), unpack(t.ids))
+    redis.call('ZADD', qk(q, 'lease'), unpack(t.lease))
+    redis.call('ZREM', qk(q, 's:queued'), unpack(t.ids))
+    redis.call('ZADD', qk(q, 's:running'), unpack(zs))
   end
   if not again then break end
 end
-propagate(now)
-flush_wake()
+if PROP[1] then propagate(now) end
+if next(WAKE) then flush_wake() end
 return { jlist(out), retry_at and fmt(retry_at) or '' }

@@ -2,53 +2,76 @@
 
 KEYS: [1] {P}:jq (routes the call to the slot of {P}; the other keys are built from P and
   share that hash tag, see _common.lua).
-ARGV: [1] prefix P, [2] now, [3] JSON list of jobs, each
-      [id, queue, task, priority, scheduled ('1' = not before scheduled_at), idempotency key ('' = none),
-       depends_on (list of ids), flat list of record field/value strings (without status/revision,
-       which are set here)].
-Touches: {P}:q/Q/j:<id>, {P}:q/Q/ready|sched|done|i|s:*|c:<parent>|wake, {P}:jq|queues|i|s:*|t:<task>|idem|wh.
-Returns JSON: {"ok": per job [1, status, error JSON or ''] or, for an existing job, [0, record]}
-         or {"unknown_parent": [job index, parent index (0-based), parent id]} with no write.
+ARGV: [1] prefix P, [2] now, [3] number of jobs, then per job, flat:
+      id, queue, task, priority, created_at, scheduled_at ('' = not held until a time), idempotency
+      key ('' = none), number of parents n, n parent ids (depends_on), number of record strings m,
+      m record field/value strings (without status/revision, which are set here).
+Touches: {P}:q/Q/j:<id>, {P}:q/Q/ready|sched|done|i|s:*|c:<parent>|wake, {P}:jq|queues|t:<task>|idem|wh.
+Returns: per job one string: for a new job its status ('queued', 'scheduled', 'waiting'), or the
+         DependencyFailed error JSON (starts with '{') when it was created cancelled; for an existing
+         job (same id or idempotency key) '=' followed by its record as JSON.
+         Or {'!', job index, parent index (0-based), parent id} for an unknown parent, with no write.
 ]]
 local now = tonumber(ARGV[2])
-local input = cjson.decode(ARGV[3])
 local IDEM = gk('idem')
 
--- pass 1: parse, and validate parents of the jobs that will be created (no writes yet)
+-- parse (ARGV ranges, no copies of the record strings)
 local jobs = {}
-local seen_keys, seen_ids = {}, {}
-for j, a in ipairs(input) do
-  local job = { id = a[1], q = a[2], task = a[3], prio = tonumber(a[4]), sched = a[5] == '1', key = a[6],
-                deps = a[7], fields = a[8] }
-  local existing = nil
-  if job.key ~= '' then existing = seen_keys[job.key] or redis.call('HGET', IDEM, job.key) end
-  if not existing and (seen_ids[job.id] or redis.call('HEXISTS', JQ, job.id) == 1) then existing = job.id end
-  job.existing = existing
-  if not existing then
-    for i, parent in ipairs(job.deps) do
-      if not seen_ids[parent] and redis.call('HEXISTS', JQ, parent) == 0 then
-        return cjson.encode({ unknown_parent = { j - 1, i - 1, parent } })
-      end
-    end
-    seen_ids[job.id] = true
-    if job.key ~= '' then seen_keys[job.key] = job.id end
-  end
-  jobs[j] = job
+local with_deps = false
+local i = 4
+for j = 1, tonumber(ARGV[3]) do
+  local nd = tonumber(ARGV[i + 7])
+  local nf = tonumber(ARGV[i + 8 + nd])
+  local deps = {}
+  for d = 1, nd do deps[d] = ARGV[i + 7 + d] end
+  if nd > 0 then with_deps = true end
+  jobs[j] = { id = ARGV[i], q = ARGV[i + 1], task = ARGV[i + 2], prio = tonumber(ARGV[i + 3]),
+              created = ARGV[i + 4], sched = ARGV[i + 5], key = ARGV[i + 6], deps = deps,
+              f0 = i + 9 + nd, f1 = i + 8 + nd + nf }
+  i = i + 9 + nd + nf
 end
 
--- pass 2: write
+-- Without dependencies nothing can fail, so a job's existence is tested by the directory write
+-- itself (HSETNX). With dependencies, a first pass finds the existing jobs and validates the
+-- parents of the others before anything is written.
+local seen_keys, seen_ids = {}, {}
+if with_deps then
+  for j, job in ipairs(jobs) do
+    local existing = nil
+    if job.key ~= '' then existing = seen_keys[job.key] or redis.call('HGET', IDEM, job.key) end
+    if not existing and (seen_ids[job.id] or redis.call('HEXISTS', JQ, job.id) == 1) then existing = job.id end
+    job.existing = existing
+    if not existing then
+      for d, parent in ipairs(job.deps) do
+        if not seen_ids[parent] and redis.call('HEXISTS', JQ, parent) == 0 then
+          return { '!', j - 1, d - 1, parent }
+        end
+      end
+      seen_ids[job.id] = true
+      if job.key ~= '' then seen_keys[job.key] = job.id end
+    end
+  end
+end
+
 local out = {}
+local known_q = {}
 for j, job in ipairs(jobs) do
-  if job.existing then
-    local q = redis.call('HGET', JQ, job.existing)
-    out[j] = { 0, hobj(jkey(q, job.existing)) }
+  local q, id = job.q, job.id
+  local existing = job.existing
+  if with_deps then
+    if not existing then redis.call('HSET', JQ, id, q) end
   else
-    local q, id = job.q, job.id
+    if job.key ~= '' then existing = redis.call('HGET', IDEM, job.key) end
+    if not existing and redis.call('HSETNX', JQ, id, q) == 0 then existing = id end
+  end
+  if existing then
+    out[j] = '=' .. cjson.encode(hobj(jkey(redis.call('HGET', JQ, existing), existing)))
+  else
     local key = jkey(q, id)
-    redis.call('HSET', key, 'revision', 1, unpack(job.fields))
-    redis.call('HSET', JQ, id, q)
-    redis.call('SADD', gk('queues'), q)
-    redis.call('ZADD', gk('i'), 0, id)
+    if not known_q[q] then
+      redis.call('SADD', gk('queues'), q)
+      known_q[q] = true
+    end
     redis.call('ZADD', qk(q, 'i'), 0, id)
     redis.call('ZADD', gk('t:' .. job.task), 0, id)
     if job.key ~= '' then redis.call('HSET', IDEM, job.key, id) end
@@ -65,41 +88,37 @@ for j, job in ipairs(jobs) do
         redis.call('HSET', jkey(pq, parent), '_hc', '1')
       end
     end
-    local status, err = nil, ''
     if failed_parent then
       for _, parent in ipairs(job.deps) do
         local pq = redis.call('HGET', JQ, parent)
         redis.call('SREM', qk(pq, 'c:' .. parent), id)
       end
-      err = cjson.encode({ type = 'DependencyFailed',
-                           message = 'parent ' .. failed_parent .. ' ended ' .. failed_status })
-      redis.call('HSET', key, 'status', 'waiting')
+      local err = cjson.encode({ type = 'DependencyFailed',
+                                 message = 'parent ' .. failed_parent .. ' ended ' .. failed_status })
+      redis.call('HSET', key, 'revision', 0, 'status', 'waiting', unpack(ARGV, job.f0, job.f1))
       set_status(q, id, nil, 'waiting')
-      make_terminal(q, id, key, 'waiting', 'cancelled', now, err)
-      redis.call('HSET', key, 'revision', 1)
-      status = 'cancelled'
+      make_terminal(q, id, key, 'waiting', 'cancelled', now, err)  -- revision 0 + 1
+      out[j] = err
     elseif pending > 0 then
-      redis.call('HSET', key, 'status', 'waiting', '_np', pending)
+      redis.call('HSET', key, 'revision', 1, 'status', 'waiting', '_np', pending, unpack(ARGV, job.f0, job.f1))
       set_status(q, id, nil, 'waiting')
-      status = 'waiting'
-    elseif job.sched then
-      local at = tonumber(redis.call('HGET', key, 'scheduled_at')) or now
-      redis.call('HSET', key, 'status', 'scheduled')
-      redis.call('ZADD', qk(q, 'sched'), ims(ms(at)), id)
+      out[j] = 'waiting'
+    elseif job.sched ~= '' then
+      redis.call('HSET', key, 'revision', 1, 'status', 'scheduled', unpack(ARGV, job.f0, job.f1))
+      redis.call('ZADD', qk(q, 'sched'), ims(ms(tonumber(job.sched))), id)
       set_status(q, id, nil, 'scheduled')
-      status = 'scheduled'
+      out[j] = 'scheduled'
     else
-      local ra = tonumber(redis.call('HGET', key, 'created_at')) or now
-      local ord = ms(ra)
-      redis.call('HSET', key, 'status', 'queued', '_ra', fmt(ra), '_ord', ims(ord))
+      local ord = ms(tonumber(job.created))
+      redis.call('HSET', key, 'revision', 1, 'status', 'queued', '_ra', job.created, '_ord', ims(ord),
+        unpack(ARGV, job.f0, job.f1))
       redis.call('ZADD', qk(q, 'ready'), ims((9 - job.prio) * 1e13 + ord), id)
       set_status(q, id, nil, 'queued')
       wake(q, 1)
-      status = 'queued'
+      out[j] = 'queued'
     end
-    out[j] = { 1, status, err }
   end
 end
-propagate(now)
-flush_wake()
-return cjson.encode({ ok = out })
+if PROP[1] then propagate(now) end
+if next(WAKE) then flush_wake() end
+return out

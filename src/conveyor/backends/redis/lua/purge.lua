@@ -4,7 +4,7 @@ KEYS: [1] {P}:jq (routes the call to the slot of {P}; the other keys are built f
   share that hash tag, see _common.lua).
 ARGV: [1] prefix P, [2] now, [3] queue, [4] limit.
 Touches: {P}:q/Q/s:queued|scheduled|retrying (read), {P}:q/Q/j:<id>, {P}:q/Q/ready|sched|done|s:*|c:<id>,
-  {P}:s:*, {P}:wh, and the records of dependents (cancelled transitively).
+  {P}:wh, and the records of dependents (cancelled transitively).
 Returns: how many jobs were cancelled (at most limit; call again while it returns limit).
 ]]
 local now = tonumber(ARGV[2])

@@ -4,7 +4,7 @@ KEYS: [1] {P}:jq (routes the call to the slot of {P}; the other keys are built f
   share that hash tag, see _common.lua).
 ARGV: [1] prefix P, [2] now, [3] queue ('' = any), [4] statuses (comma list), [5] limit,
   [6..] job ids (none = scan {P}:q/Q/s:<status> of the queue, or of every queue when [3] is '').
-Touches: {P}:jq|queues (read), {P}:q/Q/j:<id>, {P}:q/Q/s:*|done|ready|sched|lease|wake, {P}:s:*, {P}:wh|wha.
+Touches: {P}:jq|queues (read), {P}:q/Q/j:<id>, {P}:q/Q/s:*|done|ready|sched|lease|wake, {P}:wh|wha.
 Returns: a JSON list of the requeued job records (at most `limit` when scanning).
 ]]
 local now = tonumber(ARGV[2])

@@ -6,7 +6,7 @@ ARGV: [1] prefix P, [2] now, [3] limit (per category), [4] worker TTL seconds.
 Touches: {P}:queues (read); per queue {P}:q/Q/lease (expired leases -> queued, or failed with
   DeliveryLimitExceeded once deliveries >= max_deliveries), {P}:q/Q/ready|sched (jobs ready longer
   than the retention -> expired), {P}:q/Q/done (records finished before now - result_ttl are
-  deleted with every index entry), {P}:q/Q/j:<id>|s:*|i|c:*|wake; {P}:s:*|i|t:*|jq|idem|wh|wha;
+  deleted with every index entry), {P}:q/Q/j:<id>|s:*|i|c:*|wake; {P}:t:*|jq|idem|wh|wha;
   {P}:wseen and {P}:workers (workers silent for longer than the TTL are dropped).
   Each lost lease closes its timeline entry as 'lost' and frees its limit key's slot; a lost lease
   of a job whose cancel was requested ends 'cancelled' instead (timeline entry 'cancelled'; its
