@@ -20,6 +20,7 @@ from conveyor.core.errors import (
     UnknownTask,
 )
 from tests.cli.conftest import Cli, one_error_line
+from tests.unavailable import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,7 +81,7 @@ def test_python_dash_m_conveyor__works(cli: Cli) -> None:
 def test_console_script__installed(cli: Cli) -> None:
     script = Path(sys.executable).parent / "conveyor"
     if not script.exists():
-        pytest.skip("console script not installed in this environment")
+        unavailable("console script not installed in this environment")
     proc = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0
     assert proc.stdout.startswith("conveyor ")

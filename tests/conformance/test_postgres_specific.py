@@ -8,16 +8,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+import psycopg
 import pytest
 
-psycopg = pytest.importorskip("psycopg")
-
-from conveyor.backends.base import Outcome  # noqa: E402
-from conveyor.backends.postgres import PostgresBackend  # noqa: E402
-from conveyor.backends.postgres.backend import migrations  # noqa: E402
-from conveyor.core.errors import BackendUnavailable, ConfigurationError  # noqa: E402
-from conveyor.core.ids import uuid7  # noqa: E402
-from conveyor.core.job import Job, Status  # noqa: E402
+from conveyor.backends.base import Outcome
+from conveyor.backends.postgres import PostgresBackend
+from conveyor.backends.postgres.backend import migrations
+from conveyor.core.errors import BackendUnavailable, ConfigurationError
+from conveyor.core.ids import uuid7
+from conveyor.core.job import Job, Status
 
 DSN = "postgresql://postgres@127.0.0.1:5432/test"
 

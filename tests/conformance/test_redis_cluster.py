@@ -13,8 +13,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-pytest.importorskip("redis")
-
 from conveyor.backends import create_backend
 from conveyor.backends.base import Outcome, WorkerInfo
 from conveyor.backends.redis import RedisBackend

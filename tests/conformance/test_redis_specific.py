@@ -9,8 +9,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-pytest.importorskip("redis")
-
 from conveyor.backends.base import JobQuery
 from conveyor.backends.redis import RedisBackend
 from conveyor.core.errors import BackendUnavailable, ValidationError

@@ -18,8 +18,6 @@ from conveyor.core.job import Status
 from tests.e2e.conftest import Env, wait_for
 from tests.e2e.jobs_app import recorded
 
-pytest.importorskip("aio_pika")
-
 
 @pytest.fixture
 def amqp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import pytest
 
 from conveyor import Conveyor
@@ -36,8 +37,6 @@ from tests.e2e import jobs_app
 from tests.e2e.conftest import Env, wait_for
 from tests.e2e.jobs_app import recorded
 from tests.e2e.tcp_proxy import TcpProxy
-
-aio_pika = pytest.importorskip("aio_pika")
 
 pytestmark = pytest.mark.slow
 

@@ -34,6 +34,7 @@ from tests.e2e.conftest import APP, Env, wait_for
 from tests.e2e.jobs_app import recorded
 from tests.e2e.tcp_proxy import TcpProxy
 from tests.e2e.test_faults import PORTS, drop, engine_url, make_client, wait_terminal
+from tests.unavailable import unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +56,7 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def hosts() -> Iterator[list[Host]]:
     """Two network namespaces, each with a veth pair to the root namespace; removed at the end."""
     if shutil.which("ip") is None or shutil.which("unshare") is None:
-        pytest.skip("needs iproute2 (ip) and util-linux (unshare)")
+        unavailable("needs iproute2 (ip) and util-linux (unshare)")
     for line in _ip("netns", "list", check=False).stdout.splitlines():  # left by a run killed mid-test
         name = line.split()[0] if line.strip() else ""
         if name.startswith("cvhost") and not _ip("netns", "pids", name, check=False).stdout.strip():
@@ -69,7 +70,7 @@ def hosts() -> Iterator[list[Host]]:
             res = _ip("netns", "add", ns, check=False)
             if res.returncode != 0:
                 if not out and ("Operation not permitted" in res.stderr or os.geteuid() != 0):
-                    pytest.skip(f"ip netns add is not permitted here (needs root/CAP_NET_ADMIN): {res.stderr.strip()}")
+                    unavailable(f"ip netns add is not permitted here (needs root/CAP_NET_ADMIN): {res.stderr.strip()}")
                 raise RuntimeError(f"ip netns add {ns}: {res.stderr.strip()}")
             created.append((ns, outer))
             for cmd in (
