@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
+import httpx
 import pytest
 
 from conveyor import Conveyor
 from conveyor.core.errors import BackendUnavailable
 from conveyor.core.job import Status
+from tests.api.conftest import free_port
 from tests.e2e import jobs_app
 from tests.e2e.conftest import Env, wait_for
 from tests.e2e.jobs_app import recorded
@@ -181,3 +186,51 @@ def test_engine_outage__workers_reconnect_and_every_job_succeeds(faulty: Proxied
               f"enqueue failed in {', '.join(f'{t:.2f}' for _, t in attempts)} s")
     finally:
         close(app_client)
+
+
+def test_engine_outage__http_submit_is_a_fast_503_and_nothing_accepted_is_lost(faulty: ProxiedEnv):
+    """A real ``conveyor server`` reaches the engine through the proxy; the proxy is cut for 5 s."""
+    env = faulty
+    port = free_port()
+    log = open(env.tmp_path / "server.log", "wb")  # noqa: SIM115
+    server = subprocess.Popen([sys.executable, "-m", "conveyor.cli", "server", "--app", "tests.e2e.jobs_app:app",
+                               "--port", str(port)], env=env.env(), stdout=log, stderr=subprocess.STDOUT)
+    env.procs.append(server)
+    base = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=base, timeout=10) as http:
+        wait_for(lambda: _status(http, "GET", "/readyz") == 200, timeout=20, what="the server to be ready")
+        accepted = [http.post("/v1/jobs", json={"task": "noop"}) for _ in range(5)]
+        assert [r.status_code for r in accepted] == [202] * 5
+
+        env.proxy.cut()
+        for _ in range(3):
+            started = time.monotonic()
+            r = http.post("/v1/jobs", json={"task": "noop"})
+            took = time.monotonic() - started
+            assert r.status_code == 503, r.text
+            assert r.headers["content-type"] == "application/problem+json" and r.headers["retry-after"]
+            assert r.json()["status"] == 503 and r.json()["detail"]
+            assert took < FAIL_FAST, f"a submit during the outage took {took:.2f} s to fail"
+        assert _status(http, "GET", "/readyz") == 503
+        assert http.get("/healthz").status_code == 200  # the process itself is fine
+        time.sleep(OUTAGE)
+
+        env.proxy.restore()
+        restored = time.monotonic()
+        wait_for(lambda: _status(http, "POST", "/v1/jobs", {"task": "noop"}) == 202, timeout=20,
+                 what="a submit to be accepted again after the restore")
+        print(f"\n[{env.kind}] HTTP submits: 503 during the outage, accepted again "
+              f"{time.monotonic() - restored:.2f} s after the restore")
+        ids = [r.json()["id"] for r in accepted]
+        stored = fetch(env.client, [SimpleNamespace(id=i) for i in ids])
+        assert sorted(j.id for j in stored) == sorted(ids)  # every job accepted before the cut exists
+        assert all(j.status is Status.QUEUED for j in stored)  # (no worker runs in this test)
+    assert server.poll() is None, (env.tmp_path / "server.log").read_text()
+    assert "Traceback" not in (env.tmp_path / "server.log").read_text()
+
+
+def _status(http: httpx.Client, method: str, path: str, body: object = None) -> int:
+    try:
+        return http.request(method, path, json=body).status_code
+    except httpx.TransportError:
+        return 0
