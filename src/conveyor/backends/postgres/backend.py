@@ -666,8 +666,8 @@ class PostgresBackend(Backend):
             "job_id": o.job_id, "token": o.token, "status": str(o.status), "result": o.result,
             "error": dict(o.error) if o.error is not None else None, "scheduled_at": o.scheduled_at,
             "attempt": o.attempt, "uncount": o.uncount_delivery} for o in outcomes])
-        params = {"outcomes": payload, "now": now, "channel": self.channel, "guard": True,
-                  "hb_cancel": serialization.dumps(dict(CANCELLED_HANDED_BACK))}
+        params = {"outcomes": payload, "ids": [o.job_id for o in outcomes], "now": now, "channel": self.channel,
+                  "guard": True, "hb_cancel": serialization.dumps(dict(CANCELLED_HANDED_BACK))}
         applied = {r[0] for r in await self._fetch("finish", params)}
         rest = [o for o in outcomes if o.job_id not in applied]
         if rest:

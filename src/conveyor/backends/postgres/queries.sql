@@ -148,7 +148,7 @@ WITH w AS (
     UPDATE __schema__.jobs j
     SET lease_expires_at = %(now)s + coalesce(
             (SELECT q.visibility_timeout FROM __schema__.queues q WHERE q.name = j.queue), %(d_vt)s)
-    FROM l WHERE j.id = l.id AND j.lease_token = l.token AND j.status = 'running'
+    FROM l WHERE j.id = ANY(%(ids)s::text[]) AND j.id = l.id AND j.lease_token = l.token  -- (see finish)
     RETURNING j.id, j.cancel_requested
 )
 SELECT l.id, u.id IS NOT NULL AS held, coalesce(u.cancel_requested, false) AS cancel_requested,
@@ -160,6 +160,11 @@ FROM l LEFT JOIN u ON u.id = l.id;
 -- dependents are left alone (the caller applies them in a transaction that also moves the children).
 -- A 'queued' outcome (hand-back) of a job whose cancel was requested ends it 'cancelled' instead
 -- (``hb_cancel``: cancellation is stored); ``j.cancel_requested`` is read from the locked row.
+-- A lease token is set only while a job runs (claims set it; every move out of 'running' clears
+-- it), so a matching token is the running check. The rows are found by primary key
+-- (``j.id = ANY(ids)``): a ``status = 'running'`` condition lets the planner pick jobs_lease_idx,
+-- whose dead entries pile up during a drain until vacuum (each claim adds one), and scan them all
+-- on every batch.
 WITH o AS (
     SELECT * FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS o(
         job_id text, token text, status text, result jsonb, error jsonb,
@@ -190,7 +195,7 @@ WITH o AS (
         worker_id = NULL, lease_token = NULL, lease_expires_at = NULL,
         updated_at = %(now)s, revision = j.revision + 1
     FROM o
-    WHERE j.id = o.job_id AND j.lease_token = o.token AND j.status = 'running'
+    WHERE j.id = ANY(%(ids)s::text[]) AND j.id = o.job_id AND j.lease_token = o.token
       AND NOT (%(guard)s AND j.has_children
                AND (o.status IN ('succeeded', 'failed', 'cancelled') OR (o.status = 'queued' AND j.cancel_requested)))
     RETURNING j.id, j.status, j.queue, j.has_children, j.limit_key
