@@ -1,5 +1,5 @@
-"""How the PostgreSQL engine talks to the server: claim/finish statements whose plans stay cheap
-while a drain leaves dead index entries behind."""
+"""How the PostgreSQL engine talks to the server: durable one-round-trip enqueues, and claim/finish
+statements whose plans stay cheap while a drain leaves dead index entries behind."""
 
 from __future__ import annotations
 
@@ -32,6 +32,58 @@ async def pg() -> AsyncIterator[PostgresBackend]:
     yield backend
     await backend.drop()
     await backend.close()
+
+
+async def _setting(pg: PostgresBackend) -> str:
+    async def go(conn: psycopg.AsyncConnection[Any]) -> str:
+        cur = await conn.execute("SELECT current_setting('synchronous_commit')")
+        row = await cur.fetchone()
+        assert row is not None
+        return str(row[0])
+
+    return await pg._run(go)
+
+
+async def test_enqueue_without_dependencies__commits_with_synchronous_commit_on(pg: PostgresBackend):
+    # the insert statement of the one-round-trip path runs in a transaction with synchronous_commit on
+    params = {"jobs": "[]", "channel": pg.channel, "notify": []}
+    pg.q = {**pg.q, "insert_jobs": "SELECT current_setting('synchronous_commit')"}
+
+    rows = await pg._run(lambda conn: pg._insert_durably(conn, params))
+
+    assert rows == [("on",)]
+    assert await _setting(pg) == "off"  # the pool session itself still commits asynchronously
+
+
+async def test_enqueue_without_dependencies__is_committed_when_it_returns(pg: PostgresBackend):
+    job = _job()
+
+    [(stored, created)] = await pg.enqueue([job])
+
+    assert created and stored.status is Status.QUEUED
+    async with await psycopg.AsyncConnection.connect(DSN) as other:
+        cur = await other.execute(f'SELECT status FROM "{pg.schema}".jobs WHERE id = %s', (job.id,))
+        assert await cur.fetchall() == [("queued",)]
+
+
+async def test_enqueue_without_dependencies__a_failed_insert_leaves_nothing_behind(pg: PostgresBackend):
+    with pytest.raises(psycopg.DataError):
+        await pg.enqueue([_job(), _job(priority=100_000)])  # smallint out of range
+
+    async with await psycopg.AsyncConnection.connect(DSN) as other:
+        cur = await other.execute(f'SELECT count(*) FROM "{pg.schema}".jobs')
+        assert await cur.fetchall() == [(0,)]
+    assert await _setting(pg) == "off"
+    [(_, created)] = await pg.enqueue([_job()])
+    assert created
+
+
+async def test_enqueue_without_dependencies__a_known_idempotency_key_returns_the_stored_job(pg: PostgresBackend):
+    [(first, _)] = await pg.enqueue([_job(idempotency_key="k1")])
+
+    [(again, created)] = await pg.enqueue([_job(idempotency_key="k1")])
+
+    assert not created and again.id == first.id
 
 
 async def test_finish_and_heartbeat__find_their_rows_by_primary_key_after_a_drain(pg: PostgresBackend):

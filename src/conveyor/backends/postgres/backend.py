@@ -471,7 +471,29 @@ class PostgresBackend(Backend):
     async def enqueue(self, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
         if not jobs:
             return []
-        return await self._run(lambda conn: self._enqueue(conn, jobs), transaction=True)
+        if any(j.depends_on for j in jobs):
+            return await self._run(lambda conn: self._enqueue(conn, jobs), transaction=True)
+        # No dependencies: one statement, committed durably, in one round trip.
+        _, params = self._insert_params(jobs, {}, {}, time.time())
+        rows = await self._run(lambda conn: self._insert_durably(conn, params))
+        inserted = {row[0]: _row_to_job(row) for row in rows}
+        missing = [j for j in jobs if j.id not in inserted]
+        existing = await self._run(lambda conn: self._lookup_existing(conn, missing)) if missing else {}
+        return self._enqueued(jobs, inserted, existing)
+
+    async def _insert_durably(self, conn: AConn, params: Mapping[str, Any]) -> list[Any]:
+        """``insert_jobs`` alone, as one durable transaction, in one round trip.
+
+        The pipeline sends both statements and one Sync: without a BEGIN they run in one implicit
+        transaction, committed at the Sync (rolled back on an error). ``set_config(..., true)``
+        lasts until that commit, which therefore waits for the WAL flush (pool sessions commit
+        asynchronously otherwise). A conflict's stored job is then read by a later statement: in
+        READ COMMITTED that sees what a statement in the same transaction would.
+        """
+        async with conn.pipeline():
+            await conn.execute("SELECT set_config('synchronous_commit', 'on', true)")
+            cur = await conn.execute(self.q["insert_jobs"], params)
+        return await cur.fetchall()
 
     async def enqueue_in(self, conn: psycopg.AsyncConnection[Any], jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
         """Enqueue ``jobs`` on the caller's connection, inside the caller's transaction.
@@ -496,6 +518,22 @@ class PostgresBackend(Backend):
                 existing = {j.id: stored[j.idempotency_key] for j in jobs
                             if j.idempotency_key is not None and j.idempotency_key in stored}
             statuses = await self._dependency_statuses(conn, jobs, existing, now)
+        records, params = self._insert_params(jobs, existing, statuses, now)
+        rows = await self._fetch("insert_jobs", params, conn) if records else []
+        inserted = {row[0]: _row_to_job(row) for row in rows}
+        deps = [(p, r["id"]) for r in records if r["id"] in inserted for p in dict.fromkeys(r["depends_on"])]
+        if deps:
+            await self._fetch("insert_deps", {"parents": [p for p, _ in deps], "children": [c for _, c in deps]},
+                              conn)
+        missing = [j for j in jobs if j.id not in inserted and j.id not in existing]
+        if missing:
+            existing.update(await self._lookup_existing(conn, missing))
+        return self._enqueued(jobs, inserted, existing)
+
+    def _insert_params(self, jobs: Sequence[Job], existing: Mapping[str, Job],
+                       statuses: Mapping[str, tuple[Status, dict[str, Any] | None]],
+                       now: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The records of the new jobs (not in ``existing``) and the parameters of ``insert_jobs``."""
         records, notify = [], set()
         parents = {p for j in jobs for p in j.depends_on}
         remap = {k: v.id for k, v in existing.items()}
@@ -511,16 +549,11 @@ class PostgresBackend(Backend):
             payload = serialization.dumps(records)
         except (TypeError, ValueError) as exc:
             raise ValidationError(f"job arguments must be JSON: {exc}") from exc
-        rows = await self._fetch("insert_jobs", {"jobs": payload, "channel": self.channel,
-                                                 "notify": sorted(notify)}, conn) if records else []
-        inserted = {row[0]: _row_to_job(row) for row in rows}
-        deps = [(p, r["id"]) for r in records if r["id"] in inserted for p in dict.fromkeys(r["depends_on"])]
-        if deps:
-            await self._fetch("insert_deps", {"parents": [p for p, _ in deps], "children": [c for _, c in deps]},
-                              conn)
-        missing = [j for j in jobs if j.id not in inserted and j.id not in existing]
-        if missing:
-            existing.update(await self._lookup_existing(conn, missing))
+        return records, {"jobs": payload, "channel": self.channel, "notify": sorted(notify)}
+
+    @staticmethod
+    def _enqueued(jobs: Sequence[Job], inserted: Mapping[str, Job],
+                  existing: Mapping[str, Job]) -> list[tuple[Job, bool]]:
         out: list[tuple[Job, bool]] = []
         for job in jobs:
             if job.id in inserted:
