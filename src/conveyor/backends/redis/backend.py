@@ -124,7 +124,7 @@ def job_from_hash(h: Mapping[str, str]) -> Job:
         idempotency_key=g("idempotency_key"), metadata=_json(g("metadata"), dict), webhook=g("webhook"),
         created_at=float(g("created_at") or 0.0), scheduled_at=_opt_float(g("scheduled_at")),
         started_at=_opt_float(g("started_at")), finished_at=_opt_float(g("finished_at")),
-        updated_at=float(g("updated_at") or 0.0), deliveries=int(g("deliveries") or 0),
+        updated_at=float(g("updated_at") or g("created_at") or 0.0), deliveries=int(g("deliveries") or 0),
         cancel_requested=g("cancel_requested") == "1", revision=int(g("revision") or 1),
         worker_id=g("worker_id"), lease_token=g("lease_token"),
         lease_expires_at=_opt_float(g("lease_expires_at")), limit_key=g("limit_key"),
@@ -150,30 +150,53 @@ def _hash(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(it, it, strict=True))
 
 
-def _record_fields(job: Job, created: str) -> list[str]:
-    """The stored fields of a new job (status and revision are set by the script)."""
+#: containers, stored unless empty
+_JSON_FIELDS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
+    ("args", list), ("kwargs", dict), ("depends_on", list), ("metadata", dict))
+_ANY_JSON_FIELDS = ("progress", "result", "error")  #: stored unless None
+_INT_FIELDS = (("attempt", 1), ("max_retries", 3), ("deliveries", 0))  #: stored unless the default
+_TIME_FIELDS = ("timeout", "scheduled_at", "started_at", "finished_at", "lease_expires_at")
+_STR_FIELDS = ("webhook", "worker_id", "lease_token", "limit_key")
+
+
+def _json_fields(job: Job) -> list[str]:
+    out: list[str] = []
     try:
-        out = ["id", job.id, "task", job.task, "queue", job.queue,
-               "args", dumps(list(job.args)) if job.args else "[]",
-               "kwargs", dumps(dict(job.kwargs)) if job.kwargs else "{}",
-               "priority", str(int(job.priority)), "attempt", str(job.attempt),
-               "max_retries", str(job.max_retries),
-               "depends_on", dumps(list(job.depends_on)) if job.depends_on else "[]",
-               "metadata", dumps(dict(job.metadata)) if job.metadata else "{}", "created_at", created,
-               "updated_at", _f(job.updated_at) if job.updated_at else created, "deliveries", str(job.deliveries),
-               "cancel_requested", "1" if job.cancel_requested else "0"]
-        for name in ("progress", "result", "error"):
+        for name, plain in _JSON_FIELDS:
+            value = getattr(job, name)
+            if value:
+                out += [name, dumps(plain(value))]
+        for name in _ANY_JSON_FIELDS:
             value = getattr(job, name)
             if value is not None:
                 out += [name, dumps(value)]
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"job {job.id}: arguments are not JSON: {exc}",
                               [{"pointer": "#/args", "detail": f"not JSON: {exc}"}]) from exc
-    for name in ("timeout", "scheduled_at", "started_at", "finished_at", "lease_expires_at"):
+    return out
+
+
+def _record_fields(job: Job) -> list[str]:
+    """The stored fields of a new job beyond those enqueue.lua writes from its per-job header (id,
+    task, queue, created_at, priority, idempotency_key; status and revision).
+
+    Fields at the default ``job_from_hash`` reads for a missing field (no arguments, attempt 1,
+    ...) are left out: a smaller record is cheaper to write, read and return.
+    """
+    out = _json_fields(job)
+    for name, default in _INT_FIELDS:
+        value = getattr(job, name)
+        if value != default:
+            out += [name, str(int(value))]
+    if job.cancel_requested:
+        out += ["cancel_requested", "1"]
+    if job.updated_at and job.updated_at != job.created_at:
+        out += ["updated_at", _f(job.updated_at)]
+    for name in _TIME_FIELDS:
         value = getattr(job, name)
         if value is not None:
             out += [name, _f(value)]
-    for name in ("idempotency_key", "webhook", "worker_id", "lease_token", "limit_key"):
+    for name in _STR_FIELDS:
         value = getattr(job, name)
         if value is not None:
             out += [name, value]
@@ -394,7 +417,7 @@ class RedisBackend(Backend):
             created = _f(job.created_at or now)
             scheduled = job.scheduled_at is not None and (job.status == Status.SCHEDULED or
                                                            job.scheduled_at > (job.created_at or now))
-            fields = _record_fields(job, created)
+            fields = _record_fields(job)
             payload += [job.id, job.queue, job.task, str(int(job.priority)), created,
                         _f(job.scheduled_at) if scheduled else "", job.idempotency_key or "",  # type: ignore[arg-type]
                         str(len(job.depends_on)), *job.depends_on, str(len(fields)), *fields]

@@ -5,7 +5,8 @@ KEYS: [1] {P}:jq (routes the call to the slot of {P}; the other keys are built f
 ARGV: [1] prefix P, [2] now, [3] number of jobs, then per job, flat:
       id, queue, task, priority, created_at, scheduled_at ('' = not held until a time), idempotency
       key ('' = none), number of parents n, n parent ids (depends_on), number of record strings m,
-      m record field/value strings (without status/revision, which are set here).
+      m more record field/value strings (the record's id, task, queue, created_at, priority (unless
+      0), idempotency_key (unless ''), status, revision and _ra/_ord/_np are written from the above).
 Touches: {P}:q/Q/j:<id>, {P}:q/Q/ready|sched|done|i|s:*|c:<parent>|wake, {P}:jq|queues|t:<task>|idem|wh.
 Returns: per job one string: for a new job its status ('queued', 'scheduled', 'waiting'), or the
          DependencyFailed error JSON (starts with '{') when it was created cancelled; for an existing
@@ -25,8 +26,8 @@ for j = 1, tonumber(ARGV[3]) do
   local deps = {}
   for d = 1, nd do deps[d] = ARGV[i + 7 + d] end
   if nd > 0 then with_deps = true end
-  jobs[j] = { id = ARGV[i], q = ARGV[i + 1], task = ARGV[i + 2], prio = tonumber(ARGV[i + 3]),
-              created = ARGV[i + 4], sched = ARGV[i + 5], key = ARGV[i + 6], deps = deps,
+  jobs[j] = { id = ARGV[i], q = ARGV[i + 1], task = ARGV[i + 2], prio_s = ARGV[i + 3],
+              prio = tonumber(ARGV[i + 3]), created = ARGV[i + 4], sched = ARGV[i + 5], key = ARGV[i + 6], deps = deps,
               f0 = i + 9 + nd, f1 = i + 8 + nd + nf }
   i = i + 9 + nd + nf
 end
@@ -53,6 +54,14 @@ if with_deps then
   end
 end
 
+-- one HSET of rec, the given pairs and the caller's record strings (ARGV[job.f0..job.f1])
+local function hset_record(key, rec, job, ...)
+  local extra = { ... }
+  for n = 1, #extra do rec[#rec + 1] = extra[n] end
+  for n = job.f0, job.f1 do rec[#rec + 1] = ARGV[n] end
+  redis.call('HSET', key, unpack(rec))
+end
+
 local out = {}
 local known_q = {}
 for j, job in ipairs(jobs) do
@@ -68,6 +77,10 @@ for j, job in ipairs(jobs) do
     out[j] = '=' .. cjson.encode(hobj(jkey(redis.call('HGET', JQ, existing), existing)))
   else
     local key = jkey(q, id)
+    -- the record: these fields, then the status fields, then the caller's other fields
+    local rec = { 'id', id, 'task', job.task, 'queue', q, 'created_at', job.created, 'revision', 1 }
+    if job.prio ~= 0 then rec[#rec + 1] = 'priority'; rec[#rec + 1] = job.prio_s end
+    if job.key ~= '' then rec[#rec + 1] = 'idempotency_key'; rec[#rec + 1] = job.key end
     if not known_q[q] then
       redis.call('SADD', gk('queues'), q)
       known_q[q] = true
@@ -95,23 +108,24 @@ for j, job in ipairs(jobs) do
       end
       local err = cjson.encode({ type = 'DependencyFailed',
                                  message = 'parent ' .. failed_parent .. ' ended ' .. failed_status })
-      redis.call('HSET', key, 'revision', 0, 'status', 'waiting', unpack(ARGV, job.f0, job.f1))
+      rec[10] = 0  -- revision: make_terminal makes it 1
+      redis.call('HSET', key, 'status', 'waiting', unpack(rec))
+      if job.f1 >= job.f0 then redis.call('HSET', key, unpack(ARGV, job.f0, job.f1)) end
       set_status(q, id, nil, 'waiting')
       make_terminal(q, id, key, 'waiting', 'cancelled', now, err)  -- revision 0 + 1
       out[j] = err
     elseif pending > 0 then
-      redis.call('HSET', key, 'revision', 1, 'status', 'waiting', '_np', pending, unpack(ARGV, job.f0, job.f1))
+      hset_record(key, rec, job, 'status', 'waiting', '_np', pending)
       set_status(q, id, nil, 'waiting')
       out[j] = 'waiting'
     elseif job.sched ~= '' then
-      redis.call('HSET', key, 'revision', 1, 'status', 'scheduled', unpack(ARGV, job.f0, job.f1))
+      hset_record(key, rec, job, 'status', 'scheduled')
       redis.call('ZADD', qk(q, 'sched'), ims(ms(tonumber(job.sched))), id)
       set_status(q, id, nil, 'scheduled')
       out[j] = 'scheduled'
     else
       local ord = ms(tonumber(job.created))
-      redis.call('HSET', key, 'revision', 1, 'status', 'queued', '_ra', job.created, '_ord', ims(ord),
-        unpack(ARGV, job.f0, job.f1))
+      hset_record(key, rec, job, 'status', 'queued', '_ra', job.created, '_ord', ims(ord))
       redis.call('ZADD', qk(q, 'ready'), ims((9 - job.prio) * 1e13 + ord), id)
       set_status(q, id, nil, 'queued')
       wake(q, 1)
