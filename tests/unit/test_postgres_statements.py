@@ -47,12 +47,21 @@ async def _setting(pg: PostgresBackend) -> str:
 async def test_enqueue_without_dependencies__commits_with_synchronous_commit_on(pg: PostgresBackend):
     # the insert statement of the one-round-trip path runs in a transaction with synchronous_commit on
     params = {"jobs": "[]", "channel": pg.channel, "notify": []}
-    pg.q = {**pg.q, "insert_jobs": "SELECT current_setting('synchronous_commit')"}
+    pg.q = {**pg.q, "insert_jobs": "SELECT current_setting('synchronous_commit'), current_setting('plan_cache_mode')"}
 
-    rows = await pg._run(lambda conn: pg._insert_durably(conn, params))
+    rows = await pg._fetch_hot("insert_jobs", params, durable=True)
 
-    assert rows == [("on",)]
+    assert rows == [("on", "force_generic_plan")]
     assert await _setting(pg) == "off"  # the pool session itself still commits asynchronously
+
+
+async def test_claim__runs_with_generic_plans_and_asynchronous_commit(pg: PostgresBackend):
+    pg.q = {**pg.q, "claim": "SELECT current_setting('synchronous_commit'), current_setting('plan_cache_mode')"}
+
+    rows = await pg._fetch_hot("claim", {})
+
+    assert rows == [("off", "force_generic_plan")]
+    assert await _setting(pg) == "off"
 
 
 async def test_enqueue_without_dependencies__is_committed_when_it_returns(pg: PostgresBackend):
