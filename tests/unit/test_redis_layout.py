@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("redis")
 
-from conveyor.backends.base import JobQuery, Outcome
+from conveyor.backends.base import JobQuery, Outcome, WorkerInfo
 from conveyor.backends.redis import RedisBackend
 from conveyor.core.errors import BackendUnavailable
 from conveyor.core.ids import uuid7
@@ -104,3 +104,31 @@ async def test_finish_keeps_the_timeline_and_clears_the_lease(rb: RedisBackend) 
     [done] = await rb.get_jobs([lease.job.id])
     assert done.status == Status.SUCCEEDED and done.result == {"x": 1} and done.lease_token is None
     assert done.revision == lease.job.revision + 1 and done.attempts[-1]["status"] == "succeeded"
+
+
+async def test_a_limited_job_popped_at_the_head_keeps_its_place(rb: RedisBackend) -> None:
+    now = time.time()
+    first = Job(id=uuid7(), task="t", created_at=now - 3, limit_key="k", concurrency_limit=1)
+    second = Job(id=uuid7(), task="t", created_at=now - 2, limit_key="k", concurrency_limit=1)
+    third = job("default")
+    await rb.enqueue([first, second, third])
+    leases = await rb.claim(["default"], 3, "w", time.time())
+    assert [lease.job.id for lease in leases] == [first.id, third.id]
+    ready = await rb.r.zrange(rb._qk("default", "ready"), 0, -1)  # type: ignore[misc]
+    assert ready == [second.id]
+    await rb.finish([Outcome(leases[0].job.id, leases[0].token, Status.SUCCEEDED)], time.time())
+    [again] = await rb.claim(["default"], 5, "w", time.time())
+    assert again.job.id == second.id
+
+
+async def test_a_token_without_its_queue_still_finishes(rb: RedisBackend) -> None:
+    await rb.enqueue([job("mail")])
+    [lease] = await rb.claim(["mail"], 1, "w", time.time())
+    assert lease.token.endswith("/mail")
+    await rb.r.hset(rb._qk("mail", f"j:{lease.job.id}"), "lease_token", "older.1")  # type: ignore[misc]
+    hb = await rb.heartbeat(WorkerInfo(id="w", host="h", pid=1, queues=("mail",), concurrency=1),
+                            {lease.job.id: "older.1"}, time.time())
+    assert not hb.lost
+    assert await rb.set_progress(lease.job.id, "older.1", {"n": 1}, time.time())
+    assert await rb.finish([Outcome(lease.job.id, lease.token, Status.SUCCEEDED)], time.time()) == [False]
+    assert await rb.finish([Outcome(lease.job.id, "older.1", Status.SUCCEEDED)], time.time()) == [True]

@@ -126,7 +126,7 @@ def job_from_hash(h: Mapping[str, str]) -> Job:
         started_at=_opt_float(g("started_at")), finished_at=_opt_float(g("finished_at")),
         updated_at=float(g("updated_at") or g("created_at") or 0.0), deliveries=int(g("deliveries") or 0),
         cancel_requested=g("cancel_requested") == "1", revision=int(g("revision") or 1),
-        worker_id=g("worker_id"), lease_token=g("lease_token"),
+        worker_id=g("worker_id"), lease_token=g("lease_token") or None,
         lease_expires_at=_opt_float(g("lease_expires_at")), limit_key=g("limit_key"),
         concurrency_limit=int(g("concurrency_limit") or 0) or None,
         rate_limit=(int(h["rate_count"]), float(h["rate_per"])) if "rate_count" in h else None,

@@ -7,7 +7,10 @@ call there. Keys of one queue Q are {P}:q/<Q>/<name> (queue names never contain 
 keys are {P}:<name>:
   {P}:q/Q/j:<id>    hash   the job record (JSON fields args/kwargs/progress/result/error/metadata/
                            depends_on; internal _ra = when it last became ready, _ord = ready order
-                           in ms, _np = parents not yet succeeded)
+                           in ms, _np = parents not yet succeeded). Fields at their default are
+                           absent (see backend.py); a finished job's lease_token and
+                           lease_expires_at are '' (read as none). Lease tokens are
+                           '<random>.<n>/<queue>' (see token_queue).
   {P}:q/Q/ready     zset   queued jobs, score (9 - priority) * 1e13 + _ord
   {P}:q/Q/sched     zset   scheduled/retrying jobs, score scheduled_at ms
   {P}:q/Q/lease     zset   running jobs, score lease_expires_at ms
@@ -177,14 +180,26 @@ local FROM = { queued = 'ready', scheduled = 'sched', retrying = 'sched', runnin
 -- pre: what the caller read of the record already: { revision, webhook, _hc, lease_token,
 -- limit_key } (HMGET values, false = missing), nil = read here. extra: more field/value pairs for
 -- the record's HSET, nil = none.
+-- the queue of job id whose lease token is token: claim writes tokens '<random>.<n>/<queue>' (queue
+-- names never contain '/'), so the token names it; an older token (no '/') asks the directory.
+-- A token naming the wrong queue finds no record there holding it, like any stale token.
+local function token_queue(id, token)
+  local at = string.find(token, '/', 1, true)
+  if at then return string.sub(token, at + 1) end
+  return redis.call('HGET', JQ, id)
+end
+
 local function make_terminal(q, id, key, old, new, now, err, pre, extra)
   local v = pre or redis.call('HMGET', key, 'revision', 'webhook', '_hc', 'lease_token', 'limit_key')
   if old == 'running' then limit_release(q, id, key, v[5]) end
   local f = { 'status', new, 'finished_at', fmt(now), 'updated_at', fmt(now), 'revision', (tonumber(v[1]) or 0) + 1 }
   if err then f[#f + 1] = 'error'; f[#f + 1] = err end
+  -- a finished job holds no lease: blanked in the same HSET (read back as none), not a second call
+  if v[4] and v[4] ~= '' then
+    f[#f + 1] = 'lease_token'; f[#f + 1] = ''; f[#f + 1] = 'lease_expires_at'; f[#f + 1] = ''
+  end
   if extra then for _, x in ipairs(extra) do f[#f + 1] = x end end
   redis.call('HSET', key, unpack(f))
-  if v[4] then redis.call('HDEL', key, 'lease_token', 'lease_expires_at') end
   if FROM[old] then redis.call('ZREM', qk(q, FROM[old]), id) end
   redis.call('ZADD', qk(q, 'done'), ims(ms(now)), id)
   set_status(q, id, old, new)

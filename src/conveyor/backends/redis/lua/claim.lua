@@ -11,7 +11,7 @@ Global limits: a job with a limit_key is leased only while {P}:lr:<key> (running
   than rate_count; otherwise it stays in {P}:q/Q/ready and the scan goes on past it (at most
   SCAN_BUDGET entries per call), so the jobs behind it are still leased. A lease adds the job to
   {P}:lr:<key> and its start to {P}:ls:<key>, and opens a timeline entry (attempts).
-Returns: {JSON list of the leased job records (status running, new lease_token,
+Returns: {JSON list of the leased job records (status running, new lease_token '<base>.<n>/<queue>',
   lease_expires_at = now + visibility_timeout, deliveries + 1, started_at = now, worker_id),
   when a rate-limited job left queued may start ('' = none)}.
 ]]
@@ -61,10 +61,18 @@ for _ = 1, 20 do
   local want = limit - #out
   if want <= 0 or #queues == 0 or budget <= 0 then break end
   local cands = {}
+  -- one queue with nothing left in place ahead: pop the candidates (they all get examined; the
+  -- ones a limit keeps waiting go back with their score), else read them and remove one by one
+  local popped = #queues == 1 and not skipped[queues[1]]
   for _, q in ipairs(queues) do
-    local off = skipped[q] or 0
-    local r = redis.call('ZRANGE', qk(q, 'ready'), off, off + want - 1, 'WITHSCORES')
-    for i = 1, #r, 2 do cands[#cands + 1] = { tonumber(r[i + 1]), r[i], q } end
+    local r
+    if popped then
+      r = redis.call('ZPOPMIN', qk(q, 'ready'), want)
+    else
+      local off = skipped[q] or 0
+      r = redis.call('ZRANGE', qk(q, 'ready'), off, off + want - 1, 'WITHSCORES')
+    end
+    for i = 1, #r, 2 do cands[#cands + 1] = { tonumber(r[i + 1]), r[i], q, r[i + 1] } end
   end
   if #cands == 0 then break end
   if #queues > 1 then
@@ -75,6 +83,7 @@ for _ = 1, 20 do
   end
   local again = false
   local taken = {}  -- queue -> ids leased in this round; their index moves are written per queue
+  local back = {}   -- popped entries that stay queued: score, id, ...
   for i = 1, math.min(want, #cands) do
     local id, q = cands[i][2], cands[i][3]
     local key = jkey(q, id)
@@ -83,20 +92,20 @@ for _ = 1, 20 do
     local h = hobj(key) or {}  -- the whole record: checked, updated in place and returned
     local lk = h.limit_key
     if h.status ~= 'queued' then
-      redis.call('ZREM', qk(q, 'ready'), id)  -- stale index entry; drop it
+      if not popped then redis.call('ZREM', qk(q, 'ready'), id) end  -- stale index entry; drop it
       again = true
     elseif (tonumber(h._ra) or now) + c.retention < now then
-      redis.call('ZREM', qk(q, 'ready'), id)
       make_terminal(q, id, key, 'queued', 'expired', now, nil,
         { h.revision or false, h.webhook or false, h._hc or false, h.lease_token or false, lk or false })
       again = true
     elseif lk and not admit(lk, tonumber(h.concurrency_limit), tonumber(h.rate_count), tonumber(h.rate_per)) then
       skipped[q] = (skipped[q] or 0) + 1  -- stays queued, in place; look past it
+      if popped then back[#back + 1] = cands[i][4]; back[#back + 1] = id end
       again = true
     else
       serial = serial + 1
       local exp = now + c.vt
-      h.status, h.lease_token, h.lease_expires_at = 'running', base .. '.' .. serial, fmt(exp)
+      h.status, h.lease_token, h.lease_expires_at = 'running', base .. '.' .. serial .. '/' .. q, fmt(exp)
       h.started_at, h.worker_id, h.updated_at = fmt(now), worker, fmt(now)
       h.deliveries = ims((tonumber(h.deliveries) or 0) + 1)
       h.revision = ims((tonumber(h.revision) or 0) + 1)
@@ -128,11 +137,12 @@ for _ = 1, 20 do
   for q, t in pairs(taken) do
     local zs = {}
     for n, id in ipairs(t.ids) do zs[2 * n - 1] = 0; zs[2 * n] = id end
-    redis.call('ZREM', qk(q, 'ready'), unpack(t.ids))
+    if not popped then redis.call('ZREM', qk(q, 'ready'), unpack(t.ids)) end
     redis.call('ZADD', qk(q, 'lease'), unpack(t.lease))
     redis.call('ZREM', qk(q, 's:queued'), unpack(t.ids))
     redis.call('ZADD', qk(q, 's:running'), unpack(zs))
   end
+  if back[1] then redis.call('ZADD', qk(queues[1], 'ready'), unpack(back)) end
   if not again then break end
 end
 if PROP[1] then propagate(now) end

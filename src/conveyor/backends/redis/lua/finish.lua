@@ -5,7 +5,7 @@ KEYS: [1] {P}:jq (routes the call to the slot of {P}; the other keys are built f
 ARGV: [1] prefix P, [2] now, then 8 strings per outcome: job id, token, status
   (succeeded|failed|cancelled|retrying|queued), result JSON ('' = none), error JSON ('' = none),
   scheduled_at ('' = none), attempt ('' = unchanged), uncount delivery ('1'|'0').
-Touches: {P}:jq (read), {P}:q/Q/j:<id>, {P}:q/Q/lease|ready|sched|done|s:*|c:<id>|wake, {P}:lr:<key>,
+Touches: {P}:jq (read, only for tokens that do not name their queue), {P}:q/Q/j:<id>, {P}:q/Q/lease|ready|sched|done|s:*|c:<id>|wake, {P}:lr:<key>,
   {P}:wh|wha (webhook outbox), and the records and indexes of dependents (released or cancelled).
 A 'queued' outcome (hand-back) of a job whose cancel was requested ends it 'cancelled' instead.
 Returns: a string with one character per outcome: '1' applied, '0' token no longer holds.
@@ -15,7 +15,7 @@ local out = {}
 for a = 3, #ARGV, 8 do
   local id, token, st = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local result, err, sa, attempt, uncount = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
-  local q = redis.call('HGET', JQ, id)
+  local q = token_queue(id, token)
   local ok = 0
   if q then
     local key = jkey(q, id)
