@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -29,16 +28,18 @@ class Context:
         #: ``depends_on={"name": job}``).
         self.parent_results: Mapping[str, Any] = parent_results or {}
         self._report = report_progress
-        self._cancel = threading.Event()
+        # a plain flag, set once by the worker and read by the task's thread (no lock needed:
+        # one attribute store is atomic, and nobody waits on it)
+        self._cancelled = False
 
     @property
     def cancelled(self) -> bool:
         """True once a cancel of this job was requested (or the worker abandoned it)."""
-        return self._cancel.is_set()
+        return self._cancelled
 
     def raise_if_cancelled(self) -> None:
         """Raise ``JobCancelled`` if a cancel was requested: call it between steps of long work."""
-        if self._cancel.is_set():
+        if self._cancelled:
             raise JobCancelled(f"job {self.job.id} was cancelled")
 
     def progress(self, fraction: float, message: str | None = None) -> None:
@@ -51,4 +52,4 @@ class Context:
 
     def request_cancel(self) -> None:
         """Used by the worker: mark the job as cancelled for the task to notice."""
-        self._cancel.set()
+        self._cancelled = True
