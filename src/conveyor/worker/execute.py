@@ -21,45 +21,80 @@ log = logging.getLogger(__name__)
 
 async def execute(task: Task | None, lease: Lease, ctx: Context, pool: Pool, max_deliveries: int) -> Outcome:
     """Run the job's attempt and turn what happened into an ``Outcome``."""
-    job, token = lease.job, lease.token
     if task is None:
-        error = {
-            "type": "UnknownTask",
-            "message": f"no task {job.task!r} is registered in this worker",
-            "traceback": None,
-        }
-        return rules.failed_attempt(job, token, error, time.time())
+        return unknown_task(lease)
     try:
-        args, kwargs = task.prepare(job.args, job.kwargs)
-        timeout = job.timeout if job.timeout is not None else task.options.timeout
+        args, kwargs = task.prepare(lease.job.args, lease.job.kwargs)
+        timeout = time_limit(task, lease)
         if task.is_async:
             result: Any = await run_async(task, args, kwargs, ctx, timeout)
         else:
             result = await pool.run(task, args, kwargs, ctx, timeout)
-        _check_json(result)
-    except (JobCancelled, asyncio.CancelledError):
+    except BaseException as exc:
+        return decide(task, lease, ctx, None, exc, max_deliveries)
+    return decide(task, lease, ctx, result, None, max_deliveries)
+
+
+def unknown_task(lease: Lease) -> Outcome:
+    """The outcome of a job whose task this worker does not know."""
+    job = lease.job
+    error = {"type": "UnknownTask", "message": f"no task {job.task!r} is registered in this worker", "traceback": None}
+    return rules.failed_attempt(job, lease.token, error, time.time())
+
+
+def time_limit(task: Task, lease: Lease) -> float | None:
+    """Seconds the attempt may take (the job's own limit, else the task's), or ``None``."""
+    timeout = lease.job.timeout
+    return timeout if timeout is not None else task.options.timeout
+
+
+def decide(
+    task: Task, lease: Lease, ctx: Context, result: Any, error: BaseException | None, max_deliveries: int
+) -> Outcome:
+    """The outcome of an attempt that returned ``result`` or raised ``error``.
+
+    Re-raises ``error`` when it is not the attempt's to report: the worker itself cancelling
+    the job (abandon, shutdown), or a ``BaseException`` that is not an ``Exception``.
+    """
+    job, token = lease.job, lease.token
+    if error is None:
+        try:
+            _check_json(result)
+        except TypeError as exc:
+            error = exc
+        else:
+            return rules.succeeded(job, token, result)
+    if isinstance(error, JobCancelled | asyncio.CancelledError):
         if not ctx.cancelled:
-            raise  # the worker itself is cancelling this coroutine (abandon or shutdown)
+            raise error  # the worker itself is cancelling this coroutine (abandon or shutdown)
         return rules.cancelled(job, token)
-    except ProcessDied as exc:
-        log.warning("job %s (%s): %s", job.id, job.task, exc)
-        return rules.delivery_lost(job, token, max_deliveries, str(exc))
-    except TimeoutError as exc:
+    if isinstance(error, ProcessDied):
+        log.warning("job %s (%s): %s", job.id, job.task, error)
+        return rules.delivery_lost(job, token, max_deliveries, str(error))
+    if isinstance(error, TimeoutError):
         limit = job.timeout or task.options.timeout
-        message = str(exc) or f"the attempt exceeded its time limit of {limit:g} s"
-        error = {"type": "TimeoutError", "message": message, "traceback": None}
+        message = str(error) or (
+            f"the attempt exceeded its time limit of {limit:g} s" if limit else "the attempt timed out"
+        )
+        info = {"type": "TimeoutError", "message": message, "traceback": None}
         log.info("job %s (%s) attempt %d timed out", job.id, job.task, job.attempt)
-        return rules.failed_attempt(job, token, error, time.time(), task.options)
-    except Exception as exc:
-        log.info("job %s (%s) attempt %d raised %s", job.id, job.task, job.attempt, type(exc).__name__)
-        return rules.failed_attempt(job, token, error_info(exc, traceback.format_exc()), time.time(), task.options)
-    return rules.succeeded(job, token, result)
+        return rules.failed_attempt(job, token, info, time.time(), task.options)
+    if isinstance(error, Exception):
+        log.info("job %s (%s) attempt %d raised %s", job.id, job.task, job.attempt, type(error).__name__)
+        text = "".join(traceback.format_exception(error))
+        return rules.failed_attempt(job, token, error_info(error, text), time.time(), task.options)
+    raise error
 
 
 def _check_json(result: Any) -> None:
+    if result is None or type(result) in _PLAIN:
+        return
     try:
         dumps(result)
     except (TypeError, ValueError):
         raise TypeError(
             f"the task returned a {type(result).__name__}, which is not JSON; Conveyor stores only JSON results"
         ) from None
+
+
+_PLAIN = (str, int, bool)  # always JSON (unlike a float, which may be NaN)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import queue
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from conveyor.core.context import Context
@@ -44,31 +46,98 @@ async def run_async(task: Task, args: list[Any], kwargs: dict[str, Any], ctx: Co
         return await task.fn(ctx, *args, **kwargs)
 
 
+class Call:
+    """One piece of sync work for ``ThreadPool.start``: ``run`` in a thread, then ``finished``
+    with its value or exception on the loop. ``key`` groups calls of one kind (the task), whose
+    recent run time decides whether they may share a thread hand-off; a call whose ``ctx`` is
+    cancelled before a thread picks it up is skipped."""
+
+    __slots__ = ("ctx", "key")
+
+    def __init__(self, ctx: Context, key: object) -> None:
+        self.ctx = ctx
+        self.key = key
+
+    def run(self) -> Any:
+        raise NotImplementedError
+
+    def finished(self, result: Any, error: BaseException | None) -> None:
+        raise NotImplementedError
+
+
+class _FutureCall(Call):
+    """A call whose result goes to a future (``ThreadPool.run``)."""
+
+    __slots__ = ("fn", "future")
+
+    def __init__(self, ctx: Context, key: object, fn: Callable[[], Any], future: asyncio.Future[Any]) -> None:
+        super().__init__(ctx, key)
+        self.fn = fn
+        self.future = future
+
+    def run(self) -> Any:
+        return self.fn()
+
+    def finished(self, result: Any, error: BaseException | None) -> None:
+        if self.future.done():
+            return  # the job was settled already (time limit, cancel, lease lost)
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(result)
+
+
+class _Group:
+    """Calls handed to one thread to run back to back; idle threads may take from it too."""
+
+    __slots__ = ("calls", "timer")
+
+    def __init__(self, calls: list[Call]) -> None:
+        self.calls = collections.deque(calls)
+        self.timer: asyncio.TimerHandle | None = None
+
+
 class ThreadPool:
     """Sync tasks in threads. A timed-out or cancelled thread keeps running until it returns;
     its slot is freed at once and its outcome is dropped.
+
+    A thread hand-off (waking a thread, then the loop again) costs far more than a no-op
+    task, and every woken thread fights the loop for the GIL. So calls of a task whose recent
+    runs were short enough are handed to one thread as a group that it runs back to back,
+    while the group's expected run time stays within ``GROUP_BUDGET``; calls of a slow or not
+    yet measured task each get a thread of their own. If some calls of a group have still not
+    started after ``GROUP_DEADLINE`` (a normally quick task was slow this time), idle threads
+    are woken to take them: no call waits behind another for longer than that.
 
     Threads hand results back in batches: the first completion schedules one callback on
     the loop that settles every completion queued by then, so a burst of short jobs costs
     one loop wake-up instead of one per job.
     """
 
+    #: Seconds of expected run time that calls may share one thread hand-off for.
+    GROUP_BUDGET = 0.0005
+    #: Seconds after which the calls of a group not yet started are given to other threads.
+    GROUP_DEADLINE = 0.002
+
     def __init__(self, size: int) -> None:
         self._size = size
-        self._calls: queue.SimpleQueue[tuple[asyncio.Future[Any], Callable[[], Any]] | None] = queue.SimpleQueue()
-        self._done: collections.deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = collections.deque()
+        self._groups: queue.SimpleQueue[_Group | None] = queue.SimpleQueue()
+        self._done: collections.deque[tuple[Call, Any, BaseException | None]] = collections.deque()
+        self._drained: collections.deque[_Group] = collections.deque()
         self._wake_pending = False
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._idle = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: recent run time of each key's calls, in seconds (a moving average, kept by the threads)
+        self._cost: dict[object, float] = {}
 
     async def run(
         self, task: Task, args: list[Any], kwargs: dict[str, Any], ctx: Context, timeout: float | None
     ) -> Any:
         self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._submit(future, lambda: task.fn(ctx, *args, **kwargs))
+        self.start([_FutureCall(ctx, task, lambda: task.fn(ctx, *args, **kwargs), future)])
         if timeout is None:
             return await future
         try:
@@ -77,9 +146,33 @@ class ThreadPool:
             ctx.request_cancel()  # a cooperative task stops at its next raise_if_cancelled()
             raise
 
-    def _submit(self, future: asyncio.Future[Any], call: Callable[[], Any]) -> None:
+    def start(self, calls: Sequence[Call]) -> None:
+        """Run ``calls`` in threads (call on the loop); each one's ``finished`` is called on the loop."""
+        loop = self._loop = asyncio.get_running_loop()
+        group: list[Call] = []
+        spent = 0.0
+        for call in calls:
+            cost = self._cost.get(call.key)
+            if cost is None or cost > self.GROUP_BUDGET:
+                self._dispatch(loop, [call])
+                continue
+            if group and spent + cost > self.GROUP_BUDGET:
+                self._dispatch(loop, group)
+                group, spent = [], 0.0
+            group.append(call)
+            spent += cost
+        if group:
+            self._dispatch(loop, group)
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop, calls: list[Call]) -> None:
+        group = _Group(calls)
+        if len(calls) > 1:
+            group.timer = loop.call_later(self.GROUP_DEADLINE, self._overdue, group)
+        self._wake(group)
+
+    def _wake(self, group: _Group) -> None:
         with self._lock:
-            # a thread per job in flight, up to size (+ those outliving a time limit)
+            # a thread per hand-off in flight, up to size (+ those outliving a time limit)
             spawn = self._idle == 0
             if not spawn:
                 self._idle -= 1
@@ -87,41 +180,69 @@ class ThreadPool:
             thread = threading.Thread(target=self._serve, name=f"conveyor-job-{len(self._threads)}", daemon=False)
             self._threads.append(thread)
             thread.start()
-        self._calls.put((future, call))
+        self._groups.put(group)
+
+    def _overdue(self, group: _Group) -> None:
+        """Calls of ``group`` still wait behind a slow one: more threads take them now."""
+        self._settle()  # and report those that finished meanwhile
+        for _ in range(len(group.calls)):
+            self._wake(group)
 
     def _serve(self) -> None:
+        cost = self._cost
+        clock = time.perf_counter
         while True:
-            item = self._calls.get()
-            if item is None:
+            group = self._groups.get()
+            if group is None:
                 return
-            future, call = item
-            try:
-                result, error = call(), None
-            except BaseException as exc:
-                result, error = None, exc
-            self._done.append((future, result, error))
+            calls = group.calls
+            while calls:
+                try:
+                    call = calls.popleft()
+                except IndexError:  # another thread took the last one
+                    break
+                if call.ctx.cancelled:
+                    continue  # settled before it started (cancelled, handed back, timed out): never run it
+                t0 = clock()
+                try:
+                    result, error = call.run(), None
+                except BaseException as exc:
+                    result, error = None, exc
+                spent = clock() - t0
+                before = cost.get(call.key)
+                cost[call.key] = spent if before is None else before + (spent - before) * 0.25
+                self._done.append((call, result, error))
+            if group.timer is not None:
+                self._drained.append(group)
             with self._lock:
                 self._idle += 1
                 wake = not self._wake_pending
                 self._wake_pending = True
-            if wake and self._loop is not None and not self._loop.is_closed():
-                self._loop.call_soon_threadsafe(self._settle)
+            loop = self._loop
+            if wake and loop is not None and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    loop.call_soon_threadsafe(self._settle)
 
     def _settle(self) -> None:
         with self._lock:
             self._wake_pending = False
+        while self._drained:
+            timer = self._drained.popleft().timer
+            if timer is not None:
+                timer.cancel()  # every call of that group started
+        failure: BaseException | None = None
         while self._done:
-            future, result, error = self._done.popleft()
-            if future.done():
-                continue  # the job was settled already (time limit, cancel, lease lost)
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
+            call, result, error = self._done.popleft()
+            try:
+                call.finished(result, error)
+            except BaseException as exc:  # settle the rest first, then let the loop report it
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def stop(self, job_id: str) -> None:
         return None  # threads cannot be stopped; the worker tells the task through ctx.cancelled
 
     async def close(self) -> None:
         for _ in self._threads:
-            self._calls.put(None)
+            self._groups.put(None)

@@ -18,8 +18,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from conveyor import metrics
@@ -29,9 +28,11 @@ from conveyor.core import rules
 from conveyor.core.app import PARENT_NAMES, Conveyor
 from conveyor.core.context import Context
 from conveyor.core.errors import BackendUnavailable, ConfigurationError
+from conveyor.core.job import Job, Status
+from conveyor.core.task import Task
 from conveyor.scheduler import run_scheduler
-from conveyor.worker.execute import execute
-from conveyor.worker.pools import Pool, ThreadPool
+from conveyor.worker.execute import decide, execute, time_limit
+from conveyor.worker.pools import Call, Pool, ThreadPool
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +40,36 @@ log = logging.getLogger(__name__)
 EXIT_STALLED = 70
 
 
-@dataclass
-class Running:
-    """A job this worker holds a lease on."""
+class Running(Call):
+    """A job this worker holds a lease on.
 
-    lease: Lease
-    ctx: Context
-    task: asyncio.Task[None] | None = None
-    #: Set once an outcome was decided (or the job abandoned): later outcomes are dropped.
-    settled: bool = False
-    started: float = field(default_factory=time.monotonic)
+    A sync job of the thread pool is itself the pool's ``Call`` (no coroutine per job); any
+    other job runs in an asyncio task (``task``).
+    """
+
+    __slots__ = ("fn", "lease", "settled", "started", "task", "timer", "worker")
+
+    def __init__(self, worker: Worker, lease: Lease, ctx: Context, fn: Task | None) -> None:
+        super().__init__(ctx, fn)
+        self.worker = worker
+        self.lease = lease
+        self.fn = fn
+        self.task: asyncio.Task[None] | None = None
+        #: the time limit of a job run as a ``Call``
+        self.timer: asyncio.TimerHandle | None = None
+        #: Set once an outcome was decided (or the job abandoned): later outcomes are dropped.
+        self.settled = False
+        self.started = time.monotonic()
+
+    def run(self) -> Any:  # in a pool thread
+        fn = self.fn
+        assert fn is not None
+        job = self.lease.job
+        args, kwargs = fn.prepare(job.args, job.kwargs)
+        return fn.fn(self.ctx, *args, **kwargs)
+
+    def finished(self, result: Any, error: BaseException | None) -> None:  # on the loop
+        self.worker._finished(self, result, error)
 
 
 class Worker:
@@ -90,6 +111,12 @@ class Worker:
         self.running: dict[str, Running] = {}
         self.exit_code = 0
         self._outbox: list[Outcome] = []
+        #: sync jobs whose thread returned, their outcome not yet decided (``_decide_returned``)
+        self._returned: list[tuple[Running, Any, BaseException | None]] = []
+        self._deciding = False
+        #: metrics not yet counted: counted by ``_count`` while the next claim is on its way
+        self._uncounted_starts: list[tuple[list[Lease], float]] = []
+        self._uncounted_ends: list[tuple[Job, Status, float]] = []
         self._progress: dict[str, tuple[str, dict[str, Any]]] = {}
         self._stop = asyncio.Event()
         self._slot_free = asyncio.Event()
@@ -154,6 +181,8 @@ class Worker:
                 await asyncio.gather(*helpers, return_exceptions=True)
                 if self._flushing is not None:
                     await asyncio.wait([self._flushing])
+                self._decide_returned()
+                self._count()
                 await self._flush()
                 with contextlib.suppress(BackendUnavailable):
                     await backend.unregister_worker(self.id)
@@ -174,8 +203,17 @@ class Worker:
             if free <= 0:
                 self._slot_free.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._slot_free.wait(), 1.0)
+                    async with asyncio.timeout(1.0):  # not wait_for: no extra task, wakes a hop sooner
+                        await self._slot_free.wait()
                 continue
+            if self._returned:
+                self._decide_returned()
+            if self._outbox and self._kick_flush() is not None:
+                # the outcomes of the jobs whose slots this claim refills go out first (SQLite:
+                # are committed), so a crash from here on redelivers only the jobs then running
+                await asyncio.sleep(0)
+            if self._uncounted_starts or self._uncounted_ends:
+                asyncio.get_running_loop().call_soon(self._count)  # runs once the claim is sent
             try:
                 leases = await backend.claim(self.queues, free, self.id, time.time())
                 failures = 0
@@ -185,11 +223,11 @@ class Worker:
                 log.warning("worker %s: claim failed (%s); retrying in %.1f s", self.id, exc, delay)
                 await self._sleep(delay)
                 continue
-            for lease in leases:
-                self._start(lease)
+            if leases:
+                self._start(leases)
             if len(leases) < free:
                 if self.burst and not leases and not self.running:
-                    if not self._outbox:
+                    if not self._outbox and not self._returned:
                         self.stop()
                     continue
                 await self._wait_for_work()
@@ -212,18 +250,94 @@ class Worker:
             await asyncio.wait_for(self._stop.wait(), seconds)
 
     # -- running --------------------------------------------------------------------------
-    def _start(self, lease: Lease) -> None:
-        job = lease.job
+    def _start(self, leases: list[Lease]) -> None:
         loop = asyncio.get_running_loop()
+        pool = self._pool
+        calls: list[Call] = []
+        now = time.time()
+        for lease in leases:
+            job = lease.job
+            fn = self.app.tasks.get(job.task)
+            running = Running(self, lease, Context(job, self._reporter(loop, job.id, lease.token)), fn)
+            self.running[job.id] = running
+            if fn is not None and not fn.is_async and not job.depends_on and isinstance(pool, ThreadPool):
+                # the common case, without a coroutine: the pool calls running.finished on the loop
+                timeout = time_limit(fn, lease)
+                if timeout is not None:
+                    running.timer = loop.call_later(timeout, self._time_out, running)
+                calls.append(running)
+            else:
+                running.task = asyncio.create_task(self._run(running))
+        if calls:
+            assert isinstance(pool, ThreadPool)
+            pool.start(calls)
+        # counted later (``_count``), not now: the loop should go idle at once so that the
+        # thread just woken gets the GIL
+        self._uncounted_starts.append((leases, now))
 
+    def _reporter(self, loop: asyncio.AbstractEventLoop, job_id: str, token: str) -> Callable[[dict[str, Any]], None]:
         def report(progress: dict[str, Any]) -> None:
             # called from the job's thread or the loop: hand over to the loop, coalesced
-            loop.call_soon_threadsafe(self._queue_progress, job.id, lease.token, progress)
+            loop.call_soon_threadsafe(self._queue_progress, job_id, token, progress)
 
-        running = Running(lease, Context(job, report))
-        self.running[job.id] = running
-        metrics.job_started(job, time.time())
-        running.task = asyncio.create_task(self._run(running))
+        return report
+
+    def _finished(self, running: Running, result: Any, error: BaseException | None) -> None:
+        """A sync job's thread returned (on the loop): free its slot now, decide its outcome soon."""
+        if running.timer is not None:
+            running.timer.cancel()
+        job_id = running.lease.job.id
+        if self.running.get(job_id) is not running:
+            return  # settled already (time limit, cancel, lease lost, handed back): the result is dropped
+        del self.running[job_id]
+        self._returned.append((running, result, error))
+        self._slot_free.set()  # the claim loop decides them before it claims; else this does, soon
+        if not self._deciding:
+            self._deciding = True
+            asyncio.get_running_loop().call_soon(self._decide_returned)
+
+    def _decide_returned(self) -> None:
+        """Decide the outcomes of the sync jobs whose threads returned (one batch per loop tick)."""
+        self._deciding = False
+        returned, self._returned = self._returned, []
+        failure: BaseException | None = None
+        for running, result, error in returned:
+            assert running.fn is not None
+            lease = running.lease
+            try:
+                outcome = decide(running.fn, lease, running.ctx, result, error, self._max_deliveries_of(lease.job))
+            except BaseException as exc:  # not the attempt's to report: decide the rest, then raise it
+                failure = failure or exc
+                continue
+            self._settle(running, outcome)
+        if failure is not None:
+            raise failure
+
+    def _count(self) -> None:
+        """Update the started and finished metrics of the jobs since the last count."""
+        starts, self._uncounted_starts = self._uncounted_starts, []
+        for leases, now in starts:
+            for lease in leases:
+                metrics.job_started(lease.job, now)
+        ends, self._uncounted_ends = self._uncounted_ends, []
+        for job, status, duration in ends:
+            metrics.job_finished(job, status, duration)
+
+    def _time_out(self, running: Running) -> None:
+        """A sync job's time limit passed: settle it now; its thread's late result is dropped."""
+        job = running.lease.job
+        if self.running.get(job.id) is not running:
+            return
+        running.ctx.request_cancel()  # a cooperative task stops at its next raise_if_cancelled()
+        del self.running[job.id]
+        self._slot_free.set()
+        assert running.fn is not None
+        self._settle(
+            running, decide(running.fn, running.lease, running.ctx, None, TimeoutError(), self._max_deliveries_of(job))
+        )
+
+    def _max_deliveries_of(self, job: Job) -> int:
+        return self._max_deliveries.get(job.queue, 10)
 
     async def _run(self, running: Running) -> None:
         lease = running.lease
@@ -235,9 +349,8 @@ class Worker:
                 names = job.metadata.get(PARENT_NAMES) or {}
                 running.ctx.parent_results = {**results, **{n: results.get(i) for n, i in names.items()}}
             assert self._pool is not None
-            outcome = await execute(
-                self.app.tasks.get(job.task), lease, running.ctx, self._pool, self._max_deliveries.get(job.queue, 10)
-            )
+            outcome = await execute(self.app.tasks.get(job.task), lease, running.ctx, self._pool,
+                                    self._max_deliveries_of(job))
         except asyncio.CancelledError:
             return  # abandoned (lease lost) or handed back on shutdown: someone else settled it
         finally:
@@ -252,7 +365,7 @@ class Worker:
             return
         running.settled = True
         if outcome is not None:
-            metrics.job_finished(running.lease.job, outcome.status, time.monotonic() - running.started)
+            self._uncounted_ends.append((running.lease.job, outcome.status, time.monotonic() - running.started))
             self._outbox.append(outcome)
             self._flush_needed.set()
 
@@ -263,6 +376,8 @@ class Worker:
             return
         running.ctx.request_cancel()
         self._settle(running, outcome)
+        if running.timer is not None:
+            running.timer.cancel()
         if running.task is not None:
             running.task.cancel()  # a coroutine stops; a thread's late result is dropped
         if self._pool is not None:
@@ -280,14 +395,29 @@ class Worker:
             await self._flush_needed.wait()
             self._flush_needed.clear()
             await asyncio.sleep(0)  # let the jobs finishing in this tick join the batch
+            flushing = self._kick_flush() or self._flushing
+            if flushing is None or flushing.done():
+                continue
             try:
                 # shielded: stopping the worker must not cut a write whose batch it would then resend
-                self._flushing = asyncio.ensure_future(self._flush())
-                await asyncio.shield(self._flushing)
+                await asyncio.shield(flushing)
             except BackendUnavailable as exc:
                 log.warning("worker %s: could not record outcomes (%s); retrying", self.id, exc)
                 await asyncio.sleep(0.5)
                 self._flush_needed.set()
+
+    def _kick_flush(self) -> asyncio.Future[None] | None:
+        """Start sending the outcomes and progress now, unless a batch is on its way already
+        (then the flush loop sends them after it); the flush started, if any."""
+        if not (self._outbox or self._progress) or (self._flushing is not None and not self._flushing.done()):
+            return None
+        flushing = self._flushing = asyncio.ensure_future(self._flush())
+        flushing.add_done_callback(self._flushed)
+        return flushing
+
+    def _flushed(self, flushing: asyncio.Future[None]) -> None:
+        if not flushing.cancelled() and isinstance(flushing.exception(), BackendUnavailable):
+            self._flush_needed.set()  # the flush loop retries (and reports) it
 
     async def _flush(self) -> None:
         backend = self._backend
@@ -328,6 +458,7 @@ class Worker:
                 if self._claim_task is not None:
                     self._claim_task.cancel()  # it may be stuck inside a call that never returns
                 return
+            self._count()  # those not counted during claims (long jobs, an idle worker)
             leases = {job_id: r.lease.token for job_id, r in self.running.items()}
             try:
                 reply = await asyncio.wait_for(backend.heartbeat(self.info(), leases, time.time()), 10.0)
