@@ -9,13 +9,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-pytest.importorskip("redis")
-
 from conveyor.backends.base import JobQuery, Outcome, WorkerInfo
 from conveyor.backends.redis import RedisBackend
 from conveyor.core.errors import BackendUnavailable
 from conveyor.core.ids import uuid7
 from conveyor.core.job import Job, Status
+from tests.unavailable import unavailable
 
 
 @pytest.fixture
@@ -24,7 +23,7 @@ async def rb() -> AsyncIterator[RedisBackend]:
     try:
         await b.open()
     except BackendUnavailable:
-        pytest.skip("no redis at 127.0.0.1:6379")
+        unavailable("no redis at 127.0.0.1:6379")
     yield b
     await b.drop()
     await b.close()
