@@ -82,9 +82,11 @@ async def all_jobs(app: Conveyor) -> list[Any]:
 
 
 async def drop(app: Conveyor) -> None:
+    """Delete this run's data and close the connection (a pool left open dies noisily at exit)."""
     backend = await app.backend()
     if hasattr(backend, "drop"):
         await backend.drop()
+    await backend.close()
 
 
 async def ping_rate(app: Conveyor, n: int) -> float:
