@@ -202,6 +202,35 @@ async def test_finish__handed_back_uncounted__is_queued_without_using_a_delivery
     assert (await claim_one()).job.id == job.id
 
 
+async def test_finish_and_claim__outcomes_applied_then_next_jobs_leased(backend, new_job, fetch):
+    await backend.enqueue([new_job() for _ in range(4)])
+    a, b = await backend.claim(["default"], 2, "w", time.time())
+    now = time.time()
+
+    applied, leases = await backend.finish_and_claim([
+        Outcome(a.job.id, a.token, Status.SUCCEEDED, result="a"),
+        Outcome(b.job.id, "not-the-token", Status.SUCCEEDED),
+    ], ["default"], 5, "w", now)
+
+    assert applied == [True, False]
+    assert (await fetch(a.job.id)).result == "a"
+    assert (await fetch(b.job.id)).status is Status.RUNNING
+    assert len(leases) == 2
+    assert {lease.job.id for lease in leases}.isdisjoint({a.job.id, b.job.id})
+    assert all(lease.job.status is Status.RUNNING and lease.token for lease in leases)
+
+
+async def test_finish_and_claim__handed_back_job__is_leased_again_in_the_same_call(backend, submit, claim_one):
+    job = await submit()
+    lease = await claim_one()
+
+    applied, leases = await backend.finish_and_claim(
+        [Outcome(job.id, lease.token, Status.QUEUED, uncount_delivery=True)], ["default"], 1, "w2", time.time())
+
+    assert applied == [True]
+    assert [(again.job.id, again.job.worker_id) for again in leases] == [(job.id, "w2")]
+
+
 async def test_heartbeat__held_lease__is_extended_and_worker_registered(backend, submit, claim_one, fetch):
     job = await submit()
     now = time.time()

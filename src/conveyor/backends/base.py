@@ -23,7 +23,7 @@ pinned down by the conformance suite (``tests/conformance``):
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,6 +172,13 @@ class Backend(abc.ABC):
         Unknown ``depends_on`` ids raise ``ValidationError``.
         """
 
+    #: ``enqueue`` for synchronous callers without an event loop, where the engine has a
+    #: cheaper way than running ``enqueue`` on one (thread-safe); ``close_blocking`` ends it.
+    enqueue_blocking: Callable[[Sequence[Job]], list[tuple[Job, bool]]] | None = None
+
+    def close_blocking(self) -> None:  # noqa: B027 - optional, like enqueue_blocking
+        """Close what ``enqueue_blocking`` opened."""
+
     # -- leasing ------------------------------------------------------------------------
     @abc.abstractmethod
     async def claim(self, queues: Sequence[str], limit: int, worker_id: str, now: float) -> list[Lease]:
@@ -184,6 +191,17 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def finish(self, outcomes: Sequence[Outcome], now: float) -> list[bool]:
         """Apply outcomes whose token still holds; per outcome, whether it was applied."""
+
+    async def finish_and_claim(
+        self, outcomes: Sequence[Outcome], queues: Sequence[str], limit: int, worker_id: str, now: float
+    ) -> tuple[list[bool], list[Lease]]:
+        """``finish(outcomes)``, then ``claim(...)``: a worker's cycle.
+
+        The outcomes are applied before the claim, so a worker killed in between redelivers
+        only the jobs it was running. Engines that can send both in one round trip override this.
+        """
+        applied = await self.finish(outcomes, now)
+        return applied, await self.claim(queues, limit, worker_id, now)
 
     @abc.abstractmethod
     async def set_progress(self, job_id: str, token: str, progress: Mapping[str, Any], now: float) -> bool:

@@ -150,14 +150,13 @@ class Worker:
     async def run(self) -> int:
         """Work until stopped; the process exit code (0, or ``EXIT_STALLED``)."""
         backend = self._backend = self._backend or create_backend(self.app.url)
-        await backend.open()
+        await backend.open()  # an engine that is not there at all: the error, at once
         self.app.bind(backend)
         try:
-            await self.app.apply_queue_settings(backend)
-            await self._refresh_queue_settings()
-            self._pool = self._make_pool()
             self._install_signals()
-            await backend.heartbeat(self.info(), {}, time.time())
+            if not await self._register(backend):
+                return self.exit_code
+            self._pool = self._make_pool()
             log.info(
                 "worker %s ready: queues %s, concurrency %d, %s pool",
                 self.id,
@@ -192,6 +191,25 @@ class Worker:
             await backend.close()
         return self.exit_code
 
+    async def _register(self, backend: Backend) -> bool:
+        """Apply the queue settings and announce this worker; False if stopped first.
+
+        The engine answered ``open``: an outage from here on is waited out, with backoff.
+        """
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                await self.app.apply_queue_settings(backend)
+                await self._refresh_queue_settings()
+                await backend.heartbeat(self.info(), {}, time.time())
+                return True
+            except BackendUnavailable as exc:
+                failures += 1
+                delay = min(5.0, 0.1 * 2**failures) * random.uniform(0.5, 1.0)
+                log.warning("worker %s: cannot register (%s); retrying in %.1f s", self.id, exc, delay)
+                await self._sleep(delay)
+        return False
+
     # -- claiming -------------------------------------------------------------------------
     async def _claim_loop(self) -> None:
         backend = self._backend
@@ -208,14 +226,10 @@ class Worker:
                 continue
             if self._returned:
                 self._decide_returned()
-            if self._outbox and self._kick_flush() is not None:
-                # the outcomes of the jobs whose slots this claim refills go out first (SQLite:
-                # are committed), so a crash from here on redelivers only the jobs then running
-                await asyncio.sleep(0)
             if self._uncounted_starts or self._uncounted_ends:
                 asyncio.get_running_loop().call_soon(self._count)  # runs once the claim is sent
             try:
-                leases = await backend.claim(self.queues, free, self.id, time.time())
+                leases = await self._report_and_claim(free)
                 failures = 0
             except BackendUnavailable as exc:
                 failures += 1
@@ -231,6 +245,27 @@ class Worker:
                         self.stop()
                     continue
                 await self._wait_for_work()
+
+    async def _report_and_claim(self, free: int) -> list[Lease]:
+        """Lease up to ``free`` jobs, applying the outcomes waiting to be sent first.
+
+        The outcomes of the jobs whose slots this claim refills go in the same call, ahead of the
+        claim, so a crash from here on redelivers only the jobs then running. (If a flush is on
+        its way, they wait for the flush loop.)
+        """
+        backend = self._backend
+        assert backend is not None
+        if not self._outbox or (self._flushing is not None and not self._flushing.done()):
+            return await backend.claim(self.queues, free, self.id, time.time())
+        batch, self._outbox = self._outbox, []
+        try:
+            applied, leases = await backend.finish_and_claim(batch, self.queues, free, self.id, time.time())
+        except BaseException:
+            self._outbox[:0] = batch  # not known to be applied: sent again (a repeat is refused)
+            self._flush_needed.set()
+            raise
+        self._report_refused(batch, applied)
+        return leases
 
     async def _wait_for_work(self) -> None:
         backend = self._backend
@@ -433,6 +468,10 @@ class Worker:
         except BaseException:
             self._outbox[:0] = batch
             raise
+        self._report_refused(batch, applied)
+
+    @staticmethod
+    def _report_refused(batch: Sequence[Outcome], applied: Sequence[bool]) -> None:
         for outcome, ok in zip(batch, applied, strict=True):
             if not ok:
                 log.warning(

@@ -653,11 +653,16 @@ class PostgresBackend(Backend):
         names = list(dict.fromkeys(queues))
         if limit <= 0 or not names:
             return []
+        params = self._claim_params(names, limit, worker_id, now)
+        return await self._leases(params, await self._fetch_hot("claim", params))
+
+    def _claim_params(self, names: list[str], limit: int, worker_id: str, now: float) -> dict[str, Any]:
         if self._listener is not None:
             self._marks[frozenset(names)] = self._listener.counter
-        params = {"queues": names, "limit": limit, "worker_id": worker_id, "now": now,
-                  "d_vt": _DEFAULTS.visibility_timeout}
-        rows = await self._fetch_hot("claim", params)
+        return {"queues": names, "limit": limit, "worker_id": worker_id, "now": now,
+                "d_vt": _DEFAULTS.visibility_timeout}
+
+    async def _leases(self, params: Mapping[str, Any], rows: list[Any]) -> list[Lease]:
         if rows and rows[0][-1]:  # limited jobs are ready: decide per key, in one transaction
             rows = await self._run(lambda conn: self._claim_limited(conn, params), transaction=True)
             rows.sort(key=lambda r: (-r[JOB_FIELDS.index("priority")], r[len(JOB_FIELDS)], r[0]))
@@ -668,6 +673,30 @@ class PostgresBackend(Backend):
             job = _row_to_job(row)
             leases.append(Lease(job=job, token=job.lease_token or ""))
         return leases
+
+    async def finish_and_claim(
+        self, outcomes: Sequence[Outcome], queues: Sequence[str], limit: int, worker_id: str, now: float
+    ) -> tuple[list[bool], list[Lease]]:
+        """The finish and claim statements in one pipeline: one round trip, one transaction.
+
+        Outcomes of jobs with dependents are applied right after, as ``finish`` does.
+        """
+        names = list(dict.fromkeys(queues))
+        if not outcomes or limit <= 0 or not names:
+            return await super().finish_and_claim(outcomes, queues, limit, worker_id, now)
+        finish_params = self._finish_params(outcomes, now)
+        claim_params = self._claim_params(names, limit, worker_id, now)
+
+        async def go(conn: AConn) -> tuple[list[Any], list[Any]]:
+            async with conn.pipeline():
+                await conn.execute(_GENERIC)
+                finished = await conn.execute(self.q["finish"], finish_params)
+                claimed = await conn.execute(self.q["claim"], claim_params)
+            return await finished.fetchall(), await claimed.fetchall()
+
+        finished, claimed = await self._run(go)
+        applied = await self._finish_rest(outcomes, {r[0] for r in finished}, finish_params, now)
+        return applied, await self._leases(claim_params, claimed)
 
     async def _claim_limited(self, conn: AConn, params: Mapping[str, Any]) -> list[Any]:
         """Claim past the jobs whose key is at its limit (they stay queued); see ``_Gate``."""
@@ -707,28 +736,35 @@ class PostgresBackend(Backend):
     async def finish(self, outcomes: Sequence[Outcome], now: float) -> list[bool]:
         if not outcomes:
             return []
+        params = self._finish_params(outcomes, now)
+        applied = {r[0] for r in await self._fetch_hot("finish", params)}
+        return await self._finish_rest(outcomes, applied, params, now)
+
+    def _finish_params(self, outcomes: Sequence[Outcome], now: float) -> dict[str, Any]:
         payload = serialization.dumps([{
             "job_id": o.job_id, "token": o.token, "status": str(o.status), "result": o.result,
             "error": dict(o.error) if o.error is not None else None, "scheduled_at": o.scheduled_at,
             "attempt": o.attempt, "uncount": o.uncount_delivery} for o in outcomes])
-        params = {"outcomes": payload, "ids": [o.job_id for o in outcomes], "now": now, "channel": self.channel,
-                  "guard": True, "hb_cancel": serialization.dumps(dict(CANCELLED_HANDED_BACK))}
-        applied = {r[0] for r in await self._fetch_hot("finish", params)}
-        rest = [o for o in outcomes if o.job_id not in applied]
-        if rest:
+        return {"outcomes": payload, "ids": [o.job_id for o in outcomes], "now": now, "channel": self.channel,
+                "guard": True, "hb_cancel": serialization.dumps(dict(CANCELLED_HANDED_BACK))}
+
+    async def _finish_rest(self, outcomes: Sequence[Outcome], applied: set[str], params: Mapping[str, Any],
+                           now: float) -> list[bool]:
+        """Apply the outcomes the guarded statement left (``applied``: those it applied)."""
+        if len(applied) < len(outcomes):
             # Jobs with dependents (or whose lease was lost): apply in one transaction with the
             # release/cancellation of their children.
-            params = {**params, "guard": False, "outcomes": serialization.dumps(
-                [r for r in serialization.loads(payload) if r["job_id"] not in applied])}
+            rest = {**params, "guard": False, "outcomes": serialization.dumps(
+                [r for r in serialization.loads(params["outcomes"]) if r["job_id"] not in applied])}
 
             async def go(conn: AConn) -> set[str]:
-                rows = await self._fetch("finish", params, conn)
+                rows = await self._fetch("finish", rest, conn)
                 done = [r[0] for r in rows if r[3] and r[1] == "succeeded"]
                 failed = [r[0] for r in rows if r[3] and r[1] in _TERMINAL_FAIL]
                 await self._after_terminal(conn, done, failed, now)
                 return {r[0] for r in rows}
 
-            applied |= await self._run(go, transaction=True)
+            applied = applied | await self._run(go, transaction=True)
         return [o.job_id in applied for o in outcomes]
 
     async def _after_terminal(self, conn: AConn, succeeded: Sequence[str], failed: Sequence[str],
