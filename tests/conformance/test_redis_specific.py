@@ -91,3 +91,46 @@ async def test_drop_deletes_every_key_under_the_prefix(rb: RedisBackend) -> None
     await rb.drop()
     keys = [k async for k in rb.r.scan_iter(match=f"*{rb.prefix}*")]
     assert keys == []
+
+
+async def test_enqueue_blocking__from_a_thread__stores_jobs_like_enqueue(rb: RedisBackend) -> None:
+    plain, keyed = job(), job(idempotency_key="order-1")
+
+    stored = await asyncio.to_thread(rb.enqueue_blocking, [plain, keyed])
+    replay = await asyncio.to_thread(rb.enqueue_blocking, [job(idempotency_key="order-1")])
+
+    assert [(s.id, s.status, created) for s, created in stored] == [
+        (plain.id, "queued", True), (keyed.id, "queued", True)]
+    assert [(s.id, created) for s, created in replay] == [(keyed.id, False)]
+    assert {j.id for j in await rb.get_jobs([plain.id, keyed.id])} == {plain.id, keyed.id}
+    assert [lease.job.id for lease in await rb.claim(["default"], 5, "w", time.time())] == [plain.id, keyed.id]
+
+
+async def test_enqueue_blocking__unknown_parent__validation_error(rb: RedisBackend) -> None:
+    with pytest.raises(ValidationError, match="depends_on"):
+        await asyncio.to_thread(rb.enqueue_blocking, [job(depends_on=[str(uuid7())])])
+
+
+async def test_enqueue_blocking__after_script_flush__reloads(rb: RedisBackend) -> None:
+    await asyncio.to_thread(rb.enqueue_blocking, [job()])
+    await rb.r.script_flush()
+    [(stored, created)] = await asyncio.to_thread(rb.enqueue_blocking, [job()])
+    assert created and stored.status == "queued"
+
+
+async def test_enqueue_blocking__many_threads_at_once__every_job_stored_once(rb: RedisBackend) -> None:
+    def submit(n: int) -> list[str]:
+        return [rb.enqueue_blocking([job()])[0][0].id for _ in range(n)]
+
+    batches = await asyncio.gather(*(asyncio.to_thread(submit, 40) for _ in range(8)))
+
+    ids = [i for batch in batches for i in batch]
+    assert len(set(ids)) == 320
+    assert len(await rb.get_jobs(ids)) == 320
+
+
+def test_enqueue_blocking__unreachable_server__backend_unavailable() -> None:
+    b = RedisBackend("redis://127.0.0.1:1/0?prefix=nowhere")
+    with pytest.raises(BackendUnavailable, match="unreachable"):
+        b.enqueue_blocking([job()])
+    b.close_blocking()

@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from conveyor.backends import create_backend, resolve_url
@@ -64,6 +64,8 @@ class Conveyor:
         self._backends: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Future[Backend]] = (
             weakref.WeakKeyDictionary()
         )
+        #: the backend of sync enqueues (``enqueue_blocking``); False once known to have none
+        self._blocking: Backend | Literal[False] | None = None
 
     # -- registration ---------------------------------------------------------------------
     def task(
@@ -196,6 +198,8 @@ class Conveyor:
                 continue
             loop.run_until_complete(future.result().close())
             del self._backends[loop]
+        if self._blocking:
+            self._blocking.close_blocking()
         self.portal.stop()
 
     def bind(self, backend: Backend) -> None:
@@ -215,7 +219,7 @@ class Conveyor:
         self, task: Task | str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
     ) -> JobHandle:
         """Submit one job (sync)."""
-        return self.portal.call(self.enqueue_async(task, args, kwargs, **options))
+        return self.enqueue_many([(task, args, kwargs or {}, options)])[0]
 
     async def enqueue_async(
         self, task: Task | str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
@@ -225,17 +229,35 @@ class Conveyor:
 
     def enqueue_many(self, submissions: Sequence[Submission]) -> list[JobHandle]:
         """Submit many jobs in one round trip (sync)."""
-        return self.portal.call(self.enqueue_many_async(submissions))
+        blocking = self._blocking_backend()
+        if blocking is None or blocking.enqueue_blocking is None:
+            return self.portal.call(self.enqueue_many_async(submissions))
+        jobs = self._build_jobs(submissions)
+        ordered = order_by_dependencies(jobs)
+        return self._handles(jobs, ordered, blocking.enqueue_blocking(ordered))
 
     async def enqueue_many_async(self, submissions: Sequence[Submission]) -> list[JobHandle]:
         """Submit many jobs atomically in one round trip."""
-        now = time.time()
-        jobs = [self.build_job(task, args, kwargs, now=now, **options) for task, args, kwargs, options in submissions]
+        jobs = self._build_jobs(submissions)
         ordered = order_by_dependencies(jobs)
-        stored = await (await self.backend()).enqueue(ordered)
+        return self._handles(jobs, ordered, await (await self.backend()).enqueue(ordered))
+
+    def _build_jobs(self, submissions: Sequence[Submission]) -> list[Job]:
+        now = time.time()
+        return [self.build_job(task, args, kwargs, now=now, **options) for task, args, kwargs, options in submissions]
+
+    def _handles(self, jobs: Sequence[Job], ordered: Sequence[Job], stored: Sequence[tuple[Job, bool]]
+                 ) -> list[JobHandle]:
         # keyed by the id built here: an idempotent replay returns the stored job, with its own id
         results = dict(zip([j.id for j in ordered], stored, strict=True))
         return [JobHandle(self, *results[j.id]) for j in jobs]
+
+    def _blocking_backend(self) -> Backend | None:
+        """The backend that serves sync enqueues without an event loop, if the engine has one."""
+        if self._blocking is None:
+            backend = create_backend(self.url)
+            self._blocking = backend if backend.enqueue_blocking is not None else False
+        return self._blocking if self._blocking is not False else None
 
     async def enqueue_in_transaction(
         self, connection: Any, task: Task | str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
