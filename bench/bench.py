@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import wake_floor
 from conveyor import Conveyor
 from conveyor.backends.base import JobQuery
 from conveyor.core.job import Status
@@ -190,25 +191,30 @@ def main() -> None:
     parser.add_argument("--task", default="noop", choices=("noop", "anoop"), help="drain a sync or an async no-op")
     args = parser.parse_args()
     worker_args = args.worker_args.split()
-    keys = ("ping", "single", "concurrent", "batch", "drain", "p50", "p99")
+    keys = ("ping", "single", "concurrent", "batch", "drain", "p50", "p99", "floor50", "floor99")
     rows: dict[str, list[float]] = {k: [] for k in keys}
     for run in range(args.runs):
         ping, single, concurrent, batch = bench_enqueue(fresh_url(args.url, run), args.jobs)
         drain = bench_drain(fresh_url(args.url, run + 100), args.jobs, worker_args, args.processes, args.task)
         p50, p99 = bench_latency(fresh_url(args.url, run + 200), args.samples)
-        for key, value in zip(keys, (ping, single, concurrent, batch, drain, p50, p99), strict=True):
+        # on Redis, the floor under any queue's idle latency: a bare LPUSH -> BLPOP hand-off
+        floor = wake_floor.measure(args.url.split("?")[0], args.samples) if args.url.startswith("redis://") \
+            else (float("nan"), float("nan"))
+        for key, value in zip(keys, (ping, single, concurrent, batch, drain, p50, p99, *floor), strict=True):
             rows[key].append(value)
         print(f"run {run + 1}: round trips {ping:,.0f}/s, enqueue single {single:,.0f}/s, "
               f"single × 64 callers {concurrent:,.0f}/s, batch {batch:,.0f}/s, drain {drain:,.0f} jobs/s, "
-              f"idle latency p50 {p50:.2f} ms p99 {p99:.2f} ms", flush=True)
+              f"idle latency p50 {p50:.2f} ms p99 {p99:.2f} ms (bare hand-off {floor[0]:.2f} / {floor[1]:.2f} ms)",
+              flush=True)
     med = {k: statistics.median(v) for k, v in rows.items()}
     worker = (" ".join(worker_args) or "defaults") + f", task {args.task}"
     print(f"\nmedian of {args.runs} on {args.url.split(':')[0]} ({args.jobs:,} jobs, worker {worker}):")
     print(f"| engine round trips (ping) | enqueue single | enqueue single, 64 concurrent callers | enqueue batch "
-          f"| drain ({args.processes} worker process(es)) | idle latency p50 / p99 |")
-    print("|---|---|---|---|---|---|")
+          f"| drain ({args.processes} worker process(es)) | idle latency p50 / p99 | bare hand-off p50 / p99 |")
+    print("|---|---|---|---|---|---|---|")
     print(f"| {med['ping']:,.0f}/s | {med['single']:,.0f} jobs/s | {med['concurrent']:,.0f} jobs/s "
-          f"| {med['batch']:,.0f} jobs/s | {med['drain']:,.0f} jobs/s | {med['p50']:.2f} / {med['p99']:.2f} ms |")
+          f"| {med['batch']:,.0f} jobs/s | {med['drain']:,.0f} jobs/s | {med['p50']:.2f} / {med['p99']:.2f} ms "
+          f"| {med['floor50']:.2f} / {med['floor99']:.2f} ms |")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from conveyor import Context, Conveyor
 from conveyor.backends.sqlite import SQLiteBackend
 from conveyor.backends.sqlite.backend import path_from_url
 from conveyor.core.errors import BackendUnavailable, ConfigurationError
@@ -96,3 +98,32 @@ async def test_reopen__existing_file__keeps_jobs(tmp_path):
         assert [j.id for j in await second.get_jobs([job.id])] == [job.id]
     finally:
         await second.close()
+
+
+def test_sync_enqueue__many_threads_at_once__every_job_stored_once(tmp_path):
+    app = Conveyor(f"sqlite:///{tmp_path}/threads.db")
+
+    @app.task
+    def noop(ctx: Context, n: int) -> int:
+        return n
+
+    with ThreadPoolExecutor(8) as pool:
+        handles = list(pool.map(lambda n: noop.enqueue(n), range(400)))
+    keyed = [noop.enqueue(0, key="same") for _ in range(3)]
+
+    assert len({h.id for h in handles}) == 400
+    assert sorted(h.job.args[0] for h in handles) == list(range(400))
+    assert len({h.id for h in keyed}) == 1
+    assert all(app.get_job(h.id) is not None for h in handles[::40])
+    app.close()
+
+
+def test_sync_enqueue__unwritable_database__one_clear_error(tmp_path):
+    app = Conveyor(f"sqlite:///{tmp_path}/missing/dir/x.db")
+
+    @app.task
+    def noop(ctx: Context) -> None: ...
+
+    with pytest.raises(BackendUnavailable, match="SQLite"):
+        noop.enqueue()
+    app.close()

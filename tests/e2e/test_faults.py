@@ -144,6 +144,8 @@ def test_engine_outage__workers_reconnect_and_every_job_succeeds(faulty: Proxied
         jobs = env.client.enqueue_many([("work", (10,), {}, {}) for _ in range(200)])
         wait_for(lambda: sum(e["event"] == "end" for e in recorded(env.log)) >= 30, timeout=20,
                  what="30 jobs done before the cut")
+        # both workers up (a loaded machine may still be starting one): the cut hits running workers
+        wait_for(lambda: len(env.workers_seen()) == 2, timeout=20, what="both workers registered")
 
         env.proxy.cut()
         cut_at = time.monotonic()

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
@@ -393,6 +394,9 @@ class SQLiteBackend(Backend):
         self.url = url
         self.path = path_from_url(url)
         self._conn: sqlite3.Connection | None = None
+        #: one transaction at a time on the connection that ``enqueue_blocking`` shares
+        self._blocking_lock = threading.Lock()
+        self._pid = os.getpid()
         #: When a rate-limited job that the last claim left queued may start (wakes ``wait_for_work``).
         self._retry_at: float | None = None
 
@@ -495,6 +499,22 @@ class SQLiteBackend(Backend):
     # -- submit ---------------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
         """Store ``jobs`` in one transaction (see ``Backend.enqueue``)."""
+        return self._enqueue(jobs)
+
+    def enqueue_blocking(self, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
+        """``enqueue`` for synchronous callers: no event loop runs; threads take turns."""
+        with self._blocking_lock:
+            if self._pid != os.getpid():  # forked (a pre-forking server): the parent's connection is not ours
+                self._conn, self._pid = None, os.getpid()
+            return self._enqueue(jobs)
+
+    def close_blocking(self) -> None:
+        with self._blocking_lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _enqueue(self, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
         if not jobs:
             return []
         now = time.time()
