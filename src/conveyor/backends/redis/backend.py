@@ -295,6 +295,7 @@ class RedisBackend(Backend):
         #: the blocking client of ``enqueue_blocking`` (thread-safe), made on first use
         self._sync: redis.Redis | redis.cluster.RedisCluster | None = None
         self._sync_lock = threading.Lock()
+        self._sync_sha = ""  #: of the enqueue script (EVALSHA needs no round trip to learn it)
 
     # -- plumbing -----------------------------------------------------------------------
     def _client(self, blocking: bool) -> aioredis.Redis | RedisCluster:
@@ -319,6 +320,7 @@ class RedisBackend(Backend):
                     self._sync = redis.cluster.RedisCluster.from_url(self._redis_url, **options)
                 else:
                     self._sync = redis.Redis.from_url(self._redis_url, **options)
+                self._sync_sha = hashlib.sha1(self._src["enqueue"].encode()).hexdigest()
             return self._sync
 
     @property
@@ -472,7 +474,7 @@ class RedisBackend(Backend):
         sub = _Submission(jobs, self._payload(jobs, now), now)
         client = self._sync_client()
         source = self._src["enqueue"]
-        sha = hashlib.sha1(source.encode()).hexdigest()
+        sha = self._sync_sha
         args = [self._anchor, self.prefix, _f(now), str(len(jobs)), *sub.payload]
         with self._guard():
             try:
