@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import signal
 import statistics
@@ -180,6 +181,10 @@ def bench_latency(url: str, samples: int) -> tuple[float, float]:
     return statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
 
 
+def _ms(p50: float, p99: float) -> str:
+    return "—" if math.isnan(p50) else f"{p50:.2f} / {p99:.2f} ms"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="sqlite:///bench.db")
@@ -204,8 +209,7 @@ def main() -> None:
             rows[key].append(value)
         print(f"run {run + 1}: round trips {ping:,.0f}/s, enqueue single {single:,.0f}/s, "
               f"single × 64 callers {concurrent:,.0f}/s, batch {batch:,.0f}/s, drain {drain:,.0f} jobs/s, "
-              f"idle latency p50 {p50:.2f} ms p99 {p99:.2f} ms (bare hand-off {floor[0]:.2f} / {floor[1]:.2f} ms)",
-              flush=True)
+              f"idle latency p50 {p50:.2f} ms p99 {p99:.2f} ms (bare hand-off {_ms(*floor)})", flush=True)
     med = {k: statistics.median(v) for k, v in rows.items()}
     worker = (" ".join(worker_args) or "defaults") + f", task {args.task}"
     print(f"\nmedian of {args.runs} on {args.url.split(':')[0]} ({args.jobs:,} jobs, worker {worker}):")
@@ -214,7 +218,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     print(f"| {med['ping']:,.0f}/s | {med['single']:,.0f} jobs/s | {med['concurrent']:,.0f} jobs/s "
           f"| {med['batch']:,.0f} jobs/s | {med['drain']:,.0f} jobs/s | {med['p50']:.2f} / {med['p99']:.2f} ms "
-          f"| {med['floor50']:.2f} / {med['floor99']:.2f} ms |")
+          f"| {_ms(med['floor50'], med['floor99'])} |")
 
 
 if __name__ == "__main__":

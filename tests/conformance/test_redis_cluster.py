@@ -115,3 +115,15 @@ def test_cluster_urls() -> None:
     assert isinstance(plain, RedisBackend) and not plain.cluster
     with pytest.raises(ConfigurationError, match="only database 0"):
         create_backend("redis+cluster://node1:7000/3")
+
+
+async def test_sync_enqueue__on_a_cluster__stored_and_leased(cb: RedisBackend) -> None:
+    await cb.r.script_flush()  # a node that never saw the enqueue script: it is loaded on demand
+    first, second = job(), job(queue="media")
+
+    stored = await asyncio.to_thread(cb.enqueue_blocking, [first, second])
+
+    assert [(s.id, created) for s, created in stored] == [(first.id, True), (second.id, True)]
+    assert [lease.job.id for lease in await cb.claim(["default", "media"], 5, "w", time.time())] == [
+        first.id, second.id]
+    cb.close_blocking()

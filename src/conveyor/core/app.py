@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -66,6 +67,7 @@ class Conveyor:
         )
         #: the backend of sync enqueues (``enqueue_blocking``); False once known to have none
         self._blocking: Backend | Literal[False] | None = None
+        self._blocking_lock = threading.Lock()
 
     # -- registration ---------------------------------------------------------------------
     def task(
@@ -255,8 +257,10 @@ class Conveyor:
     def _blocking_backend(self) -> Backend | None:
         """The backend that serves sync enqueues without an event loop, if the engine has one."""
         if self._blocking is None:
-            backend = create_backend(self.url)
-            self._blocking = backend if backend.enqueue_blocking is not None else False
+            with self._blocking_lock:
+                if self._blocking is None:
+                    backend = create_backend(self.url)
+                    self._blocking = backend if backend.enqueue_blocking is not None else False
         return self._blocking if self._blocking is not False else None
 
     async def enqueue_in_transaction(
