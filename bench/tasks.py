@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from conveyor import Context, Conveyor
 
 app = Conveyor()  # CONVEYOR_URL
@@ -15,3 +17,9 @@ def noop(ctx: Context) -> None:
 @app.task
 async def anoop(ctx: Context) -> None:
     return None
+
+
+@app.task
+def stamp(ctx: Context) -> float:
+    """When the task really began, for the idle latency (``started_at`` is when it was leased)."""
+    return time.time()

@@ -271,6 +271,33 @@ async def test_wait_for_work__another_process_enqueues__wakes_within_millisecond
     assert time.monotonic() - started < 0.5
 
 
+async def test_wait_and_claim__job_arrives_during_the_wait__leased_to_the_waiter_at_once(backend, open_backend,
+                                                                                         new_job, fetch):
+    other = await open_backend()
+    waiter = asyncio.create_task(backend.wait_and_claim(["default"], 5.0, 4, "waiter"))
+    await asyncio.sleep(0.05)
+
+    started = time.monotonic()
+    [(job, _)] = await other.enqueue([new_job()])
+    leases = await asyncio.wait_for(waiter, 2.0)
+    if leases is None:  # an engine that only wakes the waiter: it claims next
+        leases = await backend.claim(["default"], 4, "waiter", time.time())
+
+    assert time.monotonic() - started < 0.5
+    assert [lease.job.id for lease in leases] == [job.id]
+    stored = await fetch(job.id)
+    assert (stored.status, stored.worker_id, stored.lease_token) == (Status.RUNNING, "waiter", leases[0].token)
+    assert job.created_at <= stored.started_at <= time.time()
+
+
+async def test_wait_and_claim__nothing_arrives__returns_after_the_timeout_with_nothing(backend):
+    started = time.monotonic()
+    leases = await backend.wait_and_claim(["default"], 0.2, 4, "waiter")
+
+    assert not leases
+    assert 0.1 <= time.monotonic() - started < 2.0
+
+
 async def test_wait_for_work__nothing_happens__returns_after_timeout(backend):
     started = time.monotonic()
 

@@ -211,6 +211,15 @@ class Backend(abc.ABC):
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when work may have arrived on ``queues``, or after ``timeout`` seconds."""
 
+    async def wait_and_claim(
+        self, queues: Sequence[str], timeout: float, limit: int, worker_id: str
+    ) -> list[Lease] | None:
+        """``wait_for_work``; engines that can also claim up to ``limit`` jobs the moment work
+        arrives (or at the timeout), in the same round trip, return those leases. None: nothing
+        was claimed, the caller claims."""
+        await self.wait_for_work(queues, timeout)
+        return None
+
     # -- reads --------------------------------------------------------------------------
     @abc.abstractmethod
     async def get_jobs(self, ids: Sequence[str]) -> list[Job]:

@@ -244,7 +244,9 @@ class Worker:
                     if not self._outbox and not self._returned:
                         self.stop()
                     continue
-                await self._wait_for_work()
+                woken = await self._wait_for_work(free - len(leases))
+                if woken:
+                    self._start(woken)
 
     async def _report_and_claim(self, free: int) -> list[Lease]:
         """Lease up to ``free`` jobs, applying the outcomes waiting to be sent first.
@@ -267,18 +269,19 @@ class Worker:
         self._report_refused(batch, applied)
         return leases
 
-    async def _wait_for_work(self) -> None:
+    async def _wait_for_work(self, free: int) -> list[Lease]:
+        """Wait (at most 0.25 s) for work; the jobs the engine leased as it arrived, if it can.
+
+        Not cut short by ``stop``: a lease taken on the engine's side must reach this worker (it
+        runs, or is handed back by the drain), so stopping waits out the short wait instead.
+        """
         backend = self._backend
         assert backend is not None
-        waiter = asyncio.ensure_future(backend.wait_for_work(self.queues, 0.25 if not self.burst else 0.05))
-        stopper = asyncio.ensure_future(self._stop.wait())
+        timeout = 0.25 if not self.burst else 0.05
         try:
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for f in (waiter, stopper):
-                f.cancel()
-            with contextlib.suppress(asyncio.CancelledError, BackendUnavailable):
-                await waiter
+            return await backend.wait_and_claim(self.queues, timeout, free, self.id) or []
+        except BackendUnavailable:
+            return []  # the next claim reports it and backs off
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

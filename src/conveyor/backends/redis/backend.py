@@ -613,25 +613,58 @@ class RedisBackend(Backend):
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         if not queues or timeout <= 0:
             return
+        timeout = await self._wake_timeout(queues, timeout)
+        if timeout <= 0.0005:
+            return
         with self._guard():
-            # Jobs coming due on a schedule push no token: wake up when the first one is due.
+            await self._blocking().blpop([self._qk(q, "wake") for q in queues], timeout=timeout)
+
+    async def wait_and_claim(
+        self, queues: Sequence[str], timeout: float, limit: int, worker_id: str
+    ) -> list[Lease] | None:
+        """BLPOP and the claim script in one pipeline: Redis runs the claim the moment the wake-up
+        arrives (or the wait times out), with no round trip back to the worker in between. The
+        claim reads the server's clock (its ``now`` would be stale by the wait)."""
+        if not queues or timeout <= 0 or limit <= 0:
+            await self.wait_for_work(queues, timeout)
+            return None
+        timeout = await self._wake_timeout(queues, timeout)
+        if timeout <= 0.0005:
+            return None
+        args = self._claim_args(queues, limit, worker_id, 0.0)
+        args[0] = ""  # now: the server's TIME when the claim runs
+        with self._guard():
+            pipe = self._blocking().pipeline(transaction=False)
+            pipe.blpop([self._qk(q, "wake") for q in queues], timeout=timeout)
+            pipe.evalsha(self._sha["claim"], 1, self._anchor, self.prefix, *args)
+            try:
+                _, claimed = await pipe.execute()
+            except NoScriptError:  # the claim did not run: reload, and let the caller claim
+                await self._load_scripts()
+                return None
+        return self._leases(claimed)
+
+    async def _wake_timeout(self, queues: Sequence[str], timeout: float) -> float:
+        """``timeout``, shortened to when the first scheduled job or a rate-limited one is due
+        (jobs coming due on a schedule push no wake-up token); rounded for BLPOP."""
+        with self._guard():
             pipe = self.r.pipeline(transaction=False)
             for q in queues:
                 pipe.hget(self._qk(q, "cfg"), "paused")
                 pipe.zrange(self._qk(q, "sched"), 0, 0, withscores=True)
             replies = await pipe.execute()
-            now_ms = time.time() * 1000
-            for paused, head in zip(replies[::2], replies[1::2], strict=True):
-                if paused != "1" and head:
-                    timeout = min(timeout, max(0.0, (head[0][1] - now_ms) / 1000))
-            if self._retry_at is not None:  # a rate-limited job left queued may start then
-                timeout = min(timeout, max(0.0, self._retry_at - now_ms / 1000))
-            if timeout <= 0.0005:
-                return
-            block = self._block
-            if block is None:
-                raise BackendUnavailable("the redis backend is not open")
-            await block.blpop([self._qk(q, "wake") for q in queues], timeout=max(0.001, round(timeout, 3)))
+        now_ms = time.time() * 1000
+        for paused, head in zip(replies[::2], replies[1::2], strict=True):
+            if paused != "1" and head:
+                timeout = min(timeout, max(0.0, (head[0][1] - now_ms) / 1000))
+        if self._retry_at is not None:  # a rate-limited job left queued may start then
+            timeout = min(timeout, max(0.0, self._retry_at - now_ms / 1000))
+        return 0.0 if timeout <= 0.0005 else max(0.001, round(timeout, 3))
+
+    def _blocking(self) -> aioredis.Redis | RedisCluster:
+        if self._block is None:
+            raise BackendUnavailable("the redis backend is not open")
+        return self._block
 
     # -- reads --------------------------------------------------------------------------
     async def get_jobs(self, ids: Sequence[str]) -> list[Job]:

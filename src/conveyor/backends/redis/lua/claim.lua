@@ -2,7 +2,7 @@
 
 KEYS: [1] {P}:jq (routes the call to the slot of {P}; the other keys are built from P and
   share that hash tag, see _common.lua).
-ARGV: [1] prefix P, [2] now, [3] limit, [4] worker id, [5] token base (random), [6..] queue names.
+ARGV: [1] prefix P, [2] now ('' = the server's TIME), [3] limit, [4] worker id, [5] token base (random), [6..] queue names.
 Touches per queue Q: {P}:q/Q/cfg (read), {P}:q/Q/sched -> {P}:q/Q/ready (due jobs promoted first),
   {P}:q/Q/ready -> {P}:q/Q/lease, {P}:q/Q/j:<id>, {P}:q/Q/s:queued -> {P}:q/Q/s:running; ready jobs
   past the retention are expired instead ({P}:q/Q/done|s:*, {P}:wh, dependents cancelled).
@@ -16,6 +16,10 @@ Returns: {JSON list of the leased job records (status running, new lease_token '
   when a rate-limited job left queued may start ('' = none)}.
 ]]
 local now = tonumber(ARGV[2])
+if not now then  -- '': sent ahead of a blocking wait (wait_and_claim), so the server's clock
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+end
 local limit = tonumber(ARGV[3])
 local worker = ARGV[4]
 local base = ARGV[5]
