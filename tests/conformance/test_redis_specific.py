@@ -60,6 +60,22 @@ async def test_wait_for_work_returns_when_a_scheduled_job_comes_due(rb: RedisBac
     assert 0.1 < time.monotonic() - t0 < 1.0
 
 
+@pytest.mark.parametrize("blocking", [False, True], ids=["async", "blocking"])
+async def test_wait_and_claim_right_after_a_claim__leases_a_job_as_it_comes_due(rb: RedisBackend,
+                                                                               blocking: bool) -> None:
+    """The wait takes the due time from the claim just before it (no read of its own)."""
+    [(scheduled, _)] = await rb.enqueue([job(scheduled_at=time.time() + 0.3, status="scheduled")])
+    await rb.r.delete(rb._qk("default", "wake"))
+    assert await rb.claim(["default"], 4, "w", time.time()) == []
+    t0 = time.monotonic()
+    if blocking:
+        leases = await asyncio.to_thread(rb.wait_and_claim_blocking, ["default"], 5.0, 4, "w")
+    else:
+        leases = await rb.wait_and_claim(["default"], 5.0, 4, "w")
+    assert leases is not None and [lease.job.id for lease in leases] == [scheduled.id]
+    assert 0.15 < time.monotonic() - t0 < 1.5
+
+
 async def test_coalesced_enqueue_isolates_a_bad_caller(rb: RedisBackend) -> None:
     good = [job() for _ in range(20)]
     bad = job(depends_on=[uuid7()])

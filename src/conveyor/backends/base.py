@@ -220,6 +220,11 @@ class Backend(abc.ABC):
         await self.wait_for_work(queues, timeout)
         return None
 
+    #: ``wait_and_claim`` on a blocking client, for a worker's pool thread that runs the job it
+    #: leases itself (no wake-up of the event loop and then of a thread in between); None where
+    #: the engine has none. Thread-safe.
+    wait_and_claim_blocking: Callable[[Sequence[str], float, int, str], list[Lease] | None] | None = None
+
     # -- reads --------------------------------------------------------------------------
     @abc.abstractmethod
     async def get_jobs(self, ids: Sequence[str]) -> list[Job]:

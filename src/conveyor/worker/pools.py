@@ -50,13 +50,16 @@ class Call:
     """One piece of sync work for ``ThreadPool.start``: ``run`` in a thread, then ``finished``
     with its value or exception on the loop. ``key`` groups calls of one kind (the task), whose
     recent run time decides whether they may share a thread hand-off; a call whose ``ctx`` is
-    cancelled before a thread picks it up is skipped."""
+    cancelled before a thread picks it up is skipped. ``run`` may set ``then``: a call that the
+    same thread runs next, once the loop has been sent this one's result (an idle worker's wait
+    runs the job it leased, with no hand-off to another thread)."""
 
-    __slots__ = ("ctx", "key")
+    __slots__ = ("ctx", "key", "then")
 
-    def __init__(self, ctx: Context, key: object) -> None:
+    def __init__(self, ctx: Context | None, key: object) -> None:
         self.ctx = ctx
         self.key = key
+        self.then: Call | None = None
 
     def run(self) -> Any:
         raise NotImplementedError
@@ -201,7 +204,7 @@ class ThreadPool:
                     call = calls.popleft()
                 except IndexError:  # another thread took the last one
                     break
-                if call.ctx.cancelled:
+                if call.ctx is not None and call.ctx.cancelled:
                     continue  # settled before it started (cancelled, handed back, timed out): never run it
                 t0 = clock()
                 try:
@@ -212,16 +215,24 @@ class ThreadPool:
                 before = cost.get(call.key)
                 cost[call.key] = spent if before is None else before + (spent - before) * 0.25
                 self._done.append((call, result, error))
+                if call.then is not None:
+                    self._notify()  # the loop hears of this call before its follow-up runs
+                    calls.appendleft(call.then)
             if group.timer is not None:
                 self._drained.append(group)
             with self._lock:
                 self._idle += 1
-                wake = not self._wake_pending
-                self._wake_pending = True
-            loop = self._loop
-            if wake and loop is not None and not loop.is_closed():
-                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                    loop.call_soon_threadsafe(self._settle)
+            self._notify()
+
+    def _notify(self) -> None:
+        """Have the loop settle the calls done so far (one callback however many finish meanwhile)."""
+        with self._lock:
+            wake = not self._wake_pending
+            self._wake_pending = True
+        loop = self._loop
+        if wake and loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._settle)
 
     def _settle(self) -> None:
         with self._lock:

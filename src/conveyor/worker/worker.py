@@ -48,6 +48,7 @@ class Running(Call):
     """
 
     __slots__ = ("fn", "lease", "settled", "started", "task", "timer", "worker")
+    ctx: Context  #: a job's call always has one
 
     def __init__(self, worker: Worker, lease: Lease, ctx: Context, fn: Task | None) -> None:
         super().__init__(ctx, fn)
@@ -70,6 +71,45 @@ class Running(Call):
 
     def finished(self, result: Any, error: BaseException | None) -> None:  # on the loop
         self.worker._finished(self, result, error)
+
+
+class _Wait(Call):
+    """An idle worker's wait for work, in a pool thread (``Backend.wait_and_claim_blocking``).
+
+    The thread runs the first sync job it leases itself, as soon as the engine's reply arrives:
+    no wake-up of the loop and then of another thread before the job starts. ``finished`` (on the
+    loop) registers and starts the leases before the thread's result for that job is settled.
+    """
+
+    __slots__ = ("free", "future", "leases", "loop", "timeout", "worker")
+
+    def __init__(self, worker: Worker, free: int, timeout: float, future: asyncio.Future[list[Lease] | None]) -> None:
+        super().__init__(None, _Wait)
+        self.worker = worker
+        self.free = free
+        self.timeout = timeout
+        self.future = future
+        self.loop = asyncio.get_running_loop()
+        self.leases: list[Lease] | None = None
+
+    def run(self) -> Any:  # in a pool thread
+        worker = self.worker
+        backend = worker._backend
+        assert backend is not None and backend.wait_and_claim_blocking is not None
+        self.leases = backend.wait_and_claim_blocking(worker.queues, self.timeout, self.free, worker.id)
+        if self.leases:
+            self.then = worker._runs_in_thread(self.loop, self.leases[0])
+        return self.leases
+
+    def finished(self, result: Any, error: BaseException | None) -> None:  # on the loop
+        if self.leases:
+            self.worker._start(self.leases, self.then if isinstance(self.then, Running) else None)
+        if self.future.done():
+            return
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(self.leases)
 
 
 class Worker:
@@ -215,6 +255,7 @@ class Worker:
         backend = self._backend
         assert backend is not None
         failures = 0
+        drained = False  # the claim that came with the last wake-up found no more work: wait again
         while not self._stop.is_set():
             self._loop_tick = time.monotonic()
             free = self.concurrency - len(self.running)
@@ -229,7 +270,7 @@ class Worker:
             if self._uncounted_starts or self._uncounted_ends:
                 asyncio.get_running_loop().call_soon(self._count)  # runs once the claim is sent
             try:
-                leases = await self._report_and_claim(free)
+                leases = [] if drained else await self._report_and_claim(free)
                 failures = 0
             except BackendUnavailable as exc:
                 failures += 1
@@ -239,14 +280,13 @@ class Worker:
                 continue
             if leases:
                 self._start(leases)
+            drained = False
             if len(leases) < free:
                 if self.burst and not leases and not self.running:
                     if not self._outbox and not self._returned:
                         self.stop()
                     continue
-                woken = await self._wait_for_work(free - len(leases))
-                if woken:
-                    self._start(woken)
+                drained = await self._wait_for_work(free - len(leases))
 
     async def _report_and_claim(self, free: int) -> list[Lease]:
         """Lease up to ``free`` jobs, applying the outcomes waiting to be sent first.
@@ -269,8 +309,13 @@ class Worker:
         self._report_refused(batch, applied)
         return leases
 
-    async def _wait_for_work(self, free: int) -> list[Lease]:
-        """Wait (at most 0.25 s) for work; the jobs the engine leased as it arrived, if it can.
+    async def _wait_for_work(self, free: int) -> bool:
+        """Wait (at most 0.25 s) for work and start the jobs the engine leased as it arrived, if
+        it can; whether that claim found fewer than ``free`` (then the next step is to wait
+        again: whatever a claim in between could find would have woken that wait at once).
+
+        With a thread pool, and an engine that can wait on a blocking client, a pool thread
+        waits, and runs the first job it leases itself (``_Wait``).
 
         Not cut short by ``stop``: a lease taken on the engine's side must reach this worker (it
         runs, or is handed back by the drain), so stopping waits out the short wait instead.
@@ -278,40 +323,67 @@ class Worker:
         backend = self._backend
         assert backend is not None
         timeout = 0.25 if not self.burst else 0.05
+        pool = self._pool
         try:
-            return await backend.wait_and_claim(self.queues, timeout, free, self.id) or []
+            if backend.wait_and_claim_blocking is not None and isinstance(pool, ThreadPool):
+                future: asyncio.Future[list[Lease] | None] = asyncio.get_running_loop().create_future()
+                pool.start([_Wait(self, free, timeout, future)])
+                leases = await future  # started by _Wait.finished
+            else:
+                leases = await backend.wait_and_claim(self.queues, timeout, free, self.id)
+                if leases:
+                    self._start(leases)
         except BackendUnavailable:
-            return []  # the next claim reports it and backs off
+            return False  # the next claim reports it and backs off
+        if leases is None:
+            return False  # this engine only waits: claim next
+        return len(leases) < free
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
 
     # -- running --------------------------------------------------------------------------
-    def _start(self, leases: list[Lease]) -> None:
+    def _start(self, leases: list[Lease], started: Running | None = None) -> None:
+        """Run the jobs of ``leases``; ``started``: one of them that a pool thread runs already."""
         loop = asyncio.get_running_loop()
         pool = self._pool
         calls: list[Call] = []
         now = time.time()
         for lease in leases:
             job = lease.job
-            fn = self.app.tasks.get(job.task)
-            running = Running(self, lease, Context(job, self._reporter(loop, job.id, lease.token)), fn)
-            self.running[job.id] = running
-            if fn is not None and not fn.is_async and not job.depends_on and isinstance(pool, ThreadPool):
+            running = started if started is not None and started.lease is lease else self._runs_in_thread(loop, lease)
+            if running is not None:
                 # the common case, without a coroutine: the pool calls running.finished on the loop
-                timeout = time_limit(fn, lease)
+                self.running[job.id] = running
+                assert running.fn is not None
+                timeout = time_limit(running.fn, lease)
                 if timeout is not None:
                     running.timer = loop.call_later(timeout, self._time_out, running)
-                calls.append(running)
-            else:
-                running.task = asyncio.create_task(self._run(running))
+                if running is not started:
+                    calls.append(running)
+                continue
+            running = self._running(loop, lease, self.app.tasks.get(job.task))
+            self.running[job.id] = running
+            running.task = asyncio.create_task(self._run(running))
         if calls:
             assert isinstance(pool, ThreadPool)
             pool.start(calls)
         # counted later (``_count``), not now: the loop should go idle at once so that the
         # thread just woken gets the GIL
         self._uncounted_starts.append((leases, now))
+
+    def _running(self, loop: asyncio.AbstractEventLoop, lease: Lease, fn: Task | None) -> Running:
+        return Running(self, lease, Context(lease.job, self._reporter(loop, lease.job.id, lease.token)), fn)
+
+    def _runs_in_thread(self, loop: asyncio.AbstractEventLoop, lease: Lease) -> Running | None:
+        """The lease's job as a call of the thread pool: a known sync task without dependencies
+        (no coroutine per job); None if it needs one (async, dependencies, unknown, other pools).
+        Safe in any thread: nothing is registered yet."""
+        fn = self.app.tasks.get(lease.job.task)
+        if fn is None or fn.is_async or lease.job.depends_on or not isinstance(self._pool, ThreadPool):
+            return None
+        return self._running(loop, lease, fn)
 
     def _reporter(self, loop: asyncio.AbstractEventLoop, job_id: str, token: str) -> Callable[[dict[str, Any]], None]:
         def report(progress: dict[str, Any]) -> None:

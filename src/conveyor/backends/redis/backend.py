@@ -260,6 +260,9 @@ _BACKGROUND: set[asyncio.Future[None]] = set()
 class RedisBackend(Backend):
     """Conveyor's Redis engine (see the module docstring for the key layout)."""
 
+    #: Seconds for which a claim's view of its queues' schedules stands in for a read before a wait.
+    DUE_SEEN_FRESH = 0.05
+
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
@@ -292,6 +295,9 @@ class RedisBackend(Backend):
         self._enqueue_task: asyncio.Task[None] | None = None
         #: When a rate-limited job that the last claim left queued may start (wakes ``wait_for_work``).
         self._retry_at: float | None = None
+        #: What the last claim saw of its queues' schedules: (monotonic time, queues, when the first
+        #: scheduled job comes due or None). A wait right after it needs no round trip to learn that.
+        self._due_seen: tuple[float, tuple[str, ...], float | None] | None = None
         #: the blocking client of ``enqueue_blocking`` (thread-safe), made on first use
         self._sync: redis.Redis | redis.cluster.RedisCluster | None = None
         self._sync_lock = threading.Lock()
@@ -542,15 +548,16 @@ class RedisBackend(Backend):
     async def claim(self, queues: Sequence[str], limit: int, worker_id: str, now: float) -> list[Lease]:
         if limit <= 0 or not queues:
             return []
-        return self._leases(await self._run("claim", *self._claim_args(queues, limit, worker_id, now)))
+        return self._leases(await self._run("claim", *self._claim_args(queues, limit, worker_id, now)), queues)
 
     @staticmethod
     def _claim_args(queues: Sequence[str], limit: int, worker_id: str, now: float) -> list[str]:
         return [_f(now), str(limit), worker_id, secrets.token_hex(8), *queues]
 
-    def _leases(self, reply: list[str]) -> list[Lease]:
-        records, retry_at = reply
+    def _leases(self, reply: list[str], queues: Sequence[str]) -> list[Lease]:
+        records, retry_at, due = reply
         self._retry_at = float(retry_at) if retry_at else None
+        self._due_seen = (time.monotonic(), tuple(queues), float(due) if due else None)
         leases = []
         for h in json.loads(records):
             job = job_from_hash(h)
@@ -577,7 +584,7 @@ class RedisBackend(Backend):
                     if attempt == 2:
                         raise
                     await self._load_scripts()
-        return [c == "1" for c in finished], self._leases(claimed)
+        return [c == "1" for c in finished], self._leases(claimed, queues)
 
     async def heartbeat(self, worker: WorkerInfo, leases: Mapping[str, str], now: float) -> HeartbeatReply:
         info = {"id": worker.id, "host": worker.host, "pid": worker.pid, "queues": list(worker.queues),
@@ -642,23 +649,73 @@ class RedisBackend(Backend):
             except NoScriptError:  # the claim did not run: reload, and let the caller claim
                 await self._load_scripts()
                 return None
-        return self._leases(claimed)
+        return self._leases(claimed, queues)
+
+    def wait_and_claim_blocking(
+        self, queues: Sequence[str], timeout: float, limit: int, worker_id: str
+    ) -> list[Lease] | None:
+        """``wait_and_claim`` on the blocking client (a worker's pool thread waits, then runs
+        what it leased)."""
+        if not queues or timeout <= 0 or limit <= 0:
+            return None
+        client = self._sync_client()
+        with self._guard():
+            heads = None
+            if not self._due_known(queues):
+                pipe = client.pipeline(transaction=False)
+                self._read_heads(pipe, queues)
+                heads = pipe.execute()
+            timeout = self._timeout_until_due(timeout, heads)
+            if timeout <= 0.0005:
+                return None
+            args = self._claim_args(queues, limit, worker_id, 0.0)
+            args[0] = ""  # now: the server's TIME when the claim runs
+            pipe = client.pipeline(transaction=False)
+            pipe.blpop([self._qk(q, "wake") for q in queues], timeout=timeout)
+            pipe.evalsha(self._sha["claim"], 1, self._anchor, self.prefix, *args)
+            try:
+                _, claimed = pipe.execute()
+            except NoScriptError:  # the claim did not run: load it, and let the caller claim
+                client.script_load(self._src["claim"])
+                return None
+        return self._leases(claimed, queues)
 
     async def _wake_timeout(self, queues: Sequence[str], timeout: float) -> float:
         """``timeout``, shortened to when the first scheduled job or a rate-limited one is due
         (jobs coming due on a schedule push no wake-up token); rounded for BLPOP."""
-        with self._guard():
-            pipe = self.r.pipeline(transaction=False)
-            for q in queues:
-                pipe.hget(self._qk(q, "cfg"), "paused")
-                pipe.zrange(self._qk(q, "sched"), 0, 0, withscores=True)
-            replies = await pipe.execute()
-        now_ms = time.time() * 1000
-        for paused, head in zip(replies[::2], replies[1::2], strict=True):
-            if paused != "1" and head:
-                timeout = min(timeout, max(0.0, (head[0][1] - now_ms) / 1000))
+        heads = None
+        if not self._due_known(queues):
+            with self._guard():
+                pipe = self.r.pipeline(transaction=False)
+                self._read_heads(pipe, queues)
+                heads = await pipe.execute()
+        return self._timeout_until_due(timeout, heads)
+
+    def _due_known(self, queues: Sequence[str]) -> bool:
+        """Whether a claim of ``queues`` just now saw when their first scheduled job is due (a
+        worker waits right after its claim; else the wait reads it)."""
+        seen = self._due_seen
+        return seen is not None and seen[1] == tuple(queues) and time.monotonic() - seen[0] < self.DUE_SEEN_FRESH
+
+    def _read_heads(self, pipe: Any, queues: Sequence[str]) -> None:
+        for q in queues:
+            pipe.hget(self._qk(q, "cfg"), "paused")
+            pipe.zrange(self._qk(q, "sched"), 0, 0, withscores=True)
+
+    def _timeout_until_due(self, timeout: float, heads: list[Any] | None) -> float:
+        """``timeout`` cut to the first due time of ``heads`` (``_read_heads``'s replies; None: the
+        one the last claim saw) or of a rate-limited job."""
+        now = time.time()
+        if heads is None:
+            due = self._due_seen[2] if self._due_seen is not None else None
+            if due is not None:
+                timeout = min(timeout, max(0.0, due - now))
+        else:
+            for paused, head in zip(heads[::2], heads[1::2], strict=True):
+                if paused != "1" and head:
+                    timeout = min(timeout, max(0.0, head[0][1] / 1000 - now))
         if self._retry_at is not None:  # a rate-limited job left queued may start then
-            timeout = min(timeout, max(0.0, self._retry_at - now_ms / 1000))
+            timeout = min(timeout, max(0.0, self._retry_at - now))
         return 0.0 if timeout <= 0.0005 else max(0.001, round(timeout, 3))
 
     def _blocking(self) -> aioredis.Redis | RedisCluster:

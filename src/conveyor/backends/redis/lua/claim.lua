@@ -13,7 +13,8 @@ Global limits: a job with a limit_key is leased only while {P}:lr:<key> (running
   {P}:lr:<key> and its start to {P}:ls:<key>, and opens a timeline entry (attempts).
 Returns: {JSON list of the leased job records (status running, new lease_token '<base>.<n>/<queue>',
   lease_expires_at = now + visibility_timeout, deliveries + 1, started_at = now, worker_id),
-  when a rate-limited job left queued may start ('' = none)}.
+  when a rate-limited job left queued may start ('' = none),
+  when the first scheduled job of these queues comes due ('' = none: the next wait needs no read)}.
 ]]
 local now = tonumber(ARGV[2])
 if not now then  -- '': sent ahead of a blocking wait (wait_and_claim), so the server's clock
@@ -151,4 +152,9 @@ for _ = 1, 20 do
 end
 if PROP[1] then propagate(now) end
 if next(WAKE) then flush_wake() end
-return { jlist(out), retry_at and fmt(retry_at) or '' }
+local due = nil
+for _, q in ipairs(queues) do
+  local head = redis.call('ZRANGE', qk(q, 'sched'), 0, 0, 'WITHSCORES')[2]
+  if head and (not due or tonumber(head) < due) then due = tonumber(head) end
+end
+return { jlist(out), retry_at and fmt(retry_at) or '', due and fmt(due / 1000) or '' }
