@@ -82,6 +82,17 @@ def test_sigterm__running_jobs_finish_within_grace_and_worker_exits_0(e2e_any):
     assert job.refresh().status is Status.SUCCEEDED
 
 
+def test_sigterm__an_idle_worker_exits_0_at_once_every_time(e2e_any):
+    """No helper may swallow the cancel that ends it (the heartbeat did: 60 s, then exit 70)."""
+    for n in range(3):
+        worker = e2e_any.worker("--no-scheduler")
+        assert e2e_any.enqueue("add", n, 1).wait(timeout=20) == n + 1
+        worker.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        assert worker.wait(15) == 0
+        assert time.monotonic() - stopped < 5
+
+
 def test_sigterm__unfinished_jobs_are_handed_back_for_immediate_redelivery(e2e_any):
     worker = e2e_any.worker("--grace", "0.5")
     job = e2e_any.enqueue("stubborn", 3.0)

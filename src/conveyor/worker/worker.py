@@ -575,7 +575,9 @@ class Worker:
             self._count()  # those not counted during claims (long jobs, an idle worker)
             leases = {job_id: r.lease.token for job_id, r in self.running.items()}
             try:
-                reply = await asyncio.wait_for(backend.heartbeat(self.info(), leases, time.time()), 10.0)
+                # not wait_for: on 3.11 it can swallow the cancel that ends this loop at shutdown
+                async with asyncio.timeout(10.0):
+                    reply = await backend.heartbeat(self.info(), leases, time.time())
             except (BackendUnavailable, TimeoutError) as exc:
                 log.warning("worker %s: heartbeat failed (%s)", self.id, exc)
                 continue
