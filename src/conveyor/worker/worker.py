@@ -159,6 +159,9 @@ class Worker:
         self._uncounted_ends: list[tuple[Job, Status, float]] = []
         self._progress: dict[str, tuple[str, dict[str, Any]]] = {}
         self._stop = asyncio.Event()
+        #: Set at shutdown, as the helper loops are cancelled: each also ends at its next turn,
+        #: so a cancel swallowed below them (a race in asyncio or a client library) cannot hang it.
+        self._closing = False
         self._slot_free = asyncio.Event()
         self._flush_needed = asyncio.Event()
         self._loop_tick = time.monotonic()
@@ -215,6 +218,8 @@ class Worker:
                     await self._claim_task
                 await self._drain()
             finally:
+                self._closing = True
+                self._flush_needed.set()
                 for t in helpers:
                     t.cancel()
                 await asyncio.gather(*helpers, return_exceptions=True)
@@ -501,7 +506,7 @@ class Worker:
 
     # -- reporting ------------------------------------------------------------------------
     async def _flush_loop(self) -> None:
-        while True:
+        while not self._closing:
             await self._flush_needed.wait()
             self._flush_needed.clear()
             await asyncio.sleep(0)  # let the jobs finishing in this tick join the batch
@@ -557,7 +562,7 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         backend = self._backend
         assert backend is not None
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.heartbeat_interval)
             if time.monotonic() - self._loop_tick > self.stall_timeout:
                 log.error(
@@ -595,7 +600,7 @@ class Worker:
         assert backend is not None
         from conveyor.webhooks import deliver_due
 
-        while True:
+        while not self._closing:
             await asyncio.sleep(random.uniform(0.5, 1.0))  # jitter: workers don't sweep in lockstep
             try:
                 report = await backend.sweep(time.time())
