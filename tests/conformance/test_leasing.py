@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
-
 from conveyor.backends.base import Outcome, WorkerInfo
 from conveyor.core.job import Status
 from conveyor.core.queues import QueueSettings
@@ -295,37 +293,6 @@ async def test_wait_and_claim__job_arrives_during_the_wait__leased_to_the_waiter
 async def test_wait_and_claim__nothing_arrives__returns_after_the_timeout_with_nothing(backend):
     started = time.monotonic()
     leases = await backend.wait_and_claim(["default"], 0.2, 4, "waiter")
-
-    assert not leases
-    assert 0.1 <= time.monotonic() - started < 2.0
-
-
-async def test_wait_and_claim_blocking__job_arrives__leased_to_the_waiting_thread(backend, open_backend,
-                                                                                   new_job, fetch):
-    wait = backend.wait_and_claim_blocking
-    if wait is None:
-        pytest.skip("this engine waits on its event loop only (wait_and_claim)")
-    other = await open_backend()
-    waiter = asyncio.ensure_future(asyncio.to_thread(wait, ["default"], 5.0, 4, "waiter"))
-    await asyncio.sleep(0.05)
-
-    started = time.monotonic()
-    [(job, _)] = await other.enqueue([new_job()])
-    leases = await asyncio.wait_for(waiter, 2.0)
-
-    assert time.monotonic() - started < 0.5
-    assert leases is not None and [lease.job.id for lease in leases] == [job.id]
-    stored = await fetch(job.id)
-    assert (stored.status, stored.worker_id, stored.lease_token) == (Status.RUNNING, "waiter", leases[0].token)
-
-
-async def test_wait_and_claim_blocking__nothing_arrives__nothing_after_the_timeout(backend):
-    wait = backend.wait_and_claim_blocking
-    if wait is None:
-        pytest.skip("this engine waits on its event loop only (wait_and_claim)")
-    started = time.monotonic()
-
-    leases = await asyncio.to_thread(wait, ["default"], 0.2, 4, "waiter")
 
     assert not leases
     assert 0.1 <= time.monotonic() - started < 2.0

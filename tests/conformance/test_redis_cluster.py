@@ -96,6 +96,15 @@ async def test_wait_for_work_wakes_on_enqueue(cb: RedisBackend) -> None:
     assert time.monotonic() - t0 < 0.5
 
 
+async def test_wait_and_claim_blocking__on_a_cluster__job_leased_to_the_waiting_thread(cb: RedisBackend) -> None:
+    waiter = asyncio.ensure_future(asyncio.to_thread(cb.wait_and_claim_blocking, ["default"], 5.0, 4, "w"))
+    await asyncio.sleep(0.05)
+    [(stored, _)] = await cb.enqueue([job()])
+    leases = await asyncio.wait_for(waiter, 2.0)
+    assert leases is not None and [lease.job.id for lease in leases] == [stored.id]
+    assert leases[0].job.status is Status.RUNNING
+
+
 async def test_scripts_reload_after_script_flush(cb: RedisBackend) -> None:
     await cb.r.script_flush()
     [(stored, created)] = await cb.enqueue([job()])

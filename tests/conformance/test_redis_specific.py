@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -74,6 +75,41 @@ async def test_wait_and_claim_right_after_a_claim__leases_a_job_as_it_comes_due(
         leases = await rb.wait_and_claim(["default"], 5.0, 4, "w")
     assert leases is not None and [lease.job.id for lease in leases] == [scheduled.id]
     assert 0.15 < time.monotonic() - t0 < 1.5
+
+
+async def test_a_task_cancelled_inside_a_call__is_cancelled(rb: RedisBackend) -> None:
+    """A stop or a timeout cancels what is in flight (redis-py with a socket timeout swallowed
+    most such cancels, and a worker's stop hung on its housekeeping loop)."""
+
+    async def busy() -> None:
+        while True:
+            await rb.get_jobs([uuid7()])
+
+    for _ in range(20):
+        task = asyncio.create_task(busy())
+        await asyncio.sleep(random.uniform(0.0005, 0.003))
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=1.0)
+        assert done and task.cancelled()
+
+
+async def test_wait_and_claim_blocking__job_arrives__leased_to_the_waiting_thread(rb: RedisBackend) -> None:
+    waiter = asyncio.ensure_future(asyncio.to_thread(rb.wait_and_claim_blocking, ["default"], 5.0, 4, "w"))
+    await asyncio.sleep(0.05)
+    t0 = time.monotonic()
+    [(stored, _)] = await rb.enqueue([job()])
+    leases = await asyncio.wait_for(waiter, 2.0)
+    assert time.monotonic() - t0 < 0.5
+    assert leases is not None and [lease.job.id for lease in leases] == [stored.id]
+    [running] = await rb.get_jobs([stored.id])
+    assert (running.status, running.worker_id, running.lease_token) == ("running", "w", leases[0].token)
+
+
+async def test_wait_and_claim_blocking__nothing_arrives__nothing_after_the_timeout(rb: RedisBackend) -> None:
+    t0 = time.monotonic()
+    leases = await asyncio.to_thread(rb.wait_and_claim_blocking, ["default"], 0.2, 4, "w")
+    assert not leases
+    assert 0.1 <= time.monotonic() - t0 < 2.0
 
 
 async def test_coalesced_enqueue_isolates_a_bad_caller(rb: RedisBackend) -> None:

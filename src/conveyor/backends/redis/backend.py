@@ -67,6 +67,7 @@ import contextlib
 import hashlib
 import json
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -257,6 +258,12 @@ def _settle(sub: _Submission, coro: Awaitable[list[tuple[Job, bool]]]) -> None:
 _BACKGROUND: set[asyncio.Future[None]] = set()
 
 
+#: TCP keepalive: probe an idle connection after 5 s, every 2 s, and drop it after 3 unanswered;
+#: and drop one whose sent data stays unacknowledged for 11 s (Linux; elsewhere the OS defaults).
+_KEEPALIVE = {socket.TCP_KEEPIDLE: 5, socket.TCP_KEEPINTVL: 2, socket.TCP_KEEPCNT: 3,
+              socket.TCP_USER_TIMEOUT: 11_000} if hasattr(socket, "TCP_USER_TIMEOUT") else {}
+
+
 class RedisBackend(Backend):
     """Conveyor's Redis engine (see the module docstring for the key layout)."""
 
@@ -306,10 +313,13 @@ class RedisBackend(Backend):
     # -- plumbing -----------------------------------------------------------------------
     def _client(self, blocking: bool) -> aioredis.Redis | RedisCluster:
         retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
+        # No socket_timeout: with one, redis-py (8.2) swallows most cancels of a task that is
+        # inside a call, so a stop or a timeout around the call could hang. A silent peer is
+        # found by TCP keepalive instead (about 11 s), a dead or restarted one by its reset.
         options: dict[str, Any] = dict(
             decode_responses=True, retry=retry, retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            socket_connect_timeout=5.0, socket_timeout=None if blocking else 10.0,
-            health_check_interval=0 if blocking else 30, socket_keepalive=True)
+            socket_connect_timeout=5.0, socket_timeout=None, health_check_interval=0 if blocking else 30,
+            socket_keepalive=True, socket_keepalive_options=_KEEPALIVE)
         if self.cluster:
             return RedisCluster.from_url(self._redis_url, **options)
         return aioredis.Redis.from_url(self._redis_url, **options)
