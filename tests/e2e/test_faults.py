@@ -21,10 +21,13 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
+import redis
 
 from conveyor import Conveyor
+from conveyor.backends.redis import RedisBackend
 from conveyor.core.errors import BackendUnavailable
-from conveyor.core.job import Status
+from conveyor.core.ids import uuid7
+from conveyor.core.job import Job, Status
 from tests.api.conftest import free_port
 from tests.e2e import jobs_app
 from tests.e2e.conftest import Env, wait_for
@@ -239,3 +242,32 @@ def _status(http: httpx.Client, method: str, path: str, body: object = None) -> 
         return http.request(method, path, json=body).status_code
     except httpx.TransportError:
         return 0
+
+
+def job() -> Job:
+    return Job(id=uuid7(), task="t", created_at=time.time())
+
+
+def test_enqueue_blocking__connection_reset_between_calls__next_enqueue_reconnects() -> None:
+    """A one-at-a-time caller keeps a connection: a reset of it costs a reconnect, no job."""
+    prefix = f"rtest_{uuid.uuid4().hex[:10]}"
+    direct = redis.Redis(decode_responses=True)
+    with TcpProxy("127.0.0.1", 6379) as proxy:
+        b = RedisBackend(f"redis://{proxy.address}/0?prefix={prefix}")
+        try:
+            [(first, _)] = b.enqueue_blocking([job()])
+            proxy.cut()
+            with pytest.raises(BackendUnavailable, match="unreachable"):
+                b.enqueue_blocking([job()])
+            proxy.restore()
+            [(second, _)] = b.enqueue_blocking([job()])
+            proxy.cut()  # a reset this caller never saw: its kept connection is dead
+            proxy.restore()
+            [(third, created)] = b.enqueue_blocking([job()])
+
+            assert created and third.status == "queued"
+            assert direct.hmget(f"{{{prefix}}}:jq", [first.id, second.id, third.id]) == ["default"] * 3
+        finally:
+            b.close_blocking()
+            for key in direct.scan_iter(match=f"{{{prefix}}}:*"):
+                direct.delete(key)

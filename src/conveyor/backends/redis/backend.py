@@ -83,7 +83,7 @@ import redis.retry
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ClusterError, NoScriptError, RedisClusterException, SlotNotCoveredError
+from redis.exceptions import ClusterError, NoScriptError, RedisClusterException, ResponseError, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -309,6 +309,11 @@ class RedisBackend(Backend):
         self._sync: redis.Redis | redis.cluster.RedisCluster | None = None
         self._sync_lock = threading.Lock()
         self._sync_sha = ""  #: of the enqueue script (EVALSHA needs no round trip to learn it)
+        #: one connection of the blocking client kept out of its pool for one caller at a time:
+        #: taking and returning a pooled connection (and redis-py's per-call wrapping) costs
+        #: about a third of a round trip, which a one-at-a-time caller pays on every enqueue
+        self._own: redis.Connection | None = None
+        self._own_lock = threading.Lock()
 
     # -- plumbing -----------------------------------------------------------------------
     def _client(self, blocking: bool) -> aioredis.Redis | RedisCluster:
@@ -489,23 +494,47 @@ class RedisBackend(Backend):
         now = time.time()
         sub = _Submission(jobs, self._payload(jobs, now), now)
         client = self._sync_client()
-        source = self._src["enqueue"]
         sha = self._sync_sha
         args = [self._anchor, self.prefix, _f(now), str(len(jobs)), *sub.payload]
         with self._guard():
             try:
-                reply = client.evalsha(sha, 1, *args)
+                reply = self._evalsha_own(client, sha, args)
             except NoScriptError:  # a new or restarted server: load it, then run it
-                client.script_load(source)
+                client.script_load(self._src["enqueue"])
                 reply = client.evalsha(sha, 1, *args)
         return self._checked(sub, cast(list[Any], reply))
+
+    def _evalsha_own(self, client: redis.Redis | redis.cluster.RedisCluster, sha: str, args: list[str]) -> Any:
+        """EVALSHA on the connection kept for one caller at a time, else through the pool (a
+        concurrent caller, a cluster, or a connection that failed: the pool's retries apply)."""
+        if self.cluster or not self._own_lock.acquire(blocking=False):
+            return client.evalsha(sha, 1, *args)
+        try:
+            conn: Any = self._own  # (redis-py's Connection methods are untyped)
+            if conn is None:
+                conn = self._own = cast(redis.Redis, client).connection_pool.get_connection()
+            try:
+                conn.send_command("EVALSHA", sha, 1, *args)
+                return conn.read_response()
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                conn.disconnect()  # it reconnects on its next use
+            except ResponseError:
+                raise  # the whole reply was read: the connection is fine
+            except BaseException:
+                conn.disconnect()  # interrupted: a reply may be left unread on it
+                raise
+        finally:
+            self._own_lock.release()
+        return client.evalsha(sha, 1, *args)
 
     def close_blocking(self) -> None:
         """Close the client of ``enqueue_blocking`` (if one was made)."""
         with self._sync_lock:
             client, self._sync = self._sync, None
+            with self._own_lock:
+                self._own = None
         if client is not None:
-            client.close()
+            client.close()  # its pool disconnects every connection, the one kept out of it too
 
     async def _enqueue_coalesced(self) -> None:
         try:
