@@ -168,6 +168,31 @@ def submit(backend: Backend, new_job: Callable[..., Job]) -> Callable[..., Await
     return submit_one
 
 
+#: Each wait's timeout in ``idle_until_leased``: far longer than the delays the tests use.
+IDLE_WAIT = 5.0
+
+
+@pytest.fixture
+def idle_until_leased() -> Callable[[Backend], Awaitable[tuple[Lease, int]]]:
+    """Claims and waits as an idle worker does, with long waits, until a job is leased: the lease
+    and how many claims it took (a wait may end early, but not every time)."""
+
+    async def idle(backend: Backend) -> tuple[Lease, int]:
+        give_up = time.monotonic() + 3.0
+        waits: list[float] = []
+        while time.monotonic() < give_up:
+            leases = await backend.claim(["default"], 4, "worker-1", time.time())
+            if leases:
+                assert len(leases) == 1
+                return leases[0], len(waits) + 1
+            started = time.monotonic()
+            await backend.wait_for_work(["default"], IDLE_WAIT)
+            waits.append(round(time.monotonic() - started, 3))
+        raise AssertionError(f"no job was leased within 3 s (waits of {waits} s)")
+
+    return idle
+
+
 @pytest.fixture
 def claim_one(backend: Backend) -> Callable[..., Awaitable[Lease]]:
     """Claims exactly one job (fails the test when none is ready)."""

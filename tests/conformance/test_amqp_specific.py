@@ -15,7 +15,7 @@ import pytest
 
 from conveyor.backends import create_backend
 from conveyor.backends.amqp import AMQPBackend
-from conveyor.backends.base import Backend, Outcome
+from conveyor.backends.base import Backend, Lease, Outcome
 from conveyor.core.errors import BackendUnavailable, ConfigurationError
 from conveyor.core.ids import uuid7
 from conveyor.core.job import Job, Status
@@ -78,7 +78,8 @@ async def test_smoke__any_store__enqueue_wakes_another_process_claim_finish(open
 async def test_tickets__one_per_ready_job__acked_as_jobs_are_leased(open_amqp: Opener) -> None:
     b = await open_amqp()
     await b.enqueue([job() for _ in range(3)] + [job(scheduled_at=time.time() + 60)])
-    assert await ready_tickets(b) == 3  # the scheduled job waits in the store's index, not in RabbitMQ
+    # the scheduled job waits in the store's index, not in RabbitMQ: its queue gets a wake ticket
+    assert await ready_tickets(b) == 3 + 1
 
     leases = await b.claim(["default"], 8, "w1", time.time())
     await asyncio.sleep(0.1)  # tickets delivered after the claim began are acked by the next one
@@ -86,6 +87,25 @@ async def test_tickets__one_per_ready_job__acked_as_jobs_are_leased(open_amqp: O
 
     assert len(leases) == 3
     assert await ready_tickets(b) == 0
+
+
+async def test_wait__delayed_job_enqueued_elsewhere_during_the_wait__starts_when_due(
+        open_amqp: Opener, idle_until_leased: Callable[[Backend], Awaitable[tuple[Lease, int]]]) -> None:
+    """Any store: the wake ticket of a delayed job ends the wait, and the next wait reads its due time."""
+    a, b = await open_amqp(), await open_amqp()
+
+    async def enqueue_soon() -> Job:
+        await asyncio.sleep(0.1)  # ``a`` waits by now
+        [(stored, _)] = await b.enqueue([job(scheduled_at=time.time() + 0.3)])
+        return stored
+
+    enqueuing = asyncio.create_task(enqueue_soon())
+    lease, claims = await idle_until_leased(a)
+    stored = await enqueuing
+
+    assert lease.job.id == stored.id and stored.scheduled_at is not None
+    assert stored.scheduled_at <= lease.job.started_at < stored.scheduled_at + 0.15
+    assert claims <= 4
 
 
 async def test_claim__stale_ticket__is_acked_and_dropped(open_amqp: Opener) -> None:

@@ -17,6 +17,7 @@ from conveyor.backends.postgres.backend import migrations
 from conveyor.core.errors import BackendUnavailable, ConfigurationError
 from conveyor.core.ids import uuid7
 from conveyor.core.job import Job, Status
+from conveyor.core.queues import QueueSettings
 
 DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -143,6 +144,100 @@ async def test_wait_for_work__other_queue__does_not_wake(pg):
     await pg.wait_for_work(["default"], 0.1)
 
     assert time.monotonic() - started >= 0.09
+
+
+@pytest.fixture
+async def pg_other(pg: PostgresBackend) -> AsyncIterator[PostgresBackend]:
+    """Another process's view of ``pg``'s schema."""
+    other = PostgresBackend(f"{DSN}?schema={pg.schema}")
+    await other.open()
+    yield other
+    await other.close()
+
+
+async def test_wait_for_work__delayed_job_enqueued_during_the_wait__starts_when_due(
+        pg, pg_other, idle_until_leased):
+    async def enqueue_soon() -> Job:
+        await asyncio.sleep(0.1)  # the worker waits by now
+        [(job, _)] = await pg_other.enqueue([_job(scheduled_at=time.time() + 0.3)])
+        return job
+
+    enqueuing = asyncio.create_task(enqueue_soon())
+    lease, claims = await idle_until_leased(pg)
+    job = await enqueuing
+
+    assert lease.job.id == job.id
+    assert job.scheduled_at <= lease.job.started_at < job.scheduled_at + 0.15
+    assert claims <= 3
+
+
+async def test_wait_for_work__retry_decided_elsewhere_during_the_wait__starts_when_due(
+        pg, pg_other, idle_until_leased):
+    [(job, _)] = await pg.enqueue([_job()])
+    [lease] = await pg_other.claim(["default"], 1, "other-worker", time.time())
+    due = time.time() + 0.4
+
+    async def retry_soon() -> None:
+        await asyncio.sleep(0.1)
+        await pg_other.finish([Outcome(job.id, lease.token, Status.RETRYING, error={"type": "Boom"},
+                                       scheduled_at=due, attempt=2)], time.time())
+
+    retrying = asyncio.create_task(retry_soon())
+    retry, claims = await idle_until_leased(pg)
+    await retrying
+
+    assert retry.job.id == job.id and retry.job.attempt == 2
+    assert due <= retry.job.started_at < due + 0.15
+    assert claims <= 3
+
+
+async def test_wait_for_work__delayed_child_released_during_the_wait__starts_when_due(
+        pg, pg_other, idle_until_leased):
+    parent = _job(queue="parents")
+    child = _job(depends_on=[parent.id], scheduled_at=time.time() + 0.4)
+    await pg.enqueue([parent, child])
+    [lease] = await pg_other.claim(["parents"], 1, "other-worker", time.time())
+
+    async def succeed_soon() -> None:
+        await asyncio.sleep(0.1)
+        await pg_other.finish([Outcome(parent.id, lease.token, Status.SUCCEEDED)], time.time())
+
+    finishing = asyncio.create_task(succeed_soon())
+    released, claims = await idle_until_leased(pg)
+    await finishing
+
+    assert released.job.id == child.id
+    assert child.scheduled_at <= released.job.started_at < child.scheduled_at + 0.15
+    assert claims <= 3
+
+
+async def test_wait_for_work__delayed_job_of_a_paused_queue__does_not_end_the_wait(pg):
+    await pg.save_queue_settings("default", QueueSettings(paused=True))
+    await pg.enqueue([_job(scheduled_at=time.time() + 0.1)])
+    await pg.claim(["default"], 1, "w", time.time())
+    started = time.monotonic()
+
+    await pg.wait_for_work(["default"], 0.5)
+
+    assert time.monotonic() - started >= 0.45
+
+
+async def test_wait_for_work__idle_turns__read_the_due_time_once(pg, monkeypatch):
+    """An idle worker waits every 0.25 s; the due time it knows holds until one is announced."""
+    await pg.enqueue([_job(scheduled_at=time.time() + 60)])
+    reads = []
+    fetch = pg._fetch
+
+    async def counting_fetch(name, params, conn=None):
+        reads.append(name)
+        return await fetch(name, params, conn)
+
+    monkeypatch.setattr(pg, "_fetch", counting_fetch)
+    for _ in range(3):
+        await pg.claim(["default"], 4, "w", time.time())
+        await pg.wait_for_work(["default"], 0.05)
+
+    assert reads.count("next_due") == 1
 
 
 async def test_idempotency__concurrent_inserts_of_one_key__create_one_job(pg):

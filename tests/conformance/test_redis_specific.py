@@ -53,14 +53,6 @@ async def test_wait_for_work_wakes_on_enqueue(rb: RedisBackend) -> None:
     assert time.monotonic() - t0 < 0.5
 
 
-async def test_wait_for_work_returns_when_a_scheduled_job_comes_due(rb: RedisBackend) -> None:
-    await rb.enqueue([job(scheduled_at=time.time() + 0.2, status="scheduled")])
-    await rb.r.delete(rb._qk("default", "wake"))
-    t0 = time.monotonic()
-    await rb.wait_for_work(["default"], 5.0)
-    assert 0.1 < time.monotonic() - t0 < 1.0
-
-
 @pytest.mark.parametrize("blocking", [False, True], ids=["async", "blocking"])
 async def test_wait_and_claim_right_after_a_claim__leases_a_job_as_it_comes_due(rb: RedisBackend,
                                                                                blocking: bool) -> None:

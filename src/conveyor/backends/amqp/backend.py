@@ -14,6 +14,10 @@ Who decides what:
 - RabbitMQ carries one persistent *ticket* per job that becomes ready (see ``outbox.py``),
   published with publisher confirms. Workers consume tickets with manual acks and a prefetch
   equal to their free slots; a ticket wakes ``wait_for_work`` at once, on any host.
+- ``wait_for_work`` runs the store's own wait alongside: the store knows when a delayed or
+  retrying job comes due (and has wake-ups of its own), so the wait ends then, not at its
+  timeout. A job enqueued with a delay gets a ``wake`` ticket: the worker it wakes finds
+  nothing yet, and its next wait learns the new due time from the store.
 - ``claim`` leases from the store (so priority 9→0 then FIFO, global limits and paused queues
   hold exactly as on the store's own engine), then acks as many held tickets as it leased
   jobs, or every held ticket when the store had nothing more for it (a ticket whose job was
@@ -32,7 +36,7 @@ Who decides what:
 
 While RabbitMQ is unreachable the engine degrades instead of failing: enqueue stores the
 job and logs that its ticket is deferred, claim keeps leasing from the store, and
-``wait_for_work`` sleeps its timeout (workers poll). Neither waits for RabbitMQ: while
+``wait_for_work`` waits on the store alone (workers poll). Neither waits for RabbitMQ: while
 ``connect_robust`` is between attempts they fail over at once (the robust channel's own
 calls would wait for the reconnect), and each call on the way is bounded. ``ping`` raises
 ``BackendUnavailable``, so ``/readyz`` tells; so does ``open`` (a process that never reached
@@ -62,7 +66,7 @@ from aio_pika.abc import (
     ConsumerTag,
 )
 
-from conveyor.backends.amqp.outbox import Outbox, Ticket, tickets_for
+from conveyor.backends.amqp.outbox import Outbox, Ticket, tickets_for, wake_tickets_for_delayed
 from conveyor.backends.base import (
     Backend,
     HeartbeatReply,
@@ -355,7 +359,8 @@ class AMQPBackend(Backend):
     async def enqueue(self, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
         """Register in the store (atomic), then publish tickets with confirms (the outbox)."""
         stored = await self.store.enqueue(jobs)
-        await self._publish_soft(tickets_for([job for job, created in stored if created]))
+        created = [job for job, created in stored if created]
+        await self._publish_soft(tickets_for(created) + wake_tickets_for_delayed(created))
         return stored
 
     # -- leasing --------------------------------------------------------------------------
@@ -384,18 +389,29 @@ class AMQPBackend(Backend):
         return await self.store.set_progress(job_id, token, progress, now)
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
-        """Return when a ticket arrives for ``queues`` (or one is held), or after ``timeout``."""
+        """Return when a ticket arrives for ``queues`` (or one is held), when the store's own wait
+        returns (a delayed or retrying job comes due, or the store's wake-ups), or after ``timeout``."""
         try:
             await self._consume(queues, self._prefetch or 1)
         except BackendUnavailable as exc:
-            self._warn("waiting for tickets failed; polling the store", exc)
-            await asyncio.sleep(timeout)
+            self._warn("waiting for tickets failed; waiting on the store alone", exc)
+            await self.store.wait_for_work(queues, timeout)
             return
         if self._held:
             return
         self._arrived.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._arrived.wait(), timeout)
+        store_wait = asyncio.ensure_future(self.store.wait_for_work(queues, timeout))
+        store_wait.add_done_callback(lambda _: self._arrived.set())
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._arrived.wait()
+        finally:
+            if not store_wait.done():  # a ticket came first
+                store_wait.cancel()
+                await asyncio.wait([store_wait])
+        if not store_wait.cancelled():
+            store_wait.result()  # the store's error, if it failed
 
     # -- reads ----------------------------------------------------------------------------
     async def get_jobs(self, ids: Sequence[str]) -> list[Job]:

@@ -12,7 +12,9 @@ next claim (workers claim whenever they have a free slot and at least every
 ``wait_for_work`` timeout), and the sweep that every worker runs tops up the tickets of a
 queue whose store holds ready jobs while RabbitMQ holds none (``reconcile``), so idle workers
 wake up for it. Jobs that become ready later inside the store (a delay or retry coming due,
-dependencies released, an expired lease put back) are covered by the same top-up.
+dependencies released, an expired lease put back) are covered by the same top-up; a waiting
+worker also learns from the store when its delayed and retrying jobs come due, and a job
+enqueued with a delay gets a ``wake`` ticket so that a waiting worker learns its due time.
 """
 
 from __future__ import annotations
@@ -38,6 +40,13 @@ class Ticket:
 def tickets_for(jobs: Sequence[Job]) -> list[Ticket]:
     """Tickets for the jobs that are claimable now."""
     return [Ticket(job.queue, job.id) for job in jobs if job.status is Status.QUEUED]
+
+
+def wake_tickets_for_delayed(jobs: Sequence[Job]) -> list[Ticket]:
+    """One ``wake`` ticket per queue of the delayed jobs among ``jobs`` (the worker it wakes reads
+    their due time from the store as it waits again)."""
+    queues = dict.fromkeys(job.queue for job in jobs if job.status is Status.SCHEDULED)
+    return [Ticket(queue, "wake") for queue in queues]
 
 
 class Outbox:

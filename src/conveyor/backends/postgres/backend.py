@@ -16,9 +16,10 @@ import base64
 import contextlib
 import dataclasses
 import importlib.resources
+import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -129,6 +130,14 @@ def _ready_status(job: Job, now: float) -> Status:
     return Status.SCHEDULED if job.scheduled_at is not None and job.scheduled_at > now else Status.QUEUED
 
 
+def _announcements(due: Iterable[tuple[str, float]]) -> list[str]:
+    """Payloads for the due channel: ``<queue> <due>``, the earliest per queue."""
+    first: dict[str, float] = {}
+    for queue, at in due:
+        first[queue] = min(at, first.get(queue, at))
+    return [f"{queue} {at!r}" for queue, at in sorted(first.items())]
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
@@ -148,17 +157,50 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
         raise ValidationError("invalid cursor", [{"pointer": "#/cursor", "detail": "invalid cursor"}]) from exc
 
 
-class _Listener:
-    """One dedicated LISTEN connection; wakes the waiters of the queues named in notifications."""
+class _Waiter:
+    """One ``wait_for_work`` in progress: its queues, and the earliest due time it knows of."""
 
-    def __init__(self, conninfo: str, channel: str, app: str) -> None:
+    __slots__ = ("_fut", "due", "queues")
+
+    def __init__(self, queues: frozenset[str]) -> None:
+        self.queues = queues
+        self.due = math.inf  #: epoch seconds; lowered by the due channel's announcements
+        self._fut: asyncio.Future[None] | None = None
+
+    def ring(self) -> None:
+        if self._fut is not None and not self._fut.done():
+            self._fut.set_result(None)
+
+    async def sleep(self, timeout: float) -> None:
+        """Sleep until rung or for ``timeout`` seconds."""
+        self._fut = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._fut
+        except TimeoutError:
+            pass
+        finally:
+            self._fut = None
+
+
+class _Listener:
+    """One dedicated LISTEN connection; wakes the waiters of the queues named in notifications.
+
+    Two channels: ``channel`` carries a queue name when it may have work now; ``due_channel``
+    carries ``<queue> <due>`` when a delayed or retrying job of that queue becomes claimable at
+    ``due`` (epoch seconds), so that waiters end their wait then instead of at their timeout.
+    """
+
+    def __init__(self, conninfo: str, channel: str, due_channel: str, app: str) -> None:
         self._conninfo = conninfo
         self._app = app
         self._channel = channel
+        self._due_channel = due_channel
         self._task: asyncio.Task[None] | None = None
-        self._waiters: list[tuple[frozenset[str], asyncio.Future[None]]] = []
+        self._waiters: list[_Waiter] = []
         self.counter = 0  #: bumped on every notification and (re)connect
         self.last: dict[str, int] = {}  #: queue -> counter value of its last notification
+        self.announced: dict[str, int] = {}  #: queue -> counter value of its last due announcement
         self.reconnected_at = 0  #: counter value at the last (re)connect: anything may have been missed
         self.ready = asyncio.Event()
         self.connects = 0
@@ -173,25 +215,24 @@ class _Listener:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for _, fut in self._waiters:
-            if not fut.done():
-                fut.set_result(None)
-        self._waiters.clear()
+        self._wake(None)  # the waits in progress end
 
     def changed_since(self, mark: int, queues: frozenset[str]) -> bool:
         return self.reconnected_at > mark or any(self.last.get(q, -1) > mark for q in queues)
 
-    async def wait(self, queues: frozenset[str], timeout: float) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (queues, fut)
-        self._waiters.append(entry)
+    def announced_since(self, mark: int, queues: frozenset[str]) -> bool:
+        """Whether a due time of ``queues`` may have been announced (or missed) since ``mark``."""
+        return self.reconnected_at > mark or any(self.announced.get(q, -1) > mark for q in queues)
+
+    @contextlib.contextmanager
+    def waiter(self, queues: frozenset[str]) -> Iterator[_Waiter]:
+        """A waiter on ``queues``, rung by their notifications and earlier due times until exit."""
+        waiter = _Waiter(queues)
+        self._waiters.append(waiter)
         try:
-            await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            pass
+            yield waiter
         finally:
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(entry)
+            self._waiters.remove(waiter)
 
     def _wake(self, queue: str | None) -> None:
         self.counter += 1
@@ -199,9 +240,22 @@ class _Listener:
             self.reconnected_at = self.counter
         else:
             self.last[queue] = self.counter
-        for queues, fut in self._waiters:
-            if not fut.done() and (queue is None or queue in queues):
-                fut.set_result(None)
+        for waiter in self._waiters:
+            if queue is None or queue in waiter.queues:
+                waiter.ring()
+
+    def _announce(self, payload: str) -> None:
+        queue, _, at = payload.rpartition(" ")
+        try:
+            due = float(at)
+        except ValueError:
+            return
+        self.counter += 1
+        self.announced[queue] = self.counter
+        for waiter in self._waiters:
+            if queue in waiter.queues and due < waiter.due:
+                waiter.due = due
+                waiter.ring()
 
     async def _run(self) -> None:
         delay = 0.05
@@ -214,14 +268,18 @@ class _Listener:
                 delay = min(delay * 2, 2.0)
                 continue
             try:
-                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                for channel in (self._channel, self._due_channel):
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                 delay = 0.05
                 self.ready.set()
                 if self.connects:
                     self._wake(None)  # notifications may have been missed while not listening
                 self.connects += 1
                 async for note in conn.notifies():
-                    self._wake(note.payload or None)
+                    if note.channel == self._due_channel:
+                        self._announce(note.payload)
+                    else:
+                        self._wake(note.payload or None)
             except _UNAVAILABLE:
                 pass
             finally:
@@ -308,12 +366,17 @@ class PostgresBackend(Backend):
         self.conninfo = urlunsplit((scheme, parts.netloc, parts.path, urlencode(params), parts.fragment))
         self._where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or ''}"
         self.channel = f"conveyor_{self.schema}"
+        #: Due times of delayed and retrying jobs (``<queue> <due>``); ':' cannot be in a schema name.
+        #: (The statements that notify it name it ``%(channel)s || ':due'``.)
+        self.due_channel = f"{self.channel}:due"
         self.application_name = f"conveyor:{self.schema}"
         self._schema_ident = '"' + self.schema + '"'
         self.q = load_queries(self._schema_ident)
         self._pool: AsyncConnectionPool[AConn] | None = None
         self._listener: _Listener | None = None
         self._marks: dict[frozenset[str], int] = {}
+        #: queues -> (listener counter, first due time): what the last wait knew (see ``_next_due``)
+        self._due: dict[frozenset[str], tuple[int, float]] = {}
         #: When a rate-limited job that the last claim left queued may start (wakes ``wait_for_work``).
         self._retry_at: float | None = None
         #: Set when a call found the server unreachable: the next calls probe it with one direct
@@ -425,7 +488,7 @@ class PostgresBackend(Backend):
             raise
         # The listener starts with the backend, so that no notification sent after open() is
         # missed by a later wait_for_work().
-        self._listener = _Listener(self.conninfo, self.channel, self.application_name)
+        self._listener = _Listener(self.conninfo, self.channel, self.due_channel, self.application_name)
         self._listener.start()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._listener.ready.wait(), self._timeout)
@@ -452,6 +515,7 @@ class PostgresBackend(Backend):
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None
+        self._due.clear()  # counters of a listener that is gone
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -546,7 +610,7 @@ class PostgresBackend(Backend):
                        statuses: Mapping[str, tuple[Status, dict[str, Any] | None]],
                        now: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """The records of the new jobs (not in ``existing``) and the parameters of ``insert_jobs``."""
-        records, notify = [], set()
+        records, notify, due = [], set(), []
         parents = {p for j in jobs for p in j.depends_on}
         remap = {k: v.id for k, v in existing.items()}
         for job in jobs:
@@ -556,12 +620,15 @@ class PostgresBackend(Backend):
             record = self._record(job, status, error, now, remap, job.id in parents)
             if record["status"] == "queued" or (record["ready_at"] is not None and record["ready_at"] <= now):
                 notify.add(job.queue)
+            elif record["status"] == "scheduled":
+                due.append((job.queue, record["ready_at"]))
             records.append(record)
         try:
             payload = serialization.dumps(records)
         except (TypeError, ValueError) as exc:
             raise ValidationError(f"job arguments must be JSON: {exc}") from exc
-        return records, {"jobs": payload, "channel": self.channel, "notify": sorted(notify)}
+        return records, {"jobs": payload, "channel": self.channel, "notify": sorted(notify),
+                         "due": _announcements(due)}
 
     @staticmethod
     def _enqueued(jobs: Sequence[Job], inserted: Mapping[str, Job],
@@ -779,6 +846,9 @@ class PostgresBackend(Backend):
                 ready = sorted({r[1] for r in released if r[2] == "queued"})
                 if ready:
                     await self._fetch("notify", {"channel": self.channel, "queues": ready}, conn)
+                due = _announcements((r[1], r[3]) for r in released if r[2] == "scheduled")
+                if due:
+                    await self._fetch("notify", {"channel": self.due_channel, "queues": due}, conn)
 
     async def set_progress(self, job_id: str, token: str, progress: Mapping[str, Any], now: float) -> bool:
         try:
@@ -789,19 +859,46 @@ class PostgresBackend(Backend):
         return bool(rows)
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Return on a notification for ``queues``, when their first delayed or retrying job
+        comes due, or after ``timeout``."""
         if self._pool is None:
             raise BackendUnavailable("the PostgreSQL backend is not open")
         key = frozenset(queues)
         listener = self._listener
         if listener is None:
-            listener = self._listener = _Listener(self.conninfo, self.channel, self.application_name)
+            listener = self._listener = _Listener(self.conninfo, self.channel, self.due_channel,
+                                                  self.application_name)
         listener.start()  # (re)starts a listener task that is not running
         mark = self._marks.get(key, 0)
+        end = time.time() + timeout
         if self._retry_at is not None:  # a rate-limited job left queued may start then
-            timeout = min(timeout, max(0.0, self._retry_at - time.time()))
-        if not listener.changed_since(mark, key) and timeout > 0:
-            await listener.wait(key, timeout)
+            end = min(end, self._retry_at)
+        # Registered before the due time is read: an announcement made meanwhile is not missed.
+        with listener.waiter(key) as waiter:
+            if not listener.changed_since(mark, key) and end > time.time():
+                waiter.due = min(waiter.due, await self._next_due(key, listener))
+                while not listener.changed_since(mark, key):
+                    left = min(end, waiter.due) - time.time()
+                    if left <= 0:
+                        break
+                    await waiter.sleep(left)
+                # what the waiter learnt, valid until the next announcement for these queues
+                self._due[key] = (listener.counter, waiter.due)
         self._marks[key] = listener.counter
+
+    async def _next_due(self, key: frozenset[str], listener: _Listener) -> float:
+        """When the first delayed or retrying job of the unpaused queues of ``key`` comes due
+        (``inf``: none). Read again only once the one known has passed or a due time of these
+        queues was announced since, so an idle worker does not query on every turn."""
+        now = time.time()
+        known = self._due.get(key)
+        if known is not None and known[1] > now and not listener.announced_since(known[0], key):
+            return known[1]
+        mark = listener.counter
+        [(due,)] = await self._fetch("next_due", {"queues": sorted(key), "now": now})
+        first = math.inf if due is None else float(due)
+        self._due[key] = (mark, first)
+        return first
 
     # -- reads --------------------------------------------------------------------------
     async def get_jobs(self, ids: Sequence[str]) -> list[Job]:
@@ -892,8 +989,10 @@ class PostgresBackend(Backend):
 
         async def go(conn: AConn) -> None:
             await self._fetch("save_queue", {"name": name, **settings.to_json()}, conn)
-            if not settings.paused:
+            if not settings.paused:  # its jobs may be ready, and its delayed ones count again
                 await self._fetch("notify", {"channel": self.channel, "queues": [name]}, conn)
+                await self._fetch("notify", {"channel": self.due_channel,
+                                             "queues": _announcements([(name, time.time())])}, conn)
 
         await self._run(go, transaction=True)
 

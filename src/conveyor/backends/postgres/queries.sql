@@ -27,8 +27,11 @@ WITH ins AS (
     RETURNING __JOB__
 ), n AS (
     SELECT pg_notify(%(channel)s, q) FROM unnest(%(notify)s::text[]) AS q
+), d AS (
+    -- delayed jobs: ``<queue> <due>`` on the due channel, ``<channel>:due`` (waiters shorten their wait)
+    SELECT pg_notify(%(channel)s || ':due', p) FROM unnest(%(due)s::text[]) AS p
 )
-SELECT ins.*, (SELECT count(*) FROM n) AS notified FROM ins;
+SELECT ins.*, (SELECT count(*) FROM n) + (SELECT count(*) FROM d) AS notified FROM ins;
 
 -- name: select_jobs
 SELECT __JOB__ FROM __schema__.jobs j WHERE j.id = ANY(%(ids)s::text[]);
@@ -198,13 +201,17 @@ WITH o AS (
     WHERE j.id = ANY(%(ids)s::text[]) AND j.id = o.job_id AND j.lease_token = o.token
       AND NOT (%(guard)s AND j.has_children
                AND (o.status IN ('succeeded', 'failed', 'cancelled') OR (o.status = 'queued' AND j.cancel_requested)))
-    RETURNING j.id, j.status, j.queue, j.has_children, j.limit_key
+    RETURNING j.id, j.status, j.queue, j.has_children, j.limit_key, j.ready_at
 ), n AS (
     -- a queued job, or a freed limit slot: a waiting worker may have work now
     SELECT pg_notify(%(channel)s, x.queue)
     FROM (SELECT DISTINCT u.queue FROM u WHERE u.status = 'queued' OR u.limit_key IS NOT NULL) AS x
+), d AS (
+    -- a retry: when it comes due, per queue (see insert_jobs)
+    SELECT pg_notify(%(channel)s || ':due', u.queue || ' ' || min(u.ready_at)::text)
+    FROM u WHERE u.status = 'retrying' GROUP BY u.queue
 )
-SELECT u.*, (SELECT count(*) FROM n) AS notified FROM u;
+SELECT u.*, (SELECT count(*) FROM n) + (SELECT count(*) FROM d) AS notified FROM u;
 
 -- name: lock_children
 -- Lock the waiting children of ``ids`` (id order), so that the release below sees every parent's
@@ -222,7 +229,7 @@ SET status = CASE WHEN j.scheduled_at > %(now)s THEN 'scheduled' ELSE 'queued' E
 WHERE j.id = ANY(%(ids)s::text[]) AND j.status = 'waiting'
   AND NOT EXISTS (SELECT 1 FROM __schema__.job_deps d JOIN __schema__.jobs p ON p.id = d.parent_id
                   WHERE d.child_id = j.id AND p.status <> 'succeeded')
-RETURNING j.id, j.queue, j.status;
+RETURNING j.id, j.queue, j.status, j.ready_at;
 
 -- name: cascade_cancel
 -- Cancel the waiting dependents of ``ids`` (which ended failed/cancelled/expired), transitively.
@@ -312,7 +319,26 @@ ON CONFLICT (name) DO UPDATE SET retention = EXCLUDED.retention,
     result_ttl = EXCLUDED.result_ttl, paused = EXCLUDED.paused;
 
 -- name: notify
+-- Wake the workers waiting on %(queues)s (the work channel), or, on the due channel, tell them
+-- when a delayed job comes due (payloads ``<queue> <due>``).
 SELECT pg_notify(%(channel)s, q) FROM unnest(%(queues)s::text[]) AS q;
+
+-- name: next_due
+-- When the first delayed or retrying job of the unpaused queues among %(queues)s becomes
+-- claimable after %(now)s (NULL: none). Ten probes of jobs_claim_idx per queue, one per
+-- priority (the index orders by ready_at within a queue and priority only).
+SELECT min(x.ready_at)
+FROM unnest(%(queues)s::text[]) AS qn(name)
+LEFT JOIN __schema__.queues q ON q.name = qn.name
+CROSS JOIN generate_series(0, 9) AS p(priority)
+CROSS JOIN LATERAL (
+    SELECT j.ready_at FROM __schema__.jobs j
+    WHERE j.queue = qn.name AND j.priority = p.priority AND j.status IN ('scheduled', 'retrying')
+      AND j.ready_at > %(now)s
+    ORDER BY j.ready_at
+    LIMIT 1
+) AS x
+WHERE NOT coalesce(q.paused, false);
 
 -- name: all_queue_settings
 SELECT name, retention, visibility_timeout, max_deliveries, result_ttl, paused FROM __schema__.queues;

@@ -243,8 +243,9 @@ def _per_priority(q: int, cond: str, limit: int) -> str:
 
 #: Ready jobs of queue ``?2`` that became ready before ``?3``: at most ``?4``.
 _PAST_RETENTION = f"SELECT id FROM ({_per_priority(2, 'ready_at < ?3', 4)}) LIMIT ?4"
-#: The earliest time after ``?2`` at which a job of queue ``?1`` becomes ready.
-_NEXT_DUE = f"SELECT min(ready_at) FROM ({_per_priority(1, 'ready_at > ?2', 3)})"
+#: The earliest time after ``?2`` at which a job of queue ``?1`` becomes ready (none while it is paused).
+_NEXT_DUE = (f"SELECT min(ready_at) FROM ({_per_priority(1, 'ready_at > ?2', 3)}) "
+             "WHERE NOT EXISTS (SELECT 1 FROM queues WHERE name = ?1 AND paused)")
 
 
 def _claim_sql(n_queues: int) -> str:
@@ -399,6 +400,9 @@ class SQLiteBackend(Backend):
         self._pid = os.getpid()
         #: When a rate-limited job that the last claim left queued may start (wakes ``wait_for_work``).
         self._retry_at: float | None = None
+        #: Transactions this backend committed: its own writes (a job its process enqueued, a
+        #: retry it decided) end its ``wait_for_work`` too (``data_version`` counts others' only).
+        self._commits = 0
 
     def __repr__(self) -> str:
         return f"SQLiteBackend({self.url!r})"
@@ -495,6 +499,7 @@ class SQLiteBackend(Backend):
                     conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            self._commits += 1
 
     # -- submit ---------------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
@@ -642,21 +647,28 @@ class SQLiteBackend(Backend):
         return cur.rowcount == 1
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
-        """Return once another process committed, a delayed job comes due, or ``timeout`` passed."""
+        """Return once anyone committed (this backend or another process), a delayed job comes
+        due, or ``timeout`` passed."""
+        # the clock read before ``start``: the wait ends at the due time or just after, never
+        # before it (a claim then would find nothing, and the next wait no longer see that job)
+        now = time.time()
         start = time.monotonic()
         deadline = start + max(timeout, 0.0)
+        commits = self._commits
         with self._read() as c:
             version = c.execute("PRAGMA data_version").fetchone()[0]
-            due = self._next_due(c, queues, time.time())
+            due = self._next_due(c, queues, now)
         if self._retry_at is not None:  # a rate limit's window lets the next job start then
             due = self._retry_at if due is None else min(due, self._retry_at)
         if due is not None:
-            deadline = min(deadline, start + max(due - time.time(), 0.0))
+            deadline = min(deadline, start + max(due - now, 0.0))
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
             await asyncio.sleep(min(POLL_INTERVAL, left))
+            if self._commits != commits:
+                return
             with self._read() as c:
                 if c.execute("PRAGMA data_version").fetchone()[0] != version:
                     return

@@ -160,7 +160,7 @@ local function make_ready(q, id, key, old, now, ord)
   wake(q, 1)
 end
 
--- status -> scheduled/retrying at time at
+-- status -> scheduled/retrying at time at (a waiting worker learns when it comes due)
 local function make_scheduled(q, id, key, old, new, at, now)
   if old == 'running' then limit_release(q, id, key) end
   redis.call('HSET', key, 'status', new, 'scheduled_at', fmt(at), 'updated_at', fmt(now))
@@ -170,6 +170,7 @@ local function make_scheduled(q, id, key, old, new, at, now)
   redis.call('ZREM', qk(q, 'lease'), id)
   redis.call('ZADD', qk(q, 'sched'), ims(ms(at)), id)
   set_status(q, id, old, new)
+  wake(q, 1)  -- a waiting worker claims, and its next wait knows this due time
 end
 
 -- terminal transitions are queued here and their dependents handled by propagate()

@@ -122,6 +122,7 @@ for j, job in ipairs(jobs) do
       hset_record(key, rec, job, 'status', 'scheduled')
       redis.call('ZADD', qk(q, 'sched'), ims(ms(tonumber(job.sched))), id)
       set_status(q, id, nil, 'scheduled')
+      wake(q, 1)  -- a waiting worker claims (nothing yet), and its next wait knows this due time
       out[j] = 'scheduled'
     else
       local ord = ms(tonumber(job.created))
