@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -118,6 +119,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench.http: needs `wrk` for the single submits (Debian: apt-get install wrk)")
     rows = []
     for run in range(args.runs):
         row = one_run()
