@@ -85,6 +85,26 @@ async def test_write__file_locked_by_another_process__backend_unavailable(tmp_pa
         await backend.close()
 
 
+async def test_open__new_file_written_by_another_process_in_the_old_journal_mode__waits_for_it(tmp_path):
+    """Processes that open a new file together (`conveyor up`, a worker and the CLI): switching
+    the file to WAL fails at once while another writes in the old journal mode; open waits."""
+    path = tmp_path / "c.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("CREATE TABLE elsewhere (x)")
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(lambda: (time.sleep(0.3), other.execute("COMMIT"), other.close()))
+        started = time.monotonic()
+        backend = SQLiteBackend(f"sqlite:///{path}")
+        await backend.open()
+        waited = time.monotonic() - started
+        [(job, created)] = await backend.enqueue([Job(id=uuid7(), task="t", created_at=time.time())])
+        await backend.close()
+
+    assert created and job.status == "queued"
+    assert 0.25 < waited < 2.0
+
+
 async def test_reopen__existing_file__keeps_jobs(tmp_path):
     url = f"sqlite:///{tmp_path / 'c.db'}"
     first = SQLiteBackend(url)

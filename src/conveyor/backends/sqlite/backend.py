@@ -432,17 +432,29 @@ class SQLiteBackend(Backend):
         return self._conn
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
-                               check_same_thread=False, cached_statements=256)
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL").fetchone()
-            conn.execute("PRAGMA synchronous = NORMAL")
-            self._migrate(conn)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        """A connection in WAL mode on a migrated file. Switching a file to WAL fails at once,
+        without waiting, while another connection writes in the old journal mode (processes
+        that open a new file together): that is retried until ``BUSY_TIMEOUT``."""
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        pause = 0.001
+        while True:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
+                                   check_same_thread=False, cached_statements=256)
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+                conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                conn.execute("PRAGMA synchronous = NORMAL")
+                self._migrate(conn)
+                return conn
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                if not self._is_busy(exc) or time.monotonic() + pause > deadline:
+                    raise
+            except BaseException:
+                conn.close()
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         migrations = _migrations()
@@ -465,9 +477,12 @@ class SQLiteBackend(Backend):
             conn.execute("ROLLBACK")
             raise
 
+    @staticmethod
+    def _is_busy(exc: sqlite3.Error) -> bool:
+        return ((getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
     def _unavailable(self, exc: sqlite3.Error) -> BackendUnavailable:
-        code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
-        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        if self._is_busy(exc):
             return BackendUnavailable(f"the SQLite database {self.path} is locked by another process "
                                       f"(still busy after {BUSY_TIMEOUT:g} s): {exc}")
         return BackendUnavailable(f"cannot use the SQLite database {os.path.abspath(self.path)}: {exc}")
