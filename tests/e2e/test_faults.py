@@ -9,6 +9,7 @@ attempted through the proxy during the outage must fail fast with ``BackendUnava
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import subprocess
@@ -271,3 +272,25 @@ def test_enqueue_blocking__connection_reset_between_calls__next_enqueue_reconnec
             b.close_blocking()
             for key in direct.scan_iter(match=f"{{{prefix}}}:*"):
                 direct.delete(key)
+
+
+async def test_wait_and_claim_blocking__connection_reset_between_waits__next_wait_leases() -> None:
+    """An idle worker's pool thread keeps a connection for its waits: a reset of it costs a
+    reconnect, and the next wait still leases the job that arrives."""
+    prefix = f"rtest_{uuid.uuid4().hex[:10]}"
+    with TcpProxy("127.0.0.1", 6379) as proxy:
+        b = RedisBackend(f"redis://{proxy.address}/0?prefix={prefix}")
+        await b.open()
+        try:
+            assert await asyncio.to_thread(b.wait_and_claim_blocking, ["default"], 0.05, 4, "w") == []
+            proxy.cut()  # a reset the waiting thread never saw: its kept connection is dead
+            proxy.restore()
+            [(stored, _)] = await b.enqueue([job()])
+
+            leases = await asyncio.to_thread(b.wait_and_claim_blocking, ["default"], 1.0, 4, "w")
+
+            assert leases is not None and [lease.job.id for lease in leases] == [stored.id]
+        finally:
+            await b.drop()
+            await b.close()
+            b.close_blocking()

@@ -227,6 +227,57 @@ def _decode_cursor(cursor: str) -> str:
     return text
 
 
+class _Kept:
+    """One connection of a blocking client, kept out of its pool for one caller at a time.
+
+    Taking a pooled connection and giving it back, with redis-py's wrapping of each call, costs
+    about a third of a round trip: a one-at-a-time caller (a sync enqueue loop, an idle
+    worker's wait) skips that. A concurrent caller, or a call whose connection failed, goes
+    through the pool instead, with its retries.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._conn: Any = None  #: a redis-py ``Connection`` (untyped), made on first use
+
+    def send(self, client: redis.Redis | redis.cluster.RedisCluster,
+             commands: Sequence[tuple[Any, ...]]) -> list[Any] | None:
+        """The replies of ``commands``, sent in one write; None if the connection is taken or
+        failed, or ``client`` is a cluster's (then the caller goes through ``client``). A
+        command's error is raised once every reply was read."""
+        if not isinstance(client, redis.Redis) or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            conn = self._conn
+            if conn is None:
+                conn = self._conn = client.connection_pool.get_connection()
+            replies: list[Any] = []
+            try:
+                conn.send_packed_command(conn.pack_commands(commands))
+                for _ in commands:
+                    try:
+                        replies.append(conn.read_response())
+                    except ResponseError as exc:  # its whole reply was read
+                        replies.append(exc)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                conn.disconnect()  # it reconnects on its next use
+                return None
+            except BaseException:
+                conn.disconnect()  # interrupted: a reply may be left unread on it
+                raise
+        finally:
+            self._lock.release()
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
+
+    def forget(self) -> None:
+        """Drop the connection (its client's pool closes it)."""
+        with self._lock:
+            self._conn = None
+
+
 @dataclass(slots=True)
 class _Submission:
     """One caller's enqueue, possibly coalesced with others into one script call."""
@@ -309,11 +360,9 @@ class RedisBackend(Backend):
         self._sync: redis.Redis | redis.cluster.RedisCluster | None = None
         self._sync_lock = threading.Lock()
         self._sync_sha = ""  #: of the enqueue script (EVALSHA needs no round trip to learn it)
-        #: one connection of the blocking client kept out of its pool for one caller at a time:
-        #: taking and returning a pooled connection (and redis-py's per-call wrapping) costs
-        #: about a third of a round trip, which a one-at-a-time caller pays on every enqueue
-        self._own: redis.Connection | None = None
-        self._own_lock = threading.Lock()
+        #: connections of the blocking client kept for a sync enqueue loop and an idle worker's wait
+        self._kept_enqueue = _Kept()
+        self._kept_wait = _Kept()
 
     # -- plumbing -----------------------------------------------------------------------
     def _client(self, blocking: bool) -> aioredis.Redis | RedisCluster:
@@ -498,43 +547,21 @@ class RedisBackend(Backend):
         args = [self._anchor, self.prefix, _f(now), str(len(jobs)), *sub.payload]
         with self._guard():
             try:
-                reply = self._evalsha_own(client, sha, args)
+                kept = self._kept_enqueue.send(client, [("EVALSHA", sha, 1, *args)])
+                reply = kept[0] if kept is not None else client.evalsha(sha, 1, *args)
             except NoScriptError:  # a new or restarted server: load it, then run it
                 client.script_load(self._src["enqueue"])
                 reply = client.evalsha(sha, 1, *args)
         return self._checked(sub, cast(list[Any], reply))
 
-    def _evalsha_own(self, client: redis.Redis | redis.cluster.RedisCluster, sha: str, args: list[str]) -> Any:
-        """EVALSHA on the connection kept for one caller at a time, else through the pool (a
-        concurrent caller, a cluster, or a connection that failed: the pool's retries apply)."""
-        if self.cluster or not self._own_lock.acquire(blocking=False):
-            return client.evalsha(sha, 1, *args)
-        try:
-            conn: Any = self._own  # (redis-py's Connection methods are untyped)
-            if conn is None:
-                conn = self._own = cast(redis.Redis, client).connection_pool.get_connection()
-            try:
-                conn.send_command("EVALSHA", sha, 1, *args)
-                return conn.read_response()
-            except (RedisConnectionError, RedisTimeoutError, OSError):
-                conn.disconnect()  # it reconnects on its next use
-            except ResponseError:
-                raise  # the whole reply was read: the connection is fine
-            except BaseException:
-                conn.disconnect()  # interrupted: a reply may be left unread on it
-                raise
-        finally:
-            self._own_lock.release()
-        return client.evalsha(sha, 1, *args)
-
     def close_blocking(self) -> None:
         """Close the client of ``enqueue_blocking`` (if one was made)."""
         with self._sync_lock:
             client, self._sync = self._sync, None
-            with self._own_lock:
-                self._own = None
+            self._kept_enqueue.forget()
+            self._kept_wait.forget()
         if client is not None:
-            client.close()  # its pool disconnects every connection, the one kept out of it too
+            client.close()  # its pool disconnects every connection, those kept out of it too
 
     async def _enqueue_coalesced(self) -> None:
         try:
@@ -709,11 +736,16 @@ class RedisBackend(Backend):
                 return None
             args = self._claim_args(queues, limit, worker_id, 0.0)
             args[0] = ""  # now: the server's TIME when the claim runs
-            pipe = client.pipeline(transaction=False)
-            pipe.blpop([self._qk(q, "wake") for q in queues], timeout=timeout)
-            pipe.evalsha(self._sha["claim"], 1, self._anchor, self.prefix, *args)
+            wake = [self._qk(q, "wake") for q in queues]
+            claim = ("EVALSHA", self._sha["claim"], 1, self._anchor, self.prefix, *args)
             try:
-                _, claimed = pipe.execute()
+                kept = self._kept_wait.send(client, [("BLPOP", *wake, timeout), claim])
+                if kept is None:
+                    pipe = client.pipeline(transaction=False)
+                    pipe.blpop(wake, timeout=timeout)
+                    pipe.execute_command(*claim)
+                    kept = pipe.execute()
+                _, claimed = kept
             except NoScriptError:  # the claim did not run: load it, and let the caller claim
                 client.script_load(self._src["claim"])
                 return None
