@@ -105,6 +105,7 @@ class Framework:
     enqueue_many: Callable[[int], float] | None = None  #: n jobs, returns elapsed seconds
     #: seconds between polls of an idle worker (0: it blocks); latency samples are spread over it
     poll_interval: float = 0.0
+    coroutine: bool = False  #: the no-op is an ``async def`` (else a plain function)
     results: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in ("enq", "drain", "p50", "p99")})
     error: str | None = None
 
@@ -144,33 +145,48 @@ def arq_framework() -> Framework:
     fw.enqueue = lambda t: loop.run_until_complete(arq_tasks.enqueue(pool, t))
     fw.enqueue_many = lambda n: loop.run_until_complete(many(n))
     fw.poll_interval = arq_tasks.WorkerSettings.poll_delay
+    fw.coroutine = True
     return fw
 
 
-def taskiq_framework() -> Framework:
+_taskiq_loop: list[asyncio.AbstractEventLoop] = []  #: one loop for both rows: they share the module's broker
+
+
+def taskiq_framework(sync: bool = False) -> Framework:
     from bench.peers import taskiq_tasks
 
-    loop = asyncio.new_event_loop()
+    if not _taskiq_loop:
+        _taskiq_loop.append(asyncio.new_event_loop())
+    loop = _taskiq_loop[0]
+    send = taskiq_tasks.enqueue_sync if sync else taskiq_tasks.enqueue
 
     async def many(n: int) -> float:
         t0 = time.perf_counter()
         for _ in range(n):
-            await taskiq_tasks.enqueue()
+            await send()
         return time.perf_counter() - t0
 
     def prepare(run: int) -> None:
         flush_db(taskiq_tasks.DB)
         loop.run_until_complete(taskiq_tasks.open_broker())  # declares the consumer group
 
-    fw = peer("Taskiq", "taskiq", "taskiq_tasks", "RedisStreamBroker, asyncio (100 tasks), ack when executed",
-              "no (no result backend by default)")
+    if sync:
+        fw = peer("Taskiq (sync task)", "taskiq", "taskiq_tasks",
+                  "RedisStreamBroker, plain-function no-op in its thread pool (8 threads), ack when executed",
+                  "no (no result backend by default)")
+        fw.worker_cmd = lambda: list(taskiq_tasks.WORKER_SYNC)
+    else:
+        fw = peer("Taskiq", "taskiq", "taskiq_tasks", "RedisStreamBroker, asyncio (100 tasks), ack when executed",
+                  "no (no result backend by default)")
+        fw.coroutine = True
     fw.prepare = prepare
-    fw.enqueue = lambda t: loop.run_until_complete(taskiq_tasks.enqueue(t))
+    fw.enqueue = lambda t: loop.run_until_complete(send(t))
     fw.enqueue_many = lambda n: loop.run_until_complete(many(n))
     return fw
 
 
-def conveyor_framework(label: str, task_name: str, worker_args: list[str], worker: str) -> Framework:
+def conveyor_framework(label: str, task_name: str, worker_args: list[str], worker: str,
+                       coroutine: bool = False) -> Framework:
     from bench.peers import conveyor_tasks
     from conveyor import Conveyor
 
@@ -207,6 +223,7 @@ def conveyor_framework(label: str, task_name: str, worker_args: list[str], worke
                             "BENCH_DONE_KEY": f"bench:{state['prefix']}:done"},
         cleanup=cleanup,
         done_key=lambda: f"bench:{state['prefix']}:done",
+        coroutine=coroutine,
     )
 
 
@@ -215,7 +232,7 @@ def frameworks(only: set[str] | None) -> list[Framework]:
         "conveyor": lambda: conveyor_framework("Conveyor (defaults)", "noop", [], "thread pool, concurrency 8"),
         "conveyor-async": lambda: conveyor_framework(
             "Conveyor (async)", "anoop", ["--pool", "async", "--concurrency", "64"],
-            "`--pool async --concurrency 64`, async no-op"),
+            "`--pool async --concurrency 64`, async no-op", coroutine=True),
         "celery": lambda: peer("Celery", "celery", "celery_tasks", "prefork -c 2, acks_late, reject_on_worker_lost, "
                                "prefetch ×1", "no (no result backend by default)"),
         "dramatiq": lambda: peer("Dramatiq", "dramatiq", "dramatiq_tasks", "1 process × 8 threads",
@@ -226,6 +243,7 @@ def frameworks(only: set[str] | None) -> list[Framework]:
         "huey": lambda: peer("Huey", "huey", "huey_tasks", "RedisHuey, 1 process × 8 threads",
                              "no (return values only, when not None)"),
         "taskiq": taskiq_framework,
+        "taskiq-sync": lambda: taskiq_framework(sync=True),
     }
     chosen = [k for k in makers if only is None or k in only]
     out = []
@@ -315,13 +333,29 @@ def table(fws: list[Framework], runs: int) -> str:
     return "\n".join(lines)
 
 
+def ratios(fws: list[Framework], runs: int) -> str:
+    """Each Conveyor row against the fastest peer that runs the same kind of no-op."""
+    done = [fw for fw in fws if not fw.error and len(fw.results["drain"]) >= runs]
+    drain = {fw.name: statistics.median(fw.results["drain"]) for fw in done}
+    lines = []
+    for ours in (fw for fw in done if fw.dist == "conveyor"):
+        kind = "coroutine" if ours.coroutine else "plain function"
+        peers = [fw for fw in done if fw.dist != "conveyor" and fw.coroutine == ours.coroutine]
+        if peers:
+            best = max(peers, key=lambda fw: drain[fw.name])
+            lines.append(f"- {ours.name} drains {drain[ours.name] / drain[best.name]:.2f}× the fastest peer whose "
+                         f"no-op is a {kind}, {best.name} ({drain[best.name]:,.0f} jobs/s)")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=10000)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--drain-timeout", type=float, default=240.0, help="seconds per drain at most")
-    parser.add_argument("--only", help="comma-separated: conveyor,conveyor-async,celery,dramatiq,rq,arq,huey,taskiq")
+    parser.add_argument("--only", help="comma-separated: conveyor,conveyor-async,celery,dramatiq,rq,arq,huey,"
+                                       "taskiq,taskiq-sync")
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -347,6 +381,7 @@ def main() -> None:
     print(f"\nmedians of {args.runs} runs, {args.jobs:,} jobs per drain, {args.samples} latency samples, "
           f"{time.monotonic() - started:.0f} s in all:\n")
     print(table(fws, args.runs))
+    print(ratios(fws, args.runs))
 
 
 if __name__ == "__main__":
