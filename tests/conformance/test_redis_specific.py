@@ -178,3 +178,55 @@ def test_enqueue_blocking__unreachable_server__backend_unavailable() -> None:
     with pytest.raises(BackendUnavailable, match="unreachable"):
         b.enqueue_blocking([job()])
     b.close_blocking()
+
+
+async def test_enqueue_blocking__concurrent_threads__share_round_trips(rb: RedisBackend) -> None:
+    calls = []
+    script = rb._enqueue_script_blocking
+
+    def counted(count: int, payload: list[str], now: float) -> list[object]:
+        calls.append(count)
+        return script(count, payload, now)
+
+    rb._enqueue_script_blocking = counted  # type: ignore[method-assign]
+
+    def submit(n: int) -> list[str]:
+        return [rb.enqueue_blocking([job()])[0][0].id for _ in range(n)]
+
+    batches = await asyncio.gather(*(asyncio.to_thread(submit, 40) for _ in range(8)))
+
+    ids = [i for batch in batches for i in batch]
+    assert len(await rb.get_jobs(ids)) == 320 == sum(calls)
+    assert len(calls) < 320 and max(calls) > 1  # callers that met shared a script call
+
+
+async def test_enqueue_blocking__a_mistake_sent_with_others__fails_only_its_caller(rb: RedisBackend) -> None:
+    import threading
+
+    script = rb._enqueue_script_blocking
+    first_sent, go = threading.Event(), threading.Event()
+
+    def held(count: int, payload: list[str], now: float) -> list[object]:
+        if not first_sent.is_set():
+            first_sent.set()
+            assert go.wait(5)
+        return script(count, payload, now)
+
+    rb._enqueue_script_blocking = held  # type: ignore[method-assign]
+    first = asyncio.create_task(asyncio.to_thread(rb.enqueue_blocking, [job()]))
+    assert await asyncio.to_thread(first_sent.wait, 5)
+    good, orphan, keyed = job(), job(depends_on=[str(uuid7())]), job(idempotency_key="k")
+    calls = [asyncio.create_task(asyncio.to_thread(rb.enqueue_blocking, jobs))
+             for jobs in ([good], [orphan], [keyed], [job(idempotency_key="k")])]
+    deadline = time.monotonic() + 5
+    while len(rb._enqueue_group._queue) < 5:  # all four queued behind the first send
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.005)
+    go.set()
+    outcomes = await asyncio.gather(first, *calls, return_exceptions=True)
+
+    assert isinstance(outcomes[2], ValidationError)
+    assert [(s.id, created) for s, created in outcomes[1]] == [(good.id, True)]  # type: ignore[union-attr]
+    assert [(s.id, created) for s, created in outcomes[3]] == [(keyed.id, True)]  # type: ignore[union-attr]
+    assert [(s.id, created) for s, created in outcomes[4]] == [(keyed.id, False)]  # type: ignore[union-attr]
+    assert await rb.get_jobs([orphan.id]) == []

@@ -98,6 +98,7 @@ from conveyor.backends.base import (
     SweepReport,
     WorkerInfo,
 )
+from conveyor.backends.group_commit import GroupCommit
 from conveyor.core.errors import BackendUnavailable, ConfigurationError, ValidationError
 from conveyor.core.job import Job, Status
 from conveyor.core.queues import QueueSettings
@@ -363,6 +364,9 @@ class RedisBackend(Backend):
         #: connections of the blocking client kept for a sync enqueue loop and an idle worker's wait
         self._kept_enqueue = _Kept()
         self._kept_wait = _Kept()
+        #: concurrent sync enqueues, sent together
+        self._enqueue_group: GroupCommit[_Submission, list[tuple[Job, bool]]] = GroupCommit(
+            self._enqueue_batch_blocking, lambda sub: len(sub.jobs))
 
     # -- plumbing -----------------------------------------------------------------------
     def _client(self, blocking: bool) -> aioredis.Redis | RedisCluster:
@@ -536,15 +540,38 @@ class RedisBackend(Backend):
         """``enqueue`` for synchronous callers, on a thread-safe blocking client.
 
         No event loop runs, so a sync caller's enqueue costs about one round trip (about a
-        third of running the async client to completion on a loop per call).
+        third of running the async client to completion on a loop per call). Threads that
+        enqueue at once share round trips (``GroupCommit``), as async callers do in ``enqueue``.
         """
         if not jobs:
             return []
         now = time.time()
-        sub = _Submission(jobs, self._payload(jobs, now), now)
+        return self._enqueue_group.submit(_Submission(jobs, self._payload(jobs, now), now))
+
+    def _enqueue_batch_blocking(self, subs: Sequence[_Submission]) -> list[list[tuple[Job, bool]] | BaseException]:
+        """The enqueue script for the submissions of concurrent sync callers, in one call."""
+        if len(subs) == 1:
+            sub = subs[0]
+            return [self._checked(sub, self._enqueue_script_blocking(len(sub.jobs), sub.payload, sub.now))]
+        payload = [item for sub in subs for item in sub.payload]
+        items = self._enqueue_script_blocking(sum(len(sub.jobs) for sub in subs), payload, max(s.now for s in subs))
+        out: list[list[tuple[Job, bool]] | BaseException] = []
+        if items and items[0] == "!":  # someone's unknown parent (nothing was written): each alone
+            for sub in subs:
+                try:
+                    out.append(self._checked(sub, self._enqueue_script_blocking(len(sub.jobs), sub.payload, sub.now)))
+                except Exception as exc:
+                    out.append(exc)
+            return out
+        for sub in subs:
+            mine, items = items[:len(sub.jobs)], items[len(sub.jobs):]
+            out.append(self._stored(sub, mine))
+        return out
+
+    def _enqueue_script_blocking(self, count: int, payload: list[str], now: float) -> list[Any]:
         client = self._sync_client()
         sha = self._sync_sha
-        args = [self._anchor, self.prefix, _f(now), str(len(jobs)), *sub.payload]
+        args = [self._anchor, self.prefix, _f(now), str(count), *payload]
         with self._guard():
             try:
                 kept = self._kept_enqueue.send(client, [("EVALSHA", sha, 1, *args)])
@@ -552,7 +579,7 @@ class RedisBackend(Backend):
             except NoScriptError:  # a new or restarted server: load it, then run it
                 client.script_load(self._src["enqueue"])
                 reply = client.evalsha(sha, 1, *args)
-        return self._checked(sub, cast(list[Any], reply))
+        return cast(list[Any], reply)
 
     def close_blocking(self) -> None:
         """Close the client of ``enqueue_blocking`` (if one was made)."""
