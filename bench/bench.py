@@ -6,7 +6,8 @@ RabbitMQ: ``--url amqp://guest:guest@127.0.0.1:5672/``; the job store is a fresh
 per run, or ``BENCH_STORE_URL`` (a redis:// or postgresql:// base URL).
 
 Each figure is the median of ``--runs`` runs on a fresh store. Enqueue: one job per call from
-one thread; one job per call from 64 coroutines at once (as an API server's requests arrive);
+one thread; one job per call from 8 threads at once (a threaded web app's sync ``enqueue``); one
+job per call from 64 coroutines at once (as an API server's requests arrive);
 and batches of ``--jobs``. The engine's round trips per second (``ping``, one at a time) are
 printed beside them: no one-job-per-call loop can beat that floor. Drain: ``--jobs`` no-op jobs
 are enqueued first, then one ``conveyor worker`` process drains them; throughput is jobs
@@ -27,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -114,7 +116,27 @@ async def concurrent_singles(app: Conveyor, n: int, callers: int) -> float:
     return (n // callers) * callers / (time.perf_counter() - t0)
 
 
-def bench_enqueue(url: str, n: int) -> tuple[float, float, float, float]:
+def threaded_singles(app: Conveyor, n: int, threads: int) -> float:
+    """``threads`` threads each call the sync ``enqueue`` once per job (a threaded web app)."""
+    task = app.tasks["noop"]
+    start = threading.Barrier(threads + 1)
+
+    def caller(count: int) -> None:
+        start.wait()
+        for _ in range(count):
+            app.enqueue(task)
+
+    pool = [threading.Thread(target=caller, args=(n // threads,)) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for thread in pool:
+        thread.join()
+    return (n // threads) * threads / (time.perf_counter() - t0)
+
+
+def bench_enqueue(url: str, n: int) -> tuple[float, float, float, float, float]:
     app = client(url)
     task = app.tasks["noop"]
     app.enqueue(task)  # open the connection first
@@ -123,13 +145,14 @@ def bench_enqueue(url: str, n: int) -> tuple[float, float, float, float]:
     for _ in range(n // 5):
         app.enqueue(task)
     single = (n // 5) / (time.perf_counter() - t0)
+    threaded = threaded_singles(app, n // 2, 8)
     concurrent = app.portal.call(concurrent_singles(app, n, 64))
     t0 = time.perf_counter()
     for _ in range(5):
         app.enqueue_many([(task, (), {}, {}) for _ in range(n)])
     batch = 5 * n / (time.perf_counter() - t0)
     app.portal.call(drop(app))
-    return ping, single, concurrent, batch
+    return ping, single, threaded, concurrent, batch
 
 
 def bench_drain(url: str, n: int, worker_args: list[str], processes: int = 1, task_name: str = "noop") -> float:
@@ -152,7 +175,7 @@ def bench_drain(url: str, n: int, worker_args: list[str], processes: int = 1, ta
             stop(worker)
     done = [j for j in backend_jobs if j.status is Status.SUCCEEDED]
     assert len(done) == n, f"only {len(done)} of {n} jobs succeeded"
-    span = max(j.finished_at for j in done) - min(j.started_at for j in done)
+    span = max(j.finished_at or 0.0 for j in done) - min(j.started_at or math.inf for j in done)
     app.portal.call(drop(app))
     return n / span
 
@@ -176,6 +199,7 @@ def bench_latency(url: str, samples: int) -> tuple[float, float, float, float]:
             time.sleep(0.02)  # let the worker go idle
             job = app.enqueue(task)
             job.wait(timeout=10)
+            assert job.job.started_at is not None, "a succeeded job has started"
             leased.append((job.job.started_at - job.job.created_at) * 1000)
             ran.append((job.job.result - job.job.created_at) * 1000)
     finally:
@@ -204,30 +228,34 @@ def main() -> None:
     parser.add_argument("--task", default="noop", choices=("noop", "anoop"), help="drain a sync or an async no-op")
     args = parser.parse_args()
     worker_args = args.worker_args.split()
-    keys = ("ping", "single", "concurrent", "batch", "drain", "p50", "p99", "ran50", "ran99", "floor50", "floor99")
+    keys = ("ping", "single", "threaded", "concurrent", "batch", "drain", "p50", "p99", "ran50", "ran99",
+            "floor50", "floor99")
     rows: dict[str, list[float]] = {k: [] for k in keys}
     for run in range(args.runs):
-        ping, single, concurrent, batch = bench_enqueue(fresh_url(args.url, run), args.jobs)
+        ping, single, threaded, concurrent, batch = bench_enqueue(fresh_url(args.url, run), args.jobs)
         drain = bench_drain(fresh_url(args.url, run + 100), args.jobs, worker_args, args.processes, args.task)
         p50, p99, ran50, ran99 = bench_latency(fresh_url(args.url, run + 200), args.samples)
         # on Redis, the floor under any queue's idle latency: a bare LPUSH -> BLPOP hand-off
         floor = wake_floor.measure(args.url.split("?")[0], args.samples) if args.url.startswith("redis://") \
             else (float("nan"), float("nan"))
-        values = (ping, single, concurrent, batch, drain, p50, p99, ran50, ran99, *floor)
+        values = (ping, single, threaded, concurrent, batch, drain, p50, p99, ran50, ran99, *floor)
         for key, value in zip(keys, values, strict=True):
             rows[key].append(value)
         print(f"run {run + 1}: round trips {ping:,.0f}/s, enqueue single {single:,.0f}/s, "
-              f"single × 64 callers {concurrent:,.0f}/s, batch {batch:,.0f}/s, drain {drain:,.0f} jobs/s, "
+              f"single × 8 threads {threaded:,.0f}/s, single × 64 callers {concurrent:,.0f}/s, "
+              f"batch {batch:,.0f}/s, drain {drain:,.0f} jobs/s, "
               f"idle start: leased {p50:.2f} / {p99:.2f} ms, task ran {ran50:.2f} / {ran99:.2f} ms "
               f"(bare hand-off {_ms(*floor)})", flush=True)
     med = {k: statistics.median(v) for k, v in rows.items()}
     worker = (" ".join(worker_args) or "defaults") + f", task {args.task}"
     print(f"\nmedian of {args.runs} on {args.url.split(':')[0]} ({args.jobs:,} jobs, worker {worker}):")
-    print(f"| engine round trips (ping) | enqueue single | enqueue single, 64 concurrent callers | enqueue batch "
+    print(f"| engine round trips (ping) | enqueue single | enqueue single, 8 threads "
+          f"| enqueue single, 64 concurrent callers | enqueue batch "
           f"| drain ({args.processes} worker process(es)) | idle start, leased p50 / p99 "
           f"| idle start, task ran p50 / p99 | bare hand-off p50 / p99 |")
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| {med['ping']:,.0f}/s | {med['single']:,.0f} jobs/s | {med['concurrent']:,.0f} jobs/s "
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| {med['ping']:,.0f}/s | {med['single']:,.0f} jobs/s | {med['threaded']:,.0f} jobs/s "
+          f"| {med['concurrent']:,.0f} jobs/s "
           f"| {med['batch']:,.0f} jobs/s | {med['drain']:,.0f} jobs/s | {_ms(med['p50'], med['p99'])} "
           f"| {_ms(med['ran50'], med['ran99'])} | {_ms(med['floor50'], med['floor99'])} |")
 
