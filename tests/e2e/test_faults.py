@@ -14,6 +14,7 @@ import collections
 import contextlib
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -294,3 +295,57 @@ async def test_wait_and_claim_blocking__connection_reset_between_waits__next_wai
             await b.drop()
             await b.close()
             b.close_blocking()
+
+
+def test_enqueue_blocking__threads_at_once_through_a_cut__each_call_ends_and_none_is_lost() -> None:
+    """Eight threads enqueue through a proxy that is cut for a second: every call returns a
+    stored job or raises ``BackendUnavailable`` within the fail-fast bound, no thread is left
+    waiting behind another's send, and every job a call returned exists afterwards."""
+    prefix = f"rtest_{uuid.uuid4().hex[:10]}"
+    direct = redis.Redis(decode_responses=True)
+    stored: list[str] = []
+    failures: list[float] = []  # seconds each failed call took
+    unexpected: list[BaseException] = []
+    stop = threading.Event()
+
+    def caller(b: RedisBackend) -> None:
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                [(j, _)] = b.enqueue_blocking([job()])
+                stored.append(j.id)
+            except BackendUnavailable:
+                failures.append(time.monotonic() - t0)
+                time.sleep(0.05)
+            except BaseException as exc:
+                unexpected.append(exc)
+                return
+
+    with TcpProxy("127.0.0.1", 6379) as proxy:
+        b = RedisBackend(f"redis://{proxy.address}/0?prefix={prefix}")
+        threads = [threading.Thread(target=caller, args=(b,)) for _ in range(8)]
+        try:
+            for t in threads:
+                t.start()
+            time.sleep(0.3)
+            before = len(stored)
+            proxy.cut()
+            time.sleep(1.0)
+            proxy.restore()
+            time.sleep(0.5)
+            stop.set()
+            for t in threads:
+                t.join(FAIL_FAST + 10)
+                assert not t.is_alive(), "a caller hangs"
+
+            assert unexpected == []
+            assert before > 0 and len(stored) > before  # before the cut, and again after it
+            assert failures and max(failures) < FAIL_FAST
+            assert len(set(stored)) == len(stored)
+            found = direct.hmget(f"{{{prefix}}}:jq", stored)
+            assert found.count(None) == 0, f"{found.count(None)} of {len(stored)} accepted jobs are missing"
+        finally:
+            stop.set()
+            b.close_blocking()
+            for key in direct.scan_iter(match=f"{{{prefix}}}:*"):
+                direct.delete(key)
