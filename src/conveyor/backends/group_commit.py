@@ -31,9 +31,9 @@ class _Entry(Generic[S, R]):
         self.done = False
         self.result: R | None = None
         self.error: BaseException | None = None
-        #: held until this caller's batch ended or it leads the next one (then released once)
-        self.wake = threading.Lock()
-        self.wake.acquire()
+        #: for a caller that waits: held until its batch ended or it leads the next one (then
+        #: released once); a caller that leads at once never needs one
+        self.wake: threading.Lock | None = None
 
 
 class GroupCommit(Generic[S, R]):
@@ -58,10 +58,14 @@ class GroupCommit(Generic[S, R]):
         me: _Entry[S, R] = _Entry(sub)
         with self._lock:
             self._queue.append(me)
-            leads = len(self._queue) == 1
-        if not leads:
+            if len(self._queue) > 1:
+                me.wake = wake = threading.Lock()
+                wake.acquire()
+            else:
+                wake = None
+        if wake is not None:
             try:
-                me.wake.acquire()  # each waiter is woken once: by its batch's end, or to lead
+                wake.acquire()  # each waiter is woken once: by its batch's end, or to lead
             except BaseException:  # KeyboardInterrupt in the main thread: leave the queue
                 self._leave(me)
                 raise
@@ -78,13 +82,17 @@ class GroupCommit(Generic[S, R]):
     def _take_batch(self, me: _Entry[S, R]) -> list[_Entry[S, R]]:
         """The leader ``me`` and the callers queued behind it, up to the limit."""
         with self._lock:
-            batch, items = [me], self._size(me.sub)
+            batch = [me]
+            me.taken = True
+            if len(self._queue) == 1:
+                return batch
+            items = self._size(me.sub)
             for entry in itertools.islice(self._queue, 1, None):
                 items += self._size(entry.sub)
                 if items > self._limit:
                     break
                 batch.append(entry)
-            for entry in batch:
+            for entry in batch[1:]:
                 entry.taken = True
         return batch
 
@@ -102,9 +110,9 @@ class GroupCommit(Generic[S, R]):
                 self._queue.popleft()
             after = self._queue[0] if self._queue else None
         for entry in batch[1:]:
-            entry.wake.release()
+            entry.wake.release()  # type: ignore[union-attr]  # a follower waits: it has one
         if after is not None:
-            after.wake.release()  # it leads the next batch
+            after.wake.release()  # type: ignore[union-attr]  # it leads the next batch
 
     def _leave(self, me: _Entry[S, R]) -> None:
         """An interrupted waiter's exit. Sent already: nothing to do (its outcome is dropped).
@@ -117,7 +125,7 @@ class GroupCommit(Generic[S, R]):
             self._queue.remove(me)
             after = self._queue[0] if front and self._queue else None
         if after is not None:
-            after.wake.release()
+            after.wake.release()  # type: ignore[union-attr]
 
     @staticmethod
     def _outcome(entry: _Entry[S, R], leader: bool = False) -> R:
