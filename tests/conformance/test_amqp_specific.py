@@ -223,3 +223,44 @@ def test_amqp_url__store_url__builds_the_engine(monkeypatch: pytest.MonkeyPatch,
     assert isinstance(b, AMQPBackend) and isinstance(b.store, Backend)
     assert b.prefix == "app1" and b.rabbit_queue("media") == "app1.media"
     assert "prefix" not in b.amqp_url and "heartbeat=30" in b.amqp_url
+
+
+async def test_wait__ended_by_tickets_or_timeouts__keeps_the_redis_stores_connections() -> None:
+    """A wait that a ticket ends ends the store's BLPOP too (``end_wait``), and an idle wait
+    lets the BLPOP reach its own timeout: a cancelled BLPOP costs its connection (before, an
+    idle worker reconnected about 4 times a second, and once per job started)."""
+    import redis
+
+    ns = f"amqptest_{uuid.uuid4().hex[:10]}"
+    store_url = f"redis://127.0.0.1:6379/0?prefix={ns}"
+    a = AMQPBackend(f"{RABBIT}?prefix={ns}", create_backend(store_url))
+    b = AMQPBackend(f"{RABBIT}?prefix={ns}", create_backend(store_url))
+    await a.open()
+    await b.open()
+    direct = redis.Redis()
+
+    def connections() -> int:
+        return int(direct.info("stats")["total_connections_received"])
+
+    try:
+        before = 0
+        for i in range(6):
+            waiter = asyncio.create_task(b.wait_for_work(["default"], 5.0))
+            await asyncio.sleep(0.05)
+            started = time.monotonic()
+            [(stored, _)] = await a.enqueue([job()])
+            await asyncio.wait_for(waiter, 2.0)
+            assert time.monotonic() - started < 0.5
+            assert [lease.job.id for lease in await b.claim(["default"], 1, "w", time.time())] == [stored.id]
+            if i == 0:
+                before = connections()  # the first wait opened the store's blocking connection
+        for _ in range(6):
+            started = time.monotonic()
+            await b.wait_for_work(["default"], 0.1)  # nothing comes
+            assert 0.05 < time.monotonic() - started < 0.5
+        assert connections() - before <= 1
+    finally:
+        await a.drop()
+        await b.close()
+        await a.close()
+        direct.close()

@@ -230,3 +230,17 @@ async def test_enqueue_blocking__a_mistake_sent_with_others__fails_only_its_call
     assert [(s.id, created) for s, created in outcomes[3]] == [(keyed.id, True)]  # type: ignore[union-attr]
     assert [(s.id, created) for s, created in outcomes[4]] == [(keyed.id, False)]  # type: ignore[union-attr]
     assert await rb.get_jobs([orphan.id]) == []
+
+
+async def test_end_wait__ends_a_wait_at_once__a_late_one_does_not_end_the_next(rb: RedisBackend) -> None:
+    waiter = asyncio.create_task(rb.wait_for_work(["default"], 5.0))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    assert await rb.end_wait()
+    await asyncio.wait_for(waiter, 2.0)
+    assert time.monotonic() - started < 0.5
+
+    await rb.end_wait()  # no wait in progress: its token must not end the next wait
+    started = time.monotonic()
+    await rb.wait_for_work(["default"], 0.3)
+    assert time.monotonic() - started >= 0.25

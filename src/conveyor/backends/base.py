@@ -211,6 +211,12 @@ class Backend(abc.ABC):
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when work may have arrived on ``queues``, or after ``timeout`` seconds."""
 
+    async def end_wait(self) -> bool:
+        """Make a ``wait_for_work`` of this backend that is in progress return soon, without
+        cancelling it; whether it will (False: the caller cancels it instead). For engines
+        where a cancelled wait costs its connection."""
+        return False
+
     async def wait_and_claim(
         self, queues: Sequence[str], timeout: float, limit: int, worker_id: str
     ) -> list[Lease] | None:

@@ -404,14 +404,25 @@ class AMQPBackend(Backend):
         store_wait.add_done_callback(lambda _: self._arrived.set())
         try:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
+                # the store's wait returns at the timeout itself: this only bounds a stuck one
+                async with asyncio.timeout(timeout + 0.5):
                     await self._arrived.wait()
+            if not store_wait.done():  # a ticket came first: end the store's wait, not cancel it
+                await self._end_store_wait(store_wait)
         finally:
-            if not store_wait.done():  # a ticket came first
+            if not store_wait.done():
                 store_wait.cancel()
                 await asyncio.wait([store_wait])
         if not store_wait.cancelled():
             store_wait.result()  # the store's error, if it failed
+
+    async def _end_store_wait(self, store_wait: asyncio.Future[None]) -> None:
+        """Have the store's wait return (a cancelled Redis BLPOP costs its connection); the
+        caller cancels it if it is still running after this."""
+        with contextlib.suppress(BackendUnavailable, TimeoutError):
+            if await self.store.end_wait():
+                async with asyncio.timeout(1.0):
+                    await asyncio.wait([store_wait])
 
     # -- reads ----------------------------------------------------------------------------
     async def get_jobs(self, ids: Sequence[str]) -> list[Job]:

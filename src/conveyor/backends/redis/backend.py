@@ -342,6 +342,8 @@ class RedisBackend(Backend):
         self.url = url
         self.prefix = prefix
         self._anchor = f"{{{prefix}}}:jq"  #: KEYS[1] of every script: routes it to the {P} slot
+        #: ends this backend's ``wait_for_work`` early (``end_wait``)
+        self._end_key = f"{{{prefix}}}:ew:{secrets.token_hex(8)}"
         self._redis_url = urlunsplit(parts._replace(scheme=scheme.removesuffix("+cluster"), query=urlencode(rest)))
         kind = "redis cluster" if self.cluster else "redis"
         self._where = f"{kind} at {parts.hostname or 'localhost'}:{parts.port or 6379}"
@@ -717,7 +719,21 @@ class RedisBackend(Backend):
         if timeout <= 0.0005:
             return
         with self._guard():
-            await self._blocking().blpop([self._qk(q, "wake") for q in queues], timeout=timeout)
+            # this backend's own key too, for ``end_wait``; a token left by a late one is cleared first
+            pipe = self._blocking().pipeline(transaction=False)
+            pipe.delete(self._end_key)
+            pipe.blpop([*(self._qk(q, "wake") for q in queues), self._end_key], timeout=timeout)
+            await pipe.execute()
+
+    async def end_wait(self) -> bool:
+        """Push a token onto the key that ``wait_for_work``'s BLPOP watches besides the queues':
+        a cancelled BLPOP would cost its connection (its reply would be left unread)."""
+        with self._guard():
+            pipe = self.r.pipeline(transaction=False)
+            pipe.rpush(self._end_key, "1")
+            pipe.pexpire(self._end_key, 5000)  # a token nobody took does not outlive a wait
+            await pipe.execute()
+        return True
 
     async def wait_and_claim(
         self, queues: Sequence[str], timeout: float, limit: int, worker_id: str
