@@ -147,3 +147,38 @@ def test_sync_enqueue__unwritable_database__one_clear_error(tmp_path):
     with pytest.raises(BackendUnavailable, match="SQLite"):
         noop.enqueue()
     app.close()
+
+
+async def test_wait__own_heartbeats_and_progress__do_not_end_it__own_enqueue_does(tmp_path):
+    """An idle worker's heartbeats commit on the file it waits on: they make no work, so
+    they must not end its wait (each would cost a claim); a job its own process enqueues must."""
+    import asyncio
+
+    from conveyor.backends.base import WorkerInfo
+
+    backend = SQLiteBackend(f"sqlite:///{tmp_path}/w.db")
+    await backend.open()
+    try:
+        worker = WorkerInfo(id="w1", host="h", pid=1, queues=("default",), concurrency=1)
+        await backend.enqueue([Job(id=uuid7(), task="t", created_at=time.time())])
+        [lease] = await backend.claim(["default"], 1, "w1", time.time())
+
+        async def chatter() -> None:
+            for _ in range(5):
+                await asyncio.sleep(0.04)
+                await backend.heartbeat(worker, {lease.job.id: lease.token}, time.time())
+                await backend.set_progress(lease.job.id, lease.token, {"done": 1}, time.time())
+
+        started = time.monotonic()
+        await asyncio.gather(backend.wait_for_work(["default"], 0.4), chatter())
+        assert time.monotonic() - started >= 0.35
+
+        async def enqueue_soon() -> None:
+            await asyncio.sleep(0.05)
+            await backend.enqueue([Job(id=uuid7(), task="t", created_at=time.time())])
+
+        started = time.monotonic()
+        await asyncio.gather(backend.wait_for_work(["default"], 2.0), enqueue_soon())
+        assert time.monotonic() - started < 0.5
+    finally:
+        await backend.close()

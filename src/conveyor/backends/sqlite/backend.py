@@ -400,8 +400,9 @@ class SQLiteBackend(Backend):
         self._pid = os.getpid()
         #: When a rate-limited job that the last claim left queued may start (wakes ``wait_for_work``).
         self._retry_at: float | None = None
-        #: Transactions this backend committed: its own writes (a job its process enqueued, a
-        #: retry it decided) end its ``wait_for_work`` too (``data_version`` counts others' only).
+        #: Transactions this backend committed that may make work: its own writes (a job its
+        #: process enqueued, a retry it decided) end its ``wait_for_work`` too (``data_version``
+        #: counts others' only); its heartbeats and progress reports do not.
         self._commits = 0
 
     def __repr__(self) -> str:
@@ -503,8 +504,9 @@ class SQLiteBackend(Backend):
             raise
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error."""
+    def _write(self, wakes: bool = True) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error.
+        ``wakes``: it may make work (else this process's ``wait_for_work`` goes on waiting)."""
         with self._read() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -514,7 +516,8 @@ class SQLiteBackend(Backend):
                     conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-            self._commits += 1
+            if wakes:
+                self._commits += 1
 
     # -- submit ---------------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
@@ -589,7 +592,7 @@ class SQLiteBackend(Backend):
                       _dumps(list(worker.running)), worker.started_at or now, now)
         lost: set[str] = set(leases)
         cancel: set[str] = set()
-        with self._write() as c:
+        with self._write(wakes=False) as c:
             c.execute(_HEARTBEAT_WORKER, worker_row)
             if leases:
                 rows = c.execute(f"SELECT id, lease_token, cancel_requested FROM jobs WHERE status = 'running' "
@@ -655,7 +658,7 @@ class SQLiteBackend(Backend):
 
     async def set_progress(self, job_id: str, token: str, progress: Mapping[str, Any], now: float) -> bool:
         """Record progress while ``token`` holds the lease."""
-        with self._write() as c:
+        with self._write(wakes=False) as c:
             cur = c.execute("UPDATE jobs SET progress = ?1, updated_at = ?2, revision = revision + 1 "
                             "WHERE id = ?3 AND lease_token = ?4 AND status = 'running'",
                             (_dumps(dict(progress)), now, job_id, token))
