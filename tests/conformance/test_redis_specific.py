@@ -7,6 +7,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -244,3 +245,43 @@ async def test_end_wait__ends_a_wait_at_once__a_late_one_does_not_end_the_next(r
     started = time.monotonic()
     await rb.wait_for_work(["default"], 0.3)
     assert time.monotonic() - started >= 0.25
+
+
+def _enqueue_in_child(url: str, out: Any) -> None:
+    """Runs in a forked child: new jobs, each must come back as itself, created."""
+    b = _FORKED[url]
+    wrong = 0
+    for _ in range(300):
+        j = job()
+        [(stored, created)] = b.enqueue_blocking([j])
+        wrong += stored.id != j.id or not created
+    out.put(wrong)
+
+
+_FORKED: dict[str, RedisBackend] = {}
+
+
+async def test_enqueue_blocking__forked_child__uses_its_own_connection_not_the_parents(rb: RedisBackend) -> None:
+    """A process that forks after a sync enqueue (multiprocessing, a pre-forking server): the
+    child must not share the parent's kept connection, or each could read the other's replies."""
+    import multiprocessing
+
+    [(keyed, _)] = rb.enqueue_blocking([job(idempotency_key="k")])  # the parent's connection is kept now
+    _FORKED[rb.url] = rb
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_enqueue_in_child, args=(rb.url, out))
+    child.start()
+    try:
+        wrong = 0
+        for _ in range(300):  # replays while the child enqueues new jobs
+            [(stored, created)] = rb.enqueue_blocking([job(idempotency_key="k")])
+            wrong += stored.id != keyed.id or created
+        assert wrong == 0
+        assert out.get(timeout=30) == 0
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+        del _FORKED[rb.url]
+    assert child.exitcode == 0

@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -174,3 +175,29 @@ def test_an_interrupted_leader__raises_it__its_followers_get_backend_unavailable
     assert isinstance(lead["leader"], KeyboardInterrupt)  # the interrupted thread raises its own
     assert isinstance(follower["follower"], BackendUnavailable)  # its fate unknown, as after a drop
     assert gc.submit("later") == "LATER"
+
+
+def _submit_in_child(gc: GroupCommit[str, str], out: Any) -> None:
+    out.put(gc.submit("child"))
+
+
+def test_a_child_forked_while_a_send_is_in_flight__does_not_wait_for_it() -> None:
+    import multiprocessing
+
+    send = Sender(hold_first=True)
+    gc = GroupCommit(send, size=lambda s: 1)
+    _, t1 = run_in_threads(gc, ["parent"])
+    assert send.first_started.wait(WAIT)  # the parent's send holds the queue's front
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_submit_in_child, args=(gc, out))
+    child.start()
+    try:
+        assert out.get(timeout=WAIT) == "CHILD"  # the child sent its own, at once
+    finally:
+        child.join(WAIT)
+        if child.is_alive():
+            child.kill()
+        send.release.set()
+        join(t1)
+    assert child.exitcode == 0

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from conveyor.core.errors import BackendUnavailable
 
@@ -50,6 +52,10 @@ class GroupCommit(Generic[S, R]):
         self._send = send
         self._size = size
         self._limit = limit
+        self._reset()
+        _INSTANCES.add(self)
+
+    def _reset(self) -> None:
         self._lock = threading.Lock()
         #: callers in arrival order; the batch in flight is at the front until it ends
         self._queue: collections.deque[_Entry[S, R]] = collections.deque()
@@ -137,3 +143,18 @@ class GroupCommit(Generic[S, R]):
         # the leader was interrupted (KeyboardInterrupt, SystemExit): that is its own to raise;
         # for the others the fate of the batch is unknown, as after a dropped connection
         raise BackendUnavailable("the enqueue sent with this one was interrupted") from error
+
+
+#: every GroupCommit of this process, for ``_after_fork``
+_INSTANCES: weakref.WeakSet[GroupCommit[Any, Any]] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    """In a forked child: the parent's callers (and a lock one of its threads held) are not
+    the child's; without this, a child forked while a parent's send was in flight would wait
+    for that send forever."""
+    for instance in list(_INSTANCES):
+        instance._reset()
+
+
+os.register_at_fork(after_in_child=_after_fork)

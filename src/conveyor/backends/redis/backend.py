@@ -66,10 +66,12 @@ import binascii
 import contextlib
 import hashlib
 import json
+import os
 import secrets
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -238,6 +240,12 @@ class _Kept:
     """
 
     def __init__(self) -> None:
+        self._forget()
+        _KEPT.add(self)
+
+    def _forget(self) -> None:
+        """Drop the connection without closing it (after a fork it is the parent's socket:
+        a child writing on it would get the parent's replies, and the parent the child's)."""
         self._lock = threading.Lock()
         self._conn: Any = None  #: a redis-py ``Connection`` (untyped), made on first use
 
@@ -277,6 +285,18 @@ class _Kept:
         """Drop the connection (its client's pool closes it)."""
         with self._lock:
             self._conn = None
+
+
+#: every ``_Kept`` of this process: a forked child forgets their connections (``_Kept._forget``)
+_KEPT: weakref.WeakSet[_Kept] = weakref.WeakSet()
+
+
+def _forget_kept() -> None:
+    for kept in list(_KEPT):
+        kept._forget()
+
+
+os.register_at_fork(after_in_child=_forget_kept)
 
 
 @dataclass(slots=True)
