@@ -68,6 +68,15 @@ class Conveyor:
         #: the backend of sync enqueues (``enqueue_blocking``); False once known to have none
         self._blocking: Backend | Literal[False] | None = None
         self._blocking_lock = threading.Lock()
+        _APPS.add(self)
+
+    def _forked(self) -> None:
+        """In a forked child: the parent's event loops and async connections are not ours (their
+        sockets and epoll sets are shared with the parent); start afresh, leaving them unused.
+        The sync enqueue backend takes care of itself (it checks the process id)."""
+        _INHERITED.append((self.portal, self._backends))
+        self.portal = Portal()
+        self._backends = weakref.WeakKeyDictionary()
 
     # -- registration ---------------------------------------------------------------------
     def task(
@@ -418,6 +427,19 @@ def _check_timeout(value: Any) -> float | None:
         )
     return float(value)
 
+
+#: every app of this process, and what a forked child inherited from its parent: kept
+#: referenced, never used nor closed (closing would act on the parent's connections)
+_APPS: weakref.WeakSet[Conveyor] = weakref.WeakSet()
+_INHERITED: list[object] = []
+
+
+def _after_fork_in_child() -> None:
+    for app in list(_APPS):
+        app._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 _QUEUE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
