@@ -94,8 +94,12 @@ end
 
 -- the timeline raw (stored JSON or nil/false) with a new running entry, as JSON
 local function attempt_started(raw, attempt, worker, now)
-  local list = {}
-  if raw and raw ~= '[]' then list = cjson.decode(raw) end
+  if not raw or raw == '[]' then  -- a first delivery: what attempts_json writes for one entry
+    return '[{"attempt":' .. string.format('%d', tonumber(attempt) or 1) .. ',"worker_id":' ..
+      cjson.encode(worker) .. ',"started_at":' .. fmt(now) ..
+      ',"finished_at":null,"status":"running","error":null}]'
+  end
+  local list = cjson.decode(raw)
   list[#list + 1] = { attempt = tonumber(attempt) or 1, worker_id = worker, started_at = now, status = 'running' }
   while #list > 50 do table.remove(list, 1) end
   return attempts_json(list)
@@ -103,8 +107,14 @@ end
 
 -- the timeline raw with its running entry closed: label (succeeded, retrying, lost, ...), err a
 -- JSON error or nil/''; nil when there is no running entry (nothing to write)
+local RUNNING_TAIL = ',"finished_at":null,"status":"running","error":null}]'
 local function attempt_ended(raw, now, label, err)
   if not raw or raw == '[]' then return nil end
+  if (not err or err == '') and string.sub(raw, -#RUNNING_TAIL) == RUNNING_TAIL then
+    -- the last entry is running (as attempts_json wrote it): close it in place, no decoding
+    return string.sub(raw, 1, #raw - #RUNNING_TAIL) .. ',"finished_at":' .. fmt(now) ..
+      ',"status":' .. cjson.encode(label) .. ',"error":null}]'
+  end
   local list = cjson.decode(raw)
   local last = list[#list]
   if last.status ~= 'running' then return nil end
