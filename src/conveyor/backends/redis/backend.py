@@ -330,6 +330,12 @@ def _settle(sub: _Submission, coro: Awaitable[list[tuple[Job, bool]]]) -> None:
 _BACKGROUND: set[asyncio.Future[None]] = set()
 
 
+def _joined(subs: Sequence[_Submission]) -> tuple[int, list[str], float]:
+    """The enqueue script's job count, payload and ``now`` for several submissions at once."""
+    return (sum(len(sub.jobs) for sub in subs), [item for sub in subs for item in sub.payload],
+            max(sub.now for sub in subs))
+
+
 #: TCP keepalive: probe an idle connection after 5 s, every 2 s, and drop it after 3 unanswered;
 #: and drop one whose sent data stays unacknowledged for 11 s (Linux; elsewhere the OS defaults).
 _KEEPALIVE = {socket.TCP_KEEPIDLE: 5, socket.TCP_KEEPINTVL: 2, socket.TCP_KEEPCNT: 3,
@@ -575,19 +581,15 @@ class RedisBackend(Backend):
         if len(subs) == 1:
             sub = subs[0]
             return [self._checked(sub, self._enqueue_script_blocking(len(sub.jobs), sub.payload, sub.now))]
-        payload = [item for sub in subs for item in sub.payload]
-        items = self._enqueue_script_blocking(sum(len(sub.jobs) for sub in subs), payload, max(s.now for s in subs))
+        shares = self._shares(subs, self._enqueue_script_blocking(*_joined(subs)))
+        if shares is not None:
+            return list(shares)
         out: list[list[tuple[Job, bool]] | BaseException] = []
-        if items and items[0] == "!":  # someone's unknown parent (nothing was written): each alone
-            for sub in subs:
-                try:
-                    out.append(self._checked(sub, self._enqueue_script_blocking(len(sub.jobs), sub.payload, sub.now)))
-                except Exception as exc:
-                    out.append(exc)
-            return out
-        for sub in subs:
-            mine, items = items[:len(sub.jobs)], items[len(sub.jobs):]
-            out.append(self._stored(sub, mine))
+        for sub in subs:  # someone's unknown parent (nothing was written): each caller alone
+            try:
+                out.append(self._checked(sub, self._enqueue_script_blocking(len(sub.jobs), sub.payload, sub.now)))
+            except Exception as exc:
+                out.append(exc)
         return out
 
     def _enqueue_script_blocking(self, count: int, payload: list[str], now: float) -> list[Any]:
@@ -622,22 +624,31 @@ class RedisBackend(Backend):
                     batch.append(sub)
                     size += len(sub.jobs)
                 try:
-                    payload = [item for sub in batch for item in sub.payload]
-                    items = await self._enqueue_script(size, payload, max(sub.now for sub in batch))
-                    if items and items[0] == "!":  # someone's mistake: run each caller alone
+                    shares = self._shares(batch, await self._enqueue_script(*_joined(batch)))
+                    if shares is None:  # someone's mistake: run each caller alone
                         for sub in batch:
                             _settle(sub, self._enqueue_one(sub))
                         continue
-                    for sub in batch:
-                        mine, items = items[:len(sub.jobs)], items[len(sub.jobs):]
+                    for sub, stored in zip(batch, shares, strict=True):
                         if sub.future is not None and not sub.future.done():
-                            sub.future.set_result(self._stored(sub, mine))
+                            sub.future.set_result(stored)
                 except Exception as exc:
                     for sub in batch:
                         if sub.future is not None and not sub.future.done():
                             sub.future.set_exception(exc)
         finally:
             self._enqueue_busy = False
+
+    def _shares(self, subs: Sequence[_Submission], items: list[Any]) -> list[list[tuple[Job, bool]]] | None:
+        """Each submission's part of one script call's reply over all of them; None when the
+        call refused them all for one caller's unknown parent (then each goes alone)."""
+        if items and items[0] == "!":
+            return None
+        out = []
+        for sub in subs:
+            mine, items = items[:len(sub.jobs)], items[len(sub.jobs):]
+            out.append(self._stored(sub, mine))
+        return out
 
     @staticmethod
     def _stored(sub: _Submission, items: list[str]) -> list[tuple[Job, bool]]:
