@@ -30,15 +30,12 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from bench import wake_floor
+from bench import CHILD_PYTHONPATH, wake_floor
 from conveyor import Conveyor
 from conveyor.backends.base import JobQuery
 from conveyor.core.job import Status
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def fresh_url(base: str, run: int) -> str:
@@ -61,7 +58,7 @@ def client(url: str) -> Conveyor:
 
 
 def start_worker(url: str, *extra: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, CONVEYOR_URL=url, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, CONVEYOR_URL=url, PYTHONPATH=CHILD_PYTHONPATH)
     return subprocess.Popen([sys.executable, "-m", "conveyor.cli", "worker", "--app", "bench.tasks:app",
                              "--no-scheduler", *extra], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

@@ -44,7 +44,8 @@ from typing import Any
 
 import redis
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench import CHILD_PYTHONPATH, ROOT
+
 BIN = Path(sys.executable).parent
 REDIS = "redis://127.0.0.1:6379"
 DONE = "bench:done"
@@ -56,7 +57,7 @@ _workers: list[subprocess.Popen[bytes]] = []
 # -- processes ----------------------------------------------------------------------------
 def start_worker(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     exe = str(BIN / cmd[0]) if (BIN / cmd[0]).exists() else cmd[0]
-    full_env = dict(os.environ, PYTHONPATH=str(ROOT), **env)
+    full_env = dict(os.environ, PYTHONPATH=CHILD_PYTHONPATH, **env)
     LOG_DIR.mkdir(exist_ok=True)
     log = open(LOG_DIR / f"worker-{Path(cmd[0]).name}.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen([exe, *cmd[1:]], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,

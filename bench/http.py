@@ -25,7 +25,8 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench import CHILD_PYTHONPATH
+
 POST_LUA = """wrk.method = "POST"
 wrk.body = '{"task": "noop"}'
 wrk.headers["Content-Type"] = "application/json"
@@ -39,7 +40,7 @@ def free_port() -> int:
 
 
 def start(cmd: list[str], url: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, CONVEYOR_URL=url, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, CONVEYOR_URL=url, PYTHONPATH=CHILD_PYTHONPATH)
     return subprocess.Popen([sys.executable, "-m", "conveyor.cli", *cmd, "--app", "bench.tasks:app"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
