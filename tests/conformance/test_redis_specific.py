@@ -143,7 +143,7 @@ async def test_drop_deletes_every_key_under_the_prefix(rb: RedisBackend) -> None
 async def test_enqueue_blocking__from_a_thread__stores_jobs_like_enqueue(
         rb: RedisBackend, hiredis: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     if not hiredis:
-        monkeypatch.setattr(redis_backend, "pack_command", None)
+        monkeypatch.setattr(redis_backend, "hiredis_pack", None)
     plain, keyed = job(args=["naïve ☕"]), job(idempotency_key="order-1")
 
     stored = await asyncio.to_thread(rb.enqueue_blocking, [plain, keyed])

@@ -106,11 +106,11 @@ from conveyor.core.job import Job, Status
 from conveyor.core.queues import QueueSettings
 from conveyor.serialization import dumps, loads
 
-pack_command: Callable[[tuple[Any, ...]], bytes] | None
+hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
 try:  # installed with the redis extra; redis-py's own parsing and packing are its fallback
-    from hiredis import pack_command
+    from hiredis import pack_command as hiredis_pack
 except ImportError:  # pragma: no cover
-    pack_command = None
+    hiredis_pack = None
 
 SCRIPTS = ("enqueue", "claim", "heartbeat", "finish", "progress", "cancel", "requeue", "purge", "sweep",
            "get", "list", "webhooks")
@@ -300,10 +300,10 @@ class _HiredisPacking:
     drain of no-op jobs. Anything else (a bool, a memoryview, "SCRIPT LOAD") redis-py packs."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        if pack_command is not None:
+        if hiredis_pack is not None:
             try:
                 if " " not in args[0]:
-                    return [pack_command(args)]
+                    return [hiredis_pack(args)]
             except TypeError:  # a bytes name, or an argument hiredis does not take
                 pass
         return cast(list[bytes], super().pack_command(*args))  # type: ignore[misc]
@@ -319,7 +319,7 @@ _C = TypeVar("_C", redis.Redis, aioredis.Redis)
 def _with_hiredis_packing(client: _C) -> _C:
     """``client``, its pool making ``_HiredisPacking`` connections of the class it chose (TCP,
     TLS or Unix socket). (A cluster's nodes keep redis-py's packing.)"""
-    if pack_command is not None:
+    if hiredis_pack is not None:
         pool = client.connection_pool
         base = pool.connection_class
         if base not in _PACKING_CLASSES:
