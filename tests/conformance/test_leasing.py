@@ -173,6 +173,29 @@ async def test_finish__many_outcomes__each_applied_or_refused(backend, submit, n
     assert (failed.status, failed.error) == (Status.FAILED, error)
 
 
+async def test_finish__thousands_of_outcomes_in_one_call__records_and_counts_agree(backend, new_job, fetch):
+    # a worker with a large pool reports this many at once; engines that batch index writes
+    # must split them (Redis: Lua's unpack limit) and still file every job under its status
+    n = 4100
+    await backend.enqueue([new_job() for _ in range(n + 20)])
+    leases = await backend.claim(["default"], n + 20, "w", time.time())
+    assert len(leases) == n + 20
+    now = time.time()
+    error = {"type": "ValueError", "message": "bad", "traceback": None}
+    outcomes = [Outcome(lease.job.id, lease.token, Status.SUCCEEDED, result=i) for i, lease in enumerate(leases[:n])]
+    outcomes += [Outcome(lease.job.id, lease.token, Status.FAILED, error=error) for lease in leases[n:n + 10]]
+    outcomes += [Outcome(lease.job.id, lease.token, Status.RETRYING, scheduled_at=now + 60, attempt=2)
+                 for lease in leases[n + 10:]]
+
+    assert await backend.finish(outcomes, now) == [True] * (n + 20)
+
+    [info] = await backend.queues(["default"])
+    assert {k: v for k, v in info.counts.items() if v} == {"succeeded": n, "failed": 10, "retrying": 10}
+    assert (await fetch(leases[n - 1].job.id)).result == n - 1
+    assert (await fetch(leases[n].job.id)).status is Status.FAILED
+    assert await backend.claim(["default"], 10, "w", now) == []  # nothing left ready, nothing leased twice
+
+
 async def test_finish__retrying__reclaimable_at_its_time_with_next_attempt(backend, submit, claim_one, fetch):
     job = await submit()
     now = time.time()

@@ -142,12 +142,12 @@ for _ = 1, 20 do
   for q, t in pairs(taken) do
     local zs = {}
     for n, id in ipairs(t.ids) do zs[2 * n - 1] = 0; zs[2 * n] = id end
-    if not popped then redis.call('ZREM', qk(q, 'ready'), unpack(t.ids)) end
-    redis.call('ZADD', qk(q, 'lease'), unpack(t.lease))
-    redis.call('ZREM', qk(q, 's:queued'), unpack(t.ids))
-    redis.call('ZADD', qk(q, 's:running'), unpack(zs))
+    if not popped then call_with('ZREM', qk(q, 'ready'), t.ids) end
+    call_with('ZADD', qk(q, 'lease'), t.lease)
+    call_with('ZREM', qk(q, 's:queued'), t.ids)
+    call_with('ZADD', qk(q, 's:running'), zs)
   end
-  if back[1] then redis.call('ZADD', qk(queues[1], 'ready'), unpack(back)) end
+  if back[1] then call_with('ZADD', qk(queues[1], 'ready'), back) end
   if not again then break end
 end
 if PROP[1] then propagate(now) end

@@ -11,7 +11,12 @@ A 'queued' outcome (hand-back) of a job whose cancel was requested ends it 'canc
 Returns: a string with one character per outcome: '1' applied, '0' token no longer holds.
 ]]
 local now = tonumber(ARGV[2])
+local OUTCOME = { succeeded = true, failed = true, cancelled = true, retrying = true, queued = true }
+for a = 5, #ARGV, 8 do  -- checked before any write: an error reply must leave nothing half done
+  if not OUTCOME[ARGV[a]] then return redis.error_reply('unsupported outcome status ' .. ARGV[a]) end
+end
 local out = {}
+ZBATCH = {}
 for a = 3, #ARGV, 8 do
   local id, token, st = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local result, err, sa, attempt, uncount = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
@@ -38,7 +43,7 @@ for a = 3, #ARGV, 8 do
         if st == 'succeeded' and err == '' and v[9] then redis.call('HDEL', key, 'error') end
         -- v[5..8]: revision, webhook, _hc, limit_key; the lease token is there (it matched)
         make_terminal(q, id, key, 'running', st, now, nil, { v[5], v[6], v[7], v[2], v[8] }, f)
-      elseif st == 'retrying' or st == 'queued' then
+      else  -- retrying or queued
         if f[1] then redis.call('HSET', key, unpack(f)) end
         if st == 'retrying' then
           make_scheduled(q, id, key, 'running', 'retrying', tonumber(sa) or now, now)
@@ -46,13 +51,12 @@ for a = 3, #ARGV, 8 do
           if uncount == '1' then redis.call('HINCRBY', key, 'deliveries', -1) end
           make_ready(q, id, key, 'running', now, nil)
         end
-      else
-        return redis.error_reply('unsupported outcome status ' .. st)
       end
     end
   end
   out[#out + 1] = ok == 1 and '1' or '0'
 end
 if PROP[1] then propagate(now) end
+flush_zbatch()
 if next(WAKE) then flush_wake() end
 return table.concat(out)
