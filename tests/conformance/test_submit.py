@@ -28,6 +28,25 @@ async def test_enqueue__plain_job__is_queued_and_readable(backend, new_job, fetc
     assert read.created_at == pytest.approx(job.created_at, abs=0.001)
 
 
+async def test_enqueue__every_field_set__each_reads_back_as_given(backend, submit, new_job, fetch):
+    parent = await submit()
+    given = {
+        "queue": "media", "args": [1, "two", {"three": 3}], "kwargs": {"height": 480, "codec": None},
+        "priority": 9, "max_retries": 7, "timeout": 12.5, "depends_on": [parent.id],
+        "idempotency_key": "order-42", "metadata": {"by": "test", "n": [1]}, "webhook": "http://127.0.0.1:9/hook",
+        "scheduled_at": time.time() + 3600, "limit_key": "api:acme", "concurrency_limit": 2,
+        "rate_limit": (5, 1.5),
+    }
+    job = new_job(**given)
+    await backend.enqueue([job])
+
+    read = await fetch(job.id)
+    assert {name: getattr(read, name) for name in given} == {**given, "args": [1, "two", {"three": 3}]}
+    assert (read.status, read.attempt, read.deliveries, read.cancel_requested) == (Status.WAITING, 1, 0, False)
+    assert (read.result, read.error, read.progress, read.lease_token, read.worker_id) == (None,) * 5
+    assert read.created_at == pytest.approx(job.created_at, abs=0.001)
+
+
 async def test_enqueue__batch__stores_every_job_in_order(backend, new_job):
     jobs = [new_job(args=[i]) for i in range(50)]
     results = await backend.enqueue(jobs)

@@ -123,41 +123,40 @@ def _f(x: float) -> str:
     return repr(float(x))
 
 
-def _opt_float(v: str | None) -> float | None:
-    return float(v) if v not in (None, "") else None
-
-
 def job_from_hash(h: Mapping[str, str]) -> Job:
-    """A ``Job`` from a stored record."""
-    g = h.get
-    return Job(
-        id=h["id"], task=h["task"], queue=h["queue"], status=Status(h["status"]),
-        args=_json(g("args"), list), kwargs=_json(g("kwargs"), dict),
-        priority=int(g("priority") or 0), progress=_json(g("progress"), _none), result=_json(g("result"), _none),
-        error=_json(g("error"), _none), attempt=int(g("attempt") or 1), max_retries=int(g("max_retries") or 3),
-        timeout=_opt_float(g("timeout")), depends_on=_json(g("depends_on"), list),
-        idempotency_key=g("idempotency_key"), metadata=_json(g("metadata"), dict), webhook=g("webhook"),
-        created_at=float(g("created_at") or 0.0), scheduled_at=_opt_float(g("scheduled_at")),
-        started_at=_opt_float(g("started_at")), finished_at=_opt_float(g("finished_at")),
-        updated_at=float(g("updated_at") or g("created_at") or 0.0), deliveries=int(g("deliveries") or 0),
-        cancel_requested=g("cancel_requested") == "1", revision=int(g("revision") or 1),
-        worker_id=g("worker_id"), lease_token=g("lease_token") or None,
-        lease_expires_at=_opt_float(g("lease_expires_at")), limit_key=g("limit_key"),
-        concurrency_limit=int(g("concurrency_limit") or 0) or None,
-        rate_limit=(int(h["rate_count"]), float(h["rate_per"])) if "rate_count" in h else None,
-        attempts=_json(g("attempts"), list),
-    )
+    """A ``Job`` from a stored record. Only the fields present are decoded (a record leaves out
+    those at their default, see ``_record_fields``): a worker decodes every job it leases."""
+    fields: dict[str, Any] = {"args": [], "depends_on": [], "attempts": []}  # lists, as decoded
+    for name, text in h.items():
+        decode = _DECODE.get(name)
+        if decode is not None and text != "":  # '' = none (a finished job's blanked lease)
+            fields[name] = decode(text)
+    if "updated_at" not in fields:
+        fields["updated_at"] = fields.get("created_at", 0.0)
+    if "rate_count" in h:
+        fields["rate_limit"] = (int(h["rate_count"]), float(h["rate_per"]))
+    return Job(**fields)
 
 
-def _json(text: str | None, empty: Callable[[], Any]) -> Any:
-    """Decode a stored JSON field; missing or empty containers skip the parser."""
-    if text is None or text in ("[]", "{}", "null"):
-        return empty() if text != "null" else None
-    return json.loads(text)
+_STATUS = {status.value: status for status in Status}
 
 
-def _none() -> None:
-    return None
+def _str(text: str) -> str:
+    return text
+
+
+#: how each stored field of a record is read; fields not named here are the scripts' own
+_DECODE: dict[str, Callable[[str], Any]] = {
+    "id": _str, "task": _str, "queue": _str, "status": _STATUS.__getitem__,
+    **dict.fromkeys(("args", "kwargs", "progress", "result", "error", "depends_on", "metadata", "attempts"),
+                    json.loads),
+    **dict.fromkeys(("priority", "attempt", "max_retries", "deliveries", "revision"), int),
+    **dict.fromkeys(("timeout", "created_at", "scheduled_at", "started_at", "finished_at", "updated_at",
+                     "lease_expires_at"), float),
+    **dict.fromkeys(("idempotency_key", "webhook", "worker_id", "lease_token", "limit_key"), _str),
+    "cancel_requested": "1".__eq__,
+    "concurrency_limit": lambda text: int(text) or None,
+}
 
 
 def _hash(flat: Sequence[str]) -> dict[str, str]:
