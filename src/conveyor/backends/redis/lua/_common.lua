@@ -73,44 +73,13 @@ local function cfg(q)
   return c
 end
 
--- The index writes of terminal transitions (make_terminal), batched while a script has set
--- ZBATCH = {} (finish.lua): flush_zbatch() then sends one ZREM and one ZADD per key instead of
--- one call per job (≈ 1 µs each). Only where nothing later in the script reads those entries, and
--- a job ends at most once per call, so no member is both added and removed.
-local ZBATCH = nil
-local function zbatched(op, k)
-  local per = ZBATCH[op]
-  if not per then per = { keys = {} }; ZBATCH[op] = per end
-  local l = per[k]
-  if not l then l = {}; per[k] = l; per.keys[#per.keys + 1] = k end
-  return l
-end
-local function zrem(k, id)
-  if not ZBATCH then redis.call('ZREM', k, id) return end
-  local l = zbatched('ZREM', k)
-  l[#l + 1] = id
-end
-local function zadd(k, score, id)
-  if not ZBATCH then redis.call('ZADD', k, score, id) return end
-  local l = zbatched('ZADD', k)
-  l[#l + 1] = score; l[#l + 1] = id
-end
 -- redis.call(op, k, every element of list): unpack() fails past ≈ 8,000 values, so in slices
 local function call_with(op, k, list)
   for i = 1, #list, 4000 do redis.call(op, k, unpack(list, i, math.min(i + 3999, #list))) end
 end
-local function flush_zbatch()
-  local batch = ZBATCH
-  ZBATCH = nil
-  for _, op in ipairs({ 'ZREM', 'ZADD' }) do
-    local per = batch[op]
-    if per then
-      for _, k in ipairs(per.keys) do
-        call_with(op, k, per[k])
-      end
-    end
-  end
-end
+
+-- make_terminal's sorted-set writes: redis.call, unless the script batches them (finish.lua)
+local zwrite = redis.call
 
 -- move id between its queue's status indexes (old may be nil for a new job)
 local function set_status(q, id, old, new)
@@ -271,10 +240,10 @@ local function make_terminal(q, id, key, old, new, now, err, pre, extra)
   end
   if extra then for _, x in ipairs(extra) do f[#f + 1] = x end end
   redis.call('HSET', key, unpack(f))
-  if FROM[old] then zrem(qk(q, FROM[old]), id) end
-  zadd(qk(q, 'done'), ims(ms(now)), id)
-  zrem(qk(q, 's:' .. old), id)
-  zadd(qk(q, 's:' .. new), 0, id)
+  if FROM[old] then zwrite('ZREM', qk(q, FROM[old]), id) end
+  zwrite('ZADD', qk(q, 'done'), ims(ms(now)), id)
+  if old then zwrite('ZREM', qk(q, 's:' .. old), id) end
+  zwrite('ZADD', qk(q, 's:' .. new), 0, id)
   if v[2] then
     redis.call('ZADD', gk('wh'), ims(ms(now)), id)
     redis.call('HDEL', gk('wha'), id)

@@ -15,8 +15,20 @@ local OUTCOME = { succeeded = true, failed = true, cancelled = true, retrying = 
 for a = 5, #ARGV, 8 do  -- checked before any write: an error reply must leave nothing half done
   if not OUTCOME[ARGV[a]] then return redis.error_reply('unsupported outcome status ' .. ARGV[a]) end
 end
+
+-- The index writes of the jobs this call ends go out as one ZREM/ZADD per key at the end, not four
+-- calls per job: nothing below reads those entries, and a job ends at most once per call, so no
+-- member is both added and removed.
+local batch = { ZREM = { keys = {} }, ZADD = { keys = {} } }
+zwrite = function(op, k, a, b)
+  local per = batch[op]
+  local l = per[k]
+  if not l then l = {}; per[k] = l; per.keys[#per.keys + 1] = k end
+  l[#l + 1] = a
+  if b then l[#l + 1] = b end  -- ZADD: score, member
+end
+
 local out = {}
-ZBATCH = {}
 for a = 3, #ARGV, 8 do
   local id, token, st = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local result, err, sa, attempt, uncount = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
@@ -57,6 +69,8 @@ for a = 3, #ARGV, 8 do
   out[#out + 1] = ok == 1 and '1' or '0'
 end
 if PROP[1] then propagate(now) end
-flush_zbatch()
+for _, op in ipairs({ 'ZREM', 'ZADD' }) do
+  for _, k in ipairs(batch[op].keys) do call_with(op, k, batch[op][k]) end
+end
 if next(WAKE) then flush_wake() end
 return table.concat(out)
