@@ -184,3 +184,19 @@ def test_dependencies__child_reads_its_parents_results(e2e):
     b = e2e.enqueue("add", 3, 4)
     child = e2e.enqueue("parents", depends_on=[a, b])
     assert child.wait(timeout=20) == {a.id: 3, b.id: 7}
+
+
+def test_max_tasks_per_child__each_process_runs_its_share_then_is_replaced(e2e):
+    e2e.worker("--pool", "process", "--concurrency", "1", "--max-tasks-per-child", "2")
+    jobs = [e2e.enqueue("whoami", 0.0) for _ in range(6)]
+    pids = [job.wait(timeout=30) for job in jobs]
+    assert len(set(pids)) == 3 and all(pids.count(pid) == 2 for pid in pids)
+    assert all(job.refresh().job.deliveries == 1 for job in jobs)  # replaced between jobs, never during one
+    assert "--max-tasks-per-child 2" in e2e.logs()
+
+
+def test_max_tasks_per_child__refused_without_the_process_pool(e2e):
+    proc = e2e.worker("--max-tasks-per-child", "5")
+    assert proc.wait(20) == 2
+    out = e2e.logs().strip()
+    assert "need --pool process" in out and "Traceback" not in out and len(out.splitlines()) == 1

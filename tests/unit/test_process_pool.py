@@ -90,6 +90,15 @@ def nap(ctx: Context, seconds: float) -> float:
 @app.task
 def not_json(ctx: Context) -> object:
     return {{1, 2}}
+
+
+LEAKED = []
+
+
+@app.task
+def leak(ctx: Context, mib: int) -> int:
+    LEAKED.append(b"x" * (mib * 2**20))  # kept: a leak in the task's code
+    return os.getpid()
 """
 
 
@@ -270,3 +279,43 @@ async def test_close__kills_children_without_waiting(app_spec: str, app: Conveyo
     with pytest.raises(ProcessDied):
         await running
     assert await gone(pid)
+
+
+async def pids_of(app: Conveyor, pool: ProcessPool, *mibs: int) -> list[int]:
+    """Run ``leak`` jobs one after another; the process that ran each."""
+    return [await Call(app, "leak", mib).run(pool) for mib in mibs]
+
+
+async def test_max_tasks__a_process_is_replaced_after_that_many_jobs(app_spec: str, app: Conveyor) -> None:
+    pool = ProcessPool(1, app_spec, max_tasks=2)
+    try:
+        pids = await pids_of(app, pool, 0, 0, 0, 0, 0)
+        assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
+        assert len(set(pids)) == 3
+        assert await gone(pids[0]) and await gone(pids[2])  # they exited, nothing lingers
+    finally:
+        await asyncio.wait_for(pool.close(), BOUND)
+
+
+async def test_max_memory__a_process_that_grew_past_it_is_replaced_after_its_job(
+        app_spec: str, app: Conveyor) -> None:
+    pool = ProcessPool(1, app_spec, max_memory=300 * 2**20)
+    try:
+        small = await pids_of(app, pool, 1, 1, 1)
+        assert len(set(small)) == 1  # far below the limit: one process
+        grown = await pids_of(app, pool, 400, 1)  # the first job succeeds, then its process goes
+        assert grown[0] == small[0] != grown[1]
+        assert await gone(grown[0])
+    finally:
+        await asyncio.wait_for(pool.close(), BOUND)
+
+
+async def test_retiring__no_job_waits_long_or_fails_while_processes_turn_over(
+        app_spec: str, app: Conveyor) -> None:
+    pool = ProcessPool(2, app_spec, max_tasks=1)
+    try:
+        await asyncio.gather(Call(app, "add", 0, b=0).run(pool), Call(app, "add", 0, b=0).run(pool))
+        results = await asyncio.gather(*(Call(app, "add", i, b=1).run(pool) for i in range(8)))
+        assert results == [i + 1 for i in range(8)]
+    finally:
+        await asyncio.wait_for(pool.close(), BOUND)

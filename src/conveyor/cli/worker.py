@@ -23,6 +23,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="where sync tasks run (async tasks always run on the event loop)")
     p.add_argument("--grace", type=argtypes.seconds(), default=30.0, metavar="S",
                    help="on shutdown, let running jobs finish for S seconds (default 30)")
+    p.add_argument("--max-tasks-per-child", type=argtypes.integer(1), metavar="N",
+                   help="process pool: replace a process after N jobs")
+    p.add_argument("--max-memory-per-child", type=argtypes.integer(1), metavar="MIB",
+                   help="process pool: replace a process that holds more than MIB MiB after a job")
     p.add_argument("--no-scheduler", action="store_true", help="do not enqueue the app's periodic tasks")
     p.add_argument("--burst", action="store_true", help="exit once no job is ready")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -43,6 +47,8 @@ def worker(args: argparse.Namespace) -> int:
         scheduler=not args.no_scheduler,
         burst=args.burst,
         app_spec=app_spec(args),
+        max_tasks_per_child=args.max_tasks_per_child,
+        max_memory_per_child=args.max_memory_per_child and args.max_memory_per_child * 2**20,
     )
     if any(t.name.startswith("conveyor-job") and t.is_alive() for t in threading.enumerate()):
         # a job thread that ignored its time limit or cancel must not keep the process alive:

@@ -12,6 +12,10 @@ One reader thread per child waits on the pipe and on the process's sentinel and 
 arrives to the event loop, so the loop never blocks on a child. A child that is stopped,
 times out, or dies by itself is replaced at once.
 
+A child that ran ``max_tasks`` jobs, or whose resident memory grew past ``max_memory`` bytes
+after a job (leaks in task code or its libraries), is replaced between jobs: the pool starts
+its successor and asks it to exit once it is idle, so no job is interrupted.
+
 Children ignore SIGINT and SIGTERM: a signal sent to the whole process group (Ctrl-C,
 systemd's ``KillMode=control-group``) must not kill running jobs while the worker drains
 them within its grace period. The parent stops a child with SIGKILL, and on Linux a child is
@@ -50,6 +54,8 @@ log = logging.getLogger(__name__)
 
 _MP = multiprocessing.get_context("spawn")
 _PR_SET_PDEATHSIG = 1
+_RETIRE_GRACE = 10.0  #: seconds a retired child gets to exit by itself before it is killed
+_EXIT = b'"exit"'  #: the parent's message asking an idle child to exit
 
 
 class RemoteError(Exception):
@@ -108,15 +114,17 @@ class _Call:
 
 
 class _Child:
-    __slots__ = ("call", "conn", "killed", "process", "reader", "ready")
+    __slots__ = ("call", "conn", "jobs", "killed", "process", "reader", "ready", "rss")
 
     def __init__(self, process: multiprocessing.process.BaseProcess, conn: Connection) -> None:
         self.process = process
         self.conn = conn
         self.ready = False  # imported the app and waits for jobs
-        self.killed = False  # killed by the pool (stop, timeout, close): no ProcessDied, already replaced
+        self.killed = False  # killed or retired by the pool: no ProcessDied, already replaced
         self.call: _Call | None = None
         self.reader: threading.Thread | None = None
+        self.jobs = 0  # jobs it ran to the end
+        self.rss = 0  # its resident memory in bytes after its last job (when the pool watches it)
 
 
 _pools: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
@@ -131,13 +139,22 @@ def _kill_children_at_exit() -> None:
 
 
 class ProcessPool:
-    """Runs sync tasks in ``size`` child processes that import the app from ``app_spec``."""
+    """Runs sync tasks in ``size`` child processes that import the app from ``app_spec``.
 
-    def __init__(self, size: int, app_spec: str) -> None:
+    ``max_tasks``: replace a child after that many jobs; ``max_memory``: replace a child whose
+    resident memory exceeds that many bytes after a job (None: never).
+    """
+
+    def __init__(self, size: int, app_spec: str, *, max_tasks: int | None = None,
+                 max_memory: int | None = None) -> None:
         if size < 1:
             raise ValueError("a process pool needs at least one process")
+        if (max_tasks is not None and max_tasks < 1) or (max_memory is not None and max_memory < 1):
+            raise ValueError("max_tasks and max_memory must be at least 1")
         self.size = size
         self.app_spec = app_spec
+        self.max_tasks = max_tasks
+        self.max_memory = max_memory
         self._children: set[_Child] = set()
         self._idle: deque[_Child] = deque()
         self._waiters: deque[asyncio.Future[_Child]] = deque()
@@ -234,7 +251,8 @@ class ProcessPool:
             return
         parent_conn, child_conn = _MP.Pipe(duplex=True)
         process = _MP.Process(
-            target=_child_main, args=(child_conn, self.app_spec, os.getpid()), name="conveyor-pool", daemon=False
+            target=_child_main, args=(child_conn, self.app_spec, os.getpid(), self.max_memory is not None),
+            name="conveyor-pool", daemon=False,
         )
         try:
             process.start()
@@ -269,6 +287,33 @@ class ProcessPool:
             child.process.kill()
         if not self._closed:
             self._spawn()
+
+    def _retire(self, child: _Child, reason: str) -> None:
+        """Replace the idle ``child``: start its successor, ask it to exit (kill it if it lingers)."""
+        log.info("process pool: process %s %s; replacing it", child.process.pid, reason)
+        child.killed = True
+        self._spawn()
+        try:
+            child.conn.send_bytes(_EXIT)
+        except (OSError, ValueError):
+            return  # already gone
+        if self._loop is not None:
+            self._loop.call_later(_RETIRE_GRACE, self._kill_lingering, child)
+
+    @staticmethod
+    def _kill_lingering(child: _Child) -> None:
+        if child.process.exitcode is None:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                child.process.kill()
+
+    def _spent(self, child: _Child) -> str | None:
+        """Why ``child``, which just finished a job, should be replaced; None to keep it."""
+        if self.max_tasks is not None and child.jobs >= self.max_tasks:
+            return f"ran {child.jobs} jobs (--max-tasks-per-child {self.max_tasks})"
+        if self.max_memory is not None and child.rss > self.max_memory:
+            return (f"holds {child.rss / 2**20:.0f} MiB after a job "
+                    f"(--max-memory-per-child {self.max_memory / 2**20:.0f})")
+        return None
 
     def _detach(self, child: _Child) -> _Call | None:
         call, child.call = child.call, None
@@ -351,6 +396,8 @@ class ProcessPool:
                     call.ctx.progress(value["fraction"], value.get("message"))
                 except Exception:
                     log.exception("job %s: progress could not be reported", call.job_id)
+        elif kind == "rss":  # sent just before a job's reply
+            child.rss = message[1]
         elif kind in ("ok", "error"):
             call = self._detach(child)
             if call is not None and not call.future.done():
@@ -358,7 +405,12 @@ class ProcessPool:
                     call.future.set_result(message[1])
                 else:
                     call.future.set_exception(remote_error(message[1], message[2], message[3]))
-            self._release(child)
+            child.jobs += 1
+            reason = self._spent(child)
+            if reason is not None and not self._closed and not child.killed:
+                self._retire(child, reason)
+            else:
+                self._release(child)
 
     def _on_exit(self, child: _Child, exitcode: int | None) -> None:
         self._children.discard(child)
@@ -398,8 +450,21 @@ def _join_threads(threads: list[threading.Thread], timeout: float) -> None:
 
 
 # -- the child ---------------------------------------------------------------------------------
-def _child_main(conn: Connection, app_spec: str, parent_pid: int) -> None:
-    """A child's whole life: load the app, then run jobs until the pipe closes."""
+def _rss() -> int:
+    """This process's resident memory in bytes (its peak where /proc is missing)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
+
+
+def _child_main(conn: Connection, app_spec: str, parent_pid: int, report_rss: bool = False) -> None:
+    """A child's whole life: load the app, then run jobs until the pipe closes or the parent
+    asks it to exit. With ``report_rss`` it sends its resident memory before each reply."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
@@ -428,10 +493,14 @@ def _child_main(conn: Connection, app_spec: str, parent_pid: int) -> None:
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return
+        if data == _EXIT:
+            return
         message = json.loads(data)
         reply = _run_job(app, send, message["task"], message["module"], Job.from_json(message["job"]),
                          message["parents"])
         try:
+            if report_rss:
+                send(("rss", _rss()))
             try:
                 send(reply)  # encodes before it writes: a result that is not JSON writes nothing
             except (OSError, EOFError):

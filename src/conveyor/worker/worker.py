@@ -126,6 +126,8 @@ class Worker:
         scheduler: bool = True,
         burst: bool = False,
         app_spec: str | None = None,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
         heartbeat: float = 0.5,
         stall_timeout: float = 60.0,
         backend: Backend | None = None,
@@ -134,6 +136,9 @@ class Worker:
             raise ConfigurationError(f"unknown pool {pool!r}: use thread, process or async")
         if pool == "process" and app_spec is None:
             raise ConfigurationError("the process pool needs the app as 'module:attribute' (--app)")
+        if pool != "process" and (max_tasks_per_child or max_memory_per_child):
+            raise ConfigurationError("--max-tasks-per-child and --max-memory-per-child need --pool process "
+                                     "(the thread and async pools run every job in the worker's own process)")
         self.app = app
         self.queues = list(queues) if queues else app.queue_names()
         self.concurrency = concurrency or ((os.cpu_count() or 2) if pool == "process" else 8)
@@ -144,6 +149,8 @@ class Worker:
         self.scheduler = scheduler
         self.burst = burst
         self.app_spec = app_spec
+        self.max_tasks_per_child = max_tasks_per_child
+        self.max_memory_per_child = max_memory_per_child  #: bytes
         self.heartbeat_interval = heartbeat
         self.stall_timeout = stall_timeout
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -640,7 +647,8 @@ class Worker:
             from conveyor.worker.process_pool import ProcessPool
 
             assert self.app_spec is not None
-            return ProcessPool(self.concurrency, self.app_spec)
+            return ProcessPool(self.concurrency, self.app_spec, max_tasks=self.max_tasks_per_child,
+                               max_memory=self.max_memory_per_child)
         return ThreadPool(self.concurrency)
 
     async def _refresh_queue_settings(self) -> None:
