@@ -52,6 +52,16 @@ def test_get__etag_changes_when_the_job_changes(http: httpx.Client) -> None:
     assert r.status_code == 200 and r.json()["status"] == "cancelled" and r.headers["etag"] != etag
 
 
+def test_ids__in_upper_case__name_the_same_job(http: httpx.Client) -> None:
+    job = http.post("/v1/jobs", json={"task": "add", "args": [1, 2]}).json()
+    upper = job["id"].upper()
+    r = http.get(f"/v1/jobs/{upper}")
+    assert r.status_code == 200 and r.json()["id"] == job["id"]
+    child = http.post("/v1/jobs", json={"task": "add", "args": [3, 4], "depends_on": [upper]})
+    assert child.status_code == 202 and child.json()["depends_on"] == [job["id"]]
+    assert http.post(f"/v1/jobs/{upper}/cancel").json()["id"] == job["id"]
+
+
 def test_get__unknown_or_malformed_id__404_problem(http: httpx.Client) -> None:
     for job_id in ("01a22233-d0de-71e6-b821-e3be6140d5a1", "nope", "💥", "1" * 300):
         r = http.get(f"/v1/jobs/{job_id}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 
 import pytest
@@ -102,6 +103,16 @@ async def test_list_jobs__newest_first_with_cursor__pages_through_everything(bac
             break
 
     assert seen == [j.id for j in reversed(jobs)]
+
+
+@pytest.mark.parametrize("text", ["x", "not-a-uuid", "01A24D8F-391E-7094-A408-514BFF73770B!"])
+async def test_list_jobs__a_cursor_this_api_did_not_make__validation_error(backend, new_job, text):
+    await backend.enqueue([new_job()])
+    cursor = base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    with pytest.raises(ValidationError, match="cursor"):
+        await backend.list_jobs(JobQuery(limit=2, cursor=cursor))
+    with pytest.raises(ValidationError, match="cursor"):
+        await backend.list_jobs(JobQuery(limit=2, cursor="!!!"))
 
 
 async def test_list_jobs__cursor__is_stable_under_new_inserts(backend, new_job):

@@ -24,7 +24,7 @@ from conveyor.core.errors import (
     JobNotFound,
     ValidationError,
 )
-from conveyor.core.ids import is_uuid
+from conveyor.core.ids import job_id_of
 from conveyor.core.job import Job, Status
 
 TEXT = {"type": "string"}
@@ -45,7 +45,8 @@ def accepted(job: Job) -> JSONResponse:
 
 
 async def find(st: ApiState, job_id: str) -> Job:
-    jobs = await (await st.backend()).get_jobs([job_id]) if is_uuid(job_id) else []
+    stored_id = job_id_of(job_id)
+    jobs = await (await st.backend()).get_jobs([stored_id]) if stored_id else []
     if not jobs:
         raise JobNotFound(f"no job has id {job_id!r}")
     return jobs[0]
@@ -176,7 +177,8 @@ async def job_events(
 async def cancel(job_id: str, st: State) -> Response:
     """Cancel: a pending job at once, a running one cooperatively. 409 for a job that already finished
     otherwise; cancelling a cancelled job again is a no-op (202)."""
-    job = await (await st.backend()).cancel(job_id, time.time()) if is_uuid(job_id) else None
+    stored_id = job_id_of(job_id)
+    job = await (await st.backend()).cancel(stored_id, time.time()) if stored_id else None
     if job is None:
         raise JobNotFound(f"no job has id {job_id!r}")
     if job.status.terminal and job.status is not Status.CANCELLED:

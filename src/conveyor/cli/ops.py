@@ -24,7 +24,7 @@ from conveyor.cli.common import api_settings, app_spec, backend_url, load, open_
 from conveyor.client import ApiError, AsyncClient, outcome
 from conveyor.core.app import Conveyor
 from conveyor.core.errors import BackendUnavailable, ConveyorError, InvalidTransition, JobNotFound, ValidationError
-from conveyor.core.ids import is_uuid
+from conveyor.core.ids import job_id_of
 from conveyor.core.job import Job, Status
 
 #: A job, a page of jobs, or a queue, as the HTTP API's JSON.
@@ -139,7 +139,8 @@ class Direct:
         return await handle.wait_async(timeout)
 
     async def _job(self, job_id: str) -> Job:
-        found = await (await self.backend()).get_jobs([job_id]) if is_uuid(job_id) else []
+        stored_id = job_id_of(job_id)
+        found = await (await self.backend()).get_jobs([stored_id]) if stored_id else []
         if not found:
             raise JobNotFound(f"no job with id {job_id!r}")
         return found[0]
@@ -176,7 +177,8 @@ class Direct:
         return {"items": [j.to_json() for j in page.items], "next_cursor": page.next_cursor}
 
     async def cancel(self, job_id: str) -> JsonObject:
-        job = await (await self.backend()).cancel(job_id, time.time()) if is_uuid(job_id) else None
+        stored_id = job_id_of(job_id)
+        job = await (await self.backend()).cancel(stored_id, time.time()) if stored_id else None
         if job is None:
             raise JobNotFound(f"no job with id {job_id!r}")
         return job.to_json()

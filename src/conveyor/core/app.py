@@ -23,7 +23,7 @@ from conveyor.core.errors import (
     ValidationError,
 )
 from conveyor.core.handle import JobHandle
-from conveyor.core.ids import is_uuid, uuid7
+from conveyor.core.ids import job_id_of, uuid7
 from conveyor.core.job import Job, Status
 from conveyor.core.portal import Portal
 from conveyor.core.queues import QueueSettings
@@ -345,9 +345,10 @@ class Conveyor:
         return self.portal.call(self.get_job_async(job_id))
 
     async def get_job_async(self, job_id: str) -> JobHandle | None:
-        if not is_uuid(job_id):
+        stored_id = job_id_of(job_id)
+        if stored_id is None:
             return None
-        jobs = await (await self.backend()).get_jobs([job_id])
+        jobs = await (await self.backend()).get_jobs([stored_id])
         return JobHandle(self, jobs[0], created=False) if jobs else None
 
     async def cancel_async(self, job_id: str) -> Job | None:
@@ -480,13 +481,18 @@ def _check_metadata(metadata: Any) -> dict[str, Any]:
 def _check_webhook(url: Any) -> str | None:
     if url is None:
         return None
-    parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 2048:
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        hostname = parts.hostname if parts is not None else None  # parses the host: "[::1" raises
+        _ = parts.port if parts is not None else None  # and the port: ":99999" raises
+    except ValueError:
+        parts = hostname = None
+    if parts is None or parts.scheme not in ("http", "https") or not hostname or len(url) > 2048:
         raise _invalid("#/webhook", "webhook must be an http(s) URL", "not an http(s) URL")
     allowed = [h.strip().lower() for h in os.environ.get("CONVEYOR_WEBHOOK_ALLOWED_HOSTS", "").split(",") if h.strip()]
-    if allowed and parts.hostname.lower() not in allowed:
+    if allowed and hostname.lower() not in allowed:
         raise _invalid(
-            "#/webhook", f"webhook host {parts.hostname!r} is not in CONVEYOR_WEBHOOK_ALLOWED_HOSTS", "host not allowed"
+            "#/webhook", f"webhook host {hostname!r} is not in CONVEYOR_WEBHOOK_ALLOWED_HOSTS", "host not allowed"
         )
     return str(url)
 
@@ -511,8 +517,8 @@ def _dependency_ids(depends_on: Iterable[Any] | None) -> list[str]:
         raise _invalid("#/depends_on", "depends_on must be a list of job ids", "must be a list of job ids")
     ids: list[str] = []
     for i, item in enumerate(depends_on):
-        value = getattr(item, "id", item)
-        if not isinstance(value, str) or not is_uuid(value):
+        value = job_id_of(getattr(item, "id", item))
+        if value is None:
             raise _invalid(f"#/depends_on/{i}", f"depends_on[{i}] is not a job id", "not a job id")
         if value not in ids:
             ids.append(value)

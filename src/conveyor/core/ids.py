@@ -34,8 +34,17 @@ def uuid7() -> str:
 
 
 def is_uuid(text: str) -> bool:
-    """True when ``text`` is a canonical UUID string."""
+    """True when ``text`` is a canonical UUID string (either case)."""
+    return job_id_of(text) is not None
+
+
+def job_id_of(text: object) -> str | None:
+    """``text`` as a stored job id (canonical, lowercase: ids are stored that way; UUIDs are
+    case-insensitive on input), or None when it is not a UUID in its canonical form."""
+    if not isinstance(text, str) or len(text) != 36:
+        return None
+    lowered = text.lower()
     try:
-        return str(uuid.UUID(text)) == text.lower()
-    except (ValueError, AttributeError, TypeError):
-        return False
+        return lowered if str(uuid.UUID(lowered)) == lowered else None
+    except ValueError:
+        return None

@@ -102,6 +102,7 @@ from conveyor.backends.base import (
 )
 from conveyor.backends.group_commit import GroupCommit
 from conveyor.core.errors import BackendUnavailable, ConfigurationError, ValidationError
+from conveyor.core.ids import job_id_of
 from conveyor.core.job import Job, Status
 from conveyor.core.queues import QueueSettings
 from conveyor.serialization import dumps, loads
@@ -226,13 +227,15 @@ def _encode_cursor(last_id: str) -> str:
 
 
 def _decode_cursor(cursor: str) -> str:
+    """The last job id of the previous page (what ``_encode_cursor`` wrote)."""
     try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        last_id = job_id_of(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        text = ""
-    if not text or len(text) > 200:
-        raise ValidationError("invalid cursor", [{"pointer": "#/cursor", "detail": "not a cursor from this API"}])
-    return text
+        last_id = None
+    if last_id is None:
+        raise ValidationError("invalid cursor: pass the next_cursor of a previous page",
+                              [{"pointer": "#/cursor", "detail": "not a cursor returned by this API"}])
+    return last_id
 
 
 class _Kept:
