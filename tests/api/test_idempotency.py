@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 
@@ -24,6 +25,27 @@ def test_same_key_different_body__422(http: httpx.Client) -> None:
     for other in ({"task": "add", "args": [1, 3]}, {**BODY, "priority": 5}, {**BODY, "queue": "q2"}):
         r = http.post("/v1/jobs", json=other, headers={"Idempotency-Key": "k2"})
         assert r.status_code == 422 and r.json()["type"].endswith("/idempotency-key-reused")
+
+
+def test_same_key__schedule_compared__delay_from_each_request_eta_as_given(http: httpx.Client) -> None:
+    delayed = {**BODY, "delay": 100}
+    first = http.post("/v1/jobs", json=delayed, headers={"Idempotency-Key": "k3"})
+    assert first.status_code == 202 and first.json()["status"] == "scheduled"
+    time.sleep(0.05)  # a repeat comes later: the same delay still names the same request
+    assert http.post("/v1/jobs", json=delayed, headers={"Idempotency-Key": "k3"}).status_code == 200
+    for other in (BODY, {**BODY, "delay": 200}, {**BODY, "eta": "2031-01-01T00:00:00Z"}):
+        r = http.post("/v1/jobs", json=other, headers={"Idempotency-Key": "k3"})
+        assert r.status_code == 422, other
+
+    at = {**BODY, "eta": "2031-01-01T00:00:00Z"}
+    assert http.post("/v1/jobs", json=at, headers={"Idempotency-Key": "k4"}).status_code == 202
+    time.sleep(0.05)
+    assert http.post("/v1/jobs", json=at, headers={"Idempotency-Key": "k4"}).status_code == 200
+    for other in (BODY, {**BODY, "eta": "2031-01-01T00:00:01Z"}, {**BODY, "delay": 100}):
+        assert http.post("/v1/jobs", json=other, headers={"Idempotency-Key": "k4"}).status_code == 422, other
+
+    assert http.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": "k5"}).status_code == 202
+    assert http.post("/v1/jobs", json=delayed, headers={"Idempotency-Key": "k5"}).status_code == 422
 
 
 def test_bad_key__400(http: httpx.Client) -> None:

@@ -117,6 +117,15 @@ def test_submit__same_key_twice__same_job(cli: Cli) -> None:
     assert len(cli("jobs", "--json").json()["items"]) == 1
 
 
+def test_submit__same_key_other_arguments__usage_error_and_no_second_job(cli: Cli) -> None:
+    first = cli.submit("add", "1", "2", "--key", "order-8")
+    for other in (("add", "1", "3"), ("add", "1", "2", "--delay", "60"), ("add", "1", "2", "--priority", "4")):
+        result = cli.run("submit", *other, "--key", "order-8")
+        assert result.code == 2, result.err
+        assert "different request" in one_error_line(result.err) and first in result.err
+    assert len(cli("jobs", "--json").json()["items"]) == 1
+
+
 def test_submit__negative_number_argument__is_json_not_an_option(cli: Cli) -> None:
     job_id = cli.submit("add", "-1", "-2")
     cli.burst()

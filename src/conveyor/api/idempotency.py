@@ -12,27 +12,11 @@ import contextlib
 from collections.abc import Iterator
 
 from conveyor.core.errors import IdempotencyKeyInFlight
-from conveyor.core.job import Job
-
-#: The fields that make two submissions "the same request" (times and ids are the server's own).
-FINGERPRINT = ("task", "queue", "args", "kwargs", "priority", "max_retries", "timeout", "depends_on",
-               "metadata", "webhook")
 
 
 def is_valid_key(key: str) -> bool:
     """1–255 printable ASCII characters (the IETF draft and Stripe agree on this much)."""
     return 0 < len(key) <= 255 and key.isascii() and key.isprintable()
-
-
-def same_request(built: Job, stored: Job) -> bool:
-    """True when ``built`` (this request) asks for what ``stored`` (the key's job) asked for."""
-    return all(_norm(getattr(built, name)) == _norm(getattr(stored, name)) for name in FINGERPRINT)
-
-
-def _norm(value: object) -> object:
-    if isinstance(value, tuple):
-        return list(value)
-    return value
 
 
 class InFlight:

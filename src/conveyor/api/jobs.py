@@ -13,17 +13,17 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from conveyor import metrics
 from conveyor.api import events
 from conveyor.api.deps import ApiState, state
-from conveyor.api.idempotency import is_valid_key, same_request
+from conveyor.api.idempotency import is_valid_key
 from conveyor.api.models import JobBatch, JobList, JobOut, SubmitBatch, SubmitJob
 from conveyor.api.problems import responses
 from conveyor.backends.base import JobQuery
 from conveyor.core.app import order_by_dependencies
 from conveyor.core.errors import (
-    IdempotencyKeyReused,
     InvalidTransition,
     JobNotFound,
     ValidationError,
 )
+from conveyor.core.idempotency import check_replay
 from conveyor.core.ids import job_id_of
 from conveyor.core.job import Job, Status
 
@@ -80,11 +80,7 @@ async def submit(request: Request) -> Response:
                                **body.options())
         [(stored, created)] = await (await st.backend()).enqueue([job])
     if not created:
-        if not same_request(job, stored):
-            raise IdempotencyKeyReused(
-                f"idempotency key {idempotency_key!r} was used for a different request (job {stored.id})",
-                [{"pointer": "#", "detail": "differs from the request that first used this key"}],
-            )
+        check_replay(job, stored)
         return job_response(stored, 200, {"Content-Location": f"/v1/jobs/{stored.id}", "Idempotent-Replayed": "true"})
     metrics.job_enqueued(stored)
     return accepted(stored)

@@ -24,6 +24,7 @@ from conveyor.cli.common import api_settings, app_spec, backend_url, load, open_
 from conveyor.client import ApiError, AsyncClient, outcome
 from conveyor.core.app import Conveyor
 from conveyor.core.errors import BackendUnavailable, ConveyorError, InvalidTransition, JobNotFound, ValidationError
+from conveyor.core.idempotency import check_replay
 from conveyor.core.ids import job_id_of
 from conveyor.core.job import Job, Status
 
@@ -124,11 +125,11 @@ class Direct:
 
     async def submit(self, task: str, args: Sequence[Any], kwargs: Mapping[str, Any],
                      options: Mapping[str, Any]) -> str:
-        app = self.app()
-        app.build_job(task, args, kwargs, now=time.time(), **options)  # validate before touching the backend
-        app.bind(await self.backend())
-        handle = await app.enqueue_async(task, args, kwargs, **options)
-        return handle.id
+        job = self.app().build_job(task, args, kwargs, now=time.time(), **options)  # validated before the backend
+        [(stored, created)] = await (await self.backend()).enqueue([job])
+        if not created:
+            check_replay(job, stored)  # --key reused for other arguments: refused, as over HTTP
+        return stored.id
 
     async def wait(self, job_id: str, timeout: float | None) -> Any:
         app = self.app()

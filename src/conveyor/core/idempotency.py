@@ -1,0 +1,49 @@
+"""When a submission that reuses an idempotency key asks for what the key's job asked for.
+
+An idempotency key names one request: a repeat of it gets the job the first one made, and a
+different request under the same key is refused (``IdempotencyKeyReused``), over HTTP (422)
+and from the command line alike.
+"""
+
+from __future__ import annotations
+
+from conveyor.core.errors import IdempotencyKeyReused
+from conveyor.core.job import Job, Status
+
+#: The fields that make two submissions "the same request" (times and ids are the server's own;
+#: the schedule, ``delay`` or ``eta``, is compared by ``_same_schedule``).
+FINGERPRINT = ("task", "queue", "args", "kwargs", "priority", "max_retries", "timeout", "depends_on",
+               "metadata", "webhook")
+_CLOCK = 0.002  #: seconds: stored times round to the millisecond on some engines
+
+
+def same_request(built: Job, stored: Job) -> bool:
+    """True when ``built`` (this request) asks for what ``stored`` (the key's job) asked for."""
+    return all(_norm(getattr(built, name)) == _norm(getattr(stored, name)) for name in FINGERPRINT) \
+        and _same_schedule(built, stored)
+
+
+def check_replay(built: Job, stored: Job) -> None:
+    """Raise ``IdempotencyKeyReused`` unless ``built`` repeats the request that made ``stored``."""
+    if not same_request(built, stored):
+        raise IdempotencyKeyReused(
+            f"idempotency key {built.idempotency_key!r} was used for a different request (job {stored.id})",
+            [{"pointer": "#", "detail": "differs from the request that first used this key"}],
+        )
+
+
+def _same_schedule(built: Job, stored: Job) -> bool:
+    """Whether both asked to start at once, or at the same time: the same ``eta``, or the same
+    ``delay`` (a repeat comes later, so a delay is compared from each one's ``created_at``)."""
+    if stored.status is Status.RETRYING or len(stored.attempts) > 1:
+        return True  # a retry moved scheduled_at: what was asked for is no longer recorded
+    b, s = built.scheduled_at, stored.scheduled_at
+    if b is None or s is None:
+        return b is None and s is None
+    return abs(b - s) < _CLOCK or abs((b - built.created_at) - (s - stored.created_at)) < _CLOCK
+
+
+def _norm(value: object) -> object:
+    if isinstance(value, tuple):
+        return list(value)
+    return value
