@@ -6,6 +6,7 @@ import collections
 import contextlib
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -200,3 +201,14 @@ def test_max_tasks_per_child__refused_without_the_process_pool(e2e):
     assert proc.wait(20) == 2
     out = e2e.logs().strip()
     assert "need --pool process" in out and "Traceback" not in out and len(out.splitlines()) == 1
+
+
+def test_script_that_only_enqueues__exits_quietly_on_every_engine(e2e_any):
+    """A plain script leaves its backend open; at exit nothing may print a warning or traceback."""
+    script = ("from tests.e2e.jobs_app import add\n"
+              "job = add.enqueue(1, 2)\n"
+              "print(job.refresh().status)\n")
+    done = subprocess.run([sys.executable, "-c", script], env=e2e_any.env(), cwd=e2e_any.tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "queued", done.stderr
+    assert done.stderr == ""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import functools
 import os
 import threading
@@ -207,7 +209,8 @@ class Conveyor:
         for loop, future in list(self._backends.items()):
             if loop.is_closed() or loop.is_running() or not future.done() or future.exception():
                 continue
-            loop.run_until_complete(future.result().close())
+            with contextlib.suppress(Exception):  # unreachable: nothing left to close cleanly
+                loop.run_until_complete(asyncio.wait_for(future.result().close(), _CLOSE_BOUND))
             del self._backends[loop]
         if self._blocking:
             self._blocking.close_blocking()
@@ -441,6 +444,17 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+_CLOSE_BOUND = 5.0  #: seconds closing one backend may take
+
+
+@atexit.register
+def _close_apps_at_exit() -> None:
+    """Close what scripts left open: a connection pool's or listener's tasks on an idle loop
+    would otherwise be destroyed pending at exit, printing warnings and tracebacks."""
+    for app in list(_APPS):
+        with contextlib.suppress(Exception):
+            app.close()
 
 _QUEUE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
