@@ -21,6 +21,7 @@ from conveyor.api import health, jobs, problems, queues, schedules, tasks, worke
 from conveyor.api.auth import AuthMiddleware, Token, parse_tokens, tokens_from_env
 from conveyor.api.deps import ApiState
 from conveyor.api.events import KEEPALIVE
+from conveyor.api.head import HeadMiddleware
 from conveyor.api.limits import BodyLimitMiddleware
 from conveyor.core.app import Conveyor
 from conveyor.core.errors import BackendUnavailable
@@ -72,6 +73,7 @@ def create_api(
     for module in (jobs, queues, tasks, schedules, workers, health):
         api.include_router(module.router)
     problems.install(api)
+    api.add_middleware(HeadMiddleware)
     api.add_middleware(BodyLimitMiddleware, max_body=max_body)
     api.add_middleware(AuthMiddleware, tokens=token_list)
     _document(api, bool(token_list))
