@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
@@ -125,6 +126,22 @@ def test_unknown_route_and_method__problem(http: httpx.Client) -> None:
     assert r.status_code == 404 and r.headers["content-type"] == PROBLEM
     r = http.delete("/v1/jobs")
     assert r.status_code == 405 and r.headers["content-type"] == PROBLEM
+
+
+def test_head__every_get_route__the_get_status_and_headers_without_a_body(http: httpx.Client) -> None:
+    job_id = http.post("/v1/jobs", json={"task": "add", "args": [1, 2], "delay": 600}).json()["id"]
+    for path in ("/", "/healthz", "/readyz", "/metrics", "/v1/jobs", f"/v1/jobs/{job_id}", "/v1/queues",
+                 "/v1/queues/default", "/v1/tasks", "/v1/workers", "/v1/jobs/01a22233-d0de-71e6-b821-e3be6140d5a1"):
+        got, head = http.get(path), http.head(path)
+        assert (head.status_code, head.content) == (got.status_code, b""), path
+        for name in ("content-type", "etag"):
+            assert head.headers.get(name) == got.headers.get(name), (path, name)
+    # a stream's HEAD ends with its headers (the job is far from done: a GET would stream on)
+    started = time.monotonic()
+    head = http.head(f"/v1/jobs/{job_id}/events")
+    assert head.status_code == 200 and head.headers["content-type"].startswith("text/event-stream")
+    assert time.monotonic() - started < 2
+    assert http.head("/v1/queues/default/purge").status_code == 405  # POST-only routes stay so
 
 
 def test_backend_down__503_with_retry_after(tmp_path) -> None:  # type: ignore[no-untyped-def]

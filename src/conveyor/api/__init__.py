@@ -1,6 +1,7 @@
 """The HTTP API (SPEC §6): ``create_api(app)`` returns the FastAPI application.
 
-One module per resource (``jobs``, ``queues``, ``tasks``, ``workers``, ``health``); every
+One module per resource (``jobs``, ``queues``, ``tasks``, ``workers``, ``health``), and the
+``dashboard`` page over them; every
 error becomes problem+json through ``problems``; ``auth`` and ``limits`` are ASGI middleware
 that answer before the body is parsed; ``events`` streams job changes from one shared watcher.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from conveyor.api import health, jobs, problems, queues, schedules, tasks, workers
+from conveyor.api import dashboard, health, jobs, problems, queues, schedules, tasks, workers
 from conveyor.api.auth import AuthMiddleware, Token, parse_tokens, tokens_from_env
 from conveyor.api.deps import ApiState
 from conveyor.api.events import KEEPALIVE
@@ -70,7 +71,7 @@ def create_api(
         lifespan=lifespan,
     )
     api.state.conveyor = st
-    for module in (jobs, queues, tasks, schedules, workers, health):
+    for module in (jobs, queues, tasks, schedules, workers, health, dashboard):
         api.include_router(module.router)
     problems.install(api)
     api.add_middleware(HeadMiddleware)

@@ -1,9 +1,10 @@
 """Bearer tokens with scopes, from ``CONVEYOR_API_TOKENS="name:token:scope,scope;..."``.
 
 Scopes: ``read`` (every GET, ``/metrics`` included), ``submit`` (POST /v1/jobs and
-/v1/jobs/batch; implies read), ``admin`` (everything). ``/healthz``, ``/readyz`` and the
-OpenAPI document stay open. Checked in an ASGI middleware, before the body is read: an
-unauthenticated client learns nothing about its request, and cannot make the server parse it.
+/v1/jobs/batch; implies read), ``admin`` (everything). ``/healthz``, ``/readyz``, the OpenAPI
+document and the dashboard's static files stay open. Checked in an ASGI middleware, before the
+body is read: an unauthenticated client learns nothing about its request, and cannot make the
+server parse it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from conveyor.api.dashboard import PATHS as DASHBOARD_PATHS
 from conveyor.api.problems import problem
 from conveyor.core.errors import ConfigurationError
 
@@ -25,7 +27,9 @@ IMPLIES: Mapping[str, frozenset[str]] = {
     "submit": frozenset({"read", "submit"}),
     "admin": frozenset({"read", "submit", "admin"}),
 }
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+#: open to all: health checks, and static pages whose data comes from authenticated calls
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+                        *DASHBOARD_PATHS})
 SUBMIT_PATHS = frozenset({"/v1/jobs", "/v1/jobs/batch"})
 
 
