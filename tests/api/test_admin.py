@@ -33,6 +33,19 @@ def test_queue_patch__validated__unknown_fields_422(http: httpx.Client) -> None:
     assert http.get("/v1/queues/default").json()["retention"] == 120
 
 
+def test_queue_routes__agree_on_which_queues_exist(http: httpx.Client) -> None:
+    for method, path in (("GET", ""), ("PATCH", ""), ("POST", "/redrive"), ("POST", "/purge")):
+        kwargs = {"json": {}} if method == "PATCH" else {}
+        r = http.request(method, f"/v1/queues/never-used{path}", **kwargs)
+        assert r.status_code == 404 and r.json()["detail"] == "no queue named 'never-used'", (method, path)
+    # settings given before the first job: the queue exists from then on, for every route
+    assert http.patch("/v1/queues/later", json={"visibility_timeout": 90}).status_code == 200
+    assert http.get("/v1/queues/later").json()["visibility_timeout"] == 90
+    assert http.post("/v1/queues/later/purge").json() == {"purged": 0}
+    assert http.post("/v1/queues/later/redrive").json() == {"redriven": 0}
+    assert "later" in [q["name"] for q in http.get("/v1/queues").json()["items"]]
+
+
 def test_redrive_and_purge(server: Server, worker: WorkerThread) -> None:
     http = server.http
     failed = [http.post("/v1/jobs", json={"task": "boom"}).json()["id"] for _ in range(3)]

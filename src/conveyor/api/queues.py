@@ -46,25 +46,33 @@ async def list_queues(st: State) -> Response:
     return JSONResponse({"items": [q.to_json() for q in infos]})
 
 
+async def _known(st: ApiState, backend: Backend, name: str) -> QueueInfo:
+    """The queue ``name``; ``QueueNotFound`` unless the app names it or the backend has jobs or
+    settings for it (every route of one queue agrees on which queues exist)."""
+    _check_name(name)
+    for info in await _all(st, backend):
+        if info.name == name:
+            return info
+    raise QueueNotFound(f"no queue named {name!r}")
+
+
 @router.get("/{name}", response_model=QueueOut, responses=responses(401, 403, 404))
 async def get_queue(name: str, st: State) -> Response:
     """One queue; 404 unless the app names it or the backend has jobs or settings for it."""
-    backend = await st.backend()
-    for info in await _all(st, backend):
-        if info.name == _check_name(name):
-            return JSONResponse(info.to_json())
-    raise QueueNotFound(f"no queue named {name!r}")
+    return JSONResponse((await _known(st, await st.backend(), name)).to_json())
 
 
 @router.patch("/{name}", response_model=QueueOut, responses=responses(400, 401, 403, 404, 413, 415, 422))
 async def patch_queue(name: str, body: QueuePatch, st: State) -> Response:
     """Change settings (seconds): ``retention``, ``visibility_timeout``, ``max_deliveries``, ``result_ttl``,
-    ``paused``; fields left out keep their values."""
+    ``paused``; fields left out keep their values. Settings given for a queue that has no jobs yet
+    are kept for it (it exists from then on); an empty change of an unknown queue is a 404."""
     backend = await st.backend()
-    current = await backend.queue_settings(_check_name(name))
     given = body.model_dump(exclude_none=True)
-    if given:
-        await backend.save_queue_settings(name, current.replace(**given))
+    if not given:
+        return JSONResponse((await _known(st, backend, name)).to_json())
+    current = await backend.queue_settings(_check_name(name))
+    await backend.save_queue_settings(name, current.replace(**given))
     [info] = await backend.queues([name])
     return JSONResponse(info.to_json())
 
@@ -73,12 +81,16 @@ async def patch_queue(name: str, body: QueuePatch, st: State) -> Response:
 async def redrive(name: str, st: State, body: Annotated[Redrive | None, Body()] = None) -> Response:
     """Put the queue's dead letters (``failed`` jobs; only ``ids`` if given) back to ``queued``."""
     ids = body.ids if body is not None else None
-    jobs = await (await st.backend()).requeue(_check_name(name), ids, [Status.FAILED], time.time())
+    backend = await st.backend()
+    await _known(st, backend, name)
+    jobs = await backend.requeue(name, ids, [Status.FAILED], time.time())
     return JSONResponse({"redriven": len(jobs)})
 
 
 @router.post("/{name}/purge", response_model=Purged, responses=responses(401, 403, 404))
 async def purge(name: str, st: State) -> Response:
     """Cancel every job of the queue that has not started yet."""
-    purged = await (await st.backend()).purge(_check_name(name), time.time())
+    backend = await st.backend()
+    await _known(st, backend, name)
+    purged = await backend.purge(name, time.time())
     return JSONResponse({"purged": purged})
