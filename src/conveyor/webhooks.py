@@ -48,7 +48,8 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: str) -> str:
 
 
 def payload(job: Job) -> dict[str, Any]:
-    return {"type": f"job.{job.status}", "timestamp": job.updated_at, "data": job.to_json()}
+    """The body: the job as ``GET /v1/jobs/{id}`` returns it (SPEC §6)."""
+    return job.to_json()
 
 
 def host_allowed(url: str) -> bool:

@@ -65,8 +65,8 @@ def test_webhook__terminal_job__signed_post_received(server: Server, monkeypatch
         assert not verify(headers, body, b"another key")
         assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
         payload = json.loads(body)
-        assert payload["data"]["id"] == job["id"] and payload["data"]["result"] == 5
-        assert payload["data"]["status"] == "succeeded"
+        assert payload["id"] == job["id"] and payload["result"] == 5  # the job JSON itself (SPEC §6)
+        assert payload["status"] == "succeeded" and set(payload) == set(server.http.get(f"/v1/jobs/{job['id']}").json())
     finally:
         worker.stop()
         receiver.stop()
