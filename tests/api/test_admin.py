@@ -51,7 +51,9 @@ def test_redrive_and_purge(server: Server, worker: WorkerThread) -> None:
     failed = [http.post("/v1/jobs", json={"task": "boom"}).json()["id"] for _ in range(3)]
     wait_for(lambda: http.get("/v1/queues/default").json()["failed"] == 3)
     worker.stop()
-    r = http.post("/v1/queues/default/redrive", json={"ids": failed[:1]})
+    r = http.post("/v1/queues/default/redrive", json={"ids": ["nope", failed[0]]})
+    assert r.status_code == 422 and [e["pointer"] for e in r.json()["errors"]] == ["#/ids/0"]
+    r = http.post("/v1/queues/default/redrive", json={"ids": [failed[0].upper()]})
     assert r.status_code == 200 and r.json() == {"redriven": 1}
     assert http.post("/v1/queues/default/redrive").json() == {"redriven": 2}
     assert http.get(f"/v1/jobs/{failed[2]}").json()["status"] == "queued"

@@ -12,7 +12,8 @@ from conveyor.api.deps import ApiState, state
 from conveyor.api.models import Purged, QueueList, QueueOut, QueuePatch, Redrive, Redriven
 from conveyor.api.problems import responses
 from conveyor.backends.base import Backend, QueueInfo
-from conveyor.core.errors import JobNotFound
+from conveyor.core.errors import JobNotFound, ValidationError
+from conveyor.core.ids import job_id_of
 from conveyor.core.job import Status
 
 router = APIRouter(prefix="/v1/queues", tags=["queues"])
@@ -31,6 +32,15 @@ async def _all(st: ApiState, backend: Backend) -> list[QueueInfo]:
     if missing:
         infos = sorted([*infos, *await backend.queues(missing)], key=lambda q: q.name)
     return infos
+
+
+def _job_ids(given: list[str]) -> list[str]:
+    """Job ids as stored (any case accepted); a 422 pointing at each one that is not a job id."""
+    ids = [job_id_of(text) for text in given]
+    errors = [{"pointer": f"#/ids/{i}", "detail": "not a job id"} for i, found in enumerate(ids) if found is None]
+    if errors:
+        raise ValidationError("ids must be job ids", errors)
+    return [found for found in ids if found is not None]
 
 
 def _check_name(name: str) -> str:
@@ -80,7 +90,7 @@ async def patch_queue(name: str, body: QueuePatch, st: State) -> Response:
 @router.post("/{name}/redrive", response_model=Redriven, responses=responses(400, 401, 403, 404, 413, 415, 422))
 async def redrive(name: str, st: State, body: Annotated[Redrive | None, Body()] = None) -> Response:
     """Put the queue's dead letters (``failed`` jobs; only ``ids`` if given) back to ``queued``."""
-    ids = body.ids if body is not None else None
+    ids = _job_ids(body.ids) if body is not None and body.ids is not None else None
     backend = await st.backend()
     await _known(st, backend, name)
     jobs = await backend.requeue(name, ids, [Status.FAILED], time.time())
