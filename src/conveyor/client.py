@@ -99,8 +99,9 @@ def outcome(job: Job) -> Any:
     if job["status"] == "succeeded":
         return job["result"]
     error = job.get("error") or None
-    message = f"job {job['id']} {job['status']}" + (f": {error.get('message')}" if error else "")
-    raise JobFailed(message, error, job["status"])
+    what = f": {error.get('type')}: {error.get('message')}" if error else ""
+    # the words of ``JobHandle.wait``: the same failure reads the same with or without the API
+    raise JobFailed(f"job {job['id']} ({job['task']}) {job['status']}{what}", error, job["status"])
 
 
 class _SSE:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from types import ModuleType
 
 from conveyor.core.app import Conveyor
 from conveyor.core.errors import ConfigurationError
@@ -20,11 +21,23 @@ def load_app(spec: str | None) -> Conveyor:
         raise ConfigurationError(f"--app must look like 'module:attribute', got {spec!r}")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # like `python -m`: the app may live in the working directory
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from None
-    app = getattr(module, attribute, None)
+    module = _import(module_name)
+    if not hasattr(module, attribute):
+        raise ConfigurationError(f"the app module {module_name!r} has no attribute {attribute!r}")
+    app = getattr(module, attribute)
     if not isinstance(app, Conveyor):
         raise ConfigurationError(f"{spec!r} is not a Conveyor app (got {type(app).__name__})")
     return app
+
+
+def _import(module_name: str) -> ModuleType:
+    """The app module; whatever its import raises (a missing package, a SyntaxError, its own
+    ``RuntimeError``) is the app's configuration at fault, so a ``ConfigurationError`` naming it."""
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from None
+    except Exception as exc:
+        raise ConfigurationError(
+            f"cannot import the app module {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from exc

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -166,6 +167,17 @@ def test_submit_wait__failed_job__exit_1_one_line(cli: Remote, api: Api) -> None
     result = cli("submit", "boom", "--wait", "--timeout", "15", "--api", api.url)
     assert result.code == 1
     assert "boom" in one_error_line(result.err)
+
+
+def test_submit_wait__failed_job__same_line_as_without_the_api(
+    cli: Remote, api: Api, app_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(app_dir))
+    remote = cli("submit", "boom", "--wait", "--timeout", "15", "--api", api.url)
+    direct = cli("submit", "boom", "--wait", "--timeout", "15", "--url", api.db, "--app", APP)
+    assert remote.code == direct.code == 1
+    lines = [re.sub(r"job \S+ ", "job ID ", one_error_line(r.err)) for r in (remote, direct)]
+    assert lines[0] == lines[1] == "conveyor: error: job ID (boom) failed: ValueError: boom"
 
 
 def test_watch__follows_to_the_end(cli: Remote, api: Api) -> None:

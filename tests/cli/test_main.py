@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -139,3 +140,56 @@ def test_schedules__without_an_app__exit_2(capsys, monkeypatch):
     monkeypatch.delenv("CONVEYOR_APP", raising=False)
     assert main(["schedules"]) == 2
     assert "no app given" in capsys.readouterr().err
+
+
+def test_unknown_option_after_a_command__hint_names_the_command(cli: Cli) -> None:
+    result = cli("jobs", "--bogus")
+    assert result.code == 2
+    assert one_error_line(result.err) == (
+        "conveyor jobs: error: unrecognized arguments: --bogus (see 'conveyor jobs --help')"
+    )
+
+
+def test_submit_without_task__names_only_what_is_required(cli: Cli) -> None:
+    result = cli("submit")
+    assert result.code == 2
+    assert "the following arguments are required: TASK (see" in one_error_line(result.err)
+
+
+def test_url__the_apps_own_wins_over_conveyor_url__as_the_help_says(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "own_url_app.py").write_text(
+        f'from conveyor import Conveyor\n\napp = Conveyor("sqlite:///{tmp_path}/own.db")\n'
+    )
+    assert cli.run("queues", "--app", "own_url_app:app").code == 0  # with $CONVEYOR_URL set (cli.env)
+    assert (tmp_path / "own.db").exists()
+    assert not (tmp_path / "conveyor.db").exists()  # $CONVEYOR_URL's
+    shown = " ".join(cli.run("jobs", "--help").out.split())
+    assert ("--url URL backend URL (default: the app's own, given as Conveyor(URL), else $CONVEYOR_URL, "
+            "else sqlite:///conveyor.db)") in shown
+
+
+AMQP_DOWN = "amqp://guest:guest@127.0.0.1:1/"  # nothing listens on port 1
+
+
+def _amqp_down_env(cli: Cli, tmp_path: Path) -> dict[str, str]:
+    if importlib.util.find_spec("aio_pika") is None:
+        unavailable("the amqp extra (aio-pika) is not installed")
+    env = cli.env()
+    env.update(CONVEYOR_URL=AMQP_DOWN, CONVEYOR_STORE_URL=f"sqlite:///{tmp_path}/store.db")
+    return env
+
+
+@pytest.mark.parametrize("argv", [["status", "01a24d8f-391e-7094-a408-514bff73770b"], ["queues"],
+                                  ["submit", "add", "1", "2"]])
+def test_rabbitmq_unreachable__only_conveyors_line__exit_1(cli: Cli, tmp_path: Path, argv: list[str]) -> None:
+    result = cli.run(*argv, env=_amqp_down_env(cli, tmp_path))
+    assert result.code == 1
+    assert "RabbitMQ at 127.0.0.1:1 is unreachable" in one_error_line(result.err)  # not aiormq's line too
+
+
+def test_rabbitmq_unreachable__worker_keeps_its_logs_and_ends_with_one_error_line(cli: Cli, tmp_path: Path) -> None:
+    result = cli.run("worker", "--burst", env=_amqp_down_env(cli, tmp_path))
+    assert result.code == 1
+    errors = [line for line in result.err.splitlines() if line.startswith("conveyor")]
+    assert len(errors) == 1 and "RabbitMQ at 127.0.0.1:1 is unreachable" in errors[0], result.err
+    assert result.err.strip().splitlines()[-1] == errors[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.cli.conftest import Cli, one_error_line
 
 QUEUE_FIELDS = {"name", "queued", "scheduled", "running", "failed", "retention", "visibility_timeout",
@@ -112,3 +114,11 @@ def test_purge__queued_jobs__cancelled(cli: Cli) -> None:
 def test_purge__json(cli: Cli) -> None:
     cli.submit("add", "1", "1")
     assert cli("purge", "default", "--json").json() == {"purged": 1}
+
+
+@pytest.mark.parametrize("argv", [["redrive", "bad q!"], ["purge", "bad q!", "-y"], ["queue", "bad q!"],
+                                  ["worker", "--queues", "default,bad q!", "--burst"]])
+def test_invalid_queue_name__exit_2_naming_it(cli: Cli, argv: list[str]) -> None:
+    result = cli(*argv)
+    assert result.code == 2
+    assert "invalid queue name 'bad q!': queue names are" in one_error_line(result.err)

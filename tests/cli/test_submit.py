@@ -91,12 +91,26 @@ def test_submit__no_app__exit_2(cli: Cli) -> None:
 
 
 @pytest.mark.parametrize(("app", "expected"), [("nomodule:app", "cannot import 'nomodule'"),
-                                                ("cli_test_app:nothing", "is not a Conveyor app"),
+                                                ("cli_test_app:nothing", "the app module 'cli_test_app' has no "
+                                                                         "attribute 'nothing'"),
+                                                ("cli_test_app:add", "'cli_test_app:add' is not a Conveyor app"),
                                                 ("cli_test_app", "module:attribute")])
 def test_submit__bad_app__exit_2(cli: Cli, app: str, expected: str) -> None:
     result = cli.run("submit", "add", "1", "2", "--app", app)
     assert result.code == 2
     assert expected in one_error_line(result.err)
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ('raise RuntimeError("config missing: FOO")\n',
+     "conveyor: error: cannot import the app module 'broken_app': RuntimeError: config missing: FOO"),
+    ("def f(:\n", "conveyor: error: cannot import the app module 'broken_app': SyntaxError: "),
+])
+def test_submit__app_module_fails_on_import__exit_2_naming_the_module(cli: Cli, source: str, expected: str) -> None:
+    (cli.tmp_path / "broken_app.py").write_text(source)
+    result = cli.run("submit", "add", "1", "2", "--app", "broken_app:app")
+    assert result.code == 2
+    assert one_error_line(result.err).startswith(expected)
 
 
 def test_submit__options__reach_the_job(cli: Cli) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from conveyor.backends.base import Backend
 from conveyor.core.errors import ConfigurationError
@@ -17,8 +17,10 @@ def resolve_url(url: str | None = None) -> str:
 
 
 def create_backend(url: str) -> Backend:
-    """A not-yet-opened backend for ``url``; a ``ConfigurationError`` for an unknown scheme."""
-    scheme = urlsplit(url).scheme.lower()
+    """A not-yet-opened backend for ``url``; a ``ConfigurationError`` for an unknown scheme or a bad port."""
+    parts = urlsplit(url)
+    _check_port(parts)
+    scheme = parts.scheme.lower()
     if scheme == "sqlite":
         from conveyor.backends.sqlite import SQLiteBackend
 
@@ -43,3 +45,15 @@ def create_backend(url: str) -> Backend:
     raise ConfigurationError(
         f"unsupported backend URL {url!r}: use sqlite://, redis://, redis+cluster://, postgresql:// or amqp://"
     )
+
+
+def _check_port(parts: SplitResult) -> None:
+    """Refuse a port that is not a number here: the engines' clients would fail later with a bare ValueError."""
+    try:
+        _ = parts.port  # urllib parses the port only when asked
+    except ValueError:
+        host = parts.netloc.rpartition("@")[2]  # never echo the password
+        port = host.rpartition("]")[2].partition(":")[2]
+        raise ConfigurationError(
+            f"invalid port {port!r} in the {parts.scheme}:// URL: a port is a number from 1 to 65535"
+        ) from None

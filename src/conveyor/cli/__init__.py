@@ -14,11 +14,13 @@ through ``conveyor.cli.ops.open_operations``: the backend directly, or the HTTP 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
+import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from conveyor.cli import jobs, queues, schedules, worker
@@ -32,8 +34,13 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line usage errors (``conveyor submit: error: ...``), exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        hint = f" (see '{self.prog} --help')"
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())}{hint}\n")
+        usage_error(self.prog, message)
+
+
+def usage_error(prog: str, message: str) -> NoReturn:
+    """Exit 2 with one line naming the help to read: ``conveyor jobs: error: ... (see 'conveyor jobs --help')``."""
+    sys.stderr.write(f"{prog}: error: {' '.join(message.split())} (see '{prog} --help')\n")
+    sys.exit(EXIT_USAGE)
 
 
 def build_parser() -> ArgumentParser:
@@ -53,8 +60,9 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its exit code. Never lets a traceback reach the user."""
     try:
-        args = build_parser().parse_args(argv)
-        code: int = args.func(args)
+        args = parse(argv)
+        with _own_logs_only():
+            code: int = args.func(args)
         return code
     except SystemExit as exc:  # argparse (--help, usage errors) and handlers that exit
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -66,6 +74,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
         return exit_code(exc)
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line. An unknown option is reported by its command, whose help lists the options."""
+    args, extras = build_parser().parse_known_args(argv)
+    if extras:  # argparse would report it as the top-level parser's and point to 'conveyor --help'
+        usage_error(f"{PROG} {args.command}", f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
+@contextlib.contextmanager
+def _own_logs_only() -> Iterator[None]:
+    """While no logging is configured, records reach Python's last-resort handler (stderr). Let only
+    Conveyor's own through: a library's (aiormq's "error when creating transport: ...") would come
+    on top of the one-line error that says the same. ``worker`` and ``server`` configure logging,
+    so they keep every library's logs."""
+    last = logging.lastResort
+    if last is None:
+        yield
+        return
+    only = logging.Filter("conveyor")
+    last.addFilter(only)
+    try:
+        yield
+    finally:
+        last.removeFilter(only)
 
 
 def _version() -> str:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from conveyor.core.app import check_queue_name
+from conveyor.core.errors import ValidationError
+
 
 def integer(low: int, high: int | None = None, what: str = "") -> Callable[[str], int]:
     """An integer from ``low`` to ``high`` (inclusive)."""
@@ -37,9 +40,17 @@ def seconds(positive: bool = False) -> Callable[[str], float]:
     return parse
 
 
-def names(text: str) -> list[str]:
-    """A comma-separated list of at least one name."""
-    found = [n.strip() for n in text.split(",") if n.strip()]
+def queue_name(text: str) -> str:
+    """A valid queue name (the rule of ``check_queue_name``, which the API applies too)."""
+    try:
+        return check_queue_name(text)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(f"invalid queue name {text!r}: {exc}") from None
+
+
+def queue_names(text: str) -> list[str]:
+    """A comma-separated list of at least one valid queue name."""
+    found = [queue_name(n.strip()) for n in text.split(",") if n.strip()]
     if not found:
         raise argparse.ArgumentTypeError("name at least one queue")
     return found

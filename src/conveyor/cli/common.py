@@ -30,7 +30,8 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     # SUPPRESS: a subcommand's unset option must not overwrite the same option given before it
     group.add_argument(
         "--url", default=argparse.SUPPRESS, metavar="URL",
-        help="backend URL (default: $CONVEYOR_URL, else the app's, else sqlite:///conveyor.db)",
+        help="backend URL (default: the app's own, given as Conveyor(URL), else $CONVEYOR_URL, "
+             "else sqlite:///conveyor.db)",
     )
     group.add_argument(
         "--app", default=argparse.SUPPRESS, metavar="MOD:ATTR", help="the Conveyor app (default: $CONVEYOR_APP)"

@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add the job commands."""
     p = subparsers.add_parser("submit", help="enqueue a job and print its id", epilog=API_HELP)
     p.add_argument("task", metavar="TASK", help="registered task name")
-    p.add_argument("args", nargs="*", metavar="ARG_JSON",
+    # default=[]: else argparse (before 3.13) names ARG_JSON among the required arguments when TASK is missing
+    p.add_argument("args", nargs="*", default=[], metavar="ARG_JSON",
                    help='positional arguments, each JSON (quote strings: \'"a"\')')
     p.add_argument("--kwargs", metavar="JSON", help="keyword arguments as a JSON object")
     p.add_argument("--queue", help="queue (default: the task's)")

@@ -7,11 +7,10 @@ import asyncio
 import sys
 from typing import Any
 
-from conveyor.cli import render
+from conveyor.cli import argtypes, render
 from conveyor.cli.common import API_HELP, add_api, add_common
 from conveyor.cli.errors import EXIT_FAILED, EXIT_OK
 from conveyor.cli.ops import open_operations
-from conveyor.core.app import check_queue_name
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = subparsers.add_parser("queue", help="show or change one queue's settings (durations in seconds)",
                               epilog=API_HELP)
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", type=argtypes.queue_name, metavar="NAME")
     p.add_argument("--retention", type=float, metavar="S", help="jobs not started within S seconds expire")
     p.add_argument("--visibility-timeout", type=float, metavar="S", help="lease length without heartbeat")
     p.add_argument("--max-deliveries", type=int, metavar="N", help="deliveries before a job is failed")
@@ -39,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = subparsers.add_parser("redrive", help="put a queue's failed jobs (dead letters) back to queued",
                               epilog=API_HELP)
-    p.add_argument("queue", metavar="QUEUE")
+    p.add_argument("queue", type=argtypes.queue_name, metavar="QUEUE")
     p.add_argument("--ids", nargs="+", metavar="ID", help="only these jobs")
     p.add_argument("--json", action="store_true", help='print {"redriven": n}')
     add_common(p)
@@ -47,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=redrive)
 
     p = subparsers.add_parser("purge", help="cancel every job waiting in a queue", epilog=API_HELP)
-    p.add_argument("queue", metavar="QUEUE")
+    p.add_argument("queue", type=argtypes.queue_name, metavar="QUEUE")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation on a terminal")
     p.add_argument("--json", action="store_true", help='print {"purged": n}')
     add_common(p)
@@ -74,7 +73,6 @@ def queues(args: argparse.Namespace) -> int:
 
 def queue(args: argparse.Namespace) -> int:
     """Show a queue; with options, change its settings first."""
-    check_queue_name(args.name)
     changes: dict[str, Any] = {
         "retention": args.retention,
         "visibility_timeout": args.visibility_timeout,

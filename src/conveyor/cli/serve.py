@@ -58,6 +58,14 @@ def port_problem(host: str, port: int) -> str | None:
     return None
 
 
+def cannot_listen(command: str, host: str, port: int) -> bool:
+    """Whether ``host:port`` cannot be listened on, said in one line (not uvicorn's startup logs)."""
+    problem = port_problem(host, port)
+    if problem:
+        print(f"conveyor {command}: error: cannot listen on {host}:{port}: {problem}", file=sys.stderr)
+    return problem is not None
+
+
 def check_exposure(host: str, insecure: bool, has_tokens: bool) -> None:
     """Refuse to listen beyond loopback without tokens, unless ``--insecure``."""
     if has_tokens or insecure or _loopback(host):
@@ -84,12 +92,18 @@ def server(args: argparse.Namespace) -> int:
     app = load(args)
     tokens = tokens_from_env()
     check_exposure(args.host, args.insecure, bool(tokens))
+    if cannot_listen("server", args.host, args.port):
+        return 1
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     api = create_api(app, tokens=tokens, max_body=args.max_body)
     config = uvicorn.Config(api, host=args.host, port=args.port, log_level=args.log_level.lower(),
                             lifespan="on", proxy_headers=False, access_log=args.access_log)
     srv = _Server(config)
-    srv.run()
+    try:
+        srv.run()
+    except SystemExit:  # uvicorn could not start after all, e.g. the port was taken meanwhile (it logged why)
+        print("conveyor server: error: the server did not start (see the log above)", file=sys.stderr)
+        return 1
     return 0 if srv.started else 1
 
 
@@ -100,9 +114,7 @@ def up(args: argparse.Namespace) -> int:
 
     app = load(args)  # fail here, once, on a bad --app or URL (exit 2), not in every child
     check_exposure(args.host, args.insecure, bool(tokens_from_env()))
-    problem = port_problem(args.host, args.port)
-    if problem:  # a server child could never start: say so once instead of restarting it forever
-        print(f"conveyor up: error: cannot listen on {args.host}:{args.port}: {problem}", file=sys.stderr)
+    if cannot_listen("up", args.host, args.port):  # a server child could never start: say so once
         return 1
     spec = app_spec(args)
     assert spec is not None  # load() succeeded

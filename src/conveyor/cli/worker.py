@@ -15,7 +15,7 @@ from conveyor.worker.worker import run_worker
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``worker``."""
     p = subparsers.add_parser("worker", help="run jobs until stopped (SIGTERM/SIGINT), or until idle with --burst")
-    p.add_argument("--queues", type=argtypes.names, metavar="A,B",
+    p.add_argument("--queues", type=argtypes.queue_names, metavar="A,B",
                    help="queues to work (default: every queue the app names)")
     p.add_argument("--concurrency", type=argtypes.integer(1), metavar="N",
                    help="jobs at once (default 8; process pool: CPUs)")

@@ -408,6 +408,11 @@ class RedisBackend(Backend):
         self.cluster = scheme.endswith("+cluster")
         if self.cluster and parts.path not in ("", "/", "/0"):
             raise ConfigurationError(f"a redis cluster has only database 0, not {parts.path.lstrip('/')!r}")
+        database = parts.path.removeprefix("/")
+        if database and not (database.isascii() and database.isdigit()):  # redis-py would use db 0 silently
+            raise ConfigurationError(
+                f"invalid redis database {database!r} in the URL: use a number, e.g. redis://host:6379/0"
+            )
         self.url = url
         self.prefix = prefix
         self._anchor = f"{{{prefix}}}:jq"  #: KEYS[1] of every script: routes it to the {P} slot
@@ -526,8 +531,10 @@ class RedisBackend(Backend):
                     await self.r.ping()
                 except RedisClusterException as exc:  # no startup node answered
                     raise RedisConnectionError(str(exc)) from exc
+                except ResponseError as exc:  # the connection's setup was refused: SELECT of a missing db
+                    raise ConfigurationError(f"{self._where}: {exc} (the database number in the URL)") from exc
                 await self._load_scripts()
-        except BackendUnavailable:
+        except (BackendUnavailable, ConfigurationError):
             await self.close()
             raise
 

@@ -1,0 +1,43 @@
+"""A malformed ``--url`` is a usage error: exit 2 and one line naming what is wrong in it."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.cli.conftest import Cli, one_error_line
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://127.0.0.1:notaport/0", "invalid port 'notaport' in the redis:// URL"),
+        ("redis://127.0.0.1:99999/0", "invalid port '99999' in the redis:// URL"),
+        ("postgresql://postgres:s3cret@127.0.0.1:notaport/test", "invalid port 'notaport' in the postgresql:// URL"),
+        ("amqp://guest:s3cret@127.0.0.1:notaport/", "invalid port 'notaport' in the amqp:// URL"),
+    ],
+)
+def test_url__port_not_a_number__exit_2_naming_it(cli: Cli, url: str, expected: str) -> None:
+    env = cli.env()
+    env["CONVEYOR_STORE_URL"] = cli.url  # an amqp:// URL needs a job store
+    result = cli.run("jobs", "--url", url, env=env)
+    assert result.code == 2
+    line = one_error_line(result.err)
+    assert expected in line
+    assert "s3cret" not in line  # a URL's password never reaches the terminal
+
+
+def test_url__redis_database_not_a_number__exit_2_not_database_0(cli: Cli) -> None:
+    # redis-py ignores a path it cannot read as a number: the jobs would land in database 0
+    url = f"redis://127.0.0.1:6379/abc?prefix=cli_{uuid.uuid4().hex[:12]}"
+    for argv in (["jobs"], ["submit", "add", "1", "2"], ["worker", "--burst"]):
+        result = cli.run(*argv, "--url", url)
+        assert result.code == 2, argv
+        assert "invalid redis database 'abc' in the URL" in one_error_line(result.err)
+
+
+def test_url__redis_database_out_of_range__exit_2(cli: Cli) -> None:
+    result = cli.run("jobs", "--url", f"redis://127.0.0.1:6379/99?prefix=cli_{uuid.uuid4().hex[:12]}")
+    assert result.code == 2
+    assert "DB index is out of range" in one_error_line(result.err)
