@@ -96,6 +96,21 @@ def test_redrive__ids__only_those(cli: Cli) -> None:
     assert cli.job(second)["status"] == "failed"
 
 
+def test_redrive__ids_in_any_case__and_not_an_id_is_a_usage_error(cli: Cli) -> None:
+    failed = cli.submit("boom")
+    cli.burst()
+    assert cli.run("redrive", "default", "--ids", "nope").code == 2
+    assert cli("redrive", "default", "--ids", failed.upper(), "--json").json() == {"redriven": 1}
+
+
+@pytest.mark.parametrize("argv", [["redrive", "never-used"], ["purge", "never-used", "-y"], ["queue", "never-used"]])
+def test_unknown_queue__exit_1_not_found__as_through_the_api(cli: Cli, argv: list[str]) -> None:
+    cli.submit("add", "1", "1")
+    result = cli.run(*argv)
+    assert result.code == 1
+    assert "no queue named 'never-used'" in one_error_line(result.err)
+
+
 def test_redrive__nothing_failed__zero(cli: Cli) -> None:
     cli.submit("add", "1", "1")
     assert cli("redrive", "default", "--json").json() == {"redriven": 0}

@@ -12,17 +12,13 @@ from conveyor.api.deps import ApiState, state
 from conveyor.api.models import Purged, QueueList, QueueOut, QueuePatch, Redrive, Redriven
 from conveyor.api.problems import responses
 from conveyor.backends.base import Backend, QueueInfo
-from conveyor.core.errors import JobNotFound, ValidationError
+from conveyor.core.errors import QueueNotFound, ValidationError
 from conveyor.core.ids import job_id_of
 from conveyor.core.job import Status
 
 router = APIRouter(prefix="/v1/queues", tags=["queues"])
 State = Annotated[ApiState, Depends(state)]
 _CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
-
-
-class QueueNotFound(JobNotFound):
-    """No queue has this name."""
 
 
 async def _all(st: ApiState, backend: Backend) -> list[QueueInfo]:

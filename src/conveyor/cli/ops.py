@@ -19,11 +19,18 @@ from typing import Any, Protocol
 
 import httpx
 
-from conveyor.backends.base import Backend, JobQuery
+from conveyor.backends.base import Backend, JobQuery, QueueInfo
 from conveyor.cli.common import api_settings, app_spec, backend_url, load, open_backend
 from conveyor.client import ApiError, AsyncClient, outcome
 from conveyor.core.app import Conveyor
-from conveyor.core.errors import BackendUnavailable, ConveyorError, InvalidTransition, JobNotFound, ValidationError
+from conveyor.core.errors import (
+    BackendUnavailable,
+    ConveyorError,
+    InvalidTransition,
+    JobNotFound,
+    QueueNotFound,
+    ValidationError,
+)
 from conveyor.core.idempotency import check_replay
 from conveyor.core.ids import job_id_of
 from conveyor.core.job import Job, Status
@@ -196,25 +203,41 @@ class Direct:
         return requeued[0].to_json()
 
     async def queues(self) -> JsonObject:
+        return {"items": [i.to_json() for i in await self._queue_infos()]}
+
+    async def _queue_infos(self) -> list[QueueInfo]:
+        """Every queue the backend knows, plus those the app names (with ``--app``), as the API lists them."""
         named = self.app().queue_names() if app_spec(self.args) else []
         backend = await self.backend()
         infos = await backend.queues()
         missing = sorted(set(named) - {i.name for i in infos})
         if missing:
             infos += await backend.queues(missing)
-        return {"items": [i.to_json() for i in sorted(infos, key=lambda i: i.name)]}
+        return sorted(infos, key=lambda i: i.name)
+
+    async def _known(self, name: str) -> QueueInfo:
+        """The queue ``name``, or ``QueueNotFound`` (the API's 404) when no one knows it."""
+        for info in await self._queue_infos():
+            if info.name == name:
+                return info
+        raise QueueNotFound(f"no queue named {name!r}")
 
     async def queue(self, name: str, changes: Mapping[str, Any]) -> JsonObject:
-        backend = await self.backend()
-        if changes:
-            current = await backend.queue_settings(name)
-            await backend.save_queue_settings(name, current.replace(**changes))
+        if not changes:
+            return (await self._known(name)).to_json()
+        backend = await self.backend()  # settings given: kept for the queue, which exists from then on
+        current = await backend.queue_settings(name)
+        await backend.save_queue_settings(name, current.replace(**changes))
         return (await backend.queues([name]))[0].to_json()
 
     async def redrive(self, name: str, ids: Sequence[str] | None) -> int:
+        if ids is not None:
+            ids = [_stored_id(text) for text in ids]
+        await self._known(name)
         return len(await (await self.backend()).requeue(name, ids, [Status.FAILED], time.time()))
 
     async def purge(self, name: str) -> int:
+        await self._known(name)
         return await (await self.backend()).purge(name, time.time())
 
 
@@ -337,6 +360,13 @@ async def aclose(iterator: AsyncIterator[Any]) -> None:
     close = getattr(iterator, "aclose", None)
     if close is not None:
         await close()
+
+
+def _stored_id(text: str) -> str:
+    stored = job_id_of(text)
+    if stored is None:
+        raise ValidationError(f"not a job id: {text!r}", [{"pointer": "#/ids", "detail": "not a job id"}])
+    return stored
 
 
 def _reason(exc: BaseException) -> str:

@@ -65,6 +65,11 @@ class JobNotFound(ConveyorError):
     """No job has this id."""
 
 
+class QueueNotFound(JobNotFound):
+    """No queue has this name: the app names none such, and the backend has no jobs or settings
+    for it. (A kind of "not found": 404 over HTTP, exit 1 on the command line.)"""
+
+
 class InvalidTransition(ConveyorError):
     """The job's status does not allow this operation."""
 
