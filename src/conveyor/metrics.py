@@ -3,7 +3,8 @@
 Workers call ``job_started`` and ``job_finished``; the API server calls ``job_enqueued``.
 When ``PROMETHEUS_MULTIPROC_DIR`` is set (``conveyor up`` sets it for its children) every
 process writes its samples there and the server's ``/metrics`` aggregates them all; without
-it, ``/metrics`` shows the serving process's own registry.
+it, ``/metrics`` shows the serving process's own registry. A worker elsewhere serves its own
+(``serve``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import REGISTRY, Collector
@@ -92,4 +93,11 @@ def render(queues: Sequence[QueueInfo]) -> bytes:
     return text + generate_latest(gauges)
 
 
-__all__ = ["job_enqueued", "job_finished", "job_started", "render"]
+def serve(host: str, port: int) -> None:
+    """Serve this process's metrics at ``http://host:port/metrics`` from a daemon thread: its job
+    counters and timings, and the process's own (resident memory, CPU time, open files), for a
+    worker on a host of its own (``conveyor worker --metrics``). ``OSError`` if it cannot listen."""
+    start_http_server(port, addr=host)
+
+
+__all__ = ["job_enqueued", "job_finished", "job_started", "render", "serve"]

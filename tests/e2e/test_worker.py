@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 
+import httpx
 import pytest
 
 from conveyor.core.errors import JobFailed
 from conveyor.core.job import Status
+from tests.api.conftest import free_port
 from tests.e2e.conftest import wait_for
 from tests.e2e.jobs_app import recorded
 
@@ -212,3 +216,33 @@ def test_script_that_only_enqueues__exits_quietly_on_every_engine(e2e_any):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "queued", done.stderr
     assert done.stderr == ""
+
+
+def test_metrics__a_worker_serves_its_own_counters_and_memory(e2e):
+    port = free_port()
+    e2e.worker("--metrics", f"127.0.0.1:{port}")
+    jobs = [e2e.enqueue("add", i, 1) for i in range(3)]
+    e2e.wait_all(jobs)
+    assert all(job.status is Status.SUCCEEDED for job in jobs)
+
+    def scrape() -> str:
+        with contextlib.suppress(httpx.HTTPError):
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            if 'conveyor_jobs_succeeded_total{queue="default",task="add"} 3.0' in text:
+                return text
+        return ""
+
+    wait_for(scrape, what="the worker's metrics to count the three jobs")  # counted between claims
+    text = scrape()
+    assert re.search(r"^process_resident_memory_bytes \d", text, re.M)
+    assert 'conveyor_job_duration_seconds_count{queue="default",task="add"} 3.0' in text
+
+
+def test_metrics__port_taken__one_line_exit_1(e2e):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        proc = e2e.worker("--metrics", str(taken.getsockname()[1]))
+        assert proc.wait(20) == 1
+    out = e2e.logs().strip().splitlines()
+    assert len(out) == 1 and "cannot serve metrics on 127.0.0.1:" in out[0]

@@ -40,6 +40,15 @@ def seconds(positive: bool = False) -> Callable[[str], float]:
     return parse
 
 
+def address(text: str) -> tuple[str, int]:
+    """``[HOST:]PORT`` to listen on; HOST 127.0.0.1 unless given (IPv6 in brackets: ``[::]:9101``)."""
+    host, colon, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]") if colon else "127.0.0.1"
+    if not host:
+        raise argparse.ArgumentTypeError(f"no host before the port: {text!r}")
+    return host, integer(1, 65535, "the port must be")(port)
+
+
 def queue_name(text: str) -> str:
     """A valid queue name (the rule of ``check_queue_name``, which the API applies too)."""
     try:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import threading
 
+from conveyor import metrics
 from conveyor.cli import argtypes
 from conveyor.cli.common import add_common, app_spec, load
 from conveyor.worker.worker import run_worker
@@ -27,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="process pool: replace a process after N jobs")
     p.add_argument("--max-memory-per-child", type=argtypes.integer(1), metavar="MIB",
                    help="process pool: replace a process that holds more than MIB MiB after a job")
+    p.add_argument("--metrics", type=argtypes.address, metavar="[HOST:]PORT",
+                   help="serve this worker's Prometheus metrics at http://HOST:PORT/metrics (HOST: 127.0.0.1)")
     p.add_argument("--no-scheduler", action="store_true", help="do not enqueue the app's periodic tasks")
     p.add_argument("--burst", action="store_true", help="exit once no job is ready")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -38,6 +42,15 @@ def worker(args: argparse.Namespace) -> int:
     """Run a worker; its exit code (0, or 70 when its claim loop stalled)."""
     app = load(args)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    if args.metrics is not None:
+        host, port = args.metrics
+        try:
+            metrics.serve(host, port)
+        except OSError as exc:
+            print(f"conveyor worker: error: cannot serve metrics on {host}:{port}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 1
+        logging.getLogger("conveyor.worker").info("metrics at http://%s:%d/metrics", host, port)
     code = run_worker(
         app,
         queues=args.queues,
