@@ -20,7 +20,7 @@ DEFAULT_MAX_BODY = 1024 * 1024
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``server`` and ``up``."""
-    p = subparsers.add_parser("server", help="serve the HTTP API (one process)")
+    p = subparsers.add_parser("server", help="serve the HTTP API and the dashboard (one process)")
     _serve_options(p)
     add_common(p)
     p.set_defaults(func=server)
