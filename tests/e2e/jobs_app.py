@@ -99,6 +99,11 @@ def whoami(ctx: Context, seconds: float) -> int:
     return os.getpid()
 
 
+@app.task(max_retries=0)
+def progress_object(ctx: Context) -> None:
+    ctx.progress(0.5, object())  # type: ignore[arg-type]  # a message that is not text
+
+
 @app.task
 def progress_steps(ctx: Context, steps: int) -> int:
     for i in range(steps):

@@ -183,6 +183,17 @@ def test_progress__visible_while_the_job_runs(e2e):
     assert job.refresh().progress == {"fraction": 1.0, "message": "step 10"}
 
 
+def test_progress__a_message_that_is_not_text__fails_that_job_and_reporting_goes_on(e2e):
+    e2e.worker()
+    bad = e2e.enqueue("progress_object")
+    with pytest.raises(JobFailed):
+        bad.wait(timeout=20)
+    assert bad.error["type"] == "ValidationError" and "progress message" in bad.error["message"]
+    job = e2e.enqueue("progress_steps", 10)
+    wait_for(lambda: (job.refresh().progress or {}).get("fraction", 0) > 0, what="progress")
+    assert job.wait(timeout=20) == 10
+
+
 def test_dependencies__child_reads_its_parents_results(e2e):
     e2e.worker()
     a = e2e.enqueue("add", 1, 2)

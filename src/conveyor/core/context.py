@@ -46,6 +46,8 @@ class Context:
         """Report progress: ``fraction`` in [0, 1] and an optional message."""
         if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction <= 1:
             raise ValidationError(f"progress fraction must be a number in [0, 1], got {fraction!r}")
+        if message is not None and not isinstance(message, str):
+            raise ValidationError(f"progress message must be a string or None, got {type(message).__name__}")
         if self._report is not None:
             value: dict[str, Any] = {"fraction": float(fraction), "message": message}
             self._report(value)

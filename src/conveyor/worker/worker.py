@@ -527,6 +527,10 @@ class Worker:
                 log.warning("worker %s: could not record outcomes (%s); retrying", self.id, exc)
                 await asyncio.sleep(0.5)
                 self._flush_needed.set()
+            except Exception:  # a bug, not the engine: keep reporting (this loop is every job's way out)
+                log.exception("worker %s: could not record outcomes; retrying", self.id)
+                await asyncio.sleep(0.5)
+                self._flush_needed.set()
 
     def _kick_flush(self) -> asyncio.Future[None] | None:
         """Start sending the outcomes and progress now, unless a batch is on its way already
@@ -538,7 +542,7 @@ class Worker:
         return flushing
 
     def _flushed(self, flushing: asyncio.Future[None]) -> None:
-        if not flushing.cancelled() and isinstance(flushing.exception(), BackendUnavailable):
+        if not flushing.cancelled() and flushing.exception() is not None:
             self._flush_needed.set()  # the flush loop retries (and reports) it
 
     async def _flush(self) -> None:
@@ -546,7 +550,12 @@ class Worker:
         assert backend is not None
         progress, self._progress = self._progress, {}
         for job_id, (token, value) in progress.items():
-            await backend.set_progress(job_id, token, value, time.time())
+            try:
+                await backend.set_progress(job_id, token, value, time.time())
+            except BackendUnavailable:
+                raise
+            except Exception:  # this report only: the job's outcome and the others' go on
+                log.exception("job %s: progress could not be recorded", job_id)
         if not self._outbox:
             return
         batch, self._outbox = self._outbox, []
