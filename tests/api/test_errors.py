@@ -33,6 +33,7 @@ GARBAGE = [
     ({"task": "add", "args": [1, 2], "delay": 1e300}, 422, "#/delay"),
     ({"task": "add", "args": [1, 2], "eta": "tomorrow"}, 422, "#/eta"),
     ({"task": "add", "args": [1, 2], "eta": 12}, 422, "#/eta"),
+    ({"task": "add", "args": [1, 2], "eta": "9999-12-31T23:59:59Z"}, 422, "#/eta"),
     ({"task": "add", "args": [1, 2], "delay": 1, "eta": "2030-01-01T00:00:00Z"}, 422, "#/eta"),
     ({"task": "add", "args": [1, 2], "max_retries": -3}, 422, "#/max_retries"),
     ({"task": "add", "args": [1, 2], "timeout": 0}, 422, "#/timeout"),

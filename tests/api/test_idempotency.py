@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import time
 
 import httpx
@@ -10,6 +11,12 @@ import httpx
 from tests.api.conftest import Server
 
 BODY = {"task": "add", "args": [1, 2]}
+
+
+def soon(days: int, plus: int = 0) -> str:
+    """An RFC 3339 time ``days`` days (and ``plus`` seconds) ahead, on a whole second."""
+    at = datetime.datetime.now(datetime.UTC).replace(microsecond=0) + datetime.timedelta(days=days, seconds=plus)
+    return at.isoformat().replace("+00:00", "Z")
 
 
 def test_same_key_same_body__same_job_200(http: httpx.Client) -> None:
@@ -33,15 +40,15 @@ def test_same_key__schedule_compared__delay_from_each_request_eta_as_given(http:
     assert first.status_code == 202 and first.json()["status"] == "scheduled"
     time.sleep(0.05)  # a repeat comes later: the same delay still names the same request
     assert http.post("/v1/jobs", json=delayed, headers={"Idempotency-Key": "k3"}).status_code == 200
-    for other in (BODY, {**BODY, "delay": 200}, {**BODY, "eta": "2031-01-01T00:00:00Z"}):
+    for other in (BODY, {**BODY, "delay": 200}, {**BODY, "eta": soon(3)}):
         r = http.post("/v1/jobs", json=other, headers={"Idempotency-Key": "k3"})
         assert r.status_code == 422, other
 
-    at = {**BODY, "eta": "2031-01-01T00:00:00Z"}
+    at = {**BODY, "eta": soon(2)}
     assert http.post("/v1/jobs", json=at, headers={"Idempotency-Key": "k4"}).status_code == 202
     time.sleep(0.05)
     assert http.post("/v1/jobs", json=at, headers={"Idempotency-Key": "k4"}).status_code == 200
-    for other in (BODY, {**BODY, "eta": "2031-01-01T00:00:01Z"}, {**BODY, "delay": 100}):
+    for other in (BODY, {**BODY, "eta": soon(2, plus=1)}, {**BODY, "delay": 100}):
         assert http.post("/v1/jobs", json=other, headers={"Idempotency-Key": "k4"}).status_code == 422, other
 
     assert http.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": "k5"}).status_code == 202

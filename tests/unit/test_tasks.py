@@ -114,6 +114,10 @@ def test_build_job__applies_task_defaults_and_options(app):
     ({"delay": -5}, "#/delay"),
     ({"delay": 5, "eta": "2030-01-01T00:00:00Z"}, "#/eta"),
     ({"eta": "tomorrow"}, "#/eta"),
+    ({"eta": float("inf")}, "#/eta"),
+    ({"eta": float("nan")}, "#/eta"),
+    ({"eta": 14 * 86400 + 1.0}, "#/eta"),  # now=0: one second past the 14 days a delay may reach
+    ({"eta": "9999-12-31T23:59:59Z"}, "#/eta"),
     ({"max_retries": -1}, "#/max_retries"),
     ({"timeout": 0}, "#/timeout"),
     ({"queue": "no spaces"}, "#/queue"),

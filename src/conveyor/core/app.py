@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import contextlib
 import functools
+import math
 import os
 import threading
 import time
@@ -385,11 +386,15 @@ def order_by_dependencies(jobs: Sequence[Job]) -> list[Job]:
     return out
 
 
+#: The furthest ahead a job may be held (``delay``, ``eta``): the longest queue retention, 14 days.
+MAX_DELAY = 14 * 86400
+
+
 def _when(delay: float | None, eta: datetime | float | str | None, now: float) -> float | None:
     if delay is not None and eta is not None:
         raise _invalid("#/eta", "give delay or eta, not both", "delay and eta both given")
     if delay is not None:
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= 14 * 86400:
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= MAX_DELAY:
             raise _invalid(
                 "#/delay",
                 "delay must be a number of seconds from 0 to 1209600 (14 days)",
@@ -409,6 +414,8 @@ def _when(delay: float | None, eta: datetime | float | str | None, now: float) -
             raise TypeError
     except (TypeError, ValueError, OverflowError):
         raise _invalid("#/eta", "eta must be an RFC 3339 time", "not an RFC 3339 time") from None
+    if not math.isfinite(when) or when > now + MAX_DELAY:  # as far ahead as a delay may reach
+        raise _invalid("#/eta", "eta must be a time at most 14 days from now", "more than 14 days ahead")
     return when if when > now else None
 
 
