@@ -19,12 +19,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-from conveyor.core.errors import ConveyorError, RegistrationError
+from conveyor.core.errors import BackendUnavailable, ConveyorError, RegistrationError
 
 if TYPE_CHECKING:
     from conveyor.core.app import Conveyor, Schedule
 
 log = logging.getLogger(__name__)
+RETRY = 1.0  #: seconds before a tick the backend could not take is tried again
+
 
 def check_cron(cron: str, tz: str) -> None:
     """Raise ``RegistrationError`` for an invalid cron expression or time zone."""
@@ -89,17 +91,21 @@ async def run_scheduler(app: Conveyor, stop: asyncio.Event, schedules: Sequence[
         last = previous_tick(s, now)
         catch_up = s.catch_up if s.catch_up is not None else float("inf")
         due[id(s)] = last if now - last <= catch_up else next_tick(s, now)
+    retry_at: dict[int, float] = {}  # a tick the backend could not take: tried again then, not in a hot loop
     while not stop.is_set():
         now = time.time()
         for s in schedules:
             tick = due[id(s)]
-            if tick <= now:
+            if tick <= now and retry_at.get(id(s), 0.0) <= now:
                 try:
                     await enqueue_tick(app, s, tick)
-                except ConveyorError as exc:
-                    log.warning("schedule %s: could not enqueue tick: %s", s.task, exc)
+                except BackendUnavailable as exc:
+                    log.warning("schedule %s: could not enqueue tick: %s; retrying in %.0f s", s.task, exc, RETRY)
+                    retry_at[id(s)] = now + RETRY
                     continue
+                except ConveyorError as exc:  # it never will (e.g. the task changed): skip this tick
+                    log.warning("schedule %s: could not enqueue tick, skipped: %s", s.task, exc)
                 due[id(s)] = next_tick(s, max(now, tick))
-        wait = max(0.01, min(due.values()) - time.time())
+        wait = max(0.01, min(max(due[id(s)], retry_at.get(id(s), 0.0)) for s in schedules) - time.time())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=min(wait, 1.0))

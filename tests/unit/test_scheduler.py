@@ -27,6 +27,32 @@ def test_periodic__invalid_cron_or_zone_is_refused(app):
         app.periodic("0 7 * * *", tz="Mars/Olympus")
 
 
+def test_periodic__a_parameter_kwargs_does_not_give__refused_at_registration(app):
+    with pytest.raises(RegistrationError, match="'needs'.*'x'"):
+        @app.periodic("* * * * *")
+        def needs(ctx: Context, x: int) -> None: ...
+    assert "needs" not in app.tasks and not app.schedules
+
+    @app.periodic("* * * * *", kwargs={"x": 3})
+    def given(ctx: Context, x: int) -> None: ...
+    assert app.schedules[0].kwargs == {"x": 3}
+
+
+def test_backend_down__each_tick_retried_once_a_second_not_in_a_hot_loop(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    down = Conveyor(f"sqlite:///{blocker}/sub/s.db")
+
+    @down.periodic("* * * * * */1", catch_up=60)
+    def tick(ctx: Context) -> None: ...
+
+    asyncio.run(_run_schedulers(down, 1, 2.5))
+    tries = [r for r in caplog.records if "could not enqueue tick" in r.getMessage()]
+    assert 2 <= len(tries) <= 4, [r.getMessage() for r in tries]  # ≈ 1 a second (it was one per 10 ms)
+    assert "retrying in 1 s" in tries[0].getMessage()
+    down.close()
+
+
 def test_ticks__follow_the_time_zone(app):
     @app.periodic("0 7 * * *", tz="Europe/Berlin")
     def digest(ctx: Context) -> None: ...

@@ -166,8 +166,13 @@ class Conveyor:
 
         def register(func: F) -> Task:
             task: Task = self.task(name=name, queue=queue, **options)(func)
-            if kwargs:
-                task.validate((), kwargs)
+            try:  # every tick enqueues these arguments: they must do, now rather than at each tick
+                task.validate((), dict(kwargs or {}))
+            except ValidationError as exc:
+                del self.tasks[task.name]
+                raise RegistrationError(
+                    f"periodic task {task.name!r}: {exc} (a periodic task takes only ctx and the fixed kwargs=)"
+                ) from None
             self.schedules.append(Schedule(task.name, cron, tz, dict(kwargs or {}), catch_up))
             return task
 
