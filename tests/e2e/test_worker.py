@@ -78,6 +78,19 @@ def test_kill_9__every_job_still_succeeds(e2e_any):
     assert len(duplicates) <= 8  # only the jobs that were running at the kill run twice
 
 
+def test_burst__puts_back_and_runs_a_dead_workers_expired_lease_before_it_stops(e2e_any):
+    env = e2e_any.env(TEST_VISIBILITY="1")
+    dying = e2e_any.worker(env=env)
+    job = e2e_any.enqueue("whoami", 1.0)
+    wait_for(lambda: recorded(e2e_any.log), what="the job to start")
+    dying.send_signal(signal.SIGKILL)
+    dying.wait(5)
+    time.sleep(1.5)  # its lease ran out (1 s visibility timeout, no heartbeat since the kill)
+    burst = e2e_any.worker("--burst", "--no-scheduler", env=env)
+    assert burst.wait(30) == 0
+    assert job.refresh().status is Status.SUCCEEDED and job.result == burst.pid
+
+
 def test_sigterm__running_jobs_finish_within_grace_and_worker_exits_0(e2e_any):
     worker = e2e_any.worker("--grace", "10")
     job = e2e_any.enqueue("sleeper", 1.0)

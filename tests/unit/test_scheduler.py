@@ -28,7 +28,7 @@ def test_periodic__invalid_cron_or_zone_is_refused(app):
 
 
 def test_periodic__a_parameter_kwargs_does_not_give__refused_at_registration(app):
-    with pytest.raises(RegistrationError, match="'needs'.*'x'"):
+    with pytest.raises(RegistrationError, match=r"'needs'.*'x'"):
         @app.periodic("* * * * *")
         def needs(ctx: Context, x: int) -> None: ...
     assert "needs" not in app.tasks and not app.schedules

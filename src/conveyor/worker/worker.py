@@ -295,7 +295,7 @@ class Worker:
             drained = False
             if len(leases) < free:
                 if self.burst and not leases and not self.running:
-                    if not self._outbox and not self._returned:
+                    if not self._outbox and not self._returned and not await self._swept_back():
                         self.stop()
                     continue
                 drained = await self._wait_for_work(free - len(leases))
@@ -320,6 +320,18 @@ class Worker:
             raise
         self._report_refused(batch, applied)
         return leases
+
+    async def _swept_back(self) -> bool:
+        """Whether a sweep put jobs back to run (a dead worker's expired leases): a burst worker
+        finishes them before it stops, as any live worker would put them back."""
+        assert self._backend is not None
+        try:
+            report = await self._backend.sweep(time.time())
+        except BackendUnavailable:
+            return False
+        if report.total:
+            log.info("housekeeping: %s", report)
+        return report.requeued > 0
 
     async def _wait_for_work(self, free: int) -> bool:
         """Wait (at most 0.25 s) for work and start the jobs the engine leased as it arrived, if
