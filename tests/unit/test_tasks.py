@@ -51,6 +51,22 @@ def test_registration__reserved_parameter_names_are_refused(app, reserved):
         app.task(ns["bad"])
 
 
+@pytest.mark.parametrize("options", [
+    {"priority": True}, {"priority": 10}, {"max_retries": 5000}, {"max_retries": 1.0}, {"timeout": float("inf")},
+    {"timeout": 30 * 86400}, {"timeout": "5"}, {"timeout": 0}, {"backoff": -1}, {"backoff": 10, "backoff_cap": 5},
+])
+def test_registration__options_enqueue_would_refuse_are_refused_here(app, options):
+    with pytest.raises(RegistrationError, match=next(iter(options))):
+        @app.task(**options)
+        def t(ctx: Context) -> None: ...
+    assert "t" not in app.tasks
+
+
+def test_queue_declaration__a_fractional_delivery_limit_is_refused(app):
+    with pytest.raises(ValidationError, match="whole number"):
+        app.queue("q", max_deliveries=1.5)
+
+
 def test_registration__a_task_needs_the_context_parameter(app):
     with pytest.raises(RegistrationError, match="Context"):
         app.task(lambda: None, name="noctx")

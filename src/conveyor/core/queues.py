@@ -47,6 +47,8 @@ class QueueSettings:
             if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
                 detail = f"{name} must be a number from {low:,.0f} to {high:,.0f}"
                 errors.append({"pointer": f"#/{name}", "detail": detail})
+        if isinstance(self.max_deliveries, float):
+            errors.append({"pointer": "#/max_deliveries", "detail": "max_deliveries must be a whole number"})
         if not isinstance(self.paused, bool):
             errors.append({"pointer": "#/paused", "detail": "paused must be true or false"})
         if errors:

@@ -37,12 +37,25 @@ class TaskOptions:
     backoff_cap: float = 3600.0
 
     def check(self, where: str) -> None:
-        if not isinstance(self.priority, int) or not 0 <= self.priority <= 9:
+        """The ranges ``enqueue`` applies to the same options, so that a task's defaults always pass."""
+        if not _integer(self.priority, 0, 9):
             raise RegistrationError(f"{where}: priority must be an integer from 0 to 9")
-        if not isinstance(self.max_retries, int) or self.max_retries < 0:
-            raise RegistrationError(f"{where}: max_retries must be an integer ≥ 0")
-        if self.timeout is not None and not self.timeout > 0:
-            raise RegistrationError(f"{where}: timeout must be a positive number of seconds")
+        if not _integer(self.max_retries, 0, 1000):
+            raise RegistrationError(f"{where}: max_retries must be an integer from 0 to 1000")
+        if self.timeout is not None and not _number(self.timeout, 0, 7 * 86400):
+            raise RegistrationError(f"{where}: timeout must be a positive number of seconds (at most 7 days)")
+        if not _number(self.backoff_base, 0, 86400) or not _number(self.backoff_cap, 0, 7 * 86400) \
+                or self.backoff_cap < self.backoff_base:
+            raise RegistrationError(f"{where}: backoff and backoff_cap must be positive seconds, backoff ≤ backoff_cap")
+
+
+def _integer(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _number(value: Any, above: float, high: float) -> bool:
+    """A number (not a bool) in (above, high]."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and above < value <= high
 
 
 class Task:
