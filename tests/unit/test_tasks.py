@@ -148,6 +148,15 @@ def test_build_job__bad_options__name_the_option(app, options, pointer):
     assert err.value.errors[0]["pointer"] == pointer
 
 
+def test_enqueue_many__an_invalid_item__is_named_and_nothing_is_sent(app):
+    transcode = app.tasks["transcode"]
+    with pytest.raises(InvalidArguments) as err:
+        transcode.enqueue_many([{"path": "a", "height": 1}, {"path": "b", "height": 2}, {"path": "c", "height": "x"}])
+    assert str(err.value).startswith("item 2: ") and err.value.errors[0]["pointer"] == "#/2/kwargs/height"
+    with pytest.raises(ValidationError, match="unknown option 'bogus'"):
+        transcode.enqueue_many([{"path": "a", "height": 1}], bogus=1)
+
+
 def test_unknown_task__is_a_validation_error(app):
     with pytest.raises(UnknownTask) as err:
         app.build_job("nope", [], {}, now=0.0)

@@ -264,7 +264,17 @@ class Conveyor:
 
     def _build_jobs(self, submissions: Sequence[Submission]) -> list[Job]:
         now = time.time()
-        return [self.build_job(task, args, kwargs, now=now, **options) for task, args, kwargs, options in submissions]
+        if len(submissions) == 1:
+            [(task, args, kwargs, options)] = submissions
+            return [self.build_job(task, args, kwargs, now=now, **options)]
+        jobs = []
+        for i, (task, args, kwargs, options) in enumerate(submissions):
+            try:
+                jobs.append(self.build_job(task, args, kwargs, now=now, **options))
+            except ValidationError as exc:  # say which one: pointers into the list of submissions
+                errors = [{**e, "pointer": f"#/{i}{e['pointer'].removeprefix('#')}"} for e in exc.errors]
+                raise type(exc)(f"item {i}: {exc}", errors) from None
+        return jobs
 
     def _handles(self, jobs: Sequence[Job], ordered: Sequence[Job], stored: Sequence[tuple[Job, bool]]
                  ) -> list[JobHandle]:

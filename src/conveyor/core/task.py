@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hin
 
 import pydantic
 
-from conveyor.core.errors import InvalidArguments, RegistrationError
+from conveyor.core.errors import InvalidArguments, RegistrationError, ValidationError
 from conveyor.core.limits import Limits
 
 if TYPE_CHECKING:
@@ -189,6 +189,12 @@ class Task:
 
     def enqueue_many(self, items: Sequence[Mapping[str, Any] | Sequence[Any]], **options: Any) -> list[JobHandle]:
         """Submit many jobs in one round trip: each item is a kwargs mapping or an args sequence."""
+        unknown = sorted(set(options) - RESERVED)
+        if unknown:
+            raise ValidationError(
+                f"enqueue_many: unknown option {unknown[0]!r}; the options are {', '.join(sorted(RESERVED))}",
+                [{"pointer": f"#/{unknown[0]}", "detail": "not an option"}],
+            )
         return self.app.enqueue_many([(self, *_split(item), options) for item in items])
 
 
