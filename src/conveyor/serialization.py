@@ -15,6 +15,23 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def keys_are_text(value: Any) -> bool:
+    """Whether every mapping in ``value`` has only text keys. ``json.dumps`` turns ``{1: "a"}``
+    into ``{"1": "a"}`` without a word: the task would get other data than it was given."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                if not isinstance(key, str):
+                    return False
+                if isinstance(inner, dict | list | tuple):
+                    stack.append(inner)
+        elif isinstance(item, list | tuple):
+            stack.extend(inner for inner in item if isinstance(inner, dict | list | tuple))
+    return True
+
+
 def loads(text: str | bytes | None) -> Any:
     """Parse JSON; ``None`` stays ``None``."""
     return None if text is None else json.loads(text)

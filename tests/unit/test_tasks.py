@@ -157,6 +157,21 @@ def test_enqueue_many__an_invalid_item__is_named_and_nothing_is_sent(app):
         transcode.enqueue_many([{"path": "a", "height": 1}], bogus=1)
 
 
+def test_arguments__an_object_key_that_is_not_text__refused_naming_the_argument(app):
+    @app.task
+    def untyped(ctx: Context, data, *, labels: dict[str, int] | None = None) -> None: ...  # type: ignore[no-untyped-def]
+
+    for args, kwargs, pointer in (([{1: "a"}], {}, "#/args/0"), (["x"], {"labels": {2: 3}}, "#/kwargs/labels"),
+                                  ([[{"ok": {3: 0}}]], {}, "#/args/0")):
+        with pytest.raises(InvalidArguments) as err:
+            app.build_job("untyped", args, kwargs, now=0.0)
+        assert err.value.errors[0]["pointer"] == pointer and "not text" in err.value.errors[0]["detail"]
+    with pytest.raises(ValidationError) as err:
+        app.build_job("untyped", ["x"], {}, now=0.0, metadata={1: 2})
+    assert err.value.errors[0]["pointer"] == "#/metadata"
+    app.build_job("untyped", [{"1": "a", "n": [1, {"k": None}]}], {}, now=0.0)  # text keys: fine
+
+
 def test_unknown_task__is_a_validation_error(app):
     with pytest.raises(UnknownTask) as err:
         app.build_job("nope", [], {}, now=0.0)

@@ -31,7 +31,7 @@ from conveyor.core.job import Job, Status
 from conveyor.core.portal import Portal
 from conveyor.core.queues import QueueSettings
 from conveyor.core.task import Task, TaskOptions
-from conveyor.serialization import dumps, from_rfc3339
+from conveyor.serialization import dumps, from_rfc3339, keys_are_text
 
 if TYPE_CHECKING:
     from conveyor.backends.base import Backend
@@ -505,7 +505,7 @@ def _check_metadata(metadata: Any) -> dict[str, Any]:
     if metadata is None:
         return {}
     try:
-        if not isinstance(metadata, Mapping) or len(dumps(metadata)) > 64 * 1024:
+        if not isinstance(metadata, Mapping) or len(dumps(metadata)) > 64 * 1024 or not keys_are_text(dict(metadata)):
             raise TypeError
     except (TypeError, ValueError):
         raise _invalid(

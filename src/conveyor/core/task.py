@@ -13,6 +13,7 @@ import pydantic
 
 from conveyor.core.errors import InvalidArguments, RegistrationError, ValidationError
 from conveyor.core.limits import Limits
+from conveyor.serialization import keys_are_text
 
 if TYPE_CHECKING:
     from conveyor.core.app import Conveyor
@@ -105,10 +106,11 @@ class Task:
         where = {name: f"#/args/{i}" for i, name in enumerate(list(bound.arguments)[: len(args)])}
         try:
             text = json.dumps(bound.arguments, allow_nan=False)
+            if not keys_are_text(bound.arguments):
+                raise TypeError("a key that is not text")
         except (TypeError, ValueError):
-            errors = [{"pointer": where.get(name, f"#/kwargs/{name}"),
-                       "detail": f"{name}: {type(value).__name__} is not JSON (Conveyor accepts only JSON arguments)"}
-                      for name, value in bound.arguments.items() if not _is_json(value)]
+            errors = [{"pointer": where.get(name, f"#/kwargs/{name}"), "detail": f"{name}: {_not_json(value)}"}
+                      for name, value in bound.arguments.items() if _not_json(value)]
         else:
             errors = self._type_errors(text, where)
         if errors:
@@ -198,12 +200,15 @@ class Task:
         return self.app.enqueue_many([(self, *_split(item), options) for item in items])
 
 
-def _is_json(value: Any) -> bool:
+def _not_json(value: Any) -> str:
+    """Why ``value`` is not JSON ('' when it is)."""
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError):
-        return False
-    return True
+        return f"{type(value).__name__} is not JSON (Conveyor accepts only JSON arguments)"
+    if not keys_are_text(value):
+        return "an object key that is not text is not JSON (json would turn 1 into \"1\")"
+    return ""
 
 
 def _split(item: Mapping[str, Any] | Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
