@@ -31,3 +31,10 @@ def test_from_json__fields_left_out_keep_defaults() -> None:
                          "created_at": "2026-11-28T10:00:00.000Z", "scheduled_at": None})
     assert job.queue == "default" and job.status is Status.QUEUED and job.scheduled_at is None
     assert job.created_at == 1_795_860_000.0
+
+
+def test_to_json__an_error_always_has_type_message_and_traceback() -> None:
+    job = Job(id="01a22233-d0de-71e6-b821-e3be6140d5a1", task="t",
+              error={"type": "DeliveryLimitExceeded", "message": "delivered 10 times"})
+    error = job.to_json()["error"]
+    assert error == {"type": "DeliveryLimitExceeded", "message": "delivered 10 times", "traceback": None}

@@ -115,7 +115,8 @@ class Job:
             "priority": self.priority,
             "progress": dict(self.progress) if self.progress is not None else None,
             "result": self.result,
-            "error": dict(self.error) if self.error is not None else None,
+            # one shape on every engine: type, message, traceback (null when there is none)
+            "error": {**self.error, "traceback": self.error.get("traceback")} if self.error is not None else None,
             "attempt": self.attempt,
             "max_retries": self.max_retries,
             "timeout": self.timeout,
