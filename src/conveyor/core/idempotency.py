@@ -2,7 +2,9 @@
 
 An idempotency key names one request: a repeat of it gets the job the first one made, and a
 different request under the same key is refused (``IdempotencyKeyReused``), over HTTP (422)
-and from the command line alike.
+and from the command line alike. (The Python API returns the key's job whatever the arguments,
+``handle.created`` False: there a key may dedupe work on purpose, and ``enqueue_many`` could not
+refuse one job of a batch already stored.)
 """
 
 from __future__ import annotations
