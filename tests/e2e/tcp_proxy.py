@@ -5,6 +5,8 @@ Runs an asyncio loop in a daemon thread, so synchronous tests drive it with plai
     proxy = TcpProxy("127.0.0.1", 6379).start()   # listens on 127.0.0.1:<proxy.port>
     proxy.cut()        # close every forwarded connection (RST) and refuse new ones
     proxy.restore()    # listen again on the same address and port
+    proxy.freeze()     # a silent network: connections stay open, bytes are held (no reset)
+    proxy.thaw()       # pass the held bytes on, and the rest
     proxy.stop()
 
 ``cut()`` aborts both sides of each connection (the client sees a reset, as when a server dies
@@ -39,6 +41,8 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._conns: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter | None]] = set()
         self._cut = False
+        self._flowing = asyncio.Event()  #: cleared while frozen
+        self._flowing.set()
 
     # -- control (any thread) -------------------------------------------------------------
     def start(self) -> TcpProxy:
@@ -62,11 +66,22 @@ class TcpProxy:
         """Accept and forward connections again (same address and port)."""
         self._call(self._restore_now())
 
+    def freeze(self) -> None:
+        """Hold every byte in both directions, and new connections, without closing anything: an
+        engine that hangs, or a path that drops packets while the kernel still answers keepalives."""
+        self._loop.call_soon_threadsafe(self._flowing.clear)
+
+    def thaw(self) -> None:
+        self._loop.call_soon_threadsafe(self._flowing.set)
+
     def stop(self) -> None:
         if not self._thread.is_alive():
             return
+        self.thaw()  # let held pumps see their closed connections and end
         with contextlib.suppress(Exception):
             self._call(self._cut_now())
+        with contextlib.suppress(Exception):
+            self._call(self._end_tasks())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()
@@ -100,6 +115,13 @@ class TcpProxy:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
 
+    async def _end_tasks(self) -> None:
+        """Cancel what still runs on the loop (pumps of connections it aborted), before it stops."""
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _restore_now(self) -> None:
         self._cut = False
         if self._server is None:
@@ -111,6 +133,7 @@ class TcpProxy:
             writer.transport.abort()
             return
         self.accepted += 1
+        await self._flowing.wait()
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
@@ -125,10 +148,10 @@ class TcpProxy:
             for w in (writer, up_writer):
                 w.transport.abort()
 
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import signal
 import subprocess
 import sys
 import threading
@@ -30,6 +31,7 @@ from conveyor.backends.redis import RedisBackend
 from conveyor.core.errors import BackendUnavailable
 from conveyor.core.ids import uuid7
 from conveyor.core.job import Job, Status
+from conveyor.worker.worker import SHUTDOWN_BOUND
 from tests.api.conftest import free_port
 from tests.e2e import jobs_app
 from tests.e2e.conftest import Env, wait_for
@@ -135,6 +137,25 @@ def timed_enqueue(client: Conveyor) -> tuple[BaseException | None, float]:
     except Exception as exc:
         return exc, time.monotonic() - started
     return None, time.monotonic() - started
+
+
+def test_silent_engine__sigterm_stops_an_idle_worker_within_its_bounds(faulty: ProxiedEnv):
+    """The engine stops answering without closing anything (a hung server, a path that drops
+    packets): a stop must not wait for an answer that never comes. Exit 0 within the shutdown's
+    bounds; nothing was running, so nothing is owed."""
+    env = faulty
+    worker = env.worker("--grace", "1", "--no-scheduler")
+    wait_for(lambda: env.workers_seen(), what="the worker to register")
+    time.sleep(0.5)
+    env.proxy.freeze()
+    time.sleep(1.0)  # its calls now hang: the wait for work in flight, heartbeats unanswered
+    asked = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    # each shutdown step waits SHUTDOWN_BOUND at most; psycopg then spends up to 10 s of its own
+    # trying to cancel the query it was in (5 s cancellation timeout, then it closes the connection)
+    assert worker.wait(3 * SHUTDOWN_BOUND + 25) == 0
+    assert time.monotonic() - asked < 3 * SHUTDOWN_BOUND + 15
+    env.proxy.thaw()
 
 
 def test_engine_outage__workers_reconnect_and_every_job_succeeds(faulty: ProxiedEnv):

@@ -36,6 +36,9 @@ from conveyor.worker.pools import Call, Pool, ThreadPool
 
 log = logging.getLogger(__name__)
 
+#: Seconds each step of a shutdown may wait on the engine (see ``Worker._claim_until_stopped``).
+SHUTDOWN_BOUND = 5.0
+
 #: Exit code of a worker whose claim loop stalled (a supervisor should restart it).
 EXIT_STALLED = 70
 
@@ -221,8 +224,7 @@ class Worker:
                 helpers.append(asyncio.create_task(run_scheduler(self.app, self._stop)))
             try:
                 self._claim_task = asyncio.create_task(self._claim_loop())
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._claim_task
+                await self._claim_until_stopped(self._claim_task)
                 await self._drain()
             finally:
                 self._closing = True
@@ -230,18 +232,46 @@ class Worker:
                 for t in helpers:
                     t.cancel()
                 await asyncio.gather(*helpers, return_exceptions=True)
-                if self._flushing is not None:
-                    await asyncio.wait([self._flushing])
-                self._decide_returned()
-                self._count()
-                await self._flush()
-                with contextlib.suppress(BackendUnavailable):
-                    await backend.unregister_worker(self.id)
+                await self._report_last(backend)
         finally:
             if self._pool is not None:
                 await self._pool.close()
-            await backend.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SHUTDOWN_BOUND):
+                    await backend.close()
         return self.exit_code
+
+    async def _claim_until_stopped(self, claim: asyncio.Task[None]) -> None:
+        """Run the claim loop until it ends; once stopping, give it ``SHUTDOWN_BOUND`` seconds to
+        see that, then cancel it: a call to an engine that went silent (no reset, no answer) must
+        not hold a stop, nor the exit of a worker whose claim loop stalled."""
+        stopping = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({claim, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not claim.done():
+                await asyncio.wait({claim}, timeout=SHUTDOWN_BOUND)
+                claim.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await claim
+        finally:
+            stopping.cancel()
+
+    async def _report_last(self, backend: Backend) -> None:
+        """Record the last outcomes and leave the registry, within ``SHUTDOWN_BOUND`` seconds. If
+        the engine does not answer, the outcomes not recorded are redelivered once their leases
+        run out (at least once, as after a kill -9): better than a stop that never ends."""
+        self._decide_returned()
+        self._count()
+        try:
+            async with asyncio.timeout(SHUTDOWN_BOUND):
+                if self._flushing is not None:
+                    await asyncio.wait([self._flushing])
+                await self._flush()
+                with contextlib.suppress(BackendUnavailable):
+                    await backend.unregister_worker(self.id)
+        except (TimeoutError, BackendUnavailable) as exc:
+            log.error("worker %s: could not record %d outcomes at shutdown (%s); their jobs are redelivered "
+                      "once their leases run out", self.id, len(self._outbox), exc or "no answer")
 
     async def _register(self, backend: Backend) -> bool:
         """Apply the queue settings and announce this worker; False if stopped first.
