@@ -296,6 +296,30 @@ def test_enqueue_blocking__connection_reset_between_calls__next_enqueue_reconnec
                 direct.delete(key)
 
 
+def test_enqueue_blocking__silent_engine__fails_once_at_its_socket_timeout() -> None:
+    """No reset, no answer: the call fails after one socket timeout (10 s), not after three
+    retries and a second try through the pool (it took 50 s); a thawed engine works again."""
+    prefix = f"rtest_{uuid.uuid4().hex[:10]}"
+    direct = redis.Redis(decode_responses=True)
+    with TcpProxy("127.0.0.1", 6379) as proxy:
+        b = RedisBackend(f"redis://{proxy.address}/0?prefix={prefix}")
+        try:
+            b.enqueue_blocking([job()])
+            proxy.freeze()
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailable, match="unreachable"):
+                b.enqueue_blocking([job()])
+            assert time.monotonic() - started < 13
+            proxy.thaw()
+            [(stored, created)] = b.enqueue_blocking([job()])
+            assert created and direct.hget(f"{{{prefix}}}:jq", stored.id) == "default"
+        finally:
+            proxy.thaw()
+            b.close_blocking()
+            for key in direct.scan_iter(match=f"{{{prefix}}}:*"):
+                direct.delete(key)
+
+
 async def test_wait_and_claim_blocking__connection_reset_between_waits__next_wait_leases() -> None:
     """An idle worker's pool thread keeps a connection for its waits: a reset of it costs a
     reconnect, and the next wait still leases the job that arrives."""

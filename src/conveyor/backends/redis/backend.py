@@ -276,7 +276,10 @@ class _Kept:
                         replies.append(conn.read_response())
                     except ResponseError as exc:  # its whole reply was read
                         replies.append(exc)
-            except (RedisConnectionError, RedisTimeoutError, OSError):
+            except RedisTimeoutError:
+                conn.disconnect()  # a reply may still come: this connection is done
+                raise  # no second wait through the pool: a silent engine fails the call once
+            except (RedisConnectionError, OSError):
                 conn.disconnect()  # it reconnects on its next use
                 return None
             except BaseException:
@@ -463,8 +466,10 @@ class RedisBackend(Backend):
             if self._sync is None:
                 self._load_sources()
                 retry = redis.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
+                # Retried: a refused or reset connection (a restart: the next try reconnects at
+                # once). Not retried: a timeout, or a silent engine would hold the caller 4 × 10 s.
                 options: dict[str, Any] = dict(
-                    decode_responses=True, retry=retry, retry_on_error=[RedisConnectionError, RedisTimeoutError],
+                    decode_responses=True, retry=retry, retry_on_error=[RedisConnectionError],
                     socket_connect_timeout=5.0, socket_timeout=10.0, socket_keepalive=True)
                 if self.cluster:
                     self._sync = redis.cluster.RedisCluster.from_url(self._redis_url, **options)
