@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import re
 import signal
 import socket
@@ -270,3 +271,18 @@ def test_metrics__port_taken__one_line_exit_1(e2e):
         assert proc.wait(20) == 1
     out = e2e.logs().strip().splitlines()
     assert len(out) == 1 and "cannot serve metrics on 127.0.0.1:" in out[0]
+
+
+def test_sigterm_while_the_app_loads__exit_0(tmp_path):
+    """A stop that comes before the worker took anything (a slow import, a deploy that changed
+    its mind) ends it cleanly: exit 0, not death by the signal (143)."""
+    (tmp_path / "slow_app.py").write_text(
+        "import time\nfrom conveyor import Conveyor\ntime.sleep(3)  # heavy imports\n"
+        f"app = Conveyor('sqlite:///{tmp_path}/slow.db')\n")
+    proc = subprocess.Popen([sys.executable, "-m", "conveyor.cli", "worker", "--app", "slow_app:app"],
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    time.sleep(1.0)  # inside the app's import
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0, out

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import threading
+from types import FrameType
 
 from conveyor import metrics
 from conveyor.cli import argtypes
@@ -40,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def worker(args: argparse.Namespace) -> int:
     """Run a worker; its exit code (0, or 70 when its claim loop stalled)."""
+    signal.signal(signal.SIGTERM, _stop_before_start)  # the worker's own handler replaces it once it runs
     app = load(args)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     if args.metrics is not None:
@@ -69,3 +72,9 @@ def worker(args: argparse.Namespace) -> int:
         logging.shutdown()
         os._exit(code)
     return code
+
+
+def _stop_before_start(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM while the app loads or the engine connects: no job was taken, so a clean exit 0
+    (as SPEC §4 asks of a stop), not death by the signal (143)."""
+    raise SystemExit(0)

@@ -203,10 +203,10 @@ class Worker:
     async def run(self) -> int:
         """Work until stopped; the process exit code (0, or ``EXIT_STALLED``)."""
         backend = self._backend = self._backend or create_backend(self.app.url)
+        self._install_signals()  # a stop while connecting: ``_register`` sees it and returns
         await backend.open()  # an engine that is not there at all: the error, at once
         self.app.bind(backend)
         try:
-            self._install_signals()
             if not await self._register(backend):
                 return self.exit_code
             self._pool = self._make_pool()
