@@ -31,7 +31,7 @@ from conveyor.backends.redis import RedisBackend
 from conveyor.core.errors import BackendUnavailable
 from conveyor.core.ids import uuid7
 from conveyor.core.job import Job, Status
-from conveyor.worker.worker import SHUTDOWN_BOUND
+from conveyor.worker.worker import EXIT_STALLED, SHUTDOWN_BOUND, Worker
 from tests.api.conftest import free_port
 from tests.e2e import jobs_app
 from tests.e2e.conftest import Env, wait_for
@@ -394,3 +394,35 @@ def test_enqueue_blocking__threads_at_once_through_a_cut__each_call_ends_and_non
             b.close_blocking()
             for key in direct.scan_iter(match=f"{{{prefix}}}:*"):
                 direct.delete(key)
+
+
+def test_silent_redis__a_stalled_worker_exits_70_within_its_bounds() -> None:
+    """The claim loop waits on a Redis that went silent (no reset, no answer: keepalives cannot
+    tell): the watchdog sees the stall and the worker exits 70 instead of living on (it logged
+    the exit and stayed, before the shutdown was bounded)."""
+    namespace = f"cvfault_{uuid.uuid4().hex[:12]}"
+    direct = make_client(engine_url("redis", "127.0.0.1", 6379, namespace))
+    with TcpProxy("127.0.0.1", 6379) as proxy:
+        proxied = make_client(engine_url("redis", "127.0.0.1", proxy.port, namespace))
+        worker = Worker(proxied, scheduler=False, stall_timeout=2.0, heartbeat=0.2, concurrency=1)
+        job = direct.enqueue("sleeper", (1.0,), {})
+        result: dict[str, object] = {}
+
+        def run() -> None:
+            result["code"] = asyncio.run(worker.run())
+
+        thread = threading.Thread(target=run, daemon=True)
+        try:
+            thread.start()
+            wait_for(lambda: job.refresh().status is Status.RUNNING, what="the job to start")
+            proxy.freeze()  # its outcome and the next claim go out, and nothing comes back
+            frozen = time.monotonic()
+            thread.join(2.0 + 4 * SHUTDOWN_BOUND + 15)
+            assert not thread.is_alive(), "the stalled worker did not exit"
+            assert result["code"] == EXIT_STALLED
+            assert time.monotonic() - frozen < 2.0 + 4 * SHUTDOWN_BOUND + 10
+        finally:
+            proxy.thaw()
+            thread.join(30)
+            drop(direct)
+            direct.portal.stop()
