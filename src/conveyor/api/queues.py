@@ -21,14 +21,6 @@ State = Annotated[ApiState, Depends(state)]
 _CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
-async def _all(st: ApiState, backend: Backend) -> list[QueueInfo]:
-    """Every queue the backend knows, plus those the app names (with zero counts)."""
-    infos = await backend.queues()
-    missing = [n for n in st.app.queue_names() if n not in {q.name for q in infos}]
-    if missing:
-        infos = sorted([*infos, *await backend.queues(missing)], key=lambda q: q.name)
-    return infos
-
 
 def _job_ids(given: list[str]) -> list[str]:
     """Job ids as stored (any case accepted); a 422 pointing at each one that is not a job id."""
@@ -48,18 +40,13 @@ def _check_name(name: str) -> str:
 @router.get("", response_model=QueueList, responses=responses(401, 403))
 async def list_queues(st: State) -> Response:
     """Every queue: counts per status and settings."""
-    infos = await _all(st, await st.backend())
+    infos = await (await st.backend()).queues_and(st.app.queue_names())
     return JSONResponse({"items": [q.to_json() for q in infos]})
 
 
 async def _known(st: ApiState, backend: Backend, name: str) -> QueueInfo:
-    """The queue ``name``; ``QueueNotFound`` unless the app names it or the backend has jobs or
-    settings for it (every route of one queue agrees on which queues exist)."""
-    _check_name(name)
-    for info in await _all(st, backend):
-        if info.name == name:
-            return info
-    raise QueueNotFound(f"no queue named {name!r}")
+    """The queue ``name`` (the app names it, or the backend has jobs or settings for it); else 404."""
+    return await backend.known_queue(_check_name(name), st.app.queue_names())
 
 
 @router.get("/{name}", response_model=QueueOut, responses=responses(401, 403, 404))

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from conveyor.core.errors import QueueNotFound
 from conveyor.core.job import Job, Status
 from conveyor.core.queues import QueueSettings
 
@@ -270,6 +271,22 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def queues(self, names: Sequence[str] | None = None) -> list[QueueInfo]:
         """Every known queue (or ``names``) with counts per status."""
+
+    async def queues_and(self, named: Sequence[str]) -> list[QueueInfo]:
+        """Every known queue, plus those ``named`` (an app's, with zero counts), by name: the
+        queues that exist for the API and the command line alike."""
+        infos = await self.queues()
+        missing = sorted(set(named) - {i.name for i in infos})
+        if missing:
+            infos += await self.queues(missing)
+        return sorted(infos, key=lambda i: i.name)
+
+    async def known_queue(self, name: str, named: Sequence[str]) -> QueueInfo:
+        """The queue ``name`` of ``queues_and(named)``; ``QueueNotFound`` when it is not one."""
+        for info in await self.queues_and(named):
+            if info.name == name:
+                return info
+        raise QueueNotFound(f"no queue named {name!r}")
 
     # -- webhooks (a durable outbox: a job that turns terminal with a ``webhook`` is pending)
     @abc.abstractmethod

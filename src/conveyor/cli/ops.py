@@ -28,7 +28,6 @@ from conveyor.core.errors import (
     ConveyorError,
     InvalidTransition,
     JobNotFound,
-    QueueNotFound,
     ValidationError,
 )
 from conveyor.core.idempotency import check_replay
@@ -203,24 +202,15 @@ class Direct:
         return requeued[0].to_json()
 
     async def queues(self) -> JsonObject:
-        return {"items": [i.to_json() for i in await self._queue_infos()]}
+        return {"items": [i.to_json() for i in await (await self.backend()).queues_and(self._named())]}
 
-    async def _queue_infos(self) -> list[QueueInfo]:
-        """Every queue the backend knows, plus those the app names (with ``--app``), as the API lists them."""
-        named = self.app().queue_names() if app_spec(self.args) else []
-        backend = await self.backend()
-        infos = await backend.queues()
-        missing = sorted(set(named) - {i.name for i in infos})
-        if missing:
-            infos += await backend.queues(missing)
-        return sorted(infos, key=lambda i: i.name)
+    def _named(self) -> list[str]:
+        """The queues the app names, with ``--app`` (without it, only the backend's)."""
+        return self.app().queue_names() if app_spec(self.args) else []
 
     async def _known(self, name: str) -> QueueInfo:
         """The queue ``name``, or ``QueueNotFound`` (the API's 404) when no one knows it."""
-        for info in await self._queue_infos():
-            if info.name == name:
-                return info
-        raise QueueNotFound(f"no queue named {name!r}")
+        return await (await self.backend()).known_queue(name, self._named())
 
     async def queue(self, name: str, changes: Mapping[str, Any]) -> JsonObject:
         if not changes:
