@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator
 
@@ -22,6 +23,21 @@ API_HELP = (
     "token missing, unknown (HTTP 401) or without the needed scope (HTTP 403); 2 usage error (incl. an "
     "unknown task or bad arguments, HTTP 422)."
 )
+
+#: The AMQP client's loggers, and the lowest level each keeps below DEBUG. On a lost connection
+#: aiormq logs a traceback and an ERROR per failed attempt, and aio_pika ERRORs from its channels'
+#: close callbacks and an INFO per attempt: all handled, and said once by Conveyor's own lines
+#: ("consuming tickets failed…", "reconnected to…"). aio_pika's WARNING per attempt stays: it
+#: says why the attempt failed (refused, access refused) and when the next one comes.
+LIBRARY_LEVELS = {"aiormq": logging.CRITICAL, "aio_pika.tools": logging.CRITICAL, "aio_pika": logging.WARNING}
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr at ``level`` (one line a record); at DEBUG the libraries log everything too."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    if logging.getLevelName(level) > logging.DEBUG:
+        for name, floor in LIBRARY_LEVELS.items():
+            logging.getLogger(name).setLevel(max(floor, logging.getLevelName(level)))
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:

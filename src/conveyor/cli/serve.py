@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ipaddress
-import logging
 import signal
 import socket
 import sys
 from collections.abc import Iterator
 
 from conveyor.cli import argtypes
-from conveyor.cli.common import add_common, app_spec, load
+from conveyor.cli.common import add_common, app_spec, configure_logging, load
 from conveyor.cli.errors import UsageError
 
 DEFAULT_MAX_BODY = 1024 * 1024
@@ -94,7 +93,7 @@ def server(args: argparse.Namespace) -> int:
     check_exposure(args.host, args.insecure, bool(tokens))
     if cannot_listen("server", args.host, args.port):
         return 1
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     api = create_api(app, tokens=tokens, max_body=args.max_body)
     config = uvicorn.Config(api, host=args.host, port=args.port, log_level=args.log_level.lower(),
                             lifespan="on", proxy_headers=False, access_log=args.access_log)

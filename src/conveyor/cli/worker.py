@@ -12,7 +12,7 @@ from types import FrameType
 
 from conveyor import metrics
 from conveyor.cli import argtypes
-from conveyor.cli.common import add_common, app_spec, load
+from conveyor.cli.common import add_common, app_spec, configure_logging, load
 from conveyor.worker.worker import run_worker
 
 
@@ -44,7 +44,7 @@ def worker(args: argparse.Namespace) -> int:
     """Run a worker; its exit code (0, or 70 when its claim loop stalled)."""
     signal.signal(signal.SIGTERM, _stop_before_start)  # the worker's own handler replaces it once it runs
     app = load(args)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     if args.metrics is not None:
         host, port = args.metrics
         try:
