@@ -7,6 +7,7 @@ Retries back off from 5 s to 1 h, then give up after ``MAX_ATTEMPTS``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 SCHEDULE = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 3600.0, 3600.0)  #: seconds between attempts
 MAX_ATTEMPTS = len(SCHEDULE) + 1
 TIMEOUT = 15.0  #: seconds per attempt
+MAX_IN_FLIGHT = 20  #: deliveries a sender makes at once
 
 
 def secret_key(value: str | None = None) -> bytes | None:
@@ -52,41 +54,80 @@ def payload(job: Job) -> dict[str, Any]:
     return job.to_json()
 
 
+def message_id(job: Job) -> str:
+    """``webhook-id``: the same for every attempt of one delivery, new when a retried or redriven
+    job ends again (receivers drop duplicates by it, and must not drop the new ending)."""
+    ended = f"_{round(job.finished_at * 1000)}" if job.finished_at is not None else ""
+    return f"msg_{job.id}{ended}"
+
+
 def host_allowed(url: str) -> bool:
     allowed = [h.strip().lower() for h in os.environ.get("CONVEYOR_WEBHOOK_ALLOWED_HOSTS", "").split(",") if h.strip()]
     return not allowed or (urlsplit(url).hostname or "").lower() in allowed
 
 
-async def send(client: httpx.AsyncClient, job: Job, key: bytes | None) -> bool:
-    """POST one delivery; True on a 2xx answer."""
+async def send(client: httpx.AsyncClient, job: Job, key: bytes | None) -> bool | None:
+    """POST one delivery: True on a 2xx answer, False to try again later, None when it never can."""
     assert job.webhook is not None
     if not host_allowed(job.webhook):
         log.warning("job %s: webhook host not allowed; not sent", job.id)
-        return True  # never retried: it will not become allowed by waiting
+        return None  # it will not become allowed by waiting
     body = dumps(payload(job))
-    msg_id = f"msg_{job.id}"
+    msg_id = message_id(job)
     timestamp = int(time.time())
     headers = {"content-type": "application/json", "webhook-id": msg_id, "webhook-timestamp": str(timestamp)}
     if key is not None:
         headers["webhook-signature"] = sign(key, msg_id, timestamp, body)
     try:
         response = await client.post(job.webhook, content=body.encode(), headers=headers)
+    except (httpx.InvalidURL, ValueError) as exc:  # enqueue refuses them; an older record may hold one
+        log.warning("job %s: webhook URL is invalid (%s); not sent", job.id, exc)
+        return None
     except httpx.HTTPError as exc:
         log.info("job %s: webhook failed: %s", job.id, exc)
         return False
     return 200 <= response.status_code < 300
 
 
-async def deliver_due(backend: Backend, now: float, limit: int = 20) -> int:
-    """Send the due deliveries of the outbox; how many were attempted."""
-    due = await backend.due_webhooks(now, limit, lease=TIMEOUT * 2)
-    if not due:
-        return 0
-    key = secret_key()
-    async with httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False) as client:
+class Sender:
+    """Sends the outbox's due deliveries, each as its own task, at most ``MAX_IN_FLIGHT`` at once:
+    a slow or broken endpoint holds up no other delivery. An attempt ends within ``TIMEOUT``, well
+    inside the lease (``2 × TIMEOUT``) that hides a delivery from other senders meanwhile."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.client = httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False)
+        self.in_flight: set[asyncio.Task[None]] = set()
+
+    async def poll(self, now: float) -> int:
+        """Start the deliveries due by ``now`` that there is room for; how many were started."""
+        room = MAX_IN_FLIGHT - len(self.in_flight)
+        due = await self.backend.due_webhooks(now, room, lease=TIMEOUT * 2) if room > 0 else []
+        key = secret_key()
         for job, attempts in due:
-            ok = await send(client, job, key)
-            done = ok or attempts + 1 >= MAX_ATTEMPTS
-            next_at = None if done else time.time() + SCHEDULE[min(attempts, len(SCHEDULE) - 1)]
-            await backend.webhook_attempted(job.id, ok, next_at)
-    return len(due)
+            task = asyncio.create_task(_deliver(self.backend, self.client, job, attempts, key))
+            self.in_flight.add(task)
+            task.add_done_callback(self.in_flight.discard)
+        return len(due)
+
+    async def aclose(self) -> None:
+        """Stop: an attempt cut short is made again once its lease runs out (receivers dedupe by
+        ``webhook-id``)."""
+        for task in self.in_flight:
+            task.cancel()
+        await asyncio.gather(*self.in_flight, return_exceptions=True)
+        await self.client.aclose()
+
+
+async def _deliver(backend: Backend, client: httpx.AsyncClient, job: Job, attempts: int, key: bytes | None) -> None:
+    try:
+        sent = await send(client, job, key)
+    except Exception:
+        log.exception("job %s: webhook failed", job.id)
+        sent = False
+    done = sent is not False or attempts + 1 >= MAX_ATTEMPTS
+    next_at = None if done else time.time() + SCHEDULE[min(attempts, len(SCHEDULE) - 1)]
+    try:
+        await backend.webhook_attempted(job.id, bool(sent), next_at)
+    except Exception as exc:  # the delivery's lease runs out and it is attempted again
+        log.warning("job %s: webhook attempt not recorded: %s", job.id, exc)

@@ -50,7 +50,7 @@ def test_script__calls_only_routes_the_api_has(http: httpx.Client) -> None:
 def browser_dom(url: str) -> str:
     """The page's DOM after its script ran, from headless Chromium (scripts/install installs it)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    assert chromium, "Chromium is needed for the dashboard's browser test: run scripts/install"
+    assert chromium, "Chromium is needed for the dashboard's browser test: scripts/test installs it"
     done = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                            "--virtual-time-budget=5000", "--dump-dom", url],
                           capture_output=True, text=True, timeout=90)

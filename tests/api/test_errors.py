@@ -47,6 +47,9 @@ GARBAGE = [
     ({"task": "add", "args": [1, 2], "webhook": "http://[::1"}, 422, "#/webhook"),
     ({"task": "add", "args": [1, 2], "webhook": "http://[zz]/"}, 422, "#/webhook"),
     ({"task": "add", "args": [1, 2], "webhook": "https://example.com:99999/hook"}, 422, "#/webhook"),
+    ({"task": "add", "args": [1, 2], "webhook": "http://127.0.0.1:8/hook\t"}, 422, "#/webhook"),  # urlsplit drops \t
+    ({"task": "add", "args": [1, 2], "webhook": "http://127.0.0.1:8/a b"}, 422, "#/webhook"),
+    ({"task": "add", "args": [1, 2], "webhook": "http://\u2603.com/hook"}, 422, "#/webhook"),  # not an IDNA host
     ({"task": "add", "args": [1, 2], "surprise": 1}, 422, "#/surprise"),
     ({"task": "nope"}, 422, "#/task"),
     ({"task": "ünïcødé 🎉"}, 422, "#/task"),

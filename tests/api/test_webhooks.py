@@ -8,7 +8,7 @@ import hmac
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -20,7 +20,7 @@ SECRET = "whsec_" + base64.b64encode(KEY).decode()
 
 
 class Receiver:
-    """A tiny HTTP server that records every POST (headers and body)."""
+    """A tiny HTTP server that records every POST (headers and body); ``/slow…`` answers after 5 s."""
 
     def __init__(self) -> None:
         self.received: list[tuple[dict[str, str], bytes]] = []
@@ -29,6 +29,8 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
+                if self.path.startswith("/slow"):
+                    time.sleep(5)
                 received.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 self.send_response(204)
                 self.end_headers()
@@ -37,7 +39,7 @@ class Receiver:
                 pass
 
         self.port = free_port()
-        self.httpd = HTTPServer(("127.0.0.1", self.port), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
@@ -71,3 +73,54 @@ def test_webhook__terminal_job__signed_post_received(server: Server, monkeypatch
         worker.stop()
         receiver.stop()
 
+
+
+def test_webhooks__a_broken_url_and_a_slow_endpoint__hold_up_no_other_delivery(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver = Receiver()
+    base = f"http://127.0.0.1:{receiver.port}"
+    with monkeypatch.context() as m:  # a record stored before enqueue refused such URLs
+        m.setattr("conveyor.core.app._check_webhook", lambda url: url)
+        broken = server.app.enqueue("add", (1, 1), webhook=f"{base}/broken\t").id
+    slow = server.http.post("/v1/jobs", json={"task": "add", "args": [1, 2], "webhook": f"{base}/slow"}).json()["id"]
+    wait_for(lambda: server.app.get_job(slow), timeout=5)
+    worker = WorkerThread(make_app(server.app.url), concurrency=2)
+    try:
+        wait_for(lambda: receiver.httpd.socket and server.app.get_job(slow).status == "succeeded", timeout=15)
+        time.sleep(1.5)  # the slow delivery is in flight now
+        good = [server.http.post("/v1/jobs", json={"task": "add", "args": [i, i], "webhook": f"{base}/ok"}).json()["id"]
+                for i in range(3)]
+        started = time.monotonic()
+        wait_for(lambda: len([h for h in receiver.received if json.loads(h[1])["id"] in good]) == 3, timeout=15)
+        assert time.monotonic() - started < 4, "the good deliveries waited for the slow one"
+        wait_for(lambda: any(json.loads(b)["id"] == slow for _, b in receiver.received), timeout=15)
+        assert broken not in {json.loads(b)["id"] for _, b in receiver.received}
+
+        async def owed() -> list[str]:
+            backend = await server.app.backend()
+            return [j.id for j, _ in await backend.due_webhooks(time.time() + 10**6, 100, 30)]
+
+        assert server.app.portal.call(owed()) == [], "the broken URL's delivery was given up, not retried"
+    finally:
+        worker.stop()
+        receiver.stop()
+
+
+def test_webhook__job_retried_and_ended_again__new_webhook_id(server: Server) -> None:
+    receiver = Receiver()
+    worker = WorkerThread(make_app(server.app.url), concurrency=2)
+    try:
+        hook = f"http://127.0.0.1:{receiver.port}/hook"
+        job = server.http.post("/v1/jobs", json={"task": "boom", "webhook": hook}).json()
+        wait_for(lambda: len(receiver.received) == 1, timeout=15)
+        assert server.http.post(f"/v1/jobs/{job['id']}/retry").status_code == 202
+        wait_for(lambda: len(receiver.received) == 2, timeout=15)
+
+        ids = [headers["webhook-id"] for headers, _ in receiver.received]
+        ended = [json.loads(body)["finished_at"] for _, body in receiver.received]
+        assert ids[0] != ids[1], "a receiver that drops duplicates by webhook-id would drop the second ending"
+        assert all(i.startswith(f"msg_{job['id']}") for i in ids) and ended[0] != ended[1]
+    finally:
+        worker.stop()
+        receiver.stop()

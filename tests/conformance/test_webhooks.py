@@ -6,6 +6,7 @@ import time
 
 from conveyor.backends.base import Outcome
 from conveyor.core.job import Status
+from conveyor.core.queues import QueueSettings
 
 HOOK = "https://hooks.example.com/conveyor"
 
@@ -74,3 +75,32 @@ async def test_due_webhooks__cancelled_pending_job__owes_a_delivery(backend, sub
     due = await backend.due_webhooks(time.time(), 10, 30)
 
     assert [(j.id, j.status) for j, _ in due] == [(job.id, Status.CANCELLED)]
+
+
+async def test_sweep__result_ttl_passed_while_webhook_owed__record_kept_until_delivered(backend, submit):
+    await backend.save_queue_settings("default", QueueSettings(result_ttl=60))
+    job = await submit(webhook=HOOK)
+    now = time.time()
+    await _succeed(backend, job.id, now)
+
+    assert (await backend.sweep(now + 61)).deleted == 0, "the outbox still owes its delivery"
+    [(due, _)] = await backend.due_webhooks(now + 61, 10, 30)
+    assert due.id == job.id and due.result == "done"
+    await backend.webhook_attempted(job.id, delivered=True, next_at=None)
+
+    assert (await backend.sweep(now + 200)).deleted == 1
+    assert await backend.get_jobs([job.id]) == []
+
+
+async def test_requeue__failed_job_owing_a_webhook__owes_one_only_when_it_ends_again(backend, submit):
+    job = await submit(webhook=HOOK)
+    now = time.time()
+    [lease] = await backend.claim(["default"], 1, "w", now)
+    await backend.finish([Outcome(job.id, lease.token, Status.FAILED, error={"type": "E", "message": "x"})], now)
+
+    await backend.requeue(None, [job.id], [Status.FAILED], now + 1)
+
+    assert await backend.due_webhooks(now + 2, 10, 30) == [], "no delivery while the job is queued again"
+    await _succeed(backend, job.id, now + 3)
+    due = await backend.due_webhooks(now + 3, 10, 30)
+    assert [(j.id, j.status, attempts) for j, attempts in due] == [(job.id, Status.SUCCEEDED, 0)]

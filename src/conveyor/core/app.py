@@ -517,6 +517,9 @@ def _check_metadata(metadata: Any) -> dict[str, Any]:
 def _check_webhook(url: Any) -> str | None:
     if url is None:
         return None
+    if isinstance(url, str) and any(c <= " " or c == "\x7f" for c in url):
+        # urlsplit silently drops tabs and newlines, which the HTTP client then refuses to send
+        raise _invalid("#/webhook", "webhook must be an http(s) URL", "spaces and control characters are not allowed")
     try:
         parts = urlsplit(url) if isinstance(url, str) else None
         hostname = parts.hostname if parts is not None else None  # parses the host: "[::1" raises
@@ -525,6 +528,8 @@ def _check_webhook(url: Any) -> str | None:
         parts = hostname = None
     if parts is None or parts.scheme not in ("http", "https") or not hostname or len(url) > 2048:
         raise _invalid("#/webhook", "webhook must be an http(s) URL", "not an http(s) URL")
+    if not hostname.isascii():  # the sender's IDNA 2008 would refuse some such names only when sending
+        raise _invalid("#/webhook", "webhook must be an http(s) URL", "give a non-ASCII host in its xn-- form")
     allowed = [h.strip().lower() for h in os.environ.get("CONVEYOR_WEBHOOK_ALLOWED_HOSTS", "").split(",") if h.strip()]
     if allowed and hostname.lower() not in allowed:
         raise _invalid(

@@ -18,7 +18,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from conveyor import metrics
@@ -218,7 +218,8 @@ class Worker:
                 self.pool_kind,
             )
             helpers = [
-                asyncio.create_task(c) for c in (self._flush_loop(), self._heartbeat_loop(), self._housekeeping_loop())
+                asyncio.create_task(c)
+                for c in (self._flush_loop(), self._heartbeat_loop(), self._housekeeping_loop(), self._webhook_loop())
             ]
             if self.scheduler:
                 helpers.append(asyncio.create_task(run_scheduler(self.app, self._stop)))
@@ -656,20 +657,30 @@ class Worker:
     async def _housekeeping_loop(self) -> None:
         backend = self._backend
         assert backend is not None
-        from conveyor.webhooks import deliver_due
-
         while not self._closing:
             await asyncio.sleep(random.uniform(0.5, 1.0))  # jitter: workers don't sweep in lockstep
-            try:
+            with _logged("housekeeping"):
                 report = await backend.sweep(time.time())
                 if report.total:
                     log.info("housekeeping: %s", report)
-                await deliver_due(backend, time.time())
+            with _logged("refreshing queue settings"):
                 await self._refresh_queue_settings()
-            except BackendUnavailable as exc:
-                log.warning("housekeeping failed: %s", exc)
-            except Exception:
-                log.exception("housekeeping failed")
+
+    async def _webhook_loop(self) -> None:
+        """Send due webhooks; a loop of its own, so that slow endpoints (up to 15 s an attempt)
+        never hold up the sweep that puts a dead worker's jobs back."""
+        backend = self._backend
+        assert backend is not None
+        from conveyor.webhooks import Sender
+
+        sender = Sender(backend)
+        try:
+            while not self._closing:
+                await asyncio.sleep(random.uniform(0.5, 1.0))
+                with _logged("webhook delivery"):
+                    await sender.poll(time.time())
+        finally:
+            await sender.aclose()
 
     # -- shutdown -------------------------------------------------------------------------
     async def _drain(self) -> None:
@@ -706,6 +717,17 @@ class Worker:
         assert self._backend is not None
         for name in self.queues:
             self._max_deliveries[name] = (await self._backend.queue_settings(name)).max_deliveries
+
+
+@contextlib.contextmanager
+def _logged(step: str) -> Iterator[None]:
+    """A background step's failure is logged and the loop goes on (an outage: one line, no traceback)."""
+    try:
+        yield
+    except BackendUnavailable as exc:
+        log.warning("%s failed: %s", step, exc)
+    except Exception:
+        log.exception("%s failed", step)
 
 
 def run_worker(app: Conveyor, **options: Any) -> int:

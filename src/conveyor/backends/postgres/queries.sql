@@ -287,6 +287,7 @@ WITH u AS (
     SET status = 'queued', attempt = 1, deliveries = 0, error = NULL, result = NULL, progress = NULL,
         scheduled_at = NULL, started_at = NULL, finished_at = NULL, ready_at = %(now)s,
         cancel_requested = false, worker_id = NULL, lease_token = NULL, lease_expires_at = NULL,
+        webhook_attempts = 0, webhook_next_at = NULL,  -- the old outcome's delivery is moot now
         updated_at = %(now)s, revision = j.revision + 1
     WHERE __WHERE__
     RETURNING __JOB__
@@ -382,7 +383,7 @@ SET status = CASE WHEN j.cancel_requested THEN 'cancelled' WHEN j.deliveries >= 
     error = CASE WHEN j.cancel_requested THEN %(lost_cancel)s::jsonb
                  WHEN j.deliveries >= s.md
                  THEN jsonb_build_object('type', 'DeliveryLimitExceeded', 'message',
-                      'delivered ' || j.deliveries || ' times without finishing (max_deliveries ' || s.md || ')')
+                      'delivered ' || j.deliveries || ' times without finishing (lease expired; max_deliveries ' || s.md || ')')
                  ELSE j.error END,
     finished_at = CASE WHEN j.cancel_requested OR j.deliveries >= s.md THEN %(now)s END,
     ready_at = CASE WHEN j.cancel_requested OR j.deliveries >= s.md THEN NULL ELSE %(now)s END,

@@ -848,7 +848,8 @@ class SQLiteBackend(Backend):
             cancelled = [r[0] for r in rows if r[3]]  # cancellation is stored: never run it again
             back = [r[0] for r in rows if r[1] < r[2] and not r[3]]
             dead = [(_dumps({"type": "DeliveryLimitExceeded",
-                            "message": f"delivered {r[1]} times without finishing (max_deliveries {r[2]})"}),
+                            "message": f"delivered {r[1]} times without finishing "
+                                       f"(lease expired; max_deliveries {r[2]})"}),
                      now, r[0]) for r in rows if r[1] >= r[2] and not r[3]]
             if cancelled:
                 c.execute(f"UPDATE jobs SET status = 'cancelled', error = ?3, {_TERMINAL_SET.format(now=1)}, "

@@ -6,8 +6,9 @@ ARGV: [1] prefix P, [2] now, [3] limit (per category), [4] worker TTL seconds.
 Touches: {P}:queues (read); per queue {P}:q/Q/lease (expired leases -> queued, or failed with
   DeliveryLimitExceeded once deliveries >= max_deliveries), {P}:q/Q/ready|sched (jobs ready longer
   than the retention -> expired), {P}:q/Q/done (records finished before now - result_ttl are
-  deleted with every index entry), {P}:q/Q/j:<id>|s:*|i|c:*|wake; {P}:t:*|jq|idem|wh|wha;
-  {P}:wseen and {P}:workers (workers silent for longer than the TTL are dropped).
+  deleted with every index entry, except while their webhook is owed in {P}:wh),
+  {P}:q/Q/j:<id>|s:*|i|c:*|wake; {P}:t:*|jq|idem|wh|wha; {P}:wseen and {P}:workers (workers
+  silent for longer than the TTL are dropped).
   Each lost lease closes its timeline entry as 'lost' and frees its limit key's slot; a lost lease
   of a job whose cancel was requested ends 'cancelled' instead (timeline entry 'cancelled'; its
   dependents are cancelled and its webhook is owed like any cancelled job's; not counted).
@@ -45,7 +46,7 @@ for _, q in ipairs(queues) do
         local d = tonumber(v[2]) or 0
         if d >= c.md then
           make_terminal(q, id, key, 'running', 'failed', now, cjson.encode({ type = 'DeliveryLimitExceeded',
-            message = 'delivered ' .. d .. ' times without finishing (lease expired)', traceback = cjson.null }))
+            message = 'delivered ' .. d .. ' times without finishing (lease expired; max_deliveries ' .. c.md .. ')', traceback = cjson.null }))
           dead = dead + 1
         else
           make_ready(q, id, key, 'running', now, nil)
@@ -92,8 +93,13 @@ for _, q in ipairs(queues) do
     local ids = redis.call('ZRANGEBYSCORE', qk(q, 'done'), '-inf', '(' .. ims(ms(now - c.ttl)), 'LIMIT', 0,
       limit - deleted)
     for _, id in ipairs(ids) do
-      delete_job(q, id, jkey(q, id))
-      deleted = deleted + 1
+      if redis.call('ZSCORE', gk('wh'), id) then
+        -- its webhook is still owed: the record stays for the outbox; looked at again a result_ttl on
+        redis.call('ZADD', qk(q, 'done'), ims(now_ms), id)
+      else
+        delete_job(q, id, jkey(q, id))
+        deleted = deleted + 1
+      end
     end
   end
 end
