@@ -838,7 +838,7 @@ class PostgresBackend(Backend):
                               now: float) -> None:
         """In the caller's transaction: release children of ``succeeded``, cancel those of ``failed``."""
         if failed:
-            await self._fetch("cascade_cancel", {"ids": list(failed), "now": now}, conn)
+            await self._cascade(conn, failed, now)
         if succeeded:
             children = [r[0] for r in await self._fetch("lock_children", {"ids": list(succeeded)}, conn)]
             if children:
@@ -849,6 +849,19 @@ class PostgresBackend(Backend):
                 due = _announcements((r[1], r[3]) for r in released if r[2] == "scheduled")
                 if due:
                     await self._fetch("notify", {"channel": self.due_channel, "queues": due}, conn)
+
+    async def _cascade(self, conn: AConn, ended: Sequence[str], now: float) -> None:
+        """Cancel the waiting dependents of ``ended``, transitively, until none is left.
+
+        One ``cascade_cancel`` walks the tree its snapshot saw, taken before it waits on a
+        child's row lock; an enqueue that holds that lock (``mark_parents``) meanwhile commits a
+        grandchild and its edge, which that snapshot misses. Each further statement takes a new
+        snapshot after those commits, so we go again from the jobs just cancelled. Later
+        enqueues lock a cancelled row after us and find it cancelled (their child is too).
+        """
+        frontier = list(ended)
+        while frontier:
+            frontier = [r[0] for r in await self._fetch("cascade_cancel", {"ids": frontier, "now": now}, conn)]
 
     async def set_progress(self, job_id: str, token: str, progress: Mapping[str, Any], now: float) -> bool:
         try:
