@@ -152,3 +152,27 @@ async def test_claim__unlimited_jobs_of_a_full_key__keep_priority_order(backend,
     assert len(got) == 3
     assert got[0] == urgent.id
     assert got[-1] == low.id
+
+
+async def test_claim__1500_jobs_of_one_full_key_ahead__the_unlimited_job_behind_starts(backend, new_job):
+    [(first, _)] = await backend.enqueue([new_job("api.call", **limited(concurrency=1))])
+    [lease] = await backend.claim(["default"], 1, "w1", T0)
+    await backend.enqueue([new_job("api.call", **limited(concurrency=1)) for _ in range(1500)])
+    [(free, _)] = await backend.enqueue([new_job("other.task", created_at=T0)])
+
+    leases = await backend.claim(["default"], 4, "w2", T0 + 1)
+
+    assert lease.job.id == first.id
+    assert [lease.job.id for lease in leases] == [free.id]
+
+
+async def test_claim__800_full_keys_ahead__the_unlimited_job_behind_starts(backend, new_job):
+    keys = [f"tenant-{n}" for n in range(800)]
+    await backend.enqueue([new_job("api.call", **limited(key, concurrency=1)) for key in keys])
+    assert len(await backend.claim(["default"], 800, "w1", T0)) == 800  # every key at its limit now
+    await backend.enqueue([new_job("api.call", **limited(key, concurrency=1)) for key in keys])
+    [(free, _)] = await backend.enqueue([new_job("other.task", created_at=T0)])
+
+    leases = await backend.claim(["default"], 4, "w2", T0 + 1)
+
+    assert [lease.job.id for lease in leases] == [free.id]

@@ -8,8 +8,9 @@ Touches per queue Q: {P}:q/Q/cfg (read), {P}:q/Q/sched -> {P}:q/Q/ready (due job
   past the retention are expired instead ({P}:q/Q/done|s:*, {P}:wh, dependents cancelled).
 Global limits: a job with a limit_key is leased only while {P}:lr:<key> (running ids) has fewer
   than concurrency_limit members and {P}:ls:<key> (starts within the last rate_per seconds) fewer
-  than rate_count; otherwise it stays in {P}:q/Q/ready and the scan goes on past it (at most
-  SCAN_BUDGET entries per call), so the jobs behind it are still leased. A lease adds the job to
+  than rate_count; otherwise it stays in {P}:q/Q/ready and the scan goes on past it (in pages
+  that grow 4x a round, at most SCAN_BUDGET entries per call; an entry of a key already found full
+  costs one HGET), so the jobs behind it are still leased. A lease adds the job to
   {P}:lr:<key> and its start to {P}:ls:<key>, and opens a timeline entry (attempts).
 Returns: {JSON list of the leased job records (status running, new lease_token '<base>.<n>/<queue>',
   lease_expires_at = now + visibility_timeout, deliveries + 1, started_at = now, worker_id),
@@ -36,7 +37,7 @@ WAKE = {}
 
 local out = {}
 local serial = 0
-local SCAN_BUDGET = 1000
+local SCAN_BUDGET = 10000  -- entries one call may look at; one of a key known full costs about 1 µs
 local budget = SCAN_BUDGET
 local skipped = {}  -- queue -> ready entries left in place ahead of the scan (limited, blocked)
 local full = {}     -- limit key -> true once it can take no more jobs in this call
@@ -62,23 +63,34 @@ local function admit(lk, conc, rc, rp)
   return true
 end
 
-for _ = 1, 20 do
+local page = 16  -- entries read per queue in a round that looks past blocked ones; grows 4x a round
+while true do
   local want = limit - #out
   if want <= 0 or #queues == 0 or budget <= 0 then break end
   local cands = {}
   -- one queue with nothing left in place ahead: pop the candidates (they all get examined; the
-  -- ones a limit keeps waiting go back with their score), else read them and remove one by one
+  -- ones a limit keeps waiting go back with their score), else read a page past the blocked ones
+  -- and remove the leased ones one by one
   local popped = #queues == 1 and not skipped[queues[1]]
+  local n = popped and want or math.min(math.max(want, page), budget)
+  local horizon = nil  -- merged order is exact only up to the lowest last entry of a full page
   for _, q in ipairs(queues) do
     local r
     if popped then
-      r = redis.call('ZPOPMIN', qk(q, 'ready'), want)
+      r = redis.call('ZPOPMIN', qk(q, 'ready'), n)
     else
       local off = skipped[q] or 0
-      r = redis.call('ZRANGE', qk(q, 'ready'), off, off + want - 1, 'WITHSCORES')
+      r = redis.call('ZRANGE', qk(q, 'ready'), off, off + n - 1, 'WITHSCORES')
+      if #r == 2 * n then
+        local last = { tonumber(r[#r]), r[#r - 1] }
+        if not horizon or last[1] < horizon[1] or (last[1] == horizon[1] and last[2] < horizon[2]) then
+          horizon = last
+        end
+      end
     end
     for i = 1, #r, 2 do cands[#cands + 1] = { tonumber(r[i + 1]), r[i], q, r[i + 1] } end
   end
+  if not popped then page = math.min(page * 4, 4096) end
   if #cands == 0 then break end
   if #queues > 1 then
     table.sort(cands, function(a, b)
@@ -89,15 +101,25 @@ for _ = 1, 20 do
   local again = false
   local taken = {}  -- queue -> ids leased in this round; their index moves are written per queue
   local back = {}   -- popped entries that stay queued: score, id, ...
-  for i = 1, math.min(want, #cands) do
+  for i = 1, #cands do
     local id, q = cands[i][2], cands[i][3]
+    if #out >= limit and not popped then break end
+    if horizon and (cands[i][1] > horizon[1] or (cands[i][1] == horizon[1] and id > horizon[2])) then
+      again = true
+      break  -- past a page's end: the next round reads on from there
+    end
     local key = jkey(q, id)
     local c = cfg(q)
     budget = budget - 1
-    local h = hobj(key) or {}  -- the whole record: checked, updated in place and returned
+    local known = next(full) and redis.call('HGET', key, 'limit_key')  -- only once a key is full
+    local h = (known and full[known]) and { status = 'queued', limit_key = known } or hobj(key) or {}
     local lk = h.limit_key
     if h.status ~= 'queued' then
       if not popped then redis.call('ZREM', qk(q, 'ready'), id) end  -- stale index entry; drop it
+      again = true
+    elseif known and full[known] then  -- a key found full in this call: look past it without reading the record
+      skipped[q] = (skipped[q] or 0) + 1
+      if popped then back[#back + 1] = cands[i][4]; back[#back + 1] = id end
       again = true
     elseif (tonumber(h._ra) or now) + c.retention < now then
       make_terminal(q, id, key, 'queued', 'expired', now, nil,
