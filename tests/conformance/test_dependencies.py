@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from conveyor.backends.base import Outcome
+from conveyor.core.errors import InvalidTransition
 from conveyor.core.job import Status
 
 
@@ -125,3 +128,91 @@ async def test_enqueue__parent_earlier_in_same_batch__child_waits_for_it(backend
     results = await backend.enqueue([parent, child])
 
     assert [job.status for job, _ in results] == [Status.QUEUED, Status.WAITING]
+
+
+# -- retry (requeue) of a dependent: it runs only after all its parents succeeded -------------
+RETRYABLE = (Status.FAILED, Status.CANCELLED, Status.EXPIRED)
+BOOM = {"type": "ValueError", "message": "boom"}
+
+
+async def test_retry__parents_succeeded__dependent_is_queued(backend, submit, fetch):
+    parent = await submit()
+    await _finish(backend, parent.id, Status.SUCCEEDED)
+    child = await submit(depends_on=[parent.id], scheduled_at=time.time() + 60)
+    await backend.cancel(child.id, time.time())
+
+    [retried] = await backend.requeue(None, [child.id], RETRYABLE, time.time())
+
+    assert retried.status is Status.QUEUED
+    [lease] = await backend.claim(["default"], 5, "w", time.time())
+    assert lease.job.id == child.id
+
+
+async def test_retry__parent_pending__dependent_waits_and_runs_after_it(backend, submit, fetch):
+    parent = await submit()
+    child = await submit(depends_on=[parent.id])
+    await backend.cancel(child.id, time.time())
+
+    [retried] = await backend.requeue(None, [child.id], RETRYABLE, time.time())
+
+    assert retried.status is Status.WAITING
+    [lease] = await backend.claim(["default"], 5, "w", time.time())  # the parent only
+    assert lease.job.id == parent.id
+    await backend.finish([Outcome(parent.id, lease.token, Status.SUCCEEDED)], time.time())
+    assert (await fetch(child.id)).status is Status.QUEUED
+
+
+async def test_retry__parent_pending_then_fails__dependent_cancelled_again(backend, submit, fetch):
+    parent = await submit()
+    child = await submit(depends_on=[parent.id])
+    await backend.cancel(child.id, time.time())
+    await backend.requeue(None, [child.id], RETRYABLE, time.time())
+
+    await _finish(backend, parent.id, Status.FAILED, error=BOOM)
+
+    cancelled = await fetch(child.id)
+    assert cancelled.status is Status.CANCELLED
+    assert cancelled.error is not None and parent.id in cancelled.error["message"]
+
+
+async def test_retry__parent_failed__refused_naming_the_parent(backend, submit, fetch):
+    parent = await submit()
+    child = await submit(depends_on=[parent.id])
+    await _finish(backend, parent.id, Status.FAILED, error=BOOM)
+
+    with pytest.raises(InvalidTransition) as refused:
+        await backend.requeue(None, [child.id], RETRYABLE, time.time())
+
+    assert parent.id in str(refused.value) and "failed" in str(refused.value)
+    assert (await fetch(child.id)).status is Status.CANCELLED
+
+
+async def test_retry__parent_retried_first__dependent_waits_for_its_new_run(backend, submit, fetch):
+    parent = await submit()
+    child = await submit(depends_on=[parent.id])
+    grandchild = await submit(depends_on=[child.id])
+    await _finish(backend, parent.id, Status.FAILED, error=BOOM)
+
+    await backend.requeue(None, [parent.id], RETRYABLE, time.time())
+    [retried] = await backend.requeue(None, [child.id], RETRYABLE, time.time())
+    [waits] = await backend.requeue(None, [grandchild.id], RETRYABLE, time.time())
+
+    assert (retried.status, waits.status) == (Status.WAITING, Status.WAITING)
+    await _finish(backend, parent.id, Status.SUCCEEDED)
+    assert (await fetch(child.id)).status is Status.QUEUED
+    await _finish(backend, child.id, Status.SUCCEEDED)
+    assert (await fetch(grandchild.id)).status is Status.QUEUED
+
+
+async def test_requeue_whole_queue__dependent_of_failed_parent_is_left_alone(backend, submit, fetch):
+    parent = await submit()
+    child = await submit(depends_on=[parent.id])
+    await _finish(backend, parent.id, Status.FAILED, error=BOOM)
+    other = await submit(scheduled_at=time.time() + 60)
+    await backend.cancel(other.id, time.time())
+
+    requeued = await backend.requeue("default", None, [Status.CANCELLED], time.time())
+
+    assert [j.id for j in requeued] == [other.id]
+    assert (await fetch(child.id)).status is Status.CANCELLED
+

@@ -281,18 +281,26 @@ WHERE j.id = %(id)s
   AND (j.status IN ('waiting', 'scheduled', 'queued', 'retrying') OR (j.status = 'running' AND NOT j.cancel_requested))
 RETURNING j.status, j.has_children;
 
+-- name: requeue_candidates
+-- The jobs a retry or redrive may move, with their parents (locked next, by mark_parents).
+SELECT j.id, j.depends_on FROM __schema__.jobs j WHERE __WHERE__ ORDER BY j.id;
+
 -- name: requeue
+-- Back to 'queued', or to 'waiting' for the %(waiting)s ids (a parent is pending); only the
+-- %(picked)s ids, and only while still in the statuses asked for (the row is locked here).
 WITH u AS (
     UPDATE __schema__.jobs j
-    SET status = 'queued', attempt = 1, deliveries = 0, error = NULL, result = NULL, progress = NULL,
-        scheduled_at = NULL, started_at = NULL, finished_at = NULL, ready_at = %(now)s,
+    SET status = CASE WHEN j.id = ANY(%(waiting)s::text[]) THEN 'waiting' ELSE 'queued' END,
+        attempt = 1, deliveries = 0, error = NULL, result = NULL, progress = NULL,
+        scheduled_at = NULL, started_at = NULL, finished_at = NULL,
+        ready_at = CASE WHEN j.id = ANY(%(waiting)s::text[]) THEN NULL ELSE %(now)s END,
         cancel_requested = false, worker_id = NULL, lease_token = NULL, lease_expires_at = NULL,
         webhook_attempts = 0, webhook_next_at = NULL,  -- the old outcome's delivery is moot now
         updated_at = %(now)s, revision = j.revision + 1
-    WHERE __WHERE__
+    WHERE __WHERE__ AND j.id = ANY(%(picked)s::text[])
     RETURNING __JOB__
 ), n AS (
-    SELECT pg_notify(%(channel)s, x.queue) FROM (SELECT DISTINCT u.queue FROM u) AS x
+    SELECT pg_notify(%(channel)s, x.queue) FROM (SELECT DISTINCT u.queue FROM u WHERE u.status = 'queued') AS x
 )
 SELECT u.*, (SELECT count(*) FROM n) AS notified FROM u ORDER BY u.created_at, u.id;
 

@@ -101,7 +101,7 @@ from conveyor.backends.base import (
     WorkerInfo,
 )
 from conveyor.backends.group_commit import GroupCommit
-from conveyor.core.errors import BackendUnavailable, ConfigurationError, ValidationError
+from conveyor.core.errors import BackendUnavailable, ConfigurationError, InvalidTransition, ValidationError
 from conveyor.core.ids import job_id_of
 from conveyor.core.job import Job, Status
 from conveyor.core.queues import QueueSettings
@@ -118,6 +118,13 @@ SCRIPTS = ("enqueue", "claim", "heartbeat", "finish", "progress", "cancel", "req
 _OUTCOMES = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.RETRYING, Status.QUEUED})
 _BATCH = 500  #: jobs per script call for admin operations (requeue, purge)
 _LIST_BUDGET = 5000  #: index entries one list page examines at most
+
+
+def _blocked(job_id: str, parent: str, ended: str | None) -> str:
+    """Why a dependent cannot be retried (its parent ended badly, or is gone): see requeue.lua."""
+    if ended is None:
+        return f"job {job_id} depends on job {parent}, which no longer exists; submit a new job instead"
+    return f"job {job_id} depends on job {parent}, which ended {ended}; retry job {parent} first"
 
 
 def _f(x: float) -> str:
@@ -967,11 +974,14 @@ class RedisBackend(Backend):
             return []
         out: list[Job] = []
         if ids is not None:
-            for start in range(0, len(ids), _BATCH):
-                reply = await self._run("requeue", _f(now), queue or "", wanted, str(_BATCH),
-                                        *ids[start:start + _BATCH])
-                out += [job_from_hash(h) for h in json.loads(reply)]
-            return out
+            if not ids:
+                return []
+            # one call: a job whose parent ended badly refuses them all (the script writes nothing)
+            reply = await self._run("requeue", _f(now), queue or "", wanted, str(_BATCH), *ids)
+            if isinstance(reply, list):
+                _, job_id, parent, ended = reply
+                raise InvalidTransition(_blocked(job_id, parent, ended or None))
+            return [job_from_hash(h) for h in json.loads(reply)]
         while True:
             records = json.loads(await self._run("requeue", _f(now), queue or "", wanted, str(_BATCH)))
             out += [job_from_hash(h) for h in records]

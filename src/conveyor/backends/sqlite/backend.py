@@ -43,7 +43,7 @@ from conveyor.backends.base import (
     SweepReport,
     WorkerInfo,
 )
-from conveyor.core.errors import BackendUnavailable, ConfigurationError, ValidationError
+from conveyor.core.errors import BackendUnavailable, ConfigurationError, InvalidTransition, ValidationError
 from conveyor.core.ids import is_uuid
 from conveyor.core.job import (
     CANCELLED_HANDED_BACK,
@@ -190,9 +190,11 @@ _HEARTBEAT_WORKER = (
 )
 _EXTEND = f"UPDATE jobs SET lease_expires_at = {_LEASE_END.format(now=1)} WHERE id IN {_IDS.format(n=2)}"
 
+#: A retry or redrive at ``?1``: ``{status}`` is 'queued', or 'waiting' (``{ready_at}`` NULL) for a
+#: job with a pending parent.
 _REQUEUE_SET = (
-    "status = 'queued', attempt = 1, deliveries = 0, error = NULL, result = NULL, progress = NULL, "
-    "scheduled_at = NULL, started_at = NULL, finished_at = NULL, cancel_requested = 0, ready_at = ?1, "
+    "status = {status}, attempt = 1, deliveries = 0, error = NULL, result = NULL, progress = NULL, "
+    "scheduled_at = NULL, started_at = NULL, finished_at = NULL, cancel_requested = 0, ready_at = {ready_at}, "
     "worker_id = NULL, lease_token = NULL, lease_expires_at = NULL, webhook_state = NULL, "
     "webhook_attempts = 0, webhook_next_at = NULL, updated_at = ?1, revision = revision + 1"
 )
@@ -751,7 +753,9 @@ class SQLiteBackend(Backend):
 
     async def requeue(self, queue: str | None, ids: Sequence[str] | None, statuses: Sequence[Status],
                       now: float) -> list[Job]:
-        """Put jobs in ``statuses`` (of ``queue`` and/or among ``ids``) back to ``queued``."""
+        """Put jobs in ``statuses`` (of ``queue`` and/or among ``ids``) back: ``queued``, or
+        ``waiting`` while a parent is pending. A job of ``ids`` whose parent ended badly refuses
+        the call (``InvalidTransition``); a whole queue's redrive leaves such jobs failed."""
         allowed = [str(s) for s in dict.fromkeys(statuses) if can_transition(Status(s), Status.QUEUED)]
         if not allowed or (ids is not None and not ids):
             return []
@@ -762,9 +766,15 @@ class SQLiteBackend(Backend):
         if ids is not None:
             params.append(_dumps(list(ids)))
             where.append(f"id IN {_IDS.format(n=len(params))}")
-        with self._write() as c:
-            rows = c.execute(f"UPDATE jobs SET {_REQUEUE_SET} WHERE {' AND '.join(where)} RETURNING {_COLS}",
-                             params).fetchall()
+        with self._write() as c:  # (the parents are read and the jobs moved under one write lock)
+            found = c.execute(f"SELECT id, depends_on FROM jobs WHERE {' AND '.join(where)}", params).fetchall()
+            ready, waiting = _by_parents(c, found, refuse=ids is not None)
+            rows = []
+            for status, ready_at, chosen in (("'queued'", "?1", ready), ("'waiting'", "NULL", waiting)):
+                if chosen:
+                    rows += c.execute(f"UPDATE jobs SET {_REQUEUE_SET.format(status=status, ready_at=ready_at)} "
+                                      f"WHERE id IN {_IDS.format(n=2)} RETURNING {_COLS}",
+                                      (now, _dumps(chosen))).fetchall()
         return sorted(map(_job, rows), key=lambda j: j.id)
 
     async def purge(self, queue: str, now: float) -> int:
@@ -975,6 +985,37 @@ def _cascade(c: sqlite3.Connection, ended: Sequence[str], now: float) -> int:
         frontier = [r[0] for r in c.execute(_CASCADE, (now, _dumps(frontier))).fetchall()]
         total += len(frontier)
     return total
+
+
+def _by_parents(c: sqlite3.Connection, found: Sequence[Any], refuse: bool) -> tuple[list[str], list[str]]:
+    """The ids of ``found`` (``(id, depends_on)`` rows) to requeue: those whose parents all
+    succeeded, and those with a pending parent (they wait for it, as at enqueue). A job whose
+    parent ended failed/cancelled/expired, or is gone, would run without its parent's result:
+    ``refuse`` raises ``InvalidTransition`` naming the parent, else the job is left out."""
+    deps = {job_id: _loads(raw) or [] for job_id, raw in found}
+    parents = sorted({p for ps in deps.values() for p in ps})
+    status = dict(c.execute(f"SELECT id, status FROM jobs WHERE id IN {_IDS.format(n=1)}",
+                            (_dumps(parents),)).fetchall()) if parents else {}
+    ready: list[str] = []
+    waiting: list[str] = []
+    for job_id, ps in deps.items():
+        bad = next((p for p in ps if status.get(p) not in _REQUEUE_OK), None)
+        if bad is not None:
+            if refuse:
+                raise InvalidTransition(_blocked(job_id, bad, status.get(bad)))
+            continue
+        (waiting if any(status[p] != "succeeded" for p in ps) else ready).append(job_id)
+    return ready, waiting
+
+
+#: Parent statuses under which a dependent may be retried: succeeded, or not finished yet.
+_REQUEUE_OK = frozenset({"succeeded", *(s.value for s in PENDING), "running"})
+
+
+def _blocked(job_id: str, parent: str, ended: str | None) -> str:
+    if ended is None:
+        return f"job {job_id} depends on job {parent}, which no longer exists; submit a new job instead"
+    return f"job {job_id} depends on job {parent}, which ended {ended}; retry job {parent} first"
 
 
 def _encode_cursor(last_id: str) -> str:
