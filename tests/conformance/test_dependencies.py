@@ -7,7 +7,7 @@ import time
 import pytest
 
 from conveyor.backends.base import Outcome
-from conveyor.core.errors import InvalidTransition
+from conveyor.core.errors import InvalidTransition, ValidationError
 from conveyor.core.job import Status
 
 
@@ -216,3 +216,13 @@ async def test_requeue_whole_queue__dependent_of_failed_parent_is_left_alone(bac
     assert [j.id for j in requeued] == [other.id]
     assert (await fetch(child.id)).status is Status.CANCELLED
 
+
+async def test_enqueue_batch__unknown_parent__error_points_at_that_job(backend, new_job):
+    unknown = "01a24e04-0000-7000-8000-000000000000"
+
+    with pytest.raises(ValidationError) as refused:
+        await backend.enqueue([new_job(), new_job(depends_on=[unknown])])
+
+    detail = f"depends_on: no job has id {unknown!r}"
+    assert refused.value.errors == [{"pointer": "#/jobs/1/depends_on/0", "detail": detail}]
+    assert str(refused.value) == detail

@@ -621,9 +621,11 @@ class RedisBackend(Backend):
 
     def _checked(self, sub: _Submission, reply: list[Any]) -> list[tuple[Job, bool]]:
         if reply and reply[0] == "!":
-            _j, i, parent = reply[1:]
-            raise ValidationError(f"depends_on[{i}]: no job has the id {parent}",
-                                  [{"pointer": f"#/depends_on/{i}", "detail": f"unknown job {parent}"}])
+            # the same pointer and words as the other engines: the job's index in a batch
+            j, i, parent = reply[1:]
+            where = f"#/jobs/{j}/depends_on/{i}" if len(sub.jobs) > 1 else f"#/depends_on/{i}"
+            detail = f"depends_on: no job has id {parent!r}"
+            raise ValidationError(detail, [{"pointer": where, "detail": detail}])
         return self._stored(sub, reply)
 
     def enqueue_blocking(self, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
