@@ -170,3 +170,34 @@ def test_retry__failed_or_cancelled__202_queued__else_409(http: httpx.Client, se
     finally:
         w.stop()
 
+
+
+def test_retry__id_in_upper_case__retries_that_job(http: httpx.Client) -> None:
+    job = submit(http, delay=60)
+    http.post(f"/v1/jobs/{job['id'].upper()}/cancel")
+
+    r = http.post(f"/v1/jobs/{job['id'].upper()}/retry")
+
+    assert r.status_code == 202 and r.json()["status"] == "queued" and r.json()["id"] == job["id"]
+
+
+def test_retry__dependent_of_pending_parent__202_waiting(http: httpx.Client) -> None:
+    parent = submit(http, delay=60)
+    child = submit(http, depends_on=[parent["id"]])
+    http.post(f"/v1/jobs/{child['id']}/cancel")
+
+    r = http.post(f"/v1/jobs/{child['id']}/retry")
+
+    assert r.status_code == 202 and r.json()["status"] == "waiting"
+
+
+def test_retry__dependent_of_failed_parent__409_naming_the_parent(http: httpx.Client, worker: WorkerThread) -> None:
+    parent = submit(http, "boom", args=[])
+    child = submit(http, depends_on=[parent["id"]])
+    wait_for(lambda: http.get(f"/v1/jobs/{child['id']}").json()["status"] == "cancelled")
+
+    r = http.post(f"/v1/jobs/{child['id']}/retry")
+
+    assert r.status_code == 409 and r.headers["content-type"] == PROBLEM
+    assert parent["id"] in r.json()["detail"] and "failed" in r.json()["detail"]
+    assert http.get(f"/v1/jobs/{child['id']}").json()["status"] == "cancelled"

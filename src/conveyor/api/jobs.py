@@ -178,7 +178,7 @@ async def cancel(job_id: str, st: State) -> Response:
     if job is None:
         raise JobNotFound(f"no job has id {job_id!r}")
     if job.status.terminal and job.status is not Status.CANCELLED:
-        raise InvalidTransition(f"job {job_id} already {job.status}; it cannot be cancelled")
+        raise InvalidTransition(f"job {job.id} already {job.status}; it cannot be cancelled")
     return job_response(job, 202)
 
 
@@ -187,13 +187,15 @@ RETRYABLE = (Status.FAILED, Status.CANCELLED, Status.EXPIRED)
 
 @router.post("/{job_id}/retry", status_code=202, response_model=JobOut, responses=responses(401, 403, 404, 409))
 async def retry(job_id: str, st: State) -> Response:
-    """Run a failed, cancelled or expired job again (attempts reset); 409 for any other status."""
-    job = await find(st, job_id)
+    """Run a failed, cancelled or expired job again (attempts reset): ``queued``, or ``waiting``
+    while one of its ``depends_on`` parents is pending. 409 for any other status, and for a job
+    whose parent ended failed, cancelled or expired (the detail names it: retry that one first)."""
+    job = await find(st, job_id)  # (the id in any case: job.id is the stored one)
     if job.status not in RETRYABLE:
-        raise InvalidTransition(f"job {job_id} is {job.status}; only failed, cancelled or expired jobs can be retried")
-    requeued = await (await st.backend()).requeue(None, [job_id], RETRYABLE, time.time())
+        raise InvalidTransition(f"job {job.id} is {job.status}; only failed, cancelled or expired jobs can be retried")
+    requeued = await (await st.backend()).requeue(None, [job.id], RETRYABLE, time.time())
     if not requeued:  # it changed between the two reads
-        raise InvalidTransition(f"job {job_id} can no longer be retried")
+        raise InvalidTransition(f"job {job.id} can no longer be retried")
     return accepted(requeued[0])
 
 
