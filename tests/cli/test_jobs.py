@@ -190,3 +190,43 @@ def test_retry__unknown_id__exit_1(cli: Cli) -> None:
     result = cli("retry", MISSING)
     assert result.code == 1
     one_error_line(result.err)
+
+
+def _dependent_of(cli: Cli, parent_id: str) -> str:
+    """A job of ``add`` that depends on ``parent_id`` (``conveyor submit`` takes no depends_on)."""
+    from conveyor.backends.sqlite import SQLiteBackend
+    from conveyor.core.ids import uuid7
+    from conveyor.core.job import Job
+
+    backend = SQLiteBackend(cli.url)
+    try:
+        [(child, _)] = backend.enqueue_blocking([Job(id=uuid7(), task="add", args=[1, 1], depends_on=[parent_id])])
+    finally:
+        backend.close_blocking()
+    return child.id
+
+
+def test_retry__dependent_of_failed_parent__exit_1_naming_the_parent(cli: Cli) -> None:
+    parent_id = cli.submit("boom")
+    child_id = _dependent_of(cli, parent_id)
+    cli.burst()
+    assert cli.job(child_id)["status"] == "cancelled"
+
+    result = cli("retry", child_id)
+
+    assert result.code == 1
+    line = one_error_line(result.err)
+    assert parent_id in line and "ended failed" in line
+    assert cli.job(child_id)["status"] == "cancelled"
+
+
+def test_retry__dependent_of_pending_parent__waits_then_runs(cli: Cli) -> None:
+    parent_id = cli.submit("add", "1", "1")
+    child_id = _dependent_of(cli, parent_id)
+    cli("cancel", child_id)
+
+    result = cli("retry", child_id)
+
+    assert result.code == 0 and result.out.strip() == f"{child_id} waiting"
+    cli.burst()
+    assert cli.job(child_id)["result"] == 2 and cli.job(child_id)["status"] == "succeeded"
