@@ -169,3 +169,17 @@ async def async_overrun(ctx: Context, seconds: float) -> str:
     await asyncio.sleep(seconds)
     _record("end", ctx)
     return "too late"
+
+
+@app.task(max_retries=0)
+async def async_stubborn(ctx: Context, seconds: float) -> str:
+    """Catches its cancel and carries on: time limits and stops must not wait for it."""
+    _record("start", ctx)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            await asyncio.sleep(deadline - time.monotonic())
+        except asyncio.CancelledError:
+            continue
+    _record("end", ctx)
+    return "done"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
@@ -51,3 +52,26 @@ def test_time_limit__is_retried_like_any_failure(e2e):
     wait_for(lambda: job.refresh().status.terminal, timeout=20, what="both attempts")
     assert job.status is Status.FAILED and job.job.attempt == 2
     assert [a["status"] for a in job.job.attempts] == ["retrying", "failed"]
+
+
+@pytest.mark.parametrize("pool", ["thread", "async"])
+def test_time_limit__async_task_that_swallows_its_cancel__fails_at_the_limit(e2e, pool):
+    e2e.worker("--pool", pool)
+    job = e2e.enqueue("async_stubborn", 8.0, timeout=0.5)
+    wait_for(lambda: job.refresh().status.terminal, timeout=20, what="the time limit")
+    final = job.job
+    assert final.status is Status.FAILED and final.error["type"] == "TimeoutError"
+    assert final.finished_at - final.started_at < 2.5  # the limit, plus 1 s for it to clean up
+    assert e2e.enqueue("add", 1, 1).wait(timeout=20) == 2  # the worker goes on
+
+
+def test_sigterm__async_task_that_swallows_its_cancel__worker_still_exits(e2e):
+    worker = e2e.worker("--grace", "0.5")
+    job = e2e.enqueue("async_stubborn", 60.0)
+    wait_for(lambda: recorded(e2e.log), what="job start")
+    worker.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    assert worker.wait(15) == 0
+    assert time.monotonic() - stopped < 8  # grace 0.5 s + at most 5 s for the leftovers
+    handed = job.refresh().job
+    assert handed.status is Status.QUEUED and handed.deliveries == 0

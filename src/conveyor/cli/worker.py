@@ -7,13 +7,12 @@ import logging
 import os
 import signal
 import sys
-import threading
 from types import FrameType
 
 from conveyor import metrics
 from conveyor.cli import argtypes
 from conveyor.cli.common import add_common, app_spec, configure_logging, load
-from conveyor.worker.worker import run_worker
+from conveyor.worker.worker import left_running, run_worker
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -66,9 +65,9 @@ def worker(args: argparse.Namespace) -> int:
         max_tasks_per_child=args.max_tasks_per_child,
         max_memory_per_child=args.max_memory_per_child and args.max_memory_per_child * 2**20,
     )
-    if any(t.name.startswith("conveyor-job") and t.is_alive() for t in threading.enumerate()):
-        # a job thread that ignored its time limit or cancel must not keep the process alive:
-        # its job was already settled or handed back
+    if left_running():
+        # job code that ignored its time limit or cancel must not keep the process alive: its
+        # job was already settled or handed back
         logging.shutdown()
         os._exit(code)
     return code

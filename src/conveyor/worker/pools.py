@@ -40,10 +40,47 @@ class Pool(Protocol):
         """Release the pool without waiting for code that cannot be stopped."""
 
 
+#: Seconds a timed-out coroutine gets to end once cancelled (its ``finally`` blocks, say); one that
+#: swallows the cancel and goes on is left behind after that, like a thread, and its job fails.
+ABANDON_AFTER = 1.0
+#: Coroutines left behind (they ignored their cancel): the worker's exit does not wait for them.
+LEFT_BEHIND: set[asyncio.Task[Any]] = set()
+
+
 async def run_async(task: Task, args: list[Any], kwargs: dict[str, Any], ctx: Context, timeout: float | None) -> Any:
-    """Run an ``async def`` task on the running loop under its time limit."""
-    async with asyncio.timeout(timeout):
+    """Run an ``async def`` task on the running loop under its time limit.
+
+    With a limit the coroutine runs as a task of its own, so that the limit holds even against
+    code that catches ``CancelledError`` and carries on (``asyncio.timeout`` would wait for it)."""
+    if timeout is None:
         return await task.fn(ctx, *args, **kwargs)
+    inner = asyncio.ensure_future(task.fn(ctx, *args, **kwargs))
+    try:
+        done, _ = await asyncio.wait({inner}, timeout=timeout)
+    except asyncio.CancelledError:  # the job was cancelled, its lease lost, or it is handed back
+        abandon(inner)
+        raise
+    if done:
+        return inner.result()
+    inner.cancel()
+    await asyncio.wait({inner}, timeout=ABANDON_AFTER)
+    abandon(inner)
+    raise TimeoutError
+
+
+def abandon(inner: asyncio.Task[Any]) -> None:
+    """Cancel a job's coroutine and stop waiting for it (it may ignore the cancel); whatever it
+    ends with later is dropped (the job was settled: fencing)."""
+    inner.cancel()
+    if not inner.done():
+        LEFT_BEHIND.add(inner)
+    inner.add_done_callback(_dropped)
+
+
+def _dropped(inner: asyncio.Task[Any]) -> None:
+    LEFT_BEHIND.discard(inner)
+    if not inner.cancelled():
+        inner.exception()  # retrieved: asyncio would log "exception was never retrieved"
 
 
 class Call:

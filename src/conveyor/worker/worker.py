@@ -16,6 +16,7 @@ import os
 import random
 import signal
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -32,7 +33,7 @@ from conveyor.core.job import Job, Status
 from conveyor.core.task import Task
 from conveyor.scheduler import run_scheduler
 from conveyor.worker.execute import decide, execute, time_limit
-from conveyor.worker.pools import Call, Pool, ThreadPool
+from conveyor.worker.pools import LEFT_BEHIND, Call, Pool, ThreadPool
 
 log = logging.getLogger(__name__)
 
@@ -731,8 +732,34 @@ def _logged(step: str) -> Iterator[None]:
 
 
 def run_worker(app: Conveyor, **options: Any) -> int:
-    """Run a worker in this process until it stops; its exit code."""
-    return asyncio.run(Worker(app, **options).run())
+    """Run a worker in this process until it stops; its exit code.
+
+    Not ``asyncio.run``: at its end it waits for every task it cancels, and a job coroutine that
+    swallows its cancel would hold the stop for as long as it likes. Here the leftovers get
+    ``SHUTDOWN_BOUND`` seconds; what is still running then is left to the process's exit (see
+    ``left_running``), its job settled or handed back already."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(Worker(app, **options).run())
+    finally:
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.wait(pending, timeout=SHUTDOWN_BOUND))
+        if all(task.done() for task in pending):
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+        else:
+            LEFT_BEHIND.update(task for task in pending if not task.done())
+            log.warning("%d job coroutine(s) ignored their cancel; the process exits without them", len(LEFT_BEHIND))
 
 
-__all__ = ["EXIT_STALLED", "Worker", "run_worker"]
+def left_running() -> bool:
+    """Whether job code the worker gave up on still runs (a thread past its time limit, a
+    coroutine that ignored its cancel): the process must then exit without waiting for it."""
+    threads = any(t.name.startswith("conveyor-job") and t.is_alive() for t in threading.enumerate())
+    return threads or any(not t.done() for t in LEFT_BEHIND)
+
+
+__all__ = ["EXIT_STALLED", "Worker", "left_running", "run_worker"]
