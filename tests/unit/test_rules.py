@@ -15,11 +15,11 @@ from conveyor.core.task import TaskOptions
 from conveyor.serialization import from_rfc3339, to_rfc3339
 
 
-def test_transitions__terminal_statuses_only_go_back_to_queued():
+def test_transitions__terminal_statuses_only_go_back_to_queued_or_waiting():
     assert {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.EXPIRED} == TERMINAL
     assert TRANSITIONS[Status.SUCCEEDED] == frozenset()
     for status in (Status.FAILED, Status.CANCELLED, Status.EXPIRED):
-        assert TRANSITIONS[status] == {Status.QUEUED}
+        assert TRANSITIONS[status] == {Status.QUEUED, Status.WAITING}  # waiting: a dependent's parent is pending
 
 
 def test_transitions__running_can_end_every_way_but_expired():

@@ -70,7 +70,8 @@ async def patch_queue(name: str, body: QueuePatch, st: State) -> Response:
     return JSONResponse(info.to_json())
 
 
-@router.post("/{name}/redrive", response_model=Redriven, responses=responses(400, 401, 403, 404, 413, 415, 422))
+@router.post("/{name}/redrive", response_model=Redriven,
+             responses=responses(400, 401, 403, 404, 409, 413, 415, 422))
 async def redrive(name: str, st: State, body: Annotated[Redrive | None, Body()] = None) -> Response:
     """Put the queue's dead letters (``failed`` jobs; only ``ids`` if given) back to ``queued``."""
     ids = _job_ids(body.ids) if body is not None and body.ids is not None else None

@@ -254,7 +254,10 @@ class Backend(abc.ABC):
     async def requeue(
         self, queue: str | None, ids: Sequence[str] | None, statuses: Sequence[Status], now: float
     ) -> list[Job]:
-        """Put jobs in ``statuses`` back to ``queued`` with attempts and deliveries reset."""
+        """Put jobs in ``statuses`` back to ``queued`` with attempts and deliveries reset, or to
+        ``waiting`` while a parent is pending. A job of ``ids`` whose parent ended badly (or is
+        gone) refuses the whole call with ``InvalidTransition``; a queue's redrive skips such jobs
+        (``core.rules.retry_by_parents``)."""
 
     @abc.abstractmethod
     async def purge(self, queue: str, now: float) -> int:

@@ -43,9 +43,10 @@ TRANSITIONS: Mapping[Status, frozenset[Status]] = {
     Status.RUNNING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.RETRYING, Status.QUEUED, Status.CANCELLED}),
     Status.RETRYING: frozenset({Status.QUEUED, Status.RUNNING, Status.CANCELLED, Status.EXPIRED, Status.FAILED}),
     Status.SUCCEEDED: frozenset(),
-    Status.FAILED: frozenset({Status.QUEUED}),  # redrive / retry
-    Status.CANCELLED: frozenset({Status.QUEUED}),  # retry
-    Status.EXPIRED: frozenset({Status.QUEUED}),  # retry
+    # redrive / retry: waiting for a dependent whose parent is pending again
+    Status.FAILED: frozenset({Status.QUEUED, Status.WAITING}),
+    Status.CANCELLED: frozenset({Status.QUEUED, Status.WAITING}),
+    Status.EXPIRED: frozenset({Status.QUEUED, Status.WAITING}),
 }
 
 

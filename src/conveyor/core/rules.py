@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from conveyor.backends.base import Outcome
-from conveyor.core.job import Job, Status
+from conveyor.core.errors import InvalidTransition
+from conveyor.core.job import PENDING, Job, Status
 from conveyor.core.retry import backoff
 from conveyor.core.task import TaskOptions
 
@@ -54,3 +55,33 @@ def delivery_lost(job: Job, token: str, max_deliveries: int, reason: str) -> Out
             },
         )
     return Outcome(job.id, token, Status.QUEUED)
+
+
+#: Parent statuses under which a dependent may be retried: succeeded, or not finished yet.
+RETRY_OK = frozenset({Status.SUCCEEDED.value, Status.RUNNING.value, *(s.value for s in PENDING)})
+
+
+def retry_by_parents(
+    deps: Mapping[str, Sequence[str]], status: Mapping[str, str], refuse: bool
+) -> tuple[list[str], list[str]]:
+    """Which jobs a retry or redrive moves, by their parents' ``status`` (id -> status; a parent
+    missing from it is gone): ``(ready, waiting)``: all parents succeeded, or one still pending
+    (it waits for them, as at enqueue). A job whose parent ended failed/cancelled/expired, or is
+    gone, would run without its parent's result: ``refuse`` raises ``InvalidTransition`` naming
+    the parent, else the job is left out. (Redis decides the same in ``requeue.lua``.)"""
+    ready: list[str] = []
+    waiting: list[str] = []
+    for job_id, parents in deps.items():
+        bad = next((p for p in parents if status.get(p) not in RETRY_OK), None)
+        if bad is not None:
+            if refuse:
+                raise InvalidTransition(_blocked(job_id, bad, status.get(bad)))
+            continue
+        (waiting if any(status[p] != "succeeded" for p in parents) else ready).append(job_id)
+    return ready, waiting
+
+
+def _blocked(job_id: str, parent: str, ended: str | None) -> str:
+    if ended is None:
+        return f"job {job_id} depends on job {parent}, which no longer exists; submit a new job instead"
+    return f"job {job_id} depends on job {parent}, which ended {ended}; retry job {parent} first"

@@ -42,7 +42,8 @@ from conveyor.backends.base import (
     SweepReport,
     WorkerInfo,
 )
-from conveyor.core.errors import BackendUnavailable, ConfigurationError, InvalidTransition, ValidationError
+from conveyor.core import rules
+from conveyor.core.errors import BackendUnavailable, ConfigurationError, ValidationError
 from conveyor.core.job import CANCELLED_HANDED_BACK, CANCELLED_LOST, Job, Status
 from conveyor.core.queues import QueueSettings
 
@@ -60,8 +61,6 @@ _LIMIT_ROUNDS = 8
 _MAX_FETCH = 4096
 _DEFAULTS = QueueSettings()
 _TERMINAL_FAIL = ("failed", "cancelled", "expired")
-#: Parent statuses under which a dependent may be retried: succeeded, or not finished yet.
-_REQUEUE_OK = frozenset({"succeeded", "waiting", "scheduled", "queued", "running", "retrying"})
 _SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
 _OWN_PARAMS = ("schema", "pool_min", "pool_max", "pool_timeout")
 _RETRYABLE = (psycopg.errors.TransactionRollback,)
@@ -141,13 +140,6 @@ def _announcements(due: Iterable[tuple[str, float]]) -> list[str]:
     for queue, at in due:
         first[queue] = min(at, first.get(queue, at))
     return [f"{queue} {at!r}" for queue, at in sorted(first.items())]
-
-
-def _blocked(job_id: str, parent: str, ended: str | None) -> str:
-    """Why a dependent cannot be retried (its parent ended badly, or is gone)."""
-    if ended is None:
-        return f"job {job_id} depends on job {parent}, which no longer exists; submit a new job instead"
-    return f"job {job_id} depends on job {parent}, which ended {ended}; retry job {parent} first"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -1002,9 +994,7 @@ class PostgresBackend(Backend):
 
     async def _by_parents(self, conn: AConn, found: Sequence[Any], refuse: bool) -> tuple[list[str], list[str]]:
         """The ids of ``found`` (``(id, depends_on)`` rows) to requeue, and those of them that
-        wait for a pending parent. A job whose parent ended failed/cancelled/expired, or is gone,
-        would run without its parent's result: ``refuse`` raises ``InvalidTransition`` naming the
-        parent, else the job is left out.
+        wait for a pending parent (``rules.retry_by_parents``).
 
         The parents are locked (``mark_parents``, in id order, as enqueue does): a parent that
         finishes meanwhile waits for this transaction, then releases or cancels what waits on it.
@@ -1012,18 +1002,8 @@ class PostgresBackend(Backend):
         deps = {job_id: list(depends_on or []) for job_id, depends_on in found}
         parents = sorted({p for ps in deps.values() for p in ps})
         status = {r[0]: r[1] for r in await self._fetch("mark_parents", {"ids": parents}, conn)} if parents else {}
-        picked: list[str] = []
-        waiting: list[str] = []
-        for job_id, ps in deps.items():
-            bad = next((p for p in ps if status.get(p) not in _REQUEUE_OK), None)
-            if bad is not None:
-                if refuse:
-                    raise InvalidTransition(_blocked(job_id, bad, status.get(bad)))
-                continue
-            picked.append(job_id)
-            if any(status[p] != "succeeded" for p in ps):
-                waiting.append(job_id)
-        return picked, waiting
+        ready, waiting = rules.retry_by_parents(deps, status, refuse)
+        return ready + waiting, waiting
 
     async def purge(self, queue: str, now: float) -> int:
         async def go(conn: AConn) -> int:

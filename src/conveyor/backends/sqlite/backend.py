@@ -43,7 +43,8 @@ from conveyor.backends.base import (
     SweepReport,
     WorkerInfo,
 )
-from conveyor.core.errors import BackendUnavailable, ConfigurationError, InvalidTransition, ValidationError
+from conveyor.core import rules
+from conveyor.core.errors import BackendUnavailable, ConfigurationError, ValidationError
 from conveyor.core.ids import is_uuid
 from conveyor.core.job import (
     CANCELLED_HANDED_BACK,
@@ -988,34 +989,13 @@ def _cascade(c: sqlite3.Connection, ended: Sequence[str], now: float) -> int:
 
 
 def _by_parents(c: sqlite3.Connection, found: Sequence[Any], refuse: bool) -> tuple[list[str], list[str]]:
-    """The ids of ``found`` (``(id, depends_on)`` rows) to requeue: those whose parents all
-    succeeded, and those with a pending parent (they wait for it, as at enqueue). A job whose
-    parent ended failed/cancelled/expired, or is gone, would run without its parent's result:
-    ``refuse`` raises ``InvalidTransition`` naming the parent, else the job is left out."""
+    """The ids of ``found`` (``(id, depends_on)`` rows) to requeue: ``(ready, waiting)``, by
+    ``rules.retry_by_parents``."""
     deps = {job_id: _loads(raw) or [] for job_id, raw in found}
     parents = sorted({p for ps in deps.values() for p in ps})
     status = dict(c.execute(f"SELECT id, status FROM jobs WHERE id IN {_IDS.format(n=1)}",
                             (_dumps(parents),)).fetchall()) if parents else {}
-    ready: list[str] = []
-    waiting: list[str] = []
-    for job_id, ps in deps.items():
-        bad = next((p for p in ps if status.get(p) not in _REQUEUE_OK), None)
-        if bad is not None:
-            if refuse:
-                raise InvalidTransition(_blocked(job_id, bad, status.get(bad)))
-            continue
-        (waiting if any(status[p] != "succeeded" for p in ps) else ready).append(job_id)
-    return ready, waiting
-
-
-#: Parent statuses under which a dependent may be retried: succeeded, or not finished yet.
-_REQUEUE_OK = frozenset({"succeeded", *(s.value for s in PENDING), "running"})
-
-
-def _blocked(job_id: str, parent: str, ended: str | None) -> str:
-    if ended is None:
-        return f"job {job_id} depends on job {parent}, which no longer exists; submit a new job instead"
-    return f"job {job_id} depends on job {parent}, which ended {ended}; retry job {parent} first"
+    return rules.retry_by_parents(deps, status, refuse)
 
 
 def _encode_cursor(last_id: str) -> str:
