@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from conveyor.backends.base import Outcome
+from conveyor.core import rules
 from conveyor.core.job import Status
 from conveyor.core.queues import QueueSettings
 from conveyor.serialization import to_rfc3339
@@ -80,6 +81,20 @@ async def test_timeline__failure_and_hand_back__are_labelled(backend, submit, fe
     attempts = (await fetch(job.id)).to_json()["attempts"]
 
     assert [a["status"] for a in attempts] == ["handed_back", "failed"]
+
+
+async def test_timeline__process_died__attempt_lost_with_its_reason_job_queued(backend, submit, fetch):
+    job = await submit()
+    [lease] = await backend.claim(["default"], 1, "w1", T0)
+    died = rules.delivery_lost(lease.job, lease.token, 10, "the child process died (signal 9)")
+
+    await backend.finish([died], T0 + 1)
+
+    stored = await fetch(job.id)
+    assert stored.status is Status.QUEUED and stored.error is None and stored.deliveries == 1
+    [entry] = stored.to_json()["attempts"]
+    assert entry["status"] == "lost"
+    assert entry["error"] == {"type": "ProcessDied", "message": "the child process died (signal 9)"}
 
 
 async def test_timeline__refused_outcome__leaves_the_entry_alone(backend, submit, fetch):

@@ -97,7 +97,8 @@ class Job:
     #: The timeline, oldest first (the last ``MAX_ATTEMPTS`` deliveries): one entry per delivery,
     #: ``{"attempt", "worker_id", "started_at", "finished_at", "status", "error"}`` with epoch
     #: seconds; ``status`` is ``running`` while it runs, then the outcome (``succeeded``,
-    #: ``retrying``, ``failed``, ``cancelled``, ``handed_back``) or ``lost`` (lease expired).
+    #: ``retrying``, ``failed``, ``cancelled``, ``handed_back``) or ``lost`` (lease expired, or
+    #: its process died: ``error`` says how).
     attempts: tuple[Mapping[str, Any], ...] | list[Mapping[str, Any]] = ()
 
     def replace(self, **changes: Any) -> Job:
@@ -192,9 +193,12 @@ CANCELLED_HANDED_BACK: Mapping[str, Any] = {"type": "Cancelled", "message": "can
                                             "traceback": None}
 
 
-def attempt_status(outcome: Status) -> str:
-    """The timeline label of an outcome: its status, ``handed_back`` for a shutdown's hand-back."""
-    return "handed_back" if outcome is Status.QUEUED else outcome.value
+def attempt_status(outcome: Status, error: Mapping[str, Any] | None = None) -> str:
+    """The timeline label of an outcome: its status; for a ``queued`` one, ``handed_back`` (a
+    shutdown's hand-back) or ``lost`` (with the error saying why: the job's process died)."""
+    if outcome is Status.QUEUED:
+        return "lost" if error is not None else "handed_back"
+    return outcome.value
 
 
 def brief_error(error: Mapping[str, Any]) -> dict[str, Any]:

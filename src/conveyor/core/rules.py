@@ -42,19 +42,21 @@ def handed_back(job: Job, token: str) -> Outcome:
 
 
 def delivery_lost(job: Job, token: str, max_deliveries: int, reason: str) -> Outcome:
-    """The process running the job died: deliver again, unless the delivery limit is reached."""
-    if job.deliveries >= max_deliveries:
-        return Outcome(
-            job.id,
-            token,
-            Status.FAILED,
-            error={
-                "type": "DeliveryLimitExceeded",
-                "message": f"delivered {job.deliveries} times without finishing ({reason})",
-                "traceback": None,
-            },
-        )
-    return Outcome(job.id, token, Status.QUEUED)
+    """The process running the job died: deliver again (the attempt ends ``lost``, with the
+    reason), unless the delivery limit is reached."""
+    if job.deliveries < max_deliveries:
+        died = {"type": "ProcessDied", "message": reason, "traceback": None}
+        return Outcome(job.id, token, Status.QUEUED, error=died)
+    return Outcome(
+        job.id,
+        token,
+        Status.FAILED,
+        error={
+            "type": "DeliveryLimitExceeded",
+            "message": f"delivered {job.deliveries} times without finishing ({reason})",
+            "traceback": None,
+        },
+    )
 
 
 #: Parent statuses under which a dependent may be retried: succeeded, or not finished yet.

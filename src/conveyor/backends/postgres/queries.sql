@@ -193,7 +193,7 @@ WITH o AS (
                 THEN jsonb_build_object('finished_at', %(now)s::double precision, 'status', 'cancelled',
                                         'error', jsonb_build_object('type', %(hb_cancel)s::jsonb->'type',
                                                                     'message', %(hb_cancel)s::jsonb->'message'))
-                ELSE jsonb_build_object('finished_at', %(now)s::double precision, 'status', CASE WHEN o.status = 'queued' THEN 'handed_back' ELSE o.status END,
+                ELSE jsonb_build_object('finished_at', %(now)s::double precision, 'status', CASE WHEN o.status <> 'queued' THEN o.status WHEN o.error IS NULL THEN 'handed_back' ELSE 'lost' END,
                                         'error', CASE WHEN o.error IS NULL THEN NULL ELSE jsonb_build_object('type', o.error->'type', 'message', o.error->'message') END) END) ELSE j.attempts END,
         worker_id = NULL, lease_token = NULL, lease_expires_at = NULL,
         updated_at = %(now)s, revision = j.revision + 1

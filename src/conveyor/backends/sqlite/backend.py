@@ -150,7 +150,7 @@ _INSERT_DEP = "INSERT OR IGNORE INTO job_deps (child, parent) VALUES (?, ?)"
 _FINISH = (
     "UPDATE jobs SET status = ?1, "
     "result = CASE ?1 WHEN 'succeeded' THEN ?2 WHEN 'queued' THEN result ELSE NULL END, "
-    "error = CASE ?1 WHEN 'succeeded' THEN NULL WHEN 'queued' THEN coalesce(?3, error) ELSE ?3 END, "
+    "error = CASE ?1 WHEN 'succeeded' THEN NULL WHEN 'queued' THEN error ELSE ?3 END, "  # lost: in the timeline
     "attempt = coalesce(?4, attempt), "
     "scheduled_at = CASE ?1 WHEN 'retrying' THEN ?5 ELSE scheduled_at END, "
     "ready_at = CASE ?1 WHEN 'retrying' THEN ?5 WHEN 'queued' THEN ?7 ELSE ready_at END, "
@@ -643,7 +643,7 @@ class SQLiteBackend(Backend):
         terminal, other = [], []
         for o in done:
             error = _dumps(o.error) if o.error is not None else None
-            label = attempt_status(o.status)
+            label = attempt_status(o.status, o.error)
             brief = _dumps(brief_error(o.error)) if o.error is not None else None
             if o.status in TERMINAL:
                 result = _dumps(o.result) if o.status is Status.SUCCEEDED else None

@@ -46,11 +46,13 @@ for a = 3, #ARGV, 8 do
           traceback = cjson.null })
       end
       local f = {}  -- field/value pairs written with the transition
-      local timeline = attempt_ended(v[4], now, st == 'queued' and 'handed_back' or st, err)
+      local label = st
+      if st == 'queued' then label = err ~= '' and 'lost' or 'handed_back' end  -- lost: its process died
+      local timeline = attempt_ended(v[4], now, label, err)
       if timeline then f[#f + 1] = 'attempts'; f[#f + 1] = timeline end
       if attempt ~= '' then f[#f + 1] = 'attempt'; f[#f + 1] = attempt end
       if result ~= '' then f[#f + 1] = 'result'; f[#f + 1] = result end
-      if err ~= '' then f[#f + 1] = 'error'; f[#f + 1] = err end
+      if err ~= '' and st ~= 'queued' then f[#f + 1] = 'error'; f[#f + 1] = err end  -- lost: timeline only
       if st == 'succeeded' or st == 'failed' or st == 'cancelled' then
         if st == 'succeeded' and err == '' and v[9] then redis.call('HDEL', key, 'error') end
         -- v[5..8]: revision, webhook, _hc, limit_key; the lease token is there (it matched)
