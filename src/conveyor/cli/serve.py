@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     u.add_argument("--concurrency", type=argtypes.integer(1), metavar="N", help="jobs at once per worker (default 8)")
     u.add_argument("--grace", type=argtypes.seconds(), default=30.0, metavar="S",
                    help="on shutdown, let running jobs finish for S seconds (default 30)")
+    u.add_argument("--no-scheduler", action="store_true",
+                   help="enqueue no periodic tasks (a scheduler runs elsewhere, or none is wanted)")
     add_common(u)
     u.set_defaults(func=up)
 
@@ -127,11 +129,11 @@ def up(args: argparse.Namespace) -> int:
         work = ["worker", *common, "--grace", str(args.grace), "--log-level", args.log_level]
         if args.concurrency:
             work += ["--concurrency", str(args.concurrency)]
-        if i > 0:
+        if i > 0 or args.no_scheduler:
             work.append("--no-scheduler")  # one scheduler is enough (more would be harmless)
         children.append(Child(f"worker-{i + 1}", [*base, *work]))
-    print(f"conveyor up: http://{args.host}:{args.port} with {args.workers} worker(s) on {app.url}",
-          file=sys.stderr, flush=True)
+    print(f"conveyor up: http://{args.host}:{args.port} with {args.workers} worker(s) on {app.url}"
+          f"{', no scheduler' if args.no_scheduler else ''}", file=sys.stderr, flush=True)
     return Supervisor(children, stop_timeout=args.grace + 10).run()
 
 
