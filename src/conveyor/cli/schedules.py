@@ -34,7 +34,9 @@ def schedules(args: argparse.Namespace) -> int:
     for name in ("task", "cron", "tz", "next run (UTC)", "previous tick (UTC)"):
         table.add_column(name)
     for item in items:
+        # a schedule whose ticks cannot be computed says why in its row; the others still show
+        nxt = f"[red]{escape(str(item['error']))}[/red]" if "error" in item else str(item["next_run_at"])
         table.add_row(escape(str(item["task"])), escape(str(item["cron"])), escape(str(item["tz"])),
-                      str(item["next_run_at"]), str(item["previous_run_at"]))
+                      nxt, str(item["previous_run_at"] or "-"))
     render.console().print(table if items else "no schedules")
     return EXIT_OK

@@ -159,10 +159,16 @@ class Conveyor:
         catch_up: float | None = 3600.0,
         **options: Any,
     ) -> Callable[[F], Task]:
-        """Register a function as a task enqueued once per tick of ``cron``."""
-        from conveyor.scheduler import check_cron
+        """Register a function as a task enqueued once per tick of ``cron``.
 
-        check_cron(cron, tz)
+        ``cron`` has 5 fields (minute hour day month weekday), or 6 with the seconds last, or is
+        ``@hourly``, ``@daily``...; it is read in ``tz``. ``catch_up``: after downtime, the last
+        missed tick is still enqueued if at most this many seconds old (None: however old).
+        """
+        from conveyor.scheduler import check_schedule
+
+        # refused here, at import time: a schedule that cannot fire must not reach the scheduler
+        check_schedule(cron, tz, catch_up)
 
         def register(func: F) -> Task:
             task: Task = self.task(name=name, queue=queue, **options)(func)
