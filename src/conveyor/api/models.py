@@ -167,8 +167,9 @@ class ScheduleOut(BaseModel):
     tz: str
     kwargs: dict[str, Any]
     catch_up: float | None
-    previous_run_at: str
-    next_run_at: str
+    previous_run_at: str | None  #: null when the schedule cannot be computed (``error`` says why)
+    next_run_at: str | None
+    error: str | None = None
 
 
 class ScheduleList(BaseModel):
