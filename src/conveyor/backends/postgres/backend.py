@@ -313,13 +313,40 @@ class _Gate:
         [row] = await self.backend._fetch(name, params, self.conn)
         return row
 
+    async def prefetch(self, rows: Sequence[Any]) -> None:
+        """Lock and count the new keys of a round's candidate ``rows`` in two round trips, rather
+        than two or three per key in ``admit`` (a claim may look past hundreds of full keys).
+        Only from a claim's second round on: the first locks just the keys it decides on, so
+        that claimers at the same moment skip as few keys as they can."""
+        keys = sorted({r[1] for r in rows if r[1] is not None and r[1] not in self.running and r[1] not in self.full})
+        if keys:
+            params = {"keys": keys, "lock_prefix": self._lock_prefix}
+            gates = await self.backend._fetch("limit_gates", params, self.conn)
+            for key, got, running in gates:
+                if got:
+                    self.running[key] = int(running)
+                else:
+                    self.full.add(key)
+        pairs = sorted({(r[1], float(r[3][1])) for r in rows
+                        if r[1] is not None and r[3] is not None and r[1] not in self.full
+                        and (r[1], float(r[3][1])) not in self.window})
+        if pairs:
+            windows = await self.backend._fetch("limit_windows", {
+                "keys": [k for k, _ in pairs], "pers": [p for _, p in pairs], "now": self.now}, self.conn)
+            for key, per, n, oldest in windows:
+                self.window[(key, float(per))] = [int(n), oldest if oldest is not None else self.now]
+
+    @property
+    def _lock_prefix(self) -> str:
+        return f"conveyor:{self.backend.schema}:"
+
     async def admit(self, key: str | None, concurrency: int | None, rate: Sequence[Any] | None) -> bool:
         if key is None:
             return True
         if key in self.full:
             return False
         if key not in self.running:
-            (got,) = await self._one("limit_lock", {"lock": f"conveyor:{self.backend.schema}:{key}"})
+            (got,) = await self._one("limit_lock", {"lock": f"{self._lock_prefix}{key}"})
             if not got:
                 self.full.add(key)
                 return False
@@ -780,6 +807,8 @@ class PostgresBackend(Backend):
             rows = await self._fetch("claim_candidates", {"queues": params["queues"], "limit": fetch,
                                                           "now": params["now"], "full": sorted(gate.full),
                                                           "picked": picked}, conn)
+            if gate.full:  # looking past keys at their limits
+                await gate.prefetch(rows)
             for job_id, key, concurrency, rate in rows:
                 if await gate.admit(key, concurrency, rate):
                     picked.append(job_id)

@@ -111,6 +111,22 @@ LIMIT %(limit)s;
 -- One claimer at a time decides on a limit key (until its transaction ends); others skip the key.
 SELECT pg_try_advisory_xact_lock(hashtextextended(%(lock)s, 0));
 
+-- name: limit_gates
+-- limit_lock and limit_running for many keys in one round trip (a claim looking past many keys
+-- at their limits): for each key, whether this claimer holds its lock now, and if so its count.
+SELECT k.key, l.got,
+       CASE WHEN l.got THEN (SELECT count(*) FROM __schema__.jobs j
+                             WHERE j.limit_key = k.key AND j.status = 'running') END
+FROM unnest(%(keys)s::text[]) AS k(key)
+CROSS JOIN LATERAL (SELECT pg_try_advisory_xact_lock(hashtextextended(%(lock_prefix)s || k.key, 0)) AS got) l;
+
+-- name: limit_windows
+-- limit_starts for many (key, window) pairs in one round trip.
+SELECT w.key, w.per, count(s.at), min(s.at)
+FROM unnest(%(keys)s::text[], %(pers)s::double precision[]) AS w(key, per)
+LEFT JOIN __schema__.limit_starts s ON s.key = w.key AND s.at > %(now)s - w.per
+GROUP BY w.key, w.per;
+
 -- name: limit_running
 SELECT count(*) FROM __schema__.jobs j WHERE j.limit_key = %(key)s AND j.status = 'running';
 
