@@ -103,3 +103,14 @@ async def test_purge__ready_jobs__become_cancelled(backend, submit, claim_one, f
     assert {(await fetch(j.id)).status for j in queued} == {Status.CANCELLED}
     assert (await fetch(running.id)).status is Status.RUNNING
     assert (await fetch(other.id)).status is Status.QUEUED
+
+
+async def test_save_queue_settings__named_fields__keep_a_concurrent_change_of_another(backend):
+    stale = await backend.queue_settings("media")  # two admins read the same settings...
+    await backend.save_queue_settings("media", stale.replace(paused=True), fields={"paused"})
+    await backend.save_queue_settings("media", stale.replace(visibility_timeout=31), fields={"visibility_timeout"})
+
+    stored = await backend.queue_settings("media")  # ...and both changes stand
+
+    assert stored.paused is True and stored.visibility_timeout == 31
+    assert stored.max_deliveries == stale.max_deliveries

@@ -65,7 +65,7 @@ async def patch_queue(name: str, body: QueuePatch, st: State) -> Response:
     if not given:
         return JSONResponse((await _known(st, backend, name)).to_json())
     current = await backend.queue_settings(_check_name(name))
-    await backend.save_queue_settings(name, current.replace(**given))
+    await backend.save_queue_settings(name, current.replace(**given), fields=given)
     [info] = await backend.queues([name])
     return JSONResponse(info.to_json())
 

@@ -23,7 +23,7 @@ pinned down by the conformance suite (``tests/conformance``):
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -268,8 +268,10 @@ class Backend(abc.ABC):
         """Stored settings of ``name`` (defaults when never set)."""
 
     @abc.abstractmethod
-    async def save_queue_settings(self, name: str, settings: QueueSettings) -> None:
-        """Store the settings of ``name``."""
+    async def save_queue_settings(self, name: str, settings: QueueSettings,
+                                  fields: Collection[str] | None = None) -> None:
+        """Store the settings of ``name``; with ``fields``, only those (a change made meanwhile to
+        another setting, a pause say, is kept: each engine writes just the named ones)."""
 
     @abc.abstractmethod
     async def queues(self, names: Sequence[str] | None = None) -> list[QueueInfo]:

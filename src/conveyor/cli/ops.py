@@ -217,7 +217,7 @@ class Direct:
             return (await self._known(name)).to_json()
         backend = await self.backend()  # settings given: kept for the queue, which exists from then on
         current = await backend.queue_settings(name)
-        await backend.save_queue_settings(name, current.replace(**changes))
+        await backend.save_queue_settings(name, current.replace(**changes), fields=changes)
         return (await backend.queues([name]))[0].to_json()
 
     async def redrive(self, name: str, ids: Sequence[str] | None) -> int:

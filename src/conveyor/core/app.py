@@ -238,7 +238,7 @@ class Conveyor:
         """Store the declared settings over what the backend holds (``paused`` is left alone)."""
         for name, given in self.queue_declarations.items():
             current = await backend.queue_settings(name)
-            await backend.save_queue_settings(name, current.replace(**given))
+            await backend.save_queue_settings(name, current.replace(**given), fields=given)
 
     # -- enqueue --------------------------------------------------------------------------
     def enqueue(

@@ -52,7 +52,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -452,8 +452,9 @@ class AMQPBackend(Backend):
     async def queue_settings(self, name: str) -> QueueSettings:
         return await self.store.queue_settings(name)
 
-    async def save_queue_settings(self, name: str, settings: QueueSettings) -> None:
-        await self.store.save_queue_settings(name, settings)
+    async def save_queue_settings(self, name: str, settings: QueueSettings,
+                                  fields: Collection[str] | None = None) -> None:
+        await self.store.save_queue_settings(name, settings, fields)
 
     async def queues(self, names: Sequence[str] | None = None) -> list[QueueInfo]:
         return await self.store.queues(names)

@@ -19,7 +19,7 @@ import importlib.resources
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -61,6 +61,7 @@ _LIMIT_ROUNDS = 8
 _MAX_FETCH = 4096
 _DEFAULTS = QueueSettings()
 _TERMINAL_FAIL = ("failed", "cancelled", "expired")
+_QUEUE_SETTINGS = ("retention", "visibility_timeout", "max_deliveries", "result_ttl", "paused")
 _SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
 _OWN_PARAMS = ("schema", "pool_min", "pool_max", "pool_timeout")
 _RETRYABLE = (psycopg.errors.TransactionRollback,)
@@ -1053,11 +1054,16 @@ class PostgresBackend(Backend):
         return QueueSettings(retention=float(row[0]), visibility_timeout=float(row[1]),
                              max_deliveries=int(row[2]), result_ttl=float(row[3]), paused=bool(row[4]))
 
-    async def save_queue_settings(self, name: str, settings: QueueSettings) -> None:
+    async def save_queue_settings(self, name: str, settings: QueueSettings,
+                                  fields: Collection[str] | None = None) -> None:
         settings = settings.validated()
+        named = [f for f in _QUEUE_SETTINGS if fields is None or f in fields]
+        assignments = ", ".join(f"{f} = EXCLUDED.{f}" for f in named) or "name = q.name"
+        text = self.q["save_queue"].replace("__SET__", assignments)
 
         async def go(conn: AConn) -> None:
-            await self._fetch("save_queue", {"name": name, **settings.to_json()}, conn)
+            cur = await conn.execute(text, {"name": name, **settings.to_json()})
+            await cur.fetchall()
             if not settings.paused:  # its jobs may be ready, and its delayed ones count again
                 await self._fetch("notify", {"channel": self.channel, "queues": [name]}, conn)
                 await self._fetch("notify", {"channel": self.due_channel,

@@ -339,9 +339,9 @@ FROM __schema__.queues WHERE name = %(name)s;
 -- name: save_queue
 INSERT INTO __schema__.queues AS q (name, retention, visibility_timeout, max_deliveries, result_ttl, paused)
 VALUES (%(name)s, %(retention)s, %(visibility_timeout)s, %(max_deliveries)s, %(result_ttl)s, %(paused)s)
-ON CONFLICT (name) DO UPDATE SET retention = EXCLUDED.retention,
-    visibility_timeout = EXCLUDED.visibility_timeout, max_deliveries = EXCLUDED.max_deliveries,
-    result_ttl = EXCLUDED.result_ttl, paused = EXCLUDED.paused;
+-- an existing queue gets only the settings named in __SET__ (a concurrent change of another stays)
+ON CONFLICT (name) DO UPDATE SET __SET__
+RETURNING q.name;
 
 -- name: notify
 -- Wake the workers waiting on %(queues)s (the work channel), or, on the due channel, tell them

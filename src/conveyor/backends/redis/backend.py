@@ -72,7 +72,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeVar, cast
@@ -1014,14 +1014,16 @@ class RedisBackend(Backend):
             paused=h.get("paused", "0") == "1",
         )
 
-    async def save_queue_settings(self, name: str, settings: QueueSettings) -> None:
+    async def save_queue_settings(self, name: str, settings: QueueSettings,
+                                  fields: Collection[str] | None = None) -> None:
         s = settings.validated()
+        values = {"retention": _f(s.retention), "visibility_timeout": _f(s.visibility_timeout),
+                  "max_deliveries": str(int(s.max_deliveries)), "result_ttl": _f(s.result_ttl),
+                  "paused": "1" if s.paused else "0"}
+        # a field not written falls back to its default in the scripts' cfg(), as settings() reads it
         with self._guard():
             pipe = self.r.pipeline(transaction=not self.cluster)
-            pipe.hset(self._qk(name, "cfg"), mapping={
-                "retention": _f(s.retention), "visibility_timeout": _f(s.visibility_timeout),
-                "max_deliveries": str(int(s.max_deliveries)), "result_ttl": _f(s.result_ttl),
-                "paused": "1" if s.paused else "0"})
+            pipe.hset(self._qk(name, "cfg"), mapping={k: v for k, v in values.items() if fields is None or k in fields})
             pipe.sadd(self._gk("queues"), name)
             if not s.paused:  # a resumed queue may have work waiting
                 pipe.lpush(self._qk(name, "wake"), "1")

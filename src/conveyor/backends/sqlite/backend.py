@@ -27,7 +27,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -794,12 +794,21 @@ class SQLiteBackend(Backend):
             row = c.execute(f"SELECT {_SETTINGS_COLS} FROM queues WHERE name = ?", (name,)).fetchone()
         return _settings(row) if row is not None else _DEFAULTS
 
-    async def save_queue_settings(self, name: str, settings: QueueSettings) -> None:
-        """Store (insert or replace) the settings of ``name``."""
+    async def save_queue_settings(self, name: str, settings: QueueSettings,
+                                  fields: Collection[str] | None = None) -> None:
+        """Store the settings of ``name`` (with ``fields``, only those: a new queue's row gets
+        ``settings`` whole, an existing one just the named columns)."""
+        row = (name, settings.retention, settings.visibility_timeout, settings.max_deliveries,
+               settings.result_ttl, int(settings.paused))
         with self._write() as c:
-            c.execute(f"INSERT OR REPLACE INTO queues ({_SETTINGS_COLS}) VALUES (?, ?, ?, ?, ?, ?)",
-                      (name, settings.retention, settings.visibility_timeout, settings.max_deliveries,
-                       settings.result_ttl, int(settings.paused)))
+            if fields is None:
+                c.execute(f"INSERT OR REPLACE INTO queues ({_SETTINGS_COLS}) VALUES (?, ?, ?, ?, ?, ?)", row)
+                return
+            c.execute(f"INSERT OR IGNORE INTO queues ({_SETTINGS_COLS}) VALUES (?, ?, ?, ?, ?, ?)", row)
+            named = [f for f in _SETTINGS_COLS.split(", ")[1:] if f in fields]
+            if named:
+                c.execute(f"UPDATE queues SET {', '.join(f'{f} = ?' for f in named)} WHERE name = ?",
+                          (*(getattr(settings, f) for f in named), name))
 
     async def queues(self, names: Sequence[str] | None = None) -> list[QueueInfo]:
         """Queues with stored settings or jobs (or ``names``), with counts per status."""
