@@ -55,6 +55,17 @@ def test_same_key__schedule_compared__delay_from_each_request_eta_as_given(http:
     assert http.post("/v1/jobs", json=delayed, headers={"Idempotency-Key": "k5"}).status_code == 422
 
 
+def test_same_key__eta_repeated_after_it_passed__same_job_200(http: httpx.Client) -> None:
+    at = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=1)).isoformat()
+    first = http.post("/v1/jobs", json={**BODY, "eta": at}, headers={"Idempotency-Key": "k6"})
+    time.sleep(1.5)  # a client retrying after a timeout: the eta it sends again has passed
+
+    again = http.post("/v1/jobs", json={**BODY, "eta": at}, headers={"Idempotency-Key": "k6"})
+
+    assert first.status_code == 202 and again.status_code == 200, again.text
+    assert again.json()["id"] == first.json()["id"]
+
+
 def test_bad_key__400(http: httpx.Client) -> None:
     for key in ("", "x" * 256, "tab\there"):
         r = http.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": key})

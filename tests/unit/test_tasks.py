@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Literal
 
 import pydantic
@@ -134,6 +135,7 @@ def test_build_job__applies_task_defaults_and_options(app):
     ({"eta": float("nan")}, "#/eta"),
     ({"eta": 14 * 86400 + 1.0}, "#/eta"),  # now=0: one second past the 14 days a delay may reach
     ({"eta": "9999-12-31T23:59:59Z"}, "#/eta"),
+    ({"eta": "1970-01-01T00:10:00"}, "#/eta"),  # no UTC offset: RFC 3339 requires one
     ({"max_retries": -1}, "#/max_retries"),
     ({"timeout": 0}, "#/timeout"),
     ({"queue": "no spaces"}, "#/queue"),
@@ -146,6 +148,19 @@ def test_build_job__bad_options__name_the_option(app, options, pointer):
     with pytest.raises(ValidationError) as err:
         app.build_job("transcode", ["a", 1], {}, now=0.0, **options)
     assert err.value.errors[0]["pointer"] == pointer
+
+
+def test_build_job__naive_datetime_eta__is_local_time(app, monkeypatch):
+    monkeypatch.setenv("TZ", "America/Los_Angeles")  # 8 hours behind UTC in winter
+    time.tzset()
+    try:
+        now = time.time()
+        in_an_hour = dt.datetime.now() + dt.timedelta(hours=1)  # naive, local: as users write it
+        job = app.build_job("transcode", ["a", 1], {}, now=now, eta=in_an_hour)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert job.scheduled_at is not None and abs(job.scheduled_at - (now + 3600)) < 5
 
 
 def test_enqueue_many__an_invalid_item__is_named_and_nothing_is_sent(app):

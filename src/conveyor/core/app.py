@@ -8,6 +8,7 @@ import contextlib
 import functools
 import math
 import os
+import re
 import threading
 import time
 import weakref
@@ -411,6 +412,9 @@ def order_by_dependencies(jobs: Sequence[Job]) -> list[Job]:
 MAX_DELAY = 14 * 86400
 
 
+_OFFSET = re.compile(r"(?:[zZ]|[+-]\d\d:?\d\d)$")
+
+
 def _when(delay: float | None, eta: datetime | float | str | None, now: float) -> float | None:
     if delay is not None and eta is not None:
         raise _invalid("#/eta", "give delay or eta, not both", "delay and eta both given")
@@ -426,8 +430,11 @@ def _when(delay: float | None, eta: datetime | float | str | None, now: float) -
         return None
     try:
         if isinstance(eta, datetime):
-            when = eta.timestamp() if eta.tzinfo else from_rfc3339(eta.isoformat())
+            when = eta.timestamp()  # a naive datetime is local time, as Python reads it everywhere
         elif isinstance(eta, str):
+            if not _OFFSET.search(eta.strip()):  # RFC 3339 requires one; guessing UTC moved jobs by hours
+                raise _invalid("#/eta", "eta must be an RFC 3339 time with its UTC offset (Z or +hh:mm)",
+                               "no UTC offset")
             when = from_rfc3339(eta)
         elif isinstance(eta, int | float) and not isinstance(eta, bool):
             when = float(eta)

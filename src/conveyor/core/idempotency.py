@@ -40,6 +40,10 @@ def _same_schedule(built: Job, stored: Job) -> bool:
     if stored.status is Status.RETRYING or len(stored.attempts) > 1:
         return True  # a retry moved scheduled_at: what was asked for is no longer recorded
     b, s = built.scheduled_at, stored.scheduled_at
+    if b is None and s is not None and s <= built.created_at + _CLOCK:
+        # an eta that has passed reads as "at once" now (the request repeated after its time):
+        # it starts at once either way, so it counts as the same
+        return True
     if b is None or s is None:
         return b is None and s is None
     return abs(b - s) < _CLOCK or abs((b - built.created_at) - (s - stored.created_at)) < _CLOCK
