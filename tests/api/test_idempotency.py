@@ -66,6 +66,11 @@ def test_same_key__eta_repeated_after_it_passed__same_job_200(http: httpx.Client
     assert again.json()["id"] == first.json()["id"]
 
 
+def test_key_on_a_batch__400_rather_than_ignored(http: httpx.Client) -> None:
+    r = http.post("/v1/jobs/batch", json={"jobs": [BODY]}, headers={"Idempotency-Key": "k7"})
+    assert r.status_code == 400 and "not deduplicated" in r.json()["detail"]
+
+
 def test_bad_key__400(http: httpx.Client) -> None:
     for key in ("", "x" * 256, "tab\there"):
         r = http.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": key})

@@ -87,8 +87,10 @@ async def submit(request: Request) -> Response:
 
 
 @router.post("/batch", status_code=202, response_model=JobBatch, responses=responses(400, 401, 403, 413, 415, 422))
-async def submit_batch(body: SubmitBatch, st: State) -> Response:
+async def submit_batch(body: SubmitBatch, st: State, request: Request) -> Response:
     """Submit up to 1000 jobs in one round trip: all are accepted, or none (422 names each problem)."""
+    if "idempotency-key" in request.headers:  # a retried batch would make every job again: say so
+        raise HTTPException(400, "Idempotency-Key applies to POST /v1/jobs only; a batch is not deduplicated")
     now = time.time()
     jobs: list[Job] = []
     errors: list[dict[str, str]] = []
