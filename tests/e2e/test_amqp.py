@@ -7,6 +7,7 @@ import collections
 import contextlib
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -84,3 +85,23 @@ def test_process_killing_task__fails_after_max_deliveries_without_looping(amqp: 
     assert job.error["type"] == "DeliveryLimitExceeded"
     assert job.job.deliveries == 3
     assert len([e for e in recorded(amqp.log) if e["event"] == "start"]) == 3
+
+
+SCRIPT = """
+import asyncio, sys
+from conveyor import Conveyor
+app = Conveyor(sys.argv[1])
+async def main():
+    print(await app.get_job_async("01a24e3f-a275-72da-8605-48e22f4f1fe5"))
+    await app.aclose()
+asyncio.run(main())
+"""
+
+
+def test_asyncio_run_script__aclose__exits_without_warnings(tmp_path: Path) -> None:
+    url = f"amqp://guest:guest@127.0.0.1:5672/?prefix=cvaclose_{uuid.uuid4().hex[:8]}"
+    env = {"CONVEYOR_STORE_URL": f"sqlite:///{tmp_path}/store.db", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", SCRIPT, url], capture_output=True, text=True, timeout=60,
+                          env=env, cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == "None"
+    assert done.stderr == "", done.stderr  # no "Task was destroyed but it is pending", no traceback

@@ -60,3 +60,23 @@ def test_enqueue_in_transaction__other_backends_say_why_not(tmp_path):
 
     with pytest.raises(ConfigurationError, match="PostgreSQL"):
         asyncio.run(scenario())
+
+
+def test_enqueue_in_transaction__a_sync_connection__says_what_it_needs():
+    schema = f"tx_{uuid.uuid4().hex[:10]}"
+    app = Conveyor(f"{DSN}?schema={schema}")
+
+    @app.task
+    def noop(ctx: Context) -> None: ...
+
+    async def scenario():
+        try:
+            with psycopg.connect(DSN) as conn:  # a Django/Flask-style blocking connection
+                await app.enqueue_in_transaction(conn, noop)
+        finally:
+            backend = await app.backend()
+            await backend.drop()  # type: ignore[attr-defined]
+            await backend.close()
+
+    with pytest.raises(ConfigurationError, match=r"needs a psycopg\.AsyncConnection, not Connection"):
+        asyncio.run(scenario())

@@ -217,6 +217,14 @@ class Conveyor:
             future.set_result(backend)
         return await asyncio.shield(future)
 
+    async def aclose(self) -> None:
+        """Close the backend this app opened on the running loop: the end of an ``asyncio.run``
+        script (its loop closes with the script; a pool's or consumer's tasks left open on it
+        would be destroyed pending, with warnings)."""
+        future = self._backends.pop(asyncio.get_running_loop(), None)
+        if future is not None and future.done() and not future.cancelled() and not future.exception():
+            await asyncio.wait_for(future.result().close(), _CLOSE_BOUND)
+
     def close(self) -> None:
         """Close the backends this app opened for synchronous callers (tests, scripts)."""
         for loop, future in list(self._backends.items()):

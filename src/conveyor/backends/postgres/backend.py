@@ -609,6 +609,10 @@ class PostgresBackend(Backend):
         The jobs exist (and workers are notified) if and only if the caller commits. Works on
         any connection to the same database, whatever its ``search_path``.
         """
+        if not isinstance(conn, psycopg.AsyncConnection):
+            raise ConfigurationError(
+                f"enqueue_in_transaction needs a psycopg.AsyncConnection, not {type(conn).__name__}: "
+                "from sync code, open one with psycopg.AsyncConnection.connect, or enqueue after your commit")
         if not jobs:
             return []
         async with self._errors(), conn.transaction():
