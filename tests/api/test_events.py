@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -9,6 +10,8 @@ from typing import Any
 
 import httpx
 
+from conveyor import Conveyor
+from conveyor.api.events import Watcher, stream
 from tests.api.conftest import Server, WorkerThread, wait_for
 
 
@@ -131,3 +134,39 @@ def test_events__one_watcher_polls_once_per_tick_for_many_clients(server: Server
 def test_events__unknown_job__404(server: Server) -> None:
     r = server.http.get("/v1/jobs/01a22233-d0de-71e6-b821-e3be6140d5a1/events")
     assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
+
+
+def test_events__second_subscriber_reads_a_change_first__first_still_gets_it_and_ends(app: Conveyor) -> None:
+    async def main() -> tuple[list[str], str, list[str]]:
+        watcher = Watcher(app.backend, interval=3600)  # one poll at start; the rest by hand
+        backend = await app.backend()
+        try:
+            job_id = (await app.enqueue_async("add", [1, 2])).id
+            first = stream(watcher, (await backend.get_jobs([job_id]))[0], None)
+            assert (await anext(first)).startswith("retry:") and "queued" in await anext(first)
+            await asyncio.wait_for(_polled(watcher), 5)
+            await backend.cancel(job_id, time.time())  # a change the watcher has not sent yet...
+            second = stream(watcher, (await backend.get_jobs([job_id]))[0], None)  # ...that B reads
+            seen = [frame async for frame in second]
+            await watcher.poll()  # the next tick
+            frame = await asyncio.wait_for(anext(first), 5)
+            rest = await asyncio.wait_for(_drain(first), 5)
+            return seen, frame, rest
+        finally:
+            await watcher.close()
+            await app.aclose()
+
+    seen_by_b, next_of_a, rest_of_a = asyncio.run(main())
+    assert '"status":"cancelled"' in seen_by_b[-1].replace(" ", "")
+    assert '"status":"cancelled"' in next_of_a.replace(" ", ""), next_of_a  # A got the terminal event
+    assert rest_of_a == []  # and its stream ended there
+
+
+async def _polled(watcher: Watcher) -> None:
+    while watcher.polls < 1:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)  # the first poll's queries are done
+
+
+async def _drain(frames: Any) -> list[str]:
+    return [f async for f in frames]

@@ -48,10 +48,13 @@ class Watcher:
         """Watch ``job`` (as just read); a newer state already known is queued at once."""
         sub = Subscription(job.id)
         known = self._latest.get(job.id)
-        if known is None or known.revision < job.revision:
-            self._latest[job.id] = job
-        elif known.revision > job.revision:
+        if known is not None and known.revision > job.revision:
             sub.queue.put_nowait(known)
+        elif known is None or known.revision < job.revision:
+            # ``_latest`` is what every subscriber has been handed: a newer state read by this
+            # one goes to the others too, or ``poll`` would see no change and they would never
+            # get it (a stream that misses its terminal event never ends).
+            self._publish(job)
         self._subs.setdefault(job.id, set()).add(sub)
         self._wake.set()
         if self._task is None or self._task.done():
@@ -102,11 +105,14 @@ class Watcher:
             return
         for job in await backend.get_jobs(changed):
             known = self._latest.get(job.id)
-            if known is None or job.revision <= known.revision:
-                continue
-            self._latest[job.id] = job
-            for sub in self._subs.get(job.id, ()):
-                sub.queue.put_nowait(job)
+            if known is not None and job.revision > known.revision:
+                self._publish(job)
+
+    def _publish(self, job: Job) -> None:
+        """Hand ``job`` to every subscriber of it and remember it as the newest state they have."""
+        self._latest[job.id] = job
+        for sub in self._subs.get(job.id, ()):
+            sub.queue.put_nowait(job)
 
 
 def frame(job: Job) -> str:
