@@ -2,28 +2,37 @@
 
 Jobs come back as the API's JSON (dicts). Problems come back as the core error tree:
 422 → ``ValidationError`` (``UnknownTask``, ``IdempotencyKeyReused``) with ``errors``;
-404 → ``JobNotFound``; 409 → ``InvalidTransition`` / ``IdempotencyKeyInFlight``;
-503 or an unreachable server → ``BackendUnavailable``; anything else → ``ApiError``.
+404 → ``JobNotFound`` (``QueueNotFound`` from the queue routes); 409 → ``InvalidTransition`` /
+``IdempotencyKeyInFlight``; 503 or an unreachable server → ``BackendUnavailable``; anything else
+→ ``ApiError``. What cannot be sent at all fails before sending: ``ValidationError`` (a bad
+``key``, NaN), ``ConfigurationError`` (a base URL that is not http(s)).
+
+``AsyncClient`` is the one implementation; ``Client`` runs its coroutines for sync callers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
+import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from conveyor.core.errors import (
     BackendUnavailable,
+    ConfigurationError,
     ConveyorError,
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
     InvalidTransition,
     JobFailed,
     JobNotFound,
+    QueueNotFound,
     UnknownTask,
     ValidationError,
 )
@@ -33,6 +42,7 @@ OPTIONS = frozenset({"queue", "priority", "delay", "eta", "max_retries", "timeou
                      "metadata", "webhook"})
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "expired"})
 Job = dict[str, Any]
+T = TypeVar("T")
 
 
 class ApiError(ConveyorError):
@@ -56,8 +66,8 @@ ERRORS: Mapping[str, type[ConveyorError]] = {
 }
 
 
-def error_from(response: httpx.Response) -> ConveyorError:
-    """The error of a 4xx/5xx response."""
+def error_from(response: httpx.Response, missing: type[JobNotFound] = JobNotFound) -> ConveyorError:
+    """The error of a 4xx/5xx response; a 404 is ``missing`` (what the route looks up: a job, a queue)."""
     try:
         body = response.json()
     except ValueError:
@@ -65,6 +75,8 @@ def error_from(response: httpx.Response) -> ConveyorError:
     body = body if isinstance(body, dict) else {}
     detail = str(body.get("detail") or response.reason_phrase or response.status_code)
     kind = ERRORS.get(str(body.get("type", "")).rsplit("/", 1)[-1])
+    if kind is JobNotFound:
+        kind = missing
     if kind is None and response.status_code == 503:
         kind = BackendUnavailable
     if kind is not None and issubclass(kind, ValidationError):
@@ -84,7 +96,7 @@ def submission(task: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tup
     for name in OPTIONS & set(kwargs):
         value = kwargs[name]
         if name == "key":
-            headers["Idempotency-Key"] = str(value)
+            headers["Idempotency-Key"] = _key(value)
         elif name == "eta" and isinstance(value, datetime):
             body["eta"] = value.isoformat()
         elif name == "depends_on":
@@ -92,6 +104,16 @@ def submission(task: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tup
         else:
             body[name] = value
     return body, headers
+
+
+def _key(value: Any) -> str:
+    """An Idempotency-Key: 1–255 printable ASCII characters, as the server requires (a header
+    carries nothing else; httpx would fail with a bare ``UnicodeEncodeError``)."""
+    key = str(value)
+    if not (0 < len(key) <= 255 and key.isascii() and key.isprintable()):
+        detail = f"key must be 1–255 printable ASCII characters, not {key!r}"
+        raise ValidationError(detail, [{"parameter": "Idempotency-Key", "detail": detail}])
+    return key
 
 
 def outcome(job: Job) -> Any:
@@ -133,129 +155,88 @@ def _headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-class Client:
-    """Synchronous client: ``Client("http://127.0.0.1:8000", token=...)``."""
+def _base_url(base_url: str) -> str:
+    """``base_url`` if it is an http(s) URL with a host; else ``ConfigurationError`` now, not
+    a misleading "cannot reach" at the first call."""
+    try:
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ConfigurationError(f"the API URL {base_url!r} is not a URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigurationError(f"the API URL {base_url!r} must be http:// or https:// with a host")
+    return base_url
 
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0) -> None:
-        self.http = httpx.Client(base_url=base_url, headers=_headers(token), timeout=timeout)
 
-    def __enter__(self) -> Client:
-        return self
+def _encode(body: Any) -> bytes:
+    """The JSON of a request body; ``ValidationError`` naming what JSON cannot carry (NaN, a set…)."""
+    try:
+        return json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
+    except (ValueError, TypeError) as exc:
+        pointer = _unencodable(body, "#")
+        raise ValidationError(f"{pointer}: {exc}", [{"pointer": pointer, "detail": str(exc)}]) from None
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
-    def close(self) -> None:
-        self.http.close()
+def _unencodable(value: Any, pointer: str) -> str:
+    """The JSON Pointer of the first part of ``value`` that is not JSON (``pointer`` if none is)."""
+    if isinstance(value, Mapping):
+        items: Iterable[tuple[Any, Any]] = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return pointer
+    for key, item in items:
+        inner = f"{pointer}/{key}"
+        if isinstance(item, float) and not math.isfinite(item):
+            return inner
+        if not isinstance(item, str | int | float | bool | None | Mapping | list | tuple):
+            return inner
+        found = _unencodable(item, inner)
+        if found != inner:
+            return found
+    return pointer
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+
+#: Seconds an event stream may stay silent before it counts as lost (the server sends a
+#: keep-alive comment every 15 s, so this is three missed ones).
+IDLE = 45.0
+#: Failed connections in a row after which ``events`` gives up; the n-th waits ``BACKOFF * 2**(n-1)`` s.
+RECONNECTS = 5
+BACKOFF = 0.25
+
+
+class _Deadline:
+    """What is left of a ``timeout``: every wait of ``events`` is bounded by it."""
+
+    def __init__(self, job_id: str, timeout: float | None) -> None:
+        self.job_id = job_id
+        self.timeout = timeout
+        self.at = None if timeout is None else time.monotonic() + timeout
+
+    def left(self, cap: float) -> float:
+        """``cap``, or less when the deadline is nearer; ``TimeoutError`` once it passed."""
+        if self.at is None:
+            return cap
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"job {self.job_id} not finished within {self.timeout:g} s")
+        return min(cap, left)
+
+    async def bound(self, awaitable: Awaitable[T], cap: float) -> T:
+        """``awaitable``'s result within ``left(cap)`` s: past the deadline ``TimeoutError``, past
+        ``cap`` ``httpx.ReadTimeout`` (a silent stream is a lost one). httpx fixes a stream's read
+        timeout when it opens, so each keep-alive would restart it: the deadline is kept here."""
         try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise BackendUnavailable(f"cannot reach the Conveyor API: {exc}") from None
-        if response.status_code >= 400:
-            raise error_from(response)
-        return response.json()
-
-    def submit(self, task: str, *args: Any, **kwargs: Any) -> Job:
-        """Submit one job: the task's arguments, plus options (``queue``, ``priority``, ``delay``, ``key``…)."""
-        body, headers = submission(task, args, kwargs)
-        job: Job = self._call("POST", "/v1/jobs", json=body, headers=headers)
-        return job
-
-    def submit_many(self, jobs: Sequence[Mapping[str, Any]]) -> list[Job]:
-        """Submit up to 1000 jobs (``{"task", "args", "kwargs", ...options}`` each), all or none."""
-        reply = self._call("POST", "/v1/jobs/batch", json={"jobs": list(jobs)})
-        return list(reply["jobs"])
-
-    def get(self, job_id: str) -> Job:
-        job: Job = self._call("GET", f"/v1/jobs/{job_id}")
-        return job
-
-    def list(self, *, status: str | None = None, task: str | None = None, queue: str | None = None,
-             limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
-        """One page: ``{"items": [...], "next_cursor": ...}``."""
-        params = {k: v for k, v in {"status": status, "task": task, "queue": queue, "limit": limit,
-                                    "cursor": cursor}.items() if v is not None}
-        page: dict[str, Any] = self._call("GET", "/v1/jobs", params=params)
-        return page
-
-    def cancel(self, job_id: str) -> Job:
-        job: Job = self._call("POST", f"/v1/jobs/{job_id}/cancel")
-        return job
-
-    def retry(self, job_id: str) -> Job:
-        job: Job = self._call("POST", f"/v1/jobs/{job_id}/retry")
-        return job
-
-    def queues(self) -> dict[str, Any]:
-        """Every queue: ``{"items": [{name, queued, scheduled, running, failed, ...settings}]}``."""
-        page: dict[str, Any] = self._call("GET", "/v1/queues")
-        return page
-
-    def queue(self, name: str) -> dict[str, Any]:
-        """One queue's counts and settings."""
-        info: dict[str, Any] = self._call("GET", f"/v1/queues/{name}")
-        return info
-
-    def update_queue(self, name: str, **settings: Any) -> dict[str, Any]:
-        """Change settings (``retention``, ``visibility_timeout``, ``max_deliveries``, ``result_ttl``, ``paused``)."""
-        info: dict[str, Any] = self._call("PATCH", f"/v1/queues/{name}", json=settings)
-        return info
-
-    def redrive(self, name: str, ids: Sequence[str] | None = None) -> int:
-        """Put the queue's dead letters (only ``ids`` if given) back to ``queued``; how many."""
-        reply = self._call("POST", f"/v1/queues/{name}/redrive", json={"ids": list(ids)} if ids is not None else {})
-        return int(reply["redriven"])
-
-    def purge(self, name: str) -> int:
-        """Cancel every job of the queue that has not started; how many."""
-        return int(self._call("POST", f"/v1/queues/{name}/purge")["purged"])
-
-    def events(self, job_id: str, timeout: float | None = None) -> Iterator[Job]:
-        """The job's states as they change, ending with its terminal one (reconnects as needed)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        last: str | None = None
-        while True:
-            headers = {"Last-Event-ID": last} if last else {}
-            read = 60.0 if deadline is None else max(0.05, deadline - time.monotonic())
-            try:
-                with self.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
-                                      timeout=httpx.Timeout(10.0, read=read)) as response:
-                    if response.status_code == 204:
-                        return
-                    if response.status_code >= 400:
-                        response.read()
-                        raise error_from(response)
-                    parser = _SSE()
-                    for line in response.iter_lines():
-                        job = parser.feed(line)
-                        last = parser.last_id or last
-                        if job is not None:
-                            yield job
-                            if job["status"] in TERMINAL:
-                                return
-                        if deadline is not None and time.monotonic() > deadline:
-                            raise TimeoutError(f"job {job_id} not finished within {timeout} s")
-            except httpx.ReadTimeout:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError(f"job {job_id} not finished within {timeout} s") from None
-            except httpx.TransportError as exc:
-                raise BackendUnavailable(f"cannot reach the Conveyor API: {exc}") from None
-
-    def wait(self, job_id: str, timeout: float | None = None) -> Any:
-        """The job's result once it finished; ``JobFailed`` if it did not succeed, ``TimeoutError``."""
-        final: Job | None = None
-        for job in self.events(job_id, timeout):
-            final = job
-        return outcome(final if final is not None else self.get(job_id))
+            return await asyncio.wait_for(awaitable, self.left(cap))
+        except TimeoutError:
+            self.left(cap)
+            raise httpx.ReadTimeout(f"no data for {cap:g} s") from None
 
 
 class AsyncClient:
-    """Asynchronous client, with the methods of ``Client`` as coroutines (``events`` is async-iterable)."""
+    """Asynchronous client: ``AsyncClient("http://127.0.0.1:8000", token=...)``."""
 
     def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0) -> None:
-        self.http = httpx.AsyncClient(base_url=base_url, headers=_headers(token), timeout=timeout)
+        self.http = httpx.AsyncClient(base_url=_base_url(base_url), headers=_headers(token), timeout=timeout)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -266,96 +247,222 @@ class AsyncClient:
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def _call(self, method: str, path: str, body: Any = None, *, missing: type[JobNotFound] = JobNotFound,
+                    **kwargs: Any) -> Any:
+        if body is not None:
+            kwargs["content"] = _encode(body)
+            kwargs["headers"] = {"Content-Type": "application/json", **kwargs.get("headers", {})}
         try:
             response = await self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise BackendUnavailable(f"cannot reach the Conveyor API: {exc}") from None
         if response.status_code >= 400:
-            raise error_from(response)
+            raise error_from(response, missing)
         return response.json()
 
     async def submit(self, task: str, *args: Any, **kwargs: Any) -> Job:
+        """Submit one job: the task's arguments, plus options (``queue``, ``priority``, ``delay``, ``key``…)."""
         body, headers = submission(task, args, kwargs)
-        job: Job = await self._call("POST", "/v1/jobs", json=body, headers=headers)
+        job: Job = await self._call("POST", "/v1/jobs", body, headers=headers)
         return job
 
     async def submit_many(self, jobs: Sequence[Mapping[str, Any]]) -> list[Job]:
-        reply = await self._call("POST", "/v1/jobs/batch", json={"jobs": list(jobs)})
+        """Submit up to 1000 jobs (``{"task", "args", "kwargs", ...options}`` each), all or none."""
+        reply = await self._call("POST", "/v1/jobs/batch", {"jobs": list(jobs)})
         return list(reply["jobs"])
 
     async def get(self, job_id: str) -> Job:
+        """The job as the API returns it."""
         job: Job = await self._call("GET", f"/v1/jobs/{job_id}")
         return job
 
     async def list(self, *, status: str | None = None, task: str | None = None, queue: str | None = None,
                    limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
+        """One page: ``{"items": [...], "next_cursor": ...}``."""
         params = {k: v for k, v in {"status": status, "task": task, "queue": queue, "limit": limit,
                                     "cursor": cursor}.items() if v is not None}
         page: dict[str, Any] = await self._call("GET", "/v1/jobs", params=params)
         return page
 
     async def cancel(self, job_id: str) -> Job:
+        """Cancel the job: a pending one at once, a running one cooperatively."""
         job: Job = await self._call("POST", f"/v1/jobs/{job_id}/cancel")
         return job
 
     async def retry(self, job_id: str) -> Job:
+        """Run a finished job again."""
         job: Job = await self._call("POST", f"/v1/jobs/{job_id}/retry")
         return job
 
     async def queues(self) -> dict[str, Any]:
+        """Every queue: ``{"items": [{name, queued, scheduled, running, failed, ...settings}]}``."""
         page: dict[str, Any] = await self._call("GET", "/v1/queues")
         return page
 
     async def queue(self, name: str) -> dict[str, Any]:
-        info: dict[str, Any] = await self._call("GET", f"/v1/queues/{name}")
+        """One queue's counts and settings; ``QueueNotFound`` for a name the server does not know."""
+        info: dict[str, Any] = await self._call("GET", f"/v1/queues/{name}", missing=QueueNotFound)
         return info
 
     async def update_queue(self, name: str, **settings: Any) -> dict[str, Any]:
-        info: dict[str, Any] = await self._call("PATCH", f"/v1/queues/{name}", json=settings)
+        """Change settings (``retention``, ``visibility_timeout``, ``max_deliveries``, ``result_ttl``, ``paused``)."""
+        info: dict[str, Any] = await self._call("PATCH", f"/v1/queues/{name}", settings, missing=QueueNotFound)
         return info
 
     async def redrive(self, name: str, ids: Sequence[str] | None = None) -> int:
+        """Put the queue's dead letters (only ``ids`` if given) back to ``queued``; how many."""
         body = {"ids": list(ids)} if ids is not None else {}
-        reply = await self._call("POST", f"/v1/queues/{name}/redrive", json=body)
+        reply = await self._call("POST", f"/v1/queues/{name}/redrive", body, missing=QueueNotFound)
         return int(reply["redriven"])
 
     async def purge(self, name: str) -> int:
-        return int((await self._call("POST", f"/v1/queues/{name}/purge"))["purged"])
+        """Cancel every job of the queue that has not started; how many."""
+        return int((await self._call("POST", f"/v1/queues/{name}/purge", missing=QueueNotFound))["purged"])
 
-    async def events(self, job_id: str, timeout: float | None = None) -> AsyncIterator[Job]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        last: str | None = None
+    async def events(self, job_id: str, timeout: float | None = None) -> AsyncGenerator[Job, None]:
+        """The job's states as they change, ending with its terminal one. A lost stream is resumed
+        where it stopped (``Last-Event-ID``) after a short backoff; ``RECONNECTS`` failures in a row
+        raise ``BackendUnavailable``; ``TimeoutError`` once ``timeout`` seconds have passed."""
+        clock = _Deadline(job_id, timeout)
+        parser = _SSE()
+        failures = 0
         while True:
-            headers = {"Last-Event-ID": last} if last else {}
-            read = 60.0 if deadline is None else max(0.05, deadline - time.monotonic())
+            headers = {"Last-Event-ID": parser.last_id} if parser.last_id else {}
+            request = self.http.build_request("GET", f"/v1/jobs/{job_id}/events", headers=headers,
+                                              timeout=httpx.Timeout(10.0, read=None))  # reads: see bound()
             try:
-                async with self.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
-                                            timeout=httpx.Timeout(10.0, read=read)) as response:
-                    if response.status_code == 204:
+                response = await clock.bound(self.http.send(request, stream=True), IDLE)
+                try:
+                    if response.status_code == 204:  # the last event we saw was the terminal one
                         return
                     if response.status_code >= 400:
                         await response.aread()
                         raise error_from(response)
-                    parser = _SSE()
-                    async for line in response.aiter_lines():
+                    lines = response.aiter_lines()
+                    while (line := await clock.bound(anext(lines, None), IDLE)) is not None:
                         job = parser.feed(line)
-                        last = parser.last_id or last
+                        if job is not None or line.startswith(":"):
+                            failures = 0  # the server is there: only failures in a row count
                         if job is not None:
                             yield job
                             if job["status"] in TERMINAL:
                                 return
-            except httpx.ReadTimeout:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError(f"job {job_id} not finished within {timeout} s") from None
+                finally:
+                    await response.aclose()
+                lost: Exception = httpx.RemoteProtocolError("the stream ended before the job did")
             except httpx.TransportError as exc:
-                raise BackendUnavailable(f"cannot reach the Conveyor API: {exc}") from None
+                lost = exc
+            failures += 1
+            if failures > RECONNECTS:
+                raise BackendUnavailable(f"lost the event stream of job {job_id} {failures} times in a row: "
+                                         f"{lost}") from lost
+            await asyncio.sleep(clock.left(BACKOFF * 2 ** (failures - 1)))
 
     async def wait(self, job_id: str, timeout: float | None = None) -> Any:
+        """The job's result once it finished; ``JobFailed`` if it did not succeed, ``TimeoutError``."""
         final: Job | None = None
         async for job in self.events(job_id, timeout):
             final = job
         return outcome(final if final is not None else await self.get(job_id))
+
+
+class Client:
+    """Synchronous client: ``Client("http://127.0.0.1:8000", token=...)``, the methods of
+    ``AsyncClient`` run on an event loop of its own in a daemon thread.
+
+    One loop per client, not ``core.portal``'s loop per calling thread: httpx's connections belong
+    to the loop that opened them, and a client may be shared by threads.
+    """
+
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0) -> None:
+        self._async = AsyncClient(base_url, token, timeout)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="conveyor-client", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._run(self._async.aclose())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # e.g. Ctrl-C in the caller: stop the request too
+            raise
+
+    def submit(self, task: str, *args: Any, **kwargs: Any) -> Job:
+        """Submit one job: the task's arguments, plus options (``queue``, ``priority``, ``delay``, ``key``…)."""
+        return self._run(self._async.submit(task, *args, **kwargs))
+
+    def submit_many(self, jobs: Sequence[Mapping[str, Any]]) -> list[Job]:
+        """Submit up to 1000 jobs (``{"task", "args", "kwargs", ...options}`` each), all or none."""
+        return self._run(self._async.submit_many(jobs))
+
+    def get(self, job_id: str) -> Job:
+        """The job as the API returns it."""
+        return self._run(self._async.get(job_id))
+
+    def list(self, *, status: str | None = None, task: str | None = None, queue: str | None = None,
+             limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
+        """One page: ``{"items": [...], "next_cursor": ...}``."""
+        return self._run(self._async.list(status=status, task=task, queue=queue, limit=limit, cursor=cursor))
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel the job: a pending one at once, a running one cooperatively."""
+        return self._run(self._async.cancel(job_id))
+
+    def retry(self, job_id: str) -> Job:
+        """Run a finished job again."""
+        return self._run(self._async.retry(job_id))
+
+    def queues(self) -> dict[str, Any]:
+        """Every queue: ``{"items": [{name, queued, scheduled, running, failed, ...settings}]}``."""
+        return self._run(self._async.queues())
+
+    def queue(self, name: str) -> dict[str, Any]:
+        """One queue's counts and settings; ``QueueNotFound`` for a name the server does not know."""
+        return self._run(self._async.queue(name))
+
+    def update_queue(self, name: str, **settings: Any) -> dict[str, Any]:
+        """Change settings (``retention``, ``visibility_timeout``, ``max_deliveries``, ``result_ttl``, ``paused``)."""
+        return self._run(self._async.update_queue(name, **settings))
+
+    def redrive(self, name: str, ids: Sequence[str] | None = None) -> int:
+        """Put the queue's dead letters (only ``ids`` if given) back to ``queued``; how many."""
+        return self._run(self._async.redrive(name, ids))
+
+    def purge(self, name: str) -> int:
+        """Cancel every job of the queue that has not started; how many."""
+        return self._run(self._async.purge(name))
+
+    def events(self, job_id: str, timeout: float | None = None) -> Iterator[Job]:
+        """The job's states as they change, ending with its terminal one (see ``AsyncClient.events``)."""
+        stream = self._async.events(job_id, timeout)
+        try:
+            while (job := self._run(_next(stream))) is not None:
+                yield job
+        finally:
+            self._run(stream.aclose())
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Any:
+        """The job's result once it finished; ``JobFailed`` if it did not succeed, ``TimeoutError``."""
+        return self._run(self._async.wait(job_id, timeout))
+
+
+async def _next(stream: AsyncIterator[Job]) -> Job | None:
+    return await anext(stream, None)
 
 
 __all__ = ["ApiError", "AsyncClient", "Client"]

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
+import time
 
 import pytest
 
+from conveyor import Conveyor
 from conveyor.client import AsyncClient, Client
 from conveyor.core.errors import (
     BackendUnavailable,
+    ConfigurationError,
     IdempotencyKeyReused,
     InvalidArguments,
     InvalidTransition,
     JobFailed,
     JobNotFound,
+    QueueNotFound,
     UnknownTask,
     ValidationError,
 )
@@ -67,3 +74,124 @@ def test_async_client(server: Server, worker: WorkerThread) -> None:
                 await client.submit("nope")
 
     asyncio.run(main())
+
+
+def test_client__mistakes_caught_before_sending__clear_errors(server: Server) -> None:
+    with Client(server.url) as client:
+        with pytest.raises(QueueNotFound, match="no-such-queue"):
+            client.queue("no-such-queue")
+        with pytest.raises(ValidationError) as key:
+            client.submit("add", 1, 2, key="clé")
+        assert key.value.errors[0]["parameter"] == "Idempotency-Key"
+        with pytest.raises(ValidationError) as nan:
+            client.submit("transcode", "x", height=float("nan"))
+        assert nan.value.errors[0]["pointer"] == "#/kwargs/height"
+    with pytest.raises(ConfigurationError, match="http"):
+        Client("ftp://example.com")
+
+
+def test_client_wait__timeout_with_keepalives__raises_on_time(app: Conveyor) -> None:
+    # keep-alives 2.9 s apart reset httpx's read timeout; the job (queued, no worker) never changes
+    server = Server(app, tokens="", keepalive=2.9)
+    try:
+        job_id = server.http.post("/v1/jobs", json={"task": "add", "args": [1, 2]}).json()["id"]
+        with Client(server.url) as client, pytest.raises(TimeoutError, match="not finished within 3 s"):
+            start = time.monotonic()
+            client.wait(job_id, timeout=3)
+        assert time.monotonic() - start < 4
+
+        async def main() -> None:
+            async with AsyncClient(server.url) as client:
+                await asyncio.wait_for(client.wait(job_id, timeout=3), 8)
+
+        start = time.monotonic()
+        with pytest.raises(TimeoutError, match="not finished within 3 s"):
+            asyncio.run(main())
+        assert time.monotonic() - start < 4
+    finally:
+        server.stop()
+
+
+class Relay:
+    """A TCP relay to a server whose connections can be cut, as a network drop or a proxy restart would."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                down, _ = self.listener.accept()
+            except OSError:
+                return
+            up = socket.create_connection(("127.0.0.1", self.port))
+            self.sockets += [down, up]
+            for a, b in ((down, up), (up, down)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        for s in self.sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+        self.sockets.clear()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self.cut()
+
+
+def _wait_in_thread(client: Client, job_id: str, timeout: float | None) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            client.wait(job_id, timeout)
+        except Exception as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def test_client_wait__stream_dropped__resumes_and_sees_the_end(server: Server) -> None:
+    relay = Relay(server.port)
+    try:
+        with Client(relay.url) as client:
+            job_id = client.submit("add", 1, 2)["id"]  # no worker: it stays queued
+            thread, errors = _wait_in_thread(client, job_id, 20)
+            time.sleep(0.5)  # the stream is open
+            relay.cut()
+            server.http.post(f"/v1/jobs/{job_id}/cancel")
+            thread.join(10)
+            assert not thread.is_alive()
+            assert isinstance(errors[0], JobFailed) and errors[0].status == "cancelled", errors
+    finally:
+        relay.close()
+
+
+def test_client_wait__server_gone_for_good__gives_up(server: Server) -> None:
+    relay = Relay(server.port)
+    with Client(relay.url) as client:
+        job_id = client.submit("add", 1, 2)["id"]
+        thread, errors = _wait_in_thread(client, job_id, None)
+        time.sleep(0.5)
+        relay.close()
+        thread.join(15)  # 5 attempts, 0.25 s to 4 s apart
+        assert not thread.is_alive()
+        assert isinstance(errors[0], BackendUnavailable) and "lost the event stream" in str(errors[0])
