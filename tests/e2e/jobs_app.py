@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -183,3 +184,32 @@ async def async_stubborn(ctx: Context, seconds: float) -> str:
             continue
     _record("end", ctx)
     return "done"
+
+
+class BadStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this exception fails")
+
+
+@app.task(max_retries=0)
+def misbehave(ctx: Context, how: str) -> object:
+    """Task code at its worst: each way must end this job alone, never the worker."""
+    if how == "surrogate_result":
+        return os.fsdecode(b"report-\xff.csv")  # a non-UTF-8 file name
+    if how == "surrogate_error":
+        raise ValueError(os.fsdecode(b"cannot open report-\xff.csv"))
+    if how == "huge_int":
+        return 10**5000
+    if how == "int_keys":
+        return {1: "a"}
+    if how == "sys_exit":
+        sys.exit(3)
+    if how == "bad_str":
+        raise BadStr()
+    if how == "fork_exit":  # the fork returns into the pool's code by way of SystemExit
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0)
+        os.waitpid(pid, 0)
+        return "parent done"
+    return "fine"

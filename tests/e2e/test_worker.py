@@ -286,3 +286,28 @@ def test_sigterm_while_the_app_loads__exit_0(tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 0, out
+
+
+MISBEHAVIOURS = {  # how -> (status, error type or result)
+    "surrogate_result": ("failed", "TypeError"),
+    "surrogate_error": ("failed", "ValueError"),
+    "huge_int": ("failed", "TypeError"),
+    "int_keys": ("failed", "TypeError"),
+    "sys_exit": ("failed", "SystemExit"),
+    "bad_str": ("failed", "BadStr"),
+    "fork_exit": ("succeeded", "parent done"),
+}
+
+
+@pytest.mark.parametrize("pool", ["thread", "process"])
+def test_task_code_at_its_worst__fails_its_job_alone_and_the_worker_goes_on(e2e, pool):
+    worker = e2e.worker("--pool", pool, "--concurrency", "2")
+    jobs = {how: e2e.enqueue("misbehave", how) for how in MISBEHAVIOURS}
+    e2e.wait_all(jobs.values(), timeout=60)
+    for how, (status, detail) in MISBEHAVIOURS.items():
+        job = jobs[how].refresh().job
+        got = job.result if status == "succeeded" else (job.error or {}).get("type")
+        assert (job.status.value, got, job.deliveries) == (status, detail, 1), (how, job.error)
+    assert "\\udcff" in jobs["surrogate_error"].job.error["message"]  # stored as text, escaped
+    assert e2e.enqueue("misbehave", "fine").wait(timeout=20) == "fine"
+    assert worker.poll() is None

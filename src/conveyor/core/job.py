@@ -228,5 +228,16 @@ def _epoch(text: str | None) -> float | None:
 
 
 def error_info(exc: BaseException, traceback_text: str | None = None) -> dict[str, Any]:
-    """The ``error`` object of a job that raised ``exc``."""
-    return {"type": type(exc).__name__, "message": str(exc), "traceback": traceback_text}
+    """The ``error`` object of a job that raised ``exc``: always storable text, whatever the
+    exception (a ``__str__`` that raises, a lone surrogate from a file name)."""
+    try:
+        message = str(exc)
+    except Exception as inner:
+        message = f"<{type(exc).__name__}: str() failed with {type(inner).__name__}>"
+    return {"type": type(exc).__name__, "message": storable_text(message),
+            "traceback": None if traceback_text is None else storable_text(traceback_text)}
+
+
+def storable_text(text: str) -> str:
+    """``text`` as valid UTF-8 (lone surrogates written as ``\\udcff``)."""
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")

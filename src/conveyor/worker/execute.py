@@ -13,7 +13,7 @@ from conveyor.core import rules
 from conveyor.core.context import Context, JobCancelled
 from conveyor.core.job import error_info
 from conveyor.core.task import Task
-from conveyor.serialization import dumps
+from conveyor.serialization import dumps, keys_are_text
 from conveyor.worker.pools import Pool, ProcessDied, run_async
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,9 @@ def decide(
     """The outcome of an attempt that returned ``result`` or raised ``error``.
 
     Re-raises ``error`` when it is not the attempt's to report: the worker itself cancelling
-    the job (abandon, shutdown), or a ``BaseException`` that is not an ``Exception``.
+    the job (abandon, shutdown), or a ``BaseException`` that is not an ``Exception`` (but a
+    ``SystemExit`` or ``KeyboardInterrupt`` the task raised is its failure: the worker's own
+    signals never reach task code as exceptions).
     """
     job, token = lease.job, lease.token
     if error is None:
@@ -79,7 +81,7 @@ def decide(
         info = {"type": "TimeoutError", "message": message, "traceback": None}
         log.info("job %s (%s) attempt %d timed out", job.id, job.task, job.attempt)
         return rules.failed_attempt(job, token, info, time.time(), task.options)
-    if isinstance(error, Exception):
+    if isinstance(error, Exception | SystemExit | KeyboardInterrupt):
         log.info("job %s (%s) attempt %d raised %s", job.id, job.task, job.attempt, type(error).__name__)
         text = "".join(traceback.format_exception(error))
         return rules.failed_attempt(job, token, error_info(error, text), time.time(), task.options)
@@ -87,14 +89,21 @@ def decide(
 
 
 def _check_json(result: Any) -> None:
-    if result is None or type(result) in _PLAIN:
-        return
+    """Refuse a result the engines could not store, here, as the attempt's failure: an outcome
+    that fails to encode later would stop the worker recording any outcome."""
+    kind = type(result)
+    if result is None or kind is bool or (kind is int and result.bit_length() < 4096) \
+            or (kind is str and result.isascii()):
+        return  # the common results, at no cost
     try:
-        dumps(result)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"the task returned a {type(result).__name__}, which is not JSON; Conveyor stores only JSON results"
-        ) from None
+        dumps(result).encode()  # UTF-8: a lone surrogate (os.fsdecode of a non-UTF-8 name) is not
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"the task returned a value that is not JSON ({_first_line(exc)}); "
+                        "Conveyor stores only JSON results") from None
+    if not keys_are_text(result):
+        raise TypeError("the task returned an object with a key that is not text, which is not JSON "
+                        "(json would turn 1 into \"1\"); Conveyor stores only JSON results")
 
 
-_PLAIN = (str, int, bool)  # always JSON (unlike a float, which may be NaN)
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from conveyor.core.context import Context
 from conveyor.core.task import Task
@@ -66,6 +67,13 @@ async def run_async(task: Task, args: list[Any], kwargs: dict[str, Any], ctx: Co
     await asyncio.wait({inner}, timeout=ABANDON_AFTER)
     abandon(inner)
     raise TimeoutError
+
+
+def exit_forked_copy(error: BaseException | None) -> NoReturn:
+    """End a copy of the process that task code forked and that returned (or raised) into the
+    pool's code instead of exiting: it must not run other jobs nor report on the worker's behalf."""
+    code = error.code if isinstance(error, SystemExit) else (1 if error is not None else 0)
+    os._exit(code if isinstance(code, int) else 1)
 
 
 def abandon(inner: asyncio.Task[Any]) -> None:
@@ -231,6 +239,7 @@ class ThreadPool:
     def _serve(self) -> None:
         cost = self._cost
         clock = time.perf_counter
+        pid = os.getpid()
         while True:
             group = self._groups.get()
             if group is None:
@@ -248,6 +257,8 @@ class ThreadPool:
                     result, error = call.run(), None
                 except BaseException as exc:
                     result, error = None, exc
+                if os.getpid() != pid:  # a fork the task made came back here: it is not the worker
+                    exit_forked_copy(error)
                 spent = clock() - t0
                 before = cost.get(call.key)
                 cost[call.key] = spent if before is None else before + (spent - before) * 0.25

@@ -46,7 +46,7 @@ from multiprocessing.connection import wait as wait_for_objects
 from typing import Any
 
 from conveyor.core.context import Context, JobCancelled
-from conveyor.core.job import Job
+from conveyor.core.job import Job, error_info
 from conveyor.core.task import Task
 from conveyor.worker.pools import ProcessDied
 
@@ -487,7 +487,8 @@ def _child_main(conn: Connection, app_spec: str, parent_pid: int, report_rss: bo
         with contextlib.suppress(OSError):
             send(("fatal", f"{type(exc).__name__}: {exc}"))
         raise SystemExit(1) from None
-    send(("ready", os.getpid()))
+    me = os.getpid()
+    send(("ready", me))
     while True:
         try:
             data = conn.recv_bytes()
@@ -498,17 +499,33 @@ def _child_main(conn: Connection, app_spec: str, parent_pid: int, report_rss: bo
         message = json.loads(data)
         reply = _run_job(app, send, message["task"], message["module"], Job.from_json(message["job"]),
                          message["parents"])
+        if os.getpid() != me:  # a fork the task made came back here: only this child may reply
+            os._exit(_exit_code(reply))
         try:
-            if report_rss:
-                send(("rss", _rss()))
-            try:
-                send(reply)  # encodes before it writes: a result that is not JSON writes nothing
-            except (OSError, EOFError):
-                raise
-            except Exception as exc:
-                send(("error", "TypeError", f"the task's result cannot be passed back: {exc}", None))
+            _send_reply(send, reply, report_rss)
         except (OSError, EOFError):
             return  # the parent is gone
+
+
+def _send_reply(send: Callable[[tuple[Any, ...]], None], reply: tuple[Any, ...], report_rss: bool) -> None:
+    if report_rss:
+        send(("rss", _rss()))
+    try:
+        send(reply)  # encodes before it writes: a result that is not JSON writes nothing
+    except (OSError, EOFError):
+        raise
+    except Exception as exc:
+        send(("error", "TypeError", f"the task's result cannot be passed back: {exc}", None))
+
+
+def _exit_code(reply: tuple[Any, ...]) -> int:
+    """The exit code of a forked copy of a child, from the reply it would have sent."""
+    if reply[0] == "ok":
+        return 0
+    if reply[1] == "SystemExit":
+        message = str(reply[2])
+        return int(message) if message.isdigit() else (0 if message in ("", "None") else 1)
+    return 1
 
 
 def _run_job(
@@ -535,5 +552,6 @@ def _run_job(
 
         _check_json(result)
     except BaseException as exc:
-        return ("error", type(exc).__name__, str(exc), traceback.format_exc())
+        info = error_info(exc, traceback.format_exc())
+        return ("error", info["type"], info["message"], info["traceback"])
     return ("ok", result)
