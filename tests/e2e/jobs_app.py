@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import os
 import sys
 import time
 from pathlib import Path
 
 from conveyor import Context, Conveyor
+
+if os.environ.get("TEST_CHILD_IMPORT_FAILS") and multiprocessing.current_process().name != "MainProcess":
+    raise RuntimeError("this app cannot load in a pool process (a licence or a GPU only the parent has)")
 
 app = Conveyor()  # CONVEYOR_URL of the test
 app.queue("default", visibility_timeout=float(os.environ.get("TEST_VISIBILITY", "30")))

@@ -311,3 +311,13 @@ def test_task_code_at_its_worst__fails_its_job_alone_and_the_worker_goes_on(e2e,
     assert "\\udcff" in jobs["surrogate_error"].job.error["message"]  # stored as text, escaped
     assert e2e.enqueue("misbehave", "fine").wait(timeout=20) == "fine"
     assert worker.poll() is None
+
+
+def test_process_pool__app_cannot_load_in_any_process__jobs_handed_back_and_worker_exits_70(e2e):
+    worker = e2e.worker("--pool", "process", "--concurrency", "2", env=e2e.env(TEST_CHILD_IMPORT_FAILS="1"))
+    job = e2e.enqueue("add", 1, 2)
+    assert worker.wait(30) == 70, e2e.logs()
+    stored = job.refresh().job
+    assert stored.status is Status.QUEUED and stored.deliveries == 0  # not left running, not counted
+    assert "the process pool cannot load the app" in e2e.logs()
+    assert e2e.worker().poll() is None and job.wait(timeout=20) == 3  # a healthy worker runs it

@@ -14,7 +14,7 @@ from conveyor.core.context import Context, JobCancelled
 from conveyor.core.job import error_info
 from conveyor.core.task import Task
 from conveyor.serialization import dumps, keys_are_text
-from conveyor.worker.pools import Pool, ProcessDied, run_async
+from conveyor.worker.pools import Pool, PoolBroken, ProcessDied, run_async
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,8 @@ def decide(
         if not ctx.cancelled:
             raise error  # the worker itself is cancelling this coroutine (abandon or shutdown)
         return rules.cancelled(job, token)
+    if isinstance(error, PoolBroken):  # no process here can load the app: not the job's fault
+        return rules.handed_back(job, token)
     if isinstance(error, ProcessDied):
         log.warning("job %s (%s): %s", job.id, job.task, error)
         return rules.delivery_lost(job, token, max_deliveries, str(error))

@@ -26,6 +26,11 @@ class ProcessDied(Exception):
     """The process running the job died (killed, crashed, out of memory)."""
 
 
+class PoolBroken(Exception):
+    """The pool cannot start a process that loads the app: no job can run here (its job is
+    handed back, and the worker stops)."""
+
+
 class Pool(Protocol):
     """Runs sync task code for a worker."""
 

@@ -48,7 +48,7 @@ from typing import Any
 from conveyor.core.context import Context, JobCancelled
 from conveyor.core.job import Job, error_info
 from conveyor.core.task import Task
-from conveyor.worker.pools import ProcessDied
+from conveyor.worker.pools import PoolBroken, ProcessDied
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class _Call:
 
 
 class _Child:
-    __slots__ = ("call", "conn", "jobs", "killed", "process", "reader", "ready", "rss")
+    __slots__ = ("call", "conn", "fatal", "jobs", "killed", "process", "reader", "ready", "rss")
 
     def __init__(self, process: multiprocessing.process.BaseProcess, conn: Connection) -> None:
         self.process = process
@@ -125,6 +125,7 @@ class _Child:
         self.reader: threading.Thread | None = None
         self.jobs = 0  # jobs it ran to the end
         self.rss = 0  # its resident memory in bytes after its last job (when the pool watches it)
+        self.fatal: str | None = None  # why it could not load the app
 
 
 _pools: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
@@ -138,15 +139,21 @@ def _kill_children_at_exit() -> None:
         pool.kill_all()
 
 
+#: Children in a row that fail to load the app, none ready, before the pool counts as broken.
+BROKEN_AFTER = 3
+
+
 class ProcessPool:
     """Runs sync tasks in ``size`` child processes that import the app from ``app_spec``.
 
     ``max_tasks``: replace a child after that many jobs; ``max_memory``: replace a child whose
-    resident memory exceeds that many bytes after a job (None: never).
+    resident memory exceeds that many bytes after a job (None: never). ``on_broken(reason)`` is
+    called once ``BROKEN_AFTER`` children in a row failed to load the app with none ready: jobs
+    waiting for a child then raise ``PoolBroken`` rather than wait forever.
     """
 
     def __init__(self, size: int, app_spec: str, *, max_tasks: int | None = None,
-                 max_memory: int | None = None) -> None:
+                 max_memory: int | None = None, on_broken: Callable[[str], None] | None = None) -> None:
         if size < 1:
             raise ValueError("a process pool needs at least one process")
         if (max_tasks is not None and max_tasks < 1) or (max_memory is not None and max_memory < 1):
@@ -162,6 +169,8 @@ class ProcessPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._failures = 0  # children in a row that died before they were ready
+        self.on_broken = on_broken
+        self.broken: str | None = None  #: why no child can load the app, once that is clear
         _pools.add(self)
         with contextlib.suppress(RuntimeError):
             self._start(asyncio.get_running_loop())  # else at the first run()
@@ -271,6 +280,14 @@ class ProcessPool:
 
     def _retry_spawn(self, reason: str) -> None:
         self._failures += 1
+        if self._failures >= BROKEN_AFTER and self.broken is None and not any(c.ready for c in self._children):
+            self.broken = reason
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(PoolBroken(reason))
+            if self.on_broken is not None:
+                self.on_broken(reason)
         delay = min(30.0, 0.25 * 2**self._failures)
         log.error("process pool: %s; starting another process in %.1f s", reason, delay)
         if self._loop is not None and not self._closed:
@@ -323,6 +340,8 @@ class ProcessPool:
 
     # -- handing out children -----------------------------------------------------------------
     async def _acquire(self) -> _Child:
+        if self.broken is not None:
+            raise PoolBroken(self.broken)
         while self._idle:
             child = self._idle.popleft()
             if not child.killed:
@@ -388,6 +407,7 @@ class ProcessPool:
             self._release(child)
         elif kind == "fatal":
             log.error("process pool: a process could not load the app %r: %s", self.app_spec, message[1])
+            child.fatal = message[1]
         elif kind == "progress":
             call = child.call
             if call is not None and not call.future.done():
@@ -430,7 +450,7 @@ class ProcessPool:
                 log.warning("process pool: an idle process died (%s)", reason)
             self._spawn()
         else:
-            self._retry_spawn(f"a process died while loading the app {self.app_spec!r} ({reason})")
+            self._retry_spawn(f"a process died while loading the app {self.app_spec!r} ({child.fatal or reason})")
 
 
 def _describe_exit(exitcode: int | None) -> str:

@@ -711,8 +711,17 @@ class Worker:
 
             assert self.app_spec is not None
             return ProcessPool(self.concurrency, self.app_spec, max_tasks=self.max_tasks_per_child,
-                               max_memory=self.max_memory_per_child)
+                               max_memory=self.max_memory_per_child, on_broken=self._pool_broken)
         return ThreadPool(self.concurrency)
+
+    def _pool_broken(self, reason: str) -> None:
+        """No process of the pool can load the app: hand the jobs back and exit non-zero, rather
+        than hold leases on jobs nothing here can run (a supervisor restarts the worker)."""
+        log.error("worker %s: the process pool cannot load the app (%s); stopping, its jobs handed back",
+                  self.id, reason)
+        self.exit_code = EXIT_STALLED
+        self.grace = 0
+        self.stop()
 
     async def _refresh_queue_settings(self) -> None:
         assert self._backend is not None
