@@ -217,3 +217,9 @@ def misbehave(ctx: Context, how: str) -> object:
         os.waitpid(pid, 0)
         return "parent done"
     return "fine"
+
+
+@app.task
+async def blocks_the_loop(ctx: Context, seconds: float) -> str:
+    time.sleep(seconds)  # the mistake: blocking code in an async task
+    return "done"

@@ -321,3 +321,11 @@ def test_process_pool__app_cannot_load_in_any_process__jobs_handed_back_and_work
     assert stored.status is Status.QUEUED and stored.deliveries == 0  # not left running, not counted
     assert "the process pool cannot load the app" in e2e.logs()
     assert e2e.worker().poll() is None and job.wait(timeout=20) == 3  # a healthy worker runs it
+
+
+def test_async_task_blocking_the_loop__the_worker_says_so_naming_the_task(e2e):
+    e2e.worker()
+    assert e2e.enqueue("blocks_the_loop", 3.0).wait(timeout=30) == "done"
+    wait_for(lambda: "the event loop was blocked for" in e2e.logs(), timeout=5, what="the warning")
+    line = next(x for x in e2e.logs().splitlines() if "the event loop was blocked for" in x)
+    assert "blocks_the_loop" in line and "asyncio.to_thread" in line

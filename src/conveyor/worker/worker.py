@@ -42,6 +42,8 @@ SHUTDOWN_BOUND = 5.0
 
 #: Exit code of a worker whose claim loop stalled (a supervisor should restart it).
 EXIT_STALLED = 70
+#: Seconds the event loop may be late before the worker warns that something blocks it.
+BLOCKED_WARNING = 2.0
 
 
 class Running(Call):
@@ -181,6 +183,7 @@ class Worker:
         self._flushing: asyncio.Future[None] | None = None
         self._pool: Pool | None = None
         self._max_deliveries: dict[str, int] = {}
+        self._async_ran: set[str] = set()  #: async tasks run since the last heartbeat (suspects of a block)
 
     # -- public ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -508,6 +511,8 @@ class Worker:
     async def _run(self, running: Running) -> None:
         lease = running.lease
         job = lease.job
+        if running.fn is not None and running.fn.is_async:
+            self._async_ran.add(job.task)
         try:
             if job.depends_on:
                 parents = await self.app.backend()
@@ -623,7 +628,9 @@ class Worker:
         backend = self._backend
         assert backend is not None
         while not self._closing:
+            slept = time.monotonic()
             await asyncio.sleep(self.heartbeat_interval)
+            self._warn_if_blocked(time.monotonic() - slept - self.heartbeat_interval)
             if time.monotonic() - self._loop_tick > self.stall_timeout:
                 log.error(
                     "worker %s: the claim loop stalled for %.0f s; exiting so that a supervisor "
@@ -654,6 +661,18 @@ class Worker:
                 running = self.running.get(job_id)
                 if running is not None:
                     self._abandon(job_id, rules.cancelled(running.lease.job, running.lease.token))
+
+    def _warn_if_blocked(self, late: float) -> None:
+        """Say so when something blocked the event loop: heartbeats ride on it, so an ``async def``
+        task calling blocking code (``time.sleep``, ``requests``) for longer than the visibility
+        timeout has its jobs' leases expire and them run again elsewhere."""
+        running = {r.lease.job.task for r in self.running.values() if r.fn is not None and r.fn.is_async}
+        tasks, self._async_ran = sorted(self._async_ran | running), set()
+        if late < BLOCKED_WARNING:
+            return
+        log.warning("worker %s: the event loop was blocked for %.1f s (heartbeats were late: past the "
+                    "visibility timeout leases expire); async tasks that ran meanwhile: %s. Blocking code in an async "
+                    "task belongs in asyncio.to_thread() or a sync task", self.id, late, ", ".join(tasks) or "none")
 
     async def _housekeeping_loop(self) -> None:
         backend = self._backend
