@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import multiprocessing
 import os
 import sys
@@ -223,3 +224,9 @@ def misbehave(ctx: Context, how: str) -> object:
 async def blocks_the_loop(ctx: Context, seconds: float) -> str:
     time.sleep(seconds)  # the mistake: blocking code in an async task
     return "done"
+
+
+@app.task
+def logs_info(ctx: Context) -> int:
+    logging.getLogger("tests.e2e.jobs_app").info("task info line from pid %d", os.getpid())
+    return os.getpid()

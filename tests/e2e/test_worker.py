@@ -329,3 +329,12 @@ def test_async_task_blocking_the_loop__the_worker_says_so_naming_the_task(e2e):
     wait_for(lambda: "the event loop was blocked for" in e2e.logs(), timeout=5, what="the warning")
     line = next(x for x in e2e.logs().splitlines() if "the event loop was blocked for" in x)
     assert "blocks_the_loop" in line and "asyncio.to_thread" in line
+
+
+@pytest.mark.parametrize("pool", ["thread", "process"])
+def test_task_logging__formatted_and_levelled_as_the_worker_logs_in_every_pool(e2e, pool):
+    e2e.worker("--pool", pool, "--log-level", "INFO")
+    pid = e2e.enqueue("logs_info").wait(timeout=30)
+    wait_for(lambda: f"task info line from pid {pid}" in e2e.logs(), timeout=5, what="the task's INFO line")
+    line = next(x for x in e2e.logs().splitlines() if f"task info line from pid {pid}" in x)
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO +tests\.e2e\.jobs_app: ", line), line

@@ -260,7 +260,8 @@ class ProcessPool:
             return
         parent_conn, child_conn = _MP.Pipe(duplex=True)
         process = _MP.Process(
-            target=_child_main, args=(child_conn, self.app_spec, os.getpid(), self.max_memory is not None),
+            target=_child_main, args=(child_conn, self.app_spec, os.getpid(), self.max_memory is not None,
+                                      _logging_of_this_process()),
             name="conveyor-pool", daemon=False,
         )
         try:
@@ -482,9 +483,20 @@ def _rss() -> int:
         return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
 
 
-def _child_main(conn: Connection, app_spec: str, parent_pid: int, report_rss: bool = False) -> None:
+def _logging_of_this_process() -> tuple[int, str] | None:
+    """The root logger's level and format, for children to log as the worker does."""
+    root = logging.getLogger()
+    formatter = root.handlers[0].formatter if root.handlers else None
+    return (root.level, formatter._fmt or "%(message)s") if formatter is not None else None
+
+
+def _child_main(conn: Connection, app_spec: str, parent_pid: int, report_rss: bool = False,
+                logging_setup: tuple[int, str] | None = None) -> None:
     """A child's whole life: load the app, then run jobs until the pipe closes or the parent
-    asks it to exit. With ``report_rss`` it sends its resident memory before each reply."""
+    asks it to exit. With ``report_rss`` it sends its resident memory before each reply;
+    ``logging_setup`` (level, format) makes task code log as it would in the worker."""
+    if logging_setup is not None:
+        logging.basicConfig(level=logging_setup[0], format=logging_setup[1])
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
