@@ -1,15 +1,19 @@
 """``conveyor up``'s supervisor: child processes kept running, stopped together.
 
 Each child runs in its own session, so a terminal's Ctrl-C reaches only the supervisor, which
-forwards one SIGTERM to every child (workers then drain within their grace). A child that
-exits while the supervisor is not stopping is restarted after a backoff (0.5 s doubling to
-30 s; reset once a child has run for a minute). A second Ctrl-C forwards a second SIGTERM
-(workers hand their jobs back at once); children still alive after ``stop_timeout`` are killed.
+forwards one SIGTERM to every child (workers then drain within their grace). SIGTERM and SIGHUP
+(the terminal closed) stop it the same way. A child that exits while the supervisor is not
+stopping is restarted after a backoff (0.5 s doubling to 30 s; reset once a child has run for a
+minute). A second signal forwards a second SIGTERM (workers hand their jobs back at once);
+children still alive after ``stop_timeout`` are killed. On Linux a supervisor that dies without a
+stop (kill -9, OOM) still stops its children: the kernel sends each one SIGTERM
+(``PR_SET_PDEATHSIG``), so none is left running without a parent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -18,13 +22,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
 log = logging.getLogger(__name__)
 
 BACKOFF_START, BACKOFF_CAP, HEALTHY_AFTER = 0.5, 30.0, 60.0
+#: Each stops the supervisor and its children: SIGHUP is a closed terminal (children, in sessions
+#: of their own, never see it), not a reason to leave them running.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclass
@@ -41,7 +49,7 @@ class Child:
 
 
 class Supervisor:
-    """Starts ``children``, restarts those that exit, stops them all on SIGINT/SIGTERM (exit 0)."""
+    """Starts ``children``, restarts those that exit, stops them all on SIGINT/SIGTERM/SIGHUP (exit 0)."""
 
     def __init__(self, children: Sequence[Child], env: Mapping[str, str] | None = None,
                  stop_timeout: float = 40.0) -> None:
@@ -49,6 +57,7 @@ class Supervisor:
         self.env = dict(env if env is not None else os.environ)
         self.stop_timeout = stop_timeout
         self.signals = 0
+        self._arm_child = die_with_parent()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signals += 1
@@ -57,9 +66,9 @@ class Supervisor:
 
     def run(self) -> int:
         """Supervise until a signal; the exit code (0 after a clean stop)."""
+        previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         metrics_dir = tempfile.mkdtemp(prefix="conveyor-metrics-")
         self.env.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             while not self.signals:
                 self._tick(time.monotonic())
@@ -90,7 +99,8 @@ class Supervisor:
             _say(f"{child.name} exited with code {code}; restarting in {delay:.1f} s")
 
     def _start(self, child: Child, now: float) -> None:
-        child.proc = subprocess.Popen(list(child.argv), env=self.env, start_new_session=True)
+        child.proc = subprocess.Popen(list(child.argv), env=self.env, start_new_session=True,
+                                      preexec_fn=self._arm_child)
         child.started = now
         log.info("%s started (pid %d)", child.name, child.proc.pid)
 
@@ -115,8 +125,28 @@ class Supervisor:
                 child.proc.wait()
 
 
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel SIGTERM the child when this process dies (Linux; None
+    elsewhere). The children run in sessions of their own, so nothing else would reach them after
+    a kill -9 of the supervisor. The signal comes when the forking *thread* ends: fork from the
+    thread that lives as long as the supervisor (``run`` on the main thread does)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork: the child only calls it
+    parent = os.getpid()
+
+    def arm() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the supervisor died before prctl: no signal would come
+            os._exit(0)
+
+    return arm
+
+
 def _say(text: str) -> None:
-    print(f"conveyor up: {text}", file=sys.stderr, flush=True)
+    # after SIGHUP the terminal may be gone: a failed write must not stop the stop
+    with contextlib.suppress(OSError):
+        print(f"conveyor up: {text}", file=sys.stderr, flush=True)
 
 
-__all__ = ["Child", "Supervisor"]
+__all__ = ["STOP_SIGNALS", "Child", "Supervisor", "die_with_parent"]
