@@ -1,12 +1,16 @@
-"""``conveyor server`` and ``conveyor up``: addresses they cannot listen on, and ``up --no-scheduler``."""
+"""``conveyor server`` and ``conveyor up``: addresses they cannot listen on, ``up --no-scheduler``, and
+how ``server`` stops (with an event stream open, or while the app still loads)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -72,3 +76,78 @@ def _get(port: int, path: str) -> list[object] | None:
     except httpx.TransportError:
         return None
     return items
+
+
+def _start_server(cli: Cli, port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    log = open(cli.tmp_path / "server.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "conveyor.cli", "server", "--port", str(port)],
+                            env=env or cli.env(), cwd=cli.tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    cli.procs.append(proc)  # killed at the end of the test, whatever happened
+    return proc
+
+
+@pytest.mark.slow
+def test_server__sigterm_while_an_event_stream_is_open__stream_ends_exit_0_within_8_s(cli: Cli) -> None:
+    port = free_port()
+    proc = _start_server(cli, port)
+    deadline = time.monotonic() + 20
+    while _get(port, "/v1/jobs") is None:
+        assert proc.poll() is None and time.monotonic() < deadline, (cli.tmp_path / "server.log").read_text()
+        time.sleep(0.1)
+    job_id = cli.submit("add", "1", "2")  # no worker: the job stays queued, its stream stays open
+    streaming, ended = threading.Event(), []
+
+    def listen() -> None:
+        try:
+            with httpx.stream("GET", f"http://127.0.0.1:{port}/v1/jobs/{job_id}/events",
+                              timeout=httpx.Timeout(5, read=30)) as response:
+                for line in response.iter_lines():
+                    if line.startswith("event: job"):
+                        streaming.set()
+            ended.append("closed")
+        except httpx.HTTPError as exc:
+            ended.append(type(exc).__name__)
+
+    reader = threading.Thread(target=listen, daemon=True)
+    reader.start()
+    assert streaming.wait(10)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(8)
+    reader.join(5)
+    log = (cli.tmp_path / "server.log").read_text()
+    assert code == 0, log
+    assert time.monotonic() - started < 8
+    assert ended == ["closed"]  # the response ended (an EventSource reconnects), not a reset
+    assert "Traceback" not in log
+
+
+SLOW_APP = '''
+import os
+import pathlib
+import time
+
+from conveyor import Conveyor
+
+pathlib.Path(os.environ["LOADING_MARK"]).write_text("loading")
+time.sleep(10)
+app = Conveyor()
+'''
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_server__stop_signal_while_the_app_loads__exit_0_quietly(cli: Cli, signum: signal.Signals) -> None:
+    (cli.tmp_path / "slow_app.py").write_text(SLOW_APP)
+    mark: Path = cli.tmp_path / "loading"
+    env = {**cli.env(), "CONVEYOR_APP": "slow_app:app", "LOADING_MARK": str(mark),
+           "PYTHONPATH": f"{cli.tmp_path}{os.pathsep}{cli.app_dir}"}
+    proc = _start_server(cli, free_port(), env)
+    deadline = time.monotonic() + 20
+    while not mark.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signum)
+    code = proc.wait(20)
+    log = (cli.tmp_path / "server.log").read_text()
+    assert code == 0, log
+    assert "Traceback" not in log and "interrupted" not in log, log

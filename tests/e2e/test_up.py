@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -110,3 +111,128 @@ def test_up__port_in_use__exit_1_one_line_instead_of_restarting_forever(tmp_path
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [f"conveyor up: error: cannot listen on 127.0.0.1:{port}: "
                                              "Address already in use"]
+
+
+def start_up(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``conveyor up`` for the API test app, logging to tmp_path/up.log."""
+    env = env or dict(os.environ, PYTHONPATH=str(ROOT), CONVEYOR_URL=f"sqlite:///{tmp_path}/conveyor.db")
+    with open(tmp_path / "up.log", "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "conveyor.cli", "up", "--app", "tests.api.api_app:app", "--grace", "1",
+             "--log-level", "WARNING", *args],
+            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+        )
+
+
+def wait_for_children(proc: subprocess.Popen[bytes], count: int, tmp_path: Path) -> list[int]:
+    deadline = time.monotonic() + 20
+    while len(kids := [k for k in children_of(proc.pid) if alive(k)]) < count:
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "up.log").read_text()
+        time.sleep(0.1)
+    return kids
+
+
+def wait_gone(pids: list[int], seconds: float) -> list[int]:
+    """The pids still alive after up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while (left := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def stop_up(proc: subprocess.Popen[bytes], kids: list[int]) -> None:
+    """Leave nothing behind, whatever the test saw."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(20)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+    for k in kids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(k, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_up__sighup_as_when_its_terminal_closes__stops_every_child_exit_0(tmp_path: Path) -> None:
+    (tmp_path / "tmp").mkdir()  # where up makes its metrics directory
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CONVEYOR_URL=f"sqlite:///{tmp_path}/conveyor.db",
+               TMPDIR=str(tmp_path / "tmp"))
+    proc = start_up(tmp_path, "--port", str(free_port()), env=env)
+    kids: list[int] = []
+    try:
+        kids = wait_for_children(proc, 3, tmp_path)
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(20) == 0, (tmp_path / "up.log").read_text()
+        assert wait_gone(kids, 10) == [], "children still running after up exited"
+        assert list((tmp_path / "tmp").iterdir()) == []  # its metrics directory too
+    finally:
+        stop_up(proc, kids)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+def test_up__killed_with_sigkill__its_children_stop_by_themselves(tmp_path: Path) -> None:
+    port = free_port()
+    proc = start_up(tmp_path, "--port", str(port))
+    kids: list[int] = []
+    try:
+        kids = wait_for_children(proc, 3, tmp_path)
+        proc.kill()
+        proc.wait(10)
+        assert wait_gone(kids, 15) == [], "server and workers left running without their supervisor"
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        stop_up(proc, kids)
+
+
+def test_up__unreachable_engine__exit_1_one_line_instead_of_restarting_workers(tmp_path: Path) -> None:
+    pytest.importorskip("redis")
+    proc = start_up(tmp_path, "--port", str(free_port()), "--url", "redis://127.0.0.1:1/0")
+    try:
+        code = proc.wait(20)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        stop_up(proc, children_of(proc.pid))
+    lines = (tmp_path / "up.log").read_text().strip().splitlines()
+    assert code == 1, lines
+    assert len(lines) == 1 and lines[0].startswith("conveyor: error: redis at 127.0.0.1:1 is unreachable"), lines
+
+
+SLOW_APP = '''
+import contextlib
+import os
+import pathlib
+import time
+
+from conveyor import Conveyor
+
+pathlib.Path(os.environ["LOADING_MARK"]).write_text("loading")
+time.sleep(10)
+app = Conveyor()
+'''
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_up__stop_signal_while_the_app_loads__exit_0_quietly(tmp_path: Path, signum: signal.Signals) -> None:
+    (tmp_path / "slow_app.py").write_text(SLOW_APP)
+    mark = tmp_path / "loading"
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}", LOADING_MARK=str(mark),
+               CONVEYOR_URL=f"sqlite:///{tmp_path}/conveyor.db")
+    proc = subprocess.Popen([sys.executable, "-m", "conveyor.cli", "up", "--app", "slow_app:app",
+                             "--port", str(free_port())],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while not mark.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signum)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        stop_up(proc, [])
+    assert proc.returncode == 0, out.decode()
+    assert b"Traceback" not in out and b"interrupted" not in out, out.decode()

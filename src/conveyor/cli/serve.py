@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import ipaddress
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
+from types import FrameType
+from typing import NoReturn
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor.cli import argtypes
-from conveyor.cli.common import add_common, app_spec, configure_logging, load
+from conveyor.cli.common import add_common, app_spec, configure_logging, load, open_backend
 from conveyor.cli.errors import UsageError
 
 DEFAULT_MAX_BODY = 1024 * 1024
+#: Seconds a stopping server waits for open responses before it cancels them. An event stream
+#: (``/v1/jobs/{id}/events``) never ends by itself: without a bound uvicorn would wait on it
+#: forever and ``up`` would SIGKILL the server after its grace.
+CLOSE_STREAMS_AFTER = 3  # uvicorn takes whole seconds
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -83,8 +92,32 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def stop_before_start(*signums: int) -> None:
+    """Until the command's own handlers take over, ``signums`` exit 0: nothing runs yet, so a
+    stop while the app loads is as clean as any (SPEC §4), not death by the signal (143) or a
+    ``KeyboardInterrupt``."""
+    for signum in signums:
+        signal.signal(signum, _exit_0)
+
+
+def _exit_0(signum: int, frame: FrameType | None) -> NoReturn:
+    raise SystemExit(0)
+
+
+def check_engine(url: str) -> None:
+    """Open the engine once and ping it: ``BackendUnavailable`` (one line, exit 1) here rather
+    than workers that exit 1 and are restarted forever."""
+
+    async def probe() -> None:
+        async with open_backend(url) as backend:
+            await backend.ping()
+
+    asyncio.run(probe())
+
+
 def server(args: argparse.Namespace) -> int:
     """Serve the API until SIGINT/SIGTERM; 0 after a clean stop."""
+    stop_before_start(signal.SIGINT, signal.SIGTERM)  # uvicorn's own handlers replace these
     import uvicorn
 
     from conveyor.api import create_api
@@ -97,12 +130,17 @@ def server(args: argparse.Namespace) -> int:
         return 1
     configure_logging(args.log_level)
     api = create_api(app, tokens=tokens, max_body=args.max_body)
-    config = uvicorn.Config(api, host=args.host, port=args.port, log_level=args.log_level.lower(),
-                            lifespan="on", proxy_headers=False, access_log=args.access_log)
-    srv = _Server(config)
+    stopping = asyncio.Event()
+    config = uvicorn.Config(EndStreamsOnStop(api, stopping), host=args.host, port=args.port,
+                            log_level=args.log_level.lower(), lifespan="on", proxy_headers=False,
+                            access_log=args.access_log, timeout_graceful_shutdown=CLOSE_STREAMS_AFTER)
+    srv = _Server(config, stopping)
     try:
         srv.run()
-    except SystemExit:  # uvicorn could not start after all, e.g. the port was taken meanwhile (it logged why)
+    except SystemExit as exc:
+        if exc.code == 0:  # a stop signal before uvicorn took the signals over
+            raise
+        # uvicorn could not start after all, e.g. the port was taken meanwhile (it logged why)
         print("conveyor server: error: the server did not start (see the log above)", file=sys.stderr)
         return 1
     return 0 if srv.started else 1
@@ -110,13 +148,16 @@ def server(args: argparse.Namespace) -> int:
 
 def up(args: argparse.Namespace) -> int:
     """Run server, workers and the scheduler as supervised child processes."""
+    from conveyor.supervisor import STOP_SIGNALS, Child, Supervisor  # the standard library only
+
+    stop_before_start(*STOP_SIGNALS)  # the supervisor's own handlers replace these
     from conveyor.api.auth import tokens_from_env
-    from conveyor.supervisor import Child, Supervisor
 
     app = load(args)  # fail here, once, on a bad --app or URL (exit 2), not in every child
     check_exposure(args.host, args.insecure, bool(tokens_from_env()))
     if cannot_listen("up", args.host, args.port):  # a server child could never start: say so once
         return 1
+    check_engine(app.url)  # likewise an engine no worker could reach (exit 1)
     spec = app_spec(args)
     assert spec is not None  # load() succeeded
     base = [sys.executable, "-m", "conveyor.cli"]
@@ -137,13 +178,65 @@ def up(args: argparse.Namespace) -> int:
     return Supervisor(children, stop_timeout=args.grace + 10).run()
 
 
-class _Server:
-    """uvicorn, stopping on SIGINT/SIGTERM without re-raising the signal (so the exit code is 0)."""
+class EndStreamsOnStop:
+    """ASGI middleware: once ``stopping`` is set, responses still streaming end cleanly. A job's
+    event stream never ends by itself; without this, uvicorn would cancel it after
+    ``CLOSE_STREAMS_AFTER`` (a traceback in the log, a reset for the client). Here the app hears
+    a disconnect, and the client gets the end of the response (an EventSource then reconnects)."""
 
-    def __init__(self, config: object) -> None:
+    def __init__(self, app: ASGIApp, stopping: asyncio.Event) -> None:
+        self.app = app
+        self.stopping = stopping
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body_read = started = complete = False
+
+        async def receive_or_stop() -> Message:
+            nonlocal body_read
+            if not body_read:
+                message = await receive()
+                body_read = message["type"] != "http.request" or not message.get("more_body", False)
+                return message
+            # the body is read: all receive() can still say is "disconnected", as a stop does
+            return await _first_or_disconnect(receive(), self.stopping)
+
+        async def tracked(message: Message) -> None:
+            nonlocal started, complete
+            started = started or message["type"] == "http.response.start"
+            complete = complete or (message["type"] == "http.response.body" and not message.get("more_body"))
+            await send(message)
+
+        await self.app(scope, receive_or_stop, tracked)
+        if started and not complete and self.stopping.is_set():
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _first_or_disconnect(received: Awaitable[Message], stopping: asyncio.Event) -> Message:
+    """What ``received`` gives, unless ``stopping`` is set first: then a disconnect."""
+    got, stop = asyncio.ensure_future(received), asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait((got, stop), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        got.cancel()
+        stop.cancel()
+    return got.result() if got.done() and not got.cancelled() else {"type": "http.disconnect"}
+
+
+class _Server:
+    """uvicorn, stopping on SIGINT/SIGTERM without re-raising the signal (so the exit code is 0),
+    and setting ``stopping`` as its shutdown begins."""
+
+    def __init__(self, config: object, stopping: asyncio.Event) -> None:
         import uvicorn
 
         class Quiet(uvicorn.Server):
+            async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+                stopping.set()  # open streams end now, not at uvicorn's timeout
+                await super().shutdown(sockets)
+
             @contextlib.contextmanager
             def capture_signals(self) -> Iterator[None]:
                 previous = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
