@@ -36,6 +36,7 @@ from conveyor.core.errors import (
     UnknownTask,
     ValidationError,
 )
+from conveyor.core.idempotency import is_valid_key
 
 #: Keyword arguments of ``submit`` that are options, not the task's arguments (``key``: Idempotency-Key).
 OPTIONS = frozenset({"queue", "priority", "delay", "eta", "max_retries", "timeout", "depends_on", "key",
@@ -110,7 +111,7 @@ def _key(value: Any) -> str:
     """An Idempotency-Key: 1–255 printable ASCII characters, as the server requires (a header
     carries nothing else; httpx would fail with a bare ``UnicodeEncodeError``)."""
     key = str(value)
-    if not (0 < len(key) <= 255 and key.isascii() and key.isprintable()):
+    if not is_valid_key(key):
         detail = f"key must be 1–255 printable ASCII characters, not {key!r}"
         raise ValidationError(detail, [{"parameter": "Idempotency-Key", "detail": detail}])
     return key

@@ -14,11 +14,6 @@ from collections.abc import Iterator
 from conveyor.core.errors import IdempotencyKeyInFlight
 
 
-def is_valid_key(key: str) -> bool:
-    """1–255 printable ASCII characters (the IETF draft and Stripe agree on this much)."""
-    return 0 < len(key) <= 255 and key.isascii() and key.isprintable()
-
-
 class InFlight:
     """Keys of requests this process is serving right now."""
 

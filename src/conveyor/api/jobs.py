@@ -13,7 +13,6 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from conveyor import metrics
 from conveyor.api import events
 from conveyor.api.deps import ApiState, state
-from conveyor.api.idempotency import is_valid_key
 from conveyor.api.models import JobBatch, JobList, JobOut, SubmitBatch, SubmitJob
 from conveyor.api.problems import responses
 from conveyor.backends.base import JobQuery
@@ -23,7 +22,7 @@ from conveyor.core.errors import (
     JobNotFound,
     ValidationError,
 )
-from conveyor.core.idempotency import check_replay
+from conveyor.core.idempotency import check_replay, is_valid_key
 from conveyor.core.ids import job_id_of
 from conveyor.core.job import Job, Status
 

@@ -19,6 +19,12 @@ FINGERPRINT = ("task", "queue", "args", "kwargs", "priority", "max_retries", "ti
 _CLOCK = 0.002  #: seconds: stored times round to the millisecond on some engines
 
 
+def is_valid_key(key: str) -> bool:
+    """An Idempotency-Key: 1–255 printable ASCII characters (the IETF draft and Stripe agree on
+    this much; an HTTP header carries nothing else)."""
+    return 0 < len(key) <= 255 and key.isascii() and key.isprintable()
+
+
 def same_request(built: Job, stored: Job) -> bool:
     """True when ``built`` (this request) asks for what ``stored`` (the key's job) asked for."""
     return all(_norm(getattr(built, name)) == _norm(getattr(stored, name)) for name in FINGERPRINT) \
