@@ -215,3 +215,15 @@ def fetch(backend: Backend) -> Callable[[str], Awaitable[Job]]:
         return jobs[0]
 
     return fetch_one
+
+
+@pytest.fixture
+async def pg() -> AsyncIterator[Any]:
+    """A PostgreSQL backend in a schema of its own, dropped afterwards (PostgreSQL-only tests)."""
+    from conveyor.backends.postgres import PostgresBackend
+
+    backend = PostgresBackend(f"postgresql://postgres@127.0.0.1:5432/test?schema=pgonly_{uuid.uuid4().hex[:12]}")
+    await backend.open()
+    yield backend
+    await backend.drop()
+    await backend.close()

@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator
 
 import psycopg
-import pytest
 
 from conveyor.backends.base import Outcome
-from conveyor.backends.postgres import PostgresBackend
 from conveyor.core.ids import uuid7
 from conveyor.core.job import Job, Status
 
@@ -46,15 +42,6 @@ async def test_enqueue_during_cascade__grandchildren_end_cancelled(open_backend,
 
     stored = await failer.get_jobs([g.id for g in grandchildren] + [c.id for _, c in trios])
     assert {str(j.status) for j in stored} == {"cancelled"}
-
-
-@pytest.fixture
-async def pg() -> AsyncIterator[PostgresBackend]:
-    backend = PostgresBackend(f"{DSN}?schema=pgrace_{uuid.uuid4().hex[:12]}")
-    await backend.open()
-    yield backend
-    await backend.drop()
-    await backend.close()
 
 
 async def _blocked_on_a_lock(schema: str) -> None:

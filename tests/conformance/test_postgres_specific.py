@@ -26,15 +26,6 @@ def _job(**fields: object) -> Job:
     return Job(id=uuid7(), task="pg.echo", created_at=time.time(), **fields)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-async def pg() -> AsyncIterator[PostgresBackend]:
-    backend = PostgresBackend(f"{DSN}?schema=pgspec_{uuid.uuid4().hex[:12]}")
-    await backend.open()
-    yield backend
-    await backend.drop()
-    await backend.close()
-
-
 def test_url__schema_is_stripped_from_the_connection_string():
     backend = PostgresBackend(f"{DSN}?schema=abc&connect_timeout=3")
 
