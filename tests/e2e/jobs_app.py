@@ -222,6 +222,7 @@ def misbehave(ctx: Context, how: str) -> object:
 
 @app.task
 async def blocks_the_loop(ctx: Context, seconds: float) -> str:
+    _record("start", ctx)
     time.sleep(seconds)  # the mistake: blocking code in an async task
     return "done"
 

@@ -48,3 +48,21 @@ def test_stalled_claim_loop__worker_exits_70_and_hands_back_running_jobs(tmp_pat
     handed = job.refresh().job
     assert handed.status is Status.QUEUED and handed.deliveries == 0  # ready for another worker at once
     app.close()
+
+
+def test_event_loop_blocked_past_the_stall_timeout__not_taken_for_a_stalled_claim_loop(tmp_path):
+    """A task that blocks the loop holds up the claim loop too; once it returns the worker goes
+    on (it exited 70 and handed the jobs back, though nothing had stalled but the task)."""
+    app = Conveyor(f"sqlite:///{tmp_path}/w.db")
+
+    @app.task
+    async def blocks(ctx: Context) -> str:
+        time.sleep(2.5)  # the mistake: blocking code in an async task
+        return "done"
+
+    job = blocks.enqueue()
+    worker = Worker(app, scheduler=False, burst=True, stall_timeout=1.0, heartbeat=0.1)
+    code = asyncio.run(asyncio.wait_for(worker.run(), 20))
+    assert code == 0
+    assert job.refresh().job.status is Status.SUCCEEDED and job.job.deliveries == 1
+    app.close()

@@ -331,6 +331,33 @@ def test_async_task_blocking_the_loop__the_worker_says_so_naming_the_task(e2e):
     assert "blocks_the_loop" in line and "asyncio.to_thread" in line
 
 
+def test_async_task_blocking_the_loop_past_the_visibility_timeout__runs_once_and_the_worker_goes_on(e2e_any):
+    """Heartbeats ride on the event loop; while a task blocks it, a thread of the worker keeps its
+    leases, so the job is not run again by another worker meanwhile."""
+    env = e2e_any.env(TEST_VISIBILITY="2")
+    blocking = e2e_any.worker("--no-scheduler", env=env)
+    job = e2e_any.enqueue("blocks_the_loop", 6.0)
+    wait_for(lambda: recorded(e2e_any.log), what="the job to start")
+    other = e2e_any.worker("--no-scheduler", env=env)  # would take the job up once its lease ran out
+    assert job.wait(timeout=30) == "done"
+    assert [e["pid"] for e in recorded(e2e_any.log)] == [blocking.pid]
+    assert job.refresh().job.deliveries == 1
+    assert e2e_any.enqueue("add", 1, 2).wait(timeout=20) == 3
+    assert blocking.poll() is None and other.poll() is None, e2e_any.logs()
+
+
+def test_async_task_blocking_the_loop_past_its_timeout__its_lease_is_no_longer_kept(e2e):
+    """A loop blocked for good must not hold a job for ever: past the job's time limit its lease
+    runs out, and another worker takes the job up as from a dead worker."""
+    env = e2e.env(TEST_VISIBILITY="2")
+    blocking = e2e.worker("--no-scheduler", env=env)
+    e2e.enqueue("blocks_the_loop", 8.0, timeout=1)
+    wait_for(lambda: recorded(e2e.log), what="the job to start")
+    other = e2e.worker("--no-scheduler", env=env)
+    wait_for(lambda: any(e["pid"] == other.pid for e in recorded(e2e.log)), timeout=10, what="the other worker")
+    assert recorded(e2e.log)[0]["pid"] == blocking.pid
+
+
 @pytest.mark.parametrize("pool", ["thread", "process"])
 def test_task_logging__formatted_and_levelled_as_the_worker_logs_in_every_pool(e2e, pool):
     e2e.worker("--pool", pool, "--log-level", "INFO")

@@ -152,6 +152,15 @@ class Backend(abc.ABC):
     #: Seconds without a heartbeat after which a worker is considered dead.
     WORKER_TTL = 15.0
 
+    url: str  #: what ``create_backend`` was given
+
+    def twin(self) -> Backend:
+        """A new, unopened backend on the engine that holds this one's leases, for an event loop
+        of another thread (the worker's lease keeper)."""
+        from conveyor.backends import create_backend
+
+        return create_backend(self.url)
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Connect and create or migrate the schema."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from conveyor import metrics
 from conveyor.backends import create_backend
-from conveyor.backends.base import Backend, Lease, Outcome, WorkerInfo
+from conveyor.backends.base import Backend, HeartbeatReply, Lease, Outcome, WorkerInfo
 from conveyor.core import rules
 from conveyor.core.app import PARENT_NAMES, Conveyor
 from conveyor.core.context import Context
@@ -33,6 +33,7 @@ from conveyor.core.job import Job, Status
 from conveyor.core.task import Task
 from conveyor.scheduler import run_scheduler
 from conveyor.worker.execute import decide, execute, time_limit
+from conveyor.worker.lease_keeper import LeaseKeeper
 from conveyor.worker.pools import LEFT_BEHIND, Call, Pool, ThreadPool
 
 log = logging.getLogger(__name__)
@@ -227,6 +228,8 @@ class Worker:
             ]
             if self.scheduler:
                 helpers.append(asyncio.create_task(run_scheduler(self.app, self._stop)))
+            keeper = LeaseKeeper(self, backend, self._heard)
+            keeper.start()
             try:
                 self._claim_task = asyncio.create_task(self._claim_loop())
                 await self._claim_until_stopped(self._claim_task)
@@ -237,6 +240,8 @@ class Worker:
                 for t in helpers:
                     t.cancel()
                 await asyncio.gather(*helpers, return_exceptions=True)
+                keeper.stop()
+                await asyncio.to_thread(keeper.join)
                 await self._report_last(backend)
         finally:
             if self._pool is not None:
@@ -332,6 +337,8 @@ class Worker:
                 if self.burst and not leases and not self.running:
                     if not self._outbox and not self._returned and not await self._swept_back():
                         self.stop()
+                    else:
+                        await asyncio.sleep(0)  # the flush in flight lands (a SQLite claim never yields)
                     continue
                 drained = await self._wait_for_work(free - len(leases))
 
@@ -630,7 +637,10 @@ class Worker:
         while not self._closing:
             slept = time.monotonic()
             await asyncio.sleep(self.heartbeat_interval)
-            self._warn_if_blocked(time.monotonic() - slept - self.heartbeat_interval)
+            late = time.monotonic() - slept - self.heartbeat_interval
+            self._warn_if_blocked(late)
+            if late > 1.0:
+                self._loop_tick += late  # the claim loop could not run either: not a stall of its own
             if time.monotonic() - self._loop_tick > self.stall_timeout:
                 log.error(
                     "worker %s: the claim loop stalled for %.0f s; exiting so that a supervisor "
@@ -653,14 +663,20 @@ class Worker:
             except (BackendUnavailable, TimeoutError) as exc:
                 log.warning("worker %s: heartbeat failed (%s)", self.id, exc)
                 continue
-            for job_id in reply.lost:
-                if job_id in self.running:  # not one that finished while the heartbeat was in flight
-                    log.warning("job %s: lease lost to another worker; abandoning it", job_id)
-                    self._abandon(job_id, None)
-            for job_id in reply.cancel_requested:
-                running = self.running.get(job_id)
-                if running is not None:
-                    self._abandon(job_id, rules.cancelled(running.lease.job, running.lease.token))
+            self._heard(reply, leases)
+
+    def _heard(self, reply: HeartbeatReply, leases: dict[str, str]) -> None:
+        """Act on a heartbeat's reply about ``leases``: abandon the jobs whose lease was lost or
+        whose cancel was asked for (not one that finished, or ran again, since it was sent)."""
+        for job_id in reply.lost:
+            running = self.running.get(job_id)
+            if running is not None and running.lease.token == leases.get(job_id):
+                log.warning("job %s: lease lost to another worker; abandoning it", job_id)
+                self._abandon(job_id, None)
+        for job_id in reply.cancel_requested:
+            running = self.running.get(job_id)
+            if running is not None and running.lease.token == leases.get(job_id):
+                self._abandon(job_id, rules.cancelled(running.lease.job, running.lease.token))
 
     def _warn_if_blocked(self, late: float) -> None:
         """Say so when something blocked the event loop: heartbeats ride on it, so an ``async def``

@@ -377,6 +377,9 @@ class AMQPBackend(Backend):
     async def heartbeat(self, worker: WorkerInfo, leases: Mapping[str, str], now: float) -> HeartbeatReply:
         return await self.store.heartbeat(worker, leases, now)
 
+    def twin(self) -> Backend:
+        return self.store.twin()  # leases live in the store
+
     async def finish(self, outcomes: Sequence[Outcome], now: float) -> list[bool]:
         """Apply in the store; a job handed back gets a fresh ticket."""
         applied = await self.store.finish(outcomes, now)
