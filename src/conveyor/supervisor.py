@@ -33,6 +33,8 @@ BACKOFF_START, BACKOFF_CAP, HEALTHY_AFTER = 0.5, 30.0, 60.0
 #: of their own, never see it), not a reason to leave them running.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+#: The children's metrics files go to ``<tmp>/conveyor-metrics-<supervisor pid>-<random>``.
+METRICS_DIR_PREFIX = "conveyor-metrics-"
 
 
 @dataclass
@@ -67,7 +69,7 @@ class Supervisor:
     def run(self) -> int:
         """Supervise until a signal; the exit code (0 after a clean stop)."""
         previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
-        metrics_dir = tempfile.mkdtemp(prefix="conveyor-metrics-")
+        metrics_dir = make_metrics_dir()
         self.env.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
         try:
             while not self.signals:
@@ -141,6 +143,27 @@ def die_with_parent() -> Callable[[], None] | None:
             os._exit(0)
 
     return arm
+
+
+def make_metrics_dir() -> str:
+    """A new directory for the children's metrics files, named after this process; first, those
+    of supervisors that are gone (killed with SIGKILL: no clean-up ran) are removed."""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        pid, _, rest = name.removeprefix(METRICS_DIR_PREFIX).partition("-")
+        if name.startswith(METRICS_DIR_PREFIX) and pid.isdigit() and rest and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 def _say(text: str) -> None:

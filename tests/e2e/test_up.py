@@ -173,9 +173,15 @@ def test_up__sighup_as_when_its_terminal_closes__stops_every_child_exit_0(tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
-def test_up__killed_with_sigkill__its_children_stop_by_themselves(tmp_path: Path) -> None:
+def test_up__killed_with_sigkill__its_children_stop_by_themselves_and_the_next_up_clears_its_files(
+    tmp_path: Path,
+) -> None:
+    tmp = tmp_path / "tmp"  # where up makes its metrics directory
+    tmp.mkdir()
+    (tmp / "conveyor-metrics-1-of-init").mkdir()  # a live process's: kept
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CONVEYOR_URL=f"sqlite:///{tmp_path}/conveyor.db", TMPDIR=str(tmp))
     port = free_port()
-    proc = start_up(tmp_path, "--port", str(port))
+    proc = start_up(tmp_path, "--port", str(port), env=env)
     kids: list[int] = []
     try:
         kids = wait_for_children(proc, 3, tmp_path)
@@ -184,6 +190,13 @@ def test_up__killed_with_sigkill__its_children_stop_by_themselves(tmp_path: Path
         assert wait_gone(kids, 15) == [], "server and workers left running without their supervisor"
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+        assert len(list(tmp.iterdir())) == 2  # no clean-up ran
+
+        proc = start_up(tmp_path, "--port", str(free_port()), env=env)
+        kids = wait_for_children(proc, 3, tmp_path)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0, (tmp_path / "up.log").read_text()
+        assert [p.name for p in tmp.iterdir()] == ["conveyor-metrics-1-of-init"]
     finally:
         stop_up(proc, kids)
 
