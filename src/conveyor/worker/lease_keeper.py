@@ -37,10 +37,12 @@ class LeaseKeeper:
     """Sends ``worker``'s heartbeats from a thread while its event loop does not."""
 
     def __init__(
-        self, worker: Worker, backend: Backend, heard: Callable[[HeartbeatReply, dict[str, str]], None]
+        self, worker: Worker, twin: Backend, heard: Callable[[HeartbeatReply, dict[str, str]], None]
     ) -> None:
+        """``twin``: an unopened backend of the worker's engine (``Backend.twin``), opened the
+        first time the keeper steps in."""
         self._worker = worker
-        self._twin = backend.twin
+        self._twin = twin
         self._heard = heard
         self._loop = asyncio.get_running_loop()  #: the worker's
         self._interval = worker.heartbeat_interval
@@ -74,7 +76,7 @@ class LeaseKeeper:
         """The thread's own loop: it runs all along, as an engine's client may need (the SQLite
         backend commits on a timer of its loop)."""
         interval = self._interval
-        backend: Backend | None = None
+        opened = False
         stepped_in = False
         try:
             while not self._stopped.is_set():
@@ -89,12 +91,12 @@ class LeaseKeeper:
                     stepped_in = True
                     log.warning("worker %s: the event loop is blocked; keeping the leases of %s from a thread",
                                 self._worker.id, ", ".join(leases))
-                backend = backend or self._twin()
-                await self._send(backend, leases)
+                opened = True
+                await self._send(leases)
         finally:
-            if backend is not None:
+            if opened:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(backend.close(), 5.0)
+                    await asyncio.wait_for(self._twin.close(), 5.0)
 
     def _leases(self) -> dict[str, str]:
         """The leases to keep: job id → token of the jobs running and within their time limit."""
@@ -106,11 +108,11 @@ class LeaseKeeper:
                 leases[job_id] = running.lease.token
         return leases
 
-    async def _send(self, backend: Backend, leases: dict[str, str]) -> None:
+    async def _send(self, leases: dict[str, str]) -> None:
         try:
             async with asyncio.timeout(10.0):
-                await backend.open()
-                reply = await backend.heartbeat(self._worker.info(), leases, time.time())
+                await self._twin.open()
+                reply = await self._twin.heartbeat(self._worker.info(), leases, time.time())
         except Exception as exc:  # whatever it is (the engine, a bug): the next turn tries again
             log.warning("worker %s: heartbeat from the lease keeper failed (%s)", self._worker.id, exc)
             return

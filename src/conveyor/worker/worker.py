@@ -228,8 +228,10 @@ class Worker:
             ]
             if self.scheduler:
                 helpers.append(asyncio.create_task(run_scheduler(self.app, self._stop)))
-            keeper = LeaseKeeper(self, backend, self._heard)
-            keeper.start()
+            twin = backend.twin()
+            keeper = LeaseKeeper(self, twin, self._heard) if twin is not None else None
+            if keeper is not None:
+                keeper.start()
             try:
                 self._claim_task = asyncio.create_task(self._claim_loop())
                 await self._claim_until_stopped(self._claim_task)
@@ -240,8 +242,9 @@ class Worker:
                 for t in helpers:
                     t.cancel()
                 await asyncio.gather(*helpers, return_exceptions=True)
-                keeper.stop()
-                await asyncio.to_thread(keeper.join)
+                if keeper is not None:
+                    keeper.stop()
+                    await asyncio.to_thread(keeper.join)
                 await self._report_last(backend)
         finally:
             if self._pool is not None:
