@@ -38,12 +38,16 @@ def test_queue_routes__agree_on_which_queues_exist(http: httpx.Client) -> None:
         kwargs = {"json": {}} if method == "PATCH" else {}
         r = http.request(method, f"/v1/queues/never-used{path}", **kwargs)
         assert r.status_code == 404 and r.json()["detail"] == "no queue named 'never-used'", (method, path)
-    # settings given before the first job: the queue exists from then on, for every route
-    assert http.patch("/v1/queues/later", json={"visibility_timeout": 90}).status_code == 200
-    assert http.get("/v1/queues/later").json()["visibility_timeout"] == 90
-    assert http.post("/v1/queues/later/purge").json() == {"purged": 0}
-    assert http.post("/v1/queues/later/redrive").json() == {"redriven": 0}
-    assert "later" in [q["name"] for q in http.get("/v1/queues").json()["items"]]
+    # a typo is not a new queue: nothing was made, paused or not
+    r = http.patch("/v1/queues/never-used", json={"paused": True})
+    assert r.status_code == 404 and r.json()["detail"] == "no queue named 'never-used'"
+    assert http.get("/v1/queues/never-used").status_code == 404
+    assert "never-used" not in [q["name"] for q in http.get("/v1/queues").json()["items"]]
+    # a queue the app declares is known before its first job, for every route
+    assert http.patch("/v1/queues/media", json={"visibility_timeout": 90}).json()["visibility_timeout"] == 90
+    assert http.get("/v1/queues/media").json()["visibility_timeout"] == 90
+    assert http.post("/v1/queues/media/purge").json() == {"purged": 0}
+    assert http.post("/v1/queues/media/redrive").json() == {"redriven": 0}
 
 
 def test_redrive_and_purge(server: Server, worker: WorkerThread) -> None:

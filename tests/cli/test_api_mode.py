@@ -283,6 +283,13 @@ def test_queue__pause_resume_and_settings(cli: Remote, api: Api) -> None:
     assert "#/retention" in one_error_line(bad.err)
 
 
+def test_queue__typo_with_a_change__exit_1_and_no_queue_made(cli: Remote, api: Api) -> None:
+    result = cli("queue", "defualt", "--pause", "--api", api.url)
+    assert result.code == 1
+    assert "no queue named 'defualt'" in one_error_line(result.err)
+    assert "defualt" not in {q["name"] for q in api.get("/v1/queues")["items"]}
+
+
 def test_redrive__dead_letters_back(cli: Remote, api: Api) -> None:
     job_id = _submit(cli, api, "boom")
     _wait_status(cli, api, job_id, {"failed"})

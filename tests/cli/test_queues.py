@@ -103,12 +103,14 @@ def test_redrive__ids_in_any_case__and_not_an_id_is_a_usage_error(cli: Cli) -> N
     assert cli("redrive", "default", "--ids", failed.upper(), "--json").json() == {"redriven": 1}
 
 
-@pytest.mark.parametrize("argv", [["redrive", "never-used"], ["purge", "never-used", "-y"], ["queue", "never-used"]])
+@pytest.mark.parametrize("argv", [["redrive", "never-used"], ["purge", "never-used", "-y"], ["queue", "never-used"],
+                                  ["queue", "never-used", "--pause"], ["queue", "never-used", "--retention", "60"]])
 def test_unknown_queue__exit_1_not_found__as_through_the_api(cli: Cli, argv: list[str]) -> None:
     cli.submit("add", "1", "1")
     result = cli.run(*argv)
     assert result.code == 1
     assert "no queue named 'never-used'" in one_error_line(result.err)
+    assert "never-used" not in [q["name"] for q in cli("queues", "--json").json()["items"]]  # none was made
 
 
 def test_redrive__nothing_failed__zero(cli: Cli) -> None:

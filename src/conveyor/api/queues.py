@@ -58,13 +58,14 @@ async def get_queue(name: str, st: State) -> Response:
 @router.patch("/{name}", response_model=QueueOut, responses=responses(400, 401, 403, 404, 413, 415, 422))
 async def patch_queue(name: str, body: QueuePatch, st: State) -> Response:
     """Change settings (seconds): ``retention``, ``visibility_timeout``, ``max_deliveries``, ``result_ttl``,
-    ``paused``; fields left out keep their values. Settings given for a queue that has no jobs yet
-    are kept for it (it exists from then on); an empty change of an unknown queue is a 404."""
+    ``paused``; fields left out keep their values. 404 for a queue GET does not know (a typo must
+    not make a paused queue while the real one runs on): declare a new queue with ``app.queue()``."""
     backend = await st.backend()
+    known = await _known(st, backend, name)
     given = body.model_dump(exclude_none=True)
     if not given:
-        return JSONResponse((await _known(st, backend, name)).to_json())
-    current = await backend.queue_settings(_check_name(name))
+        return JSONResponse(known.to_json())
+    current = await backend.queue_settings(name)
     await backend.save_queue_settings(name, current.replace(**given), fields=given)
     [info] = await backend.queues([name])
     return JSONResponse(info.to_json())

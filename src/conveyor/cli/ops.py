@@ -213,9 +213,10 @@ class Direct:
         return await (await self.backend()).known_queue(name, self._named())
 
     async def queue(self, name: str, changes: Mapping[str, Any]) -> JsonObject:
+        known = await self._known(name)  # a typo must not make a new (paused) queue: as the API
         if not changes:
-            return (await self._known(name)).to_json()
-        backend = await self.backend()  # settings given: kept for the queue, which exists from then on
+            return known.to_json()
+        backend = await self.backend()
         current = await backend.queue_settings(name)
         await backend.save_queue_settings(name, current.replace(**changes), fields=changes)
         return (await backend.queues([name]))[0].to_json()
