@@ -7,6 +7,7 @@ import contextlib
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import uvicorn
 
 from conveyor import Conveyor
 from conveyor.api import create_api
+from conveyor.backends import create_backend
 from conveyor.worker.worker import Worker
 from tests.api import api_app
 
@@ -92,6 +94,30 @@ def server(app: Conveyor) -> Iterator[Server]:
     s = Server(app, tokens="")
     yield s
     s.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis", "postgresql"])
+def any_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """A server over each engine in a namespace of its own (a Redis prefix, a PostgreSQL
+    schema), dropped afterwards: for what an engine could get wrong (e.g. the text it stores)."""
+    namespace = f"api_{uuid.uuid4().hex[:12]}"
+    url = {"sqlite": f"sqlite:///{tmp_path}/conveyor.db",
+           "redis": f"redis://127.0.0.1:6379/0?prefix={namespace}",
+           "postgresql": f"postgresql://postgres@127.0.0.1:5432/test?schema={namespace}"}[request.param]
+    s = Server(make_app(url), tokens="")
+    yield s
+    s.stop()
+
+    async def drop() -> None:
+        backend = create_backend(url)
+        await backend.open()
+        try:
+            await backend.drop()  # type: ignore[attr-defined]
+        finally:
+            await backend.close()
+
+    if request.param != "sqlite":
+        asyncio.run(drop())
 
 
 @pytest.fixture

@@ -112,6 +112,7 @@ async def submit_batch(body: SubmitBatch, st: State, request: Request) -> Respon
 
 @router.get("", response_model=JobList, responses=responses(401, 403, 422))
 async def list_jobs(
+    request: Request,
     st: State,
     status: Status | None = None,
     task: Annotated[str | None, Query(max_length=200)] = None,
@@ -119,9 +120,28 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> Response:
-    """Jobs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
-    page = await (await st.backend()).list_jobs(JobQuery(status, task, queue, limit, cursor))
+    """Jobs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page. Each filter
+    takes one value (a repeat is a 422, not a filter on the last value only)."""
+    _check_list_query(request, {"task": task, "queue": queue})
+    try:
+        page = await (await st.backend()).list_jobs(JobQuery(status, task, queue, limit, cursor))
+    except ValidationError as exc:  # the list has no body: a backend's "#/cursor" is the query's cursor
+        errors = [{"parameter": e.get("pointer", "#").removeprefix("#/"), "in": "query", "detail": e["detail"]}
+                  for e in exc.errors]
+        raise ValidationError(str(exc), errors) from None
     return JSONResponse({"items": [job.to_json() for job in page.items], "next_cursor": page.next_cursor})
+
+
+def _check_list_query(request: Request, names: dict[str, str | None]) -> None:
+    """422 naming each list parameter given twice, and each name filter holding U+0000 (no task or
+    queue has one, and PostgreSQL cannot even compare such text)."""
+    errors = [{"parameter": name, "in": "query", "detail": "give one value, not several"}
+              for name in ("status", "task", "queue", "limit", "cursor")
+              if len(request.query_params.getlist(name)) > 1]
+    errors += [{"parameter": name, "in": "query", "detail": "must not contain U+0000"}
+               for name, value in names.items() if value is not None and "\x00" in value]
+    if errors:
+        raise ValidationError(f"{len(errors)} part(s) of the request are invalid", errors)
 
 
 @router.get(
