@@ -32,6 +32,30 @@ def keys_are_text(value: Any) -> bool:
     return True
 
 
+#: Why a string holding U+0000 is refused: PostgreSQL cannot store it in JSON, so no engine takes
+#: it (an app moves between engines as it is).
+NUL_REFUSED = "a string holds U+0000 (NUL), which PostgreSQL cannot store in JSON: send binary data as base64"
+
+
+def holds_nul(value: Any) -> bool:
+    """Whether a string or an object key in ``value`` holds U+0000. Callers first look for
+    ``\\u0000`` in the JSON text, which is how ``json.dumps`` writes it: the walk is for the rare hit."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                if isinstance(key, str) and "\x00" in key:
+                    return True
+                stack.append(inner)
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
+
+
 def loads(text: str | bytes | None) -> Any:
     """Parse JSON; ``None`` stays ``None``."""
     return None if text is None else json.loads(text)

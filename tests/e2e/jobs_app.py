@@ -211,6 +211,14 @@ def misbehave(ctx: Context, how: str) -> object:
         sys.exit(3)
     if how == "bad_str":
         raise BadStr()
+    if how == "nul_result":
+        return {"data": "a\x00b"}
+    if how == "nul_error":
+        raise ValueError("bad byte \x00 in input")
+    if how == "nul_progress":
+        ctx.progress(0.5, "half\x00way")
+        time.sleep(0.5)  # recorded while it runs (a report the job's end overtakes is dropped)
+        return "fine"
     if how == "fork_exit":  # the fork returns into the pool's code by way of SystemExit
         pid = os.fork()
         if pid == 0:

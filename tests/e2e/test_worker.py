@@ -11,11 +11,12 @@ import socket
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import httpx
 import pytest
 
-from conveyor.core.errors import JobFailed
+from conveyor.core.errors import InvalidArguments, JobFailed, ValidationError
 from conveyor.core.job import Status
 from tests.api.conftest import free_port
 from tests.e2e.conftest import wait_for
@@ -310,6 +311,27 @@ def test_task_code_at_its_worst__fails_its_job_alone_and_the_worker_goes_on(e2e,
         assert (job.status.value, got, job.deliveries) == (status, detail, 1), (how, job.error)
     assert "\\udcff" in jobs["surrogate_error"].job.error["message"]  # stored as text, escaped
     assert e2e.enqueue("misbehave", "fine").wait(timeout=20) == "fine"
+    assert worker.poll() is None
+
+
+def test_nul_characters__refused_at_enqueue_and_a_task_s_own_end_its_job_alone_on_every_engine(e2e_any):
+    """U+0000 is valid JSON that PostgreSQL cannot store: one such result made the worker exit
+    and the other outcomes of its batch went unrecorded (their jobs ran again and again)."""
+    with pytest.raises(InvalidArguments, match="U\\+0000") as refused:
+        e2e_any.enqueue("misbehave", "a\x00b")
+    assert refused.value.errors == [{"pointer": "#/args/0", "detail": mock.ANY}]
+    with pytest.raises(ValidationError, match="U\\+0000"):
+        e2e_any.enqueue("add", 1, 2, metadata={"note": "\x00"})
+    worker = e2e_any.worker("--concurrency", "4")
+    hows = ["fine", "nul_result", "fine", "nul_error", "nul_progress", "fine"]
+    jobs = e2e_any.client.enqueue_many([("misbehave", (how,), {}, {"max_retries": 0}) for how in hows])
+    e2e_any.wait_all(jobs, timeout=60)
+    got = [(j.status.value, j.job.deliveries) for j in jobs]
+    assert got == [("succeeded", 1), ("failed", 1), ("succeeded", 1), ("failed", 1), ("succeeded", 1),
+                   ("succeeded", 1)]
+    assert "U+0000" in jobs[1].job.error["message"] and jobs[1].job.error["type"] == "TypeError"
+    assert jobs[3].job.error["message"] == "bad byte \\x00 in input"
+    assert jobs[4].job.progress["message"] == "half\\x00way"
     assert worker.poll() is None
 
 

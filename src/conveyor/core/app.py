@@ -32,7 +32,7 @@ from conveyor.core.job import Job, Status
 from conveyor.core.portal import Portal
 from conveyor.core.queues import QueueSettings
 from conveyor.core.task import Task, TaskOptions
-from conveyor.serialization import dumps, from_rfc3339, keys_are_text
+from conveyor.serialization import NUL_REFUSED, dumps, from_rfc3339, holds_nul, keys_are_text
 
 if TYPE_CHECKING:
     from conveyor.backends.base import Backend
@@ -526,12 +526,15 @@ def _check_metadata(metadata: Any) -> dict[str, Any]:
     if metadata is None:
         return {}
     try:
-        if not isinstance(metadata, Mapping) or len(dumps(metadata)) > 64 * 1024 or not keys_are_text(dict(metadata)):
+        text = dumps(metadata) if isinstance(metadata, Mapping) else ""
+        if len(text) > 64 * 1024 or not text or not keys_are_text(dict(metadata)):
             raise TypeError
     except (TypeError, ValueError):
         raise _invalid(
             "#/metadata", "metadata must be a JSON object of at most 64 KiB", "must be a JSON object ≤ 64 KiB"
         ) from None
+    if "\\u0000" in text and holds_nul(metadata):
+        raise _invalid("#/metadata", f"metadata: {NUL_REFUSED}", NUL_REFUSED)
     return dict(metadata)
 
 

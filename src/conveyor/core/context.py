@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from conveyor.core.errors import ValidationError
-from conveyor.core.job import Job
+from conveyor.core.job import Job, storable_text
 
 
 class JobCancelled(Exception):
@@ -49,7 +49,8 @@ class Context:
         if message is not None and not isinstance(message, str):
             raise ValidationError(f"progress message must be a string or None, got {type(message).__name__}")
         if self._report is not None:
-            value: dict[str, Any] = {"fraction": float(fraction), "message": message}
+            text = None if message is None else storable_text(message)
+            value: dict[str, Any] = {"fraction": float(fraction), "message": text}
             self._report(value)
 
     def request_cancel(self) -> None:

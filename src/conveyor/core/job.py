@@ -239,5 +239,8 @@ def error_info(exc: BaseException, traceback_text: str | None = None) -> dict[st
 
 
 def storable_text(text: str) -> str:
-    """``text`` as valid UTF-8 (lone surrogates written as ``\\udcff``)."""
+    """``text`` as every engine stores it: valid UTF-8 (lone surrogates written as ``\\udcff``),
+    without U+0000 (written ``\\x00``: PostgreSQL cannot store it)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
     return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")

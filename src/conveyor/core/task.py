@@ -13,7 +13,7 @@ import pydantic
 
 from conveyor.core.errors import InvalidArguments, RegistrationError, ValidationError
 from conveyor.core.limits import Limits
-from conveyor.serialization import keys_are_text
+from conveyor.serialization import NUL_REFUSED, holds_nul, keys_are_text
 
 if TYPE_CHECKING:
     from conveyor.core.app import Conveyor
@@ -112,7 +112,9 @@ class Task:
             errors = [{"pointer": where.get(name, f"#/kwargs/{name}"), "detail": f"{name}: {_not_json(value)}"}
                       for name, value in bound.arguments.items() if _not_json(value)]
         else:
-            errors = self._type_errors(text, where)
+            nul = [name for name in bound.arguments if holds_nul(bound.arguments[name])] if "\\u0000" in text else []
+            errors = [{"pointer": where.get(name, f"#/kwargs/{name}"), "detail": f"{name}: {NUL_REFUSED}"}
+                      for name in nul] or self._type_errors(text, where)
         if errors:
             raise InvalidArguments(f"{self.name}: " + "; ".join(e["detail"] for e in errors), errors)
 

@@ -13,7 +13,7 @@ from conveyor.core import rules
 from conveyor.core.context import Context, JobCancelled
 from conveyor.core.job import error_info
 from conveyor.core.task import Task
-from conveyor.serialization import dumps, keys_are_text
+from conveyor.serialization import NUL_REFUSED, dumps, holds_nul, keys_are_text
 from conveyor.worker.pools import Pool, PoolBroken, ProcessDied, run_async
 
 log = logging.getLogger(__name__)
@@ -95,13 +95,16 @@ def _check_json(result: Any) -> None:
     that fails to encode later would stop the worker recording any outcome."""
     kind = type(result)
     if result is None or kind is bool or (kind is int and result.bit_length() < 4096) \
-            or (kind is str and result.isascii()):
+            or (kind is str and result.isascii() and "\x00" not in result):
         return  # the common results, at no cost
     try:
-        dumps(result).encode()  # UTF-8: a lone surrogate (os.fsdecode of a non-UTF-8 name) is not
+        text = dumps(result)
+        text.encode()  # UTF-8: a lone surrogate (os.fsdecode of a non-UTF-8 name) is not
     except (TypeError, ValueError) as exc:
         raise TypeError(f"the task returned a value that is not JSON ({_first_line(exc)}); "
                         "Conveyor stores only JSON results") from None
+    if "\\u0000" in text and holds_nul(result):
+        raise TypeError(f"the task returned a value where {NUL_REFUSED}")
     if not keys_are_text(result):
         raise TypeError("the task returned an object with a key that is not text, which is not JSON "
                         "(json would turn 1 into \"1\"); Conveyor stores only JSON results")
