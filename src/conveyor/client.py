@@ -13,13 +13,14 @@ Jobs come back as the API's JSON (dicts). Problems come back as the core error t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 
@@ -339,15 +340,16 @@ class AsyncClient:
                     if response.status_code >= 400:
                         await response.aread()
                         raise error_from(response)
-                    lines = response.aiter_lines()
-                    while (line := await clock.bound(anext(lines, None), IDLE)) is not None:
-                        job = parser.feed(line)
-                        if job is not None or line.startswith(":"):
-                            failures = 0  # the server is there: only failures in a row count
-                        if job is not None:
-                            yield job
-                            if job["status"] in TERMINAL:
-                                return
+                    # closed here, not by the loop's finalizer later (a closed loop never runs it)
+                    async with contextlib.aclosing(cast(AsyncGenerator[str, None], response.aiter_lines())) as lines:
+                        while (line := await clock.bound(anext(lines, None), IDLE)) is not None:
+                            job = parser.feed(line)
+                            if job is not None or line.startswith(":"):
+                                failures = 0  # the server is there: only failures in a row count
+                            if job is not None:
+                                yield job
+                                if job["status"] in TERMINAL:
+                                    return
                 finally:
                     await response.aclose()
                 lost: Exception = httpx.RemoteProtocolError("the stream ended before the job did")
@@ -391,6 +393,7 @@ class Client:
         if self._loop.is_closed():
             return
         self._run(self._async.aclose())
+        self._run(self._loop.shutdown_asyncgens())  # a stream a caller left unfinished
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()

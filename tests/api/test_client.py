@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 import threading
 import time
@@ -195,3 +196,15 @@ def test_client_wait__server_gone_for_good__gives_up(server: Server) -> None:
         thread.join(15)  # 5 attempts, 0.25 s to 4 s apart
         assert not thread.is_alive()
         assert isinstance(errors[0], BackendUnavailable) and "lost the event stream" in str(errors[0])
+
+
+def test_client_wait__closing_the_client__leaves_no_pending_task_behind(
+    server: Server, worker: WorkerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stream's line reader was left open when a job ended: closing the client then printed
+    "Task was destroyed but it is pending!" at exit (4 runs in 10 of the README's snippet)."""
+    for n in range(8):
+        with Client(server.url) as client:
+            assert client.wait(client.submit("add", n, 1)["id"], timeout=10) == n + 1
+        gc.collect()
+    assert "Task was destroyed" not in caplog.text
