@@ -98,6 +98,24 @@ def test_malformed_json__400(http: httpx.Client) -> None:
         assert r.headers["content-type"] == PROBLEM and r.json()["type"].endswith("/bad-request")
 
 
+@pytest.mark.parametrize(("path", "raw", "detail"), [
+    ("/v1/jobs", b'{"task":', "the body is not valid JSON: EOF while parsing a value (at line 1 column 8)"),
+    ("/v1/jobs", b'{"task": "add", "args": [1, }', "the body is not valid JSON: expected value (at line 1 column 29)"),
+    ("/v1/jobs/batch", b'{"jobs": [', "the body is not valid JSON: Expecting value (at character 10)"),
+    ("/v1/jobs", b'{"task": "add", "args": ["\\ud800", 1]}',
+     "a \\u escape in the body is a lone UTF-16 surrogate, not a character (at line 1 column 33)"),
+    ("/v1/jobs", b'{"task": "add", "args": [' + b"9" * 5000 + b", 1]}",
+     "a number in the body is too large: more than 4300 digits (at line 1 column 4327)"),
+    ("/v1/jobs/batch", b'{"jobs": [{"task": "add", "args": [' + b"9" * 5000 + b", 1]}]}",
+     "a number in the body is too large: more than 4300 digits"),
+])
+def test_unreadable_body__400_saying_why_and_where(http: httpx.Client, path: str, raw: bytes, detail: str) -> None:
+    r = http.post(path, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.headers["content-type"] == PROBLEM, r.text
+    assert r.json()["detail"] == detail
+    assert r.json()["errors"] == [{"pointer": "#", "detail": detail}]
+
+
 def test_body_without_content_type__taken_as_json(http: httpx.Client) -> None:
     assert http.post("/v1/jobs", content=b'{"task": "add", "args": [1, 2]}').status_code == 202
 

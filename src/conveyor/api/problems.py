@@ -69,6 +69,18 @@ HTTP: Mapping[int, tuple[str, str]] = {
     503: ("unavailable", "Service unavailable"),
 }
 
+#: Why a body could not be read, where it is not a syntax error: the start of the parser's
+#: message (jiter's on ``POST /v1/jobs``, the standard library's on the other routes) → ours.
+_UNREADABLE: tuple[tuple[str, str], ...] = (
+    ("number out of range", "a number in the body is too large: more than 4300 digits"),
+    ("Exceeds the limit (4300 digits)", "a number in the body is too large: more than 4300 digits"),
+    ("unexpected end of hex escape", "a \\u escape in the body is a lone UTF-16 surrogate, not a character"),
+    ("lone leading surrogate", "a \\u escape in the body is a lone UTF-16 surrogate, not a character"),
+    ("recursion limit exceeded", "the body nests arrays and objects too deeply"),
+    ("maximum recursion depth", "the body nests arrays and objects too deeply"),
+    ("'utf-8' codec can't decode", "the body is not UTF-8 text"),
+)
+
 #: Extra headers per status (RFC 9110: 503 with Retry-After; 409 in flight: try again in 1 s).
 HEADERS: Mapping[int, Mapping[str, str]] = {503: {"Retry-After": str(RETRY_AFTER_UNAVAILABLE)}}
 
@@ -141,9 +153,9 @@ def validation_errors(exc: RequestValidationError) -> tuple[int, list[dict[str, 
         # pydantic names the member of a union it tried ("int", "function-after[...]"): not a body path
         loc = [str(part) for part in err.get("loc", ()) if not _UNION_TAG.fullmatch(str(part))]
         where, rest = (loc[0], loc[1:]) if loc else ("body", [])
-        if err.get("type") == "json_invalid":
-            reason = (err.get("ctx") or {}).get("error", "invalid JSON")
-            out.append({"pointer": "#", "detail": f"{reason} (at character {rest[0] if rest else 0})"})
+        if err.get("type") == "json_invalid":  # FastAPI's loc holds the character position; jiter's none
+            reason = str((err.get("ctx") or {}).get("error", "invalid JSON"))
+            out.append({"pointer": "#", "detail": unreadable_body(reason, rest[0] if rest else None)})
             status = 400
             continue
         message = str(err.get("msg", "invalid"))
@@ -155,6 +167,17 @@ def validation_errors(exc: RequestValidationError) -> tuple[int, list[dict[str, 
     return status, out
 
 
+def unreadable_body(reason: str, position: str | None = None) -> str:
+    """The detail for a body that could not be parsed, with where it failed when the parser said:
+    jiter ends its message with "at line L column C", the standard library gives a position."""
+    head, at_line, where = reason.partition(" at line ")
+    ours = next((text for start, text in _UNREADABLE if head.startswith(start)), None)
+    detail = ours or f"the body is not valid JSON: {head}"
+    if at_line:
+        return f"{detail} (at line {where})"
+    return detail if position is None else f"{detail} (at character {position})"
+
+
 def install(api: FastAPI) -> None:
     """Register the handlers that turn every error into problem+json."""
 
@@ -163,6 +186,10 @@ def install(api: FastAPI) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
+            # FastAPI's "There was an error parsing the body" for what json.loads raised besides a syntax error
+            detail = unreadable_body(str(exc.__cause__))
+            return problem(400, detail, errors=[{"pointer": "#", "detail": detail}])
         detail = exc.detail if isinstance(exc.detail, str) else HTTP.get(exc.status_code, ("", "Error"))[1]
         return problem(exc.status_code, detail, headers=exc.headers)
 
@@ -170,7 +197,7 @@ def install(api: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         status, errors = validation_errors(exc)
         if status == 400:
-            return problem(400, "the body is not valid JSON", errors=errors)
+            return problem(400, errors[0]["detail"], errors=errors)
         return problem(422, f"{len(errors)} part(s) of the request are invalid", errors=errors)
 
     async def on_bug(request: Request, exc: Exception) -> JSONResponse:
