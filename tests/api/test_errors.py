@@ -150,6 +150,17 @@ def test_unknown_route_and_method__problem(http: httpx.Client) -> None:
     assert r.status_code == 405 and r.headers["content-type"] == PROBLEM
 
 
+def test_wrong_method__405_allow_names_every_method_of_the_path(http: httpx.Client) -> None:
+    for method, path, allow in (("DELETE", "/v1/queues/default", "GET, HEAD, PATCH"),
+                                ("DELETE", "/v1/jobs", "GET, HEAD, POST"),
+                                ("PUT", "/v1/queues/default/purge", "POST"),
+                                ("HEAD", "/v1/queues/default/redrive", "POST")):
+        r = http.request(method, path)
+        assert r.status_code == 405 and r.headers["allow"] == allow, (method, path)
+        for other in allow.split(", "):  # each method named is one the path answers
+            assert http.request(other, path, json={}).status_code != 405, (other, path)
+
+
 def test_head__every_get_route__the_get_status_and_headers_without_a_body(http: httpx.Client) -> None:
     job_id = http.post("/v1/jobs", json={"task": "add", "args": [1, 2], "delay": 600}).json()["id"]
     for path in ("/", "/healthz", "/readyz", "/metrics", "/v1/jobs", f"/v1/jobs/{job_id}", "/v1/queues",

@@ -211,6 +211,11 @@ def misbehave(ctx: Context, how: str) -> object:
         sys.exit(3)
     if how == "bad_str":
         raise BadStr()
+    if how == "deep_result":
+        nested: list[object] = []
+        for _ in range(5000):
+            nested = [nested]
+        return nested
     if how == "nul_result":
         return {"data": "a\x00b"}
     if how == "nul_error":

@@ -293,6 +293,7 @@ MISBEHAVIOURS = {  # how -> (status, error type or result)
     "surrogate_result": ("failed", "TypeError"),
     "surrogate_error": ("failed", "ValueError"),
     "huge_int": ("failed", "TypeError"),
+    "deep_result": ("failed", "TypeError"),
     "int_keys": ("failed", "TypeError"),
     "sys_exit": ("failed", "SystemExit"),
     "bad_str": ("failed", "BadStr"),
@@ -320,6 +321,11 @@ def test_nul_characters__refused_at_enqueue_and_a_task_s_own_end_its_job_alone_o
     with pytest.raises(InvalidArguments, match="U\\+0000") as refused:
         e2e_any.enqueue("misbehave", "a\x00b")
     assert refused.value.errors == [{"pointer": "#/args/0", "detail": mock.ANY}]
+    deep: list[object] = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(InvalidArguments, match="nested too deeply"):
+        e2e_any.enqueue("misbehave", deep)
     with pytest.raises(ValidationError, match="U\\+0000"):
         e2e_any.enqueue("add", 1, 2, metadata={"note": "\x00"})
     worker = e2e_any.worker("--concurrency", "4")

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from conveyor.core.errors import (
     BackendUnavailable,
@@ -80,6 +81,9 @@ _UNREADABLE: tuple[tuple[str, str], ...] = (
     ("maximum recursion depth", "the body nests arrays and objects too deeply"),
     ("'utf-8' codec can't decode", "the body is not UTF-8 text"),
 )
+
+#: Methods in the order ``Allow`` names them.
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 #: Extra headers per status (RFC 9110: 503 with Retry-After; 409 in flight: try again in 1 s).
 HEADERS: Mapping[int, Mapping[str, str]] = {503: {"Retry-After": str(RETRY_AFTER_UNAVAILABLE)}}
@@ -178,6 +182,17 @@ def unreadable_body(reason: str, position: str | None = None) -> str:
     return detail if position is None else f"{detail} (at character {position})"
 
 
+def allowed(request: Request) -> str:
+    """``Allow`` for a 405: every method some route of the path answers (Starlette names only
+    those of the first route it found: one per method here), and HEAD with GET (``HeadMiddleware``)."""
+    routes = request.app.router.routes
+    methods = {m for m in _METHODS
+               if any(r.matches({**request.scope, "method": m})[0] is Match.FULL for r in routes)}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(m for m in _METHODS if m in methods)
+
+
 def install(api: FastAPI) -> None:
     """Register the handlers that turn every error into problem+json."""
 
@@ -191,7 +206,8 @@ def install(api: FastAPI) -> None:
             detail = unreadable_body(str(exc.__cause__))
             return problem(400, detail, errors=[{"pointer": "#", "detail": detail}])
         detail = exc.detail if isinstance(exc.detail, str) else HTTP.get(exc.status_code, ("", "Error"))[1]
-        return problem(exc.status_code, detail, headers=exc.headers)
+        headers = {**(exc.headers or {}), "Allow": allowed(request)} if exc.status_code == 405 else exc.headers
+        return problem(exc.status_code, detail, headers=headers)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -529,7 +529,7 @@ def _check_metadata(metadata: Any) -> dict[str, Any]:
         text = dumps(metadata) if isinstance(metadata, Mapping) else ""
         if len(text) > 64 * 1024 or not text or not keys_are_text(dict(metadata)):
             raise TypeError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         raise _invalid(
             "#/metadata", "metadata must be a JSON object of at most 64 KiB", "must be a JSON object ≤ 64 KiB"
         ) from None

@@ -108,7 +108,7 @@ class Task:
             text = json.dumps(bound.arguments, allow_nan=False)
             if not keys_are_text(bound.arguments):
                 raise TypeError("a key that is not text")
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             errors = [{"pointer": where.get(name, f"#/kwargs/{name}"), "detail": f"{name}: {_not_json(value)}"}
                       for name, value in bound.arguments.items() if _not_json(value)]
         else:
@@ -208,6 +208,8 @@ def _not_json(value: Any) -> str:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError):
         return f"{type(value).__name__} is not JSON (Conveyor accepts only JSON arguments)"
+    except RecursionError:
+        return f"{type(value).__name__} is nested too deeply to encode as JSON"
     if not keys_are_text(value):
         return "an object key that is not text is not JSON (json would turn 1 into \"1\")"
     return ""

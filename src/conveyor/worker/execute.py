@@ -100,7 +100,7 @@ def _check_json(result: Any) -> None:
     try:
         text = dumps(result)
         text.encode()  # UTF-8: a lone surrogate (os.fsdecode of a non-UTF-8 name) is not
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deeply to encode
         raise TypeError(f"the task returned a value that is not JSON ({_first_line(exc)}); "
                         "Conveyor stores only JSON results") from None
     if "\\u0000" in text and holds_nul(result):
