@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from conveyor import Context, Conveyor
@@ -196,41 +197,52 @@ class BadStr(Exception):
         raise RuntimeError("str() of this exception fails")
 
 
+def _nested(depth: int) -> list[object]:
+    nested: list[object] = []
+    for _ in range(depth):
+        nested = [nested]
+    return nested
+
+
+def _raise(exc: BaseException) -> object:
+    raise exc
+
+
+def _fork_exit() -> str:  # the fork returns into the pool's code by way of SystemExit
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(0)
+    os.waitpid(pid, 0)
+    return "parent done"
+
+
+def _progress_with_nul(ctx: Context) -> str:
+    ctx.progress(0.5, "half\x00way")
+    time.sleep(0.5)  # recorded while it runs (a report the job's end overtakes is dropped)
+    return "fine"
+
+
+#: how -> what the task does; each way must end its job alone, never the worker
+MISBEHAVIOURS: dict[str, Callable[[Context], object]] = {
+    "surrogate_result": lambda ctx: os.fsdecode(b"report-\xff.csv"),  # a non-UTF-8 file name
+    "surrogate_error": lambda ctx: _raise(ValueError(os.fsdecode(b"cannot open report-\xff.csv"))),
+    "huge_int": lambda ctx: 10**5000,
+    "int_keys": lambda ctx: {1: "a"},
+    "sys_exit": lambda ctx: sys.exit(3),
+    "bad_str": lambda ctx: _raise(BadStr()),
+    "deep_result": lambda ctx: _nested(5000),
+    "nul_result": lambda ctx: {"data": "a\x00b"},
+    "nul_error": lambda ctx: _raise(ValueError("bad byte \x00 in input")),
+    "nul_progress": _progress_with_nul,
+    "fork_exit": lambda ctx: _fork_exit(),
+}
+
+
 @app.task(max_retries=0)
 def misbehave(ctx: Context, how: str) -> object:
-    """Task code at its worst: each way must end this job alone, never the worker."""
-    if how == "surrogate_result":
-        return os.fsdecode(b"report-\xff.csv")  # a non-UTF-8 file name
-    if how == "surrogate_error":
-        raise ValueError(os.fsdecode(b"cannot open report-\xff.csv"))
-    if how == "huge_int":
-        return 10**5000
-    if how == "int_keys":
-        return {1: "a"}
-    if how == "sys_exit":
-        sys.exit(3)
-    if how == "bad_str":
-        raise BadStr()
-    if how == "deep_result":
-        nested: list[object] = []
-        for _ in range(5000):
-            nested = [nested]
-        return nested
-    if how == "nul_result":
-        return {"data": "a\x00b"}
-    if how == "nul_error":
-        raise ValueError("bad byte \x00 in input")
-    if how == "nul_progress":
-        ctx.progress(0.5, "half\x00way")
-        time.sleep(0.5)  # recorded while it runs (a report the job's end overtakes is dropped)
-        return "fine"
-    if how == "fork_exit":  # the fork returns into the pool's code by way of SystemExit
-        pid = os.fork()
-        if pid == 0:
-            sys.exit(0)
-        os.waitpid(pid, 0)
-        return "parent done"
-    return "fine"
+    """Task code at its worst (``MISBEHAVIOURS``), or "fine"."""
+    act = MISBEHAVIOURS.get(how)
+    return "fine" if act is None else act(ctx)
 
 
 @app.task
