@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.api.conftest import Server, WorkerThread, wait_for
+from tests.api.conftest import Server, WorkerThread, make_app, wait_for
 
 
 def test_queues__list_and_get(http: httpx.Client) -> None:
@@ -87,6 +87,30 @@ def test_health_ready_metrics(server: Server, worker: WorkerThread) -> None:
     text = http.get("/metrics").text
     assert 'conveyor_jobs_enqueued_total{queue="default",task="add"}' in text
     assert 'conveyor_queue_jobs{queue="default",status="queued"} 0.0' in text
+    assert "conveyor_backend_up 1\n" in text
+
+
+def test_metrics__backend_down__200_prometheus_text_with_the_counters_and_backend_up_0(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from conveyor import metrics
+    from conveyor.core.job import Job
+
+    metrics.job_enqueued(Job(id="01a22233-d0de-71e6-b821-e3be6140d5a2", task="outage_probe", queue="q",
+                             created_at=100.0))
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    server = Server(make_app(f"sqlite:///{blocker}/sub/conveyor.db"), tokens="", housekeeping=False)
+    try:
+        assert server.http.get("/readyz").status_code == 503
+        r = server.http.get("/metrics")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(r.text) for s in family.samples}
+        assert samples[("conveyor_backend_up", ())] == 0
+        assert samples[("conveyor_jobs_enqueued_total", (("queue", "q"), ("task", "outage_probe")))] == 1
+    finally:
+        server.stop()
 
 
 def test_metrics__worker_hooks_count_and_time(server: Server) -> None:

@@ -1,4 +1,5 @@
-"""``/healthz`` (the process answers), ``/readyz`` (the backend answers), ``/metrics`` (Prometheus)."""
+"""``/healthz`` (the process answers), ``/readyz`` (the backend answers), ``/metrics`` (Prometheus:
+answered while the backend is down too, saying so)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from conveyor import metrics
 from conveyor.api.deps import ApiState, state
 from conveyor.api.models import Health
 from conveyor.api.problems import responses
+from conveyor.core.errors import BackendUnavailable
 
 TEXT = {"type": "string"}
 router = APIRouter(tags=["health"])
@@ -37,6 +39,18 @@ async def readyz(st: State) -> Response:
     response_class=Response,
 )
 async def prometheus(st: State) -> Response:
-    """Counters and timings per task and queue (of every process under ``conveyor up``) and queue depth."""
-    queues = await (await st.backend()).queues()
-    return Response(metrics.render(queues), media_type=metrics.CONTENT_TYPE)
+    """Counters and timings per task and queue (of every process under ``conveyor up``), queue depth,
+    and ``conveyor_backend_up``. While the backend is down: 200 all the same, with the counters,
+    no depth and ``conveyor_backend_up 0`` (a failed scrape would lose every series; Prometheus
+    alerts on such a gauge)."""
+    try:
+        queues = await (await st.backend()).queues()
+    except BackendUnavailable:
+        return Response(metrics.render([]) + _backend_up(0), media_type=metrics.CONTENT_TYPE)
+    return Response(metrics.render(queues) + _backend_up(1), media_type=metrics.CONTENT_TYPE)
+
+
+def _backend_up(up: int) -> bytes:
+    return (b"# HELP conveyor_backend_up 1 when the backend answered this scrape, else 0.\n"
+            b"# TYPE conveyor_backend_up gauge\n"
+            b"conveyor_backend_up %d\n" % up)
