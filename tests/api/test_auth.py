@@ -39,6 +39,13 @@ def test_health_stays_open(secured: Server) -> None:
     assert secured.http.get("/readyz").status_code == 200
 
 
+def test_pages_without_job_data_stay_open__their_data_calls_do_not(secured: Server) -> None:
+    # the README's stated deviation from "every GET needs read"
+    for path in ("/openapi.json", "/docs", "/redoc", "/", "/dashboard.js"):
+        assert secured.http.get(path).status_code == 200, path
+    assert secured.http.get("/v1/queues").status_code == 401  # what the dashboard reads
+
+
 def test_scopes__read_submit_admin(secured: Server) -> None:
     http = secured.http
     job = {"task": "add", "args": [1, 2]}
