@@ -253,6 +253,26 @@ async def blocks_the_loop(ctx: Context, seconds: float) -> str:
 
 
 @app.task
+async def done_as_the_loop_blocks(ctx: Context, block: float) -> str:
+    """Two of these, started together, wake in one turn of the loop: one returns (its outcome is
+    not recorded yet) as the other blocks the loop for ``block`` seconds."""
+    _record("start", ctx)
+    await asyncio.sleep(0.3)
+    time.sleep(block)
+    return "done"
+
+
+@app.task
+async def submits_then_blocks(ctx: Context, seconds: float) -> str:
+    """Submits a ``whoami`` job (a pool thread waiting for work leases it) and blocks the loop."""
+    _record("start", ctx)
+    await asyncio.sleep(0.1)  # the worker's idle slots wait for work meanwhile
+    await whoami.enqueue_async(seconds - 1)
+    time.sleep(seconds)
+    return "done"
+
+
+@app.task
 def logs_info(ctx: Context) -> int:
     logging.getLogger("tests.e2e.jobs_app").info("task info line from pid %d", os.getpid())
     return os.getpid()

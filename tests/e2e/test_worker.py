@@ -374,6 +374,32 @@ def test_async_task_blocking_the_loop_past_the_visibility_timeout__runs_once_and
     assert blocking.poll() is None and other.poll() is None, e2e_any.logs()
 
 
+def test_loop_blocked_right_after_a_job_returned__its_lease_is_kept_until_its_outcome_is_recorded(e2e_any):
+    env = e2e_any.env(TEST_VISIBILITY="2")
+    jobs = [e2e_any.enqueue("done_as_the_loop_blocks", block) for block in (0.0, 5.0)]
+    blocking = e2e_any.worker("--no-scheduler", "--concurrency", "2", env=env)
+    wait_for(lambda: len(recorded(e2e_any.log)) == 2, what="both jobs to start")
+    e2e_any.worker("--no-scheduler", env=env)  # would run the first again once its lease ran out
+    e2e_any.wait_all(jobs, timeout=30)
+    assert [e["pid"] for e in recorded(e2e_any.log)] == [blocking.pid] * 2
+    assert [(j.status, j.job.deliveries) for j in jobs] == [(Status.SUCCEEDED, 1)] * 2
+
+
+def test_loop_blocked_as_a_pool_thread_leases_a_job__its_lease_is_kept_and_it_runs_once(e2e_any):
+    env = e2e_any.env(TEST_VISIBILITY="2")
+    e2e_any.worker("--no-scheduler", "--concurrency", "4", env=env)
+    job = e2e_any.enqueue("submits_then_blocks", 5.0)
+    wait_for(lambda: recorded(e2e_any.log), what="the job to start")
+    e2e_any.worker("--no-scheduler", env=env)
+    assert job.wait(timeout=30) == "done"
+    wait_for(lambda: len(recorded(e2e_any.log)) >= 3, what="the submitted job to end")
+    time.sleep(1.0)  # a second run, were there one, would have started by now
+    starts = [e for e in recorded(e2e_any.log) if e["event"] == "start"]
+    assert len(starts) == 2, starts  # the submitted job ran once (on Redis, leased by a pool thread of `blocking`)
+    submitted = e2e_any.client.get_job(starts[1]["job"])
+    assert (submitted.status, submitted.job.deliveries) == (Status.SUCCEEDED, 1)
+
+
 def test_async_task_blocking_the_loop_past_its_timeout__its_lease_is_no_longer_kept(e2e):
     """A loop blocked for good must not hold a job for ever: past the job's time limit its lease
     runs out, and another worker takes the job up as from a dead worker."""

@@ -99,10 +99,12 @@ class LeaseKeeper:
                     await asyncio.wait_for(self._twin.close(), 5.0)
 
     def _leases(self) -> dict[str, str]:
-        """The leases to keep: job id → token of the jobs running and within their time limit."""
+        """The leases to keep (job id → token): the jobs running within their time limit, those
+        whose outcome is not recorded yet, and those a pool thread leased for the loop to start."""
         now = time.monotonic()
-        leases = {}
-        for job_id, running in list(self._worker.running.items()):  # a copy: the loop may change it
+        worker = self._worker
+        leases = {**worker._leased_off_loop, **worker._unrecorded}  # copies: the loop may change them
+        for job_id, running in list(worker.running.items()):
             limit = time_limit(running.fn, running.lease) if running.fn is not None else running.lease.job.timeout
             if limit is None or now - running.started < limit:
                 leases[job_id] = running.lease.token

@@ -104,6 +104,8 @@ class _Wait(Call):
         backend = worker._backend
         assert backend is not None and backend.wait_and_claim_blocking is not None
         self.leases = backend.wait_and_claim_blocking(worker.queues, self.timeout, self.free, worker.id)
+        for lease in self.leases or ():
+            worker._leased_off_loop[lease.job.id] = lease.token  # kept while the loop may be blocked
         if self.leases:
             self.then = worker._runs_in_thread(self.loop, self.leases[0])
         return self.leases
@@ -185,6 +187,11 @@ class Worker:
         self._pool: Pool | None = None
         self._max_deliveries: dict[str, int] = {}
         self._async_ran: set[str] = set()  #: async tasks run since the last heartbeat (suspects of a block)
+        #: Leases whose heartbeats are still owed besides those of ``running`` (job id → token): a
+        #: job whose outcome is not recorded yet, and a lease a pool thread took (``_Wait``) that
+        #: the loop has not started yet. Each is one dict operation, safe from any thread.
+        self._unrecorded: dict[str, str] = {}
+        self._leased_off_loop: dict[str, str] = {}
 
     # -- public ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -363,7 +370,7 @@ class Worker:
             self._outbox[:0] = batch  # not known to be applied: sent again (a repeat is refused)
             self._flush_needed.set()
             raise
-        self._report_refused(batch, applied)
+        self._recorded(batch, applied)
         return leases
 
     async def _swept_back(self) -> bool:
@@ -421,6 +428,7 @@ class Worker:
         now = time.time()
         for lease in leases:
             job = lease.job
+            self._leased_off_loop.pop(job.id, None)
             running = started if started is not None and started.lease is lease else self._runs_in_thread(loop, lease)
             if running is not None:
                 # the common case, without a coroutine: the pool calls running.finished on the loop
@@ -547,6 +555,7 @@ class Worker:
         running.settled = True
         if outcome is not None:
             self._uncounted_ends.append((running.lease.job, outcome.status, time.monotonic() - running.started))
+            self._unrecorded[outcome.job_id] = outcome.token  # its lease is kept until it is recorded
             self._outbox.append(outcome)
             self._flush_needed.set()
 
@@ -623,11 +632,13 @@ class Worker:
         except BaseException:
             self._outbox[:0] = batch
             raise
-        self._report_refused(batch, applied)
+        self._recorded(batch, applied)
 
-    @staticmethod
-    def _report_refused(batch: Sequence[Outcome], applied: Sequence[bool]) -> None:
+    def _recorded(self, batch: Sequence[Outcome], applied: Sequence[bool]) -> None:
+        """The engine answered for ``batch``: their leases are done with; say which it refused."""
         for outcome, ok in zip(batch, applied, strict=True):
+            if self._unrecorded.get(outcome.job_id) == outcome.token:
+                del self._unrecorded[outcome.job_id]
             if not ok:
                 log.warning(
                     "job %s: outcome %s refused: the lease had passed to another worker", outcome.job_id, outcome.status
@@ -658,7 +669,8 @@ class Worker:
                     self._claim_task.cancel()  # it may be stuck inside a call that never returns
                 return
             self._count()  # those not counted during claims (long jobs, an idle worker)
-            leases = {job_id: r.lease.token for job_id, r in self.running.items()}
+            leases = {**self._leased_off_loop, **self._unrecorded,
+                      **{job_id: r.lease.token for job_id, r in self.running.items()}}
             try:
                 # not wait_for: on 3.11 it can swallow the cancel that ends this loop at shutdown
                 async with asyncio.timeout(10.0):
