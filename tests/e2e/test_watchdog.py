@@ -92,3 +92,50 @@ def test_event_loop_blocked__in_memory_sqlite__the_job_still_succeeds():
         return result, await asyncio.wait_for(run, 10)
 
     assert asyncio.run(main()) == ("done", 0)
+
+
+class LateClaimReplies(SQLiteBackend):
+    """A real SQLite backend whose first claim that leases anything answers 2.5 s late (a loop
+    blocked while the reply was on its way)."""
+
+    late = True
+
+    async def claim(self, queues, limit, worker_id, now):  # type: ignore[no-untyped-def]
+        leases = await super().claim(queues, limit, worker_id, now)
+        if leases and LateClaimReplies.late:
+            LateClaimReplies.late = False
+            await asyncio.sleep(2.5)
+        return leases
+
+
+def test_claim_reply_later_than_its_lease__not_run_by_a_second_worker_too(tmp_path, caplog):
+    """No one heartbeats a lease its worker does not know of yet: one whose claim's reply came
+    later than half the lease may have passed to another worker, so it is handed back."""
+    url = f"sqlite:///{tmp_path}/w.db"
+    app = Conveyor(url)
+    app.queue("default", visibility_timeout=2)
+    runs = []
+
+    @app.task
+    def once(ctx: Context) -> int:
+        runs.append(ctx.job.id)
+        return len(runs)
+
+    job = once.enqueue()
+
+    async def main() -> list[int]:
+        late = Worker(app, backend=LateClaimReplies(url), scheduler=False)
+        other = Worker(app, scheduler=False)
+        first = asyncio.create_task(late.run())
+        await asyncio.sleep(0.5)  # its claim leased the job; the reply is on its way
+        second = asyncio.create_task(other.run())  # takes the job up once the lease ran out
+        await asyncio.sleep(4.0)
+        late.stop()
+        other.stop()
+        return list(await asyncio.gather(first, second))
+
+    assert asyncio.run(asyncio.wait_for(main(), 20)) == [0, 0]
+    stored = job.refresh().job
+    assert (stored.status, runs) == (Status.SUCCEEDED, [job.id])  # it ran twice, once per worker
+    assert "handed back rather than run it" in caplog.text
+    app.close()

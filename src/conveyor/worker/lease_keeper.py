@@ -29,8 +29,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Heartbeat intervals the loop may miss before the keeper steps in.
-LATE_AFTER = 2
+#: The keeper steps in once the loop has not run for a heartbeat interval; it looks (and the loop
+#: shows it is alive) four times an interval: from a last heartbeat to the keeper's first, at most
+#: about 2.5 intervals pass (1.25 s by default), well inside the shortest visibility timeout that
+#: heartbeats every 0.5 s allow.
+LOOKS_PER_INTERVAL = 4
 
 
 class LeaseKeeper:
@@ -67,7 +70,7 @@ class LeaseKeeper:
 
     def _tick(self) -> None:  # on the loop
         self.alive = time.monotonic()
-        self._ticker = self._loop.call_later(self._interval / 2, self._tick)
+        self._ticker = self._loop.call_later(self._interval / LOOKS_PER_INTERVAL, self._tick)
 
     def _keep(self) -> None:  # the thread
         asyncio.run(self._keep_leases())
@@ -80,8 +83,8 @@ class LeaseKeeper:
         stepped_in = False
         try:
             while not self._stopped.is_set():
-                await asyncio.sleep(interval / 2)
-                if time.monotonic() - self.alive < LATE_AFTER * interval:
+                await asyncio.sleep(interval / LOOKS_PER_INTERVAL)
+                if time.monotonic() - self.alive < interval:
                     stepped_in = False
                     continue
                 leases = self._leases()
@@ -99,15 +102,14 @@ class LeaseKeeper:
                     await asyncio.wait_for(self._twin.close(), 5.0)
 
     def _leases(self) -> dict[str, str]:
-        """The leases to keep (job id → token): the jobs running within their time limit, those
-        whose outcome is not recorded yet, and those a pool thread leased for the loop to start."""
+        """The leases to keep (job id → token): the worker's owed leases, but a job past its
+        time limit."""
         now = time.monotonic()
-        worker = self._worker
-        leases = {**worker._leased_off_loop, **worker._unrecorded}  # copies: the loop may change them
-        for job_id, running in list(worker.running.items()):
+        leases = self._worker.owed_leases()
+        for job_id, running in list(self._worker.running.items()):
             limit = time_limit(running.fn, running.lease) if running.fn is not None else running.lease.job.timeout
-            if limit is None or now - running.started < limit:
-                leases[job_id] = running.lease.token
+            if limit is not None and now - running.started >= limit:
+                leases.pop(job_id, None)
         return leases
 
     async def _send(self, leases: dict[str, str]) -> None:

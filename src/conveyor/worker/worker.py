@@ -331,6 +331,7 @@ class Worker:
                 self._decide_returned()
             if self._uncounted_starts or self._uncounted_ends:
                 asyncio.get_running_loop().call_soon(self._count)  # runs once the claim is sent
+            sent = time.monotonic()
             try:
                 leases = [] if drained else await self._report_and_claim(free)
                 failures = 0
@@ -341,7 +342,7 @@ class Worker:
                 await self._sleep(delay)
                 continue
             if leases:
-                self._start(leases)
+                self._start(self._held_still(leases, time.monotonic() - sent))
             drained = False
             if len(leases) < free:
                 if self.burst and not leases and not self.running:
@@ -406,9 +407,10 @@ class Worker:
                 pool.start([_Wait(self, free, timeout, future)])
                 leases = await future  # started by _Wait.finished
             else:
+                sent = time.monotonic()
                 leases = await backend.wait_and_claim(self.queues, timeout, free, self.id)
                 if leases:
-                    self._start(leases)
+                    self._start(self._held_still(leases, time.monotonic() - sent - timeout))
         except BackendUnavailable:
             return False  # the next claim reports it and backs off
         if leases is None:
@@ -418,6 +420,26 @@ class Worker:
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
+
+    def _held_still(self, leases: list[Lease], late: float) -> list[Lease]:
+        """The leases of a claim whose reply came ``late`` seconds after it could have: those it
+        may still run. A reply held up past half a lease (an ``async def`` task blocked the loop
+        while it was on its way, and no one heartbeated leases this worker did not know of yet)
+        may have lost its leases to another worker: its jobs are handed back, not started (the
+        hand-back is refused where a lease did pass on), so none runs twice."""
+        held = []
+        for lease in leases:
+            job = lease.job
+            if job.lease_expires_at is None or job.started_at is None \
+                    or late < (job.lease_expires_at - job.started_at) / 2:
+                held.append(lease)
+                continue
+            log.warning("job %s: its claim's reply came %.1f s late (the event loop was blocked); handed back "
+                        "rather than run it after its lease may have passed on", job.id, late)
+            self._unrecorded[job.id] = lease.token
+            self._outbox.append(rules.handed_back(job, lease.token))
+            self._flush_needed.set()
+        return held
 
     # -- running --------------------------------------------------------------------------
     def _start(self, leases: list[Lease], started: Running | None = None) -> None:
@@ -669,8 +691,7 @@ class Worker:
                     self._claim_task.cancel()  # it may be stuck inside a call that never returns
                 return
             self._count()  # those not counted during claims (long jobs, an idle worker)
-            leases = {**self._leased_off_loop, **self._unrecorded,
-                      **{job_id: r.lease.token for job_id, r in self.running.items()}}
+            leases = self.owed_leases()
             try:
                 # not wait_for: on 3.11 it can swallow the cancel that ends this loop at shutdown
                 async with asyncio.timeout(10.0):
@@ -679,6 +700,17 @@ class Worker:
                 log.warning("worker %s: heartbeat failed (%s)", self.id, exc)
                 continue
             self._heard(reply, leases)
+
+    def owed_leases(self) -> dict[str, str]:
+        """Every lease this worker must keep (job id → token): the jobs running, those whose thread
+        returned but whose outcome is not decided yet, those whose outcome is not recorded yet, and
+        those a pool thread leased for the loop to start. Safe from another thread (copies first)."""
+        leases = {**self._leased_off_loop, **self._unrecorded}
+        for running, _, _ in list(self._returned):
+            leases[running.lease.job.id] = running.lease.token
+        for job_id, running in list(self.running.items()):
+            leases[job_id] = running.lease.token
+        return leases
 
     def _heard(self, reply: HeartbeatReply, leases: dict[str, str]) -> None:
         """Act on a heartbeat's reply about ``leases``: abandon the jobs whose lease was lost or
