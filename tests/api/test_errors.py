@@ -60,7 +60,8 @@ GARBAGE = [
     ({"task": "add", "kwargs": {"a": 1, "b": 2, "c": 3}}, 422, None),
     ({"task": "transcode", "args": ["x"], "kwargs": {"height": 4.5}}, 422, "#/kwargs/height"),
     ({"task": "transcode", "args": [HUGE], "kwargs": {"height": 1}}, 202, None),
-    ({"task": "transcode", "args": ["ünïcødé 🎉 \u0000"], "kwargs": {"height": 1}}, 202, None),
+    ({"task": "transcode", "args": ["ünïcødé 🎉"], "kwargs": {"height": 1}}, 202, None),
+    ({"task": "transcode", "args": ["a \u0000 NUL"], "kwargs": {"height": 1}}, 422, "#/args/0"),  # not storable
     ({"task": "add", "args": [2**70, 1]}, 202, None),  # Python ints are unbounded
     ([1, 2, 3], 422, "#"),
     ("just a string", 422, "#"),

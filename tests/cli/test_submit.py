@@ -140,6 +140,16 @@ def test_submit__same_key_other_arguments__usage_error_and_no_second_job(cli: Cl
     assert len(cli("jobs", "--json").json()["items"]) == 1
 
 
+def test_submit__key_beyond_printable_ascii__usage_error_as_over_http(cli: Cli) -> None:
+    """One rule for a key, whichever way it goes: `--key café` worked on the engine and was
+    refused through `--api` (an HTTP header carries printable ASCII only)."""
+    for key in ("café", "tab\there", ""):
+        result = cli.run("submit", "add", "1", "2", "--key", key)
+        assert result.code == 2, result.err
+        assert "1–255 printable ASCII characters" in one_error_line(result.err)
+    assert cli("jobs", "--json").json()["items"] == []
+
+
 def test_submit__negative_number_argument__is_json_not_an_option(cli: Cli) -> None:
     job_id = cli.submit("add", "-1", "-2")
     cli.burst()

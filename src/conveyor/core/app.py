@@ -27,6 +27,7 @@ from conveyor.core.errors import (
     ValidationError,
 )
 from conveyor.core.handle import JobHandle
+from conveyor.core.idempotency import is_valid_key
 from conveyor.core.ids import job_id_of, uuid7
 from conveyor.core.job import Job, Status
 from conveyor.core.portal import Portal
@@ -517,8 +518,9 @@ def check_queue_name(name: Any) -> str:
 def _check_key(key: Any) -> str | None:
     if key is None:
         return None
-    if not isinstance(key, str) or not 0 < len(key) <= 255 or not key.isprintable():
-        raise _invalid("#/key", "an idempotency key is 1–255 printable characters", "1–255 printable characters")
+    if not isinstance(key, str) or not is_valid_key(key):  # one rule, as HTTP's header takes it
+        raise _invalid("#/key", "an idempotency key is 1–255 printable ASCII characters",
+                       "1–255 printable ASCII characters")
     return key
 
 
