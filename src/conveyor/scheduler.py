@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import re
 import time
@@ -154,8 +155,15 @@ def describe(schedule: Schedule, now: float) -> dict[str, object]:
 
 
 def tick_key(schedule: Schedule, tick: float) -> str:
+    """The tick's idempotency key: printable ASCII of at most 255 characters, as every key is
+    (a task named in other letters is written with escapes; a very long name by its hash)."""
     stamp = datetime.fromtimestamp(tick, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return f"schedule:{schedule.task}:{stamp}"
+    task = schedule.task
+    if not (task.isascii() and task.isprintable()):
+        task = task.encode("unicode_escape").decode("ascii")
+    if len(task) > 200:
+        task = hashlib.sha256(task.encode()).hexdigest()
+    return f"schedule:{task}:{stamp}"
 
 
 async def enqueue_tick(app: Conveyor, schedule: Schedule, tick: float) -> None:

@@ -72,6 +72,20 @@ def test_ticks__follow_the_time_zone(app):
     assert tick_key(schedule, 1764309600.0) == "schedule:digest:2025-11-28T06:00:00Z"
 
 
+def test_a_task_named_in_other_letters_or_at_length__its_ticks_enqueue(app):
+    """Keys are printable ASCII: a tick of `envoyer_reçu` (a valid Python name) was refused."""
+    names = ["envoyer_reçu", "x" * 250]
+    for name in names:
+        app.periodic("0 7 * * *", name=name, catch_up=None)(lambda ctx: None)
+
+    async def scenario():
+        await _run_schedulers(app, 1, 0.2)
+        backend = await app.backend()
+        return [(await backend.list_jobs(JobQuery(task=name))).items for name in names]
+
+    assert [len(items) for items in asyncio.run(scenario())] == [1, 1]
+
+
 async def _run_schedulers(app: Conveyor, count: int, seconds: float) -> None:
     stop = asyncio.Event()
     runners = [asyncio.create_task(run_scheduler(app, stop)) for _ in range(count)]
