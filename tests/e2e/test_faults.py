@@ -208,6 +208,8 @@ def test_engine_outage__workers_reconnect_and_every_job_succeeds(faulty: Proxied
         # A claim committed by the engine whose reply was lost in the cut: delivered, never started.
         orphaned = sum(1 for j in stored if j.deliveries > starts[j.id])
         assert "Traceback" not in env.logs(), env.logs()
+        for step in ("housekeeping", "webhook delivery"):  # said once per worker, not every second
+            assert env.logs().count(f"{step} failed") <= len(workers), env.logs()
         print(f"\n[{env.kind}] outage {OUTAGE:.0f} s: {done_at_cut} done before the cut, "
               f"{done_in_outage} finished during it; all 200 done {recovery:.2f} s after restore "
               f"({orphaned} orphaned claims waited out their lease); "

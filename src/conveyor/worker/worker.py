@@ -740,13 +740,14 @@ class Worker:
     async def _housekeeping_loop(self) -> None:
         backend = self._backend
         assert backend is not None
+        sweeping, refreshing = _Step("housekeeping"), _Step("refreshing queue settings")
         while not self._closing:
             await asyncio.sleep(random.uniform(0.5, 1.0))  # jitter: workers don't sweep in lockstep
-            with _logged("housekeeping"):
+            with sweeping.logged():
                 report = await backend.sweep(time.time())
                 if report.total:
                     log.info("housekeeping: %s", report)
-            with _logged("refreshing queue settings"):
+            with refreshing.logged():
                 await self._refresh_queue_settings()
 
     async def _webhook_loop(self) -> None:
@@ -757,10 +758,11 @@ class Worker:
         from conveyor.webhooks import Sender
 
         sender = Sender(backend)
+        delivering = _Step("webhook delivery")
         try:
             while not self._closing:
                 await asyncio.sleep(random.uniform(0.5, 1.0))
-                with _logged("webhook delivery"):
+                with delivering.logged():
                     await sender.poll(time.time())
         finally:
             await sender.aclose()
@@ -811,15 +813,30 @@ class Worker:
             self._max_deliveries[name] = (await self._backend.queue_settings(name)).max_deliveries
 
 
-@contextlib.contextmanager
-def _logged(step: str) -> Iterator[None]:
-    """A background step's failure is logged and the loop goes on (an outage: one line, no traceback)."""
-    try:
-        yield
-    except BackendUnavailable as exc:
-        log.warning("%s failed: %s", step, exc)
-    except Exception:
-        log.exception("%s failed", step)
+class _Step:
+    """A background step repeated about once a second, whose failures are logged while its loop
+    goes on: a bug with its traceback; an outage in one line when it starts and one when the step
+    works again (the claim loop reports outages as they last)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.down = False
+
+    @contextlib.contextmanager
+    def logged(self) -> Iterator[None]:
+        try:
+            yield
+        except BackendUnavailable as exc:
+            if not self.down:
+                log.warning("%s failed: %s (said once until it works again)", self.name, exc)
+            self.down = True
+            return
+        except Exception:
+            log.exception("%s failed", self.name)
+            return
+        if self.down:
+            self.down = False
+            log.info("%s works again", self.name)
 
 
 def run_worker(app: Conveyor, **options: Any) -> int:
