@@ -97,7 +97,9 @@ def test_unexpected_error__one_line_exit_1(cli: Cli, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(jobs, "status", explode)
     result = cli("status", "anything")
     assert result.code == 1
-    assert one_error_line(result.err) == "conveyor: error: unexpected RuntimeError: disk on fire second line"
+    assert one_error_line(result.err) == (
+        "conveyor: error: unexpected RuntimeError: disk on fire second line (raised at cli/test_main.py:95 in "
+        "explode; CONVEYOR_DEBUG=1 shows the traceback)")  # a bare `Exception()` said nothing else
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import traceback
+
 from conveyor.core.errors import (
     BackendUnavailable,
     ConfigurationError,
@@ -55,6 +58,11 @@ def one_line(exc: BaseException) -> str:
     """The error as one line for stderr: Conveyor's own message, else the type and message."""
     if isinstance(exc, ConveyorError | TimeoutError):
         text = str(exc) or (type(exc).__doc__ or type(exc).__name__).strip()
-    else:
+    else:  # a bug (ours or a library's): where it was raised, so that a report can be acted on
         text = f"unexpected {type(exc).__name__}: {exc}" if str(exc) else f"unexpected {type(exc).__name__}"
+        frames = traceback.extract_tb(exc.__traceback__)
+        if frames:
+            where = frames[-1]
+            path = "/".join(where.filename.split(os.sep)[-2:])
+            text += f" (raised at {path}:{where.lineno} in {where.name}; CONVEYOR_DEBUG=1 shows the traceback)"
     return " ".join(text.split())  # newlines inside a message would break the one-line promise
