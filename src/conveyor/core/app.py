@@ -66,7 +66,7 @@ class Conveyor:
         #: Declared queue settings (only the ones given), applied when a worker or server starts.
         self.queue_declarations: dict[str, dict[str, Any]] = {}
         self.schedules: list[Schedule] = []
-        self.portal = Portal()
+        self.portal = self._portal()
         self._backends: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Future[Backend]] = (
             weakref.WeakKeyDictionary()
         )
@@ -80,8 +80,13 @@ class Conveyor:
         sockets and epoll sets are shared with the parent); start afresh, leaving them unused.
         The sync enqueue backend takes care of itself (it checks the process id)."""
         _INHERITED.append((self.portal, self._backends))
-        self.portal = Portal()
+        self.portal = self._portal()
         self._backends = weakref.WeakKeyDictionary()
+
+    def _portal(self) -> Portal:
+        # RabbitMQ's robust connection reads and reconnects in tasks of its own: its loop must run
+        # between calls too (a thread's own loop runs only during one: a cut logged errors)
+        return Portal(always_in_background=urlsplit(self.url).scheme.lower() in ("amqp", "amqps"))
 
     # -- registration ---------------------------------------------------------------------
     def task(
@@ -228,11 +233,19 @@ class Conveyor:
 
     def close(self) -> None:
         """Close the backends this app opened for synchronous callers (tests, scripts)."""
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
         for loop, future in list(self._backends.items()):
-            if loop.is_closed() or loop.is_running() or not future.done() or future.exception():
+            if loop.is_closed() or loop is here or not future.done() or future.exception():
                 continue
+            close = asyncio.wait_for(future.result().close(), _CLOSE_BOUND)
             with contextlib.suppress(Exception):  # unreachable: nothing left to close cleanly
-                loop.run_until_complete(asyncio.wait_for(future.result().close(), _CLOSE_BOUND))
+                if loop.is_running():  # the portal's background loop, in its thread
+                    asyncio.run_coroutine_threadsafe(close, loop).result(_CLOSE_BOUND + 1)
+                else:
+                    loop.run_until_complete(close)
             del self._backends[loop]
         if self._blocking:
             self._blocking.close_blocking()

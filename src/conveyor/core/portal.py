@@ -3,7 +3,8 @@
 A plain thread gets an event loop of its own and runs the coroutine on it directly (no
 thread hop: a sync ``enqueue`` costs about what an async one does). Code that is already
 inside a running loop (a sync helper called from an async task) is served by a private
-loop in a daemon thread instead, since a loop cannot be re-entered.
+loop in a daemon thread instead, since a loop cannot be re-entered; so is every call of an
+app on RabbitMQ, whose client reads and reconnects in tasks that need a loop between calls.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ T = TypeVar("T")
 class Portal:
     """``call(coro)`` runs a coroutine to completion from synchronous code."""
 
-    def __init__(self) -> None:
+    def __init__(self, always_in_background: bool = False) -> None:
+        #: Every call on the background loop, which runs between calls too (for engines whose
+        #: client works in tasks of its own).
+        self._always_in_background = always_in_background
         self._local = threading.local()
         self._thread_loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
@@ -31,9 +35,19 @@ class Portal:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
+            if self._always_in_background:
+                return self._in_background(coro, timeout)
             loop = self._own_loop()
             return loop.run_until_complete(coro if timeout is None else asyncio.wait_for(coro, timeout))
-        return asyncio.run_coroutine_threadsafe(coro, self._background_loop()).result(timeout)
+        return self._in_background(coro, timeout)
+
+    def _in_background(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self._background_loop())
+        try:
+            return future.result(timeout)
+        except BaseException:
+            future.cancel()  # a timeout, or Ctrl-C in the caller: stop the call too
+            raise
 
     def _own_loop(self) -> asyncio.AbstractEventLoop:
         loop: asyncio.AbstractEventLoop | None = getattr(self._local, "loop", None)
