@@ -27,6 +27,8 @@ import pytest
 import redis
 
 from conveyor import Conveyor
+from conveyor.backends.base import Outcome
+from conveyor.backends.postgres import PostgresBackend
 from conveyor.backends.redis import RedisBackend
 from conveyor.core.errors import BackendUnavailable
 from conveyor.core.ids import uuid7
@@ -428,3 +430,72 @@ def test_silent_redis__a_stalled_worker_exits_70_within_its_bounds() -> None:
             thread.join(30)
             drop(direct)
             direct.portal.stop()
+
+
+class RepliesHeld(TcpProxy):
+    """``holding``: requests still reach the engine (and commit), its replies are held; a
+    ``cut()`` then drops the connection after the commit and before the reply."""
+
+    holding = False
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if writer.get_extra_info("peername")[1] == self.target[1]:  # towards the engine
+            return await super()._pump(reader, writer)
+        try:
+            while data := await reader.read(65536):
+                while self.holding and not writer.is_closing():
+                    await asyncio.sleep(0.01)
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+
+
+async def test_postgres_reply_lost_after_commit__finish_is_not_refused_and_the_claim_is_handed_back() -> None:
+    """The connection drops after PostgreSQL committed a finish, and then a claim, but before
+    their replies. The finish sent again was reported refused ("the lease had passed to another
+    worker") though it was applied; the job leased by the lost claim waited out its lease (30 s)."""
+    schema = f"cvfault_{uuid.uuid4().hex[:12]}"
+    direct = PostgresBackend(engine_url("postgresql", "127.0.0.1", PORTS["postgresql"], schema))
+    with RepliesHeld("127.0.0.1", PORTS["postgresql"]) as proxy:
+        b = PostgresBackend(engine_url("postgresql", "127.0.0.1", proxy.port, schema))
+        await direct.open()
+        await b.open()
+
+        async def lost_reply(call, committed) -> None:
+            proxy.holding = True
+            task = asyncio.ensure_future(call)
+            try:
+                for _ in range(500):
+                    [stored] = await direct.get_jobs([committed])
+                    if stored.status in (Status.SUCCEEDED, Status.RUNNING):
+                        break
+                    await asyncio.sleep(0.01)
+                proxy.cut()
+                with pytest.raises(BackendUnavailable):
+                    await asyncio.wait_for(task, 10)
+            finally:
+                proxy.holding = False
+                proxy.restore()
+
+        try:
+            [(first, _)] = await direct.enqueue([job()])
+            [lease] = await b.claim(["default"], 1, "w", time.time())
+            outcome = Outcome(first.id, lease.token, Status.SUCCEEDED, result=1)
+            await lost_reply(b.finish([outcome], time.time()), first.id)
+            assert await b.finish([outcome], time.time()) == [True]  # sent again: applied already
+
+            [(second, _)] = await direct.enqueue([job()])
+            await lost_reply(b.claim(["default"], 1, "w", time.time()), second.id)
+            started = time.monotonic()
+            leases = await b.claim(["default"], 1, "w", time.time())
+            assert [x.job.id for x in leases] == [second.id], "the lost claim's job waits for its lease to expire"
+            assert time.monotonic() - started < 5
+            assert leases[0].job.deliveries == 1  # the lost delivery is not counted
+            assert await b.finish([Outcome(second.id, leases[0].token, Status.SUCCEEDED)], time.time()) == [True]
+            [done] = await direct.get_jobs([second.id])
+            assert [a["status"] for a in done.attempts] == ["handed_back", "succeeded"]
+        finally:
+            await b.close()
+            await direct.drop()
+            await direct.close()

@@ -16,6 +16,7 @@ import base64
 import contextlib
 import dataclasses
 import importlib.resources
+import logging
 import math
 import re
 import time
@@ -47,6 +48,7 @@ from conveyor.core.errors import BackendUnavailable, ConfigurationError, Validat
 from conveyor.core.job import CANCELLED_HANDED_BACK, CANCELLED_LOST, Job, Status
 from conveyor.core.queues import QueueSettings
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 AConn = psycopg.AsyncConnection[Any]
 
@@ -59,6 +61,9 @@ _RATE_INDEX = JOB_FIELDS.index("rate_limit")
 #: job do not keep it waiting (about 18,000 looked past in all).
 _LIMIT_ROUNDS = 8
 _MAX_FETCH = 4096
+#: Failed claims of a worker remembered for ``_hand_back_lost`` (one per retry of an outage: its
+#: backoff is capped at a few seconds); the oldest leases have expired by then anyway.
+_LOST_CLAIMS_KEPT = 256
 _DEFAULTS = QueueSettings()
 _TERMINAL_FAIL = ("failed", "cancelled", "expired")
 _QUEUE_SETTINGS = ("retention", "visibility_timeout", "max_deliveries", "result_ttl", "paused")
@@ -417,6 +422,9 @@ class PostgresBackend(Backend):
         self._down = False
         self._probing: asyncio.Future[None] | None = None
         self._probe_timeout = max(2, int(float(params.get("connect_timeout") or 2)))
+        #: worker id -> the ``now`` of its claims that failed without a reply: the engine may have
+        #: committed them (the connection dropped after the commit). See ``_hand_back_lost``.
+        self._lost_claims: dict[str, list[float]] = {}
 
     # -- plumbing -----------------------------------------------------------------------
     def _unavailable(self, exc: BaseException) -> BackendUnavailable:
@@ -757,7 +765,34 @@ class PostgresBackend(Backend):
         if limit <= 0 or not names:
             return []
         params = self._claim_params(names, limit, worker_id, now)
-        return await self._leases(params, await self._fetch_hot("claim", params))
+        await self._hand_back_lost(worker_id)
+        try:
+            return await self._leases(params, await self._fetch_hot("claim", params))
+        except BaseException:
+            self._claim_lost(worker_id, now)
+            raise
+
+    def _claim_lost(self, worker_id: str, now: float) -> None:
+        """A claim at ``now`` raised: whatever it leased never reached the worker."""
+        lost = self._lost_claims.setdefault(worker_id, [])
+        lost.append(now)
+        del lost[:-_LOST_CLAIMS_KEPT]
+
+    async def _hand_back_lost(self, worker_id: str) -> None:
+        """Hand back the jobs leased by claims of ``worker_id`` whose reply was lost (see
+        ``lost_claims``), before its next claim: they run again now, not once their leases expire
+        (the visibility timeout after the outage). Unsent claims found nothing; a worker never
+        holds a lease from a claim that raised, so none of these runs anywhere."""
+        lost = self._lost_claims.get(worker_id)
+        if not lost:
+            return
+        rows = await self._fetch("lost_claims", {"worker_id": worker_id, "nows": lost, "since": min(lost)})
+        jobs = [_row_to_job(r) for r in rows]
+        if jobs:
+            await self.finish([rules.handed_back(j, j.lease_token or "") for j in jobs], time.time())
+            log.info("PostgreSQL: handed back %d job(s) leased by a claim whose reply was lost: %s",
+                     len(jobs), ", ".join(j.id for j in jobs))
+        self._lost_claims.pop(worker_id, None)
 
     def _claim_params(self, names: list[str], limit: int, worker_id: str, now: float) -> dict[str, Any]:
         if self._listener is not None:
@@ -789,6 +824,7 @@ class PostgresBackend(Backend):
             return await super().finish_and_claim(outcomes, queues, limit, worker_id, now)
         finish_params = self._finish_params(outcomes, now)
         claim_params = self._claim_params(names, limit, worker_id, now)
+        await self._hand_back_lost(worker_id)
 
         async def go(conn: AConn) -> tuple[list[Any], list[Any]]:
             async with conn.pipeline():
@@ -797,9 +833,13 @@ class PostgresBackend(Backend):
                 claimed = await conn.execute(self.q["claim"], claim_params)
             return await finished.fetchall(), await claimed.fetchall()
 
-        finished, claimed = await self._run(go)
-        applied = await self._finish_rest(outcomes, {r[0] for r in finished}, finish_params, now)
-        return applied, await self._leases(claim_params, claimed)
+        try:
+            finished, claimed = await self._run(go)
+            applied = await self._finish_rest(outcomes, {r[0] for r in finished}, finish_params, now)
+            return applied, await self._leases(claim_params, claimed)
+        except BaseException:
+            self._claim_lost(worker_id, now)
+            raise
 
     async def _claim_limited(self, conn: AConn, params: Mapping[str, Any]) -> list[Any]:
         """Claim past the jobs whose key is at its limit (they stay queued); see ``_Gate``."""
@@ -869,7 +909,15 @@ class PostgresBackend(Backend):
                 done = [r[0] for r in rows if r[3] and r[1] == "succeeded"]
                 failed = [r[0] for r in rows if r[3] and r[1] in _TERMINAL_FAIL]
                 await self._after_terminal(conn, done, failed, now)
-                return {r[0] for r in rows}
+                found = {r[0] for r in rows}
+                # Sent again after a reply lost with the connection: applied by the first send
+                # (its token ended the delivery), not refused as if the lease had passed on.
+                again = [r for r in serialization.loads(rest["outcomes"]) if r["job_id"] not in found]
+                if again:
+                    replayed = await self._fetch("finished_already", {
+                        "outcomes": serialization.dumps(again), "ids": [r["job_id"] for r in again]}, conn)
+                    found.update(r[0] for r in replayed)
+                return found
 
             applied = applied | await self._run(go, transaction=True)
         return [o.job_id in applied for o in outcomes]

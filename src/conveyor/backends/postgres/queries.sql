@@ -211,7 +211,7 @@ WITH o AS (
                                                                     'message', %(hb_cancel)s::jsonb->'message'))
                 ELSE jsonb_build_object('finished_at', %(now)s::double precision, 'status', CASE WHEN o.status <> 'queued' THEN o.status WHEN o.error IS NULL THEN 'handed_back' ELSE 'lost' END,
                                         'error', CASE WHEN o.error IS NULL THEN NULL ELSE jsonb_build_object('type', o.error->'type', 'message', o.error->'message') END) END) ELSE j.attempts END,
-        worker_id = NULL, lease_token = NULL, lease_expires_at = NULL,
+        worker_id = NULL, lease_token = NULL, lease_expires_at = NULL, finished_token = o.token || ':' || o.status,
         updated_at = %(now)s, revision = j.revision + 1
     FROM o
     WHERE j.id = ANY(%(ids)s::text[]) AND j.id = o.job_id AND j.lease_token = o.token
@@ -228,6 +228,25 @@ WITH o AS (
     FROM u WHERE u.status = 'retrying' GROUP BY u.queue
 )
 SELECT u.*, (SELECT count(*) FROM n) + (SELECT count(*) FROM d) AS notified FROM u;
+
+-- name: finished_already
+-- Outcomes sent again after a reply lost with the connection: those that ended the job's
+-- delivery already (``finish`` stores their token and status), applied by the first send; nothing
+-- is changed. Another outcome with that token (a second decision) is refused.
+SELECT j.id FROM __schema__.jobs j
+JOIN jsonb_to_recordset(%(outcomes)s::jsonb) AS o(job_id text, token text, status text)
+  ON j.id = o.job_id AND j.finished_token = o.token || ':' || o.status
+WHERE j.id = ANY(%(ids)s::text[]);
+
+-- name: lost_claims
+-- The jobs that claims of this worker leased although their replies never came (the connection
+-- dropped after the commit): still running under its id, started at those claims' times
+-- (``started_at`` is the claim's ``now``). The worker never saw their tokens; they are handed
+-- back rather than left until their leases expire. (A lease ends no sooner than its claim: the
+-- bound on lease_expires_at lets jobs_lease_idx find them.)
+SELECT __JOB__ FROM __schema__.jobs j
+WHERE j.status = 'running' AND j.lease_expires_at >= %(since)s
+  AND j.worker_id = %(worker_id)s AND j.started_at = ANY(%(nows)s::double precision[]);
 
 -- name: lock_children
 -- Lock the waiting children of ``ids`` (id order), so that the release below sees every parent's
