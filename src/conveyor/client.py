@@ -18,6 +18,7 @@ import json
 import math
 import threading
 import time
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
@@ -380,8 +381,12 @@ class Client:
     def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0) -> None:
         self._async = AsyncClient(base_url, token, timeout)
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="conveyor-client", daemon=True)
+        self._thread = threading.Thread(target=_serve, args=(self._loop,), name="conveyor-client", daemon=True)
         self._thread.start()
+        # a client dropped without close() (one per request in a web view): its thread and
+        # connections end with it, rather than one more idle thread per request, forever
+        self._dropped = weakref.finalize(self, _close_dropped, self._loop, self._async)
+        self._dropped.atexit = False
 
     def __enter__(self) -> Client:
         return self
@@ -390,6 +395,7 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        self._dropped.detach()
         if self._loop.is_closed():
             return
         self._run(self._async.aclose())
@@ -470,3 +476,34 @@ async def _next(stream: AsyncIterator[Job]) -> Job | None:
 
 
 __all__ = ["ApiError", "AsyncClient", "Client"]
+
+
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    """A ``Client``'s thread: its loop, closed once stopped."""
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
+
+
+def _close_dropped(loop: asyncio.AbstractEventLoop, client: AsyncClient) -> None:
+    """A ``Client`` was collected unclosed: close its connections and stop its thread, without
+    waiting (the collector may run in any thread, that one included)."""
+
+    async def close() -> None:
+        try:
+            await client.aclose()
+            await loop.shutdown_asyncgens()
+        finally:
+            loop.stop()
+
+    def start() -> None:
+        task = loop.create_task(close())
+        _CLOSING.add(task)  # the loop holds its tasks weakly
+        task.add_done_callback(_CLOSING.discard)
+
+    with contextlib.suppress(RuntimeError):  # its loop is closed already
+        loop.call_soon_threadsafe(start)
+
+
+_CLOSING: set[asyncio.Task[None]] = set()

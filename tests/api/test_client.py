@@ -208,3 +208,20 @@ def test_client_wait__closing_the_client__leaves_no_pending_task_behind(
             assert client.wait(client.submit("add", n, 1)["id"], timeout=10) == n + 1
         gc.collect()
     assert "Task was destroyed" not in caplog.text
+
+
+def test_client__dropped_without_close__its_thread_ends(server: Server) -> None:
+    """A sync client made per request and never closed (``Client(url).submit(...)`` in a view)
+    left a thread and a connection behind each time: 200 requests, 200 idle threads."""
+
+    def client_threads() -> int:
+        return sum(t.name == "conveyor-client" and t.is_alive() for t in threading.enumerate())
+
+    before = client_threads()
+    for n in range(20):
+        assert Client(server.url).submit("add", n, 1)["status"] == "queued"
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while client_threads() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client_threads() == before
