@@ -1,7 +1,9 @@
 """The one sync adapter: run the async core from synchronous code.
 
 A plain thread gets an event loop of its own and runs the coroutine on it directly (no
-thread hop: a sync ``enqueue`` costs about what an async one does). Code that is already
+thread hop: a sync ``enqueue`` costs about what an async one does). A thread that ended hands its
+loop, and the connections opened on it, to the next new thread (a server that starts a thread
+per request would otherwise leave a loop and a connection behind per request). Code that is already
 inside a running loop (a sync helper called from an async task) is served by a private
 loop in a daemon thread instead, since a loop cannot be re-entered; so is every call of an
 app on RabbitMQ, whose client reads and reconnects in tasks that need a loop between calls.
@@ -28,7 +30,8 @@ class Portal:
         self._local = threading.local()
         self._thread_loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
-        self._loops: list[asyncio.AbstractEventLoop] = []
+        #: each thread's own loop and the thread it serves (a loop whose thread ended is reused)
+        self._loops: list[tuple[asyncio.AbstractEventLoop, threading.Thread]] = []
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` and return its result (or raise its error)."""
@@ -52,11 +55,20 @@ class Portal:
     def _own_loop(self) -> asyncio.AbstractEventLoop:
         loop: asyncio.AbstractEventLoop | None = getattr(self._local, "loop", None)
         if loop is None or loop.is_closed():
-            loop = asyncio.new_event_loop()
-            self._local.loop = loop
-            with self._lock:
-                self._loops.append(loop)
+            loop = self._local.loop = self._loop_for(threading.current_thread())
         return loop
+
+    def _loop_for(self, thread: threading.Thread) -> asyncio.AbstractEventLoop:
+        """The loop of a thread that ended (it runs no more: a thread's call returns only once its
+        loop stopped), else a new one."""
+        with self._lock:
+            for i, (loop, owner) in enumerate(self._loops):
+                if not owner.is_alive() and not loop.is_closed():
+                    self._loops[i] = (loop, thread)
+                    return loop
+            loop = asyncio.new_event_loop()
+            self._loops.append((loop, thread))
+            return loop
 
     def _background_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -74,6 +86,6 @@ class Portal:
             loops, self._loops = self._loops, []
         if loop is not None and loop.is_running():
             loop.call_soon_threadsafe(loop.stop)
-        for own in loops:
+        for own, _ in loops:
             if not own.is_running() and not own.is_closed():
                 own.close()

@@ -1,0 +1,70 @@
+"""The sync API from many threads: a thread per request must not cost a loop and a connection each."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from conveyor import Context, Conveyor
+
+
+def open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def make_app(tmp_path: Path) -> Conveyor:
+    app = Conveyor(f"sqlite:///{tmp_path / 'jobs.db'}")
+
+    @app.task
+    def noop(ctx: Context) -> None:
+        pass
+
+    return app
+
+
+def test_a_thread_per_request__reuses_the_connections_of_ended_threads(tmp_path: Path) -> None:
+    """Each new thread got a new event loop and opened a new connection on it, and kept both after
+    it ended: 200 requests, 1,000 more open files here (on PostgreSQL, 'too many clients')."""
+    app = make_app(tmp_path)
+    app.get_job(app.enqueue("noop").id)  # this thread's own loop and connection
+    ids: list[str] = []
+
+    def request() -> None:
+        handle = app.enqueue("noop")
+        job = app.get_job(handle.id)
+        assert job is not None
+        ids.append(job.id)
+
+    before = open_files()
+    for _ in range(200):
+        thread = threading.Thread(target=request)
+        thread.start()
+        thread.join()
+    assert len(set(ids)) == 200
+    assert open_files() <= before + 6  # one more loop and connection at most, not one per request
+    app.close()
+
+
+def test_threads_at_once__each_runs_on_its_own_loop(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    start = threading.Barrier(8)
+    loops: set[int] = set()
+    errors: list[BaseException] = []
+
+    def request() -> None:
+        start.wait()
+        try:
+            for _ in range(20):
+                app.get_job(app.enqueue("noop").id)
+            loops.add(id(app.portal._own_loop()))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=request) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors and len(loops) == 8
+    app.close()
