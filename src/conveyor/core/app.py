@@ -210,6 +210,7 @@ class Conveyor:
         loop = asyncio.get_running_loop()
         future = self._backends.get(loop)
         if future is None:
+            self._forget_closed_loops()
             future = loop.create_future()
             self._backends[loop] = future
             try:
@@ -222,6 +223,13 @@ class Conveyor:
                 raise
             future.set_result(backend)
         return await asyncio.shield(future)
+
+    def _forget_closed_loops(self) -> None:
+        """Drop the backends of loops that were closed (each ``asyncio.run`` has its own loop):
+        nothing can use them again, and a backend refers to its loop, so the weak keys never
+        let go of them by themselves: one connection kept per ``asyncio.run``."""
+        for loop in [loop for loop in self._backends if loop.is_closed()]:
+            del self._backends[loop]
 
     async def aclose(self) -> None:
         """Close the backend this app opened on the running loop: the end of an ``asyncio.run``
