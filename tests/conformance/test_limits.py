@@ -176,3 +176,28 @@ async def test_claim__800_full_keys_ahead__the_unlimited_job_behind_starts(backe
     leases = await backend.claim(["default"], 4, "w2", T0 + 1)
 
     assert [lease.job.id for lease in leases] == [free.id]
+
+
+async def test_wait__after_a_rate_limited_job_left__an_idle_wait_waits(backend, submit):
+    """A claim that left a rate-limited job waiting remembered when its window frees; once no
+    such job was left (another worker took it, or it was cancelled), an idle SQLite worker's
+    waits returned at once, for ever: a loop at full CPU that never ran its signal handlers."""
+    now = time.time()
+    first, second = [await submit("api.call", **{**limited(concurrency=None, rate=(1, 0.2)), "created_at": now})
+                     for _ in range(2)]
+    [lease] = await backend.claim(["default"], 10, "w1", time.time())
+    assert lease.job.id == first.id
+    await backend.finish([Outcome(first.id, lease.token, Status.SUCCEEDED)], time.time())
+    await backend.cancel(second.id, time.time())
+    time.sleep(0.3)  # the rate window has passed
+    assert await backend.claim(["default"], 10, "w1", time.time()) == []
+
+    # the enqueues, the finish and the cancel may each have left a wake-up: a wait for each
+    # returns at once; then a wait must wait
+    waits = []
+    while len(waits) < 20 and (not waits or waits[-1] < 0.25):
+        started = time.monotonic()
+        await backend.wait_for_work(["default"], 0.3)
+        waits.append(time.monotonic() - started)
+
+    assert waits[-1] >= 0.25, waits

@@ -804,6 +804,8 @@ class PostgresBackend(Backend):
         if rows and rows[0][-1]:  # limited jobs are ready: decide per key, in one transaction
             rows = await self._run(lambda conn: self._claim_limited(conn, params), transaction=True)
             rows.sort(key=lambda r: (-r[JOB_FIELDS.index("priority")], r[len(JOB_FIELDS)], r[0]))
+        else:  # none is ready: no rate window to wait for (a past one would end every wait at once)
+            self._retry_at = None
         leases = []
         for row in rows:
             if row[0] is None:  # the flag row of an empty claim

@@ -565,6 +565,7 @@ class SQLiteBackend(Backend):
             return []
         with self._write() as c:
             if c.execute(_LIMITED_READY, (_dumps(names),)).fetchone() is None:
+                self._retry_at = None  # no rate window to wait for (a past one would end every wait at once)
                 rows = c.execute(_claim_sql(len(names)), (now, worker_id, limit, *names)).fetchall()
             else:
                 rows = self._claim_limited(c, names, limit, worker_id, now)
@@ -693,6 +694,7 @@ class SQLiteBackend(Backend):
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
+                await asyncio.sleep(0)  # a claim never yields either: the loop's signal handlers run
                 return
             await asyncio.sleep(min(POLL_INTERVAL, left))
             if self._commits != commits:
