@@ -42,7 +42,12 @@ calls would wait for the reconnect), and each call on the way is bounded. ``ping
 ``BackendUnavailable``, so ``/readyz`` tells; so does ``open`` (a process that never reached
 RabbitMQ cannot enqueue). ``connect_robust`` reconnects (every ``reconnect_interval``
 seconds, a URL option, default 5) and reopens the channels; ``_on_reconnect`` then drops
-the dead consumers and held tickets so that the next claim or wait consumes afresh.
+the dead consumers and held tickets so that the next claim or wait consumes afresh. A call
+in flight as the connection drops fails however aiormq fails it, a bare ``Exception`` or a
+``CancelledError`` included (``_dropped``): each becomes ``BackendUnavailable``, never a
+worker's exit. An outage is logged once as it starts ("RabbitMQ connection lost: …;
+reconnecting") and once as it ends ("reconnected to …"); the AMQP client's own records of
+the loss it handles go to DEBUG (``_ExpectedChatter``).
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ import aio_pika
 import aio_pika.exceptions
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractConnection,
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
@@ -96,6 +102,89 @@ CONNECT_TIMEOUT = 5.0
 RPC_TIMEOUT = 5.0
 
 
+def _reasonless(exc: BaseException) -> bool:
+    """aiormq's word for "the connection or channel closed" when it has no reason to give: it
+    fails the calls in flight with the bare ``Exception`` class (``FutureStore.reject_all(None)``),
+    or with ``CancelledError`` (``close()``'s default), whatever the call was."""
+    return type(exc) in (Exception, asyncio.CancelledError)
+
+
+def _dropped(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by a RabbitMQ call, means the connection went away under it. A
+    ``CancelledError`` counts only if the task running the call is not itself being cancelled."""
+    if isinstance(exc, asyncio.CancelledError):
+        task = asyncio.current_task()
+        return _reasonless(exc) and (task is None or task.cancelling() == 0)
+    return isinstance(exc, _DOWN) or _reasonless(exc)
+
+
+class _ExpectedChatter(logging.Filter):
+    """Keeps the AMQP client's records of a lost connection that it handles itself, and that
+    Conveyor says once in its own words ("connection lost; reconnecting", "reconnected"), below
+    the level of an incident: shown at DEBUG when the logger logs DEBUG, else dropped.
+
+    - aio_pika's robust channel tries to reopen itself as the connection under it closes, before
+      the robust connection notices (a race in aio_pika): the attempt fails on the dead
+      connection, and aio_pika logs an ERROR "Callback <OneShotCallback: cb=<bound method
+      RobustChannel._on_close ...>> error: RuntimeError: <Connection ...> closed" (or
+      ``ChannelInvalidStateError: No active transport in channel``). The robust connection
+      reopens every channel when it reconnects: nothing is lost.
+    - aiormq logs a traceback ("Cancelling cause reader exited abnormally") as the reset is read,
+      and an ERROR ("error when creating transport") per refused attempt, which aio_pika's own
+      WARNING per attempt says too.
+    - aio_pika's WARNING per attempt ("Connection attempt to ... failed: <why>. Reconnecting
+      after N seconds.") passes once per reason until a reconnect (``reconnected``): it says why
+      RabbitMQ cannot be reached, and whether that changes, without a line every few seconds.
+
+    Any other record of these loggers passes unchanged.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._attempts_said: set[str] = set()
+
+    def reconnected(self) -> None:
+        """A connection is back: the next outage's attempts are said again."""
+        self._attempts_said.clear()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "aio_pika.robust_connection" and str(record.msg).startswith("Connection attempt to "):
+            text = record.getMessage()
+            if text not in self._attempts_said:
+                self._attempts_said.add(text)
+                return True
+        elif not self._expected(record):
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.exc_info = record.exc_text = None  # the traceback is the expected reset
+        return True
+
+    @staticmethod
+    def _expected(record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.DEBUG:
+            return False
+        if record.name == "aio_pika.tools":
+            text = record.getMessage()
+            return text.startswith("Callback ") and "RobustChannel._on_close" in text and (
+                text.endswith(" closed") or text.endswith("No active transport in channel"))
+        if record.name == "aiormq.connection":
+            return record.msg in ("Cancelling cause reader exited abnormally", "error when creating transport: %r")
+        return False
+
+
+#: Installed once per process on the loggers it knows (``AMQPBackend.open``).
+EXPECTED_CHATTER = _ExpectedChatter()
+
+
+def _quiet_expected_chatter() -> None:
+    for name in ("aio_pika.tools", "aio_pika.robust_connection", "aiormq.connection"):
+        logger = logging.getLogger(name)
+        if EXPECTED_CHATTER not in logger.filters:
+            logger.addFilter(EXPECTED_CHATTER)
+
+
 def _parse(url: str) -> tuple[str, str]:
     """``(url without prefix, prefix)``."""
     parts = urlsplit(url)
@@ -118,7 +207,8 @@ class AMQPBackend(Backend):
         self.url = url
         self.amqp_url, self.prefix = _parse(url)
         parts = urlsplit(self.amqp_url)
-        self._where = f"RabbitMQ at {parts.hostname or 'localhost'}:{parts.port or 5672}"
+        self._address = f"{parts.hostname or 'localhost'}:{parts.port or 5672}"
+        self._where = f"RabbitMQ at {self._address}"
         self.store = store
         self.outbox = Outbox(store)
         self._conn: AbstractRobustConnection | None = None
@@ -132,6 +222,8 @@ class AMQPBackend(Backend):
         self._lock = asyncio.Lock()
         self._reaper: asyncio.Task[None] | None = None
         self._warned = 0.0
+        #: The connection was lost and that was said; cleared (and said) when it reconnects.
+        self._lost = False
 
     def __repr__(self) -> str:
         return f"AMQPBackend({self.url!r}, {self.store!r})"
@@ -143,6 +235,7 @@ class AMQPBackend(Backend):
     async def open(self) -> None:
         """Open the store, connect to RabbitMQ (``BackendUnavailable`` if it does not answer)."""
         await self.store.open()
+        _quiet_expected_chatter()
         try:
             self._conn = await asyncio.wait_for(
                 aio_pika.connect_robust(self.amqp_url, timeout=CONNECT_TIMEOUT,
@@ -154,6 +247,7 @@ class AMQPBackend(Backend):
             await self.close()
             raise self._unavailable(exc) from exc
         self._conn.reconnect_callbacks.add(self._on_reconnect)
+        self._conn.close_callbacks.add(self._on_lost)
         self._reaper = asyncio.create_task(self._reap_held())
 
     async def close(self) -> None:
@@ -220,12 +314,24 @@ class AMQPBackend(Backend):
         self._held.clear()
         self._declared.clear()
         self._arrived.set()
+        self._lost = False
+        EXPECTED_CHATTER.reconnected()
         log.info("reconnected to %s; consuming tickets again", self._where)
+
+    def _on_lost(self, conn: AbstractConnection | None, exc: BaseException | None) -> None:
+        """The connection closed under us: say so once for the outage (``_warn`` holds its lines
+        until ``_on_reconnect`` says it works again)."""
+        if self._lost or self._conn is None or conn is None or conn.is_closed or conn.close_called:
+            return  # said already, or closed by ``close``
+        self._lost = True
+        detail = (str(exc).strip() if exc is not None else "") or "closed"
+        log.warning("RabbitMQ connection lost: %s (%s); reconnecting every %s s, the store alone serves meanwhile",
+                    self._address, detail.splitlines()[0], getattr(conn, "reconnect_interval", "?"))
 
     def _unavailable(self, exc: BaseException) -> BackendUnavailable:
         if isinstance(exc, BackendUnavailable):
             return exc
-        detail = str(exc).strip() or type(exc).__name__
+        detail = str(exc).strip() or ("connection closed" if _reasonless(exc) else type(exc).__name__)
         return BackendUnavailable(f"{self._where} is unreachable: {detail.splitlines()[0]}")
 
     @contextlib.contextmanager
@@ -234,11 +340,19 @@ class AMQPBackend(Backend):
             yield
         except BackendUnavailable:
             raise
-        except _DOWN as exc:
+        except asyncio.CancelledError as exc:
+            if not _dropped(exc):
+                raise
+            raise self._unavailable(exc) from exc
+        except Exception as exc:
+            if not _dropped(exc):
+                raise
             raise self._unavailable(exc) from exc
 
     def _warn(self, what: str, exc: BaseException) -> None:
         now = time.monotonic()
+        if self._lost or _reasonless(exc):  # a lost connection: ``_on_lost`` says it, once
+            return
         if now - self._warned > 10.0:
             self._warned = now
             log.warning("%s: %s", what, self._unavailable(exc))
@@ -310,6 +424,9 @@ class AMQPBackend(Backend):
         result = q.declaration_result
         return int(result.message_count or 0)
 
+    async def _ticket_count_bounded(self, queue: str) -> int:
+        return await asyncio.wait_for(self.ticket_count(queue), RPC_TIMEOUT)
+
     async def _consume(self, queues: Sequence[str], prefetch: int) -> None:
         """Consume tickets of ``queues`` with ``prefetch`` unacked tickets at most per queue."""
         # While the connection is down the robust channel's calls wait for the reconnect
@@ -344,7 +461,9 @@ class AMQPBackend(Backend):
         try:
             # tickets of one channel arrive in delivery-tag order: acking the last acks all
             await last.ack(multiple=True)
-        except _ACK_FAILED as exc:
+        except (asyncio.CancelledError, Exception) as exc:
+            if not (isinstance(exc, _ACK_FAILED) or _dropped(exc)):
+                raise
             # after a reconnect the old tags are void: RabbitMQ redelivers those tickets
             self._warn("ticket ack failed", exc)
 
@@ -473,9 +592,11 @@ class AMQPBackend(Backend):
     async def sweep(self, now: float, limit: int = 500) -> SweepReport:
         """The store's sweep, then the outbox's top-up of tickets (at most every 2 s)."""
         report = await self.store.sweep(now, limit)
+        if not self._connected():
+            return report  # the top-up waits for the reconnect (a robust channel would wait for it)
         try:
             with self._guard():
-                await self.outbox.reconcile(self.ticket_count, self.publish, force=report.requeued > 0)
+                await self.outbox.reconcile(self._ticket_count_bounded, self.publish, force=report.requeued > 0)
         except BackendUnavailable as exc:
             self._warn("outbox sweep failed", exc)
         return report
