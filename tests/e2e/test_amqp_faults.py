@@ -335,8 +335,9 @@ def test_rabbitmq_cut_while_a_task_blocks_the_loop__worker_carries_on_and_says_i
             ids += [block.id, during]
             time.sleep(OUTAGE)
             env.proxy.restore()
-            wait_for(lambda n=i + 1: env.logs().count("conveyor.amqp: reconnected to") >= n, timeout=RECONNECT,
-                     what=f"the worker reconnected after cut {i + 1}:\n{env.logs()}")
+            back = i + 1  # reconnections the worker has logged once it is back (or it exited)
+            wait_for(lambda n=back: worker.poll() is not None or env.logs().count("conveyor.amqp: reconnected to") >= n,
+                     timeout=RECONNECT, what=f"the worker reconnected after cut {back}:\n{env.logs()}")
             assert worker.poll() is None, f"the worker exited after cut {i + 1}:\n{env.logs()}"
         stored = wait_terminal(env.client, ids, 30)
         assert all(j.status is Status.SUCCEEDED for j in stored), collections.Counter(j.status for j in stored)
