@@ -127,6 +127,23 @@ def test_sigterm__unfinished_jobs_are_handed_back_for_immediate_redelivery(e2e_a
     assert job.wait(timeout=20) == "done"
 
 
+def test_second_sigterm__hands_the_running_jobs_back_at_once(e2e):
+    """The docs promise that a second stop signal hands the running jobs back now; the drain kept
+    waiting out the grace it had started with (the job ran on to its end, 8.6 s later)."""
+    worker = e2e.worker("--grace", "30")
+    job = e2e.enqueue("stubborn", 10.0)
+    wait_for(lambda: recorded(e2e.log), what="job start")
+    worker.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    assert worker.poll() is None  # the first signal gives the job its grace
+    worker.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    assert worker.wait(10) == 0
+    assert time.monotonic() - stopped < 3
+    handed = job.refresh().job
+    assert handed.status is Status.QUEUED and handed.deliveries == 0
+
+
 def test_process_killing_task__fails_after_max_deliveries_without_looping(e2e):
     job = e2e.enqueue("suicide")
     deadline = time.monotonic() + 60

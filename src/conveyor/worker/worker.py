@@ -685,8 +685,7 @@ class Worker:
                     self.stall_timeout,
                 )
                 self.exit_code = EXIT_STALLED
-                self.grace = 0  # its leases are suspect: hand everything back now
-                self.stop()
+                self.hurry()  # its leases are suspect: hand everything back now
                 if self._claim_task is not None:
                     self._claim_task.cancel()  # it may be stuck inside a call that never returns
                 return
@@ -769,14 +768,22 @@ class Worker:
 
     # -- shutdown -------------------------------------------------------------------------
     async def _drain(self) -> None:
-        deadline = time.monotonic() + self.grace
-        while self.running and time.monotonic() < deadline:
+        """Give the running jobs ``grace`` seconds, then hand back the rest; ``hurry`` cuts it short."""
+        started = time.monotonic()
+        while self.running and (left := started + self.grace - time.monotonic()) > 0:
             self._slot_free.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._slot_free.wait(), max(0.0, deadline - time.monotonic()))
+                await asyncio.wait_for(self._slot_free.wait(), left)
+        why = f"not finished within the {self.grace:.0f} s grace" if self.grace else "stopping at once"
         for job_id, running in list(self.running.items()):
-            log.info("job %s: not finished within the %.0f s grace; handed back", job_id, self.grace)
+            log.info("job %s: %s; handed back", job_id, why)
             self._abandon(job_id, rules.handed_back(running.lease.job, running.lease.token))
+
+    def hurry(self) -> None:
+        """Stop now: the running jobs are handed back, even while the grace is running out."""
+        self.grace = 0
+        self.stop()
+        self._slot_free.set()  # a drain waiting out the grace looks again
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -786,7 +793,7 @@ class Worker:
 
     def _on_signal(self) -> None:
         if self._stop.is_set():  # a second signal: hand everything back now
-            self.grace = 0
+            self.hurry()
         self.stop()
 
     def _make_pool(self) -> Pool:
@@ -804,8 +811,7 @@ class Worker:
         log.error("worker %s: the process pool cannot load the app (%s); stopping, its jobs handed back",
                   self.id, reason)
         self.exit_code = EXIT_STALLED
-        self.grace = 0
-        self.stop()
+        self.hurry()
 
     async def _refresh_queue_settings(self) -> None:
         assert self._backend is not None
