@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -111,3 +114,34 @@ def test_depends_on_by_name__child_reads_parent_results_by_name(app):
     assert job.job.depends_on == [small.id, large.id]
     drain(app)
     assert job.wait(timeout=5) == {"small": "out/360p.mp4", "large": "out/720p.mp4"}
+
+
+SCRIPT_MIXING_SYNC_AND_ASYNC = """
+import asyncio, sys
+from conveyor import Context, Conveyor
+
+app = Conveyor(sys.argv[1])
+
+@app.task
+def f(ctx: Context) -> None:
+    pass
+
+async def main() -> None:
+    handle = await f.enqueue_async()
+    print(app.get_job(handle.id).status.value)  # a sync call inside the loop: the portal's own loop
+    await app.aclose()
+
+asyncio.run(main())
+"""
+
+
+def test_script__sync_call_inside_asyncio_run__exits_at_once_and_quietly(tmp_path):
+    """At exit the portal's loop was stopped before the app closed its backend on it: the close
+    waited 6 s for a loop that no longer ran, then warned that it was never awaited."""
+    script = tmp_path / "mixed.py"
+    script.write_text(SCRIPT_MIXING_SYNC_AND_ASYNC)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, str(script), f"sqlite:///{tmp_path}/mixed.db"],
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "queued\n", "")
+    assert time.monotonic() - started < 4

@@ -12,7 +12,6 @@ app on RabbitMQ, whose client reads and reconnects in tasks that need a loop bet
 from __future__ import annotations
 
 import asyncio
-import atexit
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -76,11 +75,12 @@ class Portal:
                 loop = asyncio.new_event_loop()
                 threading.Thread(target=loop.run_forever, name="conveyor-portal", daemon=True).start()
                 self._thread_loop = loop
-                atexit.register(self.stop)
             return self._thread_loop
 
     def stop(self) -> None:
-        """Stop the background loop and close the idle loops of threads."""
+        """Stop the background loop and close the idle loops of threads. (At exit the app calls
+        this once it has closed its backends on them: a loop stopped first would leave that close
+        waiting, then warn that it never ran.)"""
         with self._lock:
             loop, self._thread_loop = self._thread_loop, None
             loops, self._loops = self._loops, []
