@@ -41,3 +41,23 @@ def test_url__redis_database_out_of_range__exit_2(cli: Cli) -> None:
     result = cli.run("jobs", "--url", f"redis://127.0.0.1:6379/99?prefix=cli_{uuid.uuid4().hex[:12]}")
     assert result.code == 2
     assert "DB index is out of range" in one_error_line(result.err)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://127.0.0.1:6379/0?prefix=cli_typo&bogus=1", "the redis URL: unknown option 'bogus'"),
+        ("redis://127.0.0.1:6379/0?prefix=cli_typo&socket_timeout=soon", "Invalid value for 'socket_timeout'"),
+        ("postgresql://postgres:s3cret@127.0.0.1:5432/test?schema=cli_typo&pool_mx=2",
+         'the PostgreSQL URL: invalid URI query parameter: "pool_mx"'),
+        ("sqlite:///typo.db?mode=ro", "takes no options"),
+    ],
+)
+def test_url__mistyped_option__exit_2_naming_it(cli: Cli, url: str, expected: str) -> None:
+    """A typo in a URL option was an 'unexpected TypeError' / 'ProgrammingError' (exit 1) from
+    inside the engine's client, and SQLite ignored it."""
+    result = cli.run("jobs", "--url", url)
+    assert result.code == 2
+    line = one_error_line(result.err)
+    assert expected in line and "unexpected" not in line
+    assert "s3cret" not in line

@@ -401,6 +401,11 @@ class PostgresBackend(Backend):
         scheme = "postgresql"
         self.url = url
         self.conninfo = urlunsplit((scheme, parts.netloc, parts.path, urlencode(params), parts.fragment))
+        try:  # libpq's own check of its options: a typo is a configuration error, not a failed connection
+            psycopg.conninfo.conninfo_to_dict(self.conninfo)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigurationError(f"the PostgreSQL URL: {exc} (options: schema, pool_min, pool_max, "
+                                     "pool_timeout, and libpq's)") from None
         self._where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or ''}"
         self.channel = f"conveyor_{self.schema}"
         #: Due times of delayed and retrying jobs (``<queue> <due>``); ':' cannot be in a schema name.

@@ -67,6 +67,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import socket
 import threading
@@ -305,6 +306,18 @@ class _Kept:
             self._conn = None
 
 
+def _check_options(url: str) -> None:
+    """Refuse, as a configuration error, a URL option redis-py does not know or a value it cannot
+    read (a typo would otherwise fail the first connection with a bare ``TypeError``). A
+    connection is built to find out, without connecting."""
+    try:
+        aioredis.ConnectionPool.from_url(url).make_connection()  # type: ignore[no-untyped-call]
+    except (TypeError, ValueError) as exc:
+        name = re.search(r"argument '(\w+)'", str(exc))
+        detail = f"unknown option {name[1]!r}" if name else str(exc).rstrip(".")
+        raise ConfigurationError(f"the redis URL: {detail} (options: prefix, and redis-py's URL options)") from None
+
+
 class _HiredisPacking:
     """A redis-py connection (sync or asyncio) that hands a command of str, int, float and bytes
     arguments to hiredis as it is. redis-py runs its Python encoder on each argument first:
@@ -429,6 +442,8 @@ class RedisBackend(Backend):
         #: ends this backend's ``wait_for_work`` early (``end_wait``)
         self._end_key = f"{{{prefix}}}:ew:{secrets.token_hex(8)}"
         self._redis_url = urlunsplit(parts._replace(scheme=scheme.removesuffix("+cluster"), query=urlencode(rest)))
+        if not self.cluster:
+            _check_options(self._redis_url)
         kind = "redis cluster" if self.cluster else "redis"
         self._where = f"{kind} at {parts.hostname or 'localhost'}:{parts.port or 6379}"
         self._r: aioredis.Redis | RedisCluster | None = None

@@ -369,6 +369,8 @@ def path_from_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme.lower() != "sqlite":
         raise ConfigurationError(f"not a sqlite:// URL: {url!r}")
+    if parts.query:  # e.g. '?mode=ro' would silently open the file read-write
+        raise ConfigurationError(f"the SQLite URL {url!r} takes no options: use sqlite:///path/to/file.db")
     path = unquote(parts.netloc + parts.path)
     if path.startswith("/"):
         path = path[1:]
