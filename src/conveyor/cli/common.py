@@ -24,12 +24,10 @@ API_HELP = (
     "unknown task or bad arguments, HTTP 422)."
 )
 
-#: The AMQP client's loggers, and the lowest level each keeps below DEBUG. On a lost connection
-#: aiormq logs a traceback and an ERROR per failed attempt, and aio_pika ERRORs from its channels'
-#: close callbacks and an INFO per attempt: all handled, and said once by Conveyor's own lines
-#: ("consuming tickets failed…", "reconnected to…"). aio_pika's WARNING per attempt stays: it
-#: says why the attempt failed (refused, access refused) and when the next one comes.
-LIBRARY_LEVELS = {"aiormq": logging.CRITICAL, "aio_pika.tools": logging.CRITICAL, "aio_pika": logging.WARNING}
+#: The AMQP client's loggers, and the lowest level each keeps below DEBUG: aio_pika logs an INFO per
+#: reconnect attempt. (The records of a lost connection that it handles itself are kept at DEBUG
+#: by the RabbitMQ backend's filter, ``_ExpectedChatter``; anything else of theirs is shown.)
+LIBRARY_LEVELS = {"aiormq": logging.WARNING, "aio_pika": logging.WARNING}
 
 
 def configure_logging(level: str) -> None:
