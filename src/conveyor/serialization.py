@@ -56,6 +56,22 @@ def holds_nul(value: Any) -> bool:
     return False
 
 
+#: Why text with a lone UTF-16 surrogate is refused where it enters (arguments, metadata).
+SURROGATE_REFUSED = ("a string holds a lone UTF-16 surrogate (such as \\ud800), which is not a character: "
+                     "text must be valid Unicode")
+
+
+def holds_lone_surrogate(value: Any) -> bool:
+    """Whether a string or an object key in ``value`` holds a lone surrogate (``os.fsdecode`` of a
+    non-UTF-8 name, a ``\\ud800`` escape in a request): no engine can store it as UTF-8. Callers
+    first look for ``\\ud`` in the text ``json.dumps`` wrote (it escapes every surrogate)."""
+    try:
+        dumps(value).encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def loads(text: str | bytes | None) -> Any:
     """Parse JSON; ``None`` stays ``None``."""
     return None if text is None else json.loads(text)

@@ -117,6 +117,21 @@ def test_unreadable_body__400_saying_why_and_where(http: httpx.Client, path: str
     assert r.json()["errors"] == [{"pointer": "#", "detail": detail}]
 
 
+@pytest.mark.parametrize(("job", "pointer"), [
+    ({"task": "add", "args": ["\\ud800", 1]}, "#/jobs/0/args/0"),
+    ({"task": "transcode", "args": ["in.mp4"], "kwargs": {"height": 1}, "metadata": {"by": "\\udc80"}},
+     "#/jobs/0/metadata"),
+])
+def test_batch__lone_surrogate__422_naming_where(http: httpx.Client, job: dict, pointer: str) -> None:
+    """A batch's body is read by the standard library, which lets a lone surrogate through: the
+    problem said '#/jobs/0/kwargs/' and ': Invalid JSON: unexpected end of hex escape'."""
+    raw = json.dumps({"jobs": [job]}).replace("\\\\", "\\").encode()
+    r = http.post("/v1/jobs/batch", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    [error] = r.json()["errors"]
+    assert error["pointer"] == pointer and "lone UTF-16 surrogate" in error["detail"]
+
+
 def test_body_without_content_type__taken_as_json(http: httpx.Client) -> None:
     assert http.post("/v1/jobs", content=b'{"task": "add", "args": [1, 2]}').status_code == 202
 

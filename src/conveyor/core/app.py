@@ -33,7 +33,15 @@ from conveyor.core.job import Job, Status
 from conveyor.core.portal import Portal
 from conveyor.core.queues import QueueSettings
 from conveyor.core.task import Task, TaskOptions
-from conveyor.serialization import NUL_REFUSED, dumps, from_rfc3339, holds_nul, keys_are_text
+from conveyor.serialization import (
+    NUL_REFUSED,
+    SURROGATE_REFUSED,
+    dumps,
+    from_rfc3339,
+    holds_lone_surrogate,
+    holds_nul,
+    keys_are_text,
+)
 
 if TYPE_CHECKING:
     from conveyor.backends.base import Backend
@@ -558,6 +566,8 @@ def _check_metadata(metadata: Any) -> dict[str, Any]:
         ) from None
     if "\\u0000" in text and holds_nul(metadata):
         raise _invalid("#/metadata", f"metadata: {NUL_REFUSED}", NUL_REFUSED)
+    if not text.isascii() and holds_lone_surrogate(metadata):
+        raise _invalid("#/metadata", f"metadata: {SURROGATE_REFUSED}", SURROGATE_REFUSED)
     return dict(metadata)
 
 

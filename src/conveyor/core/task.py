@@ -13,7 +13,7 @@ import pydantic
 
 from conveyor.core.errors import InvalidArguments, RegistrationError, ValidationError
 from conveyor.core.limits import Limits
-from conveyor.serialization import NUL_REFUSED, holds_nul, keys_are_text
+from conveyor.serialization import NUL_REFUSED, SURROGATE_REFUSED, holds_lone_surrogate, holds_nul, keys_are_text
 
 if TYPE_CHECKING:
     from conveyor.core.app import Conveyor
@@ -112,11 +112,20 @@ class Task:
             errors = [{"pointer": where.get(name, f"#/kwargs/{name}"), "detail": f"{name}: {_not_json(value)}"}
                       for name, value in bound.arguments.items() if _not_json(value)]
         else:
-            nul = [name for name in bound.arguments if holds_nul(bound.arguments[name])] if "\\u0000" in text else []
-            errors = [{"pointer": where.get(name, f"#/kwargs/{name}"), "detail": f"{name}: {NUL_REFUSED}"}
-                      for name in nul] or self._type_errors(text, where)
+            errors = self._text_errors(bound.arguments, text, where) or self._type_errors(text, where)
         if errors:
             raise InvalidArguments(f"{self.name}: " + "; ".join(e["detail"] for e in errors), errors)
+
+    @staticmethod
+    def _text_errors(arguments: Mapping[str, Any], text: str, where: dict[str, str]) -> list[dict[str, str]]:
+        """The arguments holding text no engine stores: U+0000, a lone surrogate (rare: looked
+        for only when the JSON ``text`` shows their escapes)."""
+        errors = []
+        for name, value in arguments.items() if "\\u0000" in text or "\\ud" in text else ():
+            why = NUL_REFUSED if holds_nul(value) else SURROGATE_REFUSED if holds_lone_surrogate(value) else None
+            if why:
+                errors.append({"pointer": where.get(name, f"#/kwargs/{name}"), "detail": f"{name}: {why}"})
+        return errors
 
     def _type_errors(self, text: str, where: dict[str, str]) -> list[dict[str, str]]:
         try:
