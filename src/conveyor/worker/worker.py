@@ -192,6 +192,9 @@ class Worker:
         #: the loop has not started yet. Each is one dict operation, safe from any thread.
         self._unrecorded: dict[str, str] = {}
         self._leased_off_loop: dict[str, str] = {}
+        #: Outcomes sent again because a send failed (job id, token): the engine may have applied
+        #: the first (the reply was lost with the connection), so a refusal is no sign of a lost lease.
+        self._resent: set[tuple[str, str]] = set()
 
     # -- public ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -368,7 +371,7 @@ class Worker:
         try:
             applied, leases = await backend.finish_and_claim(batch, self.queues, free, self.id, time.time())
         except BaseException:
-            self._outbox[:0] = batch  # not known to be applied: sent again (a repeat is refused)
+            self._send_again(batch)
             self._flush_needed.set()
             raise
         self._recorded(batch, applied)
@@ -652,16 +655,28 @@ class Worker:
         try:
             applied = await backend.finish(batch, time.time())
         except BaseException:
-            self._outbox[:0] = batch
+            self._send_again(batch)
             raise
         self._recorded(batch, applied)
+
+    def _send_again(self, batch: list[Outcome]) -> None:
+        """``batch``'s send failed: not known to be applied, it goes out again with the next."""
+        self._outbox[:0] = batch
+        self._resent.update((o.job_id, o.token) for o in batch)
 
     def _recorded(self, batch: Sequence[Outcome], applied: Sequence[bool]) -> None:
         """The engine answered for ``batch``: their leases are done with; say which it refused."""
         for outcome, ok in zip(batch, applied, strict=True):
             if self._unrecorded.get(outcome.job_id) == outcome.token:
                 del self._unrecorded[outcome.job_id]
-            if not ok:
+            resent = (outcome.job_id, outcome.token) in self._resent
+            self._resent.discard((outcome.job_id, outcome.token))
+            if ok:
+                continue
+            if resent:  # the engine may well have applied the first send, its reply lost in the cut
+                log.info("job %s: outcome %s sent again after a failed send was refused: either the first "
+                         "send was applied, or the lease had passed to another worker", outcome.job_id, outcome.status)
+            else:
                 log.warning(
                     "job %s: outcome %s refused: the lease had passed to another worker", outcome.job_id, outcome.status
                 )

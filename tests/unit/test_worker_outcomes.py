@@ -1,0 +1,68 @@
+"""What a worker says about an outcome the engine refused, when its first send may have landed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor import Context, Conveyor
+from conveyor.backends.base import Outcome
+from conveyor.backends.sqlite import SQLiteBackend
+from conveyor.core.errors import BackendUnavailable
+from conveyor.core.job import Status
+from conveyor.worker.worker import Worker
+
+
+class ReplyLostOnce(SQLiteBackend):
+    """A real SQLite engine whose first write of outcomes is applied, and then its reply is lost
+    (the connection dropped after the commit): the worker sends those outcomes again."""
+
+    lost = False
+
+    async def _applied_then_lost(self, call: Any) -> Any:
+        result = await call
+        if not self.lost:
+            self.lost = True
+            raise BackendUnavailable("the connection dropped before the reply")
+        return result
+
+    async def finish(self, outcomes: Sequence[Outcome], now: float) -> list[bool]:
+        return await self._applied_then_lost(super().finish(outcomes, now))  # type: ignore[no-any-return]
+
+    async def finish_and_claim(self, outcomes: Sequence[Outcome], *args: Any) -> Any:
+        return await self._applied_then_lost(super().finish_and_claim(outcomes, *args))
+
+
+def test_outcome_sent_again_after_a_lost_reply__refused__not_called_a_lost_lease(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The repeat is refused (the first send ended the lease): the worker warned that 'the lease
+    had passed to another worker', which sent people looking for a second worker that was never
+    there. The job's outcome is the first send's."""
+    url = f"sqlite:///{tmp_path}/lost.db"
+    app = Conveyor(url)
+
+    @app.task
+    def double(ctx: Context, x: int) -> int:
+        return 2 * x
+
+    handle = double.enqueue(21)
+    backend = ReplyLostOnce(url)
+    worker = Worker(app, backend=backend, burst=True, scheduler=False)
+
+    with caplog.at_level(logging.INFO, logger="conveyor.worker.worker"):
+        assert asyncio.run(asyncio.wait_for(worker.run(), 30)) == 0
+
+    assert backend.lost
+    said = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert [(r.levelno, "sent again after a failed send" in r.getMessage()) for r in said] == [(logging.INFO, True)]
+    job = handle.refresh()
+    assert (job.status, job.result) == (Status.SUCCEEDED, 42)
+    app.close()
+
+
+
