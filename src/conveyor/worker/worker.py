@@ -437,8 +437,9 @@ class Worker:
                     or late < (job.lease_expires_at - job.started_at) / 2:
                 held.append(lease)
                 continue
-            log.warning("job %s: its claim's reply came %.1f s late (the event loop was blocked); handed back "
-                        "rather than run it after its lease may have passed on", job.id, late)
+            log.warning("job %s: its claim's reply came %.1f s late (the event loop was blocked, or the network "
+                        "held the reply up); handed back rather than run it after its lease may have passed on",
+                        job.id, late)
             self._unrecorded[job.id] = lease.token
             self._outbox.append(rules.handed_back(job, lease.token))
             self._flush_needed.set()
