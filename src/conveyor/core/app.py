@@ -12,7 +12,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -78,6 +78,10 @@ class Conveyor:
         self._backends: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Future[Backend]] = (
             weakref.WeakKeyDictionary()
         )
+        #: per loop not the portal's, what closes its backend as the loop ends (``_close_with_loop``)
+        self._closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = (
+            weakref.WeakKeyDictionary()
+        )
         #: the backend of sync enqueues (``enqueue_blocking``); False once known to have none
         self._blocking: Backend | Literal[False] | None = None
         self._blocking_lock = threading.Lock()
@@ -90,6 +94,7 @@ class Conveyor:
         _INHERITED.append((self.portal, self._backends))
         self.portal = self._portal()
         self._backends = weakref.WeakKeyDictionary()
+        self._closers = weakref.WeakKeyDictionary()
 
     def _portal(self) -> Portal:
         # RabbitMQ's robust connection reads and reconnects in tasks of its own: its loop must run
@@ -230,22 +235,46 @@ class Conveyor:
                 future.exception()  # mark retrieved
                 raise
             future.set_result(backend)
+            if not self.portal.owns(loop):
+                await self._close_with_loop(loop, future)
         return await asyncio.shield(future)
 
+    async def _close_with_loop(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Backend]) -> None:
+        """Have ``future``'s backend closed as ``loop`` ends: ``asyncio.run`` closes its loop's async
+        generators (``shutdown_asyncgens``) before it closes the loop, and this is one of them.
+        A script that never calls ``aclose`` leaves no connection behind, one per ``asyncio.run``."""
+
+        async def closing() -> AsyncGenerator[None, None]:
+            try:
+                yield
+            finally:
+                self._closers.pop(loop, None)
+                if self._backends.get(loop) is future:
+                    del self._backends[loop]
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(future.result().close(), _CLOSE_BOUND)
+
+        closer = self._closers[loop] = closing()
+        await closer.__anext__()  # now the loop knows it (and holds it weakly: kept in _closers)
+
     def _forget_closed_loops(self) -> None:
-        """Drop the backends of loops that were closed (each ``asyncio.run`` has its own loop):
-        nothing can use them again, and a backend refers to its loop, so the weak keys never
-        let go of them by themselves: one connection kept per ``asyncio.run``."""
+        """Drop the backends of loops closed without closing them (a loop closed by hand, not
+        by ``asyncio.run``): nothing can use them again, and a backend refers to its loop, so
+        the weak keys never let go of them by themselves."""
         for loop in [loop for loop in self._backends if loop.is_closed()]:
             del self._backends[loop]
+            self._closers.pop(loop, None)
 
     async def aclose(self) -> None:
-        """Close the backend this app opened on the running loop: the end of an ``asyncio.run``
-        script (its loop closes with the script; a pool's or consumer's tasks left open on it
-        would be destroyed pending, with warnings)."""
-        future = self._backends.pop(asyncio.get_running_loop(), None)
+        """Close the backend this app opened on the running loop now (``asyncio.run`` closes it
+        as its loop ends anyway; a loop run by other means may not)."""
+        loop = asyncio.get_running_loop()
+        future = self._backends.pop(loop, None)
+        closer = self._closers.pop(loop, None)
         if future is not None and future.done() and not future.cancelled() and not future.exception():
             await asyncio.wait_for(future.result().close(), _CLOSE_BOUND)
+        if closer is not None:
+            await closer.aclose()  # nothing left for it to close
 
     def close(self) -> None:
         """Close the backends this app opened for synchronous callers (tests, scripts)."""

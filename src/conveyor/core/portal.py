@@ -43,6 +43,10 @@ class Portal:
             return loop.run_until_complete(coro if timeout is None else asyncio.wait_for(coro, timeout))
         return self._in_background(coro, timeout)
 
+    def owns(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether ``loop`` is one of this portal's (the background loop, or a thread's own)."""
+        return loop is self._thread_loop or any(loop is own for own, _ in self._loops)
+
     def _in_background(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
         future = asyncio.run_coroutine_threadsafe(coro, self._background_loop())
         try:
