@@ -479,9 +479,15 @@ __all__ = ["ApiError", "AsyncClient", "Client"]
 
 
 def _serve(loop: asyncio.AbstractEventLoop) -> None:
-    """A ``Client``'s thread: its loop, closed once stopped."""
+    """A ``Client``'s thread: its loop, closed once stopped, after the tasks left on it end (as
+    ``asyncio.run`` does: a stream's close scheduled by the collector was destroyed pending)."""
     try:
         loop.run_forever()
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+        if left:
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
     finally:
         loop.close()
 

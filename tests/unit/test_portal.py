@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -87,3 +89,49 @@ def test_an_asyncio_run_per_call__keeps_no_connection_of_the_ended_loops(tmp_pat
     # SQLite keeps the file descriptor of a closed connection until the file's last connection
     # closes, reusing it for the next one: a few dozen at most, not two per call
     assert open_files() - before < 60
+
+
+SCRIPT_ENQUEUES_AT_EXIT = """
+import atexit, sys, threading, time
+from conveyor import Context, Conveyor
+
+app = Conveyor(sys.argv[1])
+
+@app.task
+def noop(ctx: Context) -> None:
+    pass
+
+job_id = noop.enqueue().id
+app.get_job(job_id)  # the main thread's own loop and connection
+
+def enqueue_many(who):
+    def run():
+        errors = set()
+        for _ in range(300):
+            try:
+                app.get_job(job_id)
+            except BaseException as exc:
+                errors.add(f"{type(exc).__name__}: {exc}")
+        print(who, sorted(errors), flush=True)
+    return run
+
+def after_main():  # a daemon thread still enqueuing while the program exits
+    while threading.main_thread().is_alive():
+        time.sleep(0.0005)
+    enqueue_many("daemon")()
+
+threading.Thread(target=after_main, daemon=True).start()
+atexit.register(enqueue_many("main at exit"))
+"""
+
+
+def test_threads_calling_at_exit__each_on_its_own_loop(tmp_path: Path) -> None:
+    """At exit the main thread counts as ended before its atexit calls run: a daemon thread was
+    handed the main thread's loop while the main thread used it ('This event loop is already
+    running' for every call that overlapped)."""
+    script = tmp_path / "at_exit.py"
+    script.write_text(SCRIPT_ENQUEUES_AT_EXIT)
+    done = subprocess.run([sys.executable, str(script), f"sqlite:///{tmp_path}/exit.db"],
+                          capture_output=True, text=True, timeout=60)
+    assert "already running" not in done.stdout + done.stderr, done.stdout + done.stderr
+    assert "main at exit []" in done.stdout

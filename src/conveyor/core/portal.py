@@ -63,10 +63,12 @@ class Portal:
 
     def _loop_for(self, thread: threading.Thread) -> asyncio.AbstractEventLoop:
         """The loop of a thread that ended (it runs no more: a thread's call returns only once its
-        loop stopped), else a new one."""
+        loop stopped), else a new one. Never the main thread's: at exit it counts as ended before
+        the ``atexit`` calls it still makes (and the app's own close) run on its loop."""
+        main = threading.main_thread()
         with self._lock:
             for i, (loop, owner) in enumerate(self._loops):
-                if not owner.is_alive() and not loop.is_closed():
+                if owner is not main and not owner.is_alive() and not loop.is_closed():
                     self._loops[i] = (loop, thread)
                     return loop
             loop = asyncio.new_event_loop()
