@@ -810,7 +810,8 @@ class Worker:
     def _on_signal(self) -> None:
         if self._stop.is_set():  # a second signal: hand everything back now
             self.hurry()
-        self.stop()
+        else:
+            self.stop()
 
     def _make_pool(self) -> Pool:
         if self.pool_kind == "process":
