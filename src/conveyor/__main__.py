@@ -2,7 +2,7 @@
 
 import sys
 
-from conveyor.cli import main
+from conveyor.console import main
 
 if __name__ == "__main__":
     sys.exit(main())

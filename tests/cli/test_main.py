@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +89,23 @@ def test_console_script__installed(cli: Cli) -> None:
     assert proc.stdout.startswith("conveyor ")
 
 
+def test_ctrl_c_while_the_command_line_is_still_importing__exits_130_without_a_traceback(cli: Cli) -> None:
+    """Importing the command line takes about 0.3 s: a Ctrl-C then ends the command like one later does."""
+    child = ("import sys; from conveyor.console import main; print('importing', flush=True); "
+             "sys.argv = ['conveyor', 'jobs', '--json']; sys.exit(main())")
+    proc = subprocess.Popen([sys.executable, "-c", child], env=cli.env(), cwd=cli.tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "importing\n"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert out == ""  # the command itself never ran
+
+
 def test_unexpected_error__one_line_exit_1(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     from conveyor.cli import jobs
 
@@ -97,8 +115,9 @@ def test_unexpected_error__one_line_exit_1(cli: Cli, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(jobs, "status", explode)
     result = cli("status", "anything")
     assert result.code == 1
+    line = explode.__code__.co_firstlineno + 1
     assert one_error_line(result.err) == (
-        "conveyor: error: unexpected RuntimeError: disk on fire second line (raised at cli/test_main.py:95 in "
+        f"conveyor: error: unexpected RuntimeError: disk on fire second line (raised at cli/test_main.py:{line} in "
         "explode; CONVEYOR_DEBUG=1 shows the traceback)")  # a bare `Exception()` said nothing else
 
 

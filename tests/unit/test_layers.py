@@ -42,3 +42,18 @@ def test_core__imports_no_engine_and_no_web_framework(path: Path) -> None:
 def test_upper_layers__never_import_an_engine_client(package: str) -> None:
     for path in (SRC / package).rglob("*.py"):
         assert not _hits(module_imports(path, top_level_only=False), ENGINE_CLIENTS), path
+
+
+def test_every_public_name__imports_from_the_package_as_the_type_checker_sees_it() -> None:
+    """``import conveyor`` loads its names on first use; each is the object its module defines."""
+    import importlib
+
+    import conveyor
+
+    tree = ast.parse((SRC / "__init__.py").read_text())
+    [checking] = [node for node in tree.body if isinstance(node, ast.If)]  # the TYPE_CHECKING imports
+    declared = {alias.name: node.module for node in checking.body if isinstance(node, ast.ImportFrom)
+                for alias in node.names}
+    assert sorted(declared) == sorted(conveyor.__all__)
+    for name, module in declared.items():
+        assert getattr(conveyor, name) is getattr(importlib.import_module(str(module)), name)
