@@ -66,6 +66,34 @@ async def test_open__newer_schema__refused_with_upgrade_hint(tmp_path):
         await SQLiteBackend(f"sqlite:///{tmp_path / 'c.db'}").open()
 
 
+async def test_open__file_of_an_older_schema__upgraded_in_place_with_its_jobs(tmp_path, monkeypatch):
+    import conveyor.backends.sqlite.backend as engine
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    every = engine._migrations()
+    with monkeypatch.context() as older:  # a file written by a Conveyor that knew only migration 2
+        older.setattr(engine, "_migrations", lambda: every[:2])
+        backend = SQLiteBackend(url)
+        await backend.open()
+        jobs = [Job(id=uuid7(), task="t", created_at=time.time()) for _ in range(3)]
+        await backend.enqueue(jobs)
+        await backend.close()
+
+    backend = SQLiteBackend(url)
+    await backend.open()
+    now = time.time()
+    [lease] = await backend.claim(["default"], 1, "w", now)
+    await backend.sweep(now + 31)  # its lease ran out: put back in its place
+    got = [(await backend.claim(["default"], 1, "w", now + 31))[0].job.id for _ in range(3)]
+    await backend.close()
+
+    assert lease.job.id == jobs[0].id
+    assert got == [j.id for j in jobs]
+    conn = sqlite3.connect(tmp_path / "c.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == every[-1][0]
+    conn.close()
+
+
 async def test_write__file_locked_by_another_process__backend_unavailable(tmp_path, monkeypatch):
     import conveyor.backends.sqlite.backend as engine
 

@@ -1,8 +1,10 @@
 """SQLite engine: jobs, leases, queue settings and workers in one WAL-mode file.
 
 Layout (see ``schema.sql``): ``jobs`` holds every field of a job plus its lease
-(``worker_id``, ``lease_token``, ``lease_expires_at``), ``ready_at`` (when it became
-claimable: FIFO order and retention), ``revision`` and the webhook outbox columns;
+(``worker_id``, ``lease_token``, ``lease_expires_at``), ``ready_at`` (while claimable: its place
+in line, and when its retention started; kept in ``claimed_ready_at`` while it runs, so that a
+job put back without an outcome keeps its place, and ``put_back_at`` then restarts its
+retention), ``revision`` and the webhook outbox columns;
 ``job_deps(child, parent)`` holds the dependency graph; ``queues`` the stored settings;
 ``workers`` the registry.
 
@@ -139,9 +141,9 @@ _NEW_ATTEMPT = (
     "(SELECT json_insert(coalesce(attempts, '[]'), '$[#]', json_object('attempt', attempt, 'worker_id', ?2, "
     "'started_at', ?1, 'finished_at', NULL, 'status', 'running', 'error', NULL)) AS a))"
 )
-#: The SET clause of a claim at ``?1`` by worker ``?2``.
+#: The SET clause of a claim at ``?1`` by worker ``?2`` (its place in line kept for a put-back).
 _LEASE_SET = (
-    f"status = 'running', lease_token = {{token}}, worker_id = ?2, ready_at = NULL, "
+    f"status = 'running', lease_token = {{token}}, worker_id = ?2, ready_at = NULL, claimed_ready_at = ready_at, "
     f"lease_expires_at = {_LEASE_END.format(now=1)}, started_at = ?1, updated_at = ?1, "
     f"deliveries = deliveries + 1, revision = revision + 1, {_NEW_ATTEMPT}"
 )
@@ -153,7 +155,8 @@ _FINISH = (
     "error = CASE ?1 WHEN 'succeeded' THEN NULL WHEN 'queued' THEN error ELSE ?3 END, "  # lost: in the timeline
     "attempt = coalesce(?4, attempt), "
     "scheduled_at = CASE ?1 WHEN 'retrying' THEN ?5 ELSE scheduled_at END, "
-    "ready_at = CASE ?1 WHEN 'retrying' THEN ?5 WHEN 'queued' THEN ?7 ELSE ready_at END, "
+    "ready_at = CASE ?1 WHEN 'retrying' THEN ?5 WHEN 'queued' THEN coalesce(claimed_ready_at, ?7) ELSE ready_at END, "
+    "put_back_at = CASE ?1 WHEN 'queued' THEN ?7 ELSE put_back_at END, "
     "deliveries = max(deliveries - ?6, 0), "
     "finished_at = NULL, updated_at = ?7, revision = revision + 1, "
     "worker_id = NULL, lease_token = NULL, lease_expires_at = NULL, "
@@ -244,8 +247,9 @@ def _per_priority(q: int, cond: str, limit: int) -> str:
     return " UNION ALL ".join(_BY_PRIORITY.format(q=q, p=p, cond=cond, limit=limit) for p in range(9, -1, -1))
 
 
-#: Ready jobs of queue ``?2`` that became ready before ``?3``: at most ``?4``.
-_PAST_RETENTION = f"SELECT id FROM ({_per_priority(2, 'ready_at < ?3', 4)}) LIMIT ?4"
+#: Ready jobs of queue ``?2`` that became ready (or were put back) before ``?3``: at most ``?4``.
+_PAST_RETENTION = ("SELECT id FROM ("
+                   f"{_per_priority(2, 'ready_at < ?3 AND (put_back_at IS NULL OR put_back_at < ?3)', 4)}) LIMIT ?4")
 #: The earliest time after ``?2`` at which a job of queue ``?1`` becomes ready (none while it is paused).
 _NEXT_DUE = (f"SELECT min(ready_at) FROM ({_per_priority(1, 'ready_at > ?2', 3)}) "
              "WHERE NOT EXISTS (SELECT 1 FROM queues WHERE name = ?1 AND paused)")
@@ -263,7 +267,7 @@ def _claim_sql(n_queues: int) -> str:
     return (
         f"UPDATE jobs SET {_LEASE_SET.format(token=_NEW_TOKEN)} "
         f"WHERE id IN (SELECT id FROM ({per_queue}) ORDER BY priority DESC, ready_at, id LIMIT ?3) "
-        f"RETURNING {_COLS}, ready_at"
+        f"RETURNING {_COLS}, claimed_ready_at"
     )
 
 
@@ -272,7 +276,7 @@ _LIMITED_READY = ("SELECT 1 FROM jobs WHERE queue IN (SELECT value FROM json_eac
                   "AND limit_key IS NOT NULL AND ready_at IS NOT NULL LIMIT 1")
 #: Lease the ready jobs among the JSON list of ids ``?3``.
 _CLAIM_IDS = (f"UPDATE jobs SET {_LEASE_SET.format(token=_NEW_TOKEN)} "
-              f"WHERE id IN {_IDS.format(n=3)} AND ready_at IS NOT NULL RETURNING {_COLS}, ready_at")
+              f"WHERE id IN {_IDS.format(n=3)} AND ready_at IS NOT NULL RETURNING {_COLS}, claimed_ready_at")
 _RUNNING_OF_KEY = "SELECT count(*) FROM jobs WHERE limit_key = ?1 AND lease_expires_at IS NOT NULL"
 _STARTS_OF_KEY = "SELECT count(*), min(at) FROM limit_starts WHERE key = ?1 AND at > ?2"
 
@@ -571,7 +575,7 @@ class SQLiteBackend(Backend):
                 rows = c.execute(_claim_sql(len(names)), (now, worker_id, limit, *names)).fetchall()
             else:
                 rows = self._claim_limited(c, names, limit, worker_id, now)
-        rows.sort(key=lambda r: (-r[6], r[_NCOLS], r[0]))
+        rows.sort(key=lambda r: (-r[6], r[_NCOLS], r[0]))  # line order: the claimed_ready_at RETURNING gave
         return [Lease(job, job.lease_token or "") for job in map(_job, rows)]
 
     def _claim_limited(self, c: sqlite3.Connection, names: Sequence[str], limit: int, worker_id: str,
@@ -889,7 +893,8 @@ class SQLiteBackend(Backend):
                            _dumps(brief_error(CANCELLED_LOST))))
             lost = _dumps(LEASE_LOST)
             if back:
-                c.execute("UPDATE jobs SET status = 'queued', ready_at = ?1, updated_at = ?1, revision = revision + 1, "
+                c.execute("UPDATE jobs SET status = 'queued', ready_at = coalesce(claimed_ready_at, ?1), "
+                          "put_back_at = ?1, updated_at = ?1, revision = revision + 1, "
                           "worker_id = NULL, lease_token = NULL, lease_expires_at = NULL, "
                           f"{_END_ATTEMPT.format(now=1, st=3, err=4)} "
                           f"WHERE id IN {_IDS.format(n=2)}", (now, _dumps(back), "lost", lost))

@@ -118,3 +118,13 @@ CREATE TABLE limit_starts (
 );
 CREATE INDEX limit_starts_key ON limit_starts (key, at);
 CREATE INDEX limit_starts_until ON limit_starts (until);
+
+-- migration: 3
+-- A job put back without an outcome (its worker died, or handed it back at a stop) keeps its
+-- place in line, as on Redis. ready_at is NULL while a job runs, so a claim keeps it in
+-- claimed_ready_at and a put-back restores it; put_back_at (when it went back) restarts the
+-- retention clock, which counts from the later of ready_at and put_back_at. Every other way
+-- into the line sets ready_at at or after its own time, so a put_back_at left from an earlier
+-- delivery is never the later one.
+ALTER TABLE jobs ADD COLUMN claimed_ready_at REAL;
+ALTER TABLE jobs ADD COLUMN put_back_at REAL;
