@@ -199,8 +199,10 @@ WITH o AS (
         finished_at = CASE WHEN o.status IN ('succeeded', 'failed', 'cancelled')
                              OR (o.status = 'queued' AND j.cancel_requested) THEN %(now)s END,
         scheduled_at = CASE WHEN o.status = 'retrying' THEN o.scheduled_at ELSE j.scheduled_at END,
+        -- a hand-back keeps its place in line (the ready_at it was claimed with); its retention restarts
         ready_at = CASE WHEN o.status = 'retrying' THEN coalesce(o.scheduled_at, %(now)s)
-                        WHEN o.status = 'queued' AND NOT j.cancel_requested THEN %(now)s END,
+                        WHEN o.status = 'queued' AND NOT j.cancel_requested THEN j.ready_at END,
+        put_back_at = CASE WHEN o.status = 'queued' AND NOT j.cancel_requested THEN %(now)s ELSE j.put_back_at END,
         attempt = coalesce(o.attempt, j.attempt),
         deliveries = CASE WHEN o.status = 'queued' AND coalesce(o.uncount, false) AND NOT j.cancel_requested
                           THEN greatest(j.deliveries - 1, 0) ELSE j.deliveries END,
@@ -411,8 +413,9 @@ SET webhook_attempts = j.webhook_attempts + 1,
 WHERE j.id = %(id)s;
 
 -- name: sweep_leases
--- Expired leases: back to queued, failed at the delivery limit, or cancelled when a user asked
--- (cancellation is stored: a cancelled job whose worker died is not run again).
+-- Expired leases: back to queued in their place in line (retention restarts), failed at the
+-- delivery limit, or cancelled when a user asked (cancellation is stored: a cancelled job whose
+-- worker died is not run again).
 WITH s AS (
     SELECT e.id, coalesce(q.max_deliveries, %(d_md)s) AS md
     FROM __schema__.jobs e LEFT JOIN __schema__.queues q ON q.name = e.queue
@@ -429,7 +432,8 @@ SET status = CASE WHEN j.cancel_requested THEN 'cancelled' WHEN j.deliveries >= 
                       'delivered ' || j.deliveries || ' times without finishing (lease expired; max_deliveries ' || s.md || ')')
                  ELSE j.error END,
     finished_at = CASE WHEN j.cancel_requested OR j.deliveries >= s.md THEN %(now)s END,
-    ready_at = CASE WHEN j.cancel_requested OR j.deliveries >= s.md THEN NULL ELSE %(now)s END,
+    ready_at = CASE WHEN j.cancel_requested OR j.deliveries >= s.md THEN NULL ELSE j.ready_at END,
+    put_back_at = CASE WHEN j.cancel_requested OR j.deliveries >= s.md THEN j.put_back_at ELSE %(now)s END,
     attempts = CASE WHEN j.attempts->-1->>'status' = 'running' THEN jsonb_set(j.attempts, '{-1}',
             (j.attempts->-1) || CASE WHEN j.cancel_requested
                 THEN jsonb_build_object('finished_at', %(now)s::double precision, 'status', 'cancelled',
@@ -443,12 +447,14 @@ FROM s WHERE j.id = s.id
 RETURNING j.id, j.status, j.queue, j.has_children, j.limit_key;
 
 -- name: sweep_retention
+-- Ready jobs past their queue's retention, counted from when they became ready or were put back.
 WITH s AS (
     SELECT e.id
     FROM __schema__.jobs e LEFT JOIN __schema__.queues q ON q.name = e.queue
     WHERE e.status IN ('queued', 'scheduled', 'retrying')
       AND e.ready_at < %(now)s - least(%(d_ret)s, (SELECT min(m.retention) FROM __schema__.queues m))
       AND e.ready_at < %(now)s - coalesce(q.retention, %(d_ret)s)
+      AND (e.put_back_at IS NULL OR e.put_back_at < %(now)s - coalesce(q.retention, %(d_ret)s))
     ORDER BY e.ready_at
     LIMIT %(limit)s
     FOR UPDATE OF e SKIP LOCKED
