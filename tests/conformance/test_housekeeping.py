@@ -24,6 +24,18 @@ async def test_sweep__ready_job_past_retention__expires(backend, submit, fetch):
     assert await backend.claim(["default"], 1, "w", now + 62) == []
 
 
+async def test_sweep__job_put_back__retention_counts_from_the_put_back(backend, submit, claim_one, fetch):
+    await backend.save_queue_settings("default", QueueSettings(retention=60))
+    job = await submit()
+    now = time.time()
+    await claim_one(now=now)
+    assert (await backend.sweep(now + 31)).requeued == 1  # its lease ended at now + 30
+
+    assert (await backend.sweep(now + 90)).expired == 0  # ready 90 s ago, but put back 59 s ago
+    assert (await fetch(job.id)).status is Status.QUEUED
+    assert (await backend.sweep(now + 92)).expired == 1
+
+
 async def test_sweep__delayed_job__retention_counts_from_its_time(backend, submit, fetch):
     await backend.save_queue_settings("default", QueueSettings(retention=60))
     now = time.time()

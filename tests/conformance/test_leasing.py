@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
+
+import pytest
 
 from conveyor.backends.base import Outcome, WorkerInfo
+from conveyor.core import rules
 from conveyor.core.job import Status
 from conveyor.core.queues import QueueSettings
 
@@ -43,6 +47,18 @@ async def test_claim__limit__claims_one_per_call_in_fifo_order(backend, submit):
     got = [(await backend.claim(["default"], 1, "w", time.time()))[0].job.id for _ in range(3)]
 
     assert got == [j.id for j in jobs]
+
+
+async def test_claim__many_at_once__listed_in_line_order(backend, submit, claim_one):
+    retried = await submit()
+    now = time.time()
+    lease = await claim_one(now=now)
+    await backend.finish([Outcome(retried.id, lease.token, Status.RETRYING, scheduled_at=now + 10, attempt=2)], now)
+    queued = await submit()  # ready before the retry comes due, though created after it
+
+    leases = await backend.claim(["default"], 2, "w", now + 11)
+
+    assert [lease.job.id for lease in leases] == [queued.id, retried.id]
 
 
 async def test_claim__only_named_queues__are_served(backend, submit):
@@ -88,6 +104,17 @@ async def test_claim__expired_lease__redelivers_after_sweep(backend, submit, cla
     assert second.token != first.token
     assert second.job.deliveries == 2
     assert (await fetch(job.id)).worker_id == "worker-2"
+
+
+async def test_sweep__expired_lease__job_keeps_its_place_in_line(backend, submit, claim_one):
+    first, second, third = [await submit() for _ in range(3)]
+    now = time.time()
+    assert (await claim_one(now=now)).job.id == first.id  # its worker dies: the lease runs out
+
+    assert (await backend.sweep(now + 31)).requeued == 1
+    got = [(await claim_one(now=now + 31)).job.id for _ in range(3)]
+
+    assert got == [first.id, second.id, third.id]
 
 
 async def test_sweep__live_lease__is_left_alone(backend, submit, claim_one, fetch):
@@ -223,6 +250,20 @@ async def test_finish__handed_back_uncounted__is_queued_without_using_a_delivery
     back = await fetch(job.id)
     assert (back.status, back.deliveries, back.lease_token) == (Status.QUEUED, 0, None)
     assert (await claim_one()).job.id == job.id
+
+
+@pytest.mark.parametrize("put_back", [rules.handed_back, partial(rules.delivery_lost, max_deliveries=5,
+                                                                     reason="its process died")],
+                         ids=["handed_back_at_a_stop", "process_died"])
+async def test_finish__put_back_without_an_outcome__job_keeps_its_place_in_line(backend, submit, claim_one,
+                                                                               put_back):
+    first, second, third = [await submit() for _ in range(3)]
+    lease = await claim_one()
+
+    assert await backend.finish([put_back(lease.job, lease.token)], time.time()) == [True]
+    got = [(await claim_one()).job.id for _ in range(3)]
+
+    assert got == [first.id, second.id, third.id]
 
 
 async def test_finish_and_claim__outcomes_applied_then_next_jobs_leased(backend, new_job, fetch):
