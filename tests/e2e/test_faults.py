@@ -451,14 +451,16 @@ class RepliesHeld(TcpProxy):
             pass
 
 
-async def test_postgres_reply_lost_after_commit__finish_is_not_refused_and_the_claim_is_handed_back() -> None:
-    """The connection drops after PostgreSQL committed a finish, and then a claim, but before
+@pytest.mark.parametrize("kind", ["redis", "postgresql"])
+async def test_reply_lost_after_commit__finish_is_not_refused_and_the_claim_is_handed_back(kind: str) -> None:
+    """The connection drops after the engine applied a finish, and then a claim, but before
     their replies. The finish sent again was reported refused ("the lease had passed to another
     worker") though it was applied; the job leased by the lost claim waited out its lease (30 s)."""
-    schema = f"cvfault_{uuid.uuid4().hex[:12]}"
-    direct = PostgresBackend(engine_url("postgresql", "127.0.0.1", PORTS["postgresql"], schema))
-    with RepliesHeld("127.0.0.1", PORTS["postgresql"]) as proxy:
-        b = PostgresBackend(engine_url("postgresql", "127.0.0.1", proxy.port, schema))
+    namespace = f"cvfault_{uuid.uuid4().hex[:12]}"
+    engine = RedisBackend if kind == "redis" else PostgresBackend
+    direct = engine(engine_url(kind, "127.0.0.1", PORTS[kind], namespace))
+    with RepliesHeld("127.0.0.1", PORTS[kind]) as proxy:
+        b = engine(engine_url(kind, "127.0.0.1", proxy.port, namespace))
         await direct.open()
         await b.open()
 

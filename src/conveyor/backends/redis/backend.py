@@ -38,6 +38,8 @@ is single-slot. Queue names never contain ``/``, so ``{P}:q/<Q>/`` is an unambig
                             zset
 ``{P}:lr:<key>``            set     running job ids of limit key ``<key>`` (concurrency limit)
 ``{P}:ls:<key>``            zset    starts of limit key ``<key>`` within its rate window (ms)
+``{P}:lc:<base>``           string  what a claim leased, ``id token id token ...``, for as long as
+                                    its leases (handed back if its reply is lost)
 ==========================  ======  ==========================================================
 
 There is no app-wide index of every job or of a status: listing all jobs, or one status, merges
@@ -66,6 +68,7 @@ import binascii
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -402,6 +405,12 @@ def _joined(subs: Sequence[_Submission]) -> tuple[int, list[str], float]:
             max(sub.now for sub in subs))
 
 
+#: Claims of one worker remembered for ``_hand_back_lost`` (one per retry of an outage: its backoff
+#: is capped at a few seconds); the oldest leases have expired by then anyway.
+_LOST_CLAIMS_KEPT = 256
+
+log = logging.getLogger(__name__)
+
 #: TCP keepalive: probe an idle connection after 5 s, every 2 s, and drop it after 3 unanswered;
 #: and drop one whose sent data stays unacknowledged for 11 s (Linux; elsewhere the OS defaults).
 _KEEPALIVE = {socket.TCP_KEEPIDLE: 5, socket.TCP_KEEPINTVL: 2, socket.TCP_KEEPCNT: 3,
@@ -465,6 +474,10 @@ class RedisBackend(Backend):
         #: connections of the blocking client kept for a sync enqueue loop and an idle worker's wait
         self._kept_enqueue = _Kept()
         self._kept_wait = _Kept()
+        #: Token bases of claims that raised, per worker: what they leased (if their reply was
+        #: lost after the script ran) is handed back at that worker's next claim (``_hand_back_lost``).
+        self._lost_claims: dict[str, list[str]] = {}
+        self._lost_lock = threading.Lock()  # a pool thread's wait_and_claim_blocking adds to it
         #: concurrent sync enqueues, sent together
         self._enqueue_group: GroupCommit[_Submission, list[tuple[Job, bool]]] = GroupCommit(
             self._enqueue_batch_blocking, lambda sub: len(sub.jobs))
@@ -753,7 +766,52 @@ class RedisBackend(Backend):
     async def claim(self, queues: Sequence[str], limit: int, worker_id: str, now: float) -> list[Lease]:
         if limit <= 0 or not queues:
             return []
-        return self._leases(await self._run("claim", *self._claim_args(queues, limit, worker_id, now)), queues)
+        args = self._claim_args(queues, limit, worker_id, now)
+        await self._hand_back_lost(worker_id)
+        with self._losing(worker_id, args):
+            return self._leases(await self._run("claim", *args), queues)
+
+    @contextlib.contextmanager
+    def _losing(self, worker_id: str, claim_args: Sequence[str]) -> Iterator[None]:
+        """A claim that raises may have leased jobs whose reply never came: remember its token base."""
+        try:
+            yield
+        except BaseException:
+            with self._lost_lock:
+                lost = self._lost_claims.setdefault(worker_id, [])
+                lost.append(claim_args[3])
+                del lost[:-_LOST_CLAIMS_KEPT]
+            raise
+
+    async def _hand_back_lost(self, worker_id: str) -> None:
+        """Hand back the jobs leased by claims of ``worker_id`` whose reply was lost (the
+        connection dropped after the script ran), before its next claim: they run again now,
+        not once their leases expire, and that delivery is not counted. The worker never saw
+        their tokens, so none of them runs anywhere; a job whose lease ended since is left alone
+        (its token no longer holds)."""
+        with self._lost_lock:
+            bases = self._lost_claims.pop(worker_id, None)
+        if not bases:
+            return
+        keys = [self._gk(f"lc:{base}") for base in bases]
+        try:
+            with self._guard():
+                records = await self.r.mget(keys)
+            leased = [record.split(" ") for record in records if record]  # id token id token ... (no spaces in either)
+            outcomes = [Outcome(job_id, token, Status.QUEUED, uncount_delivery=True)
+                        for pairs in leased for job_id, token in zip(pairs[::2], pairs[1::2], strict=True)]
+            if outcomes:
+                applied = await self.finish(outcomes, time.time())
+                back = [o.job_id for o, ok in zip(outcomes, applied, strict=True) if ok]
+                if back:
+                    log.info("Redis: handed back %d job(s) leased by a claim whose reply was lost: %s",
+                             len(back), ", ".join(back))
+            with self._guard():
+                await self.r.delete(*keys)
+        except BaseException:
+            with self._lost_lock:
+                self._lost_claims.setdefault(worker_id, [])[:0] = bases
+            raise
 
     @staticmethod
     def _claim_args(queues: Sequence[str], limit: int, worker_id: str, now: float) -> list[str]:
@@ -777,7 +835,8 @@ class RedisBackend(Backend):
             return await super().finish_and_claim(outcomes, queues, limit, worker_id, now)
         finish_args = self._finish_args(outcomes, now)
         claim_args = self._claim_args(queues, limit, worker_id, now)
-        with self._guard():
+        await self._hand_back_lost(worker_id)
+        with self._losing(worker_id, claim_args), self._guard():
             for attempt in (1, 2):
                 pipe = self.r.pipeline(transaction=False)
                 pipe.evalsha(self._sha["finish"], 1, self._anchor, self.prefix, *finish_args)
@@ -859,7 +918,8 @@ class RedisBackend(Backend):
             return None
         args = self._claim_args(queues, limit, worker_id, 0.0)
         args[0] = ""  # now: the server's TIME when the claim runs
-        with self._guard():
+        await self._hand_back_lost(worker_id)
+        with self._losing(worker_id, args), self._guard():
             pipe = self._blocking().pipeline(transaction=False)
             pipe.blpop([self._qk(q, "wake") for q in queues], timeout=timeout)
             pipe.evalsha(self._sha["claim"], 1, self._anchor, self.prefix, *args)
@@ -892,13 +952,14 @@ class RedisBackend(Backend):
             wake = [self._qk(q, "wake") for q in queues]
             claim = ("EVALSHA", self._sha["claim"], 1, self._anchor, self.prefix, *args)
             try:
-                kept = self._kept_wait.send(client, [("BLPOP", *wake, timeout), claim])
-                if kept is None:
-                    pipe = client.pipeline(transaction=False)
-                    pipe.blpop(wake, timeout=timeout)
-                    pipe.execute_command(*claim)
-                    kept = pipe.execute()
-                _, claimed = kept
+                with self._losing(worker_id, args):  # handed back by the worker's next (async) claim
+                    kept = self._kept_wait.send(client, [("BLPOP", *wake, timeout), claim])
+                    if kept is None:
+                        pipe = client.pipeline(transaction=False)
+                        pipe.blpop(wake, timeout=timeout)
+                        pipe.execute_command(*claim)
+                        kept = pipe.execute()
+                    _, claimed = kept
             except NoScriptError:  # the claim did not run: load it, and let the caller claim
                 client.script_load(self._src["claim"])
                 return None

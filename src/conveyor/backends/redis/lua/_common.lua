@@ -30,6 +30,8 @@ keys are {P}:<name>:
                            limit_release whenever a job leaves 'running': finish, sweep, hand-back)
   {P}:ls:<key>      zset   starts of limit key <key> in its rate window (a sliding log: score = start
                            ms, member = '<id>:<ms>'; pruned by claim, expires once the window passed)
+  {P}:lc:<base>     string what the claim with token base <base> leased, 'id token id token ...'; expires
+                           with the leases (read only when that claim's reply was lost)
 Job records also hold limit_key, concurrency_limit, rate_count, rate_per (the job's limits) and
 attempts (the timeline: a JSON array of the last 50 deliveries, see attempt_started/attempt_ended).
 There is no app-wide index of all jobs or of a status: a listing of every job, or of one status,

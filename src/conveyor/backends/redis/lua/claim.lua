@@ -12,6 +12,8 @@ Global limits: a job with a limit_key is leased only while {P}:lr:<key> (running
   that grow 4x a round, at most SCAN_BUDGET entries per call; an entry of a key already found full
   costs one HGET), so the jobs behind it are still leased. A lease adds the job to
   {P}:lr:<key> and its start to {P}:ls:<key>, and opens a timeline entry (attempts).
+A call that leases jobs records them in {P}:lc:<token base> ('id token id token ...') for as long as
+  their leases, in case its reply is lost.
 Returns: {JSON list of the leased job records (status running, new lease_token '<base>.<n>/<queue>',
   lease_expires_at = now + visibility_timeout, deliveries + 1, started_at = now, worker_id),
   when a rate-limited job left queued may start ('' = none),
@@ -42,6 +44,7 @@ local budget = SCAN_BUDGET
 local skipped = {}  -- queue -> ready entries left in place ahead of the scan (limited, blocked)
 local full = {}     -- limit key -> true once it can take no more jobs in this call
 local retry_at = nil
+local longest_vt = 0  -- of the queues leased from: how long the lost-reply record is of use
 
 local function admit(lk, conc, rc, rp)
   if full[lk] then return false end
@@ -132,6 +135,7 @@ while true do
     else
       serial = serial + 1
       local exp = now + c.vt
+      if c.vt > longest_vt then longest_vt = c.vt end
       h.status, h.lease_token, h.lease_expires_at = 'running', base .. '.' .. serial .. '/' .. q, fmt(exp)
       h.started_at, h.worker_id, h.updated_at = fmt(now), worker, fmt(now)
       h.deliveries = ims((tonumber(h.deliveries) or 0) + 1)
@@ -171,6 +175,14 @@ while true do
   end
   if back[1] then call_with('ZADD', qk(queues[1], 'ready'), back) end
   if not again then break end
+end
+if out[1] then
+  -- what this claim leased, under its token base: should its reply be lost (the connection
+  -- dropped), the worker hands these back at its next claim instead of leaving them to their
+  -- leases (backend._hand_back_lost); once the leases ended, the sweep does it anyway
+  local leased = {}
+  for n, h in ipairs(out) do leased[2 * n - 1] = h.id; leased[2 * n] = h.lease_token end
+  redis.call('SET', gk('lc:' .. base), table.concat(leased, ' '), 'PX', ims(longest_vt * 1000))
 end
 if PROP[1] then propagate(now) end
 if next(WAKE) then flush_wake() end

@@ -8,7 +8,9 @@ ARGV: [1] prefix P, [2] now, then 8 strings per outcome: job id, token, status
 Touches: {P}:jq (read, only for tokens that do not name their queue), {P}:q/Q/j:<id>, {P}:q/Q/lease|ready|sched|done|s:*|c:<id>|wake, {P}:lr:<key>,
   {P}:wh|wha (webhook outbox), and the records and indexes of dependents (released or cancelled).
 A 'queued' outcome (hand-back) of a job whose cancel was requested ends it 'cancelled' instead.
-Returns: a string with one character per outcome: '1' applied, '0' token no longer holds.
+Returns: a string with one character per outcome: '1' applied, '0' token no longer holds. An
+outcome sent again after its reply was lost is '1': the record keeps the token and status that
+ended its lease (_ft = '<token>:<status>').
 ]]
 local now = tonumber(ARGV[2])
 local OUTCOME = { succeeded = true, failed = true, cancelled = true, retrying = true, queued = true }
@@ -37,15 +39,18 @@ for a = 3, #ARGV, 8 do
   if q then
     local key = jkey(q, id)
     local v = redis.call('HMGET', key, 'status', 'lease_token', 'cancel_requested', 'attempts',
-      'revision', 'webhook', '_hc', 'limit_key', 'error')
-    if v[1] == 'running' and v[2] == token then
+      'revision', 'webhook', '_hc', 'limit_key', 'error', '_ft')
+    local sent = token .. ':' .. st
+    if v[10] == sent then
+      ok = 1  -- applied already: this is the same outcome sent again
+    elseif v[1] == 'running' and v[2] == token then
       ok = 1
       if st == 'queued' and v[3] == '1' then  -- cancellation is stored: not run again
         st, uncount = 'cancelled', '0'
         err = cjson.encode({ type = 'Cancelled', message = 'cancelled while its worker handed it back',
           traceback = cjson.null })
       end
-      local f = {}  -- field/value pairs written with the transition
+      local f = { '_ft', sent }  -- field/value pairs written with the transition
       local label = st
       if st == 'queued' then label = err ~= '' and 'lost' or 'handed_back' end  -- lost: its process died
       local timeline = attempt_ended(v[4], now, label, err)
@@ -58,7 +63,7 @@ for a = 3, #ARGV, 8 do
         -- v[5..8]: revision, webhook, _hc, limit_key; the lease token is there (it matched)
         make_terminal(q, id, key, 'running', st, now, nil, { v[5], v[6], v[7], v[2], v[8] }, f)
       else  -- retrying or queued
-        if f[1] then redis.call('HSET', key, unpack(f)) end
+        redis.call('HSET', key, unpack(f))
         if st == 'retrying' then
           make_scheduled(q, id, key, 'running', 'retrying', tonumber(sa) or now, now)
         else
