@@ -21,6 +21,7 @@ from conveyor.core.errors import (
     JobNotFound,
     UnknownTask,
 )
+from tests.api.conftest import free_port
 from tests.cli.conftest import Cli, one_error_line
 from tests.unavailable import unavailable
 
@@ -214,3 +215,15 @@ def test_rabbitmq_unreachable__worker_keeps_its_logs_and_ends_with_one_error_lin
     errors = [line for line in result.err.splitlines() if line.startswith("conveyor")]
     assert len(errors) == 1 and "RabbitMQ at 127.0.0.1:1 is unreachable" in errors[0], result.err
     assert result.err.strip().splitlines()[-1] == errors[0]
+
+
+@pytest.mark.parametrize("command", [("worker", "--burst", "--no-scheduler"), ("up",)], ids=["worker", "up"])
+def test_malformed_webhook_secret__refused_at_start_in_one_line(cli: Cli, command: tuple[str, ...]) -> None:
+    """It used to start, then log an ERROR with a traceback at every poll once a webhook was due,
+    never sending the delivery nor giving up on it."""
+    env = {**cli.env(), "CONVEYOR_WEBHOOK_SECRET": "whsec_not base64!"}
+    port = ("--port", str(free_port())) if command[0] == "up" else ()
+    result = cli.run(*command, *port, env=env, timeout=30)
+    assert result.code == 2, result.err
+    assert one_error_line(result.err) == ("conveyor: error: CONVEYOR_WEBHOOK_SECRET must be whsec_ followed by "
+                                          "base64")

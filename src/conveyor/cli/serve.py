@@ -152,8 +152,10 @@ def up(args: argparse.Namespace) -> int:
 
     stop_before_start(*STOP_SIGNALS)  # the supervisor's own handlers replace these
     from conveyor.api.auth import tokens_from_env
+    from conveyor.webhooks import secret_key
 
     app = load(args)  # fail here, once, on a bad --app or URL (exit 2), not in every child
+    secret_key()  # likewise a malformed CONVEYOR_WEBHOOK_SECRET, which every worker would refuse
     check_exposure(args.host, args.insecure, bool(tokens_from_env()))
     if cannot_listen("up", args.host, args.port):  # a server child could never start: say so once
         return 1

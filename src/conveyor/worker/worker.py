@@ -148,6 +148,9 @@ class Worker:
         if pool != "process" and (max_tasks_per_child or max_memory_per_child):
             raise ConfigurationError("--max-tasks-per-child and --max-memory-per-child need --pool process "
                                      "(the thread and async pools run every job in the worker's own process)")
+        from conveyor.webhooks import secret_key
+
+        secret_key()  # a malformed CONVEYOR_WEBHOOK_SECRET is refused now, not at every delivery
         self.app = app
         self.queues = list(queues) if queues else app.queue_names()
         self.concurrency = concurrency or ((os.cpu_count() or 2) if pool == "process" else 8)
@@ -790,7 +793,7 @@ class Worker:
             self._slot_free.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._slot_free.wait(), left)
-        why = f"not finished within the {self.grace:.0f} s grace" if self.grace else "stopping at once"
+        why = f"not finished within the {self.grace:g} s grace" if self.grace else "stopping at once"
         for job_id, running in list(self.running.items()):
             log.info("job %s: %s; handed back", job_id, why)
             self._abandon(job_id, rules.handed_back(running.lease.job, running.lease.token))
