@@ -796,7 +796,7 @@ class RedisBackend(Backend):
         keys = [self._gk(f"lc:{base}") for base in bases]
         try:
             with self._guard():
-                records = await self.r.mget(keys)
+                records = cast(list[str | None], await self.r.mget(keys))  # decoded replies
             leased = [record.split(" ") for record in records if record]  # id token id token ... (no spaces in either)
             outcomes = [Outcome(job_id, token, Status.QUEUED, uncount_delivery=True)
                         for pairs in leased for job_id, token in zip(pairs[::2], pairs[1::2], strict=True)]
