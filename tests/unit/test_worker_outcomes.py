@@ -1,4 +1,4 @@
-"""What a worker says about an outcome the engine refused, when its first send may have landed."""
+"""What a worker records of a job as it ends: its outcome when a first send may have landed, its last progress."""
 
 from __future__ import annotations
 
@@ -66,3 +66,24 @@ def test_outcome_sent_again_after_a_lost_reply__refused__not_called_a_lost_lease
 
 
 
+
+
+def test_progress_reported_just_before_the_task_returns__is_in_the_final_record(tmp_path: Path) -> None:
+    """The outcome could travel with the worker's next claim ahead of the progress still queued,
+    and the progress, sent after the lease ended, was refused: most jobs ended with an older
+    progress, or none."""
+    url = f"sqlite:///{tmp_path}/progress.db"
+    app = Conveyor(url)
+
+    @app.task
+    def step(ctx: Context, i: int) -> int:
+        ctx.progress(1.0, "done")
+        return i
+
+    handles = step.enqueue_many([(i,) for i in range(40)])
+    assert asyncio.run(asyncio.wait_for(Worker(app, burst=True, scheduler=False).run(), 60)) == 0
+
+    jobs = [h.refresh() for h in handles]
+    assert {j.status for j in jobs} == {Status.SUCCEEDED}
+    assert [j.progress for j in jobs] == [{"fraction": 1.0, "message": "done"}] * 40
+    app.close()

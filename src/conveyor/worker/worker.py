@@ -176,7 +176,11 @@ class Worker:
         #: metrics not yet counted: counted by ``_count`` while the next claim is on its way
         self._uncounted_starts: list[tuple[list[Lease], float]] = []
         self._uncounted_ends: list[tuple[Job, Status, float]] = []
+        #: progress to send (job id → token, value), sent ahead of the outcomes in the outbox
         self._progress: dict[str, tuple[str, dict[str, Any]]] = {}
+        #: the latest progress a job reported from its thread, until the loop takes it: written
+        #: before the job returns, so its outcome on the loop cannot overtake it
+        self._reported: dict[str, tuple[str, dict[str, Any]]] = {}
         self._stop = asyncio.Event()
         #: Set at shutdown, as the helper loops are cancelled: each also ends at its next turn,
         #: so a cancel swallowed below them (a race in asyncio or a client library) cannot hang it.
@@ -368,6 +372,10 @@ class Worker:
         """
         backend = self._backend
         assert backend is not None
+        if any(o.job_id in self._progress for o in self._outbox):
+            # a job's last progress must land before its outcome ends the lease: the flush sends both, in order
+            self._flush_needed.set()
+            return await backend.claim(self.queues, free, self.id, time.time())
         if not self._outbox or (self._flushing is not None and not self._flushing.done()):
             return await backend.claim(self.queues, free, self.id, time.time())
         batch, self._outbox = self._outbox, []
@@ -494,7 +502,8 @@ class Worker:
     def _reporter(self, loop: asyncio.AbstractEventLoop, job_id: str, token: str) -> Callable[[dict[str, Any]], None]:
         def report(progress: dict[str, Any]) -> None:
             # called from the job's thread or the loop: hand over to the loop, coalesced
-            loop.call_soon_threadsafe(self._queue_progress, job_id, token, progress)
+            self._reported[job_id] = (token, progress)
+            loop.call_soon_threadsafe(self._queue_progress, job_id)
 
         return report
 
@@ -582,6 +591,9 @@ class Worker:
         if running.settled:
             return
         running.settled = True
+        reported = self._reported.pop(running.lease.job.id, None)
+        if reported is not None and outcome is not None:
+            self._progress[outcome.job_id] = reported  # its last progress, sent ahead of the outcome
         if outcome is not None:
             self._uncounted_ends.append((running.lease.job, outcome.status, time.monotonic() - running.started))
             self._unrecorded[outcome.job_id] = outcome.token  # its lease is kept until it is recorded
@@ -603,10 +615,16 @@ class Worker:
             self._pool.stop(job_id)
         self._slot_free.set()
 
-    def _queue_progress(self, job_id: str, token: str, progress: dict[str, Any]) -> None:
-        if job_id in self.running:
-            self._progress[job_id] = (token, progress)
+    def _queue_progress(self, job_id: str) -> None:
+        reported = self._reported.pop(job_id, None)
+        if reported is None:
+            return  # its outcome took it already
+        # a job that a pool thread leased and started itself reports before the loop registers it
+        if job_id in self.running or self._leased_off_loop.get(job_id) == reported[0]:
+            self._progress[job_id] = reported
             self._flush_needed.set()
+        elif any(running.lease.job.id == job_id for running, _, _ in self._returned):
+            self._reported.setdefault(job_id, reported)  # returned, outcome not decided yet: it takes it
 
     # -- reporting ------------------------------------------------------------------------
     async def _flush_loop(self) -> None:
@@ -645,18 +663,19 @@ class Worker:
     async def _flush(self) -> None:
         backend = self._backend
         assert backend is not None
+        # taken together: a job's outcome never leaves ahead of progress it reported before it
         progress, self._progress = self._progress, {}
-        for job_id, (token, value) in progress.items():
-            try:
-                await backend.set_progress(job_id, token, value, time.time())
-            except BackendUnavailable:
-                raise
-            except Exception:  # this report only: the job's outcome and the others' go on
-                log.exception("job %s: progress could not be recorded", job_id)
-        if not self._outbox:
-            return
         batch, self._outbox = self._outbox, []
         try:
+            for job_id, (token, value) in progress.items():
+                try:
+                    await backend.set_progress(job_id, token, value, time.time())
+                except BackendUnavailable:
+                    raise
+                except Exception:  # this report only: the job's outcome and the others' go on
+                    log.exception("job %s: progress could not be recorded", job_id)
+            if not batch:
+                return
             applied = await backend.finish(batch, time.time())
         except BaseException:
             self._send_again(batch)
