@@ -36,7 +36,10 @@ import aio_pika
 import pytest
 
 from conveyor import Conveyor
-from conveyor.core.errors import BackendUnavailable
+from conveyor.backends import create_backend
+from conveyor.backends.amqp import AMQPBackend
+from conveyor.backends.amqp.backend import HEARTBEAT
+from conveyor.core.errors import BackendUnavailable, ConfigurationError
 from conveyor.core.job import Job, Status
 from tests.e2e import jobs_app
 from tests.e2e.conftest import Env, wait_for
@@ -350,3 +353,25 @@ def test_rabbitmq_cut_while_a_task_blocks_the_loop__worker_carries_on_and_says_i
         assert not client_alarms, [f"{r.levelname} {r.name}: {r.getMessage()}" for r in client_alarms]
     finally:
         close(app_client)
+
+
+@pytest.mark.parametrize(("query", "heartbeat"), [("", HEARTBEAT), ("&heartbeat=30", 30), ("&heartbeat=0", 0)])
+def test_heartbeat__conveyors_unless_the_url_sets_one(query: str, heartbeat: int, tmp_path: Path) -> None:
+    """The heartbeat timeout agreed with RabbitMQ: Conveyor's (RabbitMQ's own 60 s let a host cut off
+    silently keep its dead connection, see test_many_hosts), or the URL's."""
+    async def agreed() -> int:
+        b = AMQPBackend(amqp_url(RABBIT[1], "h") + query, create_backend(f"sqlite:///{tmp_path}/store.db"))
+        await b.open()
+        try:
+            assert b._conn is not None and b._conn.transport is not None
+            return int(b._conn.transport.connection.connection_tune.heartbeat)
+        finally:
+            await b.close()
+
+    assert asyncio.run(asyncio.wait_for(agreed(), 15)) == heartbeat
+
+
+def test_heartbeat__not_whole_seconds__is_a_configuration_error(tmp_path: Path) -> None:
+    """aiormq would read it as 0 and turn heartbeats off: a dead connection would go unnoticed."""
+    with pytest.raises(ConfigurationError, match="invalid amqp heartbeat '10s'"):
+        AMQPBackend(amqp_url(RABBIT[1], "h") + "&heartbeat=10s", create_backend(f"sqlite:///{tmp_path}/store.db"))

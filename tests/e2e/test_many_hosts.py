@@ -2,10 +2,11 @@
 
 The fixture creates two network namespaces (``ip netns``), each joined to the root namespace
 by a veth pair on a private /24 of its own (10.231.11.0/24 and 10.231.12.0/24; root side .1,
-namespace side .2). Redis and PostgreSQL listen on 127.0.0.1 only, so a ``TcpProxy`` in the root
-namespace listens on each veth address and forwards to the engine: a worker in namespace A
-reaches the engine only over 10.231.11.1, like a host on another machine would. Each worker
-also gets its own hostname (``unshare --uts``), so the registry shows two hosts.
+namespace side .2). Redis, PostgreSQL and RabbitMQ listen on 127.0.0.1 only, so a ``TcpProxy`` in
+the root namespace listens on each veth address and forwards to the engine: a worker in namespace
+A reaches the engine only over 10.231.11.1, like a host on another machine would. On RabbitMQ the
+worker reaches its job store (Redis) over the same link, so a cut of the link cuts both. Each
+worker also gets its own hostname (``unshare --uts``), so the registry shows two hosts.
 
 One worker is killed with SIGKILL mid-run: every job still finishes on the other host, and the
 dead worker drops out of the registry (after ``Backend.WORKER_TTL``, 15 s). One host's link
@@ -18,6 +19,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,10 +28,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
+from conveyor.backends.amqp.backend import HEARTBEAT
 from conveyor.backends.base import Backend
 from conveyor.core.job import Status
 from tests.e2e.conftest import APP, Env, wait_for
@@ -41,6 +45,9 @@ from tests.unavailable import unavailable
 pytestmark = pytest.mark.slow
 
 SUBNETS = ("10.231.11", "10.231.12")  #: one /24 per namespace, created (and removed) here
+PORT = {**PORTS, "amqp": 5672}
+#: What each engine's workers connect to: RabbitMQ and its job store (Redis), or the engine alone.
+SERVICES = {"redis": ("redis",), "postgresql": ("postgresql",), "amqp": ("amqp", "redis")}
 
 
 @dataclass
@@ -95,20 +102,32 @@ def hosts() -> Iterator[list[Host]]:
 
 
 class TwoHostEnv(Env):
-    def __init__(self, tmp_path: Path, kind: str, hosts: list[Host]) -> None:
+    def __init__(self, tmp_path: Path, kind: str, hosts: list[Host], monkeypatch: pytest.MonkeyPatch) -> None:
         super().__init__(tmp_path)
+        self.client.close()
         self.kind = kind
         self.namespace = f"cvhosts_{uuid.uuid4().hex[:12]}"
-        self.url = engine_url(kind, "127.0.0.1", PORTS[kind], self.namespace)  # the test's own client
+        direct = self.engine_env("127.0.0.1", {s: PORT[s] for s in SERVICES[kind]})
+        for name, value in direct.items():  # an amqp:// client's store comes from CONVEYOR_STORE_URL
+            monkeypatch.setenv(name, value)
+        self.url = direct["CONVEYOR_URL"]  # the test's own client
         self.client = make_client(self.url)
         self.hosts = hosts
-        self.proxies = [TcpProxy("127.0.0.1", PORTS[kind], listen_host=h.host_ip).start() for h in hosts]
+        #: per host, a proxy on its veth address for each service its worker uses
+        self.proxies = [{s: TcpProxy("127.0.0.1", PORT[s], listen_host=h.host_ip).start() for s in SERVICES[kind]}
+                        for h in hosts]
+
+    def engine_env(self, host: str, ports: dict[str, int]) -> dict[str, str]:
+        """``CONVEYOR_URL`` (and on RabbitMQ ``CONVEYOR_STORE_URL``) of this test's engine at ``host``."""
+        if self.kind != "amqp":
+            return {"CONVEYOR_URL": engine_url(self.kind, host, ports[self.kind], self.namespace)}
+        return {"CONVEYOR_URL": f"amqp://guest:guest@{host}:{ports['amqp']}/?prefix={self.namespace}",
+                "CONVEYOR_STORE_URL": engine_url("redis", host, ports["redis"], self.namespace)}
 
     def host_worker(self, i: int, *args: str) -> subprocess.Popen[bytes]:
         """``conveyor worker`` inside namespace ``i`` with its own hostname, over the veth link."""
-        host, proxy = self.hosts[i], self.proxies[i]
-        env = self.env(CONVEYOR_URL=engine_url(self.kind, proxy.host, proxy.port, self.namespace),
-                       TEST_VISIBILITY="2")
+        host, proxies = self.hosts[i], self.proxies[i]
+        env = self.env(**self.engine_env(host.host_ip, {s: p.port for s, p in proxies.items()}), TEST_VISIBILITY="2")
         worker = " ".join([sys.executable, "-m", "conveyor.cli", "worker", "--app", APP, *args])
         out = open(self.tmp_path / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
@@ -119,6 +138,9 @@ class TwoHostEnv(Env):
         self.procs.append(proc)  # exec all the way down: proc.pid is the worker's pid
         return proc
 
+    def log_of(self, proc: subprocess.Popen[bytes]) -> Path:
+        return self.tmp_path / f"worker-{self.procs.index(proc)}.log"
+
     def workers_seen(self) -> list:
         async def go():
             return await (await self.client.backend()).workers(time.time())
@@ -126,17 +148,19 @@ class TwoHostEnv(Env):
         return self.client.portal.call(go(), timeout=10)
 
 
-@pytest.fixture(params=["redis", "postgresql"])
-def two_hosts(request: pytest.FixtureRequest, tmp_path: Path, hosts: list[Host]) -> Iterator[TwoHostEnv]:
-    env = TwoHostEnv(tmp_path, request.param, hosts)
+@pytest.fixture(params=list(SERVICES))
+def two_hosts(request: pytest.FixtureRequest, tmp_path: Path, hosts: list[Host],
+              monkeypatch: pytest.MonkeyPatch) -> Iterator[TwoHostEnv]:
+    env = TwoHostEnv(tmp_path, request.param, hosts, monkeypatch)
     try:
         yield env
     finally:
         env.stop()
-        for proxy in env.proxies:
-            proxy.stop()
+        for proxies in env.proxies:
+            for proxy in proxies.values():
+                proxy.stop()
         with contextlib.suppress(Exception):
-            drop(env.client)
+            drop(env.client)  # on RabbitMQ: its queues of the prefix, and the store's keys
         env.client.portal.stop()
 
 
@@ -190,10 +214,27 @@ def test_two_hosts__kill_9_one_host_and_the_other_finishes_every_job(two_hosts: 
 
 PARTITION = float(os.environ.get("TEST_PARTITION", "30"))  #: seconds host A is cut off
 #: After the heal host A runs a job and has its outcome stored within this. Measured 0.2-4.0 s
-#: (once 15.3 s on Redis): a call sent just before the heal can wait out the 11 s TCP user
-#: timeout, then the claim backoff (capped at 5 s). Without keepalives PostgreSQL took 21-23 s
-#: (a query sent at the cut waits for TCP's retransmission ~51 s later).
+#: (once 15.3 s on Redis, in 20 runs; RabbitMQ with a Redis store 0.7-1.1 s): a call sent just
+#: before the heal can wait out the 11 s TCP user timeout. (The claim backoff stayed at 0.1-0.2 s:
+#: a claim fails only after a timeout, so few fail in a row.) Without keepalives PostgreSQL took
+#: 21-23 s (a query sent at the cut waits for TCP's retransmission ~51 s later).
 RESUME_WITHIN = 18.0
+#: RabbitMQ: host A's worker gives its connection up during a cut longer than 3 x (heartbeat
+#: timeout + 1) s (aiormq's limit, 18 s at Conveyor's 5 s; RabbitMQ gave it up after 14 s): after
+#: the heal it reconnects within this, and has no more trouble with RabbitMQ. Measured 0.0-0.9 s
+#: (a reconnect attempt every 5 s, one as the cut ends). With RabbitMQ's 60 s A kept its dead
+#: connection, and its calls stalled or failed until TCP's retransmission got through ~28 s after
+#: the heal.
+RABBIT_BACK = 10.0
+RABBIT_LOGGERS = ("conveyor.amqp", "aiormq", "aio_pika")
+LOG_RECORD = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (\w+) +([\w.]+): (.*)$", re.M)
+
+
+def records(log: Path, loggers: tuple[str, ...], after: float) -> list[tuple[float, str, str]]:
+    """``(epoch s, level, message)`` of each record of ``loggers`` (or their children) in a
+    worker's ``log`` dated after ``after``."""
+    return [(t, level, message) for when, level, name, message in LOG_RECORD.findall(log.read_text(errors="replace"))
+            if name.startswith(loggers) and (t := datetime.strptime(when, "%Y-%m-%d %H:%M:%S,%f").timestamp()) > after]
 
 
 @contextlib.contextmanager
@@ -215,7 +256,8 @@ def test_two_hosts__a_silent_partition_of_one_host_heals_and_its_worker_resumes(
     acks: the worker must not hang on a dead connection until its stall watchdog exits it (no
     TCP keepalive or user timeout: a request in flight waits out TCP's retransmission backoff,
     ~50 s after a 30 s cut), but notice the dead peer, retry, and start jobs again soon after the
-    heal. Host B works throughout and takes over A's leased jobs; every job succeeds."""
+    heal. Host B works throughout and takes over A's leased jobs; every job succeeds. On RabbitMQ
+    A's calls to it work again soon after the heal too (not only its store's)."""
     env = two_hosts
     a = env.host_worker(0, "--concurrency", "4")
     b = env.host_worker(1, "--concurrency", "4")
@@ -242,6 +284,11 @@ def test_two_hosts__a_silent_partition_of_one_host_heals_and_its_worker_resumes(
         return any(j.status is Status.SUCCEEDED and j.attempts and j.attempts[-1].get("worker_id") == a_id
                    for j in fetch(env.client, [h for h in handles if h.id in ends]))
 
+    def rabbit_said() -> list[tuple[float, str, str]]:
+        """What host A's worker said about RabbitMQ after the heal."""
+        return records(env.log_of(a), RABBIT_LOGGERS, healed_at)
+
+    reconnects = env.kind == "amqp" and PARTITION > 3 * (HEARTBEAT + 1)
     a_id = {w.pid: w.id for w in env.workers_seen()}[a.pid]
     feed_until(lambda: len(starts(a.pid, 0)) >= 20, 15)
     assert starts(a.pid, 0), env.logs()
@@ -256,6 +303,11 @@ def test_two_hosts__a_silent_partition_of_one_host_heals_and_its_worker_resumes(
     a_after = starts(a.pid, healed_at)
     first_start = a_after[0] - healed_at if a_after else float("inf")
     b_during = [t for t in starts(b.pid, cut_at) if t < healed_at]
+    rabbit_back = float("inf")
+    if reconnects:
+        feed_until(lambda: any(m.startswith("reconnected to ") for _, _, m in rabbit_said()), RABBIT_BACK)
+        rabbit_back = min((t - healed_at for t, _, m in rabbit_said() if m.startswith("reconnected to ")),
+                          default=float("inf"))
     feed_until(lambda: False, 2)  # both hosts share the stream again
     stored = wait_terminal(env.client, handles, 40)
     events = recorded(env.log)
@@ -265,9 +317,14 @@ def test_two_hosts__a_silent_partition_of_one_host_heals_and_its_worker_resumes(
           f"A started jobs again {first_start:.1f} s after the heal and got one stored {resume:.1f} s after it "
           f"(A started {len(a_cut)} during the cut); "
           f"B started {len(b_during)} jobs during the cut; {len(twice)} of {len(stored)} jobs ran twice; "
-          f"statuses {dict(collections.Counter(j.status.value for j in stored))}")
+          f"statuses {dict(collections.Counter(j.status.value for j in stored))}"
+          + (f"; A reconnected to RabbitMQ {rabbit_back:.1f} s after the heal" if env.kind == "amqp" else ""))
     assert exited is None, f"host A's worker exited with {exited} (70: its claim loop stalled)\n{env.logs()}"
     assert resume <= RESUME_WITHIN, f"host A ran and stored no job within {RESUME_WITHIN} s of the heal\n{env.logs()}"
     assert b.poll() is None and len(b_during) >= PARTITION * 20, "host B must work on throughout"
     assert all(j.status is Status.SUCCEEDED for j in stored), collections.Counter(j.status for j in stored)
     assert len(twice) <= 16, f"{len(twice)} jobs ran twice: only those host A held at the cut may"
+    if reconnects:
+        assert rabbit_back <= RABBIT_BACK, f"host A did not reconnect to RabbitMQ within {RABBIT_BACK} s\n{env.logs()}"
+        trouble = [m for t, level, m in rabbit_said() if t > healed_at + rabbit_back and level != "INFO"]
+        assert not trouble, f"host A still had trouble with RabbitMQ after it reconnected: {trouble}"

@@ -5,6 +5,8 @@ job records in ``CONVEYOR_STORE_URL`` (sqlite, redis or postgresql). ``prefix`` 
 ``conveyor``) names the RabbitMQ queues: Conveyor queue ``Q`` is the durable quorum queue
 ``<prefix>.Q``, declared with ``x-delivery-limit`` = the queue's ``max_deliveries`` (at first
 declaration) and, on RabbitMQ ≥ 3.12, ``x-consumer-timeout`` longer than the longest lease.
+``heartbeat`` (seconds, default ``HEARTBEAT`` = 5, ``0`` turns heartbeats off) is the AMQP
+heartbeat timeout asked for; the other options are aiormq's.
 
 Who decides what:
 
@@ -98,6 +100,12 @@ CONSUMER_TIMEOUT_MS = 13 * 3600 * 1000
 #: A held ticket not acked by a claim within this long (its worker is busy) is acked.
 HOLD = 2.0
 CONNECT_TIMEOUT = 5.0
+#: The AMQP heartbeat timeout (s) asked for unless the URL sets ``heartbeat``. RabbitMQ closed a
+#: connection silent for ~2.8 of them (14 s; 28.5 s at 10), aiormq gives one up after 3 x (it + 1)
+#: s (18 s). With RabbitMQ's 60 s a host cut off silently for 30 s kept its dead connection, its
+#: RabbitMQ calls stalled or failed until TCP's retransmission got through ~28 s after the heal;
+#: at 10, a 15 s cut still left them failing 12 s after it (measured, tests/e2e/test_many_hosts).
+HEARTBEAT = 5
 #: Bound on one RabbitMQ call made on the way to a claim or a wait (answers take milliseconds).
 RPC_TIMEOUT = 5.0
 
@@ -186,7 +194,7 @@ def _quiet_expected_chatter() -> None:
 
 
 def _parse(url: str) -> tuple[str, str]:
-    """``(url without prefix, prefix)``."""
+    """``(url without prefix, with a heartbeat, prefix)``."""
     parts = urlsplit(url)
     prefix = "conveyor"
     query: list[tuple[str, str]] = []
@@ -197,6 +205,13 @@ def _parse(url: str) -> tuple[str, str]:
             query.append((key, value))
     if not prefix or len(prefix) > 100 or any(c.isspace() or c in "#*" for c in prefix):
         raise ConfigurationError(f"invalid amqp queue prefix {prefix!r}: use letters, digits, '_', '-', '.', ':'")
+    heartbeats = [value for key, value in query if key == "heartbeat"]
+    if not heartbeats:
+        query.append(("heartbeat", str(HEARTBEAT)))
+    # aiormq takes anything else for 0, heartbeats off: a dead connection would go unnoticed
+    for value in heartbeats:
+        if not (value.isdigit() and int(value) < 65535):
+            raise ConfigurationError(f"invalid amqp heartbeat {value!r}: whole seconds, 0 to turn heartbeats off")
     return urlunsplit(parts._replace(query=urlencode(query))), prefix
 
 
