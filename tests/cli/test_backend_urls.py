@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from tests.api.conftest import free_port
 from tests.cli.conftest import Cli, one_error_line
 
 
@@ -51,13 +52,32 @@ def test_url__redis_database_out_of_range__exit_2(cli: Cli) -> None:
         ("postgresql://postgres:s3cret@127.0.0.1:5432/test?schema=cli_typo&pool_mx=2",
          'the PostgreSQL URL: invalid URI query parameter: "pool_mx"'),
         ("sqlite:///typo.db?mode=ro", "takes no options"),
+        ("amqp://guest:s3cret@127.0.0.1:5672/?prefix=cli_typo&reconect_interval=2", "the amqp URL: unknown option "
+         "'reconect_interval'"),
     ],
 )
 def test_url__mistyped_option__exit_2_naming_it(cli: Cli, url: str, expected: str) -> None:
     """A typo in a URL option was an 'unexpected TypeError' / 'ProgrammingError' (exit 1) from
     inside the engine's client, and SQLite ignored it."""
-    result = cli.run("jobs", "--url", url)
+    env = cli.env()
+    env["CONVEYOR_STORE_URL"] = cli.url  # an amqp:// URL needs a job store
+    result = cli.run("jobs", "--url", url, env=env)
     assert result.code == 2
     line = one_error_line(result.err)
     assert expected in line and "unexpected" not in line
     assert "s3cret" not in line
+
+
+@pytest.mark.parametrize("argv", [("jobs",), ("worker", "--burst"), ("server", "--port", "0")])
+def test_url__rabbitmq_virtual_host_that_does_not_exist__exit_2_naming_it(cli: Cli, argv: tuple[str, ...]) -> None:
+    """It said 'RabbitMQ ... is unreachable: Expected one of ['Connection.OpenOk'], got <Connection.Close
+    object at 0x...>' (exit 1), and the server started, answering 503 for ever."""
+    env = cli.env()
+    env["CONVEYOR_STORE_URL"] = cli.url
+    vhost = f"cli_missing_{uuid.uuid4().hex[:8]}"
+    if argv[0] == "server":
+        argv = ("server", "--port", str(free_port()))
+    result = cli.run(*argv, "--url", f"amqp://guest:guest@127.0.0.1:5672/{vhost}", env=env, timeout=30)
+    assert result.code == 2, result.err
+    assert one_error_line(result.err).endswith(f"refused virtual host {vhost!r}: it does not exist, or this user may "
+                                               "not use it (rabbitmqctl list_vhosts, list_permissions)")

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from conveyor.cli import argtypes
 from conveyor.cli.common import add_common, app_spec, configure_logging, load, open_backend
 from conveyor.cli.errors import UsageError
+from conveyor.core.errors import BackendUnavailable
 
 DEFAULT_MAX_BODY = 1024 * 1024
 #: Seconds a stopping server waits for open responses before it cancels them. An event stream
@@ -124,6 +125,8 @@ def server(args: argparse.Namespace) -> int:
     from conveyor.api.auth import tokens_from_env
 
     app = load(args)
+    with contextlib.suppress(BackendUnavailable):  # a down engine is served: /readyz says 503 until it answers
+        check_engine(app.url)  # a configuration error that only connecting reveals (a missing vhost): exit 2
     tokens = tokens_from_env()
     check_exposure(args.host, args.insecure, bool(tokens))
     if cannot_listen("server", args.host, args.port):

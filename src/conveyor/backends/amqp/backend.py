@@ -61,10 +61,11 @@ import time
 from collections import deque
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import aio_pika
 import aio_pika.exceptions
+import aiormq.exceptions
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
@@ -193,6 +194,12 @@ def _quiet_expected_chatter() -> None:
             logger.addFilter(EXPECTED_CHATTER)
 
 
+#: The URL options aio-pika (``reconnect_interval`` …) and aiormq (``heartbeat``, TLS files …) read;
+#: they ignore any other name, so a typo would pass unnoticed.
+CLIENT_OPTIONS = ("auth", "cadata", "cafile", "capath", "certfile", "fail_fast", "happy_eyeballs_delay", "heartbeat",
+                  "interleave", "keyfile", "name", "no_verify_ssl", "reconnect_interval", "timeout")
+
+
 def _parse(url: str) -> tuple[str, str]:
     """``(url without prefix, with a heartbeat, prefix)``."""
     parts = urlsplit(url)
@@ -201,8 +208,11 @@ def _parse(url: str) -> tuple[str, str]:
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key == "prefix":
             prefix = value
-        else:
+        elif key in CLIENT_OPTIONS:
             query.append((key, value))
+        else:
+            raise ConfigurationError(f"the amqp URL: unknown option {key!r} (options: prefix, and aio-pika's: "
+                                     f"{', '.join(CLIENT_OPTIONS)})")
     if not prefix or len(prefix) > 100 or any(c.isspace() or c in "#*" for c in prefix):
         raise ConfigurationError(f"invalid amqp queue prefix {prefix!r}: use letters, digits, '_', '-', '.', ':'")
     heartbeats = [value for key, value in query if key == "heartbeat"]
@@ -258,6 +268,14 @@ class AMQPBackend(Backend):
                 CONNECT_TIMEOUT + 1)
             self._pub = await self._conn.channel(publisher_confirms=True)
             self._sub = await self._conn.channel(publisher_confirms=False)
+        except aiormq.exceptions.InvalidFrameError as exc:
+            await self.close()
+            if "Connection.Close" not in str(exc):
+                raise self._unavailable(exc) from exc
+            # RabbitMQ closed the connection it had just authenticated: the virtual host
+            vhost = unquote(urlsplit(self.amqp_url).path[1:]) or "/"
+            raise ConfigurationError(f"{self._where} refused virtual host {vhost!r}: it does not exist, or "
+                                     f"this user may not use it (rabbitmqctl list_vhosts, list_permissions)") from None
         except _DOWN as exc:
             await self.close()
             raise self._unavailable(exc) from exc
