@@ -15,8 +15,14 @@ FORBIDDEN_IN_CORE = ("fastapi", "starlette", "uvicorn", "httpx", "redis", "psyco
 ENGINE_CLIENTS = ("redis", "psycopg", "psycopg_pool", "aio_pika", "sqlite3")
 
 
+#: Parsed as the tests are collected, before any test starts a thread: Python 3.11.7's ast.parse
+#: fails ("AST constructor recursion depth mismatch") while another thread parses too, as
+#: formatting a traceback does.
+TREES = {path: ast.parse(path.read_text()) for path in SRC.rglob("*.py")}
+
+
 def module_imports(path: Path, top_level_only: bool = True) -> set[str]:
-    tree = ast.parse(path.read_text())
+    tree = TREES[path]
     nodes = tree.body if top_level_only else list(ast.walk(tree))
     names: set[str] = set()
     for node in nodes:
@@ -50,7 +56,7 @@ def test_every_public_name__imports_from_the_package_as_the_type_checker_sees_it
 
     import conveyor
 
-    tree = ast.parse((SRC / "__init__.py").read_text())
+    tree = TREES[SRC / "__init__.py"]
     [checking] = [node for node in tree.body if isinstance(node, ast.If)]  # the TYPE_CHECKING imports
     declared = {alias.name: node.module for node in checking.body if isinstance(node, ast.ImportFrom)
                 for alias in node.names}
