@@ -679,6 +679,7 @@ class Worker:
             applied = await backend.finish(batch, time.time())
         except BaseException:
             self._send_again(batch)
+            self._progress = {**progress, **self._progress}  # again with it, unless newer came meanwhile
             raise
         self._recorded(batch, applied)
 
