@@ -103,6 +103,7 @@ class Cli:
             [sys.executable, "-m", "conveyor.cli", "worker", *args],
             env=self.env(), cwd=self.tmp_path, stdout=log, stderr=subprocess.STDOUT,
         )
+        log.close()  # the child has its own copy
         self.procs.append(proc)
         return proc
 

@@ -61,6 +61,7 @@ def _start(tmp: Path, app_dir: Path, with_worker: bool, **extra_env: str) -> Api
     log = open(tmp / "server.log", "wb")  # noqa: SIM115
     server = subprocess.Popen([sys.executable, "-m", "conveyor.cli", "server", "--port", str(port)],
                               env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
+    log.close()  # the child has its own copy
     api = Api(f"http://127.0.0.1:{port}", db, [server])
     deadline = time.monotonic() + 15
     while True:
@@ -78,6 +79,7 @@ def _start(tmp: Path, app_dir: Path, with_worker: bool, **extra_env: str) -> Api
             [sys.executable, "-m", "conveyor.cli", "worker", "--no-scheduler", "--concurrency", "4"],
             env=env, cwd=tmp, stdout=wlog, stderr=subprocess.STDOUT,
         ))
+        wlog.close()  # the child has its own copy
     return api
 
 

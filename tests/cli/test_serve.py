@@ -56,6 +56,7 @@ def test_up__no_scheduler__workers_run_but_no_periodic_job_is_enqueued(cli: Cli)
     proc = subprocess.Popen([sys.executable, "-m", "conveyor.cli", "up", "--no-scheduler", "--port", str(port),
                              "--workers", "2", "--grace", "1", "--log-level", "WARNING"],
                             env=env, cwd=cli.tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    log.close()  # the child has its own copy
     try:
         deadline = time.monotonic() + 20
         while len(_get(port, "/v1/workers") or []) < 2:  # both workers up (each would have started its scheduler)
@@ -82,6 +83,7 @@ def _start_server(cli: Cli, port: int, env: dict[str, str] | None = None) -> sub
     log = open(cli.tmp_path / "server.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "conveyor.cli", "server", "--port", str(port)],
                             env=env or cli.env(), cwd=cli.tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    log.close()  # the child has its own copy
     cli.procs.append(proc)  # killed at the end of the test, whatever happened
     return proc
 

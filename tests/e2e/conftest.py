@@ -45,6 +45,7 @@ class Env:
             [sys.executable, "-m", "conveyor.cli", "worker", "--app", APP, *args],
             env=env or self.env(), stdout=out, stderr=subprocess.STDOUT, cwd=self.tmp_path,
         )
+        out.close()  # the child has its own copy
         self.procs.append(proc)
         return proc
 

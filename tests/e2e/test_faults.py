@@ -227,6 +227,7 @@ def test_engine_outage__http_submit_is_a_fast_503_and_nothing_accepted_is_lost(f
     log = open(env.tmp_path / "server.log", "wb")  # noqa: SIM115
     server = subprocess.Popen([sys.executable, "-m", "conveyor.cli", "server", "--app", "tests.e2e.jobs_app:app",
                                "--port", str(port)], env=env.env(), stdout=log, stderr=subprocess.STDOUT)
+    log.close()  # the child has its own copy
     env.procs.append(server)
     base = f"http://127.0.0.1:{port}"
     with httpx.Client(base_url=base, timeout=10) as http:

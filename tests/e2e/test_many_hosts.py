@@ -135,6 +135,7 @@ class TwoHostEnv(Env):
              f"hostname {host.name} && exec {worker}"],
             env=env, stdout=out, stderr=subprocess.STDOUT, cwd=self.tmp_path,
         )
+        out.close()  # the child has its own copy
         self.procs.append(proc)  # exec all the way down: proc.pid is the worker's pid
         return proc
 

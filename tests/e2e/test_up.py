@@ -42,6 +42,7 @@ def test_up__job_runs__sigint_stops_all_children_exit_0(tmp_path: Path) -> None:
          "--workers", "2", "--grace", "5", "--log-level", "WARNING"],
         env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
     )
+    log.close()  # the child has its own copy
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
