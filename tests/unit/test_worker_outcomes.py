@@ -15,6 +15,7 @@ from conveyor.backends.base import Outcome
 from conveyor.backends.sqlite import SQLiteBackend
 from conveyor.core.errors import BackendUnavailable
 from conveyor.core.job import Status
+from conveyor.core.task import Task
 from conveyor.worker.worker import Worker
 
 
@@ -65,14 +66,8 @@ def test_outcome_sent_again_after_a_lost_reply__refused__not_called_a_lost_lease
     app.close()
 
 
-
-
-
-def test_progress_reported_just_before_the_task_returns__is_in_the_final_record(tmp_path: Path) -> None:
-    """The outcome could travel with the worker's next claim ahead of the progress still queued,
-    and the progress, sent after the lease ended, was refused: most jobs ended with an older
-    progress, or none."""
-    url = f"sqlite:///{tmp_path}/progress.db"
+def _reporting_app(url: str) -> tuple[Conveyor, Task]:
+    """An app whose task reports its progress as done, then returns at once."""
     app = Conveyor(url)
 
     @app.task
@@ -80,6 +75,14 @@ def test_progress_reported_just_before_the_task_returns__is_in_the_final_record(
         ctx.progress(1.0, "done")
         return i
 
+    return app, step
+
+
+def test_progress_reported_just_before_the_task_returns__is_in_the_final_record(tmp_path: Path) -> None:
+    """The outcome could travel with the worker's next claim ahead of the progress still queued,
+    and the progress, sent after the lease ended, was refused: most jobs ended with an older
+    progress, or none."""
+    app, step = _reporting_app(f"sqlite:///{tmp_path}/progress.db")
     handles = step.enqueue_many([(i,) for i in range(40)])
     assert asyncio.run(asyncio.wait_for(Worker(app, burst=True, scheduler=False).run(), 60)) == 0
 
@@ -105,13 +108,7 @@ def test_last_progress__survives_an_outage_at_its_send(tmp_path: Path) -> None:
     """The send failed; the outcome went again after the outage, the progress did not (a chaos
     soak: 3-4 of 240 such jobs per run ended with an older progress)."""
     url = f"sqlite:///{tmp_path}/outage.db"
-    app = Conveyor(url)
-
-    @app.task
-    def step(ctx: Context, i: int) -> int:
-        ctx.progress(1.0, "done")
-        return i
-
+    app, step = _reporting_app(url)
     handle = step.enqueue(1)
     backend = ProgressUnreachableOnce(url)
     assert asyncio.run(asyncio.wait_for(Worker(app, backend=backend, burst=True, scheduler=False).run(), 30)) == 0
