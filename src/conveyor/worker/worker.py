@@ -372,11 +372,11 @@ class Worker:
         """
         backend = self._backend
         assert backend is not None
-        if any(o.job_id in self._progress for o in self._outbox):
-            # a job's last progress must land before its outcome ends the lease: the flush sends both, in order
+        # a job's last progress must land before its outcome ends the lease: the flush sends both, in order
+        progress_first = any(o.job_id in self._progress for o in self._outbox)
+        if progress_first:
             self._flush_needed.set()
-            return await backend.claim(self.queues, free, self.id, time.time())
-        if not self._outbox or (self._flushing is not None and not self._flushing.done()):
+        if progress_first or not self._outbox or (self._flushing is not None and not self._flushing.done()):
             return await backend.claim(self.queues, free, self.id, time.time())
         batch, self._outbox = self._outbox, []
         try:
@@ -592,9 +592,9 @@ class Worker:
             return
         running.settled = True
         reported = self._reported.pop(running.lease.job.id, None)
-        if reported is not None and outcome is not None:
-            self._progress[outcome.job_id] = reported  # its last progress, sent ahead of the outcome
         if outcome is not None:
+            if reported is not None:
+                self._progress[outcome.job_id] = reported  # its last progress, sent ahead of the outcome
             self._uncounted_ends.append((running.lease.job, outcome.status, time.monotonic() - running.started))
             self._unrecorded[outcome.job_id] = outcome.token  # its lease is kept until it is recorded
             self._outbox.append(outcome)
