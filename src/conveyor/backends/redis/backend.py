@@ -788,7 +788,7 @@ class RedisBackend(Backend):
         connection dropped after the script ran), before its next claim: they run again now,
         not once their leases expire, and that delivery is not counted. The worker never saw
         their tokens, so none of them runs anywhere; a job whose lease ended since is left alone
-        (its token no longer holds)."""
+        (its token no longer holds). The records expire with the leases."""
         with self._lost_lock:
             bases = self._lost_claims.pop(worker_id, None)
         if not bases:
@@ -806,8 +806,6 @@ class RedisBackend(Backend):
                 if back:
                     log.info("Redis: handed back %d job(s) leased by a claim whose reply was lost: %s",
                              len(back), ", ".join(back))
-            with self._guard():
-                await self.r.delete(*keys)
         except BaseException:
             with self._lost_lock:
                 self._lost_claims.setdefault(worker_id, [])[:0] = bases
