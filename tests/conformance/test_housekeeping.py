@@ -71,6 +71,22 @@ async def test_sweep__limit__bounds_each_batch(backend, new_job):
     assert (first.expired, second.expired) == (2, 3)
 
 
+async def test_sweep__limit__put_back_jobs_at_the_head_do_not_hide_expired_ones(backend, new_job, fetch):
+    # jobs put back keep their place at the head of the line with a fresh retention: a batch
+    # that only looks at the head would find nothing to expire, sweep after sweep
+    await backend.save_queue_settings("default", QueueSettings(retention=60))
+    now = time.time()
+    jobs = [new_job(created_at=now + i / 1000) for i in range(3)]
+    await backend.enqueue(jobs)
+    assert len(await backend.claim(["default"], 2, "w", now)) == 2
+    assert (await backend.sweep(now + 31)).requeued == 2  # put back at now + 31
+
+    assert (await backend.sweep(now + 62, limit=2)).expired == 1
+
+    assert (await fetch(jobs[2].id)).status is Status.EXPIRED
+    assert {(await fetch(j.id)).status for j in jobs[:2]} == {Status.QUEUED}
+
+
 async def test_workers__silent_worker__is_dropped(backend):
     now = time.time()
     await backend.heartbeat(WorkerInfo("alive", "h", 1, ("default",), 4), {}, now)

@@ -58,20 +58,28 @@ for _, q in ipairs(queues) do
   -- retention: ready jobs (per priority band) and overdue scheduled jobs
   local cutoff = now - c.retention
   local cut_ms = ms(cutoff)
+  -- A job put back keeps its place (its old order) but its retention restarts: such jobs at the
+  -- head of a band are looked past (up to 10 batches of them), not taken for the band's end.
   for p = 9, 0, -1 do
     if expired >= limit then break end
     local lo = (9 - p) * 1e13
-    local ids = redis.call('ZRANGEBYSCORE', qk(q, 'ready'), ims(lo), '(' .. ims(lo + cut_ms), 'LIMIT', 0,
-      limit - expired)
-    for _, id in ipairs(ids) do
-      local key = jkey(q, id)
-      local v = redis.call('HMGET', key, 'status', '_ra')
-      if v[1] ~= 'queued' then
-        redis.call('ZREM', qk(q, 'ready'), id)
-      elseif (tonumber(v[2]) or now) < cutoff then
-        make_terminal(q, id, key, 'queued', 'expired', now, nil)
-        expired = expired + 1
+    local kept = 0
+    while expired < limit and kept < 10 * limit do
+      local want = limit - expired
+      local ids = redis.call('ZRANGEBYSCORE', qk(q, 'ready'), ims(lo), '(' .. ims(lo + cut_ms), 'LIMIT', kept, want)
+      for _, id in ipairs(ids) do
+        local key = jkey(q, id)
+        local v = redis.call('HMGET', key, 'status', '_ra')
+        if v[1] ~= 'queued' then
+          redis.call('ZREM', qk(q, 'ready'), id)
+        elseif (tonumber(v[2]) or now) < cutoff then
+          make_terminal(q, id, key, 'queued', 'expired', now, nil)
+          expired = expired + 1
+        else
+          kept = kept + 1
+        end
       end
+      if #ids < want then break end
     end
   end
   if expired < limit then
