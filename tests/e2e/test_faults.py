@@ -18,16 +18,17 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
 import redis
 
 from conveyor import Conveyor
-from conveyor.backends.base import Outcome
+from conveyor.backends.base import Backend, Outcome
 from conveyor.backends.postgres import PostgresBackend
 from conveyor.backends.redis import RedisBackend
 from conveyor.core.errors import BackendUnavailable
@@ -452,6 +453,25 @@ class RepliesHeld(TcpProxy):
             pass
 
 
+async def _lost_reply(proxy: RepliesHeld, direct: Backend, call: Awaitable[Any], committed: str) -> None:
+    """Run ``call`` with its reply held until the engine applied it (``committed`` is the job it
+    finishes or leases), then cut the connection: the call fails, though it was applied."""
+    proxy.holding = True
+    task = asyncio.ensure_future(call)
+    try:
+        for _ in range(500):
+            [stored] = await direct.get_jobs([committed])
+            if stored.status in (Status.SUCCEEDED, Status.RUNNING):
+                break
+            await asyncio.sleep(0.01)
+        proxy.cut()
+        with pytest.raises(BackendUnavailable):
+            await asyncio.wait_for(task, 10)
+    finally:
+        proxy.holding = False
+        proxy.restore()
+
+
 @pytest.mark.parametrize("kind", ["redis", "postgresql"])
 async def test_reply_lost_after_commit__finish_is_not_refused_and_the_claim_is_handed_back(kind: str) -> None:
     """The connection drops after the engine applied a finish, and then a claim, but before
@@ -465,21 +485,8 @@ async def test_reply_lost_after_commit__finish_is_not_refused_and_the_claim_is_h
         await direct.open()
         await b.open()
 
-        async def lost_reply(call, committed) -> None:
-            proxy.holding = True
-            task = asyncio.ensure_future(call)
-            try:
-                for _ in range(500):
-                    [stored] = await direct.get_jobs([committed])
-                    if stored.status in (Status.SUCCEEDED, Status.RUNNING):
-                        break
-                    await asyncio.sleep(0.01)
-                proxy.cut()
-                with pytest.raises(BackendUnavailable):
-                    await asyncio.wait_for(task, 10)
-            finally:
-                proxy.holding = False
-                proxy.restore()
+        def lost_reply(call, committed):
+            return _lost_reply(proxy, direct, call, committed)
 
         try:
             [(first, _)] = await direct.enqueue([job()])
@@ -498,6 +505,32 @@ async def test_reply_lost_after_commit__finish_is_not_refused_and_the_claim_is_h
             assert await b.finish([Outcome(second.id, leases[0].token, Status.SUCCEEDED)], time.time()) == [True]
             [done] = await direct.get_jobs([second.id])
             assert [a["status"] for a in done.attempts] == ["handed_back", "succeeded"]
+        finally:
+            await b.close()
+            await direct.drop()
+            await direct.close()
+
+
+@pytest.mark.parametrize("kind", ["redis", "postgresql"])
+async def test_reply_lost_after_commit__clean_stop_hands_the_claim_back(kind: str) -> None:
+    """A worker that stops cleanly after a claim whose reply was lost hands its job back as it
+    leaves: the job does not wait out its lease (30 s) for another worker."""
+    namespace = f"cvfault_{uuid.uuid4().hex[:12]}"
+    engine = RedisBackend if kind == "redis" else PostgresBackend
+    direct = engine(engine_url(kind, "127.0.0.1", PORTS[kind], namespace))
+    with RepliesHeld("127.0.0.1", PORTS[kind]) as proxy:
+        b = engine(engine_url(kind, "127.0.0.1", proxy.port, namespace))
+        await direct.open()
+        await b.open()
+        try:
+            [(lost, _)] = await direct.enqueue([job()])
+            await _lost_reply(proxy, direct, b.claim(["default"], 1, "w", time.time()), lost.id)
+
+            await b.unregister_worker("w")
+
+            leases = await direct.claim(["default"], 1, "other", time.time())
+            assert [x.job.id for x in leases] == [lost.id], "the lost claim's job waits for its lease to expire"
+            assert leases[0].job.deliveries == 1  # the lost delivery is not counted
         finally:
             await b.close()
             await direct.drop()

@@ -322,7 +322,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def unregister_worker(self, worker_id: str) -> None:
-        """Drop a worker that stopped cleanly."""
+        """Drop a worker that stopped cleanly, handing back what its claims whose reply was lost
+        leased (engines that remember such claims; else those jobs wait for their leases)."""
 
     @abc.abstractmethod
     async def workers(self, now: float) -> list[WorkerInfo]:

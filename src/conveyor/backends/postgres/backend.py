@@ -792,7 +792,7 @@ class PostgresBackend(Backend):
 
     async def _hand_back_lost(self, worker_id: str) -> None:
         """Hand back the jobs leased by claims of ``worker_id`` whose reply was lost (see
-        ``lost_claims``), before its next claim: they run again now, not once their leases expire
+        ``lost_claims``), before its next claim or as it stops: they run again now, not once their leases expire
         (the visibility timeout after the outage). Unsent claims found nothing; a worker never
         holds a lease from a claim that raised, so none of these runs anywhere."""
         lost = self._lost_claims.get(worker_id)
@@ -1203,6 +1203,7 @@ class PostgresBackend(Backend):
                            workers_dropped=dropped)
 
     async def unregister_worker(self, worker_id: str) -> None:
+        await self._hand_back_lost(worker_id)
         await self._fetch("unregister_worker", {"id": worker_id})
 
     async def workers(self, now: float) -> list[WorkerInfo]:

@@ -475,7 +475,7 @@ class RedisBackend(Backend):
         self._kept_enqueue = _Kept()
         self._kept_wait = _Kept()
         #: Token bases of claims that raised, per worker: what they leased (if their reply was
-        #: lost after the script ran) is handed back at that worker's next claim (``_hand_back_lost``).
+        #: lost after the script ran) is handed back at that worker's next claim or stop (``_hand_back_lost``).
         self._lost_claims: dict[str, list[str]] = {}
         self._lost_lock = threading.Lock()  # a pool thread's wait_and_claim_blocking adds to it
         #: concurrent sync enqueues, sent together
@@ -785,7 +785,7 @@ class RedisBackend(Backend):
 
     async def _hand_back_lost(self, worker_id: str) -> None:
         """Hand back the jobs leased by claims of ``worker_id`` whose reply was lost (the
-        connection dropped after the script ran), before its next claim: they run again now,
+        connection dropped after the script ran), before its next claim or as it stops: they run again now,
         not once their leases expire, and that delivery is not counted. The worker never saw
         their tokens, so none of them runs anywhere; a job whose lease ended since is left alone
         (its token no longer holds). The records expire with the leases."""
@@ -1142,6 +1142,7 @@ class RedisBackend(Backend):
                            workers_dropped=int(r[4]))
 
     async def unregister_worker(self, worker_id: str) -> None:
+        await self._hand_back_lost(worker_id)
         with self._guard():
             pipe = self.r.pipeline(transaction=not self.cluster)
             pipe.hdel(self._gk("workers"), worker_id)
