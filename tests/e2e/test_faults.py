@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -453,6 +453,25 @@ class RepliesHeld(TcpProxy):
             pass
 
 
+@contextlib.asynccontextmanager
+async def _replies_held(kind: str) -> AsyncIterator[tuple[RepliesHeld, Backend, Backend]]:
+    """A backend reached through ``RepliesHeld``, and one reaching the engine directly, on one
+    fresh namespace (dropped after)."""
+    namespace = f"cvfault_{uuid.uuid4().hex[:12]}"
+    engine = RedisBackend if kind == "redis" else PostgresBackend
+    direct = engine(engine_url(kind, "127.0.0.1", PORTS[kind], namespace))
+    with RepliesHeld("127.0.0.1", PORTS[kind]) as proxy:
+        held = engine(engine_url(kind, "127.0.0.1", proxy.port, namespace))
+        await direct.open()
+        await held.open()
+        try:
+            yield proxy, direct, held
+        finally:
+            await held.close()
+            await direct.drop()
+            await direct.close()
+
+
 async def _lost_reply(proxy: RepliesHeld, direct: Backend, call: Awaitable[Any], committed: str) -> None:
     """Run ``call`` with its reply held until the engine applied it (``committed`` is the job it
     finishes or leases), then cut the connection: the call fails, though it was applied."""
@@ -477,61 +496,35 @@ async def test_reply_lost_after_commit__finish_is_not_refused_and_the_claim_is_h
     """The connection drops after the engine applied a finish, and then a claim, but before
     their replies. The finish sent again was reported refused ("the lease had passed to another
     worker") though it was applied; the job leased by the lost claim waited out its lease (30 s)."""
-    namespace = f"cvfault_{uuid.uuid4().hex[:12]}"
-    engine = RedisBackend if kind == "redis" else PostgresBackend
-    direct = engine(engine_url(kind, "127.0.0.1", PORTS[kind], namespace))
-    with RepliesHeld("127.0.0.1", PORTS[kind]) as proxy:
-        b = engine(engine_url(kind, "127.0.0.1", proxy.port, namespace))
-        await direct.open()
-        await b.open()
+    async with _replies_held(kind) as (proxy, direct, b):
+        [(first, _)] = await direct.enqueue([job()])
+        [lease] = await b.claim(["default"], 1, "w", time.time())
+        outcome = Outcome(first.id, lease.token, Status.SUCCEEDED, result=1)
+        await _lost_reply(proxy, direct, b.finish([outcome], time.time()), first.id)
+        assert await b.finish([outcome], time.time()) == [True]  # sent again: applied already
 
-        def lost_reply(call, committed):
-            return _lost_reply(proxy, direct, call, committed)
-
-        try:
-            [(first, _)] = await direct.enqueue([job()])
-            [lease] = await b.claim(["default"], 1, "w", time.time())
-            outcome = Outcome(first.id, lease.token, Status.SUCCEEDED, result=1)
-            await lost_reply(b.finish([outcome], time.time()), first.id)
-            assert await b.finish([outcome], time.time()) == [True]  # sent again: applied already
-
-            [(second, _)] = await direct.enqueue([job()])
-            await lost_reply(b.claim(["default"], 1, "w", time.time()), second.id)
-            started = time.monotonic()
-            leases = await b.claim(["default"], 1, "w", time.time())
-            assert [x.job.id for x in leases] == [second.id], "the lost claim's job waits for its lease to expire"
-            assert time.monotonic() - started < 5
-            assert leases[0].job.deliveries == 1  # the lost delivery is not counted
-            assert await b.finish([Outcome(second.id, leases[0].token, Status.SUCCEEDED)], time.time()) == [True]
-            [done] = await direct.get_jobs([second.id])
-            assert [a["status"] for a in done.attempts] == ["handed_back", "succeeded"]
-        finally:
-            await b.close()
-            await direct.drop()
-            await direct.close()
+        [(second, _)] = await direct.enqueue([job()])
+        await _lost_reply(proxy, direct, b.claim(["default"], 1, "w", time.time()), second.id)
+        started = time.monotonic()
+        leases = await b.claim(["default"], 1, "w", time.time())
+        assert [x.job.id for x in leases] == [second.id], "the lost claim's job waits for its lease to expire"
+        assert time.monotonic() - started < 5
+        assert leases[0].job.deliveries == 1  # the lost delivery is not counted
+        assert await b.finish([Outcome(second.id, leases[0].token, Status.SUCCEEDED)], time.time()) == [True]
+        [done] = await direct.get_jobs([second.id])
+        assert [a["status"] for a in done.attempts] == ["handed_back", "succeeded"]
 
 
 @pytest.mark.parametrize("kind", ["redis", "postgresql"])
 async def test_reply_lost_after_commit__clean_stop_hands_the_claim_back(kind: str) -> None:
     """A worker that stops cleanly after a claim whose reply was lost hands its job back as it
     leaves: the job does not wait out its lease (30 s) for another worker."""
-    namespace = f"cvfault_{uuid.uuid4().hex[:12]}"
-    engine = RedisBackend if kind == "redis" else PostgresBackend
-    direct = engine(engine_url(kind, "127.0.0.1", PORTS[kind], namespace))
-    with RepliesHeld("127.0.0.1", PORTS[kind]) as proxy:
-        b = engine(engine_url(kind, "127.0.0.1", proxy.port, namespace))
-        await direct.open()
-        await b.open()
-        try:
-            [(lost, _)] = await direct.enqueue([job()])
-            await _lost_reply(proxy, direct, b.claim(["default"], 1, "w", time.time()), lost.id)
+    async with _replies_held(kind) as (proxy, direct, b):
+        [(lost, _)] = await direct.enqueue([job()])
+        await _lost_reply(proxy, direct, b.claim(["default"], 1, "w", time.time()), lost.id)
 
-            await b.unregister_worker("w")
+        await b.unregister_worker("w")
 
-            leases = await direct.claim(["default"], 1, "other", time.time())
-            assert [x.job.id for x in leases] == [lost.id], "the lost claim's job waits for its lease to expire"
-            assert leases[0].job.deliveries == 1  # the lost delivery is not counted
-        finally:
-            await b.close()
-            await direct.drop()
-            await direct.close()
+        leases = await direct.claim(["default"], 1, "other", time.time())
+        assert [x.job.id for x in leases] == [lost.id], "the lost claim's job waits for its lease to expire"
+        assert leases[0].job.deliveries == 1  # the lost delivery is not counted
