@@ -440,6 +440,18 @@ class RepliesHeld(TcpProxy):
 
     holding = False
 
+    def reset(self) -> None:
+        """Drop the connections after the commit and before the reply, and keep accepting: the
+        client reconnects at once and sends the call again (redis-py's retry)."""
+        self._call(self._reset_now())
+
+    async def _reset_now(self) -> None:
+        self.holding = False  # on the proxy's loop: no held reply slips out before the abort
+        for client, upstream in list(self._conns):
+            for w in (client, upstream):
+                if w is not None:
+                    w.transport.abort()
+
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if writer.get_extra_info("peername")[1] == self.target[1]:  # towards the engine
             return await super()._pump(reader, writer)
@@ -513,6 +525,27 @@ async def test_reply_lost_after_commit__finish_is_not_refused_and_the_claim_is_h
         assert await b.finish([Outcome(second.id, leases[0].token, Status.SUCCEEDED)], time.time()) == [True]
         [done] = await direct.get_jobs([second.id])
         assert [a["status"] for a in done.attempts] == ["handed_back", "succeeded"]
+
+
+async def test_reply_lost_after_commit__claim_sent_again_by_the_client__returns_its_jobs() -> None:
+    """The connection drops after a claim ran but before its reply, and redis-py reconnects at
+    once and sends the claim again: that second run found nothing left to lease, no call failed,
+    and the first run's job waited out its lease (30 s) with no worker running it."""
+    async with _replies_held("redis") as (proxy, direct, b):
+        [(lost, _)] = await direct.enqueue([job()])
+        proxy.holding = True
+        claim = asyncio.ensure_future(b.claim(["default"], 1, "w", time.time()))
+        for _ in range(500):
+            [stored] = await direct.get_jobs([lost.id])
+            if stored.status is Status.RUNNING:
+                break
+            await asyncio.sleep(0.01)
+        proxy.reset()
+
+        leases = await asyncio.wait_for(claim, 10)
+        assert [x.job.id for x in leases] == [lost.id], "the job leased by the claim's first run waits for its lease"
+        assert leases[0].job.deliveries == 1
+        assert await b.finish([Outcome(lost.id, leases[0].token, Status.SUCCEEDED)], time.time()) == [True]
 
 
 @pytest.mark.parametrize("kind", ["redis", "postgresql"])

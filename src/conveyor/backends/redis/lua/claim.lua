@@ -13,7 +13,9 @@ Global limits: a job with a limit_key is leased only while {P}:lr:<key> (running
   costs one HGET), so the jobs behind it are still leased. A lease adds the job to
   {P}:lr:<key> and its start to {P}:ls:<key>, and opens a timeline entry (attempts).
 A call that leases jobs records them in {P}:lc:<token base> ('id token id token ...') for as long as
-  their leases, in case its reply is lost.
+  their leases, in case its reply is lost. A call that finds that record ran already (the client
+  sent it again after the connection dropped before its reply): it returns those jobs still
+  leased under their tokens, and leases no more.
 Returns: {JSON list of the leased job records (status running, new lease_token '<base>.<n>/<queue>',
   lease_expires_at = now + visibility_timeout, deliveries + 1, started_at = now, worker_id),
   when a rate-limited job left queued may start ('' = none),
@@ -38,6 +40,15 @@ end
 WAKE = {}
 
 local out = {}
+-- this claim ran already and its reply was lost (redis-py sends a call again on a new connection):
+-- reply with what it leased, or those jobs wait out their leases with no worker running them
+local sent = redis.call('GET', gk('lc:' .. base))
+if sent then
+  for id, token in string.gmatch(sent, '(%S+) (%S+)') do
+    local h = hobj(jkey(token_queue(id, token), id))
+    if h and h.status == 'running' and h.lease_token == token then out[#out + 1] = h end
+  end
+end
 local serial = 0
 local SCAN_BUDGET = 10000  -- entries one call may look at; one of a key known full costs about 1 µs
 local budget = SCAN_BUDGET
@@ -67,7 +78,7 @@ local function admit(lk, conc, rc, rp)
 end
 
 local page = 16  -- entries read per queue in a round that looks past blocked ones; grows 4x a round
-while true do
+while not sent do
   local want = limit - #out
   if want <= 0 or #queues == 0 or budget <= 0 then break end
   local cands = {}
@@ -176,7 +187,7 @@ while true do
   if back[1] then call_with('ZADD', qk(queues[1], 'ready'), back) end
   if not again then break end
 end
-if out[1] then
+if out[1] and not sent then
   -- what this claim leased, under its token base: should its reply be lost (the connection
   -- dropped), the worker hands these back at its next claim instead of leaving them to their
   -- leases (backend._hand_back_lost); once the leases ended, the sweep does it anyway
