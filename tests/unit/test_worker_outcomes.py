@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -116,4 +118,54 @@ def test_last_progress__survives_an_outage_at_its_send(tmp_path: Path) -> None:
     assert backend.failed
     job = handle.refresh()
     assert (job.status, job.progress) == (Status.SUCCEEDED, {"fraction": 1.0, "message": "done"})
+    app.close()
+
+
+class SlowFirstProgress(SQLiteBackend):
+    """A real SQLite engine slow to write the progress 'x': the reports after it wait for the next flush."""
+
+    async def set_progress(self, job_id: str, token: str, progress: Any, now: float) -> bool:
+        if progress.get("message") == "x":
+            await asyncio.sleep(0.5)
+        return await super().set_progress(job_id, token, progress, now)  # type: ignore[no-any-return]
+
+
+def test_last_progress__not_replaced_by_an_earlier_attempt_still_running(tmp_path: Path) -> None:
+    """The first attempt passed its time limit and its thread ran on (threads cannot be stopped);
+    it reported while this worker ran the retry: that report, under the old lease, took the place
+    of the retry's own last progress and was refused, so the job ended with an older progress."""
+    url = f"sqlite:///{tmp_path}/stale.db"
+    app = Conveyor(url)
+    retry_reported, stale_reported = threading.Event(), threading.Event()
+
+    @app.task(timeout=0.3, backoff=0.01, backoff_cap=0.01)
+    def slow(ctx: Context) -> str:
+        if ctx.job.attempt == 1:
+            retry_reported.wait(10)  # past its time limit, while the retry runs
+            ctx.progress(0.5, "stale")
+            stale_reported.set()
+            return "late"
+        ctx.progress(0.1, "x")
+        time.sleep(0.1)  # its flush is under way
+        ctx.progress(1.0, "done")
+        retry_reported.set()
+        stale_reported.wait(10)
+        return "ok"
+
+    handle = slow.enqueue()
+
+    async def run_until_succeeded() -> int:
+        worker = Worker(app, backend=SlowFirstProgress(url), scheduler=False)
+        running = asyncio.ensure_future(worker.run())
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if (await asyncio.to_thread(handle.refresh)).status is Status.SUCCEEDED:
+                break
+        worker.stop()
+        return await asyncio.wait_for(running, 30)
+
+    assert asyncio.run(run_until_succeeded()) == 0
+    assert stale_reported.is_set()
+    job = handle.refresh()
+    assert (job.status, job.result, job.progress) == (Status.SUCCEEDED, "ok", {"fraction": 1.0, "message": "done"})
     app.close()

@@ -179,8 +179,9 @@ class Worker:
         #: progress to send (job id → token, value), sent ahead of the outcomes in the outbox
         self._progress: dict[str, tuple[str, dict[str, Any]]] = {}
         #: the latest progress a job reported from its thread, until the loop takes it: written
-        #: before the job returns, so its outcome on the loop cannot overtake it
-        self._reported: dict[str, tuple[str, dict[str, Any]]] = {}
+        #: before the job returns, so its outcome on the loop cannot overtake it. Per lease: the
+        #: thread of an earlier attempt past its time limit may still report while its retry runs
+        self._reported: dict[tuple[str, str], dict[str, Any]] = {}
         self._stop = asyncio.Event()
         #: Set at shutdown, as the helper loops are cancelled: each also ends at its next turn,
         #: so a cancel swallowed below them (a race in asyncio or a client library) cannot hang it.
@@ -502,8 +503,8 @@ class Worker:
     def _reporter(self, loop: asyncio.AbstractEventLoop, job_id: str, token: str) -> Callable[[dict[str, Any]], None]:
         def report(progress: dict[str, Any]) -> None:
             # called from the job's thread or the loop: hand over to the loop, coalesced
-            self._reported[job_id] = (token, progress)
-            loop.call_soon_threadsafe(self._queue_progress, job_id)
+            self._reported[job_id, token] = progress
+            loop.call_soon_threadsafe(self._queue_progress, job_id, token)
 
         return report
 
@@ -591,10 +592,10 @@ class Worker:
         if running.settled:
             return
         running.settled = True
-        reported = self._reported.pop(running.lease.job.id, None)
+        reported = self._reported.pop((running.lease.job.id, running.lease.token), None)
         if outcome is not None:
-            if reported is not None:
-                self._progress[outcome.job_id] = reported  # its last progress, sent ahead of the outcome
+            if reported is not None:  # its last progress, sent ahead of the outcome
+                self._progress[outcome.job_id] = (running.lease.token, reported)
             self._uncounted_ends.append((running.lease.job, outcome.status, time.monotonic() - running.started))
             self._unrecorded[outcome.job_id] = outcome.token  # its lease is kept until it is recorded
             self._outbox.append(outcome)
@@ -615,16 +616,17 @@ class Worker:
             self._pool.stop(job_id)
         self._slot_free.set()
 
-    def _queue_progress(self, job_id: str) -> None:
-        reported = self._reported.pop(job_id, None)
+    def _queue_progress(self, job_id: str, token: str) -> None:
+        reported = self._reported.pop((job_id, token), None)
         if reported is None:
             return  # its outcome took it already
+        running = self.running.get(job_id)
         # a job that a pool thread leased and started itself reports before the loop registers it
-        if job_id in self.running or self._leased_off_loop.get(job_id) == reported[0]:
-            self._progress[job_id] = reported
+        if (running is not None and running.lease.token == token) or self._leased_off_loop.get(job_id) == token:
+            self._progress[job_id] = (token, reported)
             self._flush_needed.set()
-        elif any(running.lease.job.id == job_id for running, _, _ in self._returned):
-            self._reported.setdefault(job_id, reported)  # returned, outcome not decided yet: it takes it
+        elif any(r.lease.job.id == job_id and r.lease.token == token for r, _, _ in self._returned):
+            self._reported.setdefault((job_id, token), reported)  # returned, outcome not decided yet: it takes it
 
     # -- reporting ------------------------------------------------------------------------
     async def _flush_loop(self) -> None:
