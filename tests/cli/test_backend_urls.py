@@ -54,6 +54,7 @@ def test_url__redis_database_out_of_range__exit_2(cli: Cli) -> None:
         ("sqlite:///typo.db?mode=ro", "takes no options"),
         ("amqp://guest:s3cret@127.0.0.1:5672/?prefix=cli_typo&reconect_interval=2", "the amqp URL: unknown option "
          "'reconect_interval'"),
+        ("amqp://guest:s3cret@127.0.0.1:5672/?prefix=cli_typo&heartbeat=%C2%B2", "invalid amqp heartbeat '²'"),
     ],
 )
 def test_url__mistyped_option__exit_2_naming_it(cli: Cli, url: str, expected: str) -> None:

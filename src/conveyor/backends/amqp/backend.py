@@ -220,7 +220,7 @@ def _parse(url: str) -> tuple[str, str]:
         query.append(("heartbeat", str(HEARTBEAT)))
     # aiormq takes anything else for 0, heartbeats off: a dead connection would go unnoticed
     for value in heartbeats:
-        if not (value.isdigit() and int(value) < 65535):
+        if not (value.isascii() and value.isdigit() and int(value) < 65535):  # '²' is a digit to isdigit
             raise ConfigurationError(f"invalid amqp heartbeat {value!r}: whole seconds, 0 to turn heartbeats off")
     return urlunsplit(parts._replace(query=urlencode(query))), prefix
 
