@@ -129,6 +129,20 @@ async def test_claim__rate_limit__n_starts_per_window_then_the_next_window(backe
     assert [lease.job.id for lease in first + second] == [j.id for j in jobs[:6]]
 
 
+async def test_claim__rate_limit__a_claim_run_after_its_now__counts_its_starts_from_when_it_ran(backend, submit):
+    """A claim can run later than its ``now``: redis-py sends it again after a dropped connection
+    with the arguments of its first send (0.7 s old after three retries); a claim may wait for a
+    lock. Its starts were stamped at that ``now``, so they left the window early: a chaos soak saw
+    8 starts of a 5/s task within 0.9 s, right after a 4 s cut of Redis."""
+    for _ in range(6):
+        await submit("api.call", **{**limited(concurrency=None, rate=(3, 1.0)), "created_at": time.time()})
+    first = await backend.claim(["default"], 10, "w1", time.time() - 0.7)
+    assert len(first) == 3
+    time.sleep(0.4)  # the first three started 0.4 s ago, whatever their claim said
+
+    assert await backend.claim(["default"], 10, "w2", time.time()) == []
+
+
 async def test_claim__rate_and_concurrency__both_hold(backend, submit):
     for _ in range(6):
         await submit("api.call", **limited(concurrency=1, rate=(5, 60.0)))

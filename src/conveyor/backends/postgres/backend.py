@@ -314,7 +314,8 @@ class _Gate:
     """
 
     def __init__(self, backend: PostgresBackend, conn: AConn, now: float) -> None:
-        self.backend, self.conn, self.now = backend, conn, now
+        # a start counts from when it happened: a claim that waited for a connection runs after its ``now``
+        self.backend, self.conn, self.now = backend, conn, max(now, time.time())
         self.full: set[str] = set()
         self.running: dict[str, int] = {}
         self.window: dict[tuple[str, float], list[float]] = {}  #: (key, per) -> [starts, oldest]

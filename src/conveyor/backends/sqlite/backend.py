@@ -310,7 +310,8 @@ class _Gate:
 
     def __init__(self, c: sqlite3.Connection, now: float) -> None:
         self.c = c
-        self.now = now
+        # a start counts from when it happened: a claim that waited for the write lock runs after its ``now``
+        self.now = max(now, time.time())
         self.full: set[str] = set()
         self.running: dict[str, int] = {}
         self.window: dict[tuple[str, float], list[float]] = {}  #: (key, per) -> [starts, oldest]

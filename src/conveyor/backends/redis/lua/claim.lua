@@ -11,7 +11,8 @@ Global limits: a job with a limit_key is leased only while {P}:lr:<key> (running
   than rate_count; otherwise it stays in {P}:q/Q/ready and the scan goes on past it (in pages
   that grow 4x a round, at most SCAN_BUDGET entries per call; an entry of a key already found full
   costs one HGET), so the jobs behind it are still leased. A lease adds the job to
-  {P}:lr:<key> and its start to {P}:ls:<key>, and opens a timeline entry (attempts).
+  {P}:lr:<key> and its start to {P}:ls:<key> (at the server's TIME when that is later than now),
+  and opens a timeline entry (attempts).
 A call that leases jobs records them in {P}:lc:<token base> ('id token id token ...') for as long as
   their leases, in case its reply is lost. A call that finds that record ran already (the client
   sent it again after the connection dropped before its reply): it returns those jobs still
@@ -21,11 +22,14 @@ Returns: {JSON list of the leased job records (status running, new lease_token '
   when a rate-limited job left queued may start ('' = none),
   when the first scheduled job of these queues comes due ('' = none: the next wait needs no read)}.
 ]]
-local now = tonumber(ARGV[2])
-if not now then  -- '': sent ahead of a blocking wait (wait_and_claim), so the server's clock
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-end
+local clock = redis.call('TIME')
+local server_now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
+-- '': sent ahead of a blocking wait (wait_and_claim), so the server's clock
+local now = tonumber(ARGV[2]) or server_now
+-- Rate windows count a start from when it happened: a claim can run after its `now` (redis-py
+-- sends it again after a dropped connection with the arguments of its first send, 0.7 s old
+-- after three retries), and starts stamped then would leave the window that much too soon.
+local rate_now = math.max(now, server_now)
 local limit = tonumber(ARGV[3])
 local worker = ARGV[4]
 local base = ARGV[5]
@@ -65,7 +69,7 @@ local function admit(lk, conc, rc, rp)
   end
   if rc then
     local sk = gk('ls:' .. lk)
-    redis.call('ZREMRANGEBYSCORE', sk, '-inf', ims(ms(now - rp)))
+    redis.call('ZREMRANGEBYSCORE', sk, '-inf', ims(ms(rate_now - rp)))
     if redis.call('ZCARD', sk) >= rc then
       full[lk] = true
       local oldest = redis.call('ZRANGE', sk, 0, 0, 'WITHSCORES')
@@ -168,7 +172,7 @@ while not sent do
         local rp = tonumber(h.rate_per)
         if h.rate_count and rp then
           local sk = gk('ls:' .. lk)
-          redis.call('ZADD', sk, ims(ms(now)), id .. ':' .. ims(ms(now)))
+          redis.call('ZADD', sk, ims(ms(rate_now)), id .. ':' .. ims(ms(rate_now)))
           redis.call('PEXPIRE', sk, ims(rp * 1000 + 1000))
         end
       end
