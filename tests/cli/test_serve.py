@@ -3,6 +3,7 @@ how ``server`` stops (with an event stream open, or while the app still loads)."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -125,6 +126,7 @@ def test_server__sigterm_while_an_event_stream_is_open__stream_ends_exit_0_withi
 
 
 SLOW_APP = '''
+import contextlib
 import os
 import pathlib
 import time
@@ -153,3 +155,55 @@ def test_server__stop_signal_while_the_app_loads__exit_0_quietly(cli: Cli, signu
     log = (cli.tmp_path / "server.log").read_text()
     assert code == 0, log
     assert "Traceback" not in log and "interrupted" not in log, log
+
+
+class SilentEngine:
+    """A TCP listener that accepts connections and never answers (a proxy in front of a dead
+    server): keepalives are answered, so only a bound on the wait finds it out."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self.conns.append(self.sock.accept()[0])
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+@pytest.mark.slow
+def test_silent_redis__commands_exit_1_server_serves_503_and_stops(cli: Cli) -> None:
+    """Redis waited forever for the first answer: ``conveyor server`` never served (not even
+    /readyz), ``up`` and the other commands never ended."""
+    silent = SilentEngine()
+    try:
+        env = {**cli.env(), "CONVEYOR_URL": f"redis://127.0.0.1:{silent.port}/0"}
+        for argv in (["jobs"], ["up", "--port", str(free_port())]):
+            started = time.monotonic()
+            result = cli.run(*argv, env=env, timeout=20)
+            assert result.code == 1, argv
+            assert "did not answer within 5 s" in one_error_line(result.err), argv
+            assert time.monotonic() - started < 15, argv
+
+        port = free_port()
+        server = _start_server(cli, port, env)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the server never answered")
+        assert ready.status_code == 503
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=15) == 0
+    finally:
+        silent.close()

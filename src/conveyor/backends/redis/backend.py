@@ -76,7 +76,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeVar, cast
@@ -411,6 +411,11 @@ _LOST_CLAIMS_KEPT = 256
 
 log = logging.getLogger(__name__)
 
+#: How long opening and ``ping`` wait for Redis to answer. Calls have no socket timeout (see
+#: ``_client``), and an engine that accepts connections but never answers (a proxy in front of a
+#: dead server) answers keepalives too: without this, a server would never start serving.
+ANSWER_WITHIN = 5.0
+
 #: TCP keepalive: probe an idle connection after 5 s, every 2 s, and drop it after 3 unanswered;
 #: and drop one whose sent data stays unacknowledged for 11 s (Linux; elsewhere the OS defaults).
 _KEEPALIVE = {socket.TCP_KEEPIDLE: 5, socket.TCP_KEEPINTVL: 2, socket.TCP_KEEPCNT: 3,
@@ -566,7 +571,7 @@ class RedisBackend(Backend):
         self._r = self._client(blocking=False)
         self._block = self._client(blocking=True)
         try:
-            with self._guard():
+            async with self._answering():
                 try:
                     await self.r.ping()
                 except RedisClusterException as exc:  # no startup node answered
@@ -587,8 +592,18 @@ class RedisBackend(Backend):
         self._r = self._block = None
 
     async def ping(self) -> None:
-        with self._guard():
+        async with self._answering():
             await self.r.ping()
+
+    @contextlib.asynccontextmanager
+    async def _answering(self) -> AsyncIterator[None]:
+        """``_guard``, and ``BackendUnavailable`` once Redis was silent for ``ANSWER_WITHIN``."""
+        try:
+            async with asyncio.timeout(ANSWER_WITHIN):
+                with self._guard():
+                    yield
+        except TimeoutError:  # this bound's (a client's own timeout is BackendUnavailable already)
+            raise BackendUnavailable(f"{self._where} did not answer within {ANSWER_WITHIN:g} s") from None
 
     async def drop(self) -> None:
         """Delete every key under this backend's prefix (tests and ``reset`` tooling)."""
