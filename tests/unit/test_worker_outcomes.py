@@ -169,3 +169,48 @@ def test_last_progress__not_replaced_by_an_earlier_attempt_still_running(tmp_pat
     job = handle.refresh()
     assert (job.status, job.result, job.progress) == (Status.SUCCEEDED, "ok", {"fraction": 1.0, "message": "done"})
     app.close()
+
+
+class ParentsUnreadableOnce(SQLiteBackend):
+    """A real SQLite engine whose first read of jobs fails (the connection dropped): the read of a
+    dependent job's parents' results, which the worker makes as the job starts."""
+
+    failed = False
+
+    async def get_jobs(self, ids: Sequence[str]) -> list[Any]:
+        if not self.failed:
+            self.failed = True
+            raise BackendUnavailable("the connection dropped")
+        return await super().get_jobs(ids)
+
+
+def test_parents_results_unreadable_as_a_dependent_starts__handed_back_and_run(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A chaos soak cut the store just as a dependent job started: the read of its parents'
+    results raised, its coroutine died ('Task exception was never retrieved', an ERROR with a
+    traceback), and the job stayed running with nothing running it until its lease ran out. It is
+    handed back (not counted as a delivery) and runs once the engine answers."""
+    url = f"sqlite:///{tmp_path}/parents.db"
+    app = Conveyor(url)
+
+    @app.task
+    def double(ctx: Context, x: int) -> int:
+        return 2 * x
+
+    @app.task
+    def total(ctx: Context) -> int:
+        return sum(ctx.parent_results.values())
+
+    parent = double.enqueue(21)
+    child = total.enqueue(depends_on=[parent])
+    backend = ParentsUnreadableOnce(url)
+    worker = Worker(app, backend=backend, burst=True, scheduler=False)
+
+    with caplog.at_level(logging.WARNING, logger="conveyor.worker.worker"):
+        assert asyncio.run(asyncio.wait_for(worker.run(), 30)) == 0
+
+    assert backend.failed
+    job = child.refresh().job
+    assert (job.status, job.result, job.deliveries) == (Status.SUCCEEDED, 42, 1)
+    assert [r.levelno for r in caplog.records if child.id in r.getMessage()] == [logging.WARNING]
+    app.close()

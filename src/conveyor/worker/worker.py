@@ -571,14 +571,12 @@ class Worker:
         if running.fn is not None and running.fn.is_async:
             self._async_ran.add(job.task)
         try:
-            if job.depends_on:
-                parents = await self.app.backend()
-                results = {p.id: p.result for p in await parents.get_jobs(list(job.depends_on))}
-                names = job.metadata.get(PARENT_NAMES) or {}
-                running.ctx.parent_results = {**results, **{n: results.get(i) for n, i in names.items()}}
-            assert self._pool is not None
-            outcome = await execute(self.app.tasks.get(job.task), lease, running.ctx, self._pool,
-                                    self._max_deliveries_of(job))
+            if job.depends_on and not await self._read_parent_results(running):
+                outcome = rules.handed_back(job, lease.token)
+            else:
+                assert self._pool is not None
+                outcome = await execute(self.app.tasks.get(job.task), lease, running.ctx, self._pool,
+                                        self._max_deliveries_of(job))
         except asyncio.CancelledError:
             return  # abandoned (lease lost) or handed back on shutdown: someone else settled it
         finally:
@@ -586,6 +584,21 @@ class Worker:
                 del self.running[job.id]
             self._slot_free.set()
         self._settle(running, outcome)
+
+    async def _read_parent_results(self, running: Running) -> bool:
+        """Give the job's context its parents' results; False when the engine could not be read
+        (the job has not started: it is handed back, to run once the engine answers)."""
+        job = running.lease.job
+        try:
+            parents = await (await self.app.backend()).get_jobs(list(job.depends_on))
+        except BackendUnavailable as exc:
+            log.warning("worker %s: could not read the results of the parents of job %s (%s); handed it back",
+                        self.id, job.id, exc)
+            return False
+        results = {p.id: p.result for p in parents}
+        names = job.metadata.get(PARENT_NAMES) or {}
+        running.ctx.parent_results = {**results, **{n: results.get(i) for n, i in names.items()}}
+        return True
 
     def _settle(self, running: Running, outcome: Outcome | None) -> None:
         """Record the first decision about a job; later ones are dropped (the job is fenced)."""
