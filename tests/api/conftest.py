@@ -107,6 +107,12 @@ def any_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Serve
     s = Server(make_app(url), tokens="")
     yield s
     s.stop()
+    if request.param != "sqlite":
+        drop_namespace(url)
+
+
+def drop_namespace(url: str) -> None:
+    """Delete what a test stored under the Redis prefix or PostgreSQL schema of ``url``."""
 
     async def drop() -> None:
         backend = create_backend(url)
@@ -116,8 +122,7 @@ def any_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Serve
         finally:
             await backend.close()
 
-    if request.param != "sqlite":
-        asyncio.run(drop())
+    asyncio.run(drop())
 
 
 @pytest.fixture

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 import httpx
 import pytest
 
-from tests.api.conftest import Server, make_app
+from tests.api.conftest import Server, drop_namespace, make_app
+from tests.e2e.tcp_proxy import TcpProxy
 
 PROBLEM = "application/problem+json"
 HUGE = "x" * 600_000
@@ -218,3 +220,32 @@ def test_internal_bug__generic_500_without_traceback(app, monkeypatch) -> None: 
         assert "secret" not in r.text and "Traceback" not in r.text
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("engine", ["redis", "postgresql"])
+def test_engine_silent_after_start__requests_get_a_503_problem_in_time(engine: str) -> None:
+    """The engine went silent (hung, or behind a proxy that still accepts and answers keepalives):
+    a submit waited forever, with no answer at all."""
+    namespace = f"api_{uuid.uuid4().hex[:12]}"
+    target = {"redis": 6379, "postgresql": 5432}[engine]
+    with TcpProxy("127.0.0.1", target) as proxy:
+        host = proxy.address
+        url = {"redis": f"redis://{host}/0?prefix={namespace}",
+               "postgresql": f"postgresql://postgres@{host}/test?schema={namespace}"}[engine]
+        server = Server(make_app(url), tokens="", answer_within=1.0, housekeeping=False)
+        try:
+            assert server.http.post("/v1/jobs", json={"task": "add", "args": [1, 2]}).status_code == 202
+            proxy.freeze()
+            submit = {"task": "add", "args": [1, 2]}
+            for method, path, body in (("POST", "/v1/jobs", submit), ("GET", "/v1/queues", None)):
+                started = time.monotonic()
+                r = server.http.request(method, path, json=body)
+                assert time.monotonic() - started < 6, path
+                assert r.status_code == 503, path
+                assert r.headers["content-type"] == PROBLEM
+                assert r.headers["retry-after"] == "5"
+                assert r.json()["detail"].startswith("the engine did not answer within 1 s")
+        finally:
+            proxy.thaw()
+            server.stop()
+            drop_namespace(url.replace(host, f"127.0.0.1:{target}"))

@@ -23,7 +23,7 @@ from conveyor.api.auth import AuthMiddleware, Token, parse_tokens, tokens_from_e
 from conveyor.api.deps import ApiState
 from conveyor.api.events import KEEPALIVE
 from conveyor.api.head import HeadMiddleware
-from conveyor.api.limits import BodyLimitMiddleware
+from conveyor.api.limits import ANSWER_WITHIN, AnswerWithinMiddleware, BodyLimitMiddleware
 from conveyor.core.app import Conveyor
 from conveyor.core.errors import BackendUnavailable
 
@@ -40,6 +40,7 @@ def create_api(
     max_body: int = MAX_BODY,
     housekeeping: bool = True,
     keepalive: float = KEEPALIVE,
+    answer_within: float = ANSWER_WITHIN,
 ) -> FastAPI:
     """The API of ``app``. ``tokens``: parsed tokens or ``CONVEYOR_API_TOKENS`` text (None: that
     variable; empty: no auth). ``housekeeping``: sweep expired leases and old records every ~1 s."""
@@ -74,6 +75,7 @@ def create_api(
     for module in (jobs, queues, tasks, schedules, workers, health, dashboard):
         api.include_router(module.router)
     problems.install(api)
+    api.add_middleware(AnswerWithinMiddleware, seconds=answer_within)
     api.add_middleware(HeadMiddleware)
     api.add_middleware(BodyLimitMiddleware, max_body=max_body)
     api.add_middleware(AuthMiddleware, tokens=token_list)

@@ -1,15 +1,24 @@
 """Request bodies: JSON only (415 otherwise), and the size limit (``--max-body``), enforced while
-the body streams in, before any parsing."""
+the body streams in, before any parsing. And the time the server takes to start its answer."""
 
 from __future__ import annotations
+
+import asyncio
+from typing import Any
 
 from fastapi import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from conveyor.api.problems import problem
+from conveyor.api.problems import from_error, problem
+from conveyor.core.errors import BackendUnavailable
 
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+
+#: Seconds the server has to start its answer once a request arrived. The engines' clients wait
+#: for a reply without a timeout of their own (a stop must be able to cancel them), so an engine
+#: that went silent (hung, or behind a proxy that still accepts) would hold a request forever.
+ANSWER_WITHIN = 10.0
 
 
 class ContentTooLarge(HTTPException):
@@ -77,3 +86,70 @@ class BodyLimitMiddleware:
             if started:
                 raise
             await problem(413, f"the body is larger than {self.max_body} bytes")(scope, receive, send)
+
+
+class AnswerWithinMiddleware:
+    """A 503 problem when the response has not started ``seconds`` after the request's last
+    byte arrived: the engine did not answer. The 503 goes out at once; the handler is cancelled
+    and may take a while to end (psycopg's cancel of a query in flight can itself wait ~10 s for
+    a silent server). An event stream, once started, is not bounded."""
+
+    def __init__(self, app: ASGIApp, seconds: float = ANSWER_WITHIN) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await _Bounded(self.seconds, scope, receive, send).run(self.app)
+
+
+class _Bounded:
+    """One request under ``AnswerWithinMiddleware``."""
+
+    def __init__(self, seconds: float, scope: Scope, receive: Receive, send: Send) -> None:
+        self.seconds = seconds
+        self.scope, self.receive, self.send = scope, receive, send
+        self.loop = asyncio.get_running_loop()
+        self.deadline = self.loop.time() + seconds  #: moved by each part of the body received
+        self.started = False
+        self.reply: asyncio.Task[None] | None = None  #: the 503, once sent: what the handler sends is dropped
+
+    async def run(self, app: ASGIApp) -> None:
+        request = asyncio.current_task()
+        assert request is not None
+        self.timer = self.loop.call_at(self.deadline, self._expire, request)
+        try:
+            await app(self.scope, self._receiving, self._sending)
+        except asyncio.CancelledError:
+            if self.reply is None or request.uncancel() > 0:  # not (only) this bound's cancel
+                raise
+        except Exception:
+            if self.reply is None:
+                raise  # else the handler failed as it was cancelled: the 503 is its answer
+        finally:
+            self.timer.cancel()
+        if self.reply is not None:
+            await self.reply
+
+    def _expire(self, request: asyncio.Task[Any]) -> None:
+        if self.started:
+            return
+        if self.loop.time() < self.deadline:  # a part of the body came since: the clock restarted
+            self.timer = self.loop.call_at(self.deadline, self._expire, request)
+            return
+        detail = (f"the engine did not answer within {self.seconds:g} s; the request may still have taken "
+                  "effect (a submit: send it again with the same Idempotency-Key)")
+        self.reply = self.loop.create_task(from_error(BackendUnavailable(detail))(self.scope, self.receive, self.send))
+        request.cancel()
+
+    async def _receiving(self) -> Message:
+        message = await self.receive()
+        self.deadline = self.loop.time() + self.seconds  # from the last byte: a slow upload is not the engine
+        return message
+
+    async def _sending(self, message: Message) -> None:
+        if self.reply is None:
+            self.started = self.started or message["type"] == "http.response.start"
+            await self.send(message)
