@@ -49,12 +49,13 @@ from tests.e2e.conftest import Env, wait_for
 from tests.e2e.jobs_app import recorded
 from tests.e2e.test_faults import close, make_client, timed_enqueue, wait_terminal
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 ENGINE_PORTS = range(20400, 20500)  #: private engines listen here, away from the shared services
 OUTAGE = 2.5  #: seconds the engine stays down
 FAIL_FAST = 3.0  #: a submit during the outage must fail within this many seconds
-RECOVERY = 20.0  #: every job must be terminal this many seconds after the restart
+RECOVERY = 35.0  #: every job must be terminal this many seconds after the restart (RabbitMQ: up to 15.6 s
+#: seen when a quorum queue came back without a leader for a while, rabbitmq-server#10070; slack for a loaded CI)
 VISIBILITY = 5  #: short leases: a claim whose reply the crash swallowed comes back soon
 LONG_JOBS, SHORT_JOBS, DELAYED_JOBS = 8, 20, 6
 
