@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from conveyor.backends.base import Outcome
 from conveyor.core.job import Status
 from conveyor.core.queues import QueueSettings
 
-T0 = float(int(time.time())) + 60.0  # an explicit clock (claims pass ``now``), after every enqueue
+T0 = 0.0  #: an explicit clock (claims pass ``now``), after every enqueue: set for each test
+
+
+@pytest.fixture(autouse=True)
+def _clock_ahead() -> None:
+    """T0 a minute ahead of each test's start. Rate windows count a start at the later of the
+    claim's ``now`` and the engine's clock, so a T0 fixed at import had fallen behind the clock
+    by the time a long suite ran these tests: their windows then moved with the real clock."""
+    global T0
+    T0 = float(int(time.time())) + 60.0
 
 
 def limited(key: str = "api", concurrency: int | None = 2, rate: tuple[int, float] | None = None) -> dict:
