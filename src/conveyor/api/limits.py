@@ -4,6 +4,7 @@ the body streams in, before any parsing. And the time the server takes to start 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 from fastapi import HTTPException
@@ -19,6 +20,10 @@ _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 #: for a reply without a timeout of their own (a stop must be able to cancel them), so an engine
 #: that went silent (hung, or behind a proxy that still accepts) would hold a request forever.
 ANSWER_WITHIN = 10.0
+
+#: Not bounded: one statement over every job of a queue, which may rightly take longer on a long
+#: queue (a 503 would cancel it each time, and it could never be done over HTTP).
+_WHOLE_QUEUE = re.compile(r"/v1/queues/[^/]+/(purge|redrive)")
 
 
 class ContentTooLarge(HTTPException):
@@ -92,14 +97,14 @@ class AnswerWithinMiddleware:
     """A 503 problem when the response has not started ``seconds`` after the request's last
     byte arrived: the engine did not answer. The 503 goes out at once; the handler is cancelled
     and may take a while to end (psycopg's cancel of a query in flight can itself wait ~10 s for
-    a silent server). An event stream, once started, is not bounded."""
+    a silent server). An event stream, once started, is not bounded; nor are purge and redrive."""
 
     def __init__(self, app: ASGIApp, seconds: float = ANSWER_WITHIN) -> None:
         self.app = app
         self.seconds = seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or _WHOLE_QUEUE.fullmatch(scope["path"]):
             await self.app(scope, receive, send)
             return
         await _Bounded(self.seconds, scope, receive, send).run(self.app)
