@@ -178,6 +178,19 @@ class SilentEngine:
             conn.close()
 
 
+def test_silent_rabbitmq__commands_exit_1_saying_so(cli: Cli, tmp_path: Path) -> None:
+    silent = SilentEngine()
+    try:
+        env = {**cli.env(), "CONVEYOR_URL": f"amqp://guest:guest@127.0.0.1:{silent.port}/",
+               "CONVEYOR_STORE_URL": f"sqlite:///{tmp_path}/store.db"}
+        result = cli.run("jobs", env=env, timeout=20)
+        assert result.code == 1
+        said = one_error_line(result.err)
+        assert said == f"conveyor: error: RabbitMQ at 127.0.0.1:{silent.port} did not answer within 5 s"
+    finally:
+        silent.close()
+
+
 @pytest.mark.slow
 def test_silent_redis__commands_exit_1_server_serves_503_and_stops(cli: Cli) -> None:
     """Redis waited forever for the first answer: ``conveyor server`` never served (not even

@@ -278,6 +278,8 @@ class AMQPBackend(Backend):
                                      f"this user may not use it (rabbitmqctl list_vhosts, list_permissions)") from None
         except _DOWN as exc:
             await self.close()
+            if isinstance(exc, TimeoutError) and not str(exc):  # connected, and then silence
+                raise BackendUnavailable(f"{self._where} did not answer within {CONNECT_TIMEOUT:g} s") from exc
             raise self._unavailable(exc) from exc
         self._conn.reconnect_callbacks.add(self._on_reconnect)
         self._conn.close_callbacks.add(self._on_lost)
