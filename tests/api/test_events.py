@@ -79,6 +79,16 @@ def test_events__last_event_id_of_terminal__204(server: Server) -> None:
     assert [j["status"] for j in stream.jobs()] == ["cancelled"] and stream.ids() == [revision]
 
 
+def test_events__last_event_id_not_a_revision__whole_stream_not_500(server: Server) -> None:
+    job = server.http.post("/v1/jobs", json={"task": "add", "args": [1, 2]}).json()
+    server.http.post(f"/v1/jobs/{job['id']}/cancel")
+    # "²" (Latin-1 0xB2) is a digit to str.isdigit, and int() refuses more than 4300 digits
+    for header in (b"\xb2", b"1\xb3", b"9" * 5000):
+        r = server.http.get(f"/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": header})
+        assert r.status_code == 200, (header[:10], r.status_code, r.text[:200])
+        assert '"status":"cancelled"' in r.text  # taken as no id: the current state, then the end
+
+
 def test_events__resume_with_current_id__waits_for_the_next_change(server: Server) -> None:
     job = server.http.post("/v1/jobs", json={"task": "add", "args": [1, 2]}).json()
     revision = int(server.http.get(f"/v1/jobs/{job['id']}").headers["etag"].strip('"'))

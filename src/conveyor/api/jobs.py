@@ -180,7 +180,7 @@ async def job_events(
 ) -> Response:
     """Server-Sent Events: ``event: job`` on every change (``id:`` = revision) until a terminal status."""
     job = await find(st, job_id)
-    last = int(last_event_id) if last_event_id is not None and last_event_id.strip().isdigit() else None
+    last = _event_id(last_event_id)
     if last is not None and job.status.terminal and job.revision <= last:
         return Response(status_code=204)
     return StreamingResponse(
@@ -188,6 +188,19 @@ async def job_events(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def _event_id(header: str | None) -> int | None:
+    """``Last-Event-ID`` as a revision; None for anything else (the stream starts over). Only
+    ASCII digits that ``int()`` takes: "²" is a digit to ``str.isdigit``, and more than 4300
+    digits exceed Python's limit (both were a 500)."""
+    text = (header or "").strip()
+    if not (text.isascii() and text.isdigit()):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=responses(401, 403, 404, 409))
