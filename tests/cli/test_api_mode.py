@@ -330,6 +330,16 @@ def test_not_an_http_url__usage_error(cli: Remote) -> None:
     assert "http://" in one_error_line(result.err)
 
 
+def test_port_out_of_range__usage_error_naming_it(cli: Remote, monkeypatch: pytest.MonkeyPatch) -> None:
+    for url in ("http://127.0.0.1:99999", "http://127.0.0.1:x1"):
+        result = cli("queues", "--api", url)
+        assert result.code == 2, result.err
+        assert one_error_line(result.err).startswith(f"conveyor: error: --api {url!r} is not a valid URL: Port")
+    monkeypatch.setenv("CONVEYOR_API", "http://127.0.0.1:70000")
+    result = cli("jobs")
+    assert result.code == 2 and "out of range" in one_error_line(result.err)
+
+
 def test_tokens__missing_or_wrong__exit_1_naming_the_token(cli: Remote, secured: Api) -> None:
     result = cli("jobs", "--api", secured.url)
     assert result.code == 1

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 from conveyor.backends import create_backend, resolve_url
 from conveyor.backends.base import Backend
@@ -79,6 +80,10 @@ def api_settings(args: argparse.Namespace) -> tuple[str | None, str | None]:
         raise UsageError("--api and --url exclude each other: the server chooses the backend")
     if not api.startswith(("http://", "https://")) or len(api.split("://", 1)[1].strip("/")) == 0:
         raise UsageError(f"--api must be an http:// or https:// URL, not {api!r}")
+    try:  # httpx takes port 99999 and fails at the first call with an unexplained ExceptionGroup
+        _ = urlsplit(api).port
+    except ValueError as exc:
+        raise UsageError(f"--api {api!r} is not a valid URL: {exc}") from None
     return api.rstrip("/"), token
 
 
