@@ -119,6 +119,18 @@ def test_unreadable_body__400_saying_why_and_where(http: httpx.Client, path: str
     assert r.json()["errors"] == [{"pointer": "#", "detail": detail}]
 
 
+@pytest.mark.parametrize(("method", "path"), [
+    ("POST", "/v1/jobs"), ("POST", "/v1/jobs/batch"), ("PATCH", "/v1/queues/default"),
+])
+def test_empty_body__400_saying_so(http: httpx.Client, method: str, path: str) -> None:
+    """No body where one is needed: one answer everywhere, not a 422 "#: Field required" (batch,
+    queue settings) next to a 400 "EOF while parsing a value" (submit)."""
+    r = http.request(method, path, content=b"", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.headers["content-type"] == PROBLEM, r.text
+    assert r.json()["detail"] == "the body is empty: send a JSON object"
+    assert r.json()["errors"] == [{"pointer": "#", "detail": "the body is empty: send a JSON object"}]
+
+
 @pytest.mark.parametrize(("job", "pointer"), [
     ({"task": "add", "args": ["\\ud800", 1]}, "#/jobs/0/args/0"),
     ({"task": "transcode", "args": ["in.mp4"], "kwargs": {"height": 1}, "metadata": {"by": "\\udc80"}},

@@ -14,7 +14,7 @@ from conveyor import metrics
 from conveyor.api import events
 from conveyor.api.deps import ApiState, state
 from conveyor.api.models import JobBatch, JobList, JobOut, SubmitBatch, SubmitJob
-from conveyor.api.problems import responses
+from conveyor.api.problems import MISSING_BODY, responses
 from conveyor.backends.base import JobQuery
 from conveyor.core.app import order_by_dependencies
 from conveyor.core.errors import (
@@ -68,8 +68,11 @@ async def submit(request: Request) -> Response:
     # dependency machinery (a third of the request's time); errors take the same route
     st: ApiState = request.app.state.conveyor
     idempotency_key = request.headers.get("idempotency-key")
+    raw = await request.body()
+    if not raw:
+        raise RequestValidationError([MISSING_BODY])
     try:
-        body = SubmitJob.model_validate_json(await request.body())
+        body = SubmitJob.model_validate_json(raw)
     except pydantic.ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
     if idempotency_key is not None and not is_valid_key(idempotency_key):

@@ -82,6 +82,11 @@ _UNREADABLE: tuple[tuple[str, str], ...] = (
     ("'utf-8' codec can't decode", "the body is not UTF-8 text"),
 )
 
+#: The detail for a request without the body its route needs.
+EMPTY_BODY = "the body is empty: send a JSON object"
+#: An empty body, as FastAPI reports it on the routes that parse the body themselves.
+MISSING_BODY = {"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}
+
 #: Methods in the order ``Allow`` names them.
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
@@ -157,6 +162,10 @@ def validation_errors(exc: RequestValidationError) -> tuple[int, list[dict[str, 
         # pydantic names the member of a union it tried ("int", "function-after[...]"): not a body path
         loc = [str(part) for part in err.get("loc", ()) if not _UNION_TAG.fullmatch(str(part))]
         where, rest = (loc[0], loc[1:]) if loc else ("body", [])
+        if err.get("type") == "missing" and loc == ["body"]:  # no body at all: not JSON either
+            out.append({"pointer": "#", "detail": EMPTY_BODY})
+            status = 400
+            continue
         if err.get("type") == "json_invalid":  # FastAPI's loc holds the character position; jiter's none
             reason = str((err.get("ctx") or {}).get("error", "invalid JSON"))
             out.append({"pointer": "#", "detail": unreadable_body(reason, rest[0] if rest else None)})
