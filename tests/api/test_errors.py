@@ -119,6 +119,21 @@ def test_unreadable_body__400_saying_why_and_where(http: httpx.Client, path: str
     assert r.json()["errors"] == [{"pointer": "#", "detail": detail}]
 
 
+@pytest.mark.parametrize(("method", "path", "raw", "pointer"), [
+    ("POST", "/v1/jobs", b'{"task": "add", "args": [1, 2], "delay": NaN}', "#/delay"),
+    ("POST", "/v1/jobs", b'{"task": "add", "args": [1, 2], "timeout": Infinity}', "#/timeout"),
+    ("POST", "/v1/jobs/batch", b'{"jobs": [{"task": "add", "args": [1, 2], "delay": NaN}]}', "#/jobs/0/delay"),
+    ("PATCH", "/v1/queues/default", b'{"visibility_timeout": -Infinity}', "#/visibility_timeout"),
+])
+def test_seconds_not_finite__422_saying_so(http: httpx.Client, method: str, path: str, raw: bytes,
+                                          pointer: str) -> None:
+    """NaN and Infinity (which both JSON parsers take) are no durations: the problem says so,
+    not "Input should be less than or equal to 1209600"."""
+    r = http.request(method, path, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, r.text
+    assert r.json()["errors"] == [{"pointer": pointer, "detail": "Input should be a finite number"}]
+
+
 @pytest.mark.parametrize(("method", "path"), [
     ("POST", "/v1/jobs"), ("POST", "/v1/jobs/batch"), ("PATCH", "/v1/queues/default"),
 ])

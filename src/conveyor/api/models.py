@@ -6,7 +6,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-Seconds = StrictFloat  # strict, yet ints are accepted (and become floats); bools are not
+#: Strict, yet ints are accepted (and become floats); bools are not. Finite: NaN (which the JSON
+#: parsers take) is no number of seconds, and was refused as "less than or equal to 1209600".
+Seconds = Annotated[StrictFloat, Field(allow_inf_nan=False)]
 
 
 class SubmitJob(BaseModel):
