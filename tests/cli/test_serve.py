@@ -11,13 +11,14 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.api.conftest import free_port
-from tests.cli.conftest import Cli, one_error_line
+from tests.cli.conftest import Cli, Result, one_error_line
 
 
 def test_server__port_in_use__exit_1_one_line(cli: Cli) -> None:
@@ -198,15 +199,21 @@ def test_silent_redis__commands_exit_1_server_serves_503_and_stops(cli: Cli) -> 
     silent = SilentEngine()
     try:
         env = {**cli.env(), "CONVEYOR_URL": f"redis://127.0.0.1:{silent.port}/0"}
-        for argv in (["jobs"], ["up", "--port", str(free_port())]):
+        port = free_port()
+        server = _start_server(cli, port, env)  # each of the three waits its 5 s: side by side, not in turn
+
+        def run_timed(argv: list[str]) -> tuple[Result, float]:
             started = time.monotonic()
             result = cli.run(*argv, env=env, timeout=20)
-            assert result.code == 1, argv
-            assert "did not answer within 5 s" in one_error_line(result.err), argv
-            assert time.monotonic() - started < 15, argv
+            return result, time.monotonic() - started
 
-        port = free_port()
-        server = _start_server(cli, port, env)
+        commands = (["jobs"], ["up", "--port", str(free_port())])
+        with ThreadPoolExecutor(len(commands)) as pool:
+            for argv, (result, took) in zip(commands, pool.map(run_timed, commands), strict=True):
+                assert result.code == 1, argv
+                assert "did not answer within 5 s" in one_error_line(result.err), argv
+                assert took < 15, argv
+
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.TransportError):
