@@ -8,10 +8,12 @@ import gc
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from conveyor import Conveyor
+from conveyor import client as client_module
 from conveyor.client import AsyncClient, Client
 from conveyor.core.errors import (
     BackendUnavailable,
@@ -96,19 +98,26 @@ def test_client_wait__timeout_with_keepalives__raises_on_time(app: Conveyor) -> 
     server = Server(app, tokens="", keepalive=2.9)
     try:
         job_id = server.http.post("/v1/jobs", json={"task": "add", "args": [1, 2]}).json()["id"]
-        with Client(server.url) as client, pytest.raises(TimeoutError, match="not finished within 3 s"):
-            start = time.monotonic()
-            client.wait(job_id, timeout=3)
-        assert time.monotonic() - start < 4
+
+        def sync_wait() -> float:
+            with Client(server.url) as client, pytest.raises(TimeoutError, match="not finished within 3 s"):
+                start = time.monotonic()
+                client.wait(job_id, timeout=3)
+            return time.monotonic() - start
 
         async def main() -> None:
             async with AsyncClient(server.url) as client:
                 await asyncio.wait_for(client.wait(job_id, timeout=3), 8)
 
-        start = time.monotonic()
-        with pytest.raises(TimeoutError, match="not finished within 3 s"):
-            asyncio.run(main())
-        assert time.monotonic() - start < 4
+        def async_wait() -> float:
+            start = time.monotonic()
+            with pytest.raises(TimeoutError, match="not finished within 3 s"):
+                asyncio.run(main())
+            return time.monotonic() - start
+
+        with ThreadPoolExecutor(2) as pool:  # the two clients wait side by side, each timed on its own
+            took = [f.result() for f in [pool.submit(sync_wait), pool.submit(async_wait)]]
+        assert all(t < 4 for t in took), took
     finally:
         server.stop()
 
@@ -186,15 +195,19 @@ def test_client_wait__stream_dropped__resumes_and_sees_the_end(server: Server) -
         relay.close()
 
 
-def test_client_wait__server_gone_for_good__gives_up(server: Server) -> None:
+def test_client_wait__server_gone_for_good__gives_up(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (client_module.RECONNECTS, client_module.BACKOFF) == (5, 0.25)  # 7.75 s of waits, as documented
+    monkeypatch.setattr(client_module, "BACKOFF", 0.02)  # the same doubling, 0.02 s to 0.32 s apart
     relay = Relay(server.port)
     with Client(relay.url) as client:
         job_id = client.submit("add", 1, 2)["id"]
         thread, errors = _wait_in_thread(client, job_id, None)
         time.sleep(0.5)
+        gone = time.monotonic()
         relay.close()
-        thread.join(15)  # 5 attempts, 0.25 s to 4 s apart
+        thread.join(15)  # 5 attempts, 0.02 s to 0.32 s apart
         assert not thread.is_alive()
+        assert time.monotonic() - gone >= 0.02 * (1 + 2 + 4 + 8 + 16)  # it did back off, each time longer
         assert isinstance(errors[0], BackendUnavailable) and "lost the event stream" in str(errors[0])
 
 
