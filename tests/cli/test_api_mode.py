@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from conveyor.cli import main
+from conveyor.serialization import SURROGATE_REFUSED
 from tests.cli.conftest import APP, Result, one_error_line
 
 HELD = "held"  # a queue no worker serves
@@ -218,6 +219,13 @@ def test_submit__no_app_needed_but_json_still_checked_locally(cli: Remote, api: 
     result = cli("submit", "add", "oops", "--api", api.url)
     assert result.code == 2
     assert "not valid JSON" in one_error_line(result.err)
+
+
+def test_submit__lone_surrogate__same_line_as_without_the_api(cli: Remote, api: Api) -> None:
+    """Checked before sending: the server's 400 said "HTTP 400: a \\u escape in the body ...", exit 1."""
+    result = cli("submit", "add", "1", '"\\ud800"', "--queue", HELD, "--api", api.url)
+    assert result.code == 2
+    assert one_error_line(result.err) == f"conveyor: error: argument 2 ('\"\\\\ud800\"'): {SURROGATE_REFUSED}"
 
 
 def test_status__unknown_id__exit_1(cli: Remote, api: Api) -> None:

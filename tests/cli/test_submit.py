@@ -62,6 +62,12 @@ def test_submit_wait__no_worker__times_out_with_exit_1(cli: Cli) -> None:
         (["add", "1", "2", "--priority", "high"], "argument --priority: invalid int value"),
         (["add", "1", "2", "--timeout", "5"], "--timeout needs --wait"),
         (["add", "1", "2", "--delay", "-3"], "delay must be a number of seconds"),
+        # json recursed past Python's limit: "unexpected RecursionError", exit 1
+        (["add", "1", "[" * 3000 + "]" * 3000], "argument 2 ('" + "[" * 59 + "…') nests arrays and objects too deeply"),
+        (["add", "1", "--kwargs", '{"b": ' + "[" * 3000 + "]" * 3000 + "}"], "--kwargs nests arrays and objects"),
+        (["add", "1", '"\\ud800"'], "argument 2 ('\"\\\\ud800\"'): a string holds a lone UTF-16 surrogate"),
+        (["add", "1", '"\udcff"'], "a string holds a lone UTF-16 surrogate"),  # argv bytes not UTF-8
+        (["add", "1", "--kwargs", '{"\\udc80": 2}'], "--kwargs: a string holds a lone UTF-16 surrogate"),
     ],
 )
 def test_submit__bad_input__exit_2_with_one_line(cli: Cli, argv: list[str], expected: str) -> None:

@@ -20,6 +20,7 @@ from conveyor.cli.ops import RETRYABLE, Operations, open_operations
 from conveyor.client import OPTIONS
 from conveyor.core.errors import InvalidTransition, JobFailed, JobNotFound
 from conveyor.core.job import Job, Status
+from conveyor.serialization import SURROGATE_REFUSED
 
 __all__ = ["RETRYABLE", "follow", "register"]
 
@@ -92,7 +93,7 @@ def submit(args: argparse.Namespace) -> int:
     """Validate, enqueue, print the id (or, with --wait, the result)."""
     if args.timeout is not None and not args.wait:
         raise UsageError("--timeout needs --wait")
-    positional = [_json_arg(text, f"argument {i} ({text!r})") for i, text in enumerate(args.args, 1)]
+    positional = [_json_arg(text, f"argument {i} ({_shown(text)!r})") for i, text in enumerate(args.args, 1)]
     kwargs = _json_arg(args.kwargs, "--kwargs") if args.kwargs is not None else {}
     if not isinstance(kwargs, dict):
         raise UsageError("--kwargs must be a JSON object, e.g. '{\"height\": 480}'")
@@ -115,12 +116,26 @@ def submit(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _shown(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters, to name an argument in an error line."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _json_arg(text: str, what: str) -> Any:
+    """``text`` as JSON; a usage error for what JSON cannot be, or what no job can hold (checked
+    here, so that the line is the same with ``--api``, where the server said "HTTP 400 ... body")."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
+        # a \ud800 escape, or argv bytes that are not UTF-8 (decoded with surrogateescape)
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise UsageError(f"{what}: {SURROGATE_REFUSED}") from None
     except ValueError as exc:
         hint = " (quote strings: '\"text\"')" if text[:1].isalpha() else ""
         raise UsageError(f"{what} is not valid JSON: {exc}{hint}") from None
+    except RecursionError:  # json recurses per level: this was an "unexpected RecursionError", exit 1
+        raise UsageError(f"{what} nests arrays and objects too deeply") from None
+    return value
 
 
 # -- reading --------------------------------------------------------------------------------
