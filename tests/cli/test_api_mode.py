@@ -7,12 +7,14 @@ serves only the app's queues). A second server has tokens configured.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -346,6 +348,40 @@ def test_port_out_of_range__usage_error_naming_it(cli: Remote, monkeypatch: pyte
     monkeypatch.setenv("CONVEYOR_API", "http://127.0.0.1:70000")
     result = cli("jobs")
     assert result.code == 2 and "out of range" in one_error_line(result.err)
+
+
+class _Quiet404(http.server.BaseHTTPRequestHandler):
+    """Another web server: 404 (not problem+json) for every path, and no log on stderr."""
+
+    def do_GET(self) -> None:
+        self.send_error(404)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_not_the_base_url__usage_error_saying_so(cli: Remote, api: Api) -> None:
+    """A path after the address (or another server) answers 404 to /v1/...: that is a wrong --api,
+    not "Not Found" (exit 1), nor "no job has id ..." for a job that may well exist."""
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Quiet404) as other:
+        threading.Thread(target=other.serve_forever, daemon=True).start()
+        try:
+            for url in (f"{api.url}/nope", f"{api.url}/v1", f"http://127.0.0.1:{other.server_address[1]}"):
+                for command in (["queues"], ["status", "0193b6c2-8f5e-7c3a-9d1e-3f2a1b4c5d6e"]):
+                    result = cli(*command, "--api", url)
+                    assert result.code == 2, (url, result.err)
+                    assert one_error_line(result.err) == (
+                        f"conveyor: error: {url} has no Conveyor API routes (HTTP 404 for /v1/...): give the "
+                        "server's base URL, e.g. http://127.0.0.1:8000")
+        finally:
+            other.shutdown()
+
+
+def test_submit__body_over_the_servers_limit__usage_error(cli: Remote, api: Api) -> None:
+    result = cli("submit", "transcode", '"' + "a" * 1_100_000 + '"', "1", "--queue", HELD, "--api", api.url)
+    assert result.code == 2
+    assert one_error_line(result.err) == (
+        "conveyor: error: the API refused the request: the body is larger than 1048576 bytes (HTTP 413)")
 
 
 def test_tokens__missing_or_wrong__exit_1_naming_the_token(cli: Remote, secured: Api) -> None:

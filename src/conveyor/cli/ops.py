@@ -21,6 +21,7 @@ import httpx
 
 from conveyor.backends.base import Backend, JobQuery, QueueInfo
 from conveyor.cli.common import api_settings, app_spec, backend_url, load, open_backend
+from conveyor.cli.errors import UsageError
 from conveyor.client import ApiError, AsyncClient, outcome
 from conveyor.core.app import Conveyor
 from conveyor.core.errors import (
@@ -246,6 +247,10 @@ class Remote:
         """The client's errors as one clear line each (the exit code follows from the class)."""
         try:
             yield
+        except JobNotFound as exc:  # QueueNotFound too
+            if str(exc) == "Not Found":  # no route there (Starlette's 404), not "no job has id ..."
+                raise self._not_an_api() from None
+            raise
         except ValidationError as exc:  # 422: unknown task, bad arguments, bad settings
             if exc.errors:  # name each part of the request that is wrong: "#/args/1: b: ..."
                 details = "; ".join(f"{e.get('pointer') or e.get('parameter') or '#'}: {e.get('detail')}"
@@ -258,18 +263,30 @@ class Remote:
                 raise BackendUnavailable(f"cannot reach the API at {self.api}: {_reason(cause)}") from None
             raise
         except ApiError as exc:
-            detail = exc.problem.get("detail") or str(exc)
-            if exc.status == 401 and self.token is None:
-                raise ApiAuthError(f"the API at {self.api} needs a token: pass --token or set CONVEYOR_API_TOKEN "
-                                   "(HTTP 401)") from None
-            if exc.status == 401:
-                raise ApiAuthError(f"the API at {self.api} did not accept the token of --token / "
-                                   "CONVEYOR_API_TOKEN (HTTP 401)") from None
-            if exc.status == 403:
-                raise ApiAuthError(f"the token is not allowed to do this: {detail} (HTTP 403)") from None
-            raise
+            raise self._api_error(exc) from None
         except (ValueError, KeyError, TypeError):  # a 2xx that is not Conveyor's JSON
             raise ConveyorError(f"the server at {self.api} did not answer like a Conveyor API") from None
+
+    def _api_error(self, exc: ApiError) -> ConveyorError:
+        """A problem the error tree has no class for, as the line and exit code the user needs."""
+        detail = exc.problem.get("detail") or str(exc)
+        if exc.status == 401 and self.token is None:
+            return ApiAuthError(f"the API at {self.api} needs a token: pass --token or set CONVEYOR_API_TOKEN "
+                                "(HTTP 401)")
+        if exc.status == 401:
+            return ApiAuthError(f"the API at {self.api} did not accept the token of --token / "
+                                "CONVEYOR_API_TOKEN (HTTP 401)")
+        if exc.status == 403:
+            return ApiAuthError(f"the token is not allowed to do this: {detail} (HTTP 403)")
+        if exc.status == 404:  # not even a problem+json: another server, or another path
+            return self._not_an_api()
+        if exc.status in (400, 413):  # what the command sent, made of its arguments: a bad argument
+            return UsageError(f"the API refused the request: {detail} (HTTP {exc.status})")
+        return exc
+
+    def _not_an_api(self) -> UsageError:
+        return UsageError(f"{self.api} has no Conveyor API routes (HTTP 404 for /v1/...): give the server's "
+                          "base URL, e.g. http://127.0.0.1:8000")
 
     async def submit(self, task: str, args: Sequence[Any], kwargs: Mapping[str, Any],
                      options: Mapping[str, Any]) -> str:
