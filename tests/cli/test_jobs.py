@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from conveyor import Context, Conveyor
 from tests.cli.conftest import Cli, one_error_line
 
 MISSING = "01a2222c-0000-7000-8000-000000000000"
@@ -230,3 +231,26 @@ def test_retry__dependent_of_pending_parent__waits_then_runs(cli: Cli) -> None:
     assert result.code == 0 and result.out.strip() == f"{child_id} waiting"
     cli.burst()
     assert cli.job(child_id)["result"] == 2 and cli.job(child_id)["status"] == "succeeded"
+
+
+def test_stdout_not_utf8__tables_and_json_still_print(cli: Cli) -> None:
+    """PYTHONIOENCODING=ascii, a cp1252 console: every table ended in "unexpected UnicodeEncodeError"
+    (our own "—" did it), and --json too for a job holding non-ASCII text."""
+    app = Conveyor(cli.url)
+
+    @app.task
+    def echo(ctx: Context, text: str) -> str:
+        return text
+
+    try:
+        job_id = echo.enqueue("é 💥").id
+    finally:
+        app.close()
+    env = {**cli.env(), "PYTHONIOENCODING": "ascii"}
+    result = cli.run("status", job_id, "--json", env=env)
+    assert result.code == 0, result.err
+    assert result.out.isascii() and result.json()["args"] == ["é 💥"]  # escaped: the same JSON
+    for command in (["status", job_id], ["jobs"], ["queues"]):
+        result = cli.run(*command, env=env)
+        assert result.code == 0, result.err
+        assert result.err == "" and ("queued" in result.out)

@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import importlib
 import importlib.util
+import io
 import logging
 import os
 import sys
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its exit code. Never lets a traceback reach the user."""
     try:
         args = parse(argv)
-        with _own_logs_only():
+        with _own_logs_only(), _stdout_replacing():
             code: int = args.func(args)
         return code
     except SystemExit as exc:  # argparse (--help, usage errors) and handlers that exit
@@ -100,6 +101,22 @@ def _own_logs_only() -> Iterator[None]:
         yield
     finally:
         last.removeFilter(only)
+
+
+@contextlib.contextmanager
+def _stdout_replacing() -> Iterator[None]:
+    """Tables and panels on a stdout that cannot encode every character (``PYTHONIOENCODING=ascii``,
+    a cp1252 console) show "?" for the rest, instead of ending in "unexpected UnicodeEncodeError"
+    (our own "—" did, whatever the job held). ``--json`` escapes instead (``render.print_json``)."""
+    stdout = sys.stdout
+    if not isinstance(stdout, io.TextIOWrapper) or stdout.errors != "strict":
+        yield
+        return
+    stdout.reconfigure(errors="replace")
+    try:
+        yield
+    finally:
+        stdout.reconfigure(errors="strict")
 
 
 def _version() -> str:

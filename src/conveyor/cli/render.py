@@ -41,9 +41,17 @@ def console(stderr: bool = False) -> Console:
 
 
 def print_json(value: Any) -> None:
-    """Plain JSON on stdout: indented for a terminal, one line for a pipe."""
+    """Plain JSON on stdout: indented for a terminal, one line for a pipe. Non-ASCII text as is,
+    unless stdout cannot encode it (``PYTHONIOENCODING=ascii``, a cp1252 console): then as
+    ``\\u`` escapes, the same JSON (``main`` makes stdout replace what it cannot encode: here
+    that would change the data)."""
     indent = 2 if sys.stdout.isatty() else None
-    sys.stdout.write(json.dumps(value, indent=indent, ensure_ascii=False) + "\n")
+    text = json.dumps(value, indent=indent, ensure_ascii=False)
+    try:
+        text.encode(sys.stdout.encoding or "utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(value, indent=indent)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 
