@@ -227,3 +227,15 @@ def test_malformed_webhook_secret__refused_at_start_in_one_line(cli: Cli, comman
     assert result.code == 2, result.err
     assert one_error_line(result.err) == ("conveyor: error: CONVEYOR_WEBHOOK_SECRET must be whsec_ followed by "
                                           "base64")
+
+
+@pytest.mark.parametrize("command", [["jobs", "--json"], ["queues", "--json"], ["jobs"]])
+def test_stdout_closed_early__exit_1_quietly(cli: Cli, command: list[str]) -> None:
+    """`conveyor jobs --json | head -1`: the reader has gone; --json said "unexpected BrokenPipeError"
+    (the tables already ended quietly, through rich)."""
+    proc = subprocess.Popen([sys.executable, "-m", "conveyor.cli", *command], env=cli.env(), cwd=cli.tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.close()  # before the command has even started
+    _, err = proc.communicate(timeout=30)
+    assert (proc.returncode, err.decode()) == (1, "")

@@ -26,7 +26,7 @@ from typing import NoReturn
 
 from conveyor.cli import jobs, queues, schedules, worker
 from conveyor.cli.common import add_common
-from conveyor.cli.errors import EXIT_INTERRUPTED, EXIT_USAGE, exit_code, one_line
+from conveyor.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, exit_code, one_line
 
 PROG = "conveyor"
 
@@ -70,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `conveyor jobs --json | head -1`: the reader has had enough
+        _quiet_stdout()
+        return EXIT_FAILED
     except Exception as exc:
         if os.environ.get("CONVEYOR_DEBUG"):
             raise
@@ -116,7 +119,17 @@ def _stdout_replacing() -> Iterator[None]:
     try:
         yield
     finally:
-        stdout.reconfigure(errors="strict")
+        with contextlib.suppress(OSError):  # it flushes first: a closed pipe raises again
+            stdout.reconfigure(errors="strict")
+
+
+def _quiet_stdout() -> None:
+    """Send what is left for a closed stdout to /dev/null: the flush at exit would raise again, and
+    print "Exception ignored ... BrokenPipeError" (as tables end already, through rich)."""
+    with contextlib.suppress(OSError, ValueError):  # ValueError: no file descriptor (a test's capture)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _version() -> str:
