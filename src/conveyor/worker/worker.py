@@ -290,19 +290,32 @@ class Worker:
     async def _report_last(self, backend: Backend) -> None:
         """Record the last outcomes and leave the registry, within ``SHUTDOWN_BOUND`` seconds. If
         the engine does not answer, the outcomes not recorded are redelivered once their leases
-        run out (at least once, as after a kill -9): better than a stop that never ends."""
+        run out (at least once, as after a kill -9): better than a stop that never ends.
+
+        A failed write is sent again (with backoff) until the bound: an outage that ends within
+        it, as a refused connection does at once, must not cost the finished jobs a second run."""
         self._decide_returned()
         self._count()
+        failure: BaseException | None = None
         try:
             async with asyncio.timeout(SHUTDOWN_BOUND):
                 if self._flushing is not None:
                     await asyncio.wait([self._flushing])
-                await self._flush()
+                delay = 0.1
+                while True:
+                    try:
+                        await self._flush()
+                        break
+                    except BackendUnavailable as exc:
+                        failure = exc
+                        await asyncio.sleep(delay)
+                        delay = min(1.0, delay * 2)
                 with contextlib.suppress(BackendUnavailable):
                     await backend.unregister_worker(self.id)
-        except (TimeoutError, BackendUnavailable) as exc:
-            log.error("worker %s: could not record %d outcomes at shutdown (%s); their jobs are redelivered "
-                      "once their leases run out", self.id, len(self._outbox), exc or "no answer")
+        except TimeoutError:
+            if self._outbox:
+                log.error("worker %s: could not record %d outcomes at shutdown (%s); their jobs are redelivered "
+                          "once their leases run out", self.id, len(self._outbox), failure or "no answer")
 
     async def _register(self, backend: Backend) -> bool:
         """Apply the queue settings and announce this worker; False if stopped first.
