@@ -101,6 +101,17 @@ def test_list__a_filter_given_twice__422_naming_it_not_the_last_one_alone(http: 
         assert r.json()["errors"] == [{"parameter": name, "in": "query", "detail": "give one value, not several"}]
 
 
+def test_list__unknown_parameter__422_naming_it_not_every_job(http: httpx.Client) -> None:
+    """A misspelt filter listed every job, as if no filter was given."""
+    submit(http)
+    for params in ({"stauts": "failed"}, {"status": "queued", "queues": "media"}, {"page": "2"}):
+        r = http.get("/v1/jobs", params=params)
+        assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, (params, r.text)
+        [unknown] = [name for name in params if name not in ("status", "queue")]
+        assert r.json()["errors"] == [{"parameter": unknown, "in": "query",
+                                       "detail": "unknown parameter: use status, task, queue, limit, cursor"}]
+
+
 def test_list__nul_in_a_name_filter__422_on_every_engine(any_engine: Server) -> None:
     http = any_engine.http
     submit(http)

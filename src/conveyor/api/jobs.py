@@ -135,12 +135,17 @@ async def list_jobs(
     return JSONResponse({"items": [job.to_json() for job in page.items], "next_cursor": page.next_cursor})
 
 
+_LIST_PARAMETERS = ("status", "task", "queue", "limit", "cursor")
+
+
 def _check_list_query(request: Request, names: dict[str, str | None]) -> None:
-    """422 naming each list parameter given twice, and each name filter holding U+0000 (no task or
-    queue has one, and PostgreSQL cannot even compare such text)."""
+    """422 naming each list parameter given twice, each one the list does not know (``?stauts=failed``
+    listed every job: a script that cancels what it gets would cancel them all), and each name
+    filter holding U+0000 (no task or queue has one, and PostgreSQL cannot even compare such text)."""
     errors = [{"parameter": name, "in": "query", "detail": "give one value, not several"}
-              for name in ("status", "task", "queue", "limit", "cursor")
-              if len(request.query_params.getlist(name)) > 1]
+              for name in _LIST_PARAMETERS if len(request.query_params.getlist(name)) > 1]
+    errors += [{"parameter": name, "in": "query", "detail": f"unknown parameter: use {', '.join(_LIST_PARAMETERS)}"}
+               for name in dict.fromkeys(request.query_params) if name not in _LIST_PARAMETERS]
     errors += [{"parameter": name, "in": "query", "detail": "must not contain U+0000"}
                for name, value in names.items() if value is not None and "\x00" in value]
     if errors:
