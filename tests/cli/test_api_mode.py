@@ -384,6 +384,17 @@ def test_submit__body_over_the_servers_limit__usage_error(cli: Remote, api: Api)
         "conveyor: error: the API refused the request: the body is larger than 1048576 bytes (HTTP 413)")
 
 
+def test_token_not_printable_ascii__usage_error(cli: Remote, api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx refuses such a header value: "unexpected UnicodeEncodeError" (a newline: "cannot reach")."""
+    expected = "conveyor: error: the token of --token / CONVEYOR_API_TOKEN must be printable ASCII without spaces"
+    for token in ("s\u00e9cret", "\U0001f4a5", "a\nb"):
+        result = cli("jobs", "--api", api.url, "--token", token)
+        assert (result.code, one_error_line(result.err)) == (2, expected)
+    monkeypatch.setenv("CONVEYOR_API_TOKEN", "s\u00e9cret")
+    result = cli("queues", "--api", api.url)
+    assert (result.code, one_error_line(result.err)) == (2, expected)
+
+
 def test_tokens__missing_or_wrong__exit_1_naming_the_token(cli: Remote, secured: Api) -> None:
     result = cli("jobs", "--api", secured.url)
     assert result.code == 1

@@ -51,6 +51,9 @@ def parse_tokens(text: str | None) -> list[Token]:
         parts = entry.strip().split(":")
         if len(parts) != 3 or not parts[0] or not parts[1]:
             raise ConfigurationError("CONVEYOR_API_TOKENS entries look like name:token:scope,scope")
+        if not is_sendable(parts[1]):
+            raise ConfigurationError(f"CONVEYOR_API_TOKENS: token {parts[0]!r} must be printable ASCII without "
+                                     "spaces (a client sends it in a header; no request could match it)")
         scopes = frozenset(s.strip() for s in parts[2].split(",") if s.strip())
         unknown = scopes - set(SCOPES)
         if not scopes or unknown:
@@ -60,6 +63,12 @@ def parse_tokens(text: str | None) -> list[Token]:
             )
         tokens.append(Token(parts[0], parts[1], scopes))
     return tokens
+
+
+def is_sendable(secret: str) -> bool:
+    """Whether ``secret`` can travel as ``Authorization: Bearer <secret>``: printable ASCII, no spaces
+    (HTTP clients refuse other text in a header, or the server reads its bytes as Latin-1)."""
+    return bool(secret) and all("!" <= c <= "~" for c in secret)
 
 
 def tokens_from_env() -> list[Token]:

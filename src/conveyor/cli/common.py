@@ -72,6 +72,8 @@ def api_settings(args: argparse.Namespace) -> tuple[str | None, str | None]:
     if not api and not getattr(args, "url", None):  # an explicit --url wins over $CONVEYOR_API
         api = os.environ.get("CONVEYOR_API") or None
     token: str | None = getattr(args, "token", None) or os.environ.get("CONVEYOR_API_TOKEN") or None
+    if token is not None and not all("!" <= c <= "~" for c in token):  # httpx: "unexpected UnicodeEncodeError"
+        raise UsageError("the token of --token / CONVEYOR_API_TOKEN must be printable ASCII without spaces")
     if api is None:
         if getattr(args, "token", None):
             raise UsageError("--token needs --api (or CONVEYOR_API)")
