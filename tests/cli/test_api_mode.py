@@ -237,6 +237,17 @@ def test_status__unknown_id__exit_1(cli: Remote, api: Api) -> None:
         assert job_id in one_error_line(result.err)
 
 
+def test_id_that_is_a_path__not_found_without_reaching_another_route(cli: Remote, api: Api) -> None:
+    """Sent as given, "../queues" read the queue list as a job ("unexpected KeyError"), and "a/b" was
+    taken for a wrong --api (a 404 without a route)."""
+    job_id = _submit(cli, api, "add", "1", "2", "--queue", "pathy")
+    for command, text in (("status", "../queues"), ("status", "a/b"), ("watch", "../queues"),
+                          ("retry", "../queues/pathy"), ("cancel", "../queues/pathy/purge"), ("status", "x?y")):
+        result = cli(command, text, "--api", api.url)
+        assert (result.code, one_error_line(result.err)) == (1, f"conveyor: error: no job with id {text!r}")
+    assert api.get(f"/v1/jobs/{job_id}")["status"] == "queued"
+
+
 def test_jobs_json__the_servers_page(cli: Remote, api: Api) -> None:
     ids = [_submit(cli, api, "add", "1", str(i), "--queue", "listed") for i in range(3)]
     result = cli("jobs", "--queue", "listed", "--limit", "2", "--json", "--api", api.url)

@@ -234,6 +234,14 @@ class Direct:
 
 
 # -- the HTTP API ---------------------------------------------------------------------------
+def _job_id(text: str) -> str:
+    """``text`` when it is a job id, to go into a URL path; else ``JobNotFound``, as ``Direct`` says
+    it. Sent as it was, "../queues" read the queue list as a job ("unexpected KeyError")."""
+    if job_id_of(text) is None:
+        raise JobNotFound(f"no job with id {text!r}")
+    return text
+
+
 class Remote:
     """Works through ``conveyor.client.AsyncClient``; the server validates and answers in JSON."""
 
@@ -304,14 +312,14 @@ class Remote:
 
     async def get(self, job_id: str) -> JsonObject:
         with self._errors():
-            return await self.client.get(job_id)
+            return await self.client.get(_job_id(job_id))
 
     async def follow(self, job_id: str, timeout: float | None) -> AsyncIterator[JsonObject]:
         """The job's server-sent events, each wait bounded by what is left of ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         last: JsonObject | None = None
         with self._errors():
-            events = self.client.events(job_id)
+            events = self.client.events(_job_id(job_id))
             try:
                 while True:
                     left = None if deadline is None else deadline - time.monotonic()
@@ -338,11 +346,11 @@ class Remote:
 
     async def cancel(self, job_id: str) -> JsonObject:
         with self._errors():
-            return await self.client.cancel(job_id)
+            return await self.client.cancel(_job_id(job_id))
 
     async def retry(self, job_id: str) -> JsonObject:
         with self._errors():
-            return await self.client.retry(job_id)
+            return await self.client.retry(_job_id(job_id))
 
     async def queues(self) -> JsonObject:
         with self._errors():
