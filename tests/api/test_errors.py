@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 import uuid
@@ -159,6 +160,19 @@ def test_batch__lone_surrogate__422_naming_where(http: httpx.Client, job: dict, 
     assert r.status_code == 422, r.text
     [error] = r.json()["errors"]
     assert error["pointer"] == pointer and "lone UTF-16 surrogate" in error["detail"]
+
+
+def test_compressed_body__415_saying_so(http: httpx.Client) -> None:
+    """A gzip body was parsed as it came: 400 "not valid JSON: expected value" or "not UTF-8 text"."""
+    raw = gzip.compress(b'{"task": "add", "args": [1, 2]}')
+    for method, path in (("POST", "/v1/jobs"), ("PATCH", "/v1/queues/default"), ("POST", "/v1/jobs/batch")):
+        r = http.request(method, path, content=raw, headers={"content-type": "application/json",
+                                                             "content-encoding": "gzip"})
+        assert r.status_code == 415 and r.headers["content-type"] == PROBLEM, r.text
+        assert r.json()["detail"] == "send the body uncompressed: Content-Encoding 'gzip' is not supported"
+        assert r.headers["accept-encoding"] == "identity"
+    r = http.post("/v1/jobs", json={"task": "add", "args": [1, 2]}, headers={"content-encoding": "identity"})
+    assert r.status_code == 202
 
 
 def test_body_without_content_type__taken_as_json(http: httpx.Client) -> None:

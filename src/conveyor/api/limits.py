@@ -35,7 +35,8 @@ class ContentTooLarge(HTTPException):
 
 class BodyLimitMiddleware:
     """413 when ``Content-Length`` exceeds ``max_body``, or as soon as the streamed body does;
-    415 for a body that is not JSON (a body without ``Content-Type`` is taken as JSON)."""
+    415 for a body that is not JSON (a body without ``Content-Type`` is taken as JSON), or that is
+    compressed (it was parsed as it came: "not valid JSON", "not UTF-8 text")."""
 
     def __init__(self, app: ASGIApp, max_body: int) -> None:
         self.app = app
@@ -53,6 +54,10 @@ class BodyLimitMiddleware:
         has_body = length not in (None, b"0") or b"transfer-encoding" in headers
         if scope["method"] not in _WITH_BODY or not has_body:
             return scope, None
+        coding = headers.get(b"content-encoding", b"identity").strip().lower()
+        if coding not in (b"", b"identity"):  # RFC 9110 §15.5.16: 415, naming what is accepted
+            return scope, problem(415, f"send the body uncompressed: Content-Encoding {coding.decode('latin-1')!r} "
+                                       "is not supported", headers={"Accept-Encoding": "identity"})
         media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if not media:  # curl --data-binary, scripts: a body without a type is taken as JSON
             return {**scope, "headers": [*scope["headers"], (b"content-type", b"application/json")]}, None
