@@ -112,7 +112,11 @@ def redrive(args: argparse.Namespace) -> int:
 def purge(args: argparse.Namespace) -> int:
     """Cancel every ready job of a queue."""
     if not args.yes and sys.stdin.isatty() and sys.stdout.isatty():
-        answer = input(f"cancel every waiting job of queue {args.queue!r}? [y/N] ")
+        try:
+            answer = input(f"cancel every waiting job of queue {args.queue!r}? [y/N] ")
+        except EOFError:  # Ctrl-D: no (it was "unexpected EOFError")
+            answer = ""
+            print()
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing purged", file=sys.stderr)
             return EXIT_FAILED
