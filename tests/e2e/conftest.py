@@ -115,3 +115,16 @@ def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str =
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def workers_until_terminal(env: Env, handle, *args: str, timeout: float = 60.0) -> None:
+    """Start ``conveyor worker *args`` again each time one exits (a task that kills its process)
+    until ``handle``'s job is terminal (bounded); then leave the last worker 3 s to run the job a
+    further time, were it wrongly handed out again (it waited out a 10 s exit that never came)."""
+    deadline = time.monotonic() + timeout
+    while not handle.refresh().status.terminal and time.monotonic() < deadline:
+        worker = env.worker(*args)
+        ends = min(deadline, time.monotonic() + 10)
+        while worker.poll() is None and not handle.refresh().status.terminal and time.monotonic() < ends:
+            time.sleep(0.05)
+    time.sleep(3.0)

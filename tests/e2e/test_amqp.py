@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conveyor.core.job import Status
-from tests.e2e.conftest import Env, wait_for
+from tests.e2e.conftest import Env, wait_for, workers_until_terminal
 from tests.e2e.jobs_app import recorded
 
 
@@ -76,11 +75,7 @@ def test_kill_9__every_job_still_succeeds_and_redelivery_is_prompt(amqp: Env) ->
 
 def test_process_killing_task__fails_after_max_deliveries_without_looping(amqp: Env) -> None:
     job = amqp.enqueue("suicide")
-    deadline = time.monotonic() + 60
-    while not job.refresh().status.terminal and time.monotonic() < deadline:
-        worker = amqp.worker("--queues", "crashy")
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            worker.wait(10)
+    workers_until_terminal(amqp, job, "--queues", "crashy")
     assert job.status is Status.FAILED
     assert job.error["type"] == "DeliveryLimitExceeded"
     assert job.job.deliveries == 3

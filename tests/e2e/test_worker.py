@@ -19,7 +19,7 @@ import pytest
 from conveyor.core.errors import InvalidArguments, JobFailed, ValidationError
 from conveyor.core.job import Status
 from tests.api.conftest import free_port
-from tests.e2e.conftest import wait_for
+from tests.e2e.conftest import wait_for, workers_until_terminal
 from tests.e2e.jobs_app import recorded
 
 pytestmark = pytest.mark.slow
@@ -146,11 +146,7 @@ def test_second_sigterm__hands_the_running_jobs_back_at_once(e2e):
 
 def test_process_killing_task__fails_after_max_deliveries_without_looping(e2e):
     job = e2e.enqueue("suicide")
-    deadline = time.monotonic() + 60
-    while not job.refresh().status.terminal and time.monotonic() < deadline:
-        worker = e2e.worker("--queues", "crashy")
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            worker.wait(10)
+    workers_until_terminal(e2e, job, "--queues", "crashy")
     assert job.status is Status.FAILED
     assert job.error["type"] == "DeliveryLimitExceeded"
     assert job.job.deliveries == 3
