@@ -22,7 +22,7 @@ API_HELP = (
     "opening the backend: --url and --app are not needed (the server validates), and the token comes from "
     "--token or $CONVEYOR_API_TOKEN. Exit codes: 0 ok; 1 job failed or not found, API unreachable, or the "
     "token missing, unknown (HTTP 401) or without the needed scope (HTTP 403); 2 usage error (incl. an "
-    "unknown task or bad arguments, HTTP 422)."
+    "unknown task or bad arguments, HTTP 400, 413 or 422, and an --api URL that is no Conveyor API)."
 )
 
 #: The AMQP client's loggers, and the lowest level each keeps below DEBUG: aio_pika logs an INFO per
