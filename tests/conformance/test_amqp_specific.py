@@ -56,8 +56,24 @@ async def open_amqp(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
 
 async def ready_tickets(b: AMQPBackend, queue: str = "default") -> int:
     """Tickets not acked yet: waiting in RabbitMQ or held by ``b``'s consumer."""
+    if b._publishing:  # hand-back tickets are published in the background
+        await asyncio.wait(b._publishing, timeout=5.0)
     await asyncio.sleep(0.1)  # let acks and deliveries land
     return await b.ticket_count(queue) + len(b._held)
+
+
+async def subscribed(b: AMQPBackend, queue: str = "default") -> None:
+    """Have ``b`` consume ``queue`` (claims and waits set that up in the background)."""
+    setup = b._start_consuming([queue], 1)
+    if setup is not None:
+        await asyncio.wait_for(setup, 5.0)
+
+
+async def held(b: AMQPBackend, queue: str = "default") -> None:
+    """Wait until ``b`` holds a ticket of ``queue`` (the store's own wake-up may end a wait first)."""
+    async with asyncio.timeout(5.0):
+        while not b._held:
+            await b.wait_for_work([queue], 1.0)
 
 
 async def test_smoke__any_store__enqueue_wakes_another_process_claim_finish(open_amqp: Opener) -> None:
@@ -112,7 +128,7 @@ async def test_claim__stale_ticket__is_acked_and_dropped(open_amqp: Opener) -> N
     b = await open_amqp()
     [(stored, _)] = await b.enqueue([job()])
     await b.cancel(stored.id, time.time())
-    await b.wait_for_work(["default"], 2.0)  # the ticket arrives
+    await held(b)  # the ticket arrives
 
     assert await b.claim(["default"], 1, "w1", time.time()) == []
     assert await ready_tickets(b) == 0
@@ -122,7 +138,7 @@ async def test_claim__stale_ticket__is_acked_and_dropped(open_amqp: Opener) -> N
 async def test_hand_back__gets_a_fresh_ticket(open_amqp: Opener) -> None:
     b = await open_amqp()
     await b.enqueue([job()])
-    await b.wait_for_work(["default"], 2.0)  # the ticket is held
+    await held(b)
     [lease] = await b.claim(["default"], 1, "w1", time.time())
     assert await ready_tickets(b) == 0
 
@@ -172,13 +188,12 @@ async def test_consumer_killed__held_ticket__is_redelivered_to_another(open_amqp
         await survivor.enqueue([job()])
         assert holder.stdout is not None
         assert await asyncio.wait_for(holder.stdout.readline(), 10.0) == b"held\n"
-        await survivor.wait_for_work(["default"], 0)  # subscribe
+        await subscribed(survivor)
         assert not survivor._held
 
         holder.kill()  # kill -9
 
-        await asyncio.wait_for(survivor.wait_for_work(["default"], 5.0), 6.0)
-        assert survivor._held
+        await held(survivor)  # redelivered (``held`` fails after 5 s)
         assert len(await survivor.claim(["default"], 1, "w2", time.time())) == 1
     finally:
         if holder.returncode is None:
@@ -264,3 +279,18 @@ async def test_wait__ended_by_tickets_or_timeouts__keeps_the_redis_stores_connec
         await b.close()
         await a.close()
         direct.close()
+
+
+async def test_new_queues__published_to_and_consumed_at_once__the_connection_stays_up(open_amqp: Opener) -> None:
+    """A publish and a consumer set-up each declared a new quorum queue, at once: RabbitMQ 3.10
+    answered the second declaration before the queue ran, and the consume on it crashed the
+    channel and the connection (541 INTERNAL_ERROR); the ticket was lost with it."""
+    b = await open_amqp()
+    queues = [f"q{n}" for n in range(12)]
+    for queue in queues:
+        await asyncio.gather(b.enqueue([job(queue=queue)]), b._consume([queue], 1))
+    async with asyncio.timeout(5.0):
+        while len(b._held) < len(queues):  # each queue's ticket reaches its consumer
+            await asyncio.sleep(0.02)
+
+    assert not b._lost and b._connected()

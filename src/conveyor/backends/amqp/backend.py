@@ -36,11 +36,14 @@ Who decides what:
 - A worker killed with -9 loses its held tickets to RabbitMQ's redelivery (at once, to
   another consumer) and its leases to the store's sweep (within lease + sweep interval).
 
-While RabbitMQ is unreachable the engine degrades instead of failing: enqueue stores the
-job and logs that its ticket is deferred, claim keeps leasing from the store, and
-``wait_for_work`` waits on the store alone (workers poll). Neither waits for RabbitMQ: while
-``connect_robust`` is between attempts they fail over at once (the robust channel's own
-calls would wait for the reconnect), and each call on the way is bounded. ``ping`` raises
+Nothing on the way of a job waits for RabbitMQ: enqueue, requeue and finish answer once the
+store has the jobs and publish their tickets in the background (confirms awaited
+``PUBLISH_WITHIN`` at most, then left to the outbox sweep), and consumers are set up in the
+background while claims lease from the store. So while RabbitMQ is unreachable or slow (a
+quorum queue without a leader after a crash) the engine degrades instead of failing: tickets
+are deferred (logged), claim keeps leasing from the store, and ``wait_for_work`` waits on the
+store alone (workers poll). While ``connect_robust`` is between attempts nothing is tried (the
+robust channel's own calls would wait for the reconnect). ``ping`` raises
 ``BackendUnavailable``, so ``/readyz`` tells; so does ``open`` (a process that never reached
 RabbitMQ cannot enqueue). ``connect_robust`` reconnects (every ``reconnect_interval``
 seconds, a URL option, default 5) and reopens the channels; ``_on_reconnect`` then drops
@@ -59,7 +62,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Coroutine, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -107,8 +110,14 @@ CONNECT_TIMEOUT = 5.0
 #: RabbitMQ calls stalled or failed until TCP's retransmission got through ~28 s after the heal;
 #: at 10, a 15 s cut still left them failing 12 s after it (measured, tests/e2e/test_many_hosts).
 HEARTBEAT = 5
-#: Bound on one RabbitMQ call made on the way to a claim or a wait (answers take milliseconds).
+#: Bound on one RabbitMQ call made to set up consuming or to count tickets (answers take milliseconds).
 RPC_TIMEOUT = 5.0
+#: Bound on the confirms of one publish. A quorum queue that came back from a crash without a
+#: leader (rabbitmq-server#10070) confirms nothing until it has one: the tickets are then left to
+#: the outbox sweep, and an enqueue still answers well within the API's 10 s bound.
+PUBLISH_WITHIN = 5.0
+#: Publishes under way in the background at most; the next enqueue waits for one to end.
+MAX_PUBLISHING = 256
 
 
 def _reasonless(exc: BaseException) -> bool:
@@ -240,12 +249,17 @@ class AMQPBackend(Backend):
         self._pub: AbstractChannel | None = None  #: publisher confirms on
         self._sub: AbstractChannel | None = None  #: consumers, manual acks
         self._declared: set[str] = set()
+        self._declaring: dict[str, asyncio.Future[None]] = {}
         self._consumers: dict[str, tuple[AbstractQueue, ConsumerTag]] = {}
         self._prefetch = 0
         self._held: deque[tuple[float, AbstractIncomingMessage]] = deque()
         self._arrived = asyncio.Event()
         self._lock = asyncio.Lock()
         self._reaper: asyncio.Task[None] | None = None
+        #: Consumer set-up runs beside claims and waits, never in their way (``_start_consuming``).
+        self._setup: asyncio.Task[None] | None = None
+        #: Publishes under way (``_later``); ``close`` lets them finish (bounded).
+        self._publishing: set[asyncio.Task[None]] = set()
         self._warned = 0.0
         #: The connection was lost and that was said; cleared (and said) when it reconnects.
         self._lost = False
@@ -286,12 +300,16 @@ class AMQPBackend(Backend):
         self._reaper = asyncio.create_task(self._reap_held())
 
     async def close(self) -> None:
-        """Close consumers, channels, the connection and the store."""
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reaper
-            self._reaper = None
+        """Let publishes under way finish (bounded), close consumers, channels, the connection and the store."""
+        if self._publishing:
+            await asyncio.wait(self._publishing, timeout=PUBLISH_WITHIN + 1)
+        for task in (self._reaper, self._setup, *self._publishing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._reaper = self._setup = None
+        self._publishing.clear()
         conn, self._conn = self._conn, None
         self._pub = self._sub = None
         self._consumers.clear()
@@ -394,10 +412,29 @@ class AMQPBackend(Backend):
 
     # -- RabbitMQ queues and tickets ------------------------------------------------------
     async def _declare(self, queue: str) -> str:
-        """Declare ``<prefix>.<queue>`` once per connection; its name."""
+        """Declare ``<prefix>.<queue>`` once per connection; its name.
+
+        One declaration at a time per queue: RabbitMQ 3.10 may answer a second, concurrent
+        declaration of a new quorum queue before the queue runs, and a consume on it then
+        crashes the channel, and with it the connection (541 INTERNAL_ERROR, ``noproc`` in
+        ``rabbit_quorum_queue:consume``)."""
         name = self.rabbit_queue(queue)
         if name in self._declared:
             return name
+        declaring = self._declaring.get(name)
+        if declaring is None:
+            declaring = self._declaring[name] = asyncio.ensure_future(self._declare_now(queue, name))
+            declaring.add_done_callback(lambda done: self._declared_or_not(name, done))
+        await asyncio.shield(declaring)  # a caller cancelled does not cancel the others' declaration
+        return name
+
+    def _declared_or_not(self, name: str, declaring: asyncio.Future[None]) -> None:
+        if self._declaring.get(name) is declaring:
+            del self._declaring[name]
+        if not declaring.cancelled():
+            declaring.exception()  # retrieved: each caller still awaiting it gets it raised
+
+    async def _declare_now(self, queue: str, name: str) -> None:
         assert self._conn is not None
         settings = await self.store.queue_settings(queue)
         arguments: dict[str, Any] = {"x-queue-type": "quorum", "x-delivery-limit": settings.max_deliveries}
@@ -411,7 +448,6 @@ class AMQPBackend(Backend):
             async with self._conn.channel() as ch:
                 await ch.declare_queue(name, passive=True)
         self._declared.add(name)
-        return name
 
     def _server_version(self) -> tuple[int, ...]:
         props: Mapping[str, Any] = {}
@@ -431,15 +467,35 @@ class AMQPBackend(Backend):
             return
         if self._pub is None or not self._connected():
             raise BackendUnavailable(f"{self._where} is not connected")
-        with self._guard():
-            names = {t.queue: await self._declare(t.queue) for t in tickets}
-            exchange = self._pub.default_exchange
-            await asyncio.gather(*(
-                exchange.publish(
-                    aio_pika.Message(t.job_id.encode(), message_id=t.job_id, content_type="text/plain",
-                                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                    routing_key=names[t.queue], timeout=10.0)
-                for t in tickets))
+        try:
+            with self._guard():
+                async with asyncio.timeout(PUBLISH_WITHIN):
+                    names = {t.queue: await self._declare(t.queue) for t in tickets}
+                    exchange = self._pub.default_exchange
+                    await asyncio.gather(*(
+                        exchange.publish(
+                            aio_pika.Message(t.job_id.encode(), message_id=t.job_id, content_type="text/plain",
+                                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                            routing_key=names[t.queue])
+                        for t in tickets))
+        except TimeoutError as exc:
+            raise BackendUnavailable(f"{self._where} did not confirm {len(tickets)} ticket(s) "
+                                     f"within {PUBLISH_WITHIN:g} s") from exc
+
+    async def _later(self, publishing: Coroutine[Any, Any, None]) -> None:
+        """Run ``publishing`` in the background: the store has the jobs, the tickets only wake
+        workers sooner, and a RabbitMQ slow to confirm (a quorum queue without a leader after a
+        crash, rabbitmq-server#10070) must not hold up an enqueue or an outcome. Waits only
+        while ``MAX_PUBLISHING`` are under way."""
+        try:
+            while len(self._publishing) >= MAX_PUBLISHING:
+                await asyncio.wait(set(self._publishing), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            publishing.close()
+            raise
+        task = asyncio.create_task(publishing)
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
 
     async def _publish_soft(self, tickets: Sequence[Ticket]) -> None:
         """Publish; an outage defers the tickets to the sweep's top-up instead of failing."""
@@ -461,6 +517,25 @@ class AMQPBackend(Backend):
 
     async def _ticket_count_bounded(self, queue: str) -> int:
         return await asyncio.wait_for(self.ticket_count(queue), RPC_TIMEOUT)
+
+    def _start_consuming(self, queues: Sequence[str], prefetch: int) -> asyncio.Task[None] | None:
+        """Have consumers of ``queues`` with ``prefetch`` set up in the background unless they are;
+        the task doing it, if any. Claims lease from the store and waits wait on it meanwhile: a
+        RabbitMQ slow to answer (a quorum queue electing its leader) delays wake-ups, not jobs."""
+        if self._setup is not None and not self._setup.done():
+            return self._setup
+        if max(1, prefetch) == self._prefetch and all(q in self._consumers for q in queues):
+            return None
+        if not self._connected():
+            return None  # ``_on_reconnect`` wakes the waiters; their next claim or wait sets up
+        self._setup = asyncio.create_task(self._consume_soft(queues, prefetch))
+        return self._setup
+
+    async def _consume_soft(self, queues: Sequence[str], prefetch: int) -> None:
+        try:
+            await self._consume(queues, prefetch)
+        except BackendUnavailable as exc:
+            self._warn("consuming tickets failed; workers claim from the store alone", exc)
 
     async def _consume(self, queues: Sequence[str], prefetch: int) -> None:
         """Consume tickets of ``queues`` with ``prefetch`` unacked tickets at most per queue."""
@@ -511,19 +586,18 @@ class AMQPBackend(Backend):
 
     # -- submit ---------------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
-        """Register in the store (atomic), then publish tickets with confirms (the outbox)."""
+        """Register in the store (atomic), then publish tickets with confirms in the background (the outbox)."""
         stored = await self.store.enqueue(jobs)
         created = [job for job, created in stored if created]
-        await self._publish_soft(tickets_for(created) + wake_tickets_for_delayed(created))
+        tickets = tickets_for(created) + wake_tickets_for_delayed(created)
+        if tickets:
+            await self._later(self._publish_soft(tickets))
         return stored
 
     # -- leasing --------------------------------------------------------------------------
     async def claim(self, queues: Sequence[str], limit: int, worker_id: str, now: float) -> list[Lease]:
         """Lease from the store; ack the tickets that stood for what was leased (or was stale)."""
-        try:
-            await self._consume(queues, limit)
-        except BackendUnavailable as exc:
-            self._warn("consuming tickets failed; claiming from the store alone", exc)
+        self._start_consuming(queues, limit)
         leases = await self.store.claim(queues, limit, worker_id, now)
         await self._ack(len(leases) if len(leases) >= limit else len(self._held))
         return leases
@@ -539,8 +613,16 @@ class AMQPBackend(Backend):
         applied = await self.store.finish(outcomes, now)
         back = [o.job_id for o, ok in zip(outcomes, applied, strict=True) if ok and o.status is Status.QUEUED]
         if back:
-            await self._publish_soft(tickets_for(await self.store.get_jobs(back)))
+            await self._later(self._hand_back(back))
         return applied
+
+    async def _hand_back(self, ids: Sequence[str]) -> None:
+        try:
+            jobs = await self.store.get_jobs(ids)
+        except BackendUnavailable as exc:
+            self._warn(f"{len(ids)} ticket(s) deferred to the outbox sweep", exc)
+            return
+        await self._publish_soft(tickets_for(jobs))
 
     async def set_progress(self, job_id: str, token: str, progress: Mapping[str, Any], now: float) -> bool:
         return await self.store.set_progress(job_id, token, progress, now)
@@ -548,12 +630,7 @@ class AMQPBackend(Backend):
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a ticket arrives for ``queues`` (or one is held), when the store's own wait
         returns (a delayed or retrying job comes due, or the store's wake-ups), or after ``timeout``."""
-        try:
-            await self._consume(queues, self._prefetch or 1)
-        except BackendUnavailable as exc:
-            self._warn("waiting for tickets failed; waiting on the store alone", exc)
-            await self.store.wait_for_work(queues, timeout)
-            return
+        self._start_consuming(queues, self._prefetch or 1)
         if self._held:
             return
         self._arrived.clear()
@@ -600,7 +677,8 @@ class AMQPBackend(Backend):
     ) -> list[Job]:
         """Requeue in the store (redrive, retry); the jobs put back get tickets."""
         jobs = await self.store.requeue(queue, ids, statuses, now)
-        await self._publish_soft(tickets_for(jobs))
+        if jobs:
+            await self._later(self._publish_soft(tickets_for(jobs)))
         return jobs
 
     async def purge(self, queue: str, now: float) -> int:
