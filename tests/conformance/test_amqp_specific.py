@@ -294,3 +294,13 @@ async def test_new_queues__published_to_and_consumed_at_once__the_connection_sta
             await asyncio.sleep(0.02)
 
     assert not b._lost and b._connected()
+
+
+async def test_close__right_after_an_enqueue__its_ticket_is_published_first(open_amqp: Opener) -> None:
+    """Tickets are published in the background: a process that closes at once (``conveyor
+    enqueue``) still leaves one per job for the workers, not a wait for the outbox sweep."""
+    a, b = await open_amqp(), await open_amqp()
+    await b.enqueue([job() for _ in range(3)])
+    await b.close()
+
+    assert await ready_tickets(a) == 3
