@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine, Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 import httpx
@@ -100,13 +100,24 @@ def submission(task: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tup
         value = kwargs[name]
         if name == "key":
             headers["Idempotency-Key"] = _key(value)
-        elif name == "eta" and isinstance(value, datetime):
-            body["eta"] = value.isoformat()
+        elif name == "eta":
+            body["eta"] = _rfc3339(value)
         elif name == "depends_on":
             body["depends_on"] = [v["id"] if isinstance(v, Mapping) else str(v) for v in value]
         else:
             body[name] = value
     return body, headers
+
+
+def _rfc3339(eta: Any) -> Any:
+    """``eta`` as the API takes it, read as ``enqueue`` reads it: a naive datetime is local
+    time, a number is seconds since the epoch (anything else goes as it is, for the server to judge)."""
+    if isinstance(eta, datetime):
+        return (eta if eta.tzinfo is not None else eta.astimezone()).isoformat()
+    if isinstance(eta, int | float) and not isinstance(eta, bool) and math.isfinite(eta):
+        with contextlib.suppress(OverflowError, OSError, ValueError):
+            return datetime.fromtimestamp(eta, UTC).isoformat()
+    return eta
 
 
 def _key(value: Any) -> str:

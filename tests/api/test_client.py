@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import pytest
 
@@ -65,6 +66,19 @@ def test_client__errors_map_to_the_error_tree(server: Server) -> None:
     with Client(f"http://127.0.0.1:{free_port()}") as dead, pytest.raises(BackendUnavailable):
         dead.get("x")
     assert not issubclass(InvalidArguments, UnknownTask)
+
+
+def test_client__eta_as_enqueue_reads_it__naive_datetime_is_local_time_and_a_number_epoch_seconds(
+        server: Server) -> None:
+    """``Client.submit(eta=...)`` refused what ``enqueue(eta=...)`` takes: a naive datetime (422:
+    no UTC offset) and epoch seconds (422: "1 part(s) of the request are invalid")."""
+    when = time.time() + 3600
+    etas = [datetime.fromtimestamp(when), datetime.fromtimestamp(when, UTC), when, int(when)]
+    with Client(server.url) as client:
+        jobs = [client.submit("add", 1, 2, eta=eta) for eta in etas]
+
+    assert [job["status"] for job in jobs] == ["scheduled"] * 4
+    assert all(abs(datetime.fromisoformat(job["scheduled_at"]).timestamp() - when) < 1 for job in jobs), jobs
 
 
 def test_async_client(server: Server, worker: WorkerThread) -> None:
