@@ -85,8 +85,10 @@ def url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def app(url: str) -> Conveyor:
-    return make_app(url)
+def app(url: str) -> Iterator[Conveyor]:
+    app = make_app(url)
+    yield app
+    app.close()  # the loop its portal opened for a test's own calls (left to the GC: "unclosed event loop")
 
 
 @pytest.fixture
