@@ -19,7 +19,7 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
@@ -39,6 +39,7 @@ from conveyor.core.errors import (
     ValidationError,
 )
 from conveyor.core.idempotency import is_valid_key
+from conveyor.serialization import not_json
 
 #: Keyword arguments of ``submit`` that are options, not the task's arguments (``key``: Idempotency-Key).
 OPTIONS = frozenset({"queue", "priority", "delay", "eta", "max_retries", "timeout", "depends_on", "key",
@@ -186,28 +187,8 @@ def _encode(body: Any) -> bytes:
     try:
         return json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
     except (ValueError, TypeError) as exc:
-        pointer = _unencodable(body, "#")
-        raise ValidationError(f"{pointer}: {exc}", [{"pointer": pointer, "detail": str(exc)}]) from None
-
-
-def _unencodable(value: Any, pointer: str) -> str:
-    """The JSON Pointer of the first part of ``value`` that is not JSON (``pointer`` if none is)."""
-    if isinstance(value, Mapping):
-        items: Iterable[tuple[Any, Any]] = value.items()
-    elif isinstance(value, list | tuple):
-        items = enumerate(value)
-    else:
-        return pointer
-    for key, item in items:
-        inner = f"{pointer}/{key}"
-        if isinstance(item, float) and not math.isfinite(item):
-            return inner
-        if not isinstance(item, str | int | float | bool | None | Mapping | list | tuple):
-            return inner
-        found = _unencodable(item, inner)
-        if found != inner:
-            return found
-    return pointer
+        pointer, why = not_json(body) or ("#", str(exc))
+        raise ValidationError(f"{pointer}: {why}", [{"pointer": pointer, "detail": why}]) from None
 
 
 #: Seconds an event stream may stay silent before it counts as lost (the server sends a

@@ -32,6 +32,26 @@ def keys_are_text(value: Any) -> bool:
     return True
 
 
+def not_json(value: Any, pointer: str = "#") -> tuple[str, str] | None:
+    """The JSON Pointer of the first part of ``value`` that JSON cannot carry, and why (None when
+    all of it can; a key that is not text is ``keys_are_text``'s business)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return pointer, f"{value} is not a JSON number"
+    if isinstance(value, str | int | float | bool | None):
+        return None
+    if isinstance(value, dict):
+        items: Any = ((str(k).replace("~", "~0").replace("/", "~1"), v) for k, v in value.items())
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return pointer, f"{type(value).__name__} is not JSON"
+    for key, item in items:
+        found = not_json(item, f"{pointer}/{key}")
+        if found is not None:
+            return found
+    return None
+
+
 #: Why a string holding U+0000 is refused: PostgreSQL cannot store it in JSON, so no engine takes
 #: it (an app moves between engines as it is).
 NUL_REFUSED = "a string holds U+0000 (NUL), which PostgreSQL cannot store in JSON: send binary data as base64"

@@ -187,6 +187,24 @@ def test_arguments__an_object_key_that_is_not_text__refused_naming_the_argument(
     app.build_job("untyped", [{"1": "a", "n": [1, {"k": None}]}], {}, now=0.0)  # text keys: fine
 
 
+def test_arguments_and_metadata__nan_or_a_set_inside__named_where_and_what(app):
+    """A NaN deep in an argument was "dict is not JSON", and in metadata "metadata must be a JSON
+    object of at most 64 KiB" (a size problem, it read)."""
+    @app.task
+    def untyped(ctx: Context, data, *, labels=None) -> None: ...  # type: ignore[no-untyped-def]
+
+    with pytest.raises(InvalidArguments) as err:
+        app.build_job("untyped", [{"rows": [1.5, float("nan")]}], {"labels": {"a/b": {1, 2}}}, now=0.0)
+    assert [(e["pointer"], e["detail"]) for e in err.value.errors] == [
+        ("#/args/0/rows/1", "data/rows/1: nan is not a JSON number (Conveyor accepts only JSON arguments)"),
+        ("#/kwargs/labels/a~1b", "labels/a~1b: set is not JSON (Conveyor accepts only JSON arguments)")]
+
+    with pytest.raises(ValidationError) as meta:
+        app.build_job("untyped", ["x"], {}, now=0.0, metadata={"score": float("inf")})
+    assert meta.value.errors[0] == {"pointer": "#/metadata/score", "detail": "inf is not a JSON number"}
+    assert str(meta.value) == "metadata/score: inf is not a JSON number"
+
+
 def test_unknown_task__is_a_validation_error(app):
     with pytest.raises(UnknownTask) as err:
         app.build_job("nope", [], {}, now=0.0)

@@ -41,6 +41,7 @@ from conveyor.serialization import (
     holds_lone_surrogate,
     holds_nul,
     keys_are_text,
+    not_json,
 )
 
 if TYPE_CHECKING:
@@ -590,6 +591,11 @@ def _check_metadata(metadata: Any) -> dict[str, Any]:
         if len(text) > 64 * 1024 or not text or not keys_are_text(dict(metadata)):
             raise TypeError
     except (TypeError, ValueError, RecursionError):
+        with contextlib.suppress(RecursionError):
+            found = not_json(dict(metadata), "#/metadata") if isinstance(metadata, Mapping) else None
+            if found is not None:
+                pointer, why = found
+                raise _invalid(pointer, f"metadata{pointer[len('#/metadata'):]}: {why}", why) from None
         raise _invalid(
             "#/metadata", "metadata must be a JSON object of at most 64 KiB", "must be a JSON object ≤ 64 KiB"
         ) from None

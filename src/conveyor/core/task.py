@@ -13,7 +13,14 @@ import pydantic
 
 from conveyor.core.errors import InvalidArguments, RegistrationError, ValidationError
 from conveyor.core.limits import Limits
-from conveyor.serialization import NUL_REFUSED, SURROGATE_REFUSED, holds_lone_surrogate, holds_nul, keys_are_text
+from conveyor.serialization import (
+    NUL_REFUSED,
+    SURROGATE_REFUSED,
+    holds_lone_surrogate,
+    holds_nul,
+    keys_are_text,
+    not_json,
+)
 
 if TYPE_CHECKING:
     from conveyor.core.app import Conveyor
@@ -109,8 +116,13 @@ class Task:
             if not keys_are_text(bound.arguments):
                 raise TypeError("a key that is not text")
         except (TypeError, ValueError, RecursionError):
-            errors = [{"pointer": where.get(name, f"#/kwargs/{name}"), "detail": f"{name}: {_not_json(value)}"}
-                      for name, value in bound.arguments.items() if _not_json(value)]
+            errors = []
+            for name, value in bound.arguments.items():
+                at = where.get(name, f"#/kwargs/{name}")
+                found = _not_json(value, at)
+                if found is not None:
+                    pointer, why = found
+                    errors.append({"pointer": pointer, "detail": f"{name}{pointer[len(at):]}: {why}"})
         else:
             errors = self._text_errors(bound.arguments, text, where) or self._type_errors(text, where)
         if errors:
@@ -211,17 +223,20 @@ class Task:
         return self.app.enqueue_many([(self, *_split(item), options) for item in items])
 
 
-def _not_json(value: Any) -> str:
-    """Why ``value`` is not JSON ('' when it is)."""
+def _not_json(value: Any, pointer: str) -> tuple[str, str] | None:
+    """Where in ``value`` (at ``pointer``) the first part that is not JSON is, and why (None if none is)."""
     try:
+        found = not_json(value, pointer)
+        if found is not None:
+            return found[0], f"{found[1]} (Conveyor accepts only JSON arguments)"
+        if not keys_are_text(value):
+            return pointer, "an object key that is not text is not JSON (json would turn 1 into \"1\")"
         json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        return f"{type(value).__name__} is not JSON (Conveyor accepts only JSON arguments)"
     except RecursionError:
-        return f"{type(value).__name__} is nested too deeply to encode as JSON"
-    if not keys_are_text(value):
-        return "an object key that is not text is not JSON (json would turn 1 into \"1\")"
-    return ""
+        return pointer, f"{type(value).__name__} is nested too deeply to encode as JSON"
+    except (TypeError, ValueError):
+        return pointer, f"{type(value).__name__} is not JSON (Conveyor accepts only JSON arguments)"
+    return None
 
 
 def _split(item: Mapping[str, Any] | Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
