@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,12 @@ class Cli:
         )
         assert "Traceback" not in proc.stderr, proc.stderr
         return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    def run_each(self, *argvs: list[str], timeout: float = 30.0, env: dict[str, str] | None = None) -> list[Result]:
+        """``run(*argv)`` for each of ``argvs``, side by side (independent commands: each process's
+        start-up, mostly imports, no longer waits for the one before); the results in order."""
+        with ThreadPoolExecutor(len(argvs)) as pool:
+            return list(pool.map(lambda argv: self.run(*argv, timeout=timeout, env=env), argvs))
 
     def background_worker(self, *args: str) -> subprocess.Popen[bytes]:
         """A ``conveyor worker`` process, killed when the test ends."""

@@ -32,8 +32,8 @@ def test_url__port_not_a_number__exit_2_naming_it(cli: Cli, url: str, expected: 
 def test_url__redis_database_not_a_number__exit_2_not_database_0(cli: Cli) -> None:
     # redis-py ignores a path it cannot read as a number: the jobs would land in database 0
     url = f"redis://127.0.0.1:6379/abc?prefix=cli_{uuid.uuid4().hex[:12]}"
-    for argv in (["jobs"], ["submit", "add", "1", "2"], ["worker", "--burst"]):
-        result = cli.run(*argv, "--url", url)
+    argvs = (["jobs"], ["submit", "add", "1", "2"], ["worker", "--burst"])
+    for argv, result in zip(argvs, cli.run_each(*([*argv, "--url", url] for argv in argvs)), strict=True):
         assert result.code == 2, argv
         assert "invalid redis database 'abc' in the URL" in one_error_line(result.err)
 

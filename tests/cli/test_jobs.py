@@ -250,7 +250,6 @@ def test_stdout_not_utf8__tables_and_json_still_print(cli: Cli) -> None:
     result = cli.run("status", job_id, "--json", env=env)
     assert result.code == 0, result.err
     assert result.out.isascii() and result.json()["args"] == ["é 💥"]  # escaped: the same JSON
-    for command in (["status", job_id], ["jobs"], ["queues"]):
-        result = cli.run(*command, env=env)
+    for result in cli.run_each(["status", job_id], ["jobs"], ["queues"], env=env):
         assert result.code == 0, result.err
         assert result.err == "" and ("queued" in result.out)

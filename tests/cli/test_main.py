@@ -45,8 +45,8 @@ def test_help__exit_0_lists_every_command(cli: Cli) -> None:
 
 def test_backend_unreachable__exit_1_one_line(cli: Cli, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/missing/dir/conveyor.db"
-    for argv in (["jobs"], ["queues"], ["status", "01a2222c-0000-7000-8000-000000000000"], ["submit", "add", "1", "2"]):
-        result = cli.run(*argv, "--url", url)
+    argvs = (["jobs"], ["queues"], ["status", "01a2222c-0000-7000-8000-000000000000"], ["submit", "add", "1", "2"])
+    for argv, result in zip(argvs, cli.run_each(*([*argv, "--url", url] for argv in argvs)), strict=True):
         assert result.code == 1, argv
         assert "SQLite" in one_error_line(result.err)
 

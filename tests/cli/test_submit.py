@@ -149,8 +149,7 @@ def test_submit__same_key_other_arguments__usage_error_and_no_second_job(cli: Cl
 def test_submit__key_beyond_printable_ascii__usage_error_as_over_http(cli: Cli) -> None:
     """One rule for a key, whichever way it goes: `--key café` worked on the engine and was
     refused through `--api` (an HTTP header carries printable ASCII only)."""
-    for key in ("café", "tab\there", ""):
-        result = cli.run("submit", "add", "1", "2", "--key", key)
+    for result in cli.run_each(*(["submit", "add", "1", "2", "--key", key] for key in ("café", "tab\there", ""))):
         assert result.code == 2, result.err
         assert "1–255 printable ASCII characters" in one_error_line(result.err)
     assert cli("jobs", "--json").json()["items"] == []
