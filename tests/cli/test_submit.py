@@ -107,10 +107,27 @@ def test_submit__bad_app__exit_2(cli: Cli, app: str, expected: str) -> None:
     assert expected in one_error_line(result.err)
 
 
+@pytest.mark.parametrize(("app", "module"), [("cli_test_app.py:app", "cli_test_app"),
+                                               ("./cli_test_app.py:app", "cli_test_app"),
+                                               ("/srv/jobs/cli_test_app.py:app", "cli_test_app"),
+                                               ("pkg/tasks.py:app", "pkg.tasks")])
+def test_submit__app_given_as_a_file__exit_2_naming_the_module(cli: Cli, app: str, module: str) -> None:
+    """As for `python app.py`: the line said "No module named 'cli_test_app.py'; 'cli_test_app' is
+    not a package", or "the 'package' argument is required to perform a relative import"."""
+    result = cli.run("submit", "add", "1", "2", "--app", app)
+    assert result.code == 2
+    assert one_error_line(result.err) == (
+        f"conveyor: error: --app takes a module, not a file: {module}:app (run from the directory the module is "
+        "in, or put that directory on PYTHONPATH)")
+
+
 @pytest.mark.parametrize(("source", "expected"), [
     ('raise RuntimeError("config missing: FOO")\n',
      "conveyor: error: cannot import the app module 'broken_app': RuntimeError: config missing: FOO"),
     ("def f(:\n", "conveyor: error: cannot import the app module 'broken_app': SyntaxError: "),
+    # script code on import: the command ended with exit 3 and not a word
+    ("raise SystemExit(3)\n", "conveyor: error: the app module of 'broken_app:app' exited while it was imported "
+                               "(SystemExit 3): keep script code under `if __name__ == \"__main__\":`"),
 ])
 def test_submit__app_module_fails_on_import__exit_2_naming_the_module(cli: Cli, source: str, expected: str) -> None:
     (cli.tmp_path / "broken_app.py").write_text(source)

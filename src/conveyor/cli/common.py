@@ -14,6 +14,7 @@ from conveyor.backends import create_backend, resolve_url
 from conveyor.backends.base import Backend
 from conveyor.cli.errors import UsageError
 from conveyor.core.app import Conveyor
+from conveyor.core.errors import ConfigurationError
 from conveyor.loader import load_app
 
 #: Said in the help of every command that takes ``--api``.
@@ -97,11 +98,31 @@ def app_spec(args: argparse.Namespace) -> str | None:
 
 def load(args: argparse.Namespace) -> Conveyor:
     """The app of ``--app`` / ``CONVEYOR_APP``, using ``--url`` when given (``ConfigurationError`` if none)."""
-    app = load_app(app_spec(args))
+    spec = app_spec(args)
+    try:
+        app = load_app(spec)
+    except SystemExit as exc:  # script code run on import: it ended the command, often without a word
+        raise UsageError(f"the app module of {spec!r} exited while it was imported (SystemExit {exc.code!r}): keep "
+                         "script code under `if __name__ == \"__main__\":`") from None
+    except ConfigurationError:
+        module, _, attribute = (spec or "").partition(":")
+        if module.endswith(".py") or "/" in module or os.sep in module:  # a file, as for `python app.py`
+            raise UsageError(f"--app takes a module, not a file: {_module_of(module)}:{attribute} (run from the "
+                             "directory the module is in, or put that directory on PYTHONPATH)") from None
+        raise
     url = getattr(args, "url", None)
     if url:
         app.url = url  # an explicit --url wins over what the app module chose
     return app
+
+
+def _module_of(path: str) -> str:
+    """The module a file path names: ``app.py`` → ``app``, ``pkg/jobs.py`` → ``pkg.jobs``, and the file
+    name alone for a path that leaves the working directory (``/srv/app.py``, ``../app.py``)."""
+    path = os.path.normpath(path.removesuffix(".py"))
+    if os.path.isabs(path) or path.startswith(".."):
+        return os.path.basename(path)
+    return path.replace(os.sep, ".").replace("/", ".")
 
 
 def backend_url(args: argparse.Namespace) -> str:
