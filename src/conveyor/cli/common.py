@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from conveyor.backends import create_backend, resolve_url
 from conveyor.backends.base import Backend
-from conveyor.cli.errors import UsageError
+from conveyor.cli.errors import Stopped, UsageError
 from conveyor.core.app import Conveyor
 from conveyor.core.errors import ConfigurationError
 from conveyor.loader import load_app
@@ -101,6 +101,8 @@ def load(args: argparse.Namespace) -> Conveyor:
     spec = app_spec(args)
     try:
         app = load_app(spec)
+    except Stopped:
+        raise
     except SystemExit as exc:  # script code run on import: it ended the command, often without a word
         raise UsageError(f"the app module of {spec!r} exited while it was imported (SystemExit {exc.code!r}): keep "
                          "script code under `if __name__ == \"__main__\":`") from None

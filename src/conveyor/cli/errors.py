@@ -30,6 +30,14 @@ class UsageError(ConveyorError):
     """The command line is invalid."""
 
 
+class Stopped(SystemExit):
+    """A stop signal arrived before the command began its work (while the app loads): exit 0.
+    Its own class, so that loading the app tells it from an app module that exits on import."""
+
+    def __init__(self) -> None:
+        super().__init__(EXIT_OK)
+
+
 #: Error class → exit code; the first entry the error is an instance of wins (subclasses first).
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (UsageError, EXIT_USAGE),

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor.cli import argtypes
 from conveyor.cli.common import add_common, app_spec, configure_logging, load, open_backend
-from conveyor.cli.errors import UsageError
+from conveyor.cli.errors import Stopped, UsageError
 from conveyor.core.errors import BackendUnavailable
 
 DEFAULT_MAX_BODY = 1024 * 1024
@@ -102,7 +102,7 @@ def stop_before_start(*signums: int) -> None:
 
 
 def _exit_0(signum: int, frame: FrameType | None) -> NoReturn:
-    raise SystemExit(0)
+    raise Stopped
 
 
 def check_engine(url: str) -> None:

@@ -12,6 +12,7 @@ from types import FrameType
 from conveyor import metrics
 from conveyor.cli import argtypes
 from conveyor.cli.common import add_common, app_spec, configure_logging, load
+from conveyor.cli.errors import Stopped
 from conveyor.worker.worker import left_running, run_worker
 
 
@@ -76,4 +77,4 @@ def worker(args: argparse.Namespace) -> int:
 def _stop_before_start(signum: int, frame: FrameType | None) -> None:
     """SIGTERM while the app loads or the engine connects: no job was taken, so a clean exit 0
     (as SPEC §4 asks of a stop), not death by the signal (143)."""
-    raise SystemExit(0)
+    raise Stopped
