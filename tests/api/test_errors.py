@@ -175,6 +175,26 @@ def test_compressed_body__415_saying_so(http: httpx.Client) -> None:
     assert r.status_code == 202
 
 
+@pytest.mark.parametrize(("method", "path", "params", "body"), [
+    ("POST", "/v1/jobs", {"priority": "9"}, {"task": "add", "args": [1, 2]}),  # submitted at priority 0
+    ("POST", "/v1/jobs/batch", {"queue": "media"}, {"jobs": [{"task": "add", "args": [1, 2]}]}),
+    ("PATCH", "/v1/queues/default", {"paused": "true"}, {}),  # 200, nothing changed
+    ("POST", "/v1/queues/default/redrive", {"ids": "01a22233-d0de-71e6-b821-e3be6140d5a1"}, None),  # redrove all
+    ("POST", "/v1/queues/default/purge", {"dry_run": "1"}, None),
+    ("POST", "/v1/jobs/01a22233-d0de-71e6-b821-e3be6140d5a1/cancel", {"force": "1"}, None),
+])
+def test_write_route_with_query_parameters__422_naming_them(http: httpx.Client, method: str, path: str,
+                                                            params: dict, body: object) -> None:
+    """These routes take no query parameters: options sent there were dropped without a word."""
+    queued = http.get("/v1/queues/default").json()["queued"]
+    r = http.request(method, path, params=params, json=body)
+    assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, r.text
+    assert r.json()["errors"] == [{"parameter": name, "in": "query", "detail": "unknown parameter: this route "
+                                   "takes none (options go in the JSON body)"} for name in params]
+    assert http.get("/v1/queues/default").json()["queued"] == queued  # nothing was done
+    assert http.get("/v1/queues/default").json()["paused"] is False
+
+
 def test_body_without_content_type__taken_as_json(http: httpx.Client) -> None:
     assert http.post("/v1/jobs", content=b'{"task": "add", "args": [1, 2]}').status_code == 202
 

@@ -10,6 +10,7 @@ from conveyor.api.events import KEEPALIVE, Watcher
 from conveyor.api.idempotency import InFlight
 from conveyor.backends.base import Backend
 from conveyor.core.app import Conveyor
+from conveyor.core.errors import ValidationError
 
 
 @dataclass
@@ -31,6 +32,18 @@ class ApiState:
         if not self.opened:
             self.opened.append(backend)
         return backend
+
+
+def no_query(request: Request) -> None:
+    """422 naming each query parameter given to a route that takes none: ``POST /v1/jobs?priority=9``
+    submitted at the task's priority, and ``PATCH /v1/queues/q?paused=true`` changed nothing."""
+    if not request.scope.get("query_string"):
+        return
+    errors = [{"parameter": name, "in": "query",
+               "detail": "unknown parameter: this route takes none (options go in the JSON body)"}
+              for name in dict.fromkeys(request.query_params)]
+    if errors:
+        raise ValidationError(f"{len(errors)} part(s) of the request are invalid", errors)
 
 
 async def state(request: Request) -> ApiState:

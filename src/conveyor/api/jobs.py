@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from conveyor import metrics
 from conveyor.api import events
-from conveyor.api.deps import ApiState, state
+from conveyor.api.deps import ApiState, no_query, state
 from conveyor.api.models import JobBatch, JobList, JobOut, SubmitBatch, SubmitJob
 from conveyor.api.problems import MISSING_BODY, responses
 from conveyor.backends.base import JobQuery
@@ -67,6 +67,7 @@ async def submit(request: Request) -> Response:
     # the hot path: the body is parsed here in one pydantic call rather than by FastAPI's
     # dependency machinery (a third of the request's time); errors take the same route
     st: ApiState = request.app.state.conveyor
+    no_query(request)
     idempotency_key = request.headers.get("idempotency-key")
     raw = await request.body()
     if not raw:
@@ -88,7 +89,8 @@ async def submit(request: Request) -> Response:
     return accepted(stored)
 
 
-@router.post("/batch", status_code=202, response_model=JobBatch, responses=responses(400, 401, 403, 413, 415, 422))
+@router.post("/batch", status_code=202, response_model=JobBatch, responses=responses(400, 401, 403, 413, 415, 422),
+             dependencies=[Depends(no_query)])
 async def submit_batch(body: SubmitBatch, st: State, request: Request) -> Response:
     """Submit up to 1000 jobs in one round trip: all are accepted, or none (422 names each problem)."""
     if "idempotency-key" in request.headers:  # a retried batch would make every job again: say so
@@ -211,7 +213,8 @@ def _event_id(header: str | None) -> int | None:
         return None
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=responses(401, 403, 404, 409))
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=responses(401, 403, 404, 409, 422),
+             dependencies=[Depends(no_query)])
 async def cancel(job_id: str, st: State) -> Response:
     """Cancel: a pending job at once, a running one cooperatively. 409 for a job that already finished
     otherwise; cancelling a cancelled job again is a no-op (202)."""
@@ -227,7 +230,8 @@ async def cancel(job_id: str, st: State) -> Response:
 RETRYABLE = (Status.FAILED, Status.CANCELLED, Status.EXPIRED)
 
 
-@router.post("/{job_id}/retry", status_code=202, response_model=JobOut, responses=responses(401, 403, 404, 409))
+@router.post("/{job_id}/retry", status_code=202, response_model=JobOut, responses=responses(401, 403, 404, 409, 422),
+             dependencies=[Depends(no_query)])
 async def retry(job_id: str, st: State) -> Response:
     """Run a failed, cancelled or expired job again (attempts reset): ``queued``, or ``waiting``
     while one of its ``depends_on`` parents is pending. 409 for any other status, and for a job

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Response
 from fastapi.responses import JSONResponse
 
-from conveyor.api.deps import ApiState, state
+from conveyor.api.deps import ApiState, no_query, state
 from conveyor.api.models import Purged, QueueList, QueueOut, QueuePatch, Redrive, Redriven
 from conveyor.api.problems import responses
 from conveyor.backends.base import Backend, QueueInfo
@@ -55,7 +55,8 @@ async def get_queue(name: str, st: State) -> Response:
     return JSONResponse((await _known(st, await st.backend(), name)).to_json())
 
 
-@router.patch("/{name}", response_model=QueueOut, responses=responses(400, 401, 403, 404, 413, 415, 422))
+@router.patch("/{name}", response_model=QueueOut, responses=responses(400, 401, 403, 404, 413, 415, 422),
+              dependencies=[Depends(no_query)])
 async def patch_queue(name: str, body: QueuePatch, st: State) -> Response:
     """Change settings (seconds): ``retention``, ``visibility_timeout``, ``max_deliveries``, ``result_ttl``,
     ``paused``; fields left out keep their values. 404 for a queue GET does not know (a typo must
@@ -72,7 +73,7 @@ async def patch_queue(name: str, body: QueuePatch, st: State) -> Response:
 
 
 @router.post("/{name}/redrive", response_model=Redriven,
-             responses=responses(400, 401, 403, 404, 409, 413, 415, 422))
+             responses=responses(400, 401, 403, 404, 409, 413, 415, 422), dependencies=[Depends(no_query)])
 async def redrive(name: str, st: State, body: Annotated[Redrive | None, Body()] = None) -> Response:
     """Put the queue's dead letters (``failed`` jobs; only ``ids`` if given) back to ``queued``."""
     ids = _job_ids(body.ids) if body is not None and body.ids is not None else None
@@ -82,7 +83,8 @@ async def redrive(name: str, st: State, body: Annotated[Redrive | None, Body()] 
     return JSONResponse({"redriven": len(jobs)})
 
 
-@router.post("/{name}/purge", response_model=Purged, responses=responses(401, 403, 404))
+@router.post("/{name}/purge", response_model=Purged, responses=responses(401, 403, 404, 422),
+             dependencies=[Depends(no_query)])
 async def purge(name: str, st: State) -> Response:
     """Cancel every job of the queue that has not started yet."""
     backend = await st.backend()
