@@ -195,6 +195,18 @@ def test_write_route_with_query_parameters__422_naming_them(http: httpx.Client, 
     assert http.get("/v1/queues/default").json()["paused"] is False
 
 
+def test_validation_detail__says_what_and_where(http: httpx.Client) -> None:
+    """For a reader of ``detail`` alone (curl, logs): it said "1 part(s) of the request are invalid"."""
+    r = http.post("/v1/jobs", json={"task": "add", "args": [1, 2], "priority": 10})
+    assert r.json()["detail"] == "#/priority: Input should be less than or equal to 9"
+    r = http.get("/v1/jobs", params={"limit": 0})
+    assert r.json()["detail"] == "?limit: Input should be greater than or equal to 1"
+    r = http.post("/v1/jobs", json={"task": 1, "queue": 2, "priority": "x", "delay": "y", "extra": 1})
+    assert r.status_code == 422 and len(r.json()["errors"]) == 5
+    assert r.json()["detail"] == ("#/task: Input should be a valid string; #/queue: Input should be a valid string; "
+                                  "#/priority: Input should be a valid integer (and 2 more)")
+
+
 def test_body_without_content_type__taken_as_json(http: httpx.Client) -> None:
     assert http.post("/v1/jobs", content=b'{"task": "add", "args": [1, 2]}').status_code == 202
 

@@ -8,6 +8,7 @@ from fastapi import Request
 
 from conveyor.api.events import KEEPALIVE, Watcher
 from conveyor.api.idempotency import InFlight
+from conveyor.api.problems import summary
 from conveyor.backends.base import Backend
 from conveyor.core.app import Conveyor
 from conveyor.core.errors import ValidationError
@@ -43,7 +44,7 @@ def no_query(request: Request) -> None:
                "detail": "unknown parameter: this route takes none (options go in the JSON body)"}
               for name in dict.fromkeys(request.query_params)]
     if errors:
-        raise ValidationError(f"{len(errors)} part(s) of the request are invalid", errors)
+        raise ValidationError(summary(errors), errors)
 
 
 async def state(request: Request) -> ApiState:

@@ -14,7 +14,7 @@ from conveyor import metrics
 from conveyor.api import events
 from conveyor.api.deps import ApiState, no_query, state
 from conveyor.api.models import JobBatch, JobList, JobOut, SubmitBatch, SubmitJob
-from conveyor.api.problems import MISSING_BODY, responses
+from conveyor.api.problems import MISSING_BODY, responses, summary
 from conveyor.backends.base import JobQuery
 from conveyor.core.app import order_by_dependencies
 from conveyor.core.errors import (
@@ -151,7 +151,7 @@ def _check_list_query(request: Request, names: dict[str, str | None]) -> None:
     errors += [{"parameter": name, "in": "query", "detail": "must not contain U+0000"}
                for name, value in names.items() if value is not None and "\x00" in value]
     if errors:
-        raise ValidationError(f"{len(errors)} part(s) of the request are invalid", errors)
+        raise ValidationError(summary(errors), errors)
 
 
 @router.get(

@@ -180,6 +180,14 @@ def validation_errors(exc: RequestValidationError) -> tuple[int, list[dict[str, 
     return status, out
 
 
+def summary(errors: Sequence[Mapping[str, str]], shown: int = 3) -> str:
+    """A 422's ``detail``: what is wrong and where (``#/priority: ...``, ``?limit: ...``), for
+    a reader of ``detail`` alone; it said "1 part(s) of the request are invalid"."""
+    parts = [f"{e.get('pointer') or '?' + str(e.get('parameter'))}: {e.get('detail')}" for e in errors[:shown]]
+    more = f" (and {len(errors) - shown} more)" if len(errors) > shown else ""
+    return "; ".join(parts) + more
+
+
 def unreadable_body(reason: str, position: str | None = None) -> str:
     """The detail for a body that could not be parsed, with where it failed when the parser said:
     jiter ends its message with "at line L column C", the standard library gives a position."""
@@ -223,7 +231,7 @@ def install(api: FastAPI) -> None:
         status, errors = validation_errors(exc)
         if status == 400:
             return problem(400, errors[0]["detail"], errors=errors)
-        return problem(422, f"{len(errors)} part(s) of the request are invalid", errors=errors)
+        return problem(422, summary(errors), errors=errors)
 
     async def on_bug(request: Request, exc: Exception) -> JSONResponse:
         return from_error(exc)
