@@ -181,7 +181,11 @@ def test_engine_outage__workers_reconnect_and_every_job_succeeds(faulty: Proxied
         done_at_cut = sum(j.status is Status.SUCCEEDED for j in fetch(env.client, jobs))
         # An app that tries to enqueue during the outage gets a clear error, fast, every time.
         attempts = [timed_enqueue(app_client) for _ in range(2)]
-        attempts.append(timed_enqueue(make_client(env.url)))  # a client that never connected
+        never_connected = make_client(env.url)
+        try:
+            attempts.append(timed_enqueue(never_connected))
+        finally:
+            never_connected.close()  # its loop (left to the GC: "unclosed event loop"); it opened nothing
         for exc, took in attempts:
             assert isinstance(exc, BackendUnavailable), f"expected BackendUnavailable, got {exc!r}"
             assert took < FAIL_FAST, f"enqueue during the outage took {took:.2f} s to fail: {exc}"
