@@ -253,3 +253,32 @@ def test_stdout_not_utf8__tables_and_json_still_print(cli: Cli) -> None:
     for result in cli.run_each(["status", job_id], ["jobs"], ["queues"], env=env):
         assert result.code == 0, result.err
         assert result.err == "" and ("queued" in result.out)
+
+
+EVIL_APP = '''from conveyor import Context, Conveyor
+
+app = Conveyor()
+
+
+@app.task(max_retries=0)
+def evil(ctx: Context) -> None:
+    ctx.progress(0.5, "\\x1b]0;owned\\x07 \\x1b[31mred")
+    raise ValueError("\\x1b[2J\\u202egnp.exe")
+'''
+
+
+def test_job_text_with_terminal_controls__shown_escaped_not_acted_on(cli: Cli) -> None:
+    """A job's progress message, error and traceback are the task's text (maybe someone else's):
+    printed raw, ESC sequences cleared the screen or set the title, and U+202E reversed the line."""
+    (cli.tmp_path / "evil_app.py").write_text(EVIL_APP)
+    env = {**cli.env(), "CONVEYOR_APP": "evil_app:app"}
+    result = cli.run("submit", "evil", env=env)
+    job_id = result.out.strip()
+    assert cli.run("worker", "--burst", "--no-scheduler", env=env).code == 0
+    outputs = {"status": cli.run("status", job_id, env=env), "jobs": cli.run("jobs", env=env),
+               "watch": cli.run("watch", job_id, env=env)}
+    for name, result in outputs.items():
+        assert not any(c in result.out + result.err for c in "\x1b\x07\u202e"), (name, result)
+    assert "\\x1b[2J\\u202egnp.exe" in outputs["status"].out
+    assert "\\x1b]0;owned\\x07 \\x1b[31mred" in outputs["jobs"].out
+    assert one_error_line(outputs["watch"].err).endswith("failed: ValueError: \\x1b[2J\\u202egnp.exe")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import traceback
 
 from conveyor.core.errors import (
@@ -62,6 +63,18 @@ def exit_code(exc: BaseException) -> int:
     return EXIT_FAILED
 
 
+#: Characters a terminal acts on rather than shows: C0 and C1 controls (ESC starts sequences that
+#: clear the screen, set the title, write the clipboard) and the bidirectional overrides.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str, keep: str = "") -> str:
+    """``text`` safe to print on a terminal: each control character (but those in ``keep``) as its
+    ``\\x1b`` escape. Jobs' messages, errors and tracebacks are the task's text, and may carry
+    someone else's (a file name, a reply): printed raw, they could rewrite the screen."""
+    return _CONTROL.sub(lambda m: m[0] if m[0] in keep else m[0].encode("unicode_escape").decode(), text)
+
+
 def one_line(exc: BaseException) -> str:
     """The error as one line for stderr: Conveyor's own message, else the type and message."""
     if isinstance(exc, ConveyorError | TimeoutError):
@@ -73,4 +86,4 @@ def one_line(exc: BaseException) -> str:
             where = frames[-1]
             path = "/".join(where.filename.split(os.sep)[-2:])
             text += f" (raised at {path}:{where.lineno} in {where.name}; CONVEYOR_DEBUG=1 shows the traceback)"
-    return " ".join(text.split())  # newlines inside a message would break the one-line promise
+    return printable(" ".join(text.split()))  # newlines inside a message would break the one-line promise

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn
 
 from conveyor.cli import argtypes, render
 from conveyor.cli.common import API_HELP, add_api, add_common
-from conveyor.cli.errors import EXIT_OK, UsageError
+from conveyor.cli.errors import EXIT_OK, UsageError, printable
 from conveyor.cli.ops import RETRYABLE, Operations, open_operations
 from conveyor.client import OPTIONS
 from conveyor.core.errors import InvalidTransition, JobFailed, JobNotFound
@@ -205,7 +205,7 @@ async def _watch_bar(ops: Operations, job_id: str, timeout: float | None) -> Job
             label = f"{job.task} [{render.STATUS_STYLES[job.status]}]{job.status}[/]"
             message = (job.progress or {}).get("message")
             if message:
-                label += f" {escape(str(message))}"
+                label += f" {escape(printable(str(message)))}"
             bar.update(task_id, description=label, completed=completed)
 
         return await follow(ops, job_id, show, timeout)

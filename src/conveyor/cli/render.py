@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from conveyor.backends.base import QueueInfo
+from conveyor.cli.errors import printable
 from conveyor.core.job import Job, Status
 from conveyor.core.queues import QueueSettings
 
@@ -71,7 +72,7 @@ def progress_text(progress: Mapping[str, Any] | None) -> str:
         return ""
     fraction = progress.get("fraction")
     percent = f"{float(fraction):.0%}" if isinstance(fraction, int | float) else ""
-    message = progress.get("message") or ""
+    message = printable(str(progress.get("message") or ""))
     return f"{percent} {message}".strip()
 
 
@@ -113,9 +114,10 @@ def job_panel(job: Job) -> Panel:
     if job.attempts:
         parts.append(timeline_table(job))
     if job.error:
-        parts.append(Text(f"\n{job.error.get('type')}: {job.error.get('message')}", style="red"))
+        what = printable(f"{job.error.get('type')}: {job.error.get('message')}", keep="\n")
+        parts.append(Text(f"\n{what}", style="red"))
         if job.error.get("traceback"):
-            parts.append(Text(str(job.error["traceback"]).rstrip(), style="dim"))
+            parts.append(Text(printable(str(job.error["traceback"]).rstrip(), keep="\n"), style="dim"))
     return Panel(Group(*parts), title=f"job {job.id}", title_align="left", box=box.ROUNDED, expand=False)
 
 
@@ -128,11 +130,11 @@ def timeline_table(job: Job) -> Table:
         error = entry.get("error") or {}
         table.add_row(
             str(entry.get("attempt", "")),
-            escape(str(entry.get("worker_id") or "")),
+            escape(printable(str(entry.get("worker_id") or ""))),
             when(entry.get("started_at")),
             when(entry.get("finished_at")),
             escape(str(entry.get("status") or "running")),
-            escape(f"{error.get('type')}: {error.get('message')}" if error else ""),
+            escape(printable(f"{error.get('type')}: {error.get('message')}") if error else ""),
         )
     return table
 
