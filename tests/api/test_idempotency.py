@@ -103,3 +103,12 @@ def test_two_servers_one_backend__still_one_job(server: Server) -> None:
         assert (a.status_code, b.status_code) == (202, 200) and a.json()["id"] == b.json()["id"]
     finally:
         other.stop()
+
+
+def test_two_idempotency_key_headers__400(http: httpx.Client) -> None:
+    """The first alone was used: a retry sending them in the other order made a second job."""
+    body = {"task": "add", "args": [1, 2]}
+    r = http.post("/v1/jobs", json=body, headers=[("Idempotency-Key", "k-one"), ("Idempotency-Key", "k-two")])
+    assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json", r.text
+    assert r.json()["detail"] == "give one Idempotency-Key header, not several"
+    assert http.get("/v1/jobs").json()["items"] == []

@@ -78,6 +78,8 @@ async def submit(request: Request) -> Response:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
     if idempotency_key is not None and not is_valid_key(idempotency_key):
         raise HTTPException(400, "Idempotency-Key must be 1–255 printable ASCII characters")
+    if len(request.headers.getlist("idempotency-key")) > 1:  # the first alone was used: which one was meant?
+        raise HTTPException(400, "give one Idempotency-Key header, not several")
     with st.in_flight.hold(idempotency_key):
         job = st.app.build_job(body.task, body.args, body.kwargs, now=time.time(), key=idempotency_key,
                                **body.options())
