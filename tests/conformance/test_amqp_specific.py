@@ -56,8 +56,7 @@ async def open_amqp(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
 
 async def ready_tickets(b: AMQPBackend, queue: str = "default") -> int:
     """Tickets not acked yet: waiting in RabbitMQ or held by ``b``'s consumer."""
-    if b._publishing:  # hand-back tickets are published in the background
-        await asyncio.wait(b._publishing, timeout=5.0)
+    await b._settle()  # tickets are published in the background
     await asyncio.sleep(0.1)  # let acks and deliveries land
     return await b.ticket_count(queue) + len(b._held)
 

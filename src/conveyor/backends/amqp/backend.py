@@ -62,7 +62,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Collection, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -116,8 +116,11 @@ RPC_TIMEOUT = 5.0
 #: leader (rabbitmq-server#10070) confirms nothing until it has one: the tickets are then left to
 #: the outbox sweep, and an enqueue still answers well within the API's 10 s bound.
 PUBLISH_WITHIN = 5.0
-#: Publishes under way in the background at most; the next enqueue waits for one to end.
-MAX_PUBLISHING = 256
+#: Tickets published per round of the background publisher (each round's confirms are awaited
+#: ``PUBLISH_WITHIN`` at most; RabbitMQ confirmed 5,000 in well under a second).
+PUBLISH_ROUND = 5000
+#: Tickets waiting for the background publisher at most; beyond, they are left to the outbox sweep.
+MAX_OUTGOING = 100_000
 
 
 def _reasonless(exc: BaseException) -> bool:
@@ -258,8 +261,9 @@ class AMQPBackend(Backend):
         self._reaper: asyncio.Task[None] | None = None
         #: Consumer set-up runs beside claims and waits, never in their way (``_start_consuming``).
         self._setup: asyncio.Task[None] | None = None
-        #: Publishes under way (``_later``); ``close`` lets them finish (bounded).
-        self._publishing: set[asyncio.Task[None]] = set()
+        #: Tickets to publish, and the task publishing them (``_publish_later``).
+        self._outgoing: list[Ticket] = []
+        self._publisher: asyncio.Task[None] | None = None
         self._warned = 0.0
         #: The connection was lost and that was said; cleared (and said) when it reconnects.
         self._lost = False
@@ -301,15 +305,14 @@ class AMQPBackend(Backend):
 
     async def close(self) -> None:
         """Let publishes under way finish (bounded), close consumers, channels, the connection and the store."""
-        if self._publishing:
-            await asyncio.wait(self._publishing, timeout=PUBLISH_WITHIN + 1)
-        for task in (self._reaper, self._setup, *self._publishing):
+        await self._settle()
+        for task in (self._reaper, self._setup, self._publisher):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        self._reaper = self._setup = None
-        self._publishing.clear()
+        self._reaper = self._setup = self._publisher = None
+        self._outgoing.clear()
         conn, self._conn = self._conn, None
         self._pub = self._sub = None
         self._consumers.clear()
@@ -333,6 +336,9 @@ class AMQPBackend(Backend):
 
     async def drop(self) -> None:
         """Delete this prefix's RabbitMQ queues and the store's namespace (tests, reset tooling)."""
+        await self._settle()  # RabbitMQ 3.10 crashes the connection that publishes to a queue being deleted
+        if self._setup is not None:  # the queues it declares are this prefix's too
+            await asyncio.wait([self._setup], timeout=RPC_TIMEOUT + 1)
         names = {self.rabbit_queue(q.name) for q in await self.store.queues()} | self._declared
         names.add(self.rabbit_queue("default"))
         for _, (queue, tag) in list(self._consumers.items()):
@@ -482,20 +488,29 @@ class AMQPBackend(Backend):
             raise BackendUnavailable(f"{self._where} did not confirm {len(tickets)} ticket(s) "
                                      f"within {PUBLISH_WITHIN:g} s") from exc
 
-    async def _later(self, publishing: Coroutine[Any, Any, None]) -> None:
-        """Run ``publishing`` in the background: the store has the jobs, the tickets only wake
+    def _publish_later(self, tickets: Sequence[Ticket]) -> None:
+        """Publish ``tickets`` in the background: the store has the jobs, the tickets only wake
         workers sooner, and a RabbitMQ slow to confirm (a quorum queue without a leader after a
-        crash, rabbitmq-server#10070) must not hold up an enqueue or an outcome. Waits only
-        while ``MAX_PUBLISHING`` are under way."""
-        try:
-            while len(self._publishing) >= MAX_PUBLISHING:
-                await asyncio.wait(set(self._publishing), return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            publishing.close()
-            raise
-        task = asyncio.create_task(publishing)
-        self._publishing.add(task)
-        task.add_done_callback(self._publishing.discard)
+        crash, rabbitmq-server#10070) must not hold up an enqueue or an outcome. One task
+        publishes what gathered while its last round waited for confirms."""
+        if len(self._outgoing) + len(tickets) > MAX_OUTGOING:
+            self._warn(f"{len(tickets)} ticket(s) deferred to the outbox sweep",
+                       BackendUnavailable(f"{MAX_OUTGOING:,} tickets already wait for {self._where}"))
+            return
+        self._outgoing.extend(tickets)
+        if self._publisher is None or self._publisher.done():
+            self._publisher = asyncio.create_task(self._publish_outgoing())
+
+    async def _publish_outgoing(self) -> None:
+        while self._outgoing:
+            batch = self._outgoing[:PUBLISH_ROUND]
+            del self._outgoing[:PUBLISH_ROUND]
+            await self._publish_soft(batch)
+
+    async def _settle(self) -> None:
+        """Let the background publisher finish (``PUBLISH_WITHIN`` + 1 s at most)."""
+        if self._publisher is not None and not self._publisher.done():
+            await asyncio.wait([self._publisher], timeout=PUBLISH_WITHIN + 1)
 
     async def _publish_soft(self, tickets: Sequence[Ticket]) -> None:
         """Publish; an outage defers the tickets to the sweep's top-up instead of failing."""
@@ -591,7 +606,7 @@ class AMQPBackend(Backend):
         created = [job for job, created in stored if created]
         tickets = tickets_for(created) + wake_tickets_for_delayed(created)
         if tickets:
-            await self._later(self._publish_soft(tickets))
+            self._publish_later(tickets)
         return stored
 
     # -- leasing --------------------------------------------------------------------------
@@ -613,16 +628,11 @@ class AMQPBackend(Backend):
         applied = await self.store.finish(outcomes, now)
         back = [o.job_id for o, ok in zip(outcomes, applied, strict=True) if ok and o.status is Status.QUEUED]
         if back:
-            await self._later(self._hand_back(back))
+            try:
+                self._publish_later(tickets_for(await self.store.get_jobs(back)))
+            except BackendUnavailable as exc:  # the outcomes are in: the sweep tops up their tickets
+                self._warn(f"{len(back)} ticket(s) deferred to the outbox sweep", exc)
         return applied
-
-    async def _hand_back(self, ids: Sequence[str]) -> None:
-        try:
-            jobs = await self.store.get_jobs(ids)
-        except BackendUnavailable as exc:
-            self._warn(f"{len(ids)} ticket(s) deferred to the outbox sweep", exc)
-            return
-        await self._publish_soft(tickets_for(jobs))
 
     async def set_progress(self, job_id: str, token: str, progress: Mapping[str, Any], now: float) -> bool:
         return await self.store.set_progress(job_id, token, progress, now)
@@ -678,7 +688,7 @@ class AMQPBackend(Backend):
         """Requeue in the store (redrive, retry); the jobs put back get tickets."""
         jobs = await self.store.requeue(queue, ids, statuses, now)
         if jobs:
-            await self._later(self._publish_soft(tickets_for(jobs)))
+            self._publish_later(tickets_for(jobs))
         return jobs
 
     async def purge(self, queue: str, now: float) -> int:
