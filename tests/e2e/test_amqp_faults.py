@@ -40,6 +40,7 @@ from conveyor.backends import create_backend
 from conveyor.backends.amqp import AMQPBackend
 from conveyor.backends.amqp.backend import HEARTBEAT
 from conveyor.core.errors import BackendUnavailable, ConfigurationError
+from conveyor.core.ids import uuid7
 from conveyor.core.job import Job, Status
 from tests.e2e import jobs_app
 from tests.e2e.conftest import Env, wait_for
@@ -375,3 +376,34 @@ def test_heartbeat__not_whole_seconds__is_a_configuration_error(tmp_path: Path) 
     """aiormq would read it as 0 and turn heartbeats off: a dead connection would go unnoticed."""
     with pytest.raises(ConfigurationError, match="invalid amqp heartbeat '10s'"):
         AMQPBackend(amqp_url(RABBIT[1], "h") + "&heartbeat=10s", create_backend(f"sqlite:///{tmp_path}/store.db"))
+
+
+async def test_rabbitmq_frozen_while_the_prefetch_changes__consuming_resumes_after_the_thaw(tmp_path: Path) -> None:
+    """A RabbitMQ that held its answers 6 s (the connection up) timed out the claim's set_qos:
+    aiormq closed the consumer channel for the cancelled call, and the worker believed its
+    consumers alive for good. No ticket reached it again; it polled the store."""
+    prefix = f"freeze_{uuid.uuid4().hex[:10]}"
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    proxy = TcpProxy(*RABBIT).start()
+    direct = AMQPBackend(amqp_url(5672, prefix), create_backend(store))
+    b = AMQPBackend(amqp_url(proxy.port, prefix), create_backend(store))
+    try:
+        await direct.open()
+        await b.open()
+        await asyncio.wait_for(b._consume(["default"], 1), 5.0)
+        proxy.freeze()
+        assert await b.claim(["default"], 3, "w1", time.time()) == []  # the store answers; set_qos(3) waits
+        await asyncio.sleep(6.0)
+        proxy.thaw()
+
+        await direct.enqueue([Job(id=uuid7(), task="t", created_at=time.time())])
+
+        async with asyncio.timeout(5.0):  # its ticket reaches ``b``
+            while not b._held:
+                await b.wait_for_work(["default"], 0.5)
+        assert len(await b.claim(["default"], 3, "w1", time.time())) == 1
+    finally:
+        await b.close()
+        proxy.stop()
+        await direct.drop()
+        await direct.close()

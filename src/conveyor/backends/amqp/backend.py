@@ -110,7 +110,7 @@ CONNECT_TIMEOUT = 5.0
 #: RabbitMQ calls stalled or failed until TCP's retransmission got through ~28 s after the heal;
 #: at 10, a 15 s cut still left them failing 12 s after it (measured, tests/e2e/test_many_hosts).
 HEARTBEAT = 5
-#: Bound on one RabbitMQ call made to set up consuming or to count tickets (answers take milliseconds).
+#: Bound on counting a queue's tickets (answers take milliseconds).
 RPC_TIMEOUT = 5.0
 #: Bound on the confirms of one publish. A quorum queue that came back from a crash without a
 #: leader (rabbitmq-server#10070) confirms nothing until it has one: the tickets are then left to
@@ -286,6 +286,7 @@ class AMQPBackend(Backend):
                 CONNECT_TIMEOUT + 1)
             self._pub = await self._conn.channel(publisher_confirms=True)
             self._sub = await self._conn.channel(publisher_confirms=False)
+            self._sub.close_callbacks.add(self._on_consumers_closed)
         except aiormq.exceptions.InvalidFrameError as exc:
             await self.close()
             if "Connection.Close" not in str(exc):
@@ -555,22 +556,34 @@ class AMQPBackend(Backend):
     async def _consume(self, queues: Sequence[str], prefetch: int) -> None:
         """Consume tickets of ``queues`` with ``prefetch`` unacked tickets at most per queue."""
         # While the connection is down the robust channel's calls wait for the reconnect
-        # (set_qos does): fail at once instead, and bound each call for a drop in mid-call.
+        # (set_qos does): fail at once instead. No call here is cut short: this runs beside
+        # the claims (``_start_consuming``), and aiormq closes a channel whose call was
+        # cancelled; a dead connection fails the calls by the AMQP heartbeat.
         if self._sub is None or not self._connected():
             raise BackendUnavailable(f"{self._where} is not connected (reconnecting)")
         async with self._lock:
             with self._guard():
                 prefetch = max(1, prefetch)
                 if prefetch != self._prefetch:
-                    await asyncio.wait_for(self._sub.set_qos(prefetch_count=prefetch), RPC_TIMEOUT)
+                    await self._sub.set_qos(prefetch_count=prefetch)
                     self._prefetch = prefetch
                 for queue in queues:
                     if queue in self._consumers:
                         continue
-                    name = await asyncio.wait_for(self._declare(queue), RPC_TIMEOUT)
+                    name = await self._declare(queue)
                     q = await self._sub.get_queue(name, ensure=False)
-                    tag = await asyncio.wait_for(q.consume(self._on_ticket, no_ack=False), RPC_TIMEOUT)
+                    tag = await q.consume(self._on_ticket, no_ack=False)
                     self._consumers[queue] = (q, tag)
+
+    def _on_consumers_closed(self, *_: object) -> None:
+        """The consumer channel closed (RabbitMQ closed it, or it was lost with the connection):
+        its consumers, its prefetch and its held tickets' delivery tags went with it. Forget
+        them, and wake the waiters, so that the next claim or wait consumes afresh (the robust
+        channel reopens itself, but without the consumers)."""
+        self._consumers.clear()
+        self._held.clear()
+        self._prefetch = 0
+        self._arrived.set()
 
     async def _on_ticket(self, message: AbstractIncomingMessage) -> None:
         self._held.append((time.monotonic(), message))
