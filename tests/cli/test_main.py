@@ -91,8 +91,16 @@ def test_console_script__installed(cli: Cli) -> None:
 
 
 def test_ctrl_c_while_the_command_line_is_still_importing__exits_130_without_a_traceback(cli: Cli) -> None:
-    """Importing the command line takes about 0.3 s: a Ctrl-C then ends the command like one later does."""
-    child = ("import sys; from conveyor.console import main; print('importing', flush=True); "
+    """Importing the command line takes about 0.3 s: a Ctrl-C then ends the command like one later does.
+    The child holds the import open until the signal (on a loaded machine the parent's signal
+    could land after a real import, or before ``main`` was entered)."""
+    child = ("import builtins, sys, time; from conveyor.console import main\n"
+             "real_import = builtins.__import__\n"
+             "def slow_import(name, *args, **kwargs):\n"
+             "    if name == 'conveyor.cli':\n"
+             "        print('importing', flush=True); time.sleep(30)\n"
+             "    return real_import(name, *args, **kwargs)\n"
+             "builtins.__import__ = slow_import\n"
              "sys.argv = ['conveyor', 'jobs', '--json']; sys.exit(main())")
     proc = subprocess.Popen([sys.executable, "-c", child], env=cli.env(), cwd=cli.tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
