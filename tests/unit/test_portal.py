@@ -9,9 +9,11 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from conveyor import Context, Conveyor
+from conveyor.core.portal import Portal
 
 
 def open_files() -> int:
@@ -94,6 +96,7 @@ def test_an_asyncio_run_per_call__keeps_no_connection_of_the_ended_loops(tmp_pat
 SCRIPT_ENQUEUES_AT_EXIT = """
 import atexit, sys, threading, time
 from conveyor import Context, Conveyor
+from conveyor.core.portal import Portal
 
 app = Conveyor(sys.argv[1])
 
@@ -135,3 +138,21 @@ def test_threads_calling_at_exit__each_on_its_own_loop(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert "already running" not in done.stdout + done.stderr, done.stdout + done.stderr
     assert "main at exit []" in done.stdout
+
+
+def test_stop__closes_the_background_loop() -> None:
+    """It was stopped and left open: every app on RabbitMQ warned "unclosed event loop" once collected."""
+    portal = Portal(always_in_background=True)
+
+    async def running_loop() -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    loop = portal.call(running_loop())
+    portal.stop()
+
+    deadline = time.monotonic() + 5
+    while not loop.is_closed() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert loop.is_closed()
+    assert portal.call(running_loop()) is not loop  # a call after stop gets a new loop
+    portal.stop()

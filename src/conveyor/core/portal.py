@@ -79,12 +79,12 @@ class Portal:
         with self._lock:
             if self._thread_loop is None:
                 loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="conveyor-portal", daemon=True).start()
+                threading.Thread(target=_run_until_stopped, args=(loop,), name="conveyor-portal", daemon=True).start()
                 self._thread_loop = loop
             return self._thread_loop
 
     def stop(self) -> None:
-        """Stop the background loop and close the idle loops of threads. (At exit the app calls
+        """Stop (and so close) the background loop and close the idle loops of threads. (At exit the app calls
         this once it has closed its backends on them: a loop stopped first would leave that close
         waiting, then warn that it never ran.)"""
         with self._lock:
@@ -95,3 +95,12 @@ class Portal:
         for own, _ in loops:
             if not own.is_running() and not own.is_closed():
                 own.close()
+
+
+def _run_until_stopped(loop: asyncio.AbstractEventLoop) -> None:
+    """The background thread: run ``loop`` until ``stop``, then close it (a loop left open
+    warns "unclosed event loop" when it is collected)."""
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
