@@ -39,6 +39,8 @@ from conveyor.core.errors import (
     ValidationError,
 )
 from conveyor.core.idempotency import is_valid_key
+from conveyor.core.ids import job_id_of
+from conveyor.core.queues import QUEUE_NAME_RULE, is_queue_name
 from conveyor.serialization import not_json
 
 #: Keyword arguments of ``submit`` that are options, not the task's arguments (``key``: Idempotency-Key).
@@ -179,7 +181,25 @@ def _base_url(base_url: str) -> str:
         raise ConfigurationError(f"the API URL {base_url!r} is not a URL: {exc}") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise ConfigurationError(f"the API URL {base_url!r} must be http:// or https:// with a host")
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ConfigurationError(f"the API URL {base_url!r}: port {url.port} is not 1–65535")
     return base_url
+
+
+def _job_path(job_id: str) -> str:
+    """The path of job ``job_id``; ``JobNotFound`` without a request for text that is not a job id
+    (sent as it was, ``get("../queues")`` returned the queue list as a job)."""
+    stored = job_id_of(job_id)
+    if stored is None:
+        raise JobNotFound(f"no job with id {job_id!r}")
+    return f"/v1/jobs/{stored}"
+
+
+def _queue_path(name: str) -> str:
+    """The path of queue ``name``; ``ValidationError`` without a request for a name no queue can have."""
+    if not is_queue_name(name):
+        raise ValidationError(f"{QUEUE_NAME_RULE}, not {name!r}", [{"parameter": "name", "detail": QUEUE_NAME_RULE}])
+    return f"/v1/queues/{name}"
 
 
 def _encode(body: Any) -> bytes:
@@ -268,7 +288,7 @@ class AsyncClient:
 
     async def get(self, job_id: str) -> Job:
         """The job as the API returns it."""
-        job: Job = await self._call("GET", f"/v1/jobs/{job_id}")
+        job: Job = await self._call("GET", _job_path(job_id))
         return job
 
     async def list(self, *, status: str | None = None, task: str | None = None, queue: str | None = None,
@@ -281,12 +301,12 @@ class AsyncClient:
 
     async def cancel(self, job_id: str) -> Job:
         """Cancel the job: a pending one at once, a running one cooperatively."""
-        job: Job = await self._call("POST", f"/v1/jobs/{job_id}/cancel")
+        job: Job = await self._call("POST", f"{_job_path(job_id)}/cancel")
         return job
 
     async def retry(self, job_id: str) -> Job:
         """Run a finished job again."""
-        job: Job = await self._call("POST", f"/v1/jobs/{job_id}/retry")
+        job: Job = await self._call("POST", f"{_job_path(job_id)}/retry")
         return job
 
     async def queues(self) -> dict[str, Any]:
@@ -296,23 +316,23 @@ class AsyncClient:
 
     async def queue(self, name: str) -> dict[str, Any]:
         """One queue's counts and settings; ``QueueNotFound`` for a name the server does not know."""
-        info: dict[str, Any] = await self._call("GET", f"/v1/queues/{name}", missing=QueueNotFound)
+        info: dict[str, Any] = await self._call("GET", _queue_path(name), missing=QueueNotFound)
         return info
 
     async def update_queue(self, name: str, **settings: Any) -> dict[str, Any]:
         """Change settings (``retention``, ``visibility_timeout``, ``max_deliveries``, ``result_ttl``, ``paused``)."""
-        info: dict[str, Any] = await self._call("PATCH", f"/v1/queues/{name}", settings, missing=QueueNotFound)
+        info: dict[str, Any] = await self._call("PATCH", _queue_path(name), settings, missing=QueueNotFound)
         return info
 
     async def redrive(self, name: str, ids: Sequence[str] | None = None) -> int:
         """Put the queue's dead letters (only ``ids`` if given) back to ``queued``; how many."""
         body = {"ids": list(ids)} if ids is not None else {}
-        reply = await self._call("POST", f"/v1/queues/{name}/redrive", body, missing=QueueNotFound)
+        reply = await self._call("POST", f"{_queue_path(name)}/redrive", body, missing=QueueNotFound)
         return int(reply["redriven"])
 
     async def purge(self, name: str) -> int:
         """Cancel every job of the queue that has not started; how many."""
-        return int((await self._call("POST", f"/v1/queues/{name}/purge", missing=QueueNotFound))["purged"])
+        return int((await self._call("POST", f"{_queue_path(name)}/purge", missing=QueueNotFound))["purged"])
 
     async def events(self, job_id: str, timeout: float | None = None) -> AsyncGenerator[Job, None]:
         """The job's states as they change, ending with its terminal one. A lost stream is resumed
@@ -323,7 +343,7 @@ class AsyncClient:
         failures = 0
         while True:
             headers = {"Last-Event-ID": parser.last_id} if parser.last_id else {}
-            request = self.http.build_request("GET", f"/v1/jobs/{job_id}/events", headers=headers,
+            request = self.http.build_request("GET", f"{_job_path(job_id)}/events", headers=headers,
                                               timeout=httpx.Timeout(10.0, read=None))  # reads: see bound()
             try:
                 response = await clock.bound(self.http.send(request, stream=True), IDLE)

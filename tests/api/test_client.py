@@ -64,7 +64,7 @@ def test_client__errors_map_to_the_error_tree(server: Server) -> None:
         assert client.cancel(job["id"])["status"] == "cancelled"
         assert client.retry(job["id"])["status"] == "queued"
     with Client(f"http://127.0.0.1:{free_port()}") as dead, pytest.raises(BackendUnavailable):
-        dead.get("x")
+        dead.get("01a22233-d0de-71e6-b821-e3be6140d5a1")
     assert not issubclass(InvalidArguments, UnknownTask)
 
 
@@ -260,3 +260,21 @@ def test_client__dropped_without_close__its_thread_ends(server: Server, caplog: 
         time.sleep(0.05)
     assert client_threads() == before
     assert "Task was destroyed" not in caplog.text
+
+
+def test_client__an_id_or_a_queue_name_that_cannot_be_one__refused_without_a_request(server: Server) -> None:
+    """``get("../queues")`` returned the queue list as a job; a port out of range failed at the
+    first call with a bare ExceptionGroup."""
+    with Client(server.url) as client:
+        for call in (lambda: client.get("../queues"), lambda: client.cancel("x/../../queues"),
+                     lambda: client.retry("../jobs"), lambda: client.wait("../queues", timeout=1)):
+            with pytest.raises(JobNotFound, match="no job with id"):
+                call()
+        with pytest.raises(ValidationError, match="queue names are"):
+            client.queue("../jobs")
+        with pytest.raises(ValidationError, match="queue names are"):
+            client.purge("a/b")
+        job = client.submit("add", 1, 2)
+        assert client.get(job["id"].upper())["id"] == job["id"]  # a job id in capitals is still that job
+    with pytest.raises(ConfigurationError, match="port 99999"):
+        Client("http://127.0.0.1:99999")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import functools
 import math
 import os
 import re
@@ -31,7 +30,7 @@ from conveyor.core.idempotency import is_valid_key
 from conveyor.core.ids import job_id_of, uuid7
 from conveyor.core.job import Job, Status
 from conveyor.core.portal import Portal
-from conveyor.core.queues import QueueSettings
+from conveyor.core.queues import QUEUE_NAME_RULE, QueueSettings, is_queue_name
 from conveyor.core.task import Task, TaskOptions
 from conveyor.serialization import (
     NUL_REFUSED,
@@ -559,19 +558,10 @@ def _close_apps_at_exit() -> None:
         with contextlib.suppress(Exception):
             app.close()
 
-_QUEUE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
-
-
-@functools.lru_cache(maxsize=1024)
-def _valid_queue_name(name: str) -> bool:
-    return 0 < len(name) <= 100 and set(name) <= _QUEUE_CHARS
-
-
 def check_queue_name(name: Any) -> str:
-    if not isinstance(name, str) or not _valid_queue_name(name):
-        raise _invalid("#/queue", "queue names are 1–100 ASCII letters, digits, '-', '_', '.' or ':'",
-                       "invalid queue name")
-    return name
+    if not is_queue_name(name):
+        raise _invalid("#/queue", QUEUE_NAME_RULE, "invalid queue name")
+    return str(name)
 
 
 def _check_key(key: Any) -> str | None:

@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 from conveyor.core.errors import ValidationError
+
+_QUEUE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+QUEUE_NAME_RULE = "queue names are 1–100 ASCII letters, digits, '-', '_', '.' or ':'"
+
+
+def is_queue_name(name: object) -> bool:
+    """Whether ``name`` may name a queue (it goes into keys, schemas and URL paths as it is)."""
+    return isinstance(name, str) and _valid_queue_name(name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _valid_queue_name(name: str) -> bool:
+    return 0 < len(name) <= 100 and set(name) <= _QUEUE_CHARS
+
 
 MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
 
