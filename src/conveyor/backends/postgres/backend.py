@@ -42,9 +42,11 @@ from conveyor.backends.base import (
     QueueInfo,
     SweepReport,
     WorkerInfo,
+    invalid_cursor,
 )
 from conveyor.core import rules
 from conveyor.core.errors import BackendUnavailable, ConfigurationError, ValidationError
+from conveyor.core.ids import job_id_of
 from conveyor.core.job import CANCELLED_HANDED_BACK, CANCELLED_LOST, Job, Status
 from conveyor.core.queues import QueueSettings
 
@@ -168,9 +170,12 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, job_id = serialization.loads(raw)
-        return float(created_at), str(job_id)
-    except (ValueError, TypeError) as exc:
-        raise ValidationError("invalid cursor", [{"pointer": "#/cursor", "detail": "invalid cursor"}]) from exc
+        last = float(created_at), job_id_of(job_id)
+    except (ValueError, TypeError):
+        last = math.nan, None
+    if last[1] is None or not math.isfinite(last[0]):
+        raise invalid_cursor()
+    return last[0], last[1]
 
 
 class _Waiter:

@@ -103,6 +103,7 @@ from conveyor.backends.base import (
     QueueInfo,
     SweepReport,
     WorkerInfo,
+    invalid_cursor,
 )
 from conveyor.backends.group_commit import GroupCommit
 from conveyor.core.errors import BackendUnavailable, ConfigurationError, InvalidTransition, ValidationError
@@ -244,8 +245,7 @@ def _decode_cursor(cursor: str) -> str:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         last_id = None
     if last_id is None:
-        raise ValidationError("invalid cursor: pass the next_cursor of a previous page",
-                              [{"pointer": "#/cursor", "detail": "not a cursor returned by this API"}])
+        raise invalid_cursor()
     return last_id
 
 

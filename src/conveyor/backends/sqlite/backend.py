@@ -44,10 +44,11 @@ from conveyor.backends.base import (
     QueueInfo,
     SweepReport,
     WorkerInfo,
+    invalid_cursor,
 )
 from conveyor.core import rules
 from conveyor.core.errors import BackendUnavailable, ConfigurationError, ValidationError
-from conveyor.core.ids import is_uuid
+from conveyor.core.ids import job_id_of
 from conveyor.core.job import (
     CANCELLED_HANDED_BACK,
     CANCELLED_LOST,
@@ -1026,13 +1027,12 @@ def _encode_cursor(last_id: str) -> str:
 
 def _decode_cursor(cursor: str) -> str:
     try:
-        last_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not is_uuid(last_id):
-            raise ValueError(last_id)
-        return last_id
+        last_id = job_id_of(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise ValidationError("invalid cursor: pass the next_cursor of a previous page",
-                              [{"pointer": "#/cursor", "detail": "not a cursor returned by this API"}]) from None
+        last_id = None
+    if last_id is None:
+        raise invalid_cursor()
+    return last_id
 
 
 class _EnqueuePlan:
