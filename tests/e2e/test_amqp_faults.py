@@ -39,6 +39,7 @@ from conveyor import Conveyor
 from conveyor.backends import create_backend
 from conveyor.backends.amqp import AMQPBackend
 from conveyor.backends.amqp.backend import HEARTBEAT
+from conveyor.backends.amqp.outbox import Ticket
 from conveyor.core.errors import BackendUnavailable, ConfigurationError
 from conveyor.core.ids import uuid7
 from conveyor.core.job import Job, Status
@@ -393,7 +394,9 @@ async def test_rabbitmq_frozen_while_the_prefetch_changes__consuming_resumes_aft
         await asyncio.wait_for(b._consume(["default"], 1), 5.0)
         proxy.freeze()
         assert await b.claim(["default"], 3, "w1", time.time()) == []  # the store answers; set_qos(3) waits
-        await asyncio.sleep(6.0)
+        with pytest.raises(BackendUnavailable, match=r"did not confirm 1 ticket\(s\) within 5 s"):
+            await b.publish([Ticket("default", "wake")])  # and the publisher's bound is said as such
+        await asyncio.sleep(0.5)
         proxy.thaw()
 
         await direct.enqueue([Job(id=uuid7(), task="t", created_at=time.time())])
