@@ -410,3 +410,40 @@ async def test_rabbitmq_frozen_while_the_prefetch_changes__consuming_resumes_aft
         proxy.stop()
         await direct.drop()
         await direct.close()
+
+
+async def test_close__while_rabbitmq_holds_its_confirms__ends_within_the_apps_bound(tmp_path: Path) -> None:
+    """``close`` lets the background publisher finish, but within the app's bound on a whole close
+    (``_CLOSE_BOUND``): it waited up to 6 s for a round left without confirms, and the app cut it
+    at 5 s with the connection and the store still open."""
+    from conveyor.core.app import _CLOSE_BOUND
+
+    prefix = f"settle_{uuid.uuid4().hex[:10]}"
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    proxy = TcpProxy(*RABBIT).start()
+    direct = AMQPBackend(amqp_url(5672, prefix), create_backend(store))
+    b = AMQPBackend(amqp_url(proxy.port, prefix), create_backend(store))
+    closing: asyncio.Task[None] | None = None
+    try:
+        await direct.open()
+        await b.open()
+        await b.enqueue([Job(id=uuid7(), task="t", created_at=time.time())])
+        await b._settle()  # the queue is declared: what follows waits for confirms only
+        proxy.freeze()
+        await b.enqueue([Job(id=uuid7(), task="t", created_at=time.time())])  # a round that gets no confirm
+        await asyncio.sleep(1.0)
+        await b.enqueue([Job(id=uuid7(), task="t", created_at=time.time())])  # the next round's
+        closing = asyncio.create_task(b.close())
+        async with asyncio.timeout(_CLOSE_BOUND):
+            while b._publisher is not None:  # close waits for the publisher, then goes on
+                await asyncio.sleep(0.05)
+            proxy.cut()  # the connection's own close is quick (a frozen one has a bound of its own)
+            await closing
+        assert b._conn is None
+    finally:
+        proxy.stop()
+        if closing is not None and not closing.done():
+            closing.cancel()
+            await asyncio.wait([closing])
+        await direct.drop()
+        await direct.close()

@@ -121,6 +121,10 @@ PUBLISH_WITHIN = 5.0
 PUBLISH_ROUND = 1000
 #: Tickets waiting for the background publisher at most; beyond, they are left to the outbox sweep.
 MAX_OUTGOING = 100_000
+#: How long ``close`` lets the background publisher finish. The app bounds a whole close at 5 s
+#: (``core/app.py``): waiting out a round's ``PUBLISH_WITHIN`` and more had the app cut the close
+#: short, with the connection and the store left open.
+CLOSE_SETTLE = 3.0
 
 
 def _reasonless(exc: BaseException) -> bool:
@@ -305,8 +309,8 @@ class AMQPBackend(Backend):
         self._reaper = asyncio.create_task(self._reap_held())
 
     async def close(self) -> None:
-        """Let publishes under way finish (bounded), close consumers, channels, the connection and the store."""
-        await self._settle()
+        """Let publishes under way finish (``CLOSE_SETTLE``); close consumers, channels, connection, store."""
+        await self._settle(CLOSE_SETTLE)
         for task in (self._reaper, self._setup, self._publisher):
             if task is not None:
                 task.cancel()
@@ -509,10 +513,10 @@ class AMQPBackend(Backend):
             del self._outgoing[:PUBLISH_ROUND]
             await self._publish_soft(batch)
 
-    async def _settle(self) -> None:
-        """Let the background publisher finish (``PUBLISH_WITHIN`` + 1 s at most)."""
+    async def _settle(self, within: float = PUBLISH_WITHIN + 1) -> None:
+        """Let the background publisher finish (``within`` seconds at most)."""
         if self._publisher is not None and not self._publisher.done():
-            await asyncio.wait([self._publisher], timeout=PUBLISH_WITHIN + 1)
+            await asyncio.wait([self._publisher], timeout=within)
 
     async def _publish_soft(self, tickets: Sequence[Ticket]) -> None:
         """Publish; an outage defers the tickets to the sweep's top-up instead of failing."""
