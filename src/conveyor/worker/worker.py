@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from conveyor import metrics
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds each step of a shutdown may wait on the engine (see ``Worker._claim_until_stopped``).
 SHUTDOWN_BOUND = 5.0
+#: Seconds a cancelled task gets before it is cancelled again (``cancel_within``).
+RECANCEL_AFTER = 0.5
 
 #: Exit code of a worker whose claim loop stalled (a supervisor should restart it).
 EXIT_STALLED = 70
@@ -257,9 +259,7 @@ class Worker:
             finally:
                 self._closing = True
                 self._flush_needed.set()
-                for t in helpers:
-                    t.cancel()
-                await asyncio.gather(*helpers, return_exceptions=True)
+                await cancel_within(helpers, SHUTDOWN_BOUND)
                 if keeper is not None:
                     keeper.stop()
                     await asyncio.to_thread(keeper.join)
@@ -281,9 +281,10 @@ class Worker:
             await asyncio.wait({claim, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if not claim.done():
                 await asyncio.wait({claim}, timeout=SHUTDOWN_BOUND)
-                claim.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await claim
+                await cancel_within([claim], SHUTDOWN_BOUND)
+            if claim.done():  # else it is left to the process's exit (``run_worker``)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await claim
         finally:
             stopping.cancel()
 
@@ -913,6 +914,25 @@ class _Step:
             log.info("%s works again", self.name)
 
 
+async def cancel_within(tasks: Iterable[asyncio.Task[Any]], bound: float) -> None:
+    """Cancel ``tasks`` and wait ``bound`` seconds at most for them to end, cancelling again every
+    ``RECANCEL_AFTER`` seconds; their exceptions are taken (a stop has no use for them).
+
+    Again, because psycopg answers a first cancel by asking the server to cancel the query (5 s)
+    and then waiting for it to end (5 s more), and a second cancel by closing the connection at
+    once: against a silent engine one cancel would hold a stop 10 s per call."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound
+    pending = {t for t in tasks if not t.done()}
+    while pending and (left := deadline - loop.time()) > 0:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=min(RECANCEL_AFTER, left))
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()
+
+
 def run_worker(app: Conveyor, **options: Any) -> int:
     """Run a worker in this process until it stops; its exit code.
 
@@ -925,10 +945,7 @@ def run_worker(app: Conveyor, **options: Any) -> int:
         return loop.run_until_complete(Worker(app, **options).run())
     finally:
         pending = asyncio.all_tasks(loop)
-        for task in pending:
-            task.cancel()
-        if pending:
-            loop.run_until_complete(asyncio.wait(pending, timeout=SHUTDOWN_BOUND))
+        loop.run_until_complete(cancel_within(pending, SHUTDOWN_BOUND))
         if all(task.done() for task in pending):
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
