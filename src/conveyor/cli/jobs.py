@@ -11,13 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from conveyor.cli import argtypes, render
 from conveyor.cli.common import API_HELP, add_api, add_common
 from conveyor.cli.errors import EXIT_OK, UsageError, printable
 from conveyor.cli.ops import RETRYABLE, Operations, open_operations
-from conveyor.client import OPTIONS
 from conveyor.core.errors import InvalidTransition, JobFailed, JobNotFound
 from conveyor.core.job import Job, Status
 from conveyor.serialization import SURROGATE_REFUSED
@@ -97,6 +95,8 @@ def submit(args: argparse.Namespace) -> int:
     kwargs = _json_arg(args.kwargs, "--kwargs") if args.kwargs is not None else {}
     if not isinstance(kwargs, dict):
         raise UsageError("--kwargs must be a JSON object, e.g. '{\"height\": 480}'")
+    from conveyor.client import OPTIONS  # here: the HTTP client is not loaded for every command
+
     reserved = sorted(set(kwargs) & OPTIONS)
     if reserved:
         raise UsageError(f"--kwargs may not use the reserved name(s) {', '.join(reserved)}; use the options")
@@ -192,6 +192,8 @@ def watch(args: argparse.Namespace) -> int:
 
 
 async def _watch_bar(ops: Operations, job_id: str, timeout: float | None) -> Job:
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
                TimeElapsedColumn())
     with Progress(*columns, console=render.console(), transient=False) as bar:

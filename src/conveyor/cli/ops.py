@@ -15,14 +15,11 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from typing import Any, Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Any, Protocol
 
 from conveyor.backends.base import Backend, JobQuery, QueueInfo
 from conveyor.cli.common import api_settings, app_spec, backend_url, load, open_backend
 from conveyor.cli.errors import UsageError
-from conveyor.client import ApiError, AsyncClient, outcome
 from conveyor.core.app import Conveyor
 from conveyor.core.errors import (
     BackendUnavailable,
@@ -34,6 +31,9 @@ from conveyor.core.errors import (
 from conveyor.core.idempotency import check_replay
 from conveyor.core.ids import job_id_of
 from conveyor.core.job import Job, Status
+
+if TYPE_CHECKING:
+    from conveyor.client import ApiError, AsyncClient
 
 #: A job, a page of jobs, or a queue, as the HTTP API's JSON.
 JsonObject = dict[str, Any]
@@ -96,6 +96,8 @@ async def open_operations(args: Any) -> AsyncIterator[Operations]:
     """``Remote`` when ``--api`` / ``CONVEYOR_API`` is set, else ``Direct``; closed at the end."""
     api, token = api_settings(args)
     if api is not None:
+        from conveyor.client import AsyncClient  # here: the HTTP client is loaded for --api alone
+
         async with AsyncClient(api, token=token) as client:
             yield Remote(client, api, token)
         return
@@ -253,6 +255,10 @@ class Remote:
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
         """The client's errors as one clear line each (the exit code follows from the class)."""
+        import httpx
+
+        from conveyor.client import ApiError
+
         try:
             yield
         except JobNotFound as exc:  # QueueNotFound too
@@ -308,6 +314,8 @@ class Remote:
             final = job
         if final is None:
             final = await self.get(job_id)
+        from conveyor.client import outcome
+
         return outcome(final)
 
     async def get(self, job_id: str) -> JsonObject:
@@ -387,6 +395,8 @@ def _stored_id(text: str) -> str:
 
 def _reason(exc: BaseException) -> str:
     """Why a connection failed, in a few lowercase words (``connection refused``, ``timed out``)."""
+    import httpx
+
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"
     seen: BaseException | None = exc
