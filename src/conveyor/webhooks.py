@@ -14,15 +14,16 @@ import hmac
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import httpx
 
 from conveyor.backends.base import Backend
 from conveyor.core.errors import ConfigurationError
 from conveyor.core.job import Job
 from conveyor.serialization import dumps
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ def host_allowed(url: str) -> bool:
 
 async def send(client: httpx.AsyncClient, job: Job, key: bytes | None) -> bool | None:
     """POST one delivery: True on a 2xx answer, False to try again later, None when it never can."""
+    import httpx  # loaded with the first delivery: most workers send none
+
     assert job.webhook is not None
     if not host_allowed(job.webhook):
         log.warning("job %s: webhook host not allowed; not sent", job.id)
@@ -96,7 +99,7 @@ class Sender:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self.client = httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False)
+        self.client: httpx.AsyncClient | None = None  # made for the first delivery: most workers send none
         self.in_flight: set[asyncio.Task[None]] = set()
 
     async def poll(self, now: float) -> int:
@@ -105,10 +108,17 @@ class Sender:
         due = await self.backend.due_webhooks(now, room, lease=TIMEOUT * 2) if room > 0 else []
         key = secret_key()
         for job, attempts in due:
-            task = asyncio.create_task(_deliver(self.backend, self.client, job, attempts, key))
+            task = asyncio.create_task(_deliver(self.backend, self._http(), job, attempts, key))
             self.in_flight.add(task)
             task.add_done_callback(self.in_flight.discard)
         return len(due)
+
+    def _http(self) -> httpx.AsyncClient:
+        if self.client is None:
+            import httpx
+
+            self.client = httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False)
+        return self.client
 
     async def aclose(self) -> None:
         """Stop: an attempt cut short is made again once its lease runs out (receivers dedupe by
@@ -116,7 +126,8 @@ class Sender:
         for task in self.in_flight:
             task.cancel()
         await asyncio.gather(*self.in_flight, return_exceptions=True)
-        await self.client.aclose()
+        if self.client is not None:
+            await self.client.aclose()
 
 
 async def _deliver(backend: Backend, client: httpx.AsyncClient, job: Job, attempts: int, key: bytes | None) -> None:
