@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 import uuid
@@ -303,3 +304,43 @@ async def test_close__right_after_an_enqueue__its_ticket_is_published_first(open
     await b.close()
 
     assert await ready_tickets(a) == 3
+
+
+async def test_queue_deleted_from_outside__the_worker_consumes_it_again_and_its_tickets_wake_it(
+        open_amqp: Opener, caplog: pytest.LogCaptureFixture) -> None:
+    """RabbitMQ cancels the consumers of a queue deleted from outside (Basic.Cancel): the waiting
+    worker is woken, declares the queue again with its arguments and consumes it, so the next
+    ticket wakes it. Before, it still counted the cancelled consumer as its own: tickets no longer
+    reached it until a reconnect (jobs ran only by the store's poll)."""
+    worker, enqueuer = await open_amqp(), await open_amqp()
+    await subscribed(worker)
+    name = worker.rabbit_queue("default")
+    waiter = asyncio.create_task(worker.wait_for_work(["default"], 5.0))
+    await asyncio.sleep(0.1)
+    outside = await aio_pika.connect(RABBIT)
+    try:
+        deleted = time.monotonic()
+        await (await outside.channel()).queue_delete(name)
+        await asyncio.wait_for(waiter, 2.0)  # not the 5 s timeout
+        assert time.monotonic() - deleted < 0.5
+
+        await subscribed(worker)  # what its next claim or wait does
+        settings = await worker.queue_settings("default")
+        arguments: dict[str, object] = {"x-queue-type": "quorum", "x-delivery-limit": settings.max_deliveries}
+        if worker._server_version() >= (3, 12):
+            arguments["x-consumer-timeout"] = 13 * 3600 * 1000
+        declared = await (await outside.channel()).declare_queue(name, durable=True, arguments=arguments)
+        assert declared.declaration_result.consumer_count == 1
+        with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):  # a classic queue is refused
+            await (await outside.channel()).declare_queue(name, durable=True)
+    finally:
+        await outside.close()
+
+    enqueued = time.monotonic()
+    await enqueuer.enqueue([job()])
+    await held(worker)
+    assert time.monotonic() - enqueued < 0.2  # the ticket, not a poll of the store
+    assert len(await worker.claim(["default"], 1, "w1", time.time())) == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [f"RabbitMQ cancelled the consumer of queue {name} (deleted?); declaring it and consuming "
+                        "it again"]

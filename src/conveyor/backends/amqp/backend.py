@@ -47,7 +47,9 @@ robust channel's own calls would wait for the reconnect). ``ping`` raises
 ``BackendUnavailable``, so ``/readyz`` tells; so does ``open`` (a process that never reached
 RabbitMQ cannot enqueue). ``connect_robust`` reconnects (every ``reconnect_interval``
 seconds, a URL option, default 5) and reopens the channels; ``_on_reconnect`` then drops
-the dead consumers and held tickets so that the next claim or wait consumes afresh. A call
+the dead consumers and held tickets so that the next claim or wait consumes afresh; a consumer
+that RabbitMQ cancels (Basic.Cancel: its queue was deleted) is forgotten with its queue's
+declaration (``_on_cancelled``), so the next claim or wait declares the queue again. A call
 in flight as the connection drops fails however aiormq fails it, a bare ``Exception`` or a
 ``CancelledError`` included (``_dropped``): each becomes ``BackendUnavailable``, never a
 worker's exit. An outage is logged once as it starts ("RabbitMQ connection lost: …;
@@ -160,6 +162,8 @@ class _ExpectedChatter(logging.Filter):
     - aio_pika's WARNING per attempt ("Connection attempt to ... failed: <why>. Reconnecting
       after N seconds.") passes once per reason until a reconnect (``reconnected``): it says why
       RabbitMQ cannot be reached, and whether that changes, without a line every few seconds.
+    - aiormq's WARNING "Consumer 'ctag…' cancelled by the broker" for a consumer of Conveyor's
+      (``cancel_said_for``), which Conveyor says naming the queue (``AMQPBackend._on_cancelled``).
 
     Any other record of these loggers passes unchanged.
     """
@@ -167,6 +171,8 @@ class _ExpectedChatter(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self._attempts_said: set[str] = set()
+        #: Tags of Conveyor's live consumers (they are unique: a random part per consumer).
+        self.cancel_said_for: set[str] = set()
 
     def reconnected(self) -> None:
         """A connection is back: the next outage's attempts are said again."""
@@ -186,8 +192,7 @@ class _ExpectedChatter(logging.Filter):
         record.exc_info = record.exc_text = None  # the traceback is the expected reset
         return True
 
-    @staticmethod
-    def _expected(record: logging.LogRecord) -> bool:
+    def _expected(self, record: logging.LogRecord) -> bool:
         if record.levelno <= logging.DEBUG:
             return False
         if record.name == "aio_pika.tools":
@@ -196,6 +201,8 @@ class _ExpectedChatter(logging.Filter):
                 text.endswith(" closed") or text.endswith("No active transport in channel"))
         if record.name == "aiormq.connection":
             return record.msg in ("Cancelling cause reader exited abnormally", "error when creating transport: %r")
+        if record.name == "aiormq.channel" and record.msg == "Consumer %r cancelled by the broker on %r":
+            return isinstance(record.args, tuple) and bool(record.args) and record.args[0] in self.cancel_said_for
         return False
 
 
@@ -204,7 +211,7 @@ EXPECTED_CHATTER = _ExpectedChatter()
 
 
 def _quiet_expected_chatter() -> None:
-    for name in ("aio_pika.tools", "aio_pika.robust_connection", "aiormq.connection"):
+    for name in ("aio_pika.tools", "aio_pika.robust_connection", "aiormq.connection", "aiormq.channel"):
         logger = logging.getLogger(name)
         if EXPECTED_CHATTER not in logger.filters:
             logger.addFilter(EXPECTED_CHATTER)
@@ -320,7 +327,7 @@ class AMQPBackend(Backend):
         self._outgoing.clear()
         conn, self._conn = self._conn, None
         self._pub = self._sub = None
-        self._consumers.clear()
+        self._forget_consumers()
         self._declared.clear()
         self._held.clear()
         self._prefetch = 0
@@ -350,7 +357,7 @@ class AMQPBackend(Backend):
         for _, (queue, tag) in list(self._consumers.items()):
             with contextlib.suppress(*_DOWN):
                 await queue.cancel(tag)
-        self._consumers.clear()
+        self._forget_consumers()
         self._held.clear()
         if self._conn is not None:
             for name in sorted(names):
@@ -375,7 +382,7 @@ class AMQPBackend(Backend):
         (RabbitMQ put those tickets back). Forget both; the next claim or ``wait_for_work``
         consumes again, and it is woken now so that happens at once.
         """
-        self._consumers.clear()
+        self._forget_consumers()
         self._held.clear()
         self._declared.clear()
         self._arrived.set()
@@ -572,6 +579,8 @@ class AMQPBackend(Backend):
                 if prefetch != self._prefetch:
                     await self._sub.set_qos(prefetch_count=prefetch)
                     self._prefetch = prefetch
+                # the channel under the robust one is new after each reconnect: tell it again
+                (await self._sub.get_underlay_channel()).on_consumer_cancel_callbacks.add(self._on_cancelled)
                 for queue in queues:
                     if queue in self._consumers:
                         continue
@@ -579,16 +588,36 @@ class AMQPBackend(Backend):
                     q = await self._sub.get_queue(name, ensure=False)
                     tag = await q.consume(self._on_ticket, no_ack=False)
                     self._consumers[queue] = (q, tag)
+                    EXPECTED_CHATTER.cancel_said_for.add(tag)
 
     def _on_consumers_closed(self, *_: object) -> None:
         """The consumer channel closed (RabbitMQ closed it, or it was lost with the connection):
         its consumers, its prefetch and its held tickets' delivery tags went with it. Forget
         them, and wake the waiters, so that the next claim or wait consumes afresh (the robust
         channel reopens itself, but without the consumers)."""
-        self._consumers.clear()
+        self._forget_consumers()
         self._held.clear()
         self._prefetch = 0
         self._arrived.set()
+
+    def _forget_consumers(self) -> None:
+        for _, tag in self._consumers.values():
+            EXPECTED_CHATTER.cancel_said_for.discard(tag)
+        self._consumers.clear()
+
+    def _on_cancelled(self, frame: aiormq.spec.Basic.Cancel) -> None:
+        """RabbitMQ cancelled a consumer of ours (Basic.Cancel: its queue was deleted, say): forget
+        it and its queue's declaration, and wake the waiters, so that the next claim or wait
+        declares the queue again and consumes it. The tickets it delivered stay held: acking
+        them is harmless (RabbitMQ 3.10 keeps their delivery tags on the channel, the queue gone)."""
+        for queue, (q, tag) in list(self._consumers.items()):
+            if tag == frame.consumer_tag:
+                del self._consumers[queue]
+                EXPECTED_CHATTER.cancel_said_for.discard(tag)
+                self._declared.discard(q.name)
+                self._arrived.set()
+                log.warning("RabbitMQ cancelled the consumer of queue %s (deleted?); declaring it and consuming "
+                            "it again", q.name)
 
     async def _on_ticket(self, message: AbstractIncomingMessage) -> None:
         self._held.append((time.monotonic(), message))
