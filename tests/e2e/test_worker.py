@@ -166,7 +166,12 @@ def test_fencing__a_worker_whose_lease_expired_cannot_overwrite_the_outcome(e2e_
     finally:
         slow.send_signal(signal.SIGCONT)
     assert job.wait(timeout=20) == fast.pid
-    time.sleep(3)  # the first worker's thread finishes now; its outcome must be refused
+    # the first worker's thread finishes now; a stop then sends whatever outcome it holds before
+    # the process exits, so once it has exited its outcome was refused or never sent
+    wait_for(lambda: any(e["event"] == "end" and e["pid"] == slow.pid for e in recorded(e2e_any.log)),
+             what="the first worker's run to end")
+    slow.send_signal(signal.SIGTERM)
+    slow.wait(15)
     final = job.refresh().job
     assert final.result == fast.pid and final.status is Status.SUCCEEDED and final.deliveries == 2
 
