@@ -215,14 +215,18 @@ def test_rabbitmq_outage__store_carries_on_and_tickets_flow_again(
     rabbit_faults: RabbitFaultEnv, caplog: pytest.LogCaptureFixture
 ) -> None:
     env = rabbit_faults
-    workers = [env.worker("--concurrency", "2", env=env.env(TEST_VISIBILITY=str(VISIBILITY)))]
+    # Reconnect attempts every second, not aio-pika's 5 s: the consumers' return is what is tested,
+    # not that schedule (test_many_hosts runs on the default); more attempts fail during the outage.
+    url = env.url + "&reconnect_interval=1"
+    worker_env = env.env(CONVEYOR_URL=url, TEST_VISIBILITY=str(VISIBILITY))
+    workers = [env.worker("--concurrency", "2", env=worker_env)]
     # One at a time: a worker that consumes a quorum queue another one declared a moment ago can
     # meet RabbitMQ's race (basic.consume before the queue's Raft member runs: the channel crashes,
     # the connection closes with 541), which this test is not about; test_amqp.py starts many at once.
     wait_for(lambda: consumer_count(env.rabbit_name) == consumer_count(f"{env.prefix}.crashy") == 1,
              timeout=20, what="the first worker consuming")
-    workers.append(env.worker("--concurrency", "2", env=env.env(TEST_VISIBILITY=str(VISIBILITY))))
-    app_client = make_client(env.url)  # an app that reaches RabbitMQ through the proxy, connected before the cut
+    workers.append(env.worker("--concurrency", "2", env=worker_env))
+    app_client = make_client(url)  # an app that reaches RabbitMQ through the proxy, connected before the cut
     try:
         warm = app_client.enqueue("work", (10,))
         wait_for(lambda: warm.refresh().status is Status.SUCCEEDED, timeout=20, what="workers up, first job done")
@@ -250,7 +254,7 @@ def test_rabbitmq_outage__store_carries_on_and_tickets_flow_again(
             call(app_client, "ping")
         assert time.monotonic() - pinged < FAST
         # An app that never reached RabbitMQ cannot open the engine: BackendUnavailable, fast.
-        fresh = make_client(env.url)
+        fresh = make_client(url)
         try:
             refused, took_refused = timed_enqueue(fresh)
         finally:
