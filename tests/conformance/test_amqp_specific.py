@@ -344,3 +344,80 @@ async def test_queue_deleted_from_outside__the_worker_consumes_it_again_and_its_
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings == [f"RabbitMQ cancelled the consumer of queue {name} (deleted?); declaring it and consuming "
                         "it again"]
+
+
+async def test_reconnects__claims_while_the_channels_reopen__the_worker_keeps_one_consumer_and_acks_its_tickets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """aio-pika marks the connection up, reopens its channels one after another and only then runs
+    the reconnect callbacks: a busy worker's claim in between consumes on the reopened channel.
+    Before, ``_on_reconnect`` then forgot that live consumer and the tickets it had delivered: the
+    next claim consumed again (two consumers of one queue from one worker) and those tickets stayed
+    unacked, taking up the prefetch, until the next reconnect."""
+    from tests.e2e.tcp_proxy import TcpProxy
+
+    ns = f"amqptest_{uuid.uuid4().hex[:10]}"
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    proxy = TcpProxy("127.0.0.1", 5672).start()
+    worker = AMQPBackend(f"amqp://guest:guest@127.0.0.1:{proxy.port}/?prefix={ns}&reconnect_interval=0.2",
+                         create_backend(store_url))
+    enqueuer = AMQPBackend(f"{RABBIT}?prefix={ns}", create_backend(store_url))
+    await worker.open()
+    await enqueuer.open()
+    outside = await aio_pika.connect(RABBIT)
+    name = worker.rabbit_queue("default")
+
+    reopened = asyncio.Event()
+    restore = aio_pika.RobustChannel.restore
+
+    async def slow_restore(channel: aio_pika.RobustChannel, *args: object) -> None:
+        await restore(channel, *args)
+        if channel is worker._sub and worker._connected():
+            reopened.set()
+            await asyncio.sleep(1.0)  # fault injection: the channels restored after it, slowed
+
+    async def queue_state() -> tuple[int, int]:
+        declared = await (await outside.channel()).declare_queue(name, passive=True)
+        return int(declared.declaration_result.consumer_count), int(declared.declaration_result.message_count)
+
+    worker_closed = False
+    try:
+        await subscribed(worker)
+        assert worker._conn is not None
+        monkeypatch.setattr(aio_pika.RobustChannel, "restore", slow_restore)
+        consumers = []
+        for round_ in range(3):
+            reopened.clear()
+            proxy.cut()
+            await enqueuer.enqueue([job()])  # its ticket waits in RabbitMQ for the worker's next consumer
+            await enqueuer._settle()
+            await asyncio.sleep(0.3)
+            proxy.restore()
+            await asyncio.wait_for(reopened.wait(), 10.0)
+            await subscribed(worker)  # a claim's set-up, between the reopening and the reconnect callbacks
+            async with asyncio.timeout(5.0):
+                while not worker._held:  # the ticket reaches that consumer
+                    await asyncio.sleep(0.01)
+            assert worker._conn.connection_attempt == round_ + 1  # before the reconnect callbacks
+            async with asyncio.timeout(5.0):  # the reconnect callbacks (``_on_reconnect``) have run
+                while worker._conn.connection_attempt < round_ + 2:
+                    await asyncio.sleep(0.01)
+
+            [lease] = await worker.claim(["default"], 1, "w1", time.time())
+            await subscribed(worker)
+            assert await worker.finish([Outcome(lease.job.id, lease.token, Status.SUCCEEDED)], time.time()) == [True]
+            await asyncio.sleep(0.1)  # the ack lands
+            consumers.append((await queue_state())[0])
+        assert consumers == [1, 1, 1]
+
+        await worker.close()  # the tickets it left unacked go back to the queue
+        worker_closed = True
+        await asyncio.sleep(0.3)
+        assert await queue_state() == (0, 0)
+    finally:
+        monkeypatch.undo()
+        await outside.close()
+        await enqueuer.drop()
+        if not worker_closed:
+            await worker.close()
+        await enqueuer.close()
+        proxy.stop()

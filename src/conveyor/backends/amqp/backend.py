@@ -47,7 +47,10 @@ robust channel's own calls would wait for the reconnect). ``ping`` raises
 ``BackendUnavailable``, so ``/readyz`` tells; so does ``open`` (a process that never reached
 RabbitMQ cannot enqueue). ``connect_robust`` reconnects (every ``reconnect_interval``
 seconds, a URL option, default 5) and reopens the channels; ``_on_reconnect`` then drops
-the dead consumers and held tickets so that the next claim or wait consumes afresh; a consumer
+the dead consumers and held tickets so that the next claim or wait consumes afresh. A consumer
+and a held ticket are dead when the channel they came on is closed (or the consumer's tag left
+it): aio-pika reopens the channels one after another before it runs ``_on_reconnect``, and a
+claim in between consumes on the reopened channel, a live consumer to keep. A consumer
 that RabbitMQ cancels (Basic.Cancel: its queue was deleted) is forgotten with its queue's
 declaration (``_on_cancelled``), so the next claim or wait declares the queue again. A call
 in flight as the connection drops fails however aiormq fails it, a bare ``Exception`` or a
@@ -65,7 +68,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import aio_pika
@@ -264,9 +267,11 @@ class AMQPBackend(Backend):
         self._sub: AbstractChannel | None = None  #: consumers, manual acks
         self._declared: set[str] = set()
         self._declaring: dict[str, asyncio.Future[None]] = {}
-        self._consumers: dict[str, tuple[AbstractQueue, ConsumerTag]] = {}
+        #: queue → its consumer and the channel it lives on (``_consuming``)
+        self._consumers: dict[str, tuple[AbstractQueue, ConsumerTag, aiormq.Channel]] = {}
         self._prefetch = 0
-        self._held: deque[tuple[float, AbstractIncomingMessage]] = deque()
+        #: tickets delivered and not acked yet: when, on which channel (their delivery tags' own)
+        self._held: deque[tuple[float, aiormq.abc.AbstractChannel, AbstractIncomingMessage]] = deque()
         self._arrived = asyncio.Event()
         self._lock = asyncio.Lock()
         self._reaper: asyncio.Task[None] | None = None
@@ -354,7 +359,7 @@ class AMQPBackend(Backend):
             await asyncio.wait([self._setup], timeout=RPC_TIMEOUT + 1)
         names = {self.rabbit_queue(q.name) for q in await self.store.queues()} | self._declared
         names.add(self.rabbit_queue("default"))
-        for _, (queue, tag) in list(self._consumers.items()):
+        for queue, tag, _ in list(self._consumers.values()):
             with contextlib.suppress(*_DOWN):
                 await queue.cancel(tag)
         self._forget_consumers()
@@ -377,13 +382,15 @@ class AMQPBackend(Backend):
     def _on_reconnect(self, _: AbstractRobustConnection | None) -> None:
         """``connect_robust`` reconnected and reopened the channels: start consuming afresh.
 
-        The consumers were made on the old channels (``get_queue(ensure=False)`` queues are not
-        restored by the robust channel), and the held tickets' delivery tags died with them
+        The consumers made on the old channels are gone (``get_queue(ensure=False)`` queues are
+        not restored by the robust channel), and the held tickets' delivery tags died with them
         (RabbitMQ put those tickets back). Forget both; the next claim or ``wait_for_work``
-        consumes again, and it is woken now so that happens at once.
+        consumes again, and it is woken now so that happens at once. A consumer made since the
+        consumer channel reopened (a claim while aio-pika reopened the other channels, before
+        this runs) is live, and so are its tickets: forgetting them had the next claim consume
+        again (two consumers from one worker) and left those tickets unacked.
         """
-        self._forget_consumers()
-        self._held.clear()
+        self._forget_dead()
         self._declared.clear()
         self._arrived.set()
         self._lost = False
@@ -552,7 +559,7 @@ class AMQPBackend(Backend):
         RabbitMQ slow to answer (a quorum queue electing its leader) delays wake-ups, not jobs."""
         if self._setup is not None and not self._setup.done():
             return self._setup
-        if max(1, prefetch) == self._prefetch and all(q in self._consumers for q in queues):
+        if max(1, prefetch) == self._prefetch and all(self._consuming(q) for q in queues):
             return None
         if not self._connected():
             return None  # ``_on_reconnect`` wakes the waiters; their next claim or wait sets up
@@ -579,29 +586,46 @@ class AMQPBackend(Backend):
                 if prefetch != self._prefetch:
                     await self._sub.set_qos(prefetch_count=prefetch)
                     self._prefetch = prefetch
-                # the channel under the robust one is new after each reconnect: tell it again
-                (await self._sub.get_underlay_channel()).on_consumer_cancel_callbacks.add(self._on_cancelled)
                 for queue in queues:
-                    if queue in self._consumers:
+                    if self._consuming(queue):
                         continue
                     name = await self._declare(queue)
+                    # the channel under the robust one is new after each reconnect: tell it again
+                    (await self._sub.get_underlay_channel()).on_consumer_cancel_callbacks.add(self._on_cancelled)
                     q = await self._sub.get_queue(name, ensure=False)
                     tag = await q.consume(self._on_ticket, no_ack=False)
-                    self._consumers[queue] = (q, tag)
+                    # the channel it consumed on, or a newer one (that one closed since): then
+                    # the tag is not on it, and the consumer counts as dead, as it is
+                    channel = await self._sub.get_underlay_channel()
+                    self._consumers[queue] = (q, tag, cast(aiormq.Channel, channel))
                     EXPECTED_CHATTER.cancel_said_for.add(tag)
+
+    def _consuming(self, queue: str) -> bool:
+        """Whether ``queue`` has a live consumer: its channel open and its tag still on it."""
+        consumer = self._consumers.get(queue)
+        if consumer is None:
+            return False
+        _, tag, channel = consumer
+        return not channel.is_closed and tag in channel.consumers
 
     def _on_consumers_closed(self, *_: object) -> None:
         """The consumer channel closed (RabbitMQ closed it, or it was lost with the connection):
         its consumers, its prefetch and its held tickets' delivery tags went with it. Forget
         them, and wake the waiters, so that the next claim or wait consumes afresh (the robust
         channel reopens itself, but without the consumers)."""
-        self._forget_consumers()
-        self._held.clear()
+        self._forget_dead()
         self._prefetch = 0
         self._arrived.set()
 
+    def _forget_dead(self) -> None:
+        """Forget the consumers that are not live and the tickets held from closed channels
+        (their delivery tags died with them; RabbitMQ put those tickets back)."""
+        for queue in [queue for queue in self._consumers if not self._consuming(queue)]:
+            EXPECTED_CHATTER.cancel_said_for.discard(self._consumers.pop(queue)[1])
+        self._held = deque(held for held in self._held if not held[1].is_closed)
+
     def _forget_consumers(self) -> None:
-        for _, tag in self._consumers.values():
+        for _, tag, _ in self._consumers.values():
             EXPECTED_CHATTER.cancel_said_for.discard(tag)
         self._consumers.clear()
 
@@ -610,7 +634,7 @@ class AMQPBackend(Backend):
         it and its queue's declaration, and wake the waiters, so that the next claim or wait
         declares the queue again and consumes it. The tickets it delivered stay held: acking
         them is harmless (RabbitMQ 3.10 keeps their delivery tags on the channel, the queue gone)."""
-        for queue, (q, tag) in list(self._consumers.items()):
+        for queue, (q, tag, _) in list(self._consumers.items()):
             if tag == frame.consumer_tag:
                 del self._consumers[queue]
                 EXPECTED_CHATTER.cancel_said_for.discard(tag)
@@ -620,7 +644,11 @@ class AMQPBackend(Backend):
                             "it again", q.name)
 
     async def _on_ticket(self, message: AbstractIncomingMessage) -> None:
-        self._held.append((time.monotonic(), message))
+        try:
+            channel = message.channel
+        except aiormq.exceptions.ChannelInvalidStateError:
+            return  # its channel closed since: RabbitMQ puts it back
+        self._held.append((time.monotonic(), channel, message))
         self._arrived.set()
 
     async def _ack(self, count: int) -> None:
@@ -628,16 +656,17 @@ class AMQPBackend(Backend):
         count = min(count, len(self._held))
         if count <= 0:
             return
-        taken = [self._held.popleft()[1] for _ in range(count)]
-        last = taken[-1]
-        try:
-            # tickets of one channel arrive in delivery-tag order: acking the last acks all
-            await last.ack(multiple=True)
-        except (asyncio.CancelledError, Exception) as exc:
-            if not (isinstance(exc, _ACK_FAILED) or _dropped(exc)):
-                raise
-            # after a reconnect the old tags are void: RabbitMQ redelivers those tickets
-            self._warn("ticket ack failed", exc)
+        # tickets of one channel arrive in delivery-tag order: acking its last acks all
+        last = {id(channel): message for _, channel, message in
+                (self._held.popleft() for _ in range(count)) if not channel.is_closed}
+        for message in last.values():
+            try:
+                await message.ack(multiple=True)
+            except (asyncio.CancelledError, Exception) as exc:
+                if not (isinstance(exc, _ACK_FAILED) or _dropped(exc)):
+                    raise
+                # after a reconnect the old tags are void: RabbitMQ redelivers those tickets
+                self._warn("ticket ack failed", exc)
 
     async def _reap_held(self) -> None:
         """Ack tickets held while this worker is busy (another worker's poll takes the job)."""
