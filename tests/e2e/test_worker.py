@@ -382,7 +382,8 @@ def test_async_task_blocking_the_loop_past_the_visibility_timeout__runs_once_and
     leases, so the job is not run again by another worker meanwhile."""
     env = e2e_any.env(TEST_VISIBILITY="2")
     blocking = e2e_any.worker("--no-scheduler", env=env)
-    job = e2e_any.enqueue("blocks_the_loop", 6.0)
+    # 4 s: the lease would run out 2 s after the last heartbeat, and the other worker sweeps every 0.5-1 s
+    job = e2e_any.enqueue("blocks_the_loop", 4.0)
     wait_for(lambda: recorded(e2e_any.log), what="the job to start")
     other = e2e_any.worker("--no-scheduler", env=env)  # would take the job up once its lease ran out
     assert job.wait(timeout=30) == "done"
@@ -394,7 +395,7 @@ def test_async_task_blocking_the_loop_past_the_visibility_timeout__runs_once_and
 
 def test_loop_blocked_right_after_a_job_returned__its_lease_is_kept_until_its_outcome_is_recorded(e2e_any):
     env = e2e_any.env(TEST_VISIBILITY="2")
-    jobs = [e2e_any.enqueue("done_as_the_loop_blocks", block) for block in (0.0, 5.0)]
+    jobs = [e2e_any.enqueue("done_as_the_loop_blocks", block) for block in (0.0, 4.0)]
     blocking = e2e_any.worker("--no-scheduler", "--concurrency", "2", env=env)
     wait_for(lambda: len(recorded(e2e_any.log)) == 2, what="both jobs to start")
     e2e_any.worker("--no-scheduler", env=env)  # would run the first again once its lease ran out
@@ -406,15 +407,16 @@ def test_loop_blocked_right_after_a_job_returned__its_lease_is_kept_until_its_ou
 def test_loop_blocked_as_a_pool_thread_leases_a_job__its_lease_is_kept_and_it_runs_once(e2e_any):
     env = e2e_any.env(TEST_VISIBILITY="2")
     e2e_any.worker("--no-scheduler", "--concurrency", "4", env=env)
-    job = e2e_any.enqueue("submits_then_blocks", 5.0)
+    job = e2e_any.enqueue("submits_then_blocks", 4.0)
     wait_for(lambda: recorded(e2e_any.log), what="the job to start")
     e2e_any.worker("--no-scheduler", env=env)
     assert job.wait(timeout=30) == "done"
     wait_for(lambda: len(recorded(e2e_any.log)) >= 3, what="the submitted job to end")
-    time.sleep(1.0)  # a second run, were there one, would have started by now
+    submitted = e2e_any.client.get_job([e for e in recorded(e2e_any.log) if e["event"] == "start"][1]["job"])
+    # once its outcome is stored no second run can start; one that did would show in its deliveries
+    e2e_any.wait_all([submitted], timeout=10)
     starts = [e for e in recorded(e2e_any.log) if e["event"] == "start"]
     assert len(starts) == 2, starts  # the submitted job ran once (on Redis, leased by a pool thread of `blocking`)
-    submitted = e2e_any.client.get_job(starts[1]["job"])
     assert (submitted.status, submitted.job.deliveries) == (Status.SUCCEEDED, 1)
 
 
