@@ -65,7 +65,7 @@ def test_dead_letters__exhausted_retries_fail_and_redrive_runs_them_again(e2e):
 
 def test_kill_9__every_job_still_succeeds(e2e_any):
     """kill -9 a worker while a few hundred 20 ms jobs run; a fresh worker finishes them all."""
-    env = e2e_any.env(TEST_VISIBILITY="2")
+    env = e2e_any.env(TEST_VISIBILITY="1")  # the killed worker's leases run out 1 s after its last heartbeat
     first = e2e_any.worker("--concurrency", "8", env=env)
     jobs = e2e_any.client.enqueue_many([("work", (20,), {}, {}) for _ in range(300)])
     wait_for(lambda: len(recorded(e2e_any.log)) > 150, what="jobs to start")
@@ -83,11 +83,12 @@ def test_kill_9__every_job_still_succeeds(e2e_any):
 def test_burst__puts_back_and_runs_a_dead_workers_expired_lease_before_it_stops(e2e_any):
     env = e2e_any.env(TEST_VISIBILITY="1")
     dying = e2e_any.worker(env=env)
-    job = e2e_any.enqueue("whoami", 1.0)
+    job = e2e_any.enqueue("whoami", 0.5)
     wait_for(lambda: recorded(e2e_any.log), what="the job to start")
     dying.send_signal(signal.SIGKILL)
     dying.wait(5)
-    time.sleep(1.5)  # its lease ran out (1 s visibility timeout, no heartbeat since the kill)
+    # its lease runs out (1 s visibility timeout, no heartbeat since the kill)
+    wait_for(lambda: job.refresh().job.lease_expires_at < time.time(), what="the dead worker's lease to run out")
     burst = e2e_any.worker("--burst", "--no-scheduler", env=env)
     assert burst.wait(30) == 0
     assert job.refresh().status is Status.SUCCEEDED and job.result == burst.pid
@@ -117,7 +118,7 @@ def test_sigterm__an_idle_worker_exits_0_at_once_every_time(e2e_any):
 
 def test_sigterm__unfinished_jobs_are_handed_back_for_immediate_redelivery(e2e_any):
     worker = e2e_any.worker("--grace", "0.5")
-    job = e2e_any.enqueue("stubborn", 3.0)
+    job = e2e_any.enqueue("stubborn", 1.5)  # still running when the grace ends
     wait_for(lambda: recorded(e2e_any.log), what="job start")
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(10) == 0
