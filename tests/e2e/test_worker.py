@@ -157,7 +157,7 @@ def test_process_killing_task__fails_after_max_deliveries_without_looping(e2e):
 def test_fencing__a_worker_whose_lease_expired_cannot_overwrite_the_outcome(e2e_any):
     env = e2e_any.env(TEST_VISIBILITY="1")
     slow = e2e_any.worker(env=env)
-    job = e2e_any.enqueue("whoami", 2.0)
+    job = e2e_any.enqueue("whoami", 1.0)  # stopped below long before its end
     wait_for(lambda: recorded(e2e_any.log), what="first start")
     slow.send_signal(signal.SIGSTOP)  # frozen: no heartbeat, the lease runs out
     fast = e2e_any.worker(env=env)
