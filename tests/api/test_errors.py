@@ -324,3 +324,49 @@ def test_engine_silent_after_start__requests_get_a_503_problem_in_time(engine: s
             proxy.thaw()
             server.stop()
             drop_namespace(url.replace(host, f"127.0.0.1:{target}"))
+
+
+def wait_for_declared_settings(server: Server) -> None:
+    """Wait (bounded) until the server's engine holds the app's ``app.queue("media", visibility_timeout=60)``."""
+    deadline = time.monotonic() + 15
+    while (r := server.http.get("/v1/queues/media")).status_code != 200 or r.json()["visibility_timeout"] != 60:
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.1)
+
+
+def test_engine_silent_at_start__server_serves_at_once_and_applies_the_queue_settings_once_it_answers() -> None:
+    """A server started while the engine does not answer (its connect takes 5 s to give up) waited
+    for it before serving even /healthz, and never applied the app's queue settings afterwards."""
+    namespace = f"api_{uuid.uuid4().hex[:12]}"
+    with TcpProxy("127.0.0.1", 6379) as proxy:
+        url = f"redis://{proxy.address}/0?prefix={namespace}"
+        proxy.freeze()
+        started = time.monotonic()
+        server = Server(make_app(url), tokens="", housekeeping=False)
+        try:
+            assert time.monotonic() - started < 3
+            assert server.http.get("/healthz").status_code == 200
+            proxy.thaw()
+            wait_for_declared_settings(server)
+        finally:
+            proxy.thaw()
+            server.stop()
+            drop_namespace(f"redis://127.0.0.1:6379/0?prefix={namespace}")
+
+
+def test_engine_down_at_start__the_queue_settings_are_applied_once_it_is_back() -> None:
+    """Refused at start, the server served 503s and never applied the app's queue settings once
+    the engine was back (only a worker's start did)."""
+    namespace = f"api_{uuid.uuid4().hex[:12]}"
+    with TcpProxy("127.0.0.1", 6379) as proxy:
+        url = f"redis://{proxy.address}/0?prefix={namespace}"
+        proxy.cut()
+        server = Server(make_app(url), tokens="", housekeeping=False)
+        try:
+            assert server.http.get("/v1/queues/media").status_code == 503
+            proxy.restore()
+            wait_for_declared_settings(server)
+        finally:
+            proxy.restore()
+            server.stop()
+            drop_namespace(f"redis://127.0.0.1:6379/0?prefix={namespace}")

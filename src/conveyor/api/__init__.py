@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 #: Default request body limit (``--max-body``): 1 MiB.
 MAX_BODY = 1024 * 1024
+#: Seconds a start waits for the queue settings to be applied before it serves anyway: an
+#: engine that does not answer (a silent one takes its connect timeout, 5 s) gets them later.
+SETTINGS_WAIT = 1.0
 
 
 def create_api(
@@ -49,18 +52,22 @@ def create_api(
 
     @contextlib.asynccontextmanager
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
-        try:
-            await app.apply_queue_settings(await st.backend())
-        except BackendUnavailable as exc:  # serve anyway: /readyz says 503 until it answers
-            log.warning("backend unavailable at start: %s", exc)
-        sweeper = asyncio.get_running_loop().create_task(_sweep_forever(st)) if housekeeping else None
+        loop = asyncio.get_running_loop()
+        settings = loop.create_task(_apply_settings(app, st))
+        await asyncio.wait([settings], timeout=SETTINGS_WAIT)
+        if settings.done():
+            settings.result()  # an error other than an outage (a configuration error): no start
+        else:  # a silent engine: serve now (/readyz says 503); the settings follow once it answers
+            settings.add_done_callback(_said_if_failed)
+        sweeper = loop.create_task(_sweep_forever(st)) if housekeeping else None
         try:
             yield
         finally:
-            if sweeper is not None:
-                sweeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
+            for task in (settings, sweeper):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
             await st.watcher.close()
             for backend in st.opened:
                 await backend.close()
@@ -81,6 +88,28 @@ def create_api(
     api.add_middleware(AuthMiddleware, tokens=token_list)
     _document(api, bool(token_list))
     return api
+
+
+async def _apply_settings(app: Conveyor, st: ApiState) -> None:
+    """Apply the app's queue settings to the engine, once a second until it answers."""
+    said = False
+    while True:
+        try:
+            await app.apply_queue_settings(await st.backend())
+        except BackendUnavailable as exc:  # serve anyway: /readyz says 503 until it answers
+            if not said:
+                log.warning("backend unavailable at start: %s; the queue settings are applied once it answers", exc)
+                said = True
+            await asyncio.sleep(1.0)
+        else:
+            if said:
+                log.info("queue settings applied: the backend answers")
+            return
+
+
+def _said_if_failed(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("applying the queue settings failed", exc_info=task.exception())
 
 
 async def _sweep_forever(st: ApiState) -> None:
