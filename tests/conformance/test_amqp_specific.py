@@ -207,9 +207,17 @@ def _store_url(b: AMQPBackend) -> str:
 
 async def test_queue__is_a_quorum_queue_with_the_delivery_limit(open_amqp: Opener) -> None:
     b = await open_amqp()
-    await b.enqueue([job()])
+    await b.enqueue([job()])  # it answers once the store has the job; the ticket (and queue) follow
     conn = await aio_pika.connect(RABBIT)
     try:
+        deadline = time.monotonic() + 5
+        while True:  # a passive declaration fails, closing its channel, until the queue exists
+            try:
+                await (await conn.channel()).declare_queue(b.rabbit_queue("default"), passive=True)
+                break
+            except aio_pika.exceptions.ChannelNotFoundEntity:
+                assert time.monotonic() < deadline, "the enqueue's ticket never declared the queue"
+                await asyncio.sleep(0.02)
         ch = await conn.channel()
         with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
             await ch.declare_queue(b.rabbit_queue("default"), durable=True,
