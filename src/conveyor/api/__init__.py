@@ -53,11 +53,14 @@ def create_api(
     @contextlib.asynccontextmanager
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
-        settings = loop.create_task(_apply_settings(app, st))
-        await asyncio.wait([settings], timeout=SETTINGS_WAIT)
+        down = asyncio.Event()  # the engine refused: serve at once, no need to wait SETTINGS_WAIT
+        settings = loop.create_task(_apply_settings(app, st, down))
+        said_down = loop.create_task(down.wait())
+        await asyncio.wait([settings, said_down], timeout=SETTINGS_WAIT, return_when=asyncio.FIRST_COMPLETED)
+        said_down.cancel()
         if settings.done():
             settings.result()  # an error other than an outage (a configuration error): no start
-        else:  # a silent engine: serve now (/readyz says 503); the settings follow once it answers
+        else:  # the engine is down or silent: serve (/readyz says 503); the settings follow once it answers
             settings.add_done_callback(_said_if_failed)
         sweeper = loop.create_task(_sweep_forever(st)) if housekeeping else None
         try:
@@ -90,19 +93,19 @@ def create_api(
     return api
 
 
-async def _apply_settings(app: Conveyor, st: ApiState) -> None:
-    """Apply the app's queue settings to the engine, once a second until it answers."""
-    said = False
+async def _apply_settings(app: Conveyor, st: ApiState, down: asyncio.Event) -> None:
+    """Apply the app's queue settings to the engine, once a second until it answers; ``down``
+    is set at the first failure."""
     while True:
         try:
             await app.apply_queue_settings(await st.backend())
         except BackendUnavailable as exc:  # serve anyway: /readyz says 503 until it answers
-            if not said:
+            if not down.is_set():
                 log.warning("backend unavailable at start: %s; the queue settings are applied once it answers", exc)
-                said = True
+                down.set()
             await asyncio.sleep(1.0)
         else:
-            if said:
+            if down.is_set():
                 log.info("queue settings applied: the backend answers")
             return
 
