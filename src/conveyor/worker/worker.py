@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 from conveyor import metrics
@@ -914,7 +914,7 @@ class _Step:
             log.info("%s works again", self.name)
 
 
-async def cancel_within(tasks: Iterable[asyncio.Task[Any]], bound: float) -> None:
+async def cancel_within(tasks: Collection[asyncio.Task[Any]], bound: float) -> None:
     """Cancel ``tasks`` and wait ``bound`` seconds at most for them to end, cancelling again every
     ``RECANCEL_AFTER`` seconds; their exceptions are taken (a stop has no use for them).
 
@@ -929,8 +929,8 @@ async def cancel_within(tasks: Iterable[asyncio.Task[Any]], bound: float) -> Non
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=min(RECANCEL_AFTER, left))
     for task in tasks:
-        if task.done() and not task.cancelled():
-            task.exception()
+        if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
+            log.debug("%s ended with %r as the worker stopped", task.get_name(), exc)
 
 
 def run_worker(app: Conveyor, **options: Any) -> int:

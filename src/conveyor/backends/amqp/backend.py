@@ -575,9 +575,11 @@ class AMQPBackend(Backend):
     async def _consume(self, queues: Sequence[str], prefetch: int) -> None:
         """Consume tickets of ``queues`` with ``prefetch`` unacked tickets at most per queue."""
         # While the connection is down the robust channel's calls wait for the reconnect
-        # (set_qos does): fail at once instead. No call here is cut short: this runs beside
-        # the claims (``_start_consuming``), and aiormq closes a channel whose call was
-        # cancelled; a dead connection fails the calls by the AMQP heartbeat.
+        # (set_qos does): fail at once instead when it is down now (one lost between the calls
+        # below holds them until the reconnect, then they consume on the new channel). No call
+        # here is cut short: this runs beside the claims (``_start_consuming``), and aiormq
+        # closes a channel whose call was cancelled; a dead connection fails the calls by the
+        # AMQP heartbeat.
         if self._sub is None or not self._connected():
             raise BackendUnavailable(f"{self._where} is not connected (reconnecting)")
         async with self._lock:
@@ -597,6 +599,9 @@ class AMQPBackend(Backend):
                     # the channel it consumed on, or a newer one (that one closed since): then
                     # the tag is not on it, and the consumer counts as dead, as it is
                     channel = await self._sub.get_underlay_channel()
+                    dead = self._consumers.get(queue)
+                    if dead is not None:  # replaced before a reconnect forgot it
+                        EXPECTED_CHATTER.cancel_said_for.discard(dead[1])
                     self._consumers[queue] = (q, tag, cast(aiormq.Channel, channel))
                     EXPECTED_CHATTER.cancel_said_for.add(tag)
 
