@@ -63,24 +63,16 @@ waiter never holds a connection the other calls need.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import hashlib
 import json
 import logging
-import os
-import re
 import secrets
 import socket
 import threading
 import time
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from importlib import resources
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -103,14 +95,27 @@ from conveyor.backends.base import (
     QueueInfo,
     SweepReport,
     WorkerInfo,
-    invalid_cursor,
 )
 from conveyor.backends.group_commit import GroupCommit
-from conveyor.core.errors import BackendUnavailable, ConfigurationError, InvalidTransition, ValidationError
-from conveyor.core.ids import job_id_of
+from conveyor.backends.redis.kept import Kept
+from conveyor.backends.redis.records import (
+    _f,
+    _hash,
+    blocked,
+    decode_cursor,
+    encode_cursor,
+    job_from_hash,
+    settings_from_hash,
+    worker_entry,
+    worker_from_entry,
+)
+from conveyor.backends.redis.scripts import claim_args, finish_args, sources
+from conveyor.backends.redis.submissions import Coalescer, Enqueued, Submission, payload, sent_together
+from conveyor.backends.redis.url import parse_url
+from conveyor.core.errors import BackendUnavailable, ConfigurationError, InvalidTransition
 from conveyor.core.job import Job, Status
 from conveyor.core.queues import QueueSettings
-from conveyor.serialization import dumps, loads
+from conveyor.serialization import dumps
 
 hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
 try:  # installed with the redis extra; redis-py's own parsing and packing are its fallback
@@ -118,207 +123,8 @@ try:  # installed with the redis extra; redis-py's own parsing and packing are i
 except ImportError:  # pragma: no cover
     hiredis_pack = None
 
-SCRIPTS = ("enqueue", "claim", "heartbeat", "finish", "progress", "cancel", "requeue", "purge", "sweep",
-           "get", "list", "webhooks")
-_OUTCOMES = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.RETRYING, Status.QUEUED})
 _BATCH = 500  #: jobs per script call for admin operations (requeue, purge)
 _LIST_BUDGET = 5000  #: index entries one list page examines at most
-
-
-def _blocked(job_id: str, parent: str, ended: str | None) -> str:
-    """Why a dependent cannot be retried (its parent ended badly, or is gone): see requeue.lua."""
-    if ended is None:
-        return f"job {job_id} depends on job {parent}, which no longer exists; submit a new job instead"
-    return f"job {job_id} depends on job {parent}, which ended {ended}; retry job {parent} first"
-
-
-def _f(x: float) -> str:
-    return repr(float(x))
-
-
-def job_from_hash(h: Mapping[str, str]) -> Job:
-    """A ``Job`` from a stored record. Only the fields present are decoded (a record leaves out
-    those at their default, see ``_record_fields``): a worker decodes every job it leases."""
-    fields: dict[str, Any] = {"args": [], "depends_on": [], "attempts": []}  # lists, as decoded
-    for name, text in h.items():
-        decode = _DECODE.get(name)
-        if decode is not None and text != "":  # '' = none (a finished job's blanked lease)
-            fields[name] = decode(text)
-    if "updated_at" not in fields:
-        fields["updated_at"] = fields.get("created_at", 0.0)
-    if "rate_count" in h:
-        fields["rate_limit"] = (int(h["rate_count"]), float(h["rate_per"]))
-    return Job(**fields)
-
-
-_STATUS = {status.value: status for status in Status}
-
-
-def _str(text: str) -> str:
-    return text
-
-
-#: how each stored field of a record is read; fields not named here are the scripts' own
-_DECODE: dict[str, Callable[[str], Any]] = {
-    "id": _str, "task": _str, "queue": _str, "status": _STATUS.__getitem__,
-    **dict.fromkeys(("args", "kwargs", "progress", "result", "error", "depends_on", "metadata", "attempts"),
-                    json.loads),
-    **dict.fromkeys(("priority", "attempt", "max_retries", "deliveries", "revision"), int),
-    **dict.fromkeys(("timeout", "created_at", "scheduled_at", "started_at", "finished_at", "updated_at",
-                     "lease_expires_at"), float),
-    **dict.fromkeys(("idempotency_key", "webhook", "worker_id", "lease_token", "limit_key"), _str),
-    "cancel_requested": "1".__eq__,
-    "concurrency_limit": lambda text: int(text) or None,
-}
-
-
-def _hash(flat: Sequence[str]) -> dict[str, str]:
-    it = iter(flat)
-    return dict(zip(it, it, strict=True))
-
-
-#: containers, stored unless empty
-_JSON_FIELDS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
-    ("args", list), ("kwargs", dict), ("depends_on", list), ("metadata", dict))
-_ANY_JSON_FIELDS = ("progress", "result", "error")  #: stored unless None
-_INT_FIELDS = (("attempt", 1), ("max_retries", 3), ("deliveries", 0))  #: stored unless the default
-_TIME_FIELDS = ("timeout", "scheduled_at", "started_at", "finished_at", "lease_expires_at")
-_STR_FIELDS = ("webhook", "worker_id", "lease_token", "limit_key")
-
-
-def _json_fields(job: Job) -> list[str]:
-    out: list[str] = []
-    try:
-        for name, plain in _JSON_FIELDS:
-            value = getattr(job, name)
-            if value:
-                out += [name, dumps(plain(value))]
-        for name in _ANY_JSON_FIELDS:
-            value = getattr(job, name)
-            if value is not None:
-                out += [name, dumps(value)]
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(f"job {job.id}: arguments are not JSON: {exc}",
-                              [{"pointer": "#/args", "detail": f"not JSON: {exc}"}]) from exc
-    return out
-
-
-def _record_fields(job: Job) -> list[str]:
-    """The stored fields of a new job beyond those enqueue.lua writes from its per-job header (id,
-    task, queue, created_at, priority, idempotency_key; status and revision).
-
-    Fields at the default ``job_from_hash`` reads for a missing field (no arguments, attempt 1,
-    ...) are left out: a smaller record is cheaper to write, read and return.
-    """
-    out = _json_fields(job)
-    for name, default in _INT_FIELDS:
-        value = getattr(job, name)
-        if value != default:
-            out += [name, str(int(value))]
-    if job.cancel_requested:
-        out += ["cancel_requested", "1"]
-    if job.updated_at and job.updated_at != job.created_at:
-        out += ["updated_at", _f(job.updated_at)]
-    for name in _TIME_FIELDS:
-        value = getattr(job, name)
-        if value is not None:
-            out += [name, _f(value)]
-    for name in _STR_FIELDS:
-        value = getattr(job, name)
-        if value is not None:
-            out += [name, value]
-    if job.concurrency_limit is not None:
-        out += ["concurrency_limit", str(int(job.concurrency_limit))]
-    if job.rate_limit is not None:
-        out += ["rate_count", str(int(job.rate_limit[0])), "rate_per", _f(job.rate_limit[1])]
-    return out
-
-
-def _encode_cursor(last_id: str) -> str:
-    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> str:
-    """The last job id of the previous page (what ``_encode_cursor`` wrote)."""
-    try:
-        last_id = job_id_of(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        last_id = None
-    if last_id is None:
-        raise invalid_cursor()
-    return last_id
-
-
-class _Kept:
-    """One connection of a blocking client, kept out of its pool for one caller at a time.
-
-    Taking a pooled connection and giving it back, with redis-py's wrapping of each call, costs
-    about a third of a round trip: a one-at-a-time caller (a sync enqueue loop, an idle
-    worker's wait) skips that. A concurrent caller, or a call whose connection failed, goes
-    through the pool instead, with its retries.
-    """
-
-    def __init__(self) -> None:
-        self._forget()
-        _KEPT.add(self)
-
-    def _forget(self) -> None:
-        """Drop the connection without closing it (after a fork it is the parent's socket:
-        a child writing on it would get the parent's replies, and the parent the child's)."""
-        self._lock = threading.Lock()
-        self._conn: Any = None  #: a redis-py ``Connection`` (untyped), made on first use
-
-    def send(self, client: redis.Redis | redis.cluster.RedisCluster,
-             commands: Sequence[tuple[Any, ...]]) -> list[Any] | None:
-        """The replies of ``commands``, sent in one write; None if the connection is taken or
-        failed, or ``client`` is a cluster's (then the caller goes through ``client``). A
-        command's error is raised once every reply was read."""
-        if not isinstance(client, redis.Redis) or not self._lock.acquire(blocking=False):
-            return None
-        try:
-            conn = self._conn
-            if conn is None:
-                conn = self._conn = client.connection_pool.get_connection()
-            replies: list[Any] = []
-            try:
-                conn.send_packed_command(conn.pack_commands(commands))
-                for _ in commands:
-                    try:
-                        replies.append(conn.read_response())
-                    except ResponseError as exc:  # its whole reply was read
-                        replies.append(exc)
-            except RedisTimeoutError:
-                conn.disconnect()  # a reply may still come: this connection is done
-                raise  # no second wait through the pool: a silent engine fails the call once
-            except (RedisConnectionError, OSError):
-                conn.disconnect()  # it reconnects on its next use
-                return None
-            except BaseException:
-                conn.disconnect()  # interrupted: a reply may be left unread on it
-                raise
-        finally:
-            self._lock.release()
-        for reply in replies:
-            if isinstance(reply, ResponseError):
-                raise reply
-        return replies
-
-    def forget(self) -> None:
-        """Drop the connection (its client's pool closes it)."""
-        with self._lock:
-            self._conn = None
-
-
-def _check_options(url: str) -> None:
-    """Refuse, as a configuration error, a URL option redis-py does not know or a value it cannot
-    read (a typo would otherwise fail the first connection with a bare ``TypeError``). A
-    connection is built to find out, without connecting."""
-    try:
-        aioredis.ConnectionPool.from_url(url).make_connection()  # type: ignore[no-untyped-call]
-    except (TypeError, ValueError) as exc:
-        name = re.search(r"argument '(\w+)'", str(exc))
-        detail = f"unknown option {name[1]!r}" if name else str(exc).rstrip(".")
-        raise ConfigurationError(f"the redis URL: {detail} (options: prefix, and redis-py's URL options)") from None
 
 
 class _HiredisPacking:
@@ -356,55 +162,6 @@ def _with_hiredis_packing(client: _C) -> _C:
     return client
 
 
-#: every ``_Kept`` of this process: a forked child forgets their connections (``_Kept._forget``)
-_KEPT: weakref.WeakSet[_Kept] = weakref.WeakSet()
-
-
-def _forget_kept() -> None:
-    for kept in list(_KEPT):
-        kept._forget()
-
-
-os.register_at_fork(after_in_child=_forget_kept)
-
-
-@dataclass(slots=True)
-class _Submission:
-    """One caller's enqueue, possibly coalesced with others into one script call."""
-
-    jobs: Sequence[Job]
-    payload: list[str]  #: the jobs' flat ARGV strings (see enqueue.lua)
-    now: float
-    future: asyncio.Future[list[tuple[Job, bool]]] | None = None
-
-
-def _settle(sub: _Submission, coro: Awaitable[list[tuple[Job, bool]]]) -> None:
-    """Run ``coro`` for a waiting caller and hand it the result or the exception."""
-
-    async def run() -> None:
-        fut = sub.future
-        try:
-            result = await coro
-        except Exception as exc:
-            if fut is not None and not fut.done():
-                fut.set_exception(exc)
-            return
-        if fut is not None and not fut.done():
-            fut.set_result(result)
-
-    _BACKGROUND.add(task := asyncio.ensure_future(run()))
-    task.add_done_callback(_BACKGROUND.discard)
-
-
-_BACKGROUND: set[asyncio.Future[None]] = set()
-
-
-def _joined(subs: Sequence[_Submission]) -> tuple[int, list[str], float]:
-    """The enqueue script's job count, payload and ``now`` for several submissions at once."""
-    return (sum(len(sub.jobs) for sub in subs), [item for sub in subs for item in sub.payload],
-            max(sub.now for sub in subs))
-
-
 #: Claims of one worker remembered for ``_hand_back_lost`` (one per retry of an outage: its backoff
 #: is capped at a few seconds); the oldest leases have expired by then anyway.
 _LOST_CLAIMS_KEPT = 256
@@ -429,44 +186,22 @@ class RedisBackend(Backend):
     DUE_SEEN_FRESH = 0.05
 
     def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        prefix = "conveyor"
-        rest: list[tuple[str, str]] = []
-        for key, value in query:
-            if key == "prefix":
-                prefix = value
-            else:
-                rest.append((key, value))
-        if not prefix or any(c in prefix for c in "{}*?[]\\ "):
-            raise ConfigurationError(f"invalid redis key prefix {prefix!r}: use letters, digits, '_', '-', '.', ':'")
-        scheme = parts.scheme.lower()
-        #: a Redis Cluster (``redis+cluster://``): RedisCluster clients, no MULTI pipelines
-        self.cluster = scheme.endswith("+cluster")
-        if self.cluster and parts.path not in ("", "/", "/0"):
-            raise ConfigurationError(f"a redis cluster has only database 0, not {parts.path.lstrip('/')!r}")
-        database = parts.path.removeprefix("/")
-        if database and not (database.isascii() and database.isdigit()):  # redis-py would use db 0 silently
-            raise ConfigurationError(
-                f"invalid redis database {database!r} in the URL: use a number, e.g. redis://host:6379/0"
-            )
+        parsed = parse_url(url)
         self.url = url
-        self.prefix = prefix
-        self._anchor = f"{{{prefix}}}:jq"  #: KEYS[1] of every script: routes it to the {P} slot
+        self.prefix = parsed.prefix
+        #: a Redis Cluster (``redis+cluster://``): RedisCluster clients, no MULTI pipelines
+        self.cluster = parsed.cluster
+        self._anchor = f"{{{self.prefix}}}:jq"  #: KEYS[1] of every script: routes it to the {P} slot
         #: ends this backend's ``wait_for_work`` early (``end_wait``)
-        self._end_key = f"{{{prefix}}}:ew:{secrets.token_hex(8)}"
-        self._redis_url = urlunsplit(parts._replace(scheme=scheme.removesuffix("+cluster"), query=urlencode(rest)))
-        if not self.cluster:
-            _check_options(self._redis_url)
-        kind = "redis cluster" if self.cluster else "redis"
-        self._where = f"{kind} at {parts.hostname or 'localhost'}:{parts.port or 6379}"
+        self._end_key = f"{{{self.prefix}}}:ew:{secrets.token_hex(8)}"
+        self._redis_url = parsed.client_url
+        self._where = parsed.where
         self._r: aioredis.Redis | RedisCluster | None = None
         self._block: aioredis.Redis | RedisCluster | None = None
         self._src: dict[str, str] = {}
         self._sha: dict[str, str] = {}
-        self._enqueue_busy = False
-        self._enqueue_waiting: list[_Submission] = []
-        self._enqueue_task: asyncio.Task[None] | None = None
+        #: concurrent async enqueues, sent together
+        self._coalescer = Coalescer(self._enqueue_script)
         #: When a rate-limited job that the last claim left queued may start (wakes ``wait_for_work``).
         self._retry_at: float | None = None
         #: What the last claim saw of its queues' schedules: (monotonic time, queues, when the first
@@ -477,14 +212,14 @@ class RedisBackend(Backend):
         self._sync_lock = threading.Lock()
         self._sync_sha = ""  #: of the enqueue script (EVALSHA needs no round trip to learn it)
         #: connections of the blocking client kept for a sync enqueue loop and an idle worker's wait
-        self._kept_enqueue = _Kept()
-        self._kept_wait = _Kept()
+        self._kept_enqueue = Kept()
+        self._kept_wait = Kept()
         #: Token bases of claims that raised, per worker: what they leased (if their reply was
         #: lost after the script ran) is handed back at that worker's next claim or stop (``_hand_back_lost``).
         self._lost_claims: dict[str, list[str]] = {}
         self._lost_lock = threading.Lock()  # a pool thread's wait_and_claim_blocking adds to it
         #: concurrent sync enqueues, sent together
-        self._enqueue_group: GroupCommit[_Submission, list[tuple[Job, bool]]] = GroupCommit(
+        self._enqueue_group: GroupCommit[Submission, Enqueued] = GroupCommit(
             self._enqueue_batch_blocking, lambda sub: len(sub.jobs))
 
     # -- plumbing -----------------------------------------------------------------------
@@ -540,15 +275,8 @@ class RedisBackend(Backend):
         return f"{{{self.prefix}}}:q/{queue}/{name}"
 
     def _load_sources(self) -> None:
-        if self._src:
-            return
-        d = QueueSettings()
-        prelude = (f"local DEF_RETENTION = {d.retention!r}\nlocal DEF_VT = {d.visibility_timeout!r}\n"
-                   f"local DEF_MD = {d.max_deliveries!r}\nlocal DEF_TTL = {d.result_ttl!r}\n")
-        pkg = resources.files("conveyor.backends.redis") / "lua"
-        common = (pkg / "_common.lua").read_text("utf-8")
-        for name in SCRIPTS:
-            self._src[name] = prelude + common + "\n" + (pkg / f"{name}.lua").read_text("utf-8")
+        if not self._src:
+            self._src = sources()
 
     async def _load_scripts(self) -> None:
         for name, src in self._src.items():
@@ -628,48 +356,11 @@ class RedisBackend(Backend):
         if not jobs:
             return []
         now = time.time()
-        sub = _Submission(jobs, self._payload(jobs, now), now)
-        if self._enqueue_busy:
-            sub.future = asyncio.get_running_loop().create_future()
-            self._enqueue_waiting.append(sub)
-            return await sub.future
-        self._enqueue_busy = True
-        try:
-            return await self._enqueue_one(sub)
-        finally:
-            if self._enqueue_waiting:
-                self._enqueue_task = asyncio.create_task(self._enqueue_coalesced())
-            else:
-                self._enqueue_busy = False
-
-    @staticmethod
-    def _payload(jobs: Sequence[Job], now: float) -> list[str]:
-        payload: list[str] = []
-        for job in jobs:
-            created = _f(job.created_at or now)
-            scheduled = job.scheduled_at is not None and (job.status == Status.SCHEDULED or
-                                                           job.scheduled_at > (job.created_at or now))
-            fields = _record_fields(job)
-            payload += [job.id, job.queue, job.task, str(int(job.priority)), created,
-                        _f(job.scheduled_at) if scheduled else "", job.idempotency_key or "",  # type: ignore[arg-type]
-                        str(len(job.depends_on)), *job.depends_on, str(len(fields)), *fields]
-        return payload
+        return await self._coalescer.submit(Submission(jobs, payload(jobs, now), now))
 
     async def _enqueue_script(self, count: int, payload: list[str], now: float) -> list[Any]:
         reply: list[Any] = await self._run("enqueue", _f(now), str(count), *payload)
         return reply
-
-    async def _enqueue_one(self, sub: _Submission) -> list[tuple[Job, bool]]:
-        return self._checked(sub, await self._enqueue_script(len(sub.jobs), sub.payload, sub.now))
-
-    def _checked(self, sub: _Submission, reply: list[Any]) -> list[tuple[Job, bool]]:
-        if reply and reply[0] == "!":
-            # the same pointer and words as the other engines: the job's index in a batch
-            j, i, parent = reply[1:]
-            where = f"#/jobs/{j}/depends_on/{i}" if len(sub.jobs) > 1 else f"#/depends_on/{i}"
-            detail = f"depends_on: no job has id {parent!r}"
-            raise ValidationError(detail, [{"pointer": where, "detail": detail}])
-        return self._stored(sub, reply)
 
     def enqueue_blocking(self, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
         """``enqueue`` for synchronous callers, on a thread-safe blocking client.
@@ -681,23 +372,11 @@ class RedisBackend(Backend):
         if not jobs:
             return []
         now = time.time()
-        return self._enqueue_group.submit(_Submission(jobs, self._payload(jobs, now), now))
+        return self._enqueue_group.submit(Submission(jobs, payload(jobs, now), now))
 
-    def _enqueue_batch_blocking(self, subs: Sequence[_Submission]) -> list[list[tuple[Job, bool]] | BaseException]:
+    def _enqueue_batch_blocking(self, subs: Sequence[Submission]) -> list[Enqueued | BaseException]:
         """The enqueue script for the submissions of concurrent sync callers, in one call."""
-        if len(subs) == 1:
-            sub = subs[0]
-            return [self._checked(sub, self._enqueue_script_blocking(len(sub.jobs), sub.payload, sub.now))]
-        shares = self._shares(subs, self._enqueue_script_blocking(*_joined(subs)))
-        if shares is not None:
-            return list(shares)
-        out: list[list[tuple[Job, bool]] | BaseException] = []
-        for sub in subs:  # someone's unknown parent (nothing was written): each caller alone
-            try:
-                out.append(self._checked(sub, self._enqueue_script_blocking(len(sub.jobs), sub.payload, sub.now)))
-            except Exception as exc:
-                out.append(exc)
-        return out
+        return sent_together(subs, self._enqueue_script_blocking)
 
     def _enqueue_script_blocking(self, count: int, payload: list[str], now: float) -> list[Any]:
         client = self._sync_client()
@@ -721,67 +400,11 @@ class RedisBackend(Backend):
         if client is not None:
             client.close()  # its pool disconnects every connection, those kept out of it too
 
-    async def _enqueue_coalesced(self) -> None:
-        try:
-            while self._enqueue_waiting:
-                batch: list[_Submission] = []
-                size = 0
-                while self._enqueue_waiting and size < 1000:
-                    sub = self._enqueue_waiting.pop(0)
-                    batch.append(sub)
-                    size += len(sub.jobs)
-                try:
-                    shares = self._shares(batch, await self._enqueue_script(*_joined(batch)))
-                    if shares is None:  # someone's mistake: run each caller alone
-                        for sub in batch:
-                            _settle(sub, self._enqueue_one(sub))
-                        continue
-                    for sub, stored in zip(batch, shares, strict=True):
-                        if sub.future is not None and not sub.future.done():
-                            sub.future.set_result(stored)
-                except Exception as exc:
-                    for sub in batch:
-                        if sub.future is not None and not sub.future.done():
-                            sub.future.set_exception(exc)
-        finally:
-            self._enqueue_busy = False
-
-    def _shares(self, subs: Sequence[_Submission], items: list[Any]) -> list[list[tuple[Job, bool]]] | None:
-        """Each submission's part of one script call's reply over all of them; None when the
-        call refused them all for one caller's unknown parent (then each goes alone)."""
-        if items and items[0] == "!":
-            return None
-        out = []
-        for sub in subs:
-            mine, items = items[:len(sub.jobs)], items[len(sub.jobs):]
-            out.append(self._stored(sub, mine))
-        return out
-
-    @staticmethod
-    def _stored(sub: _Submission, items: list[str]) -> list[tuple[Job, bool]]:
-        out: list[tuple[Job, bool]] = []
-        for job, item in zip(sub.jobs, items, strict=True):
-            if item[0] == "=":  # an existing job: its record
-                out.append((job_from_hash(json.loads(item[1:])), False))
-                continue
-            created = job.created_at or sub.now
-            updated = job.updated_at or created
-            if item[0] == "{":  # created cancelled (a parent failed): the error
-                out.append((job.replace(status=Status.CANCELLED, revision=1, created_at=created,
-                                        error=loads(item), finished_at=sub.now, updated_at=sub.now), True))
-            elif job.status == item and job.revision == 1 and job.created_at == created \
-                    and job.updated_at == updated:
-                out.append((job, True))  # already as stored
-            else:
-                out.append((job.replace(status=Status(item), revision=1, created_at=created, updated_at=updated),
-                            True))
-        return out
-
     # -- leasing ------------------------------------------------------------------------
     async def claim(self, queues: Sequence[str], limit: int, worker_id: str, now: float) -> list[Lease]:
         if limit <= 0 or not queues:
             return []
-        args = self._claim_args(queues, limit, worker_id, now)
+        args = claim_args(queues, limit, worker_id, now)
         await self._hand_back_lost(worker_id)
         with self._losing(worker_id, args):
             return self._leases(await self._run("claim", *args), queues)
@@ -826,10 +449,6 @@ class RedisBackend(Backend):
                 self._lost_claims.setdefault(worker_id, [])[:0] = bases
             raise
 
-    @staticmethod
-    def _claim_args(queues: Sequence[str], limit: int, worker_id: str, now: float) -> list[str]:
-        return [_f(now), str(limit), worker_id, secrets.token_hex(8), *queues]
-
     def _leases(self, reply: list[str], queues: Sequence[str]) -> list[Lease]:
         records, retry_at, due = reply
         self._retry_at = float(retry_at) if retry_at else None
@@ -846,14 +465,14 @@ class RedisBackend(Backend):
         """Both scripts in one pipeline: one round trip, applied in order (outcomes first)."""
         if not outcomes or limit <= 0 or not queues:
             return await super().finish_and_claim(outcomes, queues, limit, worker_id, now)
-        finish_args = self._finish_args(outcomes, now)
-        claim_args = self._claim_args(queues, limit, worker_id, now)
+        to_finish = finish_args(outcomes, now)
+        to_claim = claim_args(queues, limit, worker_id, now)
         await self._hand_back_lost(worker_id)
-        with self._losing(worker_id, claim_args), self._guard():
+        with self._losing(worker_id, to_claim), self._guard():
             for attempt in (1, 2):
                 pipe = self.r.pipeline(transaction=False)
-                pipe.evalsha(self._sha["finish"], 1, self._anchor, self.prefix, *finish_args)
-                pipe.evalsha(self._sha["claim"], 1, self._anchor, self.prefix, *claim_args)
+                pipe.evalsha(self._sha["finish"], 1, self._anchor, self.prefix, *to_finish)
+                pipe.evalsha(self._sha["claim"], 1, self._anchor, self.prefix, *to_claim)
                 try:
                     finished, claimed = await pipe.execute()
                     break
@@ -864,10 +483,7 @@ class RedisBackend(Backend):
         return [c == "1" for c in finished], self._leases(claimed, queues)
 
     async def heartbeat(self, worker: WorkerInfo, leases: Mapping[str, str], now: float) -> HeartbeatReply:
-        info = {"id": worker.id, "host": worker.host, "pid": worker.pid, "queues": list(worker.queues),
-                "concurrency": worker.concurrency, "running": list(worker.running),
-                "started_at": worker.started_at or now, "last_heartbeat": now}
-        args: list[str] = [_f(now), worker.id, dumps(info)]
+        args: list[str] = [_f(now), worker.id, worker_entry(worker, now)]
         for job_id, token in leases.items():
             args += [job_id, token]
         lost, cancel = await self._run("heartbeat", *args)
@@ -876,20 +492,8 @@ class RedisBackend(Backend):
     async def finish(self, outcomes: Sequence[Outcome], now: float) -> list[bool]:
         if not outcomes:
             return []
-        reply: str = await self._run("finish", *self._finish_args(outcomes, now))
+        reply: str = await self._run("finish", *finish_args(outcomes, now))
         return [c == "1" for c in reply]
-
-    @staticmethod
-    def _finish_args(outcomes: Sequence[Outcome], now: float) -> list[str]:
-        args: list[str] = [_f(now)]
-        for o in outcomes:
-            if o.status not in _OUTCOMES:
-                raise ValueError(f"an outcome cannot set status {o.status}")
-            args += [o.job_id, o.token, o.status, dumps(o.result) if o.status == Status.SUCCEEDED else "",
-                     dumps(dict(o.error)) if o.error is not None else "",
-                     _f(o.scheduled_at) if o.scheduled_at is not None else "",
-                     str(o.attempt) if o.attempt is not None else "", "1" if o.uncount_delivery else "0"]
-        return args
 
     async def set_progress(self, job_id: str, token: str, progress: Mapping[str, Any], now: float) -> bool:
         return bool(int(await self._run("progress", _f(now), job_id, token, dumps(dict(progress)))))
@@ -929,7 +533,7 @@ class RedisBackend(Backend):
         timeout = await self._wake_timeout(queues, timeout)
         if timeout <= 0.0005:
             return None
-        args = self._claim_args(queues, limit, worker_id, 0.0)
+        args = claim_args(queues, limit, worker_id, 0.0)
         args[0] = ""  # now: the server's TIME when the claim runs
         await self._hand_back_lost(worker_id)
         with self._losing(worker_id, args), self._guard():
@@ -960,7 +564,7 @@ class RedisBackend(Backend):
             timeout = self._timeout_until_due(timeout, heads)
             if timeout <= 0.0005:
                 return None
-            args = self._claim_args(queues, limit, worker_id, 0.0)
+            args = claim_args(queues, limit, worker_id, 0.0)
             args[0] = ""  # now: the server's TIME when the claim runs
             wake = [self._qk(q, "wake") for q in queues]
             claim = ("EVALSHA", self._sha["claim"], 1, self._anchor, self.prefix, *args)
@@ -1030,7 +634,7 @@ class RedisBackend(Backend):
 
     async def list_jobs(self, query: JobQuery) -> Page:
         limit = max(1, min(int(query.limit), 1000))
-        cursor = _decode_cursor(query.cursor) if query.cursor else ""
+        cursor = decode_cursor(query.cursor) if query.cursor else ""
         status = str(query.status) if query.status is not None else ""
         if status and query.queue:
             kind = "queue_status"
@@ -1045,7 +649,7 @@ class RedisBackend(Backend):
         reply = await self._run("list", kind, status, query.task or "", query.queue or "", cursor,
                                 str(limit), str(_LIST_BUDGET))
         cursor_out, *records = json.loads(reply)
-        return Page([job_from_hash(h) for h in records], _encode_cursor(cursor_out) if cursor_out else None)
+        return Page([job_from_hash(h) for h in records], encode_cursor(cursor_out) if cursor_out else None)
 
     async def revisions(self, ids: Sequence[str]) -> dict[str, int]:
         if not ids:
@@ -1071,7 +675,7 @@ class RedisBackend(Backend):
             reply = await self._run("requeue", _f(now), queue or "", wanted, str(_BATCH), *ids)
             if isinstance(reply, list):
                 _, job_id, parent, ended = reply
-                raise InvalidTransition(_blocked(job_id, parent, ended or None))
+                raise InvalidTransition(blocked(job_id, parent, ended or None))
             return [job_from_hash(h) for h in json.loads(reply)]
         while True:
             records = json.loads(await self._run("requeue", _f(now), queue or "", wanted, str(_BATCH)))
@@ -1090,18 +694,7 @@ class RedisBackend(Backend):
     async def queue_settings(self, name: str) -> QueueSettings:
         with self._guard():
             h: dict[str, str] = await self.r.hgetall(self._qk(name, "cfg"))  # type: ignore[assignment]
-        return self._settings(h)
-
-    @staticmethod
-    def _settings(h: Mapping[str, str]) -> QueueSettings:
-        d = QueueSettings()
-        return QueueSettings(
-            retention=float(h.get("retention", d.retention)),
-            visibility_timeout=float(h.get("visibility_timeout", d.visibility_timeout)),
-            max_deliveries=int(h.get("max_deliveries", d.max_deliveries)),
-            result_ttl=float(h.get("result_ttl", d.result_ttl)),
-            paused=h.get("paused", "0") == "1",
-        )
+        return settings_from_hash(h)
 
     async def save_queue_settings(self, name: str, settings: QueueSettings,
                                   fields: Collection[str] | None = None) -> None:
@@ -1136,7 +729,7 @@ class RedisBackend(Backend):
         for i, q in enumerate(names):
             chunk = replies[i * step:(i + 1) * step]
             counts = {s: int(n) for s, n in zip(statuses, chunk[1:], strict=True) if n}
-            out.append(QueueInfo(q, self._settings(chunk[0]), counts))
+            out.append(QueueInfo(q, settings_from_hash(chunk[0]), counts))
         return out
 
     # -- webhooks -----------------------------------------------------------------------
@@ -1171,15 +764,7 @@ class RedisBackend(Backend):
             if not ids:
                 return []
             raw = await self.r.hmget(self._gk("workers"), ids)
-        out = []
-        for text in raw:
-            if not text:
-                continue
-            d = loads(text)
-            out.append(WorkerInfo(id=d["id"], host=d["host"], pid=int(d["pid"]), queues=tuple(d["queues"]),
-                                  concurrency=int(d["concurrency"]), running=tuple(d["running"]),
-                                  started_at=float(d["started_at"]), last_heartbeat=float(d["last_heartbeat"])))
-        return out
+        return [worker_from_entry(text) for text in raw if text]
 
 
 __all__ = ["RedisBackend", "job_from_hash"]

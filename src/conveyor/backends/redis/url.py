@@ -1,0 +1,67 @@
+"""The engine's URL, read: the key prefix, one server or a cluster, and the URL redis-py gets.
+
+``redis://[user:password@]host:6379/0?prefix=conveyor`` (``rediss://``) or
+``redis+cluster://...`` (``rediss+cluster://``); see ``backend.py``. A URL this engine or
+redis-py cannot use is refused here, as a ``ConfigurationError``, before anything connects.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+
+from conveyor.core.errors import ConfigurationError
+
+
+@dataclass(frozen=True, slots=True)
+class RedisURL:
+    """What a URL of this engine says."""
+
+    prefix: str  #: namespaces the keys of one app (default ``conveyor``)
+    cluster: bool  #: a Redis Cluster (``redis+cluster://``)
+    client_url: str  #: for redis-py: the scheme without ``+cluster``, the query without ``prefix``
+    where: str  #: ``redis at host:port`` (or ``redis cluster at ...``), for messages
+
+
+def parse_url(url: str) -> RedisURL:
+    """``url`` read, or a ``ConfigurationError`` saying what is wrong with it."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = "conveyor"
+    rest: list[tuple[str, str]] = []
+    for key, value in query:
+        if key == "prefix":
+            prefix = value
+        else:
+            rest.append((key, value))
+    if not prefix or any(c in prefix for c in "{}*?[]\\ "):
+        raise ConfigurationError(f"invalid redis key prefix {prefix!r}: use letters, digits, '_', '-', '.', ':'")
+    scheme = parts.scheme.lower()
+    cluster = scheme.endswith("+cluster")
+    if cluster and parts.path not in ("", "/", "/0"):
+        raise ConfigurationError(f"a redis cluster has only database 0, not {parts.path.lstrip('/')!r}")
+    database = parts.path.removeprefix("/")
+    if database and not (database.isascii() and database.isdigit()):  # redis-py would use db 0 silently
+        raise ConfigurationError(
+            f"invalid redis database {database!r} in the URL: use a number, e.g. redis://host:6379/0"
+        )
+    client_url = urlunsplit(parts._replace(scheme=scheme.removesuffix("+cluster"), query=urlencode(rest)))
+    if not cluster:
+        _check_options(client_url)
+    kind = "redis cluster" if cluster else "redis"
+    return RedisURL(prefix, cluster, client_url, f"{kind} at {parts.hostname or 'localhost'}:{parts.port or 6379}")
+
+
+def _check_options(url: str) -> None:
+    """Refuse, as a configuration error, a URL option redis-py does not know or a value it cannot
+    read (a typo would otherwise fail the first connection with a bare ``TypeError``). A
+    connection is built to find out, without connecting."""
+    try:
+        aioredis.ConnectionPool.from_url(url).make_connection()  # type: ignore[no-untyped-call]
+    except (TypeError, ValueError) as exc:
+        name = re.search(r"argument '(\w+)'", str(exc))
+        detail = f"unknown option {name[1]!r}" if name else str(exc).rstrip(".")
+        raise ConfigurationError(f"the redis URL: {detail} (options: prefix, and redis-py's URL options)") from None
