@@ -13,7 +13,7 @@ import pytest
 
 from conveyor.backends.base import Outcome
 from conveyor.backends.postgres import PostgresBackend
-from conveyor.backends.postgres.backend import migrations
+from conveyor.backends.postgres.statements import migrations
 from conveyor.core.errors import BackendUnavailable, ConfigurationError
 from conveyor.core.ids import uuid7
 from conveyor.core.job import Job, Status

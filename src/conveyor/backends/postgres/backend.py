@@ -7,29 +7,25 @@ parameters go to libpq unchanged.
 
 Every query is schema-qualified, so :meth:`PostgresBackend.enqueue_in` works on any connection of
 the caller's, whatever its ``search_path``. Times are stored as epoch seconds (``double precision``).
+
+This module is the backend's calls and their plumbing (the pool, retries, outages); beside it:
+``connection`` (the URL), ``statements`` (the SQL files), ``rows`` (Jobs as rows), ``enqueue``
+(what an enqueue writes), ``limits`` (claims of limited jobs), ``wakeups`` (LISTEN/NOTIFY).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import dataclasses
-import importlib.resources
 import logging
 import math
-import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
-import psycopg.adapt
 import psycopg.errors
-import psycopg.types.json
-from psycopg import sql
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from conveyor import serialization
 from conveyor.backends.base import (
@@ -42,118 +38,41 @@ from conveyor.backends.base import (
     QueueInfo,
     SweepReport,
     WorkerInfo,
-    invalid_cursor,
 )
+from conveyor.backends.postgres import enqueue
+from conveyor.backends.postgres.connection import UNAVAILABLE, AConn, parse_url
+from conveyor.backends.postgres.enqueue import TERMINAL_FAIL, StatusAndError
+from conveyor.backends.postgres.limits import Gate
+from conveyor.backends.postgres.rows import (
+    ADAPTERS,
+    JOB_FIELDS,
+    decode_cursor,
+    encode_cursor,
+    queue_settings_of,
+    row_to_job,
+    worker_of,
+)
+from conveyor.backends.postgres.statements import load_queries, migrate
+from conveyor.backends.postgres.wakeups import Listener, announcements
 from conveyor.core import rules
 from conveyor.core.errors import BackendUnavailable, ConfigurationError, ValidationError
-from conveyor.core.ids import job_id_of
 from conveyor.core.job import CANCELLED_HANDED_BACK, CANCELLED_LOST, Job, Status
 from conveyor.core.queues import QueueSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-AConn = psycopg.AsyncConnection[Any]
 
-#: The Job fields, in dataclass order: rows are built positionally (``Job(*row)``).
-JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job))
-_STATUS_INDEX = JOB_FIELDS.index("status")
-_RATE_INDEX = JOB_FIELDS.index("rate_limit")
-#: Rounds of candidates one limited claim looks at (each skips the keys found full), and the most
-#: rows one round reads: rounds read 4x more each, so thousands of keys at their limit ahead of a
-#: job do not keep it waiting (about 18,000 looked past in all).
-_LIMIT_ROUNDS = 8
-_MAX_FETCH = 4096
 #: Failed claims of a worker remembered for ``_hand_back_lost`` (one per retry of an outage: its
 #: backoff is capped at a few seconds); the oldest leases have expired by then anyway.
 _LOST_CLAIMS_KEPT = 256
 _DEFAULTS = QueueSettings()
-_TERMINAL_FAIL = ("failed", "cancelled", "expired")
 _QUEUE_SETTINGS = ("retention", "visibility_timeout", "max_deliveries", "result_ttl", "paused")
-_SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
-_OWN_PARAMS = ("schema", "pool_min", "pool_max", "pool_timeout")
 _RETRYABLE = (psycopg.errors.TransactionRollback,)
-#: libpq options every connection gets unless the URL sets them: a dead peer (a silent partition,
-#: a frozen host: no reset) is noticed in about 11 s, as by the Redis engine, instead of a request
-#: in flight waiting out TCP's retransmission backoff (libpq's defaults: keepalive after 2 h, no
-#: user timeout) until the worker's stall watchdog exits it.
-_KEEPALIVE = {"keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "2", "keepalives_count": "3",
-              **({"tcp_user_timeout": "11000"} if psycopg.pq.version() >= 120000 else {})}
-_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError)
-
 
 #: Sent ahead of a statement of the job path, in the same pipeline (see ``_fetch_hot``).
 _GENERIC = "SELECT set_config('plan_cache_mode', 'force_generic_plan', true)"
 _DURABLE = ("SELECT set_config('plan_cache_mode', 'force_generic_plan', true), "
             "set_config('synchronous_commit', 'on', true)")
-
-_TRIVIAL_JSON: dict[bytes, Any] = {b"[]": [], b"{}": {}, b"null": None}
-
-
-def _json_loads(data: bytes | bytearray | memoryview | str) -> Any:
-    """``json.loads``, short-cutting the empty values most job columns hold."""
-    raw = bytes(data) if not isinstance(data, str) else data.encode()
-    if len(raw) <= 4 and raw in _TRIVIAL_JSON:
-        value = _TRIVIAL_JSON[raw]
-        return [] if value == [] else {} if value == {} else value
-    return serialization.loads(raw)
-
-
-_ADAPTERS = psycopg.adapt.AdaptersMap(psycopg.adapters)
-psycopg.types.json.set_json_loads(_json_loads, _ADAPTERS)
-
-
-def _load_text(name: str) -> str:
-    return importlib.resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
-
-
-def load_queries(schema_ident: str) -> dict[str, str]:
-    """The named queries of ``queries.sql`` with the schema and the Job columns filled in."""
-    queries: dict[str, str] = {}
-    name: str | None = None
-    lines: list[str] = []
-    job_cols = ", ".join(f"j.{c}" for c in JOB_FIELDS)
-    for line in _load_text("queries.sql").splitlines():
-        if line.startswith("-- name:"):
-            if name:
-                queries[name] = "\n".join(lines).strip().rstrip(";")
-            name, lines = line.split(":", 1)[1].strip(), []
-        elif name is not None and not line.startswith("--"):
-            lines.append(line)
-    if name:
-        queries[name] = "\n".join(lines).strip().rstrip(";")
-    return {k: v.replace("__schema__", schema_ident).replace("__JOB__", job_cols) for k, v in queries.items()}
-
-
-def migrations() -> list[tuple[int, str, str]]:
-    """The ordered migrations: (version, file name, SQL with ``__schema__`` placeholders)."""
-    found = []
-    for entry in importlib.resources.files(__package__).joinpath("migrations").iterdir():
-        match = re.match(r"^(\d+)_.*\.sql$", entry.name)
-        if match:
-            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
-    return sorted(found)
-
-
-def _row_to_job(row: Sequence[Any]) -> Job:
-    values = list(row[: len(JOB_FIELDS)])
-    values[_STATUS_INDEX] = Status(values[_STATUS_INDEX])
-    rate = values[_RATE_INDEX]
-    if rate is not None:  # stored as [count, per_seconds]
-        values[_RATE_INDEX] = (int(rate[0]), float(rate[1]))
-    return Job(*values)
-
-
-def _ready_status(job: Job, now: float) -> Status:
-    """The status of a new job whose parents (if any) all succeeded."""
-    return Status.SCHEDULED if job.scheduled_at is not None and job.scheduled_at > now else Status.QUEUED
-
-
-def _announcements(due: Iterable[tuple[str, float]]) -> list[str]:
-    """Payloads for the due channel: ``<queue> <due>``, the earliest per queue."""
-    first: dict[str, float] = {}
-    for queue, at in due:
-        first[queue] = min(at, first.get(queue, at))
-    return [f"{queue} {at!r}" for queue, at in sorted(first.items())]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -161,265 +80,14 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def _encode_cursor(created_at: float, job_id: str) -> str:
-    raw = serialization.dumps([created_at, job_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[float, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, job_id = serialization.loads(raw)
-        last = float(created_at), job_id_of(job_id)
-    except (ValueError, TypeError):
-        last = math.nan, None
-    if last[1] is None or not math.isfinite(last[0]):
-        raise invalid_cursor()
-    return last[0], last[1]
-
-
-class _Waiter:
-    """One ``wait_for_work`` in progress: its queues, and the earliest due time it knows of."""
-
-    __slots__ = ("_fut", "due", "queues")
-
-    def __init__(self, queues: frozenset[str]) -> None:
-        self.queues = queues
-        self.due = math.inf  #: epoch seconds; lowered by the due channel's announcements
-        self._fut: asyncio.Future[None] | None = None
-
-    def ring(self) -> None:
-        if self._fut is not None and not self._fut.done():
-            self._fut.set_result(None)
-
-    async def sleep(self, timeout: float) -> None:
-        """Sleep until rung or for ``timeout`` seconds."""
-        self._fut = asyncio.get_running_loop().create_future()
-        try:
-            async with asyncio.timeout(timeout):
-                await self._fut
-        except TimeoutError:
-            pass
-        finally:
-            self._fut = None
-
-
-class _Listener:
-    """One dedicated LISTEN connection; wakes the waiters of the queues named in notifications.
-
-    Two channels: ``channel`` carries a queue name when it may have work now; ``due_channel``
-    carries ``<queue> <due>`` when a delayed or retrying job of that queue becomes claimable at
-    ``due`` (epoch seconds), so that waiters end their wait then instead of at their timeout.
-    """
-
-    def __init__(self, conninfo: str, channel: str, due_channel: str, app: str) -> None:
-        self._conninfo = conninfo
-        self._app = app
-        self._channel = channel
-        self._due_channel = due_channel
-        self._task: asyncio.Task[None] | None = None
-        self._waiters: list[_Waiter] = []
-        self.counter = 0  #: bumped on every notification and (re)connect
-        self.last: dict[str, int] = {}  #: queue -> counter value of its last notification
-        self.announced: dict[str, int] = {}  #: queue -> counter value of its last due announcement
-        self.reconnected_at = 0  #: counter value at the last (re)connect: anything may have been missed
-        self.ready = asyncio.Event()
-        self.connects = 0
-
-    def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="conveyor-pg-listener")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._wake(None)  # the waits in progress end
-
-    def changed_since(self, mark: int, queues: frozenset[str]) -> bool:
-        return self.reconnected_at > mark or any(self.last.get(q, -1) > mark for q in queues)
-
-    def announced_since(self, mark: int, queues: frozenset[str]) -> bool:
-        """Whether a due time of ``queues`` may have been announced (or missed) since ``mark``."""
-        return self.reconnected_at > mark or any(self.announced.get(q, -1) > mark for q in queues)
-
-    @contextlib.contextmanager
-    def waiter(self, queues: frozenset[str]) -> Iterator[_Waiter]:
-        """A waiter on ``queues``, rung by their notifications and earlier due times until exit."""
-        waiter = _Waiter(queues)
-        self._waiters.append(waiter)
-        try:
-            yield waiter
-        finally:
-            self._waiters.remove(waiter)
-
-    def _wake(self, queue: str | None) -> None:
-        self.counter += 1
-        if queue is None:
-            self.reconnected_at = self.counter
-        else:
-            self.last[queue] = self.counter
-        for waiter in self._waiters:
-            if queue is None or queue in waiter.queues:
-                waiter.ring()
-
-    def _announce(self, payload: str) -> None:
-        queue, _, at = payload.rpartition(" ")
-        try:
-            due = float(at)
-        except ValueError:
-            return
-        self.counter += 1
-        self.announced[queue] = self.counter
-        for waiter in self._waiters:
-            if queue in waiter.queues and due < waiter.due:
-                waiter.due = due
-                waiter.ring()
-
-    async def _run(self) -> None:
-        delay = 0.05
-        while True:
-            try:
-                conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True,
-                                                             application_name=self._app)
-            except _UNAVAILABLE:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            try:
-                for channel in (self._channel, self._due_channel):
-                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-                delay = 0.05
-                self.ready.set()
-                if self.connects:
-                    self._wake(None)  # notifications may have been missed while not listening
-                self.connects += 1
-                async for note in conn.notifies():
-                    if note.channel == self._due_channel:
-                        self._announce(note.payload)
-                    else:
-                        self._wake(note.payload or None)
-            except _UNAVAILABLE:
-                pass
-            finally:
-                self.ready.clear()
-                with contextlib.suppress(Exception):
-                    await conn.close()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-
-class _Gate:
-    """Admits limited jobs while their key has a free slot and room in its rate window.
-
-    Each key is decided under a transaction-level advisory lock (``limit_lock``), so that two
-    claimers never both take its last slot; a key locked by another claimer is skipped.
-    """
-
-    def __init__(self, backend: PostgresBackend, conn: AConn, now: float) -> None:
-        # a start counts from when it happened: a claim that waited for a connection runs after its ``now``
-        self.backend, self.conn, self.now = backend, conn, max(now, time.time())
-        self.full: set[str] = set()
-        self.running: dict[str, int] = {}
-        self.window: dict[tuple[str, float], list[float]] = {}  #: (key, per) -> [starts, oldest]
-        self.starts: list[tuple[str, float, float]] = []  #: rows for limit_starts
-        self.retry_at: float | None = None
-
-    async def _one(self, name: str, params: Mapping[str, Any]) -> Any:
-        [row] = await self.backend._fetch(name, params, self.conn)
-        return row
-
-    async def prefetch(self, rows: Sequence[Any]) -> None:
-        """Lock and count the new keys of a round's candidate ``rows`` in two round trips, rather
-        than two or three per key in ``admit`` (a claim may look past hundreds of full keys).
-        Only from a claim's second round on: the first locks just the keys it decides on, so
-        that claimers at the same moment skip as few keys as they can."""
-        keys = sorted({r[1] for r in rows if r[1] is not None and r[1] not in self.running and r[1] not in self.full})
-        if keys:
-            params = {"keys": keys, "lock_prefix": self._lock_prefix}
-            gates = await self.backend._fetch("limit_gates", params, self.conn)
-            for key, got, running in gates:
-                if got:
-                    self.running[key] = int(running)
-                else:
-                    self.full.add(key)
-        pairs = sorted({(r[1], float(r[3][1])) for r in rows
-                        if r[1] is not None and r[3] is not None and r[1] not in self.full
-                        and (r[1], float(r[3][1])) not in self.window})
-        if pairs:
-            windows = await self.backend._fetch("limit_windows", {
-                "keys": [k for k, _ in pairs], "pers": [p for _, p in pairs], "now": self.now}, self.conn)
-            for key, per, n, oldest in windows:
-                self.window[(key, float(per))] = [int(n), oldest if oldest is not None else self.now]
-
-    @property
-    def _lock_prefix(self) -> str:
-        return f"conveyor:{self.backend.schema}:"
-
-    async def admit(self, key: str | None, concurrency: int | None, rate: Sequence[Any] | None) -> bool:
-        if key is None:
-            return True
-        if key in self.full:
-            return False
-        if key not in self.running:
-            (got,) = await self._one("limit_lock", {"lock": f"{self._lock_prefix}{key}"})
-            if not got:
-                self.full.add(key)
-                return False
-            (n,) = await self._one("limit_running", {"key": key})
-            self.running[key] = int(n)
-        if concurrency is not None and self.running[key] >= concurrency:
-            self.full.add(key)
-            return False
-        if rate is not None and not await self._rate_allows(key, int(rate[0]), float(rate[1])):
-            return False
-        self.running[key] += 1
-        return True
-
-    async def _rate_allows(self, key: str, count: int, per: float) -> bool:
-        w = self.window.get((key, per))
-        if w is None:
-            n, oldest = await self._one("limit_starts", {"key": key, "since": self.now - per})
-            w = self.window[(key, per)] = [int(n), oldest if oldest is not None else self.now]
-        if w[0] >= count:
-            self.full.add(key)
-            at = w[1] + per
-            self.retry_at = at if self.retry_at is None else min(self.retry_at, at)
-            return False
-        w[0] += 1
-        self.starts.append((key, self.now, self.now + per))
-        return True
-
-
 class PostgresBackend(Backend):
     """Conveyor's jobs, leases and queues in PostgreSQL (one schema per installation)."""
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8, timeout: float = 5.0) -> None:
-        parts = urlsplit(url)
-        params = dict(parse_qsl(parts.query, keep_blank_values=True))
-        own = {k: params.pop(k) for k in _OWN_PARAMS if k in params}
-        self.schema = own.get("schema") or "conveyor"
-        if not _SCHEMA_RE.match(self.schema):
-            raise ConfigurationError(f"invalid PostgreSQL schema name {self.schema!r} in the URL: "
-                                     "use letters, digits and underscores")
-        try:
-            self._min_size = int(own.get("pool_min", min_size))
-            self._max_size = max(self._min_size, int(own.get("pool_max", max_size)))
-            self._timeout = float(own.get("pool_timeout", timeout))
-        except ValueError as exc:
-            raise ConfigurationError(f"invalid pool setting in the PostgreSQL URL: {exc}") from exc
-        params.update({k: v for k, v in _KEEPALIVE.items() if k not in params})
-        scheme = "postgresql"
+        server = parse_url(url, min_size=min_size, max_size=max_size, timeout=timeout)
         self.url = url
-        self.conninfo = urlunsplit((scheme, parts.netloc, parts.path, urlencode(params), parts.fragment))
-        try:  # libpq's own check of its options: a typo is a configuration error, not a failed connection
-            psycopg.conninfo.conninfo_to_dict(self.conninfo)
-        except psycopg.ProgrammingError as exc:
-            raise ConfigurationError(f"the PostgreSQL URL: {exc} (options: schema, pool_min, pool_max, "
-                                     "pool_timeout, and libpq's)") from None
-        self._where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or ''}"
+        self.schema, self.conninfo, self._where = server.schema, server.conninfo, server.where
+        self._min_size, self._max_size, self._timeout = server.min_size, server.max_size, server.timeout
         self.channel = f"conveyor_{self.schema}"
         #: Due times of delayed and retrying jobs (``<queue> <due>``); ':' cannot be in a schema name.
         #: (The statements that notify it name it ``%(channel)s || ':due'``.)
@@ -428,7 +96,7 @@ class PostgresBackend(Backend):
         self._schema_ident = '"' + self.schema + '"'
         self.q = load_queries(self._schema_ident)
         self._pool: AsyncConnectionPool[AConn] | None = None
-        self._listener: _Listener | None = None
+        self._listener: Listener | None = None
         self._marks: dict[frozenset[str], int] = {}
         #: queues -> (listener counter, first due time): what the last wait knew (see ``_next_due``)
         self._due: dict[frozenset[str], tuple[int, float]] = {}
@@ -439,7 +107,7 @@ class PostgresBackend(Backend):
         #: pool that cannot connect; a successful probe purges the pool's dead connections.
         self._down = False
         self._probing: asyncio.Future[None] | None = None
-        self._probe_timeout = max(2, int(float(params.get("connect_timeout") or 2)))
+        self._probe_timeout = server.probe_timeout
         #: worker id -> the ``now`` of its claims that failed without a reply: the engine may have
         #: committed them (the connection dropped after the commit). See ``_hand_back_lost``.
         self._lost_claims: dict[str, list[float]] = {}
@@ -454,7 +122,7 @@ class PostgresBackend(Backend):
             yield
         except (BackendUnavailable, psycopg.errors.TransactionRollback):
             raise
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             raise self._unavailable(exc) from exc
 
     async def _run(self, fn: Callable[[AConn], Awaitable[T]], *, transaction: bool = False) -> T:
@@ -481,7 +149,7 @@ class PostgresBackend(Backend):
             conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True,
                                                          connect_timeout=self._probe_timeout,
                                                          application_name=self.application_name)
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             raise self._unavailable(exc) from exc
         with contextlib.suppress(Exception):
             await conn.close()
@@ -528,46 +196,28 @@ class PostgresBackend(Backend):
             return
         pool: AsyncConnectionPool[AConn] = AsyncConnectionPool(
             self.conninfo, min_size=self._min_size, max_size=self._max_size, timeout=self._timeout,
-            kwargs={"autocommit": True, "context": _ADAPTERS, "application_name": self.application_name,
+            kwargs={"autocommit": True, "context": ADAPTERS, "application_name": self.application_name,
                     "options": f"-c search_path={self.schema},public -c synchronous_commit=off"},
             open=False, name=f"conveyor-{self.schema}", reconnect_timeout=0)
         try:
             await self._probe_once()  # fails at once, with libpq's reason, when the server is down
             await pool.open(wait=True, timeout=self._timeout)
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             await pool.close()
             raise self._unavailable(exc) from exc
         self._pool = pool
         try:
-            await self._run(self._migrate)
+            await self._run(lambda conn: migrate(conn, self.schema, self._schema_ident))
         except BaseException:
             self._pool = None
             await pool.close()
             raise
         # The listener starts with the backend, so that no notification sent after open() is
         # missed by a later wait_for_work().
-        self._listener = _Listener(self.conninfo, self.channel, self.due_channel, self.application_name)
+        self._listener = Listener(self.conninfo, self.channel, self.due_channel, self.application_name)
         self._listener.start()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._listener.ready.wait(), self._timeout)
-
-    async def _migrate(self, conn: AConn) -> None:
-        schema = self._schema_ident
-        async with conn.transaction():
-            # One migrator at a time, per schema, across processes.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"conveyor:{self.schema}",))
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-            await conn.execute(f"CREATE TABLE IF NOT EXISTS {schema}.schema_version "
-                               "(version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL "
-                               "DEFAULT now())")
-            cur = await conn.execute(f"SELECT version FROM {schema}.schema_version")
-            applied = {row[0] for row in await cur.fetchall()}
-            for version, name, text in migrations():
-                if version in applied:
-                    continue
-                await conn.execute(text.replace("__schema__", schema))
-                await conn.execute(f"INSERT INTO {schema}.schema_version (version, name) VALUES (%s, %s)",
-                                   (version, name))
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -603,12 +253,12 @@ class PostgresBackend(Backend):
         # No dependencies: one statement, committed durably, in one round trip. A stored job found
         # by id or idempotency key is read by a later statement (as READ COMMITTED would in the
         # same transaction).
-        _, params = self._insert_params(jobs, {}, {}, time.time())
+        _, params = enqueue.insert_params(jobs, {}, {}, time.time(), self.channel)
         rows = await self._fetch_hot("insert_jobs", params, durable=True)
-        inserted = {row[0]: _row_to_job(row) for row in rows}
+        inserted = {row[0]: row_to_job(row) for row in rows}
         missing = [j for j in jobs if j.id not in inserted]
         existing = await self._run(lambda conn: self._lookup_existing(conn, missing)) if missing else {}
-        return self._enqueued(jobs, inserted, existing)
+        return enqueue.enqueued(jobs, inserted, existing)
 
     async def _fetch_hot(self, name: str, params: Mapping[str, Any], *, durable: bool = False) -> list[Any]:
         """One statement of the job path (claim, finish, heartbeat, insert) in one round trip.
@@ -647,18 +297,18 @@ class PostgresBackend(Backend):
     async def _enqueue(self, conn: AConn, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
         now = time.time()
         existing: dict[str, Job] = {}  # batch id -> stored job with the same idempotency key
-        statuses: dict[str, tuple[Status, dict[str, Any] | None]] = {}
+        statuses: dict[str, StatusAndError] = {}
         if any(j.depends_on for j in jobs):
             keys = [j.idempotency_key for j in jobs if j.idempotency_key is not None]
             if keys:
-                stored = {s.idempotency_key: s for s in map(_row_to_job, await self._fetch(
+                stored = {s.idempotency_key: s for s in map(row_to_job, await self._fetch(
                     "select_by_keys", {"keys": keys}, conn))}
                 existing = {j.id: stored[j.idempotency_key] for j in jobs
                             if j.idempotency_key is not None and j.idempotency_key in stored}
             statuses = await self._dependency_statuses(conn, jobs, existing, now)
-        records, params = self._insert_params(jobs, existing, statuses, now)
+        records, params = enqueue.insert_params(jobs, existing, statuses, now, self.channel)
         rows = await self._fetch("insert_jobs", params, conn) if records else []
-        inserted = {row[0]: _row_to_job(row) for row in rows}
+        inserted = {row[0]: row_to_job(row) for row in rows}
         deps = [(p, r["id"]) for r in records if r["id"] in inserted for p in dict.fromkeys(r["depends_on"])]
         if deps:
             await self._fetch("insert_deps", {"parents": [p for p, _ in deps], "children": [c for _, c in deps]},
@@ -666,72 +316,13 @@ class PostgresBackend(Backend):
         missing = [j for j in jobs if j.id not in inserted and j.id not in existing]
         if missing:
             existing.update(await self._lookup_existing(conn, missing))
-        return self._enqueued(jobs, inserted, existing)
-
-    def _insert_params(self, jobs: Sequence[Job], existing: Mapping[str, Job],
-                       statuses: Mapping[str, tuple[Status, dict[str, Any] | None]],
-                       now: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """The records of the new jobs (not in ``existing``) and the parameters of ``insert_jobs``."""
-        records, notify, due = [], set(), []
-        parents = {p for j in jobs for p in j.depends_on}
-        remap = {k: v.id for k, v in existing.items()}
-        for job in jobs:
-            if job.id in existing:
-                continue
-            status, error = statuses.get(job.id, (_ready_status(job, now), None))
-            record = self._record(job, status, error, now, remap, job.id in parents)
-            if record["status"] == "queued" or (record["ready_at"] is not None and record["ready_at"] <= now):
-                notify.add(job.queue)
-            elif record["status"] == "scheduled":
-                due.append((job.queue, record["ready_at"]))
-            records.append(record)
-        try:
-            payload = serialization.dumps(records)
-        except (TypeError, ValueError) as exc:
-            raise ValidationError(f"job arguments must be JSON: {exc}") from exc
-        return records, {"jobs": payload, "channel": self.channel, "notify": sorted(notify),
-                         "due": _announcements(due)}
-
-    @staticmethod
-    def _enqueued(jobs: Sequence[Job], inserted: Mapping[str, Job],
-                  existing: Mapping[str, Job]) -> list[tuple[Job, bool]]:
-        out: list[tuple[Job, bool]] = []
-        for job in jobs:
-            if job.id in inserted:
-                out.append((inserted[job.id], True))
-            elif job.id in existing:
-                out.append((existing[job.id], False))
-            else:  # pragma: no cover - a conflict whose winner vanished at once
-                raise BackendUnavailable("PostgreSQL: a conflicting job disappeared during enqueue; retry")
-        return out
-
-    @staticmethod
-    def _record(job: Job, status: Status, error: Mapping[str, Any] | None, now: float,
-                remap: Mapping[str, str], has_children: bool) -> dict[str, Any]:
-        """The row to insert for ``job`` (as JSON for ``jsonb_to_recordset``)."""
-        created = job.created_at or now
-        ready_at = {Status.QUEUED: now, Status.SCHEDULED: job.scheduled_at}.get(status)
-        return {
-            "id": job.id, "task": job.task, "queue": job.queue, "status": str(status),
-            "args": list(job.args), "kwargs": dict(job.kwargs), "priority": job.priority,
-            "progress": dict(job.progress) if job.progress is not None else None,
-            "result": None, "error": dict(error) if error is not None else None,
-            "attempt": job.attempt, "max_retries": job.max_retries, "timeout": job.timeout,
-            "depends_on": [remap.get(p, p) for p in job.depends_on],
-            "idempotency_key": job.idempotency_key, "metadata": dict(job.metadata), "webhook": job.webhook,
-            "created_at": created, "scheduled_at": job.scheduled_at, "started_at": None,
-            "finished_at": now if status.terminal else None, "updated_at": now,
-            "deliveries": 0, "cancel_requested": False, "revision": 1,
-            "ready_at": ready_at, "has_children": has_children, "limit_key": job.limit_key,
-            "concurrency_limit": job.concurrency_limit,
-            "rate_limit": list(job.rate_limit) if job.rate_limit is not None else None,
-        }
+        return enqueue.enqueued(jobs, inserted, existing)
 
     async def _lookup_existing(self, conn: AConn, jobs: Sequence[Job]) -> dict[str, Job]:
         keys = [j.idempotency_key for j in jobs if j.idempotency_key is not None]
-        by_key = {s.idempotency_key: s for s in map(_row_to_job, await self._fetch(
+        by_key = {s.idempotency_key: s for s in map(row_to_job, await self._fetch(
             "select_by_keys", {"keys": keys}, conn))} if keys else {}
-        by_id = {s.id: s for s in map(_row_to_job, await self._fetch(
+        by_id = {s.id: s for s in map(row_to_job, await self._fetch(
             "select_jobs", {"ids": [j.id for j in jobs]}, conn))}
         found: dict[str, Job] = {}
         for job in jobs:
@@ -742,40 +333,13 @@ class PostgresBackend(Backend):
         return found
 
     async def _dependency_statuses(self, conn: AConn, jobs: Sequence[Job], existing: Mapping[str, Job],
-                                   now: float) -> dict[str, tuple[Status, dict[str, Any] | None]]:
-        """Per new job with parents: its status (waiting/cancelled/ready) from its parents' statuses."""
-        batch = {j.id: j for j in jobs if j.id not in existing}
-        remap = {k: v.id for k, v in existing.items()}
-        outside = sorted({remap.get(p, p) for j in batch.values() for p in j.depends_on} - set(batch))
+                                   now: float) -> dict[str, StatusAndError]:
+        """Per new job with parents: its status from its parents' (``enqueue.dependency_statuses``)."""
+        outside = enqueue.outside_parents(jobs, existing)
         parent_status: dict[str, str] = {}
         if outside:
             parent_status = {r[0]: r[1] for r in await self._fetch("mark_parents", {"ids": outside}, conn)}
-        many = len(jobs) > 1
-        errors = [{"pointer": f"#/jobs/{n}/depends_on/{i}" if many else f"#/depends_on/{i}",
-                   "detail": f"depends_on: no job has id {p!r}"}
-                  for n, j in enumerate(jobs) if j.id in batch for i, p in enumerate(j.depends_on)
-                  if remap.get(p, p) not in batch and remap.get(p, p) not in parent_status]
-        if errors:
-            raise ValidationError("; ".join(e["detail"] for e in errors), errors)
-        memo: dict[str, tuple[Status, dict[str, Any] | None]] = {}
-
-        def resolve(job: Job) -> tuple[Status, dict[str, Any] | None]:
-            if job.id in memo:
-                return memo[job.id]
-            memo[job.id] = (Status.WAITING, None)  # guards against cycles inside a batch
-            result: tuple[Status, dict[str, Any] | None] = (_ready_status(job, now), None)
-            for pid in (remap.get(p, p) for p in job.depends_on):
-                pstatus = str(resolve(batch[pid])[0]) if pid in batch else parent_status[pid]
-                if pstatus in _TERMINAL_FAIL:
-                    result = (Status.CANCELLED, {"type": "DependencyFailed",
-                                                 "message": f"parent {pid} ended {pstatus}"})
-                    break
-                if pstatus != Status.SUCCEEDED:
-                    result = (Status.WAITING, None)
-            memo[job.id] = result
-            return result
-
-        return {j.id: resolve(j) for j in batch.values() if j.depends_on}
+        return enqueue.dependency_statuses(jobs, existing, parent_status, now)
 
     # -- leasing ------------------------------------------------------------------------
     async def claim(self, queues: Sequence[str], limit: int, worker_id: str, now: float) -> list[Lease]:
@@ -805,7 +369,7 @@ class PostgresBackend(Backend):
         if not lost:
             return
         rows = await self._fetch("lost_claims", {"worker_id": worker_id, "nows": lost, "since": min(lost)})
-        jobs = [_row_to_job(r) for r in rows]
+        jobs = [row_to_job(r) for r in rows]
         if jobs:
             await self.finish([rules.handed_back(j, j.lease_token or "") for j in jobs], time.time())
             log.info("PostgreSQL: handed back %d job(s) leased by a claim whose reply was lost: %s",
@@ -828,7 +392,7 @@ class PostgresBackend(Backend):
         for row in rows:
             if row[0] is None:  # the flag row of an empty claim
                 continue
-            job = _row_to_job(row)
+            job = row_to_job(row)
             leases.append(Lease(job=job, token=job.lease_token or ""))
         return leases
 
@@ -862,32 +426,13 @@ class PostgresBackend(Backend):
             raise
 
     async def _claim_limited(self, conn: AConn, params: Mapping[str, Any]) -> list[Any]:
-        """Claim past the jobs whose key is at its limit (they stay queued); see ``_Gate``."""
-        limit = params["limit"]
-        gate = _Gate(self, conn, params["now"])
-        picked: list[str] = []
-        fetch = limit * 4 + 16
-        for _ in range(_LIMIT_ROUNDS):
-            fetch = min(max(fetch, (limit - len(picked)) * 4 + 16), _MAX_FETCH)
-            rows = await self._fetch("claim_candidates", {"queues": params["queues"], "limit": fetch,
-                                                          "now": params["now"], "full": sorted(gate.full),
-                                                          "picked": picked}, conn)
-            if gate.full:  # looking past keys at their limits
-                await gate.prefetch(rows)
-            for job_id, key, concurrency, rate in rows:
-                if await gate.admit(key, concurrency, rate):
-                    picked.append(job_id)
-                    if len(picked) >= limit:
-                        break
-            if len(picked) >= limit or len(rows) < fetch:
-                break
-            fetch *= 4  # many keys at their limit ahead: look further in fewer rounds
+        """Claim past the jobs whose key is at its limit (they stay queued); see ``Gate``."""
+        gate = Gate(self, conn, params["now"])
+        picked = await gate.pick(params["queues"], params["limit"], params["now"])
         self._retry_at = gate.retry_at
         if not picked:
             return []
-        if gate.starts:
-            await self._fetch("log_starts", {"keys": [s[0] for s in gate.starts], "ats": [s[1] for s in gate.starts],
-                                             "untils": [s[2] for s in gate.starts]}, conn)
+        await gate.log_starts()
         return await self._fetch("claim_picked", {**params, "ids": picked}, conn)
 
     async def heartbeat(self, worker: WorkerInfo, leases: Mapping[str, str], now: float) -> HeartbeatReply:
@@ -927,7 +472,7 @@ class PostgresBackend(Backend):
             async def go(conn: AConn) -> set[str]:
                 rows = await self._fetch("finish", rest, conn)
                 done = [r[0] for r in rows if r[3] and r[1] == "succeeded"]
-                failed = [r[0] for r in rows if r[3] and r[1] in _TERMINAL_FAIL]
+                failed = [r[0] for r in rows if r[3] and r[1] in TERMINAL_FAIL]
                 await self._after_terminal(conn, done, failed, now)
                 found = {r[0] for r in rows}
                 # Sent again after a reply lost with the connection: applied by the first send
@@ -954,7 +499,7 @@ class PostgresBackend(Backend):
                 ready = sorted({r[1] for r in released if r[2] == "queued"})
                 if ready:
                     await self._fetch("notify", {"channel": self.channel, "queues": ready}, conn)
-                due = _announcements((r[1], r[3]) for r in released if r[2] == "scheduled")
+                due = announcements((r[1], r[3]) for r in released if r[2] == "scheduled")
                 if due:
                     await self._fetch("notify", {"channel": self.due_channel, "queues": due}, conn)
 
@@ -987,8 +532,8 @@ class PostgresBackend(Backend):
         key = frozenset(queues)
         listener = self._listener
         if listener is None:
-            listener = self._listener = _Listener(self.conninfo, self.channel, self.due_channel,
-                                                  self.application_name)
+            listener = self._listener = Listener(self.conninfo, self.channel, self.due_channel,
+                                                 self.application_name)
         listener.start()  # (re)starts a listener task that is not running
         mark = self._marks.get(key, 0)
         end = time.time() + timeout
@@ -1007,7 +552,7 @@ class PostgresBackend(Backend):
                 self._due[key] = (listener.counter, waiter.due)
         self._marks[key] = listener.counter
 
-    async def _next_due(self, key: frozenset[str], listener: _Listener) -> float:
+    async def _next_due(self, key: frozenset[str], listener: Listener) -> float:
         """When the first delayed or retrying job of the unpaused queues of ``key`` comes due
         (``inf``: none). Read again only once the one known has passed or a due time of these
         queues was announced since, so an idle worker does not query on every turn."""
@@ -1025,7 +570,7 @@ class PostgresBackend(Backend):
     async def get_jobs(self, ids: Sequence[str]) -> list[Job]:
         if not ids:
             return []
-        found = {j.id: j for j in map(_row_to_job, await self._fetch("select_jobs", {"ids": list(ids)}))}
+        found = {j.id: j for j in map(row_to_job, await self._fetch("select_jobs", {"ids": list(ids)}))}
         return [found[i] for i in dict.fromkeys(ids) if i in found]
 
     async def list_jobs(self, query: JobQuery) -> Page:
@@ -1038,7 +583,7 @@ class PostgresBackend(Backend):
                 where.append(f"j.{name} = %({name})s")
                 params[name] = str(value)
         if query.cursor:
-            params["c_at"], params["c_id"] = _decode_cursor(query.cursor)
+            params["c_at"], params["c_id"] = decode_cursor(query.cursor)
             where.append("(j.created_at, j.id) < (%(c_at)s, %(c_id)s)")
         text = self.q["list_jobs"].replace("__WHERE__", " AND ".join(where))
 
@@ -1046,8 +591,8 @@ class PostgresBackend(Backend):
             cur = await conn.execute(text, params)
             return await cur.fetchall()
 
-        jobs = [_row_to_job(r) for r in await self._run(go)]
-        cursor = _encode_cursor(jobs[limit - 1].created_at, jobs[limit - 1].id) if len(jobs) > limit else None
+        jobs = [row_to_job(r) for r in await self._run(go)]
+        cursor = encode_cursor(jobs[limit - 1].created_at, jobs[limit - 1].id) if len(jobs) > limit else None
         return Page(items=jobs[:limit], next_cursor=cursor)
 
     async def revisions(self, ids: Sequence[str]) -> dict[str, int]:
@@ -1062,7 +607,7 @@ class PostgresBackend(Backend):
             if rows and rows[0][0] == "cancelled" and rows[0][1]:
                 await self._after_terminal(conn, (), [job_id], now)
             found = await self._fetch("select_jobs", {"ids": [job_id]}, conn)
-            return _row_to_job(found[0]) if found else None
+            return row_to_job(found[0]) if found else None
 
         return await self._run(go, transaction=True)
 
@@ -1092,7 +637,7 @@ class PostgresBackend(Backend):
             cur = await conn.execute(text, {**params, "picked": picked, "waiting": waiting})
             return await cur.fetchall()
 
-        return [_row_to_job(r) for r in await self._run(go, transaction=True)]
+        return [row_to_job(r) for r in await self._run(go, transaction=True)]
 
     async def _by_parents(self, conn: AConn, found: Sequence[Any], refuse: bool) -> tuple[list[str], list[str]]:
         """The ids of ``found`` (``(id, depends_on)`` rows) to requeue, and those of them that
@@ -1119,12 +664,7 @@ class PostgresBackend(Backend):
 
     async def queue_settings(self, name: str) -> QueueSettings:
         rows = await self._fetch("get_queue", {"name": name})
-        return self._settings(rows[0]) if rows else QueueSettings()
-
-    @staticmethod
-    def _settings(row: Sequence[Any]) -> QueueSettings:
-        return QueueSettings(retention=float(row[0]), visibility_timeout=float(row[1]),
-                             max_deliveries=int(row[2]), result_ttl=float(row[3]), paused=bool(row[4]))
+        return queue_settings_of(rows[0]) if rows else QueueSettings()
 
     async def save_queue_settings(self, name: str, settings: QueueSettings,
                                   fields: Collection[str] | None = None) -> None:
@@ -1139,7 +679,7 @@ class PostgresBackend(Backend):
             if not settings.paused:  # its jobs may be ready, and its delayed ones count again
                 await self._fetch("notify", {"channel": self.channel, "queues": [name]}, conn)
                 await self._fetch("notify", {"channel": self.due_channel,
-                                             "queues": _announcements([(name, time.time())])}, conn)
+                                             "queues": announcements([(name, time.time())])}, conn)
 
         await self._run(go, transaction=True)
 
@@ -1150,7 +690,7 @@ class PostgresBackend(Backend):
             return settings, counts
 
         settings_rows, count_rows = await self._run(go)
-        settings = {r[0]: self._settings(r[1:]) for r in settings_rows}
+        settings = {r[0]: queue_settings_of(r[1:]) for r in settings_rows}
         counts: dict[str, dict[str, int]] = {}
         for queue, status, n in count_rows:
             counts.setdefault(queue, {})[status] = int(n)
@@ -1161,7 +701,7 @@ class PostgresBackend(Backend):
     # -- webhooks -------------------------------------------------------------------------
     async def due_webhooks(self, now: float, limit: int, lease: float) -> list[tuple[Job, int]]:
         rows = await self._fetch("due_webhooks", {"now": now, "limit": limit, "lease": lease})
-        jobs = [(_row_to_job(r), int(r[len(JOB_FIELDS)])) for r in rows]
+        jobs = [(row_to_job(r), int(r[len(JOB_FIELDS)])) for r in rows]
         return sorted(jobs, key=lambda item: (item[0].finished_at or 0.0, item[0].id))
 
     async def webhook_attempted(self, job_id: str, delivered: bool, next_at: float | None) -> None:
@@ -1214,6 +754,4 @@ class PostgresBackend(Backend):
 
     async def workers(self, now: float) -> list[WorkerInfo]:
         rows = await self._fetch("workers", {"cutoff": now - self.WORKER_TTL})
-        return [WorkerInfo(id=r[0], host=r[1], pid=int(r[2]), queues=tuple(r[3]), concurrency=int(r[4]),
-                           running=tuple(r[5]), started_at=float(r[6]), last_heartbeat=float(r[7]))
-                for r in rows]
+        return [worker_of(r) for r in rows]
