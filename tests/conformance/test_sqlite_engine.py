@@ -67,12 +67,12 @@ async def test_open__newer_schema__refused_with_upgrade_hint(tmp_path):
 
 
 async def test_open__file_of_an_older_schema__upgraded_in_place_with_its_jobs(tmp_path, monkeypatch):
-    import conveyor.backends.sqlite.backend as engine
+    import conveyor.backends.sqlite.connection as connection
 
     url = f"sqlite:///{tmp_path / 'c.db'}"
-    every = engine._migrations()
+    every = connection.migrations()
     with monkeypatch.context() as older:  # a file written by a Conveyor that knew only migration 2
-        older.setattr(engine, "_migrations", lambda: every[:2])
+        older.setattr(connection, "migrations", lambda: every[:2])
         backend = SQLiteBackend(url)
         await backend.open()
         jobs = [Job(id=uuid7(), task="t", created_at=time.time()) for _ in range(3)]
@@ -95,17 +95,17 @@ async def test_open__file_of_an_older_schema__upgraded_in_place_with_its_jobs(tm
 
 
 async def test_write__file_locked_by_another_process__backend_unavailable(tmp_path, monkeypatch):
-    import conveyor.backends.sqlite.backend as engine
+    import conveyor.backends.sqlite.connection as connection
 
     path = tmp_path / "c.db"
     backend = SQLiteBackend(f"sqlite:///{path}")
     await backend.open()
-    monkeypatch.setattr(engine, "BUSY_TIMEOUT", 0.05)
+    monkeypatch.setattr(connection, "BUSY_TIMEOUT", 0.05)
     backend._connection().execute("PRAGMA busy_timeout = 50")
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     try:
-        with pytest.raises(BackendUnavailable, match="locked"):
+        with pytest.raises(BackendUnavailable, match=r"locked .*still busy after 0\.05 s"):
             await backend.enqueue([Job(id=uuid7(), task="t", created_at=time.time())])
     finally:
         other.execute("ROLLBACK")
