@@ -94,7 +94,7 @@ def test_an_asyncio_run_per_call__keeps_no_connection_of_the_ended_loops(tmp_pat
 
 
 SCRIPT_ENQUEUES_AT_EXIT = """
-import atexit, sys, threading, time
+import atexit, os, sys, threading, time
 from conveyor import Context, Conveyor
 from conveyor.core.portal import Portal
 
@@ -115,7 +115,7 @@ def enqueue_many(who):
                 app.get_job(job_id)
             except BaseException as exc:
                 errors.add(f"{type(exc).__name__}: {exc}")
-        print(who, sorted(errors), flush=True)
+        os.write(1, f"{who} {sorted(errors)}\\n".encode())  # one write: the two threads' lines never interleave
     return run
 
 def after_main():  # a daemon thread still enqueuing while the program exits
