@@ -83,12 +83,17 @@ async def all_jobs(app: Conveyor) -> list[Any]:
             return items
 
 
-async def drop(app: Conveyor) -> None:
-    """Delete this run's data and close the connection (a pool left open dies noisily at exit)."""
+async def _drop(app: Conveyor) -> None:
     backend = await app.backend()
     if hasattr(backend, "drop"):
         await backend.drop()
-    await backend.close()
+
+
+def drop(app: Conveyor) -> None:
+    """Delete this run's data and close every connection the app opened, those of the threads'
+    own loops too (a pool left open on a loop nobody runs dies noisily at exit)."""
+    app.portal.call(_drop(app))
+    app.close()
 
 
 async def ping_rate(app: Conveyor, n: int) -> float:
@@ -148,7 +153,7 @@ def bench_enqueue(url: str, n: int) -> tuple[float, float, float, float, float]:
     for _ in range(5):
         app.enqueue_many([(task, (), {}, {}) for _ in range(n)])
     batch = 5 * n / (time.perf_counter() - t0)
-    app.portal.call(drop(app))
+    drop(app)
     return ping, single, threaded, concurrent, batch
 
 
@@ -173,7 +178,7 @@ def bench_drain(url: str, n: int, worker_args: list[str], processes: int = 1, ta
     done = [j for j in backend_jobs if j.status is Status.SUCCEEDED]
     assert len(done) == n, f"only {len(done)} of {n} jobs succeeded"
     span = max(j.finished_at or 0.0 for j in done) - min(j.started_at or math.inf for j in done)
-    app.portal.call(drop(app))
+    drop(app)
     return n / span
 
 
@@ -201,7 +206,7 @@ def bench_latency(url: str, samples: int) -> tuple[float, float, float, float]:
             ran.append((job.job.result - job.job.created_at) * 1000)
     finally:
         stop(worker)
-    app.portal.call(drop(app))
+    drop(app)
     return (*_p50_p99(leased), *_p50_p99(ran))
 
 

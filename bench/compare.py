@@ -204,13 +204,9 @@ def conveyor_framework(label: str, task_name: str, worker_args: list[str], worke
         app = state.get("app")
         if app is None:
             return
+        from bench.bench import drop
 
-        async def drop() -> None:
-            backend = await app.backend()
-            await backend.drop()
-            await backend.close()
-
-        app.portal.call(drop())
+        drop(app)
         redis.Redis.from_url(f"{REDIS}/0").delete(f"bench:{state['prefix']}:done",
                                                   f"bench:{state['prefix']}:done:drain")
 

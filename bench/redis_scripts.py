@@ -61,7 +61,7 @@ def one_run(url: str, n: int) -> dict[str, float]:
     app.enqueue_many([(task, (), {}, {}) for _ in range(n)])
     out["enqueue batch"] = script_usec(r) / n
 
-    app.portal.call(drop(app))
+    drop(app)
     return out
 
 
