@@ -27,7 +27,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from conveyor.core.errors import QueueNotFound, ValidationError
+from conveyor.core.errors import QueueNotFound
 from conveyor.core.job import Job, Status
 from conveyor.core.queues import QueueSettings
 
@@ -75,12 +75,6 @@ class JobQuery:
     queue: str | None = None
     limit: int = 50
     cursor: str | None = None  #: an opaque ``next_cursor`` from a previous page
-
-
-def invalid_cursor() -> ValidationError:
-    """What every engine says of a cursor it did not write."""
-    return ValidationError("invalid cursor: pass the next_cursor of a previous page",
-                           [{"pointer": "#/cursor", "detail": "not a cursor returned by this API"}])
 
 
 @dataclass(frozen=True, slots=True)

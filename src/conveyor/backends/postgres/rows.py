@@ -7,7 +7,6 @@ queries), so a row becomes a Job positionally. The connections decode ``jsonb`` 
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
@@ -18,7 +17,8 @@ import psycopg.adapt
 import psycopg.types.json
 
 from conveyor import serialization
-from conveyor.backends.base import WorkerInfo, invalid_cursor
+from conveyor.backends import cursors
+from conveyor.backends.base import WorkerInfo
 from conveyor.core.ids import job_id_of
 from conveyor.core.job import Job, Status
 from conveyor.core.queues import QueueSettings
@@ -91,18 +91,15 @@ def worker_of(row: Sequence[Any]) -> WorkerInfo:
 
 def encode_cursor(created_at: float, job_id: str) -> str:
     """The cursor of the page after the job created at ``created_at`` with id ``job_id``."""
-    raw = serialization.dumps([created_at, job_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return cursors.encode(serialization.dumps([created_at, job_id]).encode())
 
 
 def decode_cursor(cursor: str) -> tuple[float, str]:
     """``(created_at, job_id)`` of a cursor made by :func:`encode_cursor` (``invalid_cursor`` if not)."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, job_id = serialization.loads(raw)
-        last = float(created_at), job_id_of(job_id)
-    except (ValueError, TypeError):
-        last = math.nan, None
-    if last[1] is None or not math.isfinite(last[0]):
-        raise invalid_cursor()
-    return last[0], last[1]
+    return cursors.decode(cursor, _created_at_and_id)
+
+
+def _created_at_and_id(raw: bytes) -> tuple[float, str] | None:
+    created_at, job_id = serialization.loads(raw)
+    last_at, last_id = float(created_at), job_id_of(job_id)
+    return (last_at, last_id) if last_id is not None and math.isfinite(last_at) else None

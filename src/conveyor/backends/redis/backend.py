@@ -85,6 +85,7 @@ from redis.exceptions import ClusterError, NoScriptError, RedisClusterException,
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from conveyor.backends import cursors
 from conveyor.backends.base import (
     Backend,
     HeartbeatReply,
@@ -102,8 +103,6 @@ from conveyor.backends.redis.records import (
     _f,
     _hash,
     blocked,
-    decode_cursor,
-    encode_cursor,
     job_from_hash,
     settings_from_hash,
     worker_entry,
@@ -634,7 +633,7 @@ class RedisBackend(Backend):
 
     async def list_jobs(self, query: JobQuery) -> Page:
         limit = max(1, min(int(query.limit), 1000))
-        cursor = decode_cursor(query.cursor) if query.cursor else ""
+        cursor = cursors.decode_job_id(query.cursor) if query.cursor else ""
         status = str(query.status) if query.status is not None else ""
         if status and query.queue:
             kind = "queue_status"
@@ -649,7 +648,7 @@ class RedisBackend(Backend):
         reply = await self._run("list", kind, status, query.task or "", query.queue or "", cursor,
                                 str(limit), str(_LIST_BUDGET))
         cursor_out, *records = json.loads(reply)
-        return Page([job_from_hash(h) for h in records], encode_cursor(cursor_out) if cursor_out else None)
+        return Page([job_from_hash(h) for h in records], cursors.encode_job_id(cursor_out) if cursor_out else None)
 
     async def revisions(self, ids: Sequence[str]) -> dict[str, int]:
         if not ids:

@@ -3,21 +3,18 @@
 A job's record is a hash of strings (see the key layout in ``backend.py``): ``record_fields``
 writes the fields of a new job that enqueue.lua does not write from its per-job header, and
 ``job_from_hash`` reads a record back, as the scripts return it. Also here: the other strings
-read out of the scripts' replies (a list page's cursor, a refused requeue's reason, a flat
-field-value list) and how a number is written for them.
+read out of the scripts' replies (a refused requeue's reason, a flat field-value list) and how
+a number is written for them.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from conveyor.backends.base import WorkerInfo, invalid_cursor
+from conveyor.backends.base import WorkerInfo
 from conveyor.core.errors import ValidationError
-from conveyor.core.ids import job_id_of
 from conveyor.core.job import Job, Status
 from conveyor.core.queues import QueueSettings
 from conveyor.serialization import dumps, loads
@@ -142,21 +139,6 @@ def settings_from_hash(h: Mapping[str, str]) -> QueueSettings:
         result_ttl=float(h.get("result_ttl", d.result_ttl)),
         paused=h.get("paused", "0") == "1",
     )
-
-
-def encode_cursor(last_id: str) -> str:
-    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    """The last job id of the previous page (what ``encode_cursor`` wrote)."""
-    try:
-        last_id = job_id_of(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        last_id = None
-    if last_id is None:
-        raise invalid_cursor()
-    return last_id
 
 
 def worker_entry(worker: WorkerInfo, now: float) -> str:

@@ -33,6 +33,7 @@ import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
+from conveyor.backends import cursors
 from conveyor.backends.base import (
     Backend,
     HeartbeatReply,
@@ -48,7 +49,7 @@ from conveyor.backends.sqlite.connection import connect, is_unavailable, path_fr
 from conveyor.backends.sqlite.dependencies import ENDED_BADLY, by_parents, cascade
 from conveyor.backends.sqlite.enqueue import EnqueuePlan
 from conveyor.backends.sqlite.limits import admitted
-from conveyor.backends.sqlite.listing import decode_cursor, encode_cursor, list_sql
+from conveyor.backends.sqlite.listing import list_sql
 from conveyor.backends.sqlite.rows import STATUS, dumps, job_from_row, loads, settings_from_row
 from conveyor.backends.sqlite.statements import (
     CLAIM_IDS,
@@ -347,13 +348,13 @@ class SQLiteBackend(Backend):
     async def list_jobs(self, query: JobQuery) -> Page:
         """Newest first; the cursor is the last id of the previous page."""
         limit = max(1, query.limit)
-        after = decode_cursor(query.cursor) if query.cursor else None
+        after = cursors.decode_job_id(query.cursor) if query.cursor else None
         with self._read() as c:
             sql, params = list_sql(c, query, after, limit + 1)
             rows = c.execute(sql, params).fetchall()
         items = [job_from_row(r) for r in rows[:limit]]
         more = len(rows) > limit
-        return Page(items=items, next_cursor=encode_cursor(items[-1].id) if more and items else None)
+        return Page(items=items, next_cursor=cursors.encode_job_id(items[-1].id) if more and items else None)
 
     async def revisions(self, ids: Sequence[str]) -> dict[str, int]:
         """``{id: revision}`` of the known jobs among ``ids``."""

@@ -1,21 +1,18 @@
-"""Listing jobs: the page query for each filter, and the opaque cursor between pages.
+"""Listing jobs: the page query for each filter.
 
-A page is newest first and starts below the last id of the previous page (the cursor is that id,
-base64-encoded), walking the index that holds the status asked for: the ready set for
+A page is newest first and starts below the last id of the previous page (what its cursor holds:
+``cursors.encode_job_id``), walking the index that holds the status asked for: the ready set for
 ``queued``, the running set for ``running``, one ``jobs_cold`` range per queue, merged, for the
 statuses off the hot path, else the primary key backwards (or ``jobs_task``).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import sqlite3
 from typing import Any
 
-from conveyor.backends.base import JobQuery, invalid_cursor
+from conveyor.backends.base import JobQuery
 from conveyor.backends.sqlite.statements import COLD, COLD_QUEUES, COLS
-from conveyor.core.ids import job_id_of
 from conveyor.core.job import Status
 
 #: Most index ranges one listing merges (SQLite allows 500 terms in one compound SELECT).
@@ -65,17 +62,3 @@ def _list_cold_sql(c: sqlite3.Connection, query: JobQuery, status: Status, where
                       f"AND {COLD} AND {' AND '.join(where)} ORDER BY id DESC LIMIT ?1)")
     return (f"SELECT {COLS} FROM jobs WHERE id IN (SELECT id FROM ({' UNION ALL '.join(ranges)}) "
             "ORDER BY id DESC LIMIT ?1) ORDER BY id DESC", params)
-
-
-def encode_cursor(last_id: str) -> str:
-    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    try:
-        last_id = job_id_of(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        last_id = None
-    if last_id is None:
-        raise invalid_cursor()
-    return last_id
