@@ -429,7 +429,7 @@ class PostgresBackend(Backend):
         """Claim past the jobs whose key is at its limit (they stay queued); see ``Gate``."""
         gate = Gate(self, conn, params["now"])
         picked = await gate.pick(params["queues"], params["limit"], params["now"])
-        self._retry_at = gate.retry_at
+        self._retry_at = gate.windows.retry_at
         if not picked:
             return []
         await gate.log_starts()

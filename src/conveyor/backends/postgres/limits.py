@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from conveyor.backends.claim_limits import RateWindows
 from conveyor.backends.postgres.connection import AConn
 
 if TYPE_CHECKING:
@@ -36,9 +37,7 @@ class Gate:
         self.backend, self.conn, self.now = backend, conn, max(now, time.time())
         self.full: set[str] = set()
         self.running: dict[str, int] = {}
-        self.window: dict[tuple[str, float], list[float]] = {}  #: (key, per) -> [starts, oldest]
-        self.starts: list[tuple[str, float, float]] = []  #: rows for limit_starts
-        self.retry_at: float | None = None
+        self.windows = RateWindows(self.now)  #: its starts are the rows for limit_starts
 
     async def pick(self, queues: Sequence[str], limit: int, now: float) -> list[str]:
         """The ids of up to ``limit`` candidates of ``queues`` (claimable at ``now``) that their
@@ -64,10 +63,11 @@ class Gate:
 
     async def log_starts(self) -> None:
         """Record the starts admitted into rate windows (in the claim's transaction)."""
-        if self.starts:
-            await self.backend._fetch("log_starts", {"keys": [s[0] for s in self.starts],
-                                                     "ats": [s[1] for s in self.starts],
-                                                     "untils": [s[2] for s in self.starts]}, self.conn)
+        starts = self.windows.starts
+        if starts:
+            await self.backend._fetch("log_starts", {"keys": [s[0] for s in starts],
+                                                     "ats": [s[1] for s in starts],
+                                                     "untils": [s[2] for s in starts]}, self.conn)
 
     async def _one(self, name: str, params: Mapping[str, Any]) -> Any:
         [row] = await self.backend._fetch(name, params, self.conn)
@@ -89,12 +89,12 @@ class Gate:
                     self.full.add(key)
         pairs = sorted({(r[1], float(r[3][1])) for r in rows
                         if r[1] is not None and r[3] is not None and r[1] not in self.full
-                        and (r[1], float(r[3][1])) not in self.window})
+                        and (r[1], float(r[3][1])) not in self.windows})
         if pairs:
             windows = await self.backend._fetch("limit_windows", {
                 "keys": [k for k, _ in pairs], "pers": [p for _, p in pairs], "now": self.now}, self.conn)
             for key, per, n, oldest in windows:
-                self.window[(key, float(per))] = [int(n), oldest if oldest is not None else self.now]
+                self.windows.counted(key, float(per), int(n), oldest)
 
     @property
     def _lock_prefix(self) -> str:
@@ -122,16 +122,11 @@ class Gate:
         return True
 
     async def _rate_allows(self, key: str, count: int, per: float) -> bool:
-        w = self.window.get((key, per))
-        if w is None:
+        if (key, per) not in self.windows:
             n, oldest = await self._one("limit_starts", {"key": key, "since": self.now - per})
-            w = self.window[(key, per)] = [int(n), oldest if oldest is not None else self.now]
-        if w[0] >= count:
+            self.windows.counted(key, per, int(n), oldest)
+        if not self.windows.take(key, count, per):
             self.full.add(key)
-            at = w[1] + per
-            self.retry_at = at if self.retry_at is None else min(self.retry_at, at)
             return False
-        w[0] += 1
-        self.starts.append((key, self.now, self.now + per))
         return True
 

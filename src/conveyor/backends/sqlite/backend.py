@@ -215,11 +215,11 @@ class SQLiteBackend(Backend):
                        now: float) -> list[Any]:
         """Claim past the jobs whose key is at its limit (they stay queued); in the caller's transaction."""
         picked, gate = admitted(c, names, limit, now)
-        self._retry_at = gate.retry_at
+        self._retry_at = gate.windows.retry_at
         if not picked:
             return []
-        if gate.starts:
-            c.executemany("INSERT INTO limit_starts (key, at, until) VALUES (?, ?, ?)", gate.starts)
+        if gate.windows.starts:
+            c.executemany("INSERT INTO limit_starts (key, at, until) VALUES (?, ?, ?)", gate.windows.starts)
         return c.execute(CLAIM_IDS, (now, worker_id, dumps(picked))).fetchall()
 
     async def heartbeat(self, worker: WorkerInfo, leases: Mapping[str, str], now: float) -> HeartbeatReply:

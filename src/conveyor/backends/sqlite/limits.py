@@ -13,6 +13,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
+from conveyor.backends.claim_limits import RateWindows
 from conveyor.backends.sqlite.rows import dumps
 from conveyor.backends.sqlite.statements import RUNNING_OF_KEY, STARTS_OF_KEY, candidates_sql
 
@@ -32,9 +33,7 @@ class Gate:
         self.now = max(now, time.time())
         self.full: set[str] = set()
         self.running: dict[str, int] = {}
-        self.window: dict[tuple[str, float], list[float]] = {}  #: (key, per) -> [starts, oldest]
-        self.starts: list[tuple[str, float, float]] = []  #: rows for limit_starts
-        self.retry_at: float | None = None
+        self.windows = RateWindows(self.now)  #: its starts are the rows for limit_starts
 
     def admit(self, key: str | None, concurrency: int | None, rate: tuple[int, float] | None) -> bool:
         """May a job of ``key`` start now? If so, it counts against the key's limits."""
@@ -50,24 +49,19 @@ class Gate:
             return False
         if rate is not None:
             count, per = rate
-            w = self.window.get((key, per))
-            if w is None:
+            if (key, per) not in self.windows:
                 n, oldest = self.c.execute(STARTS_OF_KEY, (key, self.now - per)).fetchone()
-                w = self.window[(key, per)] = [n, oldest if oldest is not None else self.now]
-            if w[0] >= count:
+                self.windows.counted(key, per, n, oldest)
+            if not self.windows.take(key, count, per):
                 self.full.add(key)
-                at = w[1] + per
-                self.retry_at = at if self.retry_at is None else min(self.retry_at, at)
                 return False
-            w[0] += 1
-            self.starts.append((key, self.now, self.now + per))
         self.running[key] = running + 1
         return True
 
 
 def admitted(c: sqlite3.Connection, names: Sequence[str], limit: int, now: float) -> tuple[list[str], Gate]:
     """Up to ``limit`` ids of queues ``names`` in claim order, past the jobs whose key is at its
-    limit (they stay queued), and the gate that admitted them (its ``starts``, its ``retry_at``)."""
+    limit (they stay queued), and the gate that admitted them (see its ``windows``)."""
     gate = Gate(c, now)
     picked: list[str] = []
     fetch = limit * 4 + 16
