@@ -38,8 +38,8 @@ import pytest
 from conveyor import Conveyor
 from conveyor.backends import create_backend
 from conveyor.backends.amqp import AMQPBackend
-from conveyor.backends.amqp.backend import HEARTBEAT
 from conveyor.backends.amqp.outbox import Ticket
+from conveyor.backends.amqp.url import HEARTBEAT
 from conveyor.core.errors import BackendUnavailable, ConfigurationError
 from conveyor.core.ids import uuid7
 from conveyor.core.job import Job, Status

@@ -54,10 +54,10 @@ claim in between consumes on the reopened channel, a live consumer to keep. A co
 that RabbitMQ cancels (Basic.Cancel: its queue was deleted) is forgotten with its queue's
 declaration (``_on_cancelled``), so the next claim or wait declares the queue again. A call
 in flight as the connection drops fails however aiormq fails it, a bare ``Exception`` or a
-``CancelledError`` included (``_dropped``): each becomes ``BackendUnavailable``, never a
+``CancelledError`` included (``outage.dropped``): each becomes ``BackendUnavailable``, never a
 worker's exit. An outage is logged once as it starts ("RabbitMQ connection lost: …;
 reconnecting") and once as it ends ("reconnected to …"); the AMQP client's own records of
-the loss it handles go to DEBUG (``_ExpectedChatter``).
+the loss it handles go to DEBUG (``outage.py``).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ import time
 from collections import deque
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, cast
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aio_pika.exceptions
@@ -83,7 +83,9 @@ from aio_pika.abc import (
     ConsumerTag,
 )
 
+from conveyor.backends.amqp.outage import DOWN, EXPECTED_CHATTER, dropped, quiet_expected_chatter, reasonless
 from conveyor.backends.amqp.outbox import Outbox, Ticket, tickets_for, wake_tickets_for_delayed
+from conveyor.backends.amqp.url import HEARTBEAT, parse_url
 from conveyor.backends.base import (
     Backend,
     HeartbeatReply,
@@ -101,20 +103,12 @@ from conveyor.core.queues import QueueSettings
 
 log = logging.getLogger("conveyor.amqp")
 
-#: Errors that mean "RabbitMQ cannot be used right now".
-_DOWN: tuple[type[BaseException], ...] = (*aio_pika.exceptions.CONNECTION_EXCEPTIONS, TimeoutError)
-_ACK_FAILED: tuple[type[BaseException], ...] = (*_DOWN, aio_pika.exceptions.MessageProcessError)
+_ACK_FAILED: tuple[type[BaseException], ...] = (*DOWN, aio_pika.exceptions.MessageProcessError)
 #: Longer than the longest lease (visibility_timeout ≤ 12 h), in ms.
 CONSUMER_TIMEOUT_MS = 13 * 3600 * 1000
 #: A held ticket not acked by a claim within this long (its worker is busy) is acked.
 HOLD = 2.0
 CONNECT_TIMEOUT = 5.0
-#: The AMQP heartbeat timeout (s) asked for unless the URL sets ``heartbeat``. RabbitMQ closed a
-#: connection silent for ~2.8 of them (14 s; 28.5 s at 10), aiormq gives one up after 3 x (it + 1)
-#: s (18 s). With RabbitMQ's 60 s a host cut off silently for 30 s kept its dead connection, its
-#: RabbitMQ calls stalled or failed until TCP's retransmission got through ~28 s after the heal;
-#: at 10, a 15 s cut still left them failing 12 s after it (measured, tests/e2e/test_many_hosts).
-HEARTBEAT = 5
 #: Bound on counting a queue's tickets (answers take milliseconds).
 RPC_TIMEOUT = 5.0
 #: Bound on the confirms of one publish. A quorum queue that came back from a crash without a
@@ -132,131 +126,12 @@ MAX_OUTGOING = 100_000
 CLOSE_SETTLE = 3.0
 
 
-def _reasonless(exc: BaseException) -> bool:
-    """aiormq's word for "the connection or channel closed" when it has no reason to give: it
-    fails the calls in flight with the bare ``Exception`` class (``FutureStore.reject_all(None)``),
-    or with ``CancelledError`` (``close()``'s default), whatever the call was."""
-    return type(exc) in (Exception, asyncio.CancelledError)
-
-
-def _dropped(exc: BaseException) -> bool:
-    """Whether ``exc``, raised by a RabbitMQ call, means the connection went away under it. A
-    ``CancelledError`` counts only if the task running the call is not itself being cancelled."""
-    if isinstance(exc, asyncio.CancelledError):
-        task = asyncio.current_task()
-        return _reasonless(exc) and (task is None or task.cancelling() == 0)
-    return isinstance(exc, _DOWN) or _reasonless(exc)
-
-
-class _ExpectedChatter(logging.Filter):
-    """Keeps the AMQP client's records of a lost connection that it handles itself, and that
-    Conveyor says once in its own words ("connection lost; reconnecting", "reconnected"), below
-    the level of an incident: shown at DEBUG when the logger logs DEBUG, else dropped.
-
-    - aio_pika's robust channel tries to reopen itself as the connection under it closes, before
-      the robust connection notices (a race in aio_pika): the attempt fails on the dead
-      connection, and aio_pika logs an ERROR "Callback <OneShotCallback: cb=<bound method
-      RobustChannel._on_close ...>> error: RuntimeError: <Connection ...> closed" (or
-      ``ChannelInvalidStateError: No active transport in channel``). The robust connection
-      reopens every channel when it reconnects: nothing is lost.
-    - aiormq logs a traceback ("Cancelling cause reader exited abnormally") as the reset is read,
-      and an ERROR ("error when creating transport") per refused attempt, which aio_pika's own
-      WARNING per attempt says too.
-    - aio_pika's WARNING per attempt ("Connection attempt to ... failed: <why>. Reconnecting
-      after N seconds.") passes once per reason until a reconnect (``reconnected``): it says why
-      RabbitMQ cannot be reached, and whether that changes, without a line every few seconds.
-    - aiormq's WARNING "Consumer 'ctag…' cancelled by the broker" for a consumer of Conveyor's
-      (``cancel_said_for``), which Conveyor says naming the queue (``AMQPBackend._on_cancelled``).
-
-    Any other record of these loggers passes unchanged.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._attempts_said: set[str] = set()
-        #: Tags of Conveyor's live consumers (they are unique: a random part per consumer).
-        self.cancel_said_for: set[str] = set()
-
-    def reconnected(self) -> None:
-        """A connection is back: the next outage's attempts are said again."""
-        self._attempts_said.clear()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == "aio_pika.robust_connection" and str(record.msg).startswith("Connection attempt to "):
-            text = record.getMessage()
-            if text not in self._attempts_said:
-                self._attempts_said.add(text)
-                return True
-        elif not self._expected(record):
-            return True
-        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
-            return False
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        record.exc_info = record.exc_text = None  # the traceback is the expected reset
-        return True
-
-    def _expected(self, record: logging.LogRecord) -> bool:
-        if record.levelno <= logging.DEBUG:
-            return False
-        if record.name == "aio_pika.tools":
-            text = record.getMessage()
-            return text.startswith("Callback ") and "RobustChannel._on_close" in text and (
-                text.endswith(" closed") or text.endswith("No active transport in channel"))
-        if record.name == "aiormq.connection":
-            return record.msg in ("Cancelling cause reader exited abnormally", "error when creating transport: %r")
-        if record.name == "aiormq.channel" and record.msg == "Consumer %r cancelled by the broker on %r":
-            return isinstance(record.args, tuple) and bool(record.args) and record.args[0] in self.cancel_said_for
-        return False
-
-
-#: Installed once per process on the loggers it knows (``AMQPBackend.open``).
-EXPECTED_CHATTER = _ExpectedChatter()
-
-
-def _quiet_expected_chatter() -> None:
-    for name in ("aio_pika.tools", "aio_pika.robust_connection", "aiormq.connection", "aiormq.channel"):
-        logger = logging.getLogger(name)
-        if EXPECTED_CHATTER not in logger.filters:
-            logger.addFilter(EXPECTED_CHATTER)
-
-
-#: The URL options aio-pika (``reconnect_interval`` …) and aiormq (``heartbeat``, TLS files …) read;
-#: they ignore any other name, so a typo would pass unnoticed.
-CLIENT_OPTIONS = ("auth", "cadata", "cafile", "capath", "certfile", "fail_fast", "happy_eyeballs_delay", "heartbeat",
-                  "interleave", "keyfile", "name", "no_verify_ssl", "reconnect_interval", "timeout")
-
-
-def _parse(url: str) -> tuple[str, str]:
-    """``(url without prefix, with a heartbeat, prefix)``."""
-    parts = urlsplit(url)
-    prefix = "conveyor"
-    query: list[tuple[str, str]] = []
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key == "prefix":
-            prefix = value
-        elif key in CLIENT_OPTIONS:
-            query.append((key, value))
-        else:
-            raise ConfigurationError(f"the amqp URL: unknown option {key!r} (options: prefix, and aio-pika's: "
-                                     f"{', '.join(CLIENT_OPTIONS)})")
-    if not prefix or len(prefix) > 100 or any(c.isspace() or c in "#*" for c in prefix):
-        raise ConfigurationError(f"invalid amqp queue prefix {prefix!r}: use letters, digits, '_', '-', '.', ':'")
-    heartbeats = [value for key, value in query if key == "heartbeat"]
-    if not heartbeats:
-        query.append(("heartbeat", str(HEARTBEAT)))
-    # aiormq takes anything else for 0, heartbeats off: a dead connection would go unnoticed
-    for value in heartbeats:
-        if not (value.isascii() and value.isdigit() and int(value) < 65535):  # '²' is a digit to isdigit
-            raise ConfigurationError(f"invalid amqp heartbeat {value!r}: whole seconds, 0 to turn heartbeats off")
-    return urlunsplit(parts._replace(query=urlencode(query))), prefix
-
-
 class AMQPBackend(Backend):
     """RabbitMQ for delivery wake-ups, ``store`` (any other engine) for the job records."""
 
     def __init__(self, url: str, store: Backend) -> None:
         self.url = url
-        self.amqp_url, self.prefix = _parse(url)
+        self.amqp_url, self.prefix = parse_url(url)
         parts = urlsplit(self.amqp_url)
         self._address = f"{parts.hostname or 'localhost'}:{parts.port or 5672}"
         self._where = f"RabbitMQ at {self._address}"
@@ -294,7 +169,7 @@ class AMQPBackend(Backend):
     async def open(self) -> None:
         """Open the store, connect to RabbitMQ (``BackendUnavailable`` if it does not answer)."""
         await self.store.open()
-        _quiet_expected_chatter()
+        quiet_expected_chatter()
         try:
             self._conn = await asyncio.wait_for(
                 aio_pika.connect_robust(self.amqp_url, timeout=CONNECT_TIMEOUT,
@@ -311,7 +186,7 @@ class AMQPBackend(Backend):
             vhost = unquote(urlsplit(self.amqp_url).path[1:]) or "/"
             raise ConfigurationError(f"{self._where} refused virtual host {vhost!r}: it does not exist, or "
                                      f"this user may not use it (rabbitmqctl list_vhosts, list_permissions)") from None
-        except _DOWN as exc:
+        except DOWN as exc:
             await self.close()
             if isinstance(exc, TimeoutError) and not str(exc):  # connected, and then silence
                 raise BackendUnavailable(f"{self._where} did not answer within {CONNECT_TIMEOUT:g} s") from exc
@@ -360,13 +235,13 @@ class AMQPBackend(Backend):
         names = {self.rabbit_queue(q.name) for q in await self.store.queues()} | self._declared
         names.add(self.rabbit_queue("default"))
         for queue, tag, _ in list(self._consumers.values()):
-            with contextlib.suppress(*_DOWN):
+            with contextlib.suppress(*DOWN):
                 await queue.cancel(tag)
         self._forget_consumers()
         self._held.clear()
         if self._conn is not None:
             for name in sorted(names):
-                with contextlib.suppress(*_DOWN):
+                with contextlib.suppress(*DOWN):
                     async with self._conn.channel() as ch:
                         await ch.queue_delete(name)
         self._declared.clear()
@@ -410,7 +285,7 @@ class AMQPBackend(Backend):
     def _unavailable(self, exc: BaseException) -> BackendUnavailable:
         if isinstance(exc, BackendUnavailable):
             return exc
-        detail = str(exc).strip() or ("connection closed" if _reasonless(exc) else type(exc).__name__)
+        detail = str(exc).strip() or ("connection closed" if reasonless(exc) else type(exc).__name__)
         return BackendUnavailable(f"{self._where} is unreachable: {detail.splitlines()[0]}")
 
     @contextlib.contextmanager
@@ -420,17 +295,17 @@ class AMQPBackend(Backend):
         except BackendUnavailable:
             raise
         except asyncio.CancelledError as exc:
-            if not _dropped(exc):
+            if not dropped(exc):
                 raise
             raise self._unavailable(exc) from exc
         except Exception as exc:
-            if not _dropped(exc):
+            if not dropped(exc):
                 raise
             raise self._unavailable(exc) from exc
 
     def _warn(self, what: str, exc: BaseException) -> None:
         now = time.monotonic()
-        if self._lost or _reasonless(exc):  # a lost connection: ``_on_lost`` says it, once
+        if self._lost or reasonless(exc):  # a lost connection: ``_on_lost`` says it, once
             return
         if now - self._warned > 10.0:
             self._warned = now
@@ -668,7 +543,7 @@ class AMQPBackend(Backend):
             try:
                 await message.ack(multiple=True)
             except (asyncio.CancelledError, Exception) as exc:
-                if not (isinstance(exc, _ACK_FAILED) or _dropped(exc)):
+                if not (isinstance(exc, _ACK_FAILED) or dropped(exc)):
                     raise
                 # after a reconnect the old tags are void: RabbitMQ redelivers those tickets
                 self._warn("ticket ack failed", exc)
@@ -810,3 +685,7 @@ class AMQPBackend(Backend):
 
     async def workers(self, now: float) -> list[WorkerInfo]:
         return await self.store.workers(now)
+
+
+#: HEARTBEAT lives in ``url.py``; tests/e2e/test_many_hosts imports it from here.
+__all__ = ["HEARTBEAT", "AMQPBackend"]
