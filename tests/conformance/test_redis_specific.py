@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from conveyor.backends.base import JobQuery
-from conveyor.backends.redis import RedisBackend
-from conveyor.backends.redis import backend as redis_backend
+from conveyor.backends.redis import RedisBackend, packing
 from conveyor.core.errors import BackendUnavailable, ValidationError
 from conveyor.core.ids import uuid7
 from conveyor.core.job import Job
@@ -143,7 +142,7 @@ async def test_drop_deletes_every_key_under_the_prefix(rb: RedisBackend) -> None
 async def test_enqueue_blocking__from_a_thread__stores_jobs_like_enqueue(
         rb: RedisBackend, hiredis: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     if not hiredis:
-        monkeypatch.setattr(redis_backend, "hiredis_pack", None)
+        monkeypatch.setattr(packing, "hiredis_pack", None)
     plain, keyed = job(args=["naïve ☕"]), job(idempotency_key="order-1")
 
     stored = await asyncio.to_thread(rb.enqueue_blocking, [plain, keyed])
@@ -155,6 +154,8 @@ async def test_enqueue_blocking__from_a_thread__stores_jobs_like_enqueue(
     assert {j.id for j in await rb.get_jobs([plain.id, keyed.id])} == {plain.id, keyed.id}
     assert [lease.job.id for lease in await rb.claim(["default"], 5, "w", time.time())] == [plain.id, keyed.id]
     assert (await rb.get_jobs([plain.id]))[0].args == ["naïve ☕"]
+    # the path asked for was taken (a patch of a name the packing no longer reads would miss)
+    assert issubclass(rb._sync_client().connection_pool.connection_class, packing.HiredisPacking) is hiredis
 
 
 async def test_enqueue_blocking__unknown_parent__validation_error(rb: RedisBackend) -> None:

@@ -6,7 +6,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from conveyor.backends.redis.backend import _with_hiredis_packing
+from conveyor.backends.redis.packing import with_hiredis_packing
 
 COMMANDS = [
     ("EVALSHA", "a" * 40, 1, "{p}:jq", "p", "1796587873.3969057", "1", "naïve ☕"),
@@ -21,7 +21,7 @@ COMMANDS = [
 @pytest.mark.parametrize("client_class", [redis.Redis, aioredis.Redis], ids=["sync", "asyncio"])
 def test_packed_commands__the_bytes_redis_py_would_send(client_class: type) -> None:
     plain = client_class.from_url("redis://127.0.0.1:6379/0").connection_pool
-    fast = _with_hiredis_packing(client_class.from_url("redis://127.0.0.1:6379/0")).connection_pool
+    fast = with_hiredis_packing(client_class.from_url("redis://127.0.0.1:6379/0")).connection_pool
     ours, theirs = fast.make_connection(), plain.make_connection()  # not connected: nothing is sent
     assert type(ours) is not type(theirs)
     for command in COMMANDS:
@@ -30,6 +30,6 @@ def test_packed_commands__the_bytes_redis_py_would_send(client_class: type) -> N
 
 
 def test_packed_commands__a_bool_is_refused_as_redis_py_refuses_it() -> None:
-    conn = _with_hiredis_packing(redis.Redis.from_url("redis://127.0.0.1:6379/0")).connection_pool.make_connection()
+    conn = with_hiredis_packing(redis.Redis.from_url("redis://127.0.0.1:6379/0")).connection_pool.make_connection()
     with pytest.raises(redis.DataError):
         conn.pack_command("SET", "k", True)

@@ -4,7 +4,7 @@
 ``lua/`` its scripts. Beside them: ``url.py`` reads the URL; ``records.py`` turns what is stored
 into Python values and back; ``scripts.py`` builds the scripts' sources and the claim and finish
 arguments; ``submissions.py`` sends concurrent enqueues together; ``kept.py`` keeps a connection
-for a sync caller that comes one at a time.
+for a sync caller that comes one at a time; ``packing.py`` packs commands with hiredis.
 """
 
 from conveyor.backends.redis.backend import RedisBackend

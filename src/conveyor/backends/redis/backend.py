@@ -71,8 +71,8 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
-from typing import Any, TypeVar, cast
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -99,6 +99,7 @@ from conveyor.backends.base import (
 )
 from conveyor.backends.group_commit import GroupCommit
 from conveyor.backends.redis.kept import Kept
+from conveyor.backends.redis.packing import with_hiredis_packing
 from conveyor.backends.redis.records import (
     _f,
     _hash,
@@ -116,49 +117,8 @@ from conveyor.core.job import Job, Status
 from conveyor.core.queues import QueueSettings
 from conveyor.serialization import dumps
 
-hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
-try:  # installed with the redis extra; redis-py's own parsing and packing are its fallback
-    from hiredis import pack_command as hiredis_pack
-except ImportError:  # pragma: no cover
-    hiredis_pack = None
-
 _BATCH = 500  #: jobs per script call for admin operations (requeue, purge)
 _LIST_BUDGET = 5000  #: index entries one list page examines at most
-
-
-class _HiredisPacking:
-    """A redis-py connection (sync or asyncio) that hands a command of str, int, float and bytes
-    arguments to hiredis as it is. redis-py runs its Python encoder on each argument first:
-    ≈ 0.4 µs each, 8 µs of a sync enqueue's round trip and ≈ a sixth of a worker's loop in a
-    drain of no-op jobs. Anything else (a bool, a memoryview, "SCRIPT LOAD") redis-py packs."""
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        if hiredis_pack is not None:
-            try:
-                if " " not in args[0]:
-                    return [hiredis_pack(args)]
-            except TypeError:  # a bytes name, or an argument hiredis does not take
-                pass
-        return cast(list[bytes], super().pack_command(*args))  # type: ignore[misc]
-
-    def pack_commands(self, commands: Sequence[Sequence[Any]]) -> list[bytes]:
-        return [b"".join([chunk for command in commands for chunk in self.pack_command(*command)])]
-
-
-_PACKING_CLASSES: dict[type, type] = {}
-_C = TypeVar("_C", redis.Redis, aioredis.Redis)
-
-
-def _with_hiredis_packing(client: _C) -> _C:
-    """``client``, its pool making ``_HiredisPacking`` connections of the class it chose (TCP,
-    TLS or Unix socket). (A cluster's nodes keep redis-py's packing.)"""
-    if hiredis_pack is not None:
-        pool = client.connection_pool
-        base = pool.connection_class
-        if base not in _PACKING_CLASSES:
-            _PACKING_CLASSES[base] = type(base.__name__, (_HiredisPacking, base), {})
-        pool.connection_class = _PACKING_CLASSES[base]
-    return client
 
 
 #: Claims of one worker remembered for ``_hand_back_lost`` (one per retry of an outage: its backoff
@@ -233,7 +193,7 @@ class RedisBackend(Backend):
             socket_keepalive=True, socket_keepalive_options=_KEEPALIVE)
         if self.cluster:
             return RedisCluster.from_url(self._redis_url, **options)
-        return _with_hiredis_packing(aioredis.Redis.from_url(self._redis_url, **options))
+        return with_hiredis_packing(aioredis.Redis.from_url(self._redis_url, **options))
 
     def _sync_client(self) -> redis.Redis | redis.cluster.RedisCluster:
         with self._sync_lock:
@@ -248,7 +208,7 @@ class RedisBackend(Backend):
                 if self.cluster:
                     self._sync = redis.cluster.RedisCluster.from_url(self._redis_url, **options)
                 else:
-                    self._sync = _with_hiredis_packing(redis.Redis.from_url(self._redis_url, **options))
+                    self._sync = with_hiredis_packing(redis.Redis.from_url(self._redis_url, **options))
                 self._sync_sha = hashlib.sha1(self._src["enqueue"].encode()).hexdigest()
             return self._sync
 
