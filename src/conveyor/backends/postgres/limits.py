@@ -12,18 +12,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from conveyor.backends.claim_limits import RateWindows
+from conveyor.backends.claim_limits import RateWindows, round_sizes
 from conveyor.backends.postgres.connection import AConn
 
 if TYPE_CHECKING:
     from conveyor.backends.postgres.backend import PostgresBackend
-
-#: Rounds of candidates one limited claim looks at (each skips the keys found full), and the most
-#: rows one round reads: rounds read 4x more each, so thousands of keys at their limit ahead of a
-#: job do not keep it waiting (about 18,000 looked past in all).
-_LIMIT_ROUNDS = 8
-_MAX_FETCH = 4096
-
 
 class Gate:
     """Admits limited jobs while their key has a free slot and room in its rate window.
@@ -43,9 +36,7 @@ class Gate:
         """The ids of up to ``limit`` candidates of ``queues`` (claimable at ``now``) that their
         keys admit, looking past those whose key is at its limit."""
         picked: list[str] = []
-        fetch = limit * 4 + 16
-        for _ in range(_LIMIT_ROUNDS):
-            fetch = min(max(fetch, (limit - len(picked)) * 4 + 16), _MAX_FETCH)
+        for fetch in round_sizes(limit):
             rows = await self.backend._fetch("claim_candidates", {"queues": queues, "limit": fetch,
                                                                   "now": now, "full": sorted(self.full),
                                                                   "picked": picked}, self.conn)
@@ -58,7 +49,6 @@ class Gate:
                         break
             if len(picked) >= limit or len(rows) < fetch:
                 break
-            fetch *= 4  # many keys at their limit ahead: look further in fewer rounds
         return picked
 
     async def log_starts(self) -> None:

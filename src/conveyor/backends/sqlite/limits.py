@@ -13,15 +13,9 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
-from conveyor.backends.claim_limits import RateWindows
+from conveyor.backends.claim_limits import RateWindows, round_sizes
 from conveyor.backends.sqlite.rows import dumps
 from conveyor.backends.sqlite.statements import RUNNING_OF_KEY, STARTS_OF_KEY, candidates_sql
-
-#: Rounds of candidates one limited claim looks at (each skips the keys found full), and the most
-#: rows one round reads: rounds read 4x more each, so thousands of keys at their limit ahead of a
-#: job do not keep it waiting (about 18,000 looked past in all).
-_LIMIT_ROUNDS = 8
-_MAX_FETCH = 4096
 
 
 class Gate:
@@ -64,9 +58,7 @@ def admitted(c: sqlite3.Connection, names: Sequence[str], limit: int, now: float
     limit (they stay queued), and the gate that admitted them (see its ``windows``)."""
     gate = Gate(c, now)
     picked: list[str] = []
-    fetch = limit * 4 + 16
-    for _ in range(_LIMIT_ROUNDS):
-        fetch = min(max(fetch, (limit - len(picked)) * 4 + 16), _MAX_FETCH)
+    for fetch in round_sizes(limit):
         rows = c.execute(candidates_sql(len(names)),
                          (now, fetch, dumps(sorted(gate.full)), dumps(picked), *names)).fetchall()
         for job_id, key, concurrency, rate_count, rate_per in rows:
@@ -76,5 +68,4 @@ def admitted(c: sqlite3.Connection, names: Sequence[str], limit: int, now: float
                     break
         if len(picked) >= limit or len(rows) < fetch:
             break
-        fetch *= 4  # many keys at their limit ahead: look further in fewer rounds
     return picked, gate
