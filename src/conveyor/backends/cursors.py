@@ -31,10 +31,11 @@ def encode(raw: bytes) -> str:
 
 def decode(cursor: str, read: Callable[[bytes], T | None]) -> T:
     """What ``read`` makes of the bytes ``encode`` wrote into ``cursor``; ``invalid_cursor()``
-    when the cursor is not base64, or ``read`` returns None or raises ``ValueError``/``TypeError``."""
+    when the cursor is not base64, or ``read`` returns None or raises ``ValueError``,
+    ``TypeError`` or ``OverflowError`` (a number too big for a float)."""
     try:
         last = read(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, TypeError):  # binascii.Error and UnicodeDecodeError are ValueErrors
+    except (ValueError, TypeError, OverflowError):  # binascii.Error and UnicodeDecodeError are ValueErrors
         last = None
     if last is None:
         raise invalid_cursor()
