@@ -77,13 +77,14 @@ def retry_by_parents(
         bad = next((p for p in parents if status.get(p) not in RETRY_OK), None)
         if bad is not None:
             if refuse:
-                raise InvalidTransition(_blocked(job_id, bad, status.get(bad)))
+                raise InvalidTransition(blocked(job_id, bad, status.get(bad)))
             continue
         (waiting if any(status[p] != "succeeded" for p in parents) else ready).append(job_id)
     return ready, waiting
 
 
-def _blocked(job_id: str, parent: str, ended: str | None) -> str:
+def blocked(job_id: str, parent: str, ended: str | None) -> str:
+    """Why a dependent cannot be retried: its parent ended badly (``ended``), or is gone (None)."""
     if ended is None:
         return f"job {job_id} depends on job {parent}, which no longer exists; submit a new job instead"
     return f"job {job_id} depends on job {parent}, which ended {ended}; retry job {parent} first"

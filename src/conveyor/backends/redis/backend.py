@@ -101,10 +101,9 @@ from conveyor.backends.group_commit import GroupCommit
 from conveyor.backends.redis.kept import Kept
 from conveyor.backends.redis.packing import with_hiredis_packing
 from conveyor.backends.redis.records import (
-    _f,
-    _hash,
-    blocked,
+    float_arg,
     job_from_hash,
+    pairs_to_dict,
     settings_from_hash,
     worker_entry,
     worker_from_entry,
@@ -115,6 +114,7 @@ from conveyor.backends.redis.url import parse_url
 from conveyor.core.errors import BackendUnavailable, ConfigurationError, InvalidTransition
 from conveyor.core.job import Job, Status
 from conveyor.core.queues import QueueSettings
+from conveyor.core.rules import blocked
 from conveyor.serialization import dumps
 
 _BATCH = 500  #: jobs per script call for admin operations (requeue, purge)
@@ -318,7 +318,7 @@ class RedisBackend(Backend):
         return await self._coalescer.submit(Submission(jobs, payload(jobs, now), now))
 
     async def _enqueue_script(self, count: int, payload: list[str], now: float) -> list[Any]:
-        reply: list[Any] = await self._run("enqueue", _f(now), str(count), *payload)
+        reply: list[Any] = await self._run("enqueue", float_arg(now), str(count), *payload)
         return reply
 
     def enqueue_blocking(self, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
@@ -340,7 +340,7 @@ class RedisBackend(Backend):
     def _enqueue_script_blocking(self, count: int, payload: list[str], now: float) -> list[Any]:
         client = self._sync_client()
         sha = self._sync_sha
-        args = [self._anchor, self.prefix, _f(now), str(count), *payload]
+        args = [self._anchor, self.prefix, float_arg(now), str(count), *payload]
         with self._guard():
             try:
                 kept = self._kept_enqueue.send(client, [("EVALSHA", sha, 1, *args)])
@@ -442,7 +442,7 @@ class RedisBackend(Backend):
         return [c == "1" for c in finished], self._leases(claimed, queues)
 
     async def heartbeat(self, worker: WorkerInfo, leases: Mapping[str, str], now: float) -> HeartbeatReply:
-        args: list[str] = [_f(now), worker.id, worker_entry(worker, now)]
+        args: list[str] = [float_arg(now), worker.id, worker_entry(worker, now)]
         for job_id, token in leases.items():
             args += [job_id, token]
         lost, cancel = await self._run("heartbeat", *args)
@@ -455,7 +455,7 @@ class RedisBackend(Backend):
         return [c == "1" for c in reply]
 
     async def set_progress(self, job_id: str, token: str, progress: Mapping[str, Any], now: float) -> bool:
-        return bool(int(await self._run("progress", _f(now), job_id, token, dumps(dict(progress)))))
+        return bool(int(await self._run("progress", float_arg(now), job_id, token, dumps(dict(progress)))))
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         if not queues or timeout <= 0:
@@ -614,11 +614,11 @@ class RedisBackend(Backend):
         if not ids:
             return {}
         flat = await self._run("get", "rev", *ids)
-        return {k: int(v) for k, v in _hash(flat).items()}
+        return {k: int(v) for k, v in pairs_to_dict(flat).items()}
 
     # -- admin --------------------------------------------------------------------------
     async def cancel(self, job_id: str, now: float) -> Job | None:
-        text = await self._run("cancel", _f(now), job_id)
+        text = await self._run("cancel", float_arg(now), job_id)
         return job_from_hash(json.loads(text)) if text else None
 
     async def requeue(self, queue: str | None, ids: Sequence[str] | None, statuses: Sequence[Status],
@@ -631,13 +631,13 @@ class RedisBackend(Backend):
             if not ids:
                 return []
             # one call: a job whose parent ended badly refuses them all (the script writes nothing)
-            reply = await self._run("requeue", _f(now), queue or "", wanted, str(_BATCH), *ids)
+            reply = await self._run("requeue", float_arg(now), queue or "", wanted, str(_BATCH), *ids)
             if isinstance(reply, list):
                 _, job_id, parent, ended = reply
                 raise InvalidTransition(blocked(job_id, parent, ended or None))
             return [job_from_hash(h) for h in json.loads(reply)]
         while True:
-            records = json.loads(await self._run("requeue", _f(now), queue or "", wanted, str(_BATCH)))
+            records = json.loads(await self._run("requeue", float_arg(now), queue or "", wanted, str(_BATCH)))
             out += [job_from_hash(h) for h in records]
             if len(records) < _BATCH:
                 return out
@@ -645,7 +645,7 @@ class RedisBackend(Backend):
     async def purge(self, queue: str, now: float) -> int:
         total = 0
         while True:
-            n = int(await self._run("purge", _f(now), queue, str(_BATCH)))
+            n = int(await self._run("purge", float_arg(now), queue, str(_BATCH)))
             total += n
             if n < _BATCH:
                 return total
@@ -658,8 +658,8 @@ class RedisBackend(Backend):
     async def save_queue_settings(self, name: str, settings: QueueSettings,
                                   fields: Collection[str] | None = None) -> None:
         s = settings.validated()
-        values = {"retention": _f(s.retention), "visibility_timeout": _f(s.visibility_timeout),
-                  "max_deliveries": str(int(s.max_deliveries)), "result_ttl": _f(s.result_ttl),
+        values = {"retention": float_arg(s.retention), "visibility_timeout": float_arg(s.visibility_timeout),
+                  "max_deliveries": str(int(s.max_deliveries)), "result_ttl": float_arg(s.result_ttl),
                   "paused": "1" if s.paused else "0"}
         # a field not written falls back to its default in the scripts' cfg(), as settings() reads it
         with self._guard():
@@ -695,16 +695,16 @@ class RedisBackend(Backend):
     async def due_webhooks(self, now: float, limit: int, lease: float) -> list[tuple[Job, int]]:
         if limit <= 0:
             return []
-        reply = await self._run("webhooks", "due", _f(now), str(limit), _f(lease))
+        reply = await self._run("webhooks", "due", float_arg(now), str(limit), float_arg(lease))
         return [(job_from_hash(h), int(n)) for n, h in json.loads(reply)]
 
     async def webhook_attempted(self, job_id: str, delivered: bool, next_at: float | None) -> None:
         await self._run("webhooks", "done", job_id, "1" if delivered else "0",
-                        _f(next_at) if next_at is not None else "")
+                        float_arg(next_at) if next_at is not None else "")
 
     # -- housekeeping and registry -------------------------------------------------------
     async def sweep(self, now: float, limit: int = 500) -> SweepReport:
-        r = await self._run("sweep", _f(now), str(max(1, limit)), _f(self.WORKER_TTL))
+        r = await self._run("sweep", float_arg(now), str(max(1, limit)), float_arg(self.WORKER_TTL))
         return SweepReport(requeued=int(r[0]), dead=int(r[1]), expired=int(r[2]), deleted=int(r[3]),
                            workers_dropped=int(r[4]))
 

@@ -20,14 +20,8 @@ from conveyor.core.queues import QueueSettings
 from conveyor.serialization import dumps, loads
 
 
-def blocked(job_id: str, parent: str, ended: str | None) -> str:
-    """Why a dependent cannot be retried (its parent ended badly, or is gone): see requeue.lua."""
-    if ended is None:
-        return f"job {job_id} depends on job {parent}, which no longer exists; submit a new job instead"
-    return f"job {job_id} depends on job {parent}, which ended {ended}; retry job {parent} first"
-
-
-def _f(x: float) -> str:
+def float_arg(x: float) -> str:
+    """A number as a script argument: ``repr`` keeps every digit of a float (Lua reads it back exactly)."""
     return repr(float(x))
 
 
@@ -67,7 +61,8 @@ _DECODE: dict[str, Callable[[str], Any]] = {
 }
 
 
-def _hash(flat: Sequence[str]) -> dict[str, str]:
+def pairs_to_dict(flat: Sequence[str]) -> dict[str, str]:
+    """``[k1, v1, k2, v2, …]`` (a script's reply of a hash) as a dict."""
     it = iter(flat)
     return dict(zip(it, it, strict=True))
 
@@ -113,11 +108,11 @@ def record_fields(job: Job) -> list[str]:
     if job.cancel_requested:
         out += ["cancel_requested", "1"]
     if job.updated_at and job.updated_at != job.created_at:
-        out += ["updated_at", _f(job.updated_at)]
+        out += ["updated_at", float_arg(job.updated_at)]
     for name in _TIME_FIELDS:
         value = getattr(job, name)
         if value is not None:
-            out += [name, _f(value)]
+            out += [name, float_arg(value)]
     for name in _STR_FIELDS:
         value = getattr(job, name)
         if value is not None:
@@ -125,7 +120,7 @@ def record_fields(job: Job) -> list[str]:
     if job.concurrency_limit is not None:
         out += ["concurrency_limit", str(int(job.concurrency_limit))]
     if job.rate_limit is not None:
-        out += ["rate_count", str(int(job.rate_limit[0])), "rate_per", _f(job.rate_limit[1])]
+        out += ["rate_count", str(int(job.rate_limit[0])), "rate_per", float_arg(job.rate_limit[1])]
     return out
 
 

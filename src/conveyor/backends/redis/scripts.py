@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from importlib import resources
 
 from conveyor.backends.base import Outcome
-from conveyor.backends.redis.records import _f
+from conveyor.backends.redis.records import float_arg
 from conveyor.core.job import Status
 from conveyor.core.queues import QueueSettings
 from conveyor.serialization import dumps
@@ -35,17 +35,17 @@ def sources() -> dict[str, str]:
 
 def claim_args(queues: Sequence[str], limit: int, worker_id: str, now: float) -> list[str]:
     """claim.lua's arguments: ``now``, how many, the worker, a new token base, the queues."""
-    return [_f(now), str(limit), worker_id, secrets.token_hex(8), *queues]
+    return [float_arg(now), str(limit), worker_id, secrets.token_hex(8), *queues]
 
 
 def finish_args(outcomes: Sequence[Outcome], now: float) -> list[str]:
     """finish.lua's arguments: ``now``, then eight per outcome."""
-    args: list[str] = [_f(now)]
+    args: list[str] = [float_arg(now)]
     for o in outcomes:
         if o.status not in _OUTCOMES:
             raise ValueError(f"an outcome cannot set status {o.status}")
         args += [o.job_id, o.token, o.status, dumps(o.result) if o.status == Status.SUCCEEDED else "",
                  dumps(dict(o.error)) if o.error is not None else "",
-                 _f(o.scheduled_at) if o.scheduled_at is not None else "",
+                 float_arg(o.scheduled_at) if o.scheduled_at is not None else "",
                  str(o.attempt) if o.attempt is not None else "", "1" if o.uncount_delivery else "0"]
     return args

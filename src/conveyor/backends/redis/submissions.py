@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from conveyor.backends.redis.records import _f, job_from_hash, record_fields
+from conveyor.backends.redis.records import float_arg, job_from_hash, record_fields
 from conveyor.core.errors import ValidationError
 from conveyor.core.job import Job, Status
 from conveyor.serialization import loads
@@ -38,12 +38,12 @@ def payload(jobs: Sequence[Job], now: float) -> list[str]:
     """The flat ARGV strings of ``jobs`` (see enqueue.lua)."""
     out: list[str] = []
     for job in jobs:
-        created = _f(job.created_at or now)
+        created = float_arg(job.created_at or now)
         scheduled = job.scheduled_at is not None and (job.status == Status.SCHEDULED or
                                                        job.scheduled_at > (job.created_at or now))
         fields = record_fields(job)
         out += [job.id, job.queue, job.task, str(int(job.priority)), created,
-                _f(job.scheduled_at) if scheduled else "", job.idempotency_key or "",  # type: ignore[arg-type]
+                float_arg(job.scheduled_at) if scheduled else "", job.idempotency_key or "",  # type: ignore[arg-type]
                 str(len(job.depends_on)), *job.depends_on, str(len(fields)), *fields]
     return out
 
