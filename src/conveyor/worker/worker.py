@@ -1,7 +1,7 @@
 """The worker: lease one job per free slot, run it, report, and keep the system healthy.
 
 Concurrency lives in one event loop: a claim loop (claims only for free slots; no hidden
-prefetch), a flush loop (writes outcomes and progress in batches), a heartbeat loop
+prefetch), a flush loop (the ``Outbox`` writes outcomes and progress in batches), a heartbeat loop
 (extends leases, learns of cancels and lost leases, watches the claim loop for stalls) and
 a housekeeping loop (sweeps expired leases, retention and old records; sends webhooks).
 Job state lives in the backend, never here: a worker killed at any point loses nothing.
@@ -34,6 +34,7 @@ from conveyor.core.task import Task
 from conveyor.scheduler import run_scheduler
 from conveyor.worker.execute import decide, execute, time_limit
 from conveyor.worker.lease_keeper import LeaseKeeper
+from conveyor.worker.outbox import Outbox
 from conveyor.worker.pools import LEFT_BEHIND, Call, Pool, ThreadPool
 
 log = logging.getLogger(__name__)
@@ -171,15 +172,13 @@ class Worker:
         self.started_at = time.time()
         self.running: dict[str, Running] = {}
         self.exit_code = 0
-        self._outbox: list[Outcome] = []
+        self._outbox = Outbox(self.id)
         #: sync jobs whose thread returned, their outcome not yet decided (``_decide_returned``)
         self._returned: list[tuple[Running, Any, BaseException | None]] = []
         self._deciding = False
         #: metrics not yet counted: counted by ``_count`` while the next claim is on its way
         self._uncounted_starts: list[tuple[list[Lease], float]] = []
         self._uncounted_ends: list[tuple[Job, Status, float]] = []
-        #: progress to send (job id → token, value), sent ahead of the outcomes in the outbox
-        self._progress: dict[str, tuple[str, dict[str, Any]]] = {}
         #: the latest progress a job reported from its thread, until the loop takes it: written
         #: before the job returns, so its outcome on the loop cannot overtake it. Per lease: the
         #: thread of an earlier attempt past its time limit may still report while its retry runs
@@ -189,22 +188,15 @@ class Worker:
         #: so a cancel swallowed below them (a race in asyncio or a client library) cannot hang it.
         self._closing = False
         self._slot_free = asyncio.Event()
-        self._flush_needed = asyncio.Event()
         self._loop_tick = time.monotonic()
         self._backend: Backend | None = backend  #: opened by ``run`` unless given
         self._claim_task: asyncio.Task[None] | None = None
-        self._flushing: asyncio.Future[None] | None = None
         self._pool: Pool | None = None
         self._max_deliveries: dict[str, int] = {}
         self._async_ran: set[str] = set()  #: async tasks run since the last heartbeat (suspects of a block)
-        #: Leases whose heartbeats are still owed besides those of ``running`` (job id → token): a
-        #: job whose outcome is not recorded yet, and a lease a pool thread took (``_Wait``) that
-        #: the loop has not started yet. Each is one dict operation, safe from any thread.
-        self._unrecorded: dict[str, str] = {}
+        #: Leases a pool thread took (``_Wait``) that the loop has not started yet (job id → token):
+        #: their heartbeats are owed too. Each change is one dict operation, safe from any thread.
         self._leased_off_loop: dict[str, str] = {}
-        #: Outcomes sent again because a send failed (job id, token): the engine may have applied
-        #: the first (the reply was lost with the connection), so a refusal is no sign of a lost lease.
-        self._resent: set[tuple[str, str]] = set()
 
     # -- public ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -244,7 +236,10 @@ class Worker:
             )
             helpers = [
                 asyncio.create_task(c)
-                for c in (self._flush_loop(), self._heartbeat_loop(), self._housekeeping_loop(), self._webhook_loop())
+                for c in (
+                    self._outbox.flush_loop(backend), self._heartbeat_loop(), self._housekeeping_loop(),
+                    self._webhook_loop(),
+                )
             ]
             if self.scheduler:
                 helpers.append(asyncio.create_task(run_scheduler(self.app, self._stop)))
@@ -258,7 +253,7 @@ class Worker:
                 await self._drain()
             finally:
                 self._closing = True
-                self._flush_needed.set()
+                self._outbox.close()
                 await cancel_within(helpers, SHUTDOWN_BOUND)
                 if keeper is not None:
                     keeper.stop()
@@ -291,32 +286,16 @@ class Worker:
     async def _report_last(self, backend: Backend) -> None:
         """Record the last outcomes and leave the registry, within ``SHUTDOWN_BOUND`` seconds. If
         the engine does not answer, the outcomes not recorded are redelivered once their leases
-        run out (at least once, as after a kill -9): better than a stop that never ends.
-
-        A failed write is sent again (with backoff) until the bound: an outage that ends within
-        it, as a refused connection does at once, must not cost the finished jobs a second run."""
+        run out (at least once, as after a kill -9): better than a stop that never ends."""
         self._decide_returned()
         self._count()
-        failure: BaseException | None = None
         try:
             async with asyncio.timeout(SHUTDOWN_BOUND):
-                if self._flushing is not None:
-                    await asyncio.wait([self._flushing])
-                delay = 0.1
-                while True:
-                    try:
-                        await self._flush()
-                        break
-                    except BackendUnavailable as exc:
-                        failure = exc
-                        await asyncio.sleep(delay)
-                        delay = min(1.0, delay * 2)
+                await self._outbox.send_rest(backend)  # again and again, until the bound
                 with contextlib.suppress(BackendUnavailable):
                     await backend.unregister_worker(self.id)
         except TimeoutError:
-            if self._outbox:
-                log.error("worker %s: could not record %d outcomes at shutdown (%s); their jobs are redelivered "
-                          "once their leases run out", self.id, len(self._outbox), failure or "no answer")
+            self._outbox.log_unsent()
 
     async def _register(self, backend: Backend) -> bool:
         """Apply the queue settings and announce this worker; False if stopped first.
@@ -371,7 +350,7 @@ class Worker:
             drained = False
             if len(leases) < free:
                 if self.burst and not leases and not self.running:
-                    if not self._outbox and not self._returned and not await self._swept_back():
+                    if not self._outbox.waiting() and not self._returned and not await self._swept_back():
                         self.stop()
                     else:
                         await asyncio.sleep(0)  # the flush in flight lands (a SQLite claim never yields)
@@ -387,20 +366,15 @@ class Worker:
         """
         backend = self._backend
         assert backend is not None
-        # a job's last progress must land before its outcome ends the lease: the flush sends both, in order
-        progress_first = any(o.job_id in self._progress for o in self._outbox)
-        if progress_first:
-            self._flush_needed.set()
-        if progress_first or not self._outbox or (self._flushing is not None and not self._flushing.done()):
+        batch = self._outbox.take()
+        if not batch:
             return await backend.claim(self.queues, free, self.id, time.time())
-        batch, self._outbox = self._outbox, []
         try:
             applied, leases = await backend.finish_and_claim(batch, self.queues, free, self.id, time.time())
         except BaseException:
-            self._send_again(batch)
-            self._flush_needed.set()
+            self._outbox.send_again(batch)
             raise
-        self._recorded(batch, applied)
+        self._outbox.recorded(batch, applied)
         return leases
 
     async def _swept_back(self) -> bool:
@@ -466,9 +440,7 @@ class Worker:
             log.warning("job %s: its claim's reply came %.1f s late (the event loop was blocked, or the network "
                         "held the reply up); handed back rather than run it after its lease may have passed on",
                         job.id, late)
-            self._unrecorded[job.id] = lease.token
-            self._outbox.append(rules.handed_back(job, lease.token))
-            self._flush_needed.set()
+            self._outbox.add(rules.handed_back(job, lease.token))
         return held
 
     # -- running --------------------------------------------------------------------------
@@ -621,12 +593,8 @@ class Worker:
         running.settled = True
         reported = self._reported.pop((running.lease.job.id, running.lease.token), None)
         if outcome is not None:
-            if reported is not None:  # its last progress, sent ahead of the outcome
-                self._progress[outcome.job_id] = (running.lease.token, reported)
             self._uncounted_ends.append((running.lease.job, outcome.status, time.monotonic() - running.started))
-            self._unrecorded[outcome.job_id] = outcome.token  # its lease is kept until it is recorded
-            self._outbox.append(outcome)
-            self._flush_needed.set()
+            self._outbox.add(outcome, reported)  # its last progress is sent ahead of it
 
     def _abandon(self, job_id: str, outcome: Outcome | None) -> None:
         """Stop a job now: cancelled, lease lost, or handed back on shutdown."""
@@ -650,89 +618,9 @@ class Worker:
         running = self.running.get(job_id)
         # a job that a pool thread leased and started itself reports before the loop registers it
         if (running is not None and running.lease.token == token) or self._leased_off_loop.get(job_id) == token:
-            self._progress[job_id] = (token, reported)
-            self._flush_needed.set()
+            self._outbox.progress(job_id, token, reported)
         elif any(r.lease.job.id == job_id and r.lease.token == token for r, _, _ in self._returned):
             self._reported.setdefault((job_id, token), reported)  # returned, outcome not decided yet: it takes it
-
-    # -- reporting ------------------------------------------------------------------------
-    async def _flush_loop(self) -> None:
-        while not self._closing:
-            await self._flush_needed.wait()
-            self._flush_needed.clear()
-            await asyncio.sleep(0)  # let the jobs finishing in this tick join the batch
-            flushing = self._kick_flush() or self._flushing
-            if flushing is None or flushing.done():
-                continue
-            try:
-                # shielded: stopping the worker must not cut a write whose batch it would then resend
-                await asyncio.shield(flushing)
-            except BackendUnavailable as exc:
-                log.warning("worker %s: could not record outcomes (%s); retrying", self.id, exc)
-                await asyncio.sleep(0.5)
-                self._flush_needed.set()
-            except Exception:  # a bug, not the engine: keep reporting (this loop is every job's way out)
-                log.exception("worker %s: could not record outcomes; retrying", self.id)
-                await asyncio.sleep(0.5)
-                self._flush_needed.set()
-
-    def _kick_flush(self) -> asyncio.Future[None] | None:
-        """Start sending the outcomes and progress now, unless a batch is on its way already
-        (then the flush loop sends them after it); the flush started, if any."""
-        if not (self._outbox or self._progress) or (self._flushing is not None and not self._flushing.done()):
-            return None
-        flushing = self._flushing = asyncio.ensure_future(self._flush())
-        flushing.add_done_callback(self._flushed)
-        return flushing
-
-    def _flushed(self, flushing: asyncio.Future[None]) -> None:
-        if not flushing.cancelled() and flushing.exception() is not None:
-            self._flush_needed.set()  # the flush loop retries (and reports) it
-
-    async def _flush(self) -> None:
-        backend = self._backend
-        assert backend is not None
-        # taken together: a job's outcome never leaves ahead of progress it reported before it
-        progress, self._progress = self._progress, {}
-        batch, self._outbox = self._outbox, []
-        try:
-            for job_id, (token, value) in progress.items():
-                try:
-                    await backend.set_progress(job_id, token, value, time.time())
-                except BackendUnavailable:
-                    raise
-                except Exception:  # this report only: the job's outcome and the others' go on
-                    log.exception("job %s: progress could not be recorded", job_id)
-            if not batch:
-                return
-            applied = await backend.finish(batch, time.time())
-        except BaseException:
-            self._send_again(batch)
-            self._progress = {**progress, **self._progress}  # again with it, unless newer came meanwhile
-            raise
-        self._recorded(batch, applied)
-
-    def _send_again(self, batch: list[Outcome]) -> None:
-        """``batch``'s send failed: not known to be applied, it goes out again with the next."""
-        self._outbox[:0] = batch
-        self._resent.update((o.job_id, o.token) for o in batch)
-
-    def _recorded(self, batch: Sequence[Outcome], applied: Sequence[bool]) -> None:
-        """The engine answered for ``batch``: their leases are done with; say which it refused."""
-        for outcome, ok in zip(batch, applied, strict=True):
-            if self._unrecorded.get(outcome.job_id) == outcome.token:
-                del self._unrecorded[outcome.job_id]
-            resent = (outcome.job_id, outcome.token) in self._resent
-            self._resent.discard((outcome.job_id, outcome.token))
-            if ok:
-                continue
-            if resent:  # the engine may well have applied the first send, its reply lost in the cut
-                log.info("job %s: outcome %s sent again after a failed send was refused: either the first "
-                         "send was applied, or the lease had passed to another worker", outcome.job_id, outcome.status)
-            else:
-                log.warning(
-                    "job %s: outcome %s refused: the lease had passed to another worker", outcome.job_id, outcome.status
-                )
 
     # -- heartbeats and housekeeping ------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
@@ -772,7 +660,7 @@ class Worker:
         """Every lease this worker must keep (job id → token): the jobs running, those whose thread
         returned but whose outcome is not decided yet, those whose outcome is not recorded yet, and
         those a pool thread leased for the loop to start. Safe from another thread (copies first)."""
-        leases = {**self._leased_off_loop, **self._unrecorded}
+        leases = {**self._leased_off_loop, **self._outbox.owed()}
         for running, _, _ in list(self._returned):
             leases[running.lease.job.id] = running.lease.token
         for job_id, running in list(self.running.items()):
