@@ -57,7 +57,7 @@ def test_outcome_sent_again_after_a_lost_reply__refused__not_called_a_lost_lease
     backend = ReplyLostOnce(url)
     worker = Worker(app, backend=backend, burst=True, scheduler=False)
 
-    with caplog.at_level(logging.INFO, logger="conveyor.worker.outbox"):
+    with caplog.at_level(logging.INFO, logger="conveyor.worker.reporter"):
         assert asyncio.run(asyncio.wait_for(worker.run(), 30)) == 0
 
     assert backend.lost

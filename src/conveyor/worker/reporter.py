@@ -1,4 +1,4 @@
-"""The worker's outbox: it sends the outcomes and progress of the worker's jobs to the engine.
+"""The worker's reporter: it sends the outcomes and progress of the worker's jobs to the engine.
 
 Outcomes go in batches: with the worker's next claim (``take``, then ``recorded`` or
 ``send_again``), or from the flush loop (``flush_loop``), one batch on its way at a time.
@@ -27,7 +27,7 @@ from conveyor.core.errors import BackendUnavailable
 log = logging.getLogger(__name__)
 
 
-class Outbox:
+class Reporter:
     """The outcomes and progress a worker has yet to record, and their sending."""
 
     def __init__(self, worker_id: str) -> None:
@@ -194,4 +194,4 @@ class Outbox:
                       "once their leases run out", self._worker_id, len(self._outcomes), self._failure or "no answer")
 
 
-__all__ = ["Outbox"]
+__all__ = ["Reporter"]
