@@ -172,7 +172,7 @@ class Worker:
         self.started_at = time.time()
         self.running: dict[str, Running] = {}
         self.exit_code = 0
-        self._reporter = Reporter(self.id)
+        self._reporting = Reporter(self.id)
         #: sync jobs whose thread returned, their outcome not yet decided (``_decide_returned``)
         self._returned: list[tuple[Running, Any, BaseException | None]] = []
         self._deciding = False
@@ -237,7 +237,7 @@ class Worker:
             helpers = [
                 asyncio.create_task(c)
                 for c in (
-                    self._reporter.flush_loop(backend), self._heartbeat_loop(), self._housekeeping_loop(),
+                    self._reporting.flush_loop(backend), self._heartbeat_loop(), self._housekeeping_loop(),
                     self._webhook_loop(),
                 )
             ]
@@ -253,7 +253,7 @@ class Worker:
                 await self._drain()
             finally:
                 self._closing = True
-                self._reporter.close()
+                self._reporting.close()
                 await cancel_within(helpers, SHUTDOWN_BOUND)
                 if keeper is not None:
                     keeper.stop()
@@ -291,11 +291,11 @@ class Worker:
         self._count()
         try:
             async with asyncio.timeout(SHUTDOWN_BOUND):
-                await self._reporter.send_rest(backend)  # again and again, until the bound
+                await self._reporting.send_rest(backend)  # again and again, until the bound
                 with contextlib.suppress(BackendUnavailable):
                     await backend.unregister_worker(self.id)
         except TimeoutError:
-            self._reporter.log_unsent()
+            self._reporting.log_unsent()
 
     async def _register(self, backend: Backend) -> bool:
         """Apply the queue settings and announce this worker; False if stopped first.
@@ -350,7 +350,7 @@ class Worker:
             drained = False
             if len(leases) < free:
                 if self.burst and not leases and not self.running:
-                    if not self._reporter.waiting() and not self._returned and not await self._swept_back():
+                    if not self._reporting.waiting() and not self._returned and not await self._swept_back():
                         self.stop()
                     else:
                         await asyncio.sleep(0)  # the flush in flight lands (a SQLite claim never yields)
@@ -366,15 +366,15 @@ class Worker:
         """
         backend = self._backend
         assert backend is not None
-        batch = self._reporter.take()
+        batch = self._reporting.take()
         if not batch:
             return await backend.claim(self.queues, free, self.id, time.time())
         try:
             applied, leases = await backend.finish_and_claim(batch, self.queues, free, self.id, time.time())
         except BaseException:
-            self._reporter.send_again(batch)
+            self._reporting.send_again(batch)
             raise
-        self._reporter.recorded(batch, applied)
+        self._reporting.recorded(batch, applied)
         return leases
 
     async def _swept_back(self) -> bool:
@@ -440,7 +440,7 @@ class Worker:
             log.warning("job %s: its claim's reply came %.1f s late (the event loop was blocked, or the network "
                         "held the reply up); handed back rather than run it after its lease may have passed on",
                         job.id, late)
-            self._reporter.add(rules.handed_back(job, lease.token))
+            self._reporting.add(rules.handed_back(job, lease.token))
         return held
 
     # -- running --------------------------------------------------------------------------
@@ -594,7 +594,7 @@ class Worker:
         reported = self._reported.pop((running.lease.job.id, running.lease.token), None)
         if outcome is not None:
             self._uncounted_ends.append((running.lease.job, outcome.status, time.monotonic() - running.started))
-            self._reporter.add(outcome, reported)  # its last progress is sent ahead of it
+            self._reporting.add(outcome, reported)  # its last progress is sent ahead of it
 
     def _abandon(self, job_id: str, outcome: Outcome | None) -> None:
         """Stop a job now: cancelled, lease lost, or handed back on shutdown."""
@@ -618,7 +618,7 @@ class Worker:
         running = self.running.get(job_id)
         # a job that a pool thread leased and started itself reports before the loop registers it
         if (running is not None and running.lease.token == token) or self._leased_off_loop.get(job_id) == token:
-            self._reporter.progress(job_id, token, reported)
+            self._reporting.progress(job_id, token, reported)
         elif any(r.lease.job.id == job_id and r.lease.token == token for r, _, _ in self._returned):
             self._reported.setdefault((job_id, token), reported)  # returned, outcome not decided yet: it takes it
 
@@ -660,7 +660,7 @@ class Worker:
         """Every lease this worker must keep (job id → token): the jobs running, those whose thread
         returned but whose outcome is not decided yet, those whose outcome is not recorded yet, and
         those a pool thread leased for the loop to start. Safe from another thread (copies first)."""
-        leases = {**self._leased_off_loop, **self._reporter.owed()}
+        leases = {**self._leased_off_loop, **self._reporting.owed()}
         for running, _, _ in list(self._returned):
             leases[running.lease.job.id] = running.lease.token
         for job_id, running in list(self.running.items()):
