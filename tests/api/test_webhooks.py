@@ -81,7 +81,7 @@ def test_webhooks__a_broken_url_and_a_slow_endpoint__hold_up_no_other_delivery(
     receiver = Receiver()
     base = f"http://127.0.0.1:{receiver.port}"
     with monkeypatch.context() as m:  # a record stored before enqueue refused such URLs
-        m.setattr("conveyor.core.app._check_webhook", lambda url: url)
+        m.setattr("conveyor.core.checks.check_webhook", lambda url: url)
         broken = server.app.enqueue("add", (1, 1), webhook=f"{base}/broken\t").id
     slow = server.http.post("/v1/jobs", json={"task": "add", "args": [1, 2], "webhook": f"{base}/slow"}).json()["id"]
     wait_for(lambda: server.app.get_job(slow), timeout=5)

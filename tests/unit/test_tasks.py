@@ -10,7 +10,7 @@ import pydantic
 import pytest
 
 from conveyor import Context, Conveyor
-from conveyor.core.app import order_by_dependencies
+from conveyor.core.checks import order_by_dependencies
 from conveyor.core.errors import InvalidArguments, RegistrationError, UnknownTask, ValidationError
 from conveyor.core.ids import is_uuid, uuid7
 from conveyor.core.job import Status

@@ -16,7 +16,7 @@ from conveyor.api.deps import ApiState, no_query, state
 from conveyor.api.models import JobBatch, JobList, JobOut, SubmitBatch, SubmitJob
 from conveyor.api.problems import MISSING_BODY, responses, summary
 from conveyor.backends.base import JobQuery
-from conveyor.core.app import order_by_dependencies
+from conveyor.core.checks import order_by_dependencies
 from conveyor.core.errors import (
     InvalidTransition,
     JobNotFound,

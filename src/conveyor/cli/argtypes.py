@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from conveyor.core.app import check_queue_name
+from conveyor.core.checks import check_queue_name
 from conveyor.core.errors import ValidationError
 
 

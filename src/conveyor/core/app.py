@@ -5,19 +5,18 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import math
 import os
-import re
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from conveyor.backends import create_backend, resolve_url
+from conveyor.core import checks
 from conveyor.core.errors import (
     ConfigurationError,
     InvalidArguments,
@@ -26,22 +25,11 @@ from conveyor.core.errors import (
     ValidationError,
 )
 from conveyor.core.handle import JobHandle
-from conveyor.core.idempotency import is_valid_key
 from conveyor.core.ids import job_id_of, uuid7
 from conveyor.core.job import Job, Status
 from conveyor.core.portal import Portal
-from conveyor.core.queues import QUEUE_NAME_RULE, QueueSettings, is_queue_name
+from conveyor.core.queues import QueueSettings
 from conveyor.core.task import Task, TaskOptions
-from conveyor.serialization import (
-    NUL_REFUSED,
-    SURROGATE_REFUSED,
-    dumps,
-    from_rfc3339,
-    holds_lone_surrogate,
-    holds_nul,
-    keys_are_text,
-    not_json,
-)
 
 if TYPE_CHECKING:
     from conveyor.backends.base import Backend
@@ -137,7 +125,7 @@ class Conveyor:
                 backoff_cap=backoff_cap,
             )
             options.check(f"task {task_name!r}")
-            check_queue_name(queue)
+            checks.check_queue_name(queue)
             if task_name in self.tasks:
                 raise RegistrationError(f"a task named {task_name!r} is already registered")
             limits = {"concurrency_limit": concurrency_limit, "rate_limit": rate_limit, "limit_key": limit_key}
@@ -157,7 +145,7 @@ class Conveyor:
         result_ttl: float | None = None,
     ) -> None:
         """Declare a queue's settings (seconds); applied whenever a worker or server starts."""
-        check_queue_name(name)
+        checks.check_queue_name(name)
         given = {
             "retention": retention,
             "visibility_timeout": visibility_timeout,
@@ -327,13 +315,13 @@ class Conveyor:
         if blocking is None or blocking.enqueue_blocking is None:
             return self.portal.call(self.enqueue_many_async(submissions))
         jobs = self._build_jobs(submissions)
-        ordered = order_by_dependencies(jobs)
+        ordered = checks.order_by_dependencies(jobs)
         return self._handles(jobs, ordered, blocking.enqueue_blocking(ordered))
 
     async def enqueue_many_async(self, submissions: Sequence[Submission]) -> list[JobHandle]:
         """Submit many jobs atomically in one round trip."""
         jobs = self._build_jobs(submissions)
-        ordered = order_by_dependencies(jobs)
+        ordered = checks.order_by_dependencies(jobs)
         return self._handles(jobs, ordered, await (await self.backend()).enqueue(ordered))
 
     def _build_jobs(self, submissions: Sequence[Submission]) -> list[Job]:
@@ -410,21 +398,21 @@ class Conveyor:
             raise InvalidArguments("kwargs must be an object", [{"pointer": "#/kwargs", "detail": "must be an object"}])
         task.validate(args, kwargs)
         o = task.options
-        scheduled_at = _when(delay, eta, now)
+        scheduled_at = checks.when(delay, eta, now)
         job = Job(
             id=_id or uuid7(),
             task=task.name,
-            queue=check_queue_name(queue if queue is not None else o.queue),
+            queue=checks.check_queue_name(queue if queue is not None else o.queue),
             status=Status.SCHEDULED if scheduled_at is not None and scheduled_at > now else Status.QUEUED,
             args=list(args),
             kwargs=dict(kwargs),
-            priority=_check_int("priority", o.priority if priority is None else priority, 0, 9),
-            max_retries=_check_int("max_retries", o.max_retries if max_retries is None else max_retries, 0, 1000),
-            timeout=_check_timeout(o.timeout if timeout is None else timeout),
-            depends_on=_dependency_ids(depends_on.values() if isinstance(depends_on, Mapping) else depends_on),
-            idempotency_key=_check_key(key),
-            metadata=_with_parent_names(_check_metadata(metadata), depends_on),
-            webhook=_check_webhook(webhook),
+            priority=checks.check_int("priority", o.priority if priority is None else priority, 0, 9),
+            max_retries=checks.check_int("max_retries", o.max_retries if max_retries is None else max_retries, 0, 1000),
+            timeout=checks.check_timeout(o.timeout if timeout is None else timeout),
+            depends_on=checks.dependency_ids(depends_on.values() if isinstance(depends_on, Mapping) else depends_on),
+            idempotency_key=checks.check_key(key),
+            metadata=checks.with_parent_names(checks.check_metadata(metadata), depends_on),
+            webhook=checks.check_webhook(webhook),
             created_at=now,
             scheduled_at=scheduled_at,
             updated_at=now,
@@ -446,92 +434,6 @@ class Conveyor:
 
     async def cancel_async(self, job_id: str) -> Job | None:
         return await (await self.backend()).cancel(job_id, time.time())
-
-
-def order_by_dependencies(jobs: Sequence[Job]) -> list[Job]:
-    """Parents before children within one batch; a cycle is refused."""
-    by_id = {j.id: j for j in jobs}
-    done: set[str] = set()
-    visiting: set[str] = set()
-    out: list[Job] = []
-
-    def visit(job: Job) -> None:
-        if job.id in done:
-            return
-        if job.id in visiting:
-            raise ValidationError(
-                "depends_on forms a cycle", [{"pointer": "#/depends_on", "detail": f"cycle through job {job.id}"}]
-            )
-        visiting.add(job.id)
-        for parent in job.depends_on:
-            if parent in by_id:
-                visit(by_id[parent])
-        visiting.discard(job.id)
-        done.add(job.id)
-        out.append(job)
-
-    for job in jobs:
-        visit(job)
-    return out
-
-
-#: The furthest ahead a job may be held (``delay``, ``eta``): the longest queue retention, 14 days.
-MAX_DELAY = 14 * 86400
-
-
-_OFFSET = re.compile(r"(?:[zZ]|[+-]\d\d:?\d\d)$")
-
-
-def _when(delay: float | None, eta: datetime | float | str | None, now: float) -> float | None:
-    if delay is not None and eta is not None:
-        raise _invalid("#/eta", "give delay or eta, not both", "delay and eta both given")
-    if delay is not None:
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= MAX_DELAY:
-            raise _invalid(
-                "#/delay",
-                "delay must be a number of seconds from 0 to 1209600 (14 days)",
-                "must be 0 to 1209600 seconds",
-            )
-        return now + delay if delay > 0 else None
-    if eta is None:
-        return None
-    try:
-        if isinstance(eta, datetime):
-            when = eta.timestamp()  # a naive datetime is local time, as Python reads it everywhere
-        elif isinstance(eta, str):
-            if not _OFFSET.search(eta.strip()):  # RFC 3339 requires one; guessing UTC moved jobs by hours
-                raise _invalid("#/eta", "eta must be an RFC 3339 time with its UTC offset (Z or +hh:mm)",
-                               "no UTC offset")
-            when = from_rfc3339(eta)
-        elif isinstance(eta, int | float) and not isinstance(eta, bool):
-            when = float(eta)
-        else:
-            raise TypeError
-    except (TypeError, ValueError, OverflowError):
-        raise _invalid("#/eta", "eta must be an RFC 3339 time", "not an RFC 3339 time") from None
-    if not math.isfinite(when) or when > now + MAX_DELAY:  # as far ahead as a delay may reach
-        raise _invalid("#/eta", "eta must be a time at most 14 days from now", "more than 14 days ahead")
-    return when if when > now else None
-
-
-def _check_int(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _invalid(
-            f"#/{name}", f"{name} must be an integer from {low} to {high}", f"must be an integer from {low} to {high}"
-        )
-    return value
-
-
-def _check_timeout(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 7 * 86400:
-        raise _invalid(
-            "#/timeout",
-            "timeout must be a positive number of seconds (at most 7 days)",
-            "must be > 0 and ≤ 604800 seconds",
-        )
-    return float(value)
 
 
 #: every app of this process, and what a forked child inherited from its parent: kept
@@ -557,97 +459,3 @@ def _close_apps_at_exit() -> None:
     for app in list(_APPS):
         with contextlib.suppress(Exception):
             app.close()
-
-def check_queue_name(name: Any) -> str:
-    if not is_queue_name(name):
-        raise _invalid("#/queue", QUEUE_NAME_RULE, "invalid queue name")
-    return str(name)
-
-
-def _check_key(key: Any) -> str | None:
-    if key is None:
-        return None
-    if not isinstance(key, str) or not is_valid_key(key):  # one rule, as HTTP's header takes it
-        raise _invalid("#/key", "an idempotency key is 1–255 printable ASCII characters",
-                       "1–255 printable ASCII characters")
-    return key
-
-
-def _check_metadata(metadata: Any) -> dict[str, Any]:
-    if metadata is None:
-        return {}
-    try:
-        text = dumps(metadata) if isinstance(metadata, Mapping) else ""
-        if len(text) > 64 * 1024 or not text or not keys_are_text(dict(metadata)):
-            raise TypeError
-    except (TypeError, ValueError, RecursionError):
-        with contextlib.suppress(RecursionError):
-            found = not_json(dict(metadata), "#/metadata") if isinstance(metadata, Mapping) else None
-            if found is not None:
-                pointer, why = found
-                raise _invalid(pointer, f"metadata{pointer[len('#/metadata'):]}: {why}", why) from None
-        raise _invalid(
-            "#/metadata", "metadata must be a JSON object of at most 64 KiB", "must be a JSON object ≤ 64 KiB"
-        ) from None
-    if "\\u0000" in text and holds_nul(metadata):
-        raise _invalid("#/metadata", f"metadata: {NUL_REFUSED}", NUL_REFUSED)
-    if not text.isascii() and holds_lone_surrogate(metadata):
-        raise _invalid("#/metadata", f"metadata: {SURROGATE_REFUSED}", SURROGATE_REFUSED)
-    return dict(metadata)
-
-
-def _check_webhook(url: Any) -> str | None:
-    if url is None:
-        return None
-    if isinstance(url, str) and any(c <= " " or c == "\x7f" for c in url):
-        # urlsplit silently drops tabs and newlines, which the HTTP client then refuses to send
-        raise _invalid("#/webhook", "webhook must be an http(s) URL", "spaces and control characters are not allowed")
-    try:
-        parts = urlsplit(url) if isinstance(url, str) else None
-        hostname = parts.hostname if parts is not None else None  # parses the host: "[::1" raises
-        _ = parts.port if parts is not None else None  # and the port: ":99999" raises
-    except ValueError:
-        parts = hostname = None
-    if parts is None or parts.scheme not in ("http", "https") or not hostname or len(url) > 2048:
-        raise _invalid("#/webhook", "webhook must be an http(s) URL", "not an http(s) URL")
-    if not hostname.isascii():  # the sender's IDNA 2008 would refuse some such names only when sending
-        raise _invalid("#/webhook", "webhook must be an http(s) URL", "give a non-ASCII host in its xn-- form")
-    allowed = [h.strip().lower() for h in os.environ.get("CONVEYOR_WEBHOOK_ALLOWED_HOSTS", "").split(",") if h.strip()]
-    if allowed and hostname.lower() not in allowed:
-        raise _invalid(
-            "#/webhook", f"webhook host {hostname!r} is not in CONVEYOR_WEBHOOK_ALLOWED_HOSTS", "host not allowed"
-        )
-    return str(url)
-
-
-#: Metadata key recording the names given to parents (``depends_on={"video": job}``).
-PARENT_NAMES = "conveyor.parents"
-
-
-def _with_parent_names(metadata: dict[str, Any], depends_on: Any) -> dict[str, Any]:
-    """Remember ``depends_on={"name": job}`` names, so the child reads parents' results by name."""
-    if not isinstance(depends_on, Mapping):
-        return metadata
-    if not all(isinstance(k, str) and k for k in depends_on):
-        raise _invalid("#/depends_on", "depends_on names must be non-empty strings", "names must be strings")
-    return {**metadata, PARENT_NAMES: {name: getattr(job, "id", job) for name, job in depends_on.items()}}
-
-
-def _dependency_ids(depends_on: Iterable[Any] | None) -> list[str]:
-    if depends_on is None:
-        return []
-    if isinstance(depends_on, str) or not isinstance(depends_on, Iterable):
-        raise _invalid("#/depends_on", "depends_on must be a list of job ids", "must be a list of job ids")
-    ids: list[str] = []
-    for i, item in enumerate(depends_on):
-        value = job_id_of(getattr(item, "id", item))
-        if value is None:
-            raise _invalid(f"#/depends_on/{i}", f"depends_on[{i}] is not a job id", "not a job id")
-        if value not in ids:
-            ids.append(value)
-    return ids
-
-
-def _invalid(pointer: str, message: str, detail: str) -> ValidationError:
-    """A ``ValidationError`` pointing into the submission (JSON Pointer, as RFC 9457 shows)."""
-    return ValidationError(message, [{"pointer": pointer, "detail": detail}])

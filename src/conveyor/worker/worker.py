@@ -26,7 +26,8 @@ from conveyor import metrics
 from conveyor.backends import create_backend
 from conveyor.backends.base import Backend, HeartbeatReply, Lease, Outcome, WorkerInfo
 from conveyor.core import rules
-from conveyor.core.app import PARENT_NAMES, Conveyor
+from conveyor.core.app import Conveyor
+from conveyor.core.checks import PARENT_NAMES
 from conveyor.core.context import Context
 from conveyor.core.errors import BackendUnavailable, ConfigurationError
 from conveyor.core.job import Job, Status
