@@ -269,11 +269,15 @@ async def _too_late(app: Conveyor, e: _Entry, now: float) -> bool:
     elif late > (ttl := await result_ttl(app, s)):
         why = f"its queue's result_ttl is {ttl:g} s"
     if why:
-        stamp = datetime.fromtimestamp(tick, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         # at start-up a stale tick is routine; one the engine's outage cost is news
         log.log(logging.WARNING if e.retry_at else logging.INFO,
-                "schedule %s: tick %s skipped: %.0f s late and %s", s.task, stamp, late, why)
+                "schedule %s: tick %s not run: %.0f s late and %s; next tick %s",
+                s.task, _stamp(tick), late, why, _stamp(next_tick(s, now)))
     return why is not None
+
+
+def _stamp(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _unexpected(e: _Entry, what: str, always: bool = False) -> None:

@@ -125,6 +125,22 @@ def test_catch_up__the_last_missed_tick_runs_once_older_ones_are_skipped(app):
     assert jobs[0].metadata["tick"] == previous_tick(app.schedules[0], time.time())
 
 
+def test_catch_up__a_tick_too_old_to_run__the_log_says_when_the_next_one_is(app, caplog):
+    """At a first start the daily tick of this morning is routinely past catching up: saying only
+    "skipped" left users wondering whether the schedule would ever run."""
+    hour = (datetime.now(ZoneInfo("UTC")).hour - 2) % 24  # today's tick is 2 to 3 hours old
+
+    @app.periodic(f"0 {hour} * * *", tz="UTC", catch_up=60)
+    def daily(ctx: Context) -> None: ...
+
+    now = time.time()
+    with caplog.at_level("INFO", logger="conveyor.scheduler"):
+        asyncio.run(_run_schedulers(app, 1, 0.2))
+    [said] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("schedule daily:")]
+    upcoming = datetime.fromtimestamp(next_tick(app.schedules[0], now), ZoneInfo("UTC")).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert "not run" in said and "catch_up is 60 s" in said and f"next tick {upcoming}" in said, said
+
+
 # -- a schedule that cannot fire is refused at registration, never at the scheduler ------------
 @pytest.mark.parametrize(
     ("cron", "options", "message"),
