@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import signal
 import subprocess
 import sys
@@ -407,10 +408,11 @@ def test_enqueue_blocking__threads_at_once_through_a_cut__each_call_ends_and_non
                 direct.delete(key)
 
 
-def test_silent_redis__a_stalled_worker_exits_70_within_its_bounds() -> None:
+def test_silent_redis__a_stalled_worker_exits_70_within_its_bounds(caplog: pytest.LogCaptureFixture) -> None:
     """The claim loop waits on a Redis that went silent (no reset, no answer: keepalives cannot
     tell): the watchdog sees the stall and the worker exits 70 instead of living on (it logged
-    the exit and stayed, before the shutdown was bounded)."""
+    the exit and stayed, before the shutdown was bounded). It sees it on time: the check ran
+    after each heartbeat, which waits up to 10 s on a silent engine."""
     namespace = f"cvfault_{uuid.uuid4().hex[:12]}"
     direct = make_client(engine_url("redis", "127.0.0.1", 6379, namespace))
     with TcpProxy("127.0.0.1", 6379) as proxy:
@@ -426,12 +428,15 @@ def test_silent_redis__a_stalled_worker_exits_70_within_its_bounds() -> None:
         try:
             thread.start()
             wait_for(lambda: job.refresh().status is Status.RUNNING, what="the job to start")
-            proxy.freeze()  # its outcome and the next claim go out, and nothing comes back
-            frozen = time.monotonic()
-            thread.join(2.0 + 4 * SHUTDOWN_BOUND + 15)
+            with caplog.at_level(logging.ERROR, logger="conveyor.worker.worker"):
+                proxy.freeze()  # its outcome and the next claim go out, and nothing comes back
+                frozen, frozen_at = time.monotonic(), time.time()
+                thread.join(2.0 + 4 * SHUTDOWN_BOUND + 15)
             assert not thread.is_alive(), "the stalled worker did not exit"
             assert result["code"] == EXIT_STALLED
             assert time.monotonic() - frozen < 2.0 + 4 * SHUTDOWN_BOUND + 10
+            [said] = [r for r in caplog.records if "claim loop stalled" in r.getMessage()]
+            assert said.created - frozen_at < 2.0 + 1.5, "the stall was noticed late"
         finally:
             proxy.thaw()
             thread.join(30)

@@ -2,7 +2,7 @@
 
 Concurrency lives in one event loop: a claim loop (claims only for free slots; no hidden
 prefetch), a flush loop (the ``Reporter`` writes outcomes and progress in batches), a heartbeat loop
-(extends leases, learns of cancels and lost leases, watches the claim loop for stalls) and
+(extends leases, learns of cancels and lost leases), a watchdog (exits when the claim loop stalls) and
 a housekeeping loop (sweeps expired leases, retention and old records; sends webhooks).
 Job state lives in the backend, never here: a worker killed at any point loses nothing.
 """
@@ -238,8 +238,8 @@ class Worker:
             helpers = [
                 asyncio.create_task(c)
                 for c in (
-                    self._reporting.flush_loop(backend), self._heartbeat_loop(), self._housekeeping_loop(),
-                    self._webhook_loop(),
+                    self._reporting.flush_loop(backend), self._heartbeat_loop(), self._watchdog_loop(),
+                    self._housekeeping_loop(), self._webhook_loop(),
                 )
             ]
             if self.scheduler:
@@ -624,14 +624,13 @@ class Worker:
             self._reported.setdefault((job_id, token), reported)  # returned, outcome not decided yet: it takes it
 
     # -- heartbeats and housekeeping ------------------------------------------------------
-    async def _heartbeat_loop(self) -> None:
-        backend = self._backend
-        assert backend is not None
+    async def _watchdog_loop(self) -> None:
+        """Exit once the claim loop stalled for ``stall_timeout``. A loop of its own: behind a
+        heartbeat that waits on a silent engine (up to 10 s) the stall was noticed that late."""
         while not self._closing:
             slept = time.monotonic()
             await asyncio.sleep(self.heartbeat_interval)
             late = time.monotonic() - slept - self.heartbeat_interval
-            self._warn_if_blocked(late)
             if late > 1.0:
                 self._loop_tick += late  # the claim loop could not run either: not a stall of its own
             if time.monotonic() - self._loop_tick > self.stall_timeout:
@@ -646,6 +645,14 @@ class Worker:
                 if self._claim_task is not None:
                     self._claim_task.cancel()  # it may be stuck inside a call that never returns
                 return
+
+    async def _heartbeat_loop(self) -> None:
+        backend = self._backend
+        assert backend is not None
+        while not self._closing:
+            slept = time.monotonic()
+            await asyncio.sleep(self.heartbeat_interval)
+            self._warn_if_blocked(time.monotonic() - slept - self.heartbeat_interval)
             self._count()  # those not counted during claims (long jobs, an idle worker)
             leases = self.owed_leases()
             try:
