@@ -154,10 +154,15 @@ def describe(schedule: Schedule, now: float) -> dict[str, object]:
     return item
 
 
+def _stamp(t: float) -> str:
+    """A tick in UTC to the second, as keys and the log show it."""
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def tick_key(schedule: Schedule, tick: float) -> str:
     """The tick's idempotency key: printable ASCII of at most 255 characters, as every key is
     (a task named in other letters is written with escapes; a very long name by its hash)."""
-    stamp = datetime.fromtimestamp(tick, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = _stamp(tick)
     task = schedule.task
     if not (task.isascii() and task.isprintable()):
         task = task.encode("unicode_escape").decode("ascii")
@@ -275,9 +280,6 @@ async def _too_late(app: Conveyor, e: _Entry, now: float) -> bool:
                 s.task, _stamp(tick), late, why, _stamp(next_tick(s, now)))
     return why is not None
 
-
-def _stamp(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _unexpected(e: _Entry, what: str, always: bool = False) -> None:
