@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -131,6 +132,7 @@ import contextlib
 import os
 import pathlib
 import time
+import uuid
 
 from conveyor import Conveyor
 
@@ -227,3 +229,36 @@ def test_silent_redis__commands_exit_1_server_serves_503_and_stops(cli: Cli) -> 
         assert server.wait(timeout=15) == 0
     finally:
         silent.close()
+
+
+@pytest.mark.slow
+def test_silent_rabbitmq_then_a_missing_vhost__server_serves_then_exits_2_saying_so(cli: Cli, tmp_path: Path) -> None:
+    """An engine silent at start is served (/readyz says 503) after a second's probe, not its 5 s
+    connect timeout; when it then answers with a configuration error, the server stops as a start
+    that found it would: one line, exit 2 (it went on serving 500s before)."""
+    from tests.e2e.tcp_proxy import TcpProxy
+
+    vhost = f"cli_missing_{uuid.uuid4().hex[:8]}"
+    with TcpProxy("127.0.0.1", 5672) as proxy:
+        proxy.freeze()
+        env = {**cli.env(), "CONVEYOR_URL": f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}",
+               "CONVEYOR_STORE_URL": f"sqlite:///{tmp_path}/store.db"}
+        port = free_port()
+        started = time.monotonic()
+        server = _start_server(cli, port, env)
+        while True:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            assert server.poll() is None, (cli.tmp_path / "server.log").read_text()
+            assert time.monotonic() - started < 5.5, "not serving yet: the start waited on the silent engine"
+            time.sleep(0.05)
+        proxy.thaw()
+        code = server.wait(timeout=20)
+    log = (cli.tmp_path / "server.log").read_text()
+    assert code == 2, log
+    assert log.splitlines()[-1] == (
+        f"conveyor: error: RabbitMQ at 127.0.0.1:{proxy.port} refused virtual host {vhost!r}: it does not exist, "
+        "or this user may not use it (rabbitmqctl list_vhosts, list_permissions)"
+    ), log
+    assert "Traceback" not in log, log

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -25,7 +25,7 @@ from conveyor.api.events import KEEPALIVE
 from conveyor.api.head import HeadMiddleware
 from conveyor.api.limits import ANSWER_WITHIN, AnswerWithinMiddleware, BodyLimitMiddleware
 from conveyor.core.app import Conveyor
-from conveyor.core.errors import BackendUnavailable
+from conveyor.core.errors import BackendUnavailable, ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,13 @@ def create_api(
     housekeeping: bool = True,
     keepalive: float = KEEPALIVE,
     answer_within: float = ANSWER_WITHIN,
+    on_fatal: Callable[[BaseException], None] | None = None,
 ) -> FastAPI:
     """The API of ``app``. ``tokens``: parsed tokens or ``CONVEYOR_API_TOKENS`` text (None: that
-    variable; empty: no auth). ``housekeeping``: sweep expired leases and old records every ~1 s."""
+    variable; empty: no auth). ``housekeeping``: sweep expired leases and old records every ~1 s.
+    ``on_fatal``: called with an error other than an outage (a configuration error the engine
+    revealed) from applying the queue settings, to stop the server; None: a start fails with it,
+    later it is only logged."""
     token_list = tokens_from_env() if tokens is None else parse_tokens(tokens) if isinstance(tokens, str) else tokens
     st = ApiState(app, keepalive=keepalive)
 
@@ -58,10 +62,12 @@ def create_api(
         said_down = loop.create_task(down.wait())
         await asyncio.wait([settings, said_down], timeout=SETTINGS_WAIT, return_when=asyncio.FIRST_COMPLETED)
         said_down.cancel()
-        if settings.done():
+        if settings.done() and on_fatal is None:
             settings.result()  # an error other than an outage (a configuration error): no start
-        else:  # the engine is down or silent: serve (/readyz says 503); the settings follow once it answers
-            settings.add_done_callback(_said_if_failed)
+        else:
+            # the engine is down or silent: serve (/readyz says 503) and apply the settings once it
+            # answers; an error other than an outage then stops the server (on_fatal), as at a start
+            settings.add_done_callback(lambda task: _fatal_if_failed(task, on_fatal))
         sweeper = loop.create_task(_sweep_forever(st)) if housekeeping else None
         try:
             yield
@@ -110,9 +116,14 @@ async def _apply_settings(app: Conveyor, st: ApiState, down: asyncio.Event) -> N
             return
 
 
-def _said_if_failed(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("applying the queue settings failed", exc_info=task.exception())
+def _fatal_if_failed(task: asyncio.Task[None], on_fatal: Callable[[BaseException], None] | None) -> None:
+    error = None if task.cancelled() else task.exception()
+    if error is None:
+        return
+    if on_fatal is None:
+        log.error("applying the queue settings failed", exc_info=error)
+    else:
+        on_fatal(error)
 
 
 async def _sweep_forever(st: ApiState) -> None:
@@ -125,6 +136,8 @@ async def _sweep_forever(st: ApiState) -> None:
                 log.info("housekeeping: %s", report)
         except BackendUnavailable as exc:
             log.warning("housekeeping failed: %s", exc)
+        except ConfigurationError as exc:  # said in a line; the settings' task stops the server (on_fatal)
+            log.error("housekeeping failed: %s", exc)
         except Exception:
             log.exception("housekeeping failed")
 

@@ -9,6 +9,7 @@ import ipaddress
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Awaitable, Iterator
 from types import FrameType
 from typing import NoReturn
@@ -105,15 +106,34 @@ def _exit_0(signum: int, frame: FrameType | None) -> NoReturn:
     raise Stopped
 
 
-def check_engine(url: str) -> None:
+def check_engine(url: str, within: float | None = None) -> None:
     """Open the engine once and ping it: ``BackendUnavailable`` (one line, exit 1) here rather
-    than workers that exit 1 and are restarted forever."""
+    than workers that exit 1 and are restarted forever. ``within``: seconds to wait at most (else
+    the engine's own connect timeout, 5 s), then ``TimeoutError``."""
 
     async def probe() -> None:
         async with open_backend(url) as backend:
             await backend.ping()
 
-    asyncio.run(probe())
+    # in a thread of its own: a cancelled connect may linger in the engine client's tasks (aiormq's
+    # on a silent RabbitMQ), which asyncio.run would wait for; a late probe ends by itself
+    said: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(probe())
+        except BaseException as exc:  # re-raised below, unless too late to matter
+            said.append(exc)
+        else:
+            said.append(None)
+
+    probing = threading.Thread(target=run, name="conveyor-engine-probe", daemon=True)
+    probing.start()
+    probing.join(within)
+    if not said:
+        raise TimeoutError(f"the engine did not answer within {within} s")
+    if said[0] is not None:
+        raise said[0]
 
 
 def server(args: argparse.Namespace) -> int:
@@ -121,18 +141,25 @@ def server(args: argparse.Namespace) -> int:
     stop_before_start(signal.SIGINT, signal.SIGTERM)  # uvicorn's own handlers replace these
     import uvicorn
 
-    from conveyor.api import create_api
+    from conveyor.api import SETTINGS_WAIT, create_api
     from conveyor.api.auth import tokens_from_env
 
     app = load(args)
-    with contextlib.suppress(BackendUnavailable):  # a down engine is served: /readyz says 503 until it answers
-        check_engine(app.url)  # a configuration error that only connecting reveals (a missing vhost): exit 2
+    # a down or silent engine is served (/readyz says 503 until it answers), after at most a second
+    with contextlib.suppress(BackendUnavailable, TimeoutError):
+        check_engine(app.url, within=SETTINGS_WAIT)  # a configuration error that only connecting reveals: exit 2
     tokens = tokens_from_env()
     check_exposure(args.host, args.insecure, bool(tokens))
     if cannot_listen("server", args.host, args.port):
         return 1
     configure_logging(args.log_level)
-    api = create_api(app, tokens=tokens, max_body=args.max_body)
+    fatal: list[BaseException] = []
+
+    def stop_on(error: BaseException) -> None:  # the engine answered at last, with a configuration error
+        fatal.append(error)
+        srv.stop()
+
+    api = create_api(app, tokens=tokens, max_body=args.max_body, on_fatal=stop_on)
     stopping = asyncio.Event()
     config = uvicorn.Config(EndStreamsOnStop(api, stopping), host=args.host, port=args.port,
                             log_level=args.log_level.lower(), lifespan="on", proxy_headers=False,
@@ -146,6 +173,8 @@ def server(args: argparse.Namespace) -> int:
         # uvicorn could not start after all, e.g. the port was taken meanwhile (it logged why)
         print("conveyor server: error: the server did not start (see the log above)", file=sys.stderr)
         return 1
+    if fatal:
+        raise fatal[0]  # one line and its exit code, as a start that found it (2 for a configuration error)
     return 0 if srv.started else 1
 
 
@@ -260,3 +289,7 @@ class _Server:
 
     def run(self) -> None:
         self.server.run()
+
+    def stop(self) -> None:
+        """Shut down as on SIGTERM (call on the server's loop)."""
+        self.server.should_exit = True
