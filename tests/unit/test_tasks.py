@@ -52,6 +52,24 @@ def test_registration__reserved_parameter_names_are_refused(app, reserved):
         app.task(ns["bad"])
 
 
+def test_registration__a_task_without_ctx_is_refused_not_failed_at_every_attempt(app):
+    """``def double(n: int)``: ``double.enqueue()`` was accepted, and each attempt failed on the
+    Context given as ``n``."""
+    with pytest.raises(RegistrationError, match=r"'double': the first parameter must be the Context \(ctx\), "
+                                                r"not 'n' annotated int"):
+        @app.task
+        def double(n: int) -> int:
+            return n * 2
+
+    @app.task  # unannotated, Any, object, Context or a union with it: all may take the Context
+    def loose(ctx, n: int) -> None: ...  # type: ignore[no-untyped-def]
+
+    @app.task
+    def optional(ctx: Context | None, n: int) -> None: ...
+
+    assert {"loose", "optional"} <= set(app.tasks)
+
+
 @pytest.mark.parametrize("options", [
     {"priority": True}, {"priority": 10}, {"max_retries": 5000}, {"max_retries": 1.0}, {"timeout": float("inf")},
     {"timeout": 30 * 86400}, {"timeout": "5"}, {"timeout": 0}, {"backoff": -1}, {"backoff": 10, "backoff_cap": 5},

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hin
 
 import pydantic
 
+from conveyor.core.context import Context
 from conveyor.core.errors import InvalidArguments, RegistrationError, ValidationError
 from conveyor.core.limits import Limits
 from conveyor.serialization import (
@@ -260,12 +261,31 @@ def _is_plain(annotation: Any) -> bool:
     return False
 
 
+def _may_be_context(hint: Any) -> bool:
+    """Whether a parameter annotated ``hint`` can be given the Context (a type it is not, such
+    as ``int``, says the task forgot its ``ctx``)."""
+    if hint is Any or not isinstance(hint, type):
+        return True  # Any, a union, a protocol of typing's: not judged
+    try:
+        return issubclass(Context, hint)
+    except TypeError:
+        return True
+
+
 def _parameter_model(fn: Callable[..., Any], name: str) -> tuple[inspect.Signature, type[pydantic.BaseModel]]:
     """The signature without ``ctx`` and a pydantic model of its parameters."""
     signature = inspect.signature(fn)
     params = list(signature.parameters.values())
     if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
         raise RegistrationError(f"task {name!r}: the first parameter must be the Context (ctx)")
+    try:
+        hints = get_type_hints(fn)
+    except Exception as exc:
+        raise RegistrationError(f"task {name!r}: cannot resolve type hints: {exc}") from None
+    first = hints.get(params[0].name, Any)
+    if not _may_be_context(first):  # `def task(n: int)`: n would get the Context, every attempt fail
+        raise RegistrationError(f"task {name!r}: the first parameter must be the Context (ctx), "
+                                f"not {params[0].name!r} annotated {getattr(first, '__name__', first)}")
     params = params[1:]
     clash = sorted(p.name for p in params if p.name in RESERVED)
     if clash:
@@ -273,10 +293,6 @@ def _parameter_model(fn: Callable[..., Any], name: str) -> tuple[inspect.Signatu
             f"task {name!r}: parameter name(s) {', '.join(clash)} are reserved for "
             f"enqueue options ({', '.join(sorted(RESERVED))})"
         )
-    try:
-        hints = get_type_hints(fn)
-    except Exception as exc:
-        raise RegistrationError(f"task {name!r}: cannot resolve type hints: {exc}") from None
     fields: dict[str, Any] = {}
     for p in params:
         hint = hints.get(p.name, Any)
