@@ -97,15 +97,19 @@ def loads(text: str | bytes | None) -> Any:
     return None if text is None else json.loads(text)
 
 
+def epoch_ms(ts: float) -> int:
+    """Epoch seconds → epoch milliseconds, the very ones ``to_rfc3339`` shows (truncated)."""
+    seconds = math.floor(ts)
+    micros = round((ts - seconds) * 1_000_000)  # as datetime rounds: to the nearest microsecond
+    return seconds * 1000 + micros // 1000
+
+
 def to_rfc3339(ts: float | None) -> str | None:
     """Epoch seconds → ``2026-11-28T10:00:00.000Z`` (truncated to the millisecond)."""
     if ts is None:
         return None
-    seconds = math.floor(ts)
-    micros = round((ts - seconds) * 1_000_000)  # as datetime rounds: to the nearest microsecond
-    if micros == 1_000_000:
-        seconds, micros = seconds + 1, 0
-    return f"{_whole_second(seconds)}.{micros // 1000:03d}Z"
+    seconds, millis = divmod(epoch_ms(ts), 1000)
+    return f"{_whole_second(seconds)}.{millis:03d}Z"
 
 
 @functools.lru_cache(maxsize=4096)

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from conveyor.backends.base import Backend
 from conveyor.core.errors import ConfigurationError
 from conveyor.core.job import Job
-from conveyor.serialization import dumps
+from conveyor.serialization import dumps, epoch_ms
 
 if TYPE_CHECKING:
     import httpx
@@ -57,8 +57,9 @@ def payload(job: Job) -> dict[str, Any]:
 
 def message_id(job: Job) -> str:
     """``webhook-id``: the same for every attempt of one delivery, new when a retried or redriven
-    job ends again (receivers drop duplicates by it, and must not drop the new ending)."""
-    ended = f"_{round(job.finished_at * 1000)}" if job.finished_at is not None else ""
+    job ends again (receivers drop duplicates by it, and must not drop the new ending). Its
+    milliseconds are those the body's ``finished_at`` shows (truncated, not rounded)."""
+    ended = f"_{epoch_ms(job.finished_at)}" if job.finished_at is not None else ""
     return f"msg_{job.id}{ended}"
 
 

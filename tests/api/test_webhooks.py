@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 
+from conveyor.core.job import Job
+from conveyor.serialization import from_rfc3339
+from conveyor.webhooks import message_id, payload
 from tests.api.conftest import Server, WorkerThread, free_port, make_app, wait_for
 
 KEY = b"0123456789abcdef0123456789abcdef"
@@ -106,6 +109,12 @@ def test_webhooks__a_broken_url_and_a_slow_endpoint__hold_up_no_other_delivery(
     finally:
         worker.stop()
         receiver.stop()
+
+
+def test_webhook_id__finished_at_past_half_a_millisecond__same_ms_as_the_body() -> None:
+    job = Job(id="01a24d96-821f-7066-adb7-f76c034e5968", task="t", finished_at=1796673623.8639)
+    body_ms = round(from_rfc3339(payload(job)["finished_at"]) * 1000)
+    assert message_id(job) == f"msg_{job.id}_1796673623863" == f"msg_{job.id}_{body_ms}"  # it rounded up to …864
 
 
 def test_webhook__job_retried_and_ended_again__new_webhook_id(server: Server) -> None:
