@@ -90,6 +90,22 @@ def test_health_ready_metrics(server: Server, worker: WorkerThread) -> None:
     assert "conveyor_backend_up 1\n" in text
 
 
+def test_metrics__queue_gauges_cover_the_queues_the_api_lists__declared_queue_with_no_job_at_0(
+        any_engine: Server) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    any_engine.app.queue("emails")  # declared after the start: the engine has no record of it
+    listed = {q["name"] for q in any_engine.http.get("/v1/queues").json()["items"]}
+    assert "emails" in listed
+    samples = {(s.name, s.labels["queue"], s.labels.get("status")): s.value
+               for family in text_string_to_metric_families(any_engine.http.get("/metrics").text)
+               for s in family.samples if s.name in ("conveyor_queue_jobs", "conveyor_queue_paused")}
+    assert {queue for _, queue, _ in samples} == listed
+    for status in ("waiting", "scheduled", "queued", "running", "retrying", "failed"):
+        assert samples[("conveyor_queue_jobs", "emails", status)] == 0, status
+    assert samples[("conveyor_queue_paused", "emails", None)] == 0
+
+
 def test_metrics__backend_down__200_prometheus_text_with_the_counters_and_backend_up_0(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from prometheus_client.parser import text_string_to_metric_families
 

@@ -42,9 +42,10 @@ async def prometheus(st: State) -> Response:
     """Counters and timings per task and queue (of every process under ``conveyor up``), queue depth,
     and ``conveyor_backend_up``. While the backend is down: 200 all the same, with the counters,
     no depth and ``conveyor_backend_up 0`` (a failed scrape would lose every series; Prometheus
-    alerts on such a gauge)."""
+    alerts on such a gauge). The depth covers the queues ``GET /v1/queues`` lists: a queue the
+    app declares has its series (at 0) before its first job."""
     try:
-        queues = await (await st.backend()).queues()
+        queues = await (await st.backend()).queues_and(st.app.queue_names())
     except BackendUnavailable:
         return Response(metrics.render([]) + _backend_up(0), media_type=metrics.CONTENT_TYPE)
     return Response(metrics.render(queues) + _backend_up(1), media_type=metrics.CONTENT_TYPE)
