@@ -55,6 +55,10 @@ def test_url__redis_database_out_of_range__exit_2(cli: Cli) -> None:
         ("amqp://guest:s3cret@127.0.0.1:5672/?prefix=cli_typo&reconect_interval=2", "the amqp URL: unknown option "
          "'reconect_interval'"),
         ("amqp://guest:s3cret@127.0.0.1:5672/?prefix=cli_typo&heartbeat=%C2%B2", "invalid amqp heartbeat '²'"),
+        # the prefixes the docs allow, and no others (both took '/' and 'é')
+        ("redis://127.0.0.1:6379/0?prefix=bad/x", "invalid redis key prefix 'bad/x': use letters, digits"),
+        ("redis://127.0.0.1:6379/0?prefix=%C3%A9t%C3%A9", "invalid redis key prefix 'été': use letters, digits"),
+        ("amqp://guest:s3cret@127.0.0.1:5672/?prefix=a%2Fb", "invalid amqp queue prefix 'a/b': use letters, digits"),
     ],
 )
 def test_url__mistyped_option__exit_2_naming_it(cli: Cli, url: str, expected: str) -> None:

@@ -7,6 +7,7 @@ option neither this engine nor aio-pika reads, a bad prefix or heartbeat is refu
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from conveyor.core.errors import ConfigurationError
@@ -37,7 +38,7 @@ def parse_url(url: str) -> tuple[str, str]:
         else:
             raise ConfigurationError(f"the amqp URL: unknown option {key!r} (options: prefix, and aio-pika's: "
                                      f"{', '.join(CLIENT_OPTIONS)})")
-    if not prefix or len(prefix) > 100 or any(c.isspace() or c in "#*" for c in prefix):
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,100}", prefix):  # '#', '*' are routing wildcards
         raise ConfigurationError(f"invalid amqp queue prefix {prefix!r}: use letters, digits, '_', '-', '.', ':'")
     heartbeats = [value for key, value in query if key == "heartbeat"]
     if not heartbeats:

@@ -37,7 +37,7 @@ def parse_url(url: str) -> RedisURL:
             prefix = value
         else:
             rest.append((key, value))
-    if not prefix or any(c in prefix for c in "{}*?[]\\ "):
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,100}", prefix):  # ASCII: a key pattern then matches it as is
         raise ConfigurationError(f"invalid redis key prefix {prefix!r}: use letters, digits, '_', '-', '.', ':'")
     scheme = parts.scheme.lower()
     cluster = scheme.endswith("+cluster")
