@@ -338,6 +338,14 @@ def test_unreachable_api__exit_1_one_line(cli: Remote) -> None:
         assert one_error_line(result.err) == f"conveyor: error: cannot reach the API at {url}: connection refused"
 
 
+def test_api_host_that_does_not_resolve__exit_1_saying_so(cli: Remote) -> None:
+    result = cli("queues", "--api", "http://jobs.invalid")  # .invalid never resolves (RFC 2606)
+    assert result.code == 1
+    # it said "unknown error -2": os.strerror of getaddrinfo's own code
+    assert one_error_line(result.err).startswith("conveyor: error: cannot reach the API at http://jobs.invalid: ")
+    assert "unknown error" not in result.err
+
+
 def test_api_from_the_environment(cli: Remote, api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONVEYOR_API", api.url)
     result = cli("queues", "--json")
