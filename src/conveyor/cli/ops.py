@@ -403,8 +403,8 @@ def _reason(exc: BaseException) -> str:
     while seen is not None:
         if isinstance(seen, OSError) and (seen.errno or seen.strerror):
             # a name lookup's errno (-2) is getaddrinfo's, not the system's: os.strerror says "unknown error -2"
-            known = seen.errno is not None and seen.errno > 0
-            return (os.strerror(seen.errno) if known else str(seen.strerror or seen)).lower()
+            errno = seen.errno or 0
+            return (os.strerror(errno) if errno > 0 else str(seen.strerror or seen)).lower()
         seen = seen.__cause__ or seen.__context__
     text = str(exc).lower()
     if "connection attempts failed" in text or "refused" in text:
