@@ -136,3 +136,10 @@ async def test_sync_enqueue__on_a_cluster__stored_and_leased(cb: RedisBackend) -
     assert [lease.job.id for lease in await cb.claim(["default", "media"], 5, "w", time.time())] == [
         first.id, second.id]
     cb.close_blocking()
+
+
+async def test_setup_warnings__on_a_cluster__the_slots_primary_is_asked(cb: RedisBackend) -> None:
+    warnings = await cb.setup_warnings()  # the test cluster runs with appendonly no and no save points
+    assert len(warnings) == 1 and warnings[0].startswith("redis cluster at 127.0.0.1:"), warnings
+    assert warnings[0].endswith("keeps nothing on disk (appendonly no, no save points): a Redis restart loses every "
+                                "job; turn on AOF (appendonly yes)")

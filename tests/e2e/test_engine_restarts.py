@@ -17,6 +17,9 @@ which then runs again; that is counted and printed.
 RabbitMQ 3.10 may bring a quorum queue back without a leader after a crash (rabbitmq-server
 #10070): each worker's first claim then waits 5 s for the consume to time out and the store
 serves alone; the last outcomes have been seen to land 15 s after the restart (``RECOVERY``).
+
+Also here: what an engine set up to lose jobs on a restart does lose, and the warning a worker
+gives of it as it starts (``setup_warnings``).
 """
 
 from __future__ import annotations
@@ -96,17 +99,20 @@ def answers(ping: Callable[[], object]) -> bool:
 class PrivateRedis:
     """``redis-server`` on its own port and directory: every write on disk before its reply."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    DURABLE = ("--appendonly", "yes", "--appendfsync", "always", "--save", "")
+
+    def __init__(self, tmp_path: Path, persistence: tuple[str, ...] = DURABLE) -> None:
         self.dir = tmp_path / "redis"
         self.dir.mkdir()
         self.port = free_engine_port()
         self.url = f"redis://127.0.0.1:{self.port}/0?prefix=crash"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.persistence = persistence
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--logfile", "redis.log"],
+             *self.persistence, "--logfile", "redis.log"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         with redis.Redis(port=self.port, socket_timeout=1) as direct:
@@ -158,8 +164,8 @@ class PrivatePostgres:
         done = subprocess.run(command, capture_output=True, timeout=30, check=False)
         assert done.returncode == 0, f"{argv[0]} failed: {done.stdout.decode()}{done.stderr.decode()}"
 
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=on"
+    def start(self, fsync: str = "on") -> None:
+        options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync={fsync}"
         assert self.pg_ctl is not None
         self.run(self.pg_ctl, "-D", str(self.data), "-l", str(self.base / "server.log"), "-o", options,
                  "-w", "-t", "20", "start")
@@ -382,3 +388,64 @@ def test_rabbitmq_killed_mid_run__every_accepted_job_succeeds_after_its_restart(
     private_redis.start()  # the job store: it stays up
     monkeypatch.setenv("CONVEYOR_STORE_URL", private_redis.url)  # read by create_backend, here and in workers
     crash_and_restart(private_rabbit, tmp_path, "rabbitmq kill -9", stored_in_outage=True)
+
+
+
+@pytest.mark.parametrize(("persistence", "said"), [
+    (("--appendonly", "no", "--save", ""), "keeps nothing on disk (appendonly no, no save points): a Redis restart "
+                                           "loses every job; turn on AOF (appendonly yes)"),
+    (("--appendonly", "no", "--save", "3600 1"),
+     "writes only snapshots (appendonly no, save 3600 1): a Redis restart loses the jobs written since the last one; "
+     "turn on AOF (appendonly yes)"),
+    (PrivateRedis.DURABLE, None),
+    (("--appendonly", "no", "--save", "", "--rename-command", "CONFIG", ""), None),  # a managed Redis: cannot tell
+], ids=["nothing on disk", "snapshots only", "aof", "no CONFIG command"])
+async def test_setup_warnings__redis_says_what_a_restart_would_lose(
+    tmp_path: Path, persistence: tuple[str, ...], said: str | None
+) -> None:
+    engine = PrivateRedis(tmp_path, persistence)
+    try:
+        engine.start()
+        backend = Conveyor(engine.url)
+        try:
+            warnings = await (await backend.backend()).setup_warnings()
+        finally:
+            await backend.aclose()
+        assert warnings == ([f"redis at 127.0.0.1:{engine.port} {said}"] if said else [])
+    finally:
+        engine.stop()
+
+
+def test_redis_without_persistence__the_worker_warns_at_start__and_a_restart_loses_every_job(tmp_path: Path) -> None:
+    """What docs/backends.md says of a Redis without AOF, seen: the worker says so as it starts,
+    and after a restart the jobs it held are unknown."""
+    engine = PrivateRedis(tmp_path, ("--appendonly", "no", "--save", ""))
+    env = Env(tmp_path, engine.url)
+    try:
+        engine.start()
+        worker = env.worker("--burst", "--no-scheduler")
+        assert worker.wait(30) == 0, env.logs()
+        assert f"redis at 127.0.0.1:{engine.port} keeps nothing on disk" in env.logs()
+        jobs = [env.enqueue("work", 50) for _ in range(10)]
+        engine.crash()
+        engine.start()
+        assert [env.client.get_job(job.id) for job in jobs] == [None] * len(jobs)
+    finally:
+        env.stop()
+        engine.stop()
+        with contextlib.suppress(Exception):
+            env.client.close()
+
+
+async def test_setup_warnings__postgres_with_fsync_off_says_so(private_postgres: PrivatePostgres) -> None:
+    said = []
+    for fsync in ("off", "on"):
+        private_postgres.start(fsync=fsync)
+        app = Conveyor(private_postgres.url)
+        try:
+            said.append(await (await app.backend()).setup_warnings())
+        finally:
+            await app.aclose()
+            private_postgres.crash()  # stop(): the fixture's, which also removes the cluster
+    assert said == [[f"PostgreSQL at 127.0.0.1:{private_postgres.port}/postgres runs with fsync off: a crash of its "
+                     "host may lose or corrupt every job; turn fsync on"], []]

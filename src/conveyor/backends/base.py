@@ -173,6 +173,11 @@ class Backend(abc.ABC):
     async def ping(self) -> None:
         """Raise ``BackendUnavailable`` unless the engine answers."""
 
+    async def setup_warnings(self) -> list[str]:
+        """The engine's settings under which it may lose accepted jobs, each said in a line (a
+        worker logs them as it starts); none where there are none, or it cannot tell."""
+        return []
+
     # -- submit -------------------------------------------------------------------------
     @abc.abstractmethod
     async def enqueue(self, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:

@@ -309,6 +309,8 @@ class Worker:
                 await self.app.apply_queue_settings(backend)
                 await self._refresh_queue_settings()
                 await backend.heartbeat(self.info(), {}, time.time())
+                for warning in await backend.setup_warnings():
+                    log.warning("worker %s: %s", self.id, warning)
                 return True
             except BackendUnavailable as exc:
                 failures += 1

@@ -216,6 +216,9 @@ class AMQPBackend(Backend):
                 await asyncio.wait_for(conn.close(), 5.0)
         await self.store.close()
 
+    async def setup_warnings(self) -> list[str]:
+        return await self.store.setup_warnings()  # the job records are the store's (quorum queues are durable)
+
     async def ping(self) -> None:
         """Raise ``BackendUnavailable`` unless both RabbitMQ and the store answer."""
         await self.store.ping()

@@ -244,6 +244,16 @@ class PostgresBackend(Backend):
 
         await self._run(go)
 
+    async def setup_warnings(self) -> list[str]:
+        async def fsync(conn: AConn) -> str:
+            row = await (await conn.execute("SELECT current_setting('fsync')")).fetchone()
+            return str(row[0]) if row else "on"
+
+        if await self._run(fsync) == "off":
+            return [f"PostgreSQL at {self._where} runs with fsync off: a crash of its host may lose or corrupt "
+                    "every job; turn fsync on"]
+        return []
+
     # -- submit -------------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
         if not jobs:

@@ -270,6 +270,23 @@ class RedisBackend(Backend):
             await self.close()
             raise
 
+    async def setup_warnings(self) -> list[str]:
+        try:
+            with self._guard():
+                r = self.r  # on a cluster, ask the primary of this installation's slot: every key lives there
+                where = {"target_nodes": r.get_node_from_key(self._anchor)} if isinstance(r, RedisCluster) else {}
+                aof = (await r.config_get("appendonly", **where)).get("appendonly")
+                snapshots = (await r.config_get("save", **where)).get("save")
+        except ResponseError:  # CONFIG refused (renamed or disabled, as managed services do): cannot tell
+            return []
+        if aof != "no":
+            return []
+        if not snapshots:
+            return [f"{self._where} keeps nothing on disk (appendonly no, no save points): a Redis restart "
+                    "loses every job; turn on AOF (appendonly yes)"]
+        return [f"{self._where} writes only snapshots (appendonly no, save {snapshots}): a Redis restart loses "
+                "the jobs written since the last one; turn on AOF (appendonly yes)"]
+
     async def close(self) -> None:
         self.close_blocking()
         for client in (self._r, self._block):
