@@ -334,6 +334,24 @@ class AsyncClient:
         """Cancel every job of the queue that has not started; how many."""
         return int((await self._call("POST", f"{_queue_path(name)}/purge", missing=QueueNotFound))["purged"])
 
+    async def tasks(self) -> dict[str, Any]:
+        """The app's tasks: ``{"items": [{name, queue, priority, max_retries, timeout, parameters}]}``
+        (``parameters``: a JSON Schema)."""
+        page: dict[str, Any] = await self._call("GET", "/v1/tasks")
+        return page
+
+    async def workers(self) -> dict[str, Any]:
+        """Live workers: ``{"items": [{id, host, pid, queues, concurrency, running, started_at,
+        last_heartbeat}]}`` (``running``: the ids of the jobs it runs)."""
+        page: dict[str, Any] = await self._call("GET", "/v1/workers")
+        return page
+
+    async def schedules(self) -> dict[str, Any]:
+        """The app's periodic tasks: ``{"items": [{task, cron, tz, kwargs, catch_up, previous_run_at,
+        next_run_at}]}``."""
+        page: dict[str, Any] = await self._call("GET", "/v1/schedules")
+        return page
+
     async def events(self, job_id: str, timeout: float | None = None) -> AsyncGenerator[Job, None]:
         """The job's states as they change, ending with its terminal one. A lost stream is resumed
         where it stopped (``Last-Event-ID``) after a short backoff; ``RECONNECTS`` failures in a row
@@ -468,6 +486,21 @@ class Client:
     def purge(self, name: str) -> int:
         """Cancel every job of the queue that has not started; how many."""
         return self._run(self._async.purge(name))
+
+    def tasks(self) -> dict[str, Any]:
+        """The app's tasks: ``{"items": [{name, queue, priority, max_retries, timeout, parameters}]}``
+        (``parameters``: a JSON Schema)."""
+        return self._run(self._async.tasks())
+
+    def workers(self) -> dict[str, Any]:
+        """Live workers: ``{"items": [{id, host, pid, queues, concurrency, running, started_at,
+        last_heartbeat}]}`` (``running``: the ids of the jobs it runs)."""
+        return self._run(self._async.workers())
+
+    def schedules(self) -> dict[str, Any]:
+        """The app's periodic tasks: ``{"items": [{task, cron, tz, kwargs, catch_up, previous_run_at,
+        next_run_at}]}``."""
+        return self._run(self._async.schedules())
 
     def events(self, job_id: str, timeout: float | None = None) -> Iterator[Job]:
         """The job's states as they change, ending with its terminal one (see ``AsyncClient.events``)."""

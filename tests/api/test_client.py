@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from conveyor import Conveyor
+from conveyor import Context, Conveyor
 from conveyor import client as client_module
 from conveyor.client import AsyncClient, Client
 from conveyor.core.errors import (
@@ -91,6 +91,33 @@ def test_async_client(server: Server, worker: WorkerThread) -> None:
                 await client.submit("nope")
 
     asyncio.run(main())
+
+
+def test_client__tasks_workers_schedules__what_the_server_lists(server: Server, worker: WorkerThread) -> None:
+    @server.app.periodic("0 7 * * *", tz="Europe/Paris")
+    def digest(ctx: Context) -> None: ...
+
+    with Client(server.url) as client:
+        tasks = {t["name"]: t for t in client.tasks()["items"]}
+        assert tasks["transcode"]["queue"] == "media" and tasks["transcode"]["max_retries"] == 5
+        assert set(tasks["add"]["parameters"]["properties"]) == {"a", "b"}
+        deadline = time.monotonic() + 10
+        while not (workers := client.workers()["items"]):  # registered at its first heartbeat
+            assert time.monotonic() < deadline, "the worker never appeared"
+            time.sleep(0.05)
+        assert [(w["id"], w["concurrency"]) for w in workers] == [(worker.worker.id, worker.worker.concurrency)]
+        [schedule] = client.schedules()["items"]
+        assert (schedule["task"], schedule["cron"], schedule["tz"]) == ("digest", "0 7 * * *", "Europe/Paris")
+        assert schedule["next_run_at"].endswith(("05:00:00.000Z", "06:00:00.000Z"))  # 7:00 in Paris, in UTC
+
+    async def the_same_from_the_async_client() -> list[dict[str, object]]:
+        async with AsyncClient(server.url) as client:
+            return [await client.tasks(), await client.workers(), await client.schedules()]
+
+    tasks_, workers_, schedules_ = asyncio.run(the_same_from_the_async_client())
+    assert {t["name"] for t in tasks_["items"]} == set(tasks)  # type: ignore[index]
+    assert workers_["items"][0]["id"] == worker.worker.id  # type: ignore[index]
+    assert schedules_["items"][0]["task"] == "digest"  # type: ignore[index]
 
 
 def test_client__mistakes_caught_before_sending__clear_errors(server: Server) -> None:

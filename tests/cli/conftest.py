@@ -43,6 +43,10 @@ def steps(ctx: Context, n: int = 3, pause: float = 0.05) -> str:
         ctx.progress(i / n, f"step {i}")
         time.sleep(pause)
     return "done"
+
+
+@app.periodic("0 0 29 2 *", catch_up=None)  # listed by `conveyor schedules`; no test lives to see it run
+def leap_day(ctx: Context) -> None: ...
 '''
 APP = "cli_test_app:app"
 

@@ -282,6 +282,17 @@ def test_cancel__unknown_id__exit_1(cli: Remote, api: Api) -> None:
 
 
 # -- queues ---------------------------------------------------------------------------------
+def test_schedules__the_servers_list_without_the_app(cli: Remote, api: Api) -> None:
+    """It needed the app (--app) even with --api: "no app given"."""
+    result = cli("schedules", "--json", "--api", api.url)
+    assert result.code == 0, result.err
+    assert result.json() == api.get("/v1/schedules")
+    assert [(s["task"], s["cron"]) for s in result.json()["items"]] == [("leap_day", "0 0 29 2 *")]
+    table = cli("schedules", "--api", api.url)
+    assert table.code == 0, table.err
+    assert "leap_day" in table.out and "0 0 29 2 *" in table.out
+
+
 def test_queues_json__the_servers_list(cli: Remote, api: Api) -> None:
     result = cli("queues", "--json", "--api", api.url)
     assert result.code == 0, result.err

@@ -31,6 +31,7 @@ from conveyor.core.errors import (
 from conveyor.core.idempotency import check_replay
 from conveyor.core.ids import job_id_of
 from conveyor.core.job import Job, Status
+from conveyor.scheduler import describe
 
 if TYPE_CHECKING:
     from conveyor.client import ApiError, AsyncClient
@@ -88,6 +89,10 @@ class Operations(Protocol):
         ...
 
     async def purge(self, name: str) -> int:
+        ...
+
+    async def schedules(self) -> JsonObject:
+        """``{"items": [schedule, ...]}``: the app's periodic tasks, each with its next run."""
         ...
 
 
@@ -206,6 +211,10 @@ class Direct:
 
     async def queues(self) -> JsonObject:
         return {"items": [i.to_json() for i in await (await self.backend()).queues_and(self._named())]}
+
+    async def schedules(self) -> JsonObject:
+        now = time.time()
+        return {"items": [describe(s, now) for s in self.app().schedules]}
 
     def _named(self) -> list[str]:
         """The queues the app names, with ``--app`` (without it, only the backend's)."""
@@ -363,6 +372,10 @@ class Remote:
     async def queues(self) -> JsonObject:
         with self._errors():
             return await self.client.queues()
+
+    async def schedules(self) -> JsonObject:
+        with self._errors():
+            return await self.client.schedules()
 
     async def queue(self, name: str, changes: Mapping[str, Any]) -> JsonObject:
         with self._errors():

@@ -3,30 +3,37 @@
 from __future__ import annotations
 
 import argparse
-import time
+import asyncio
+from typing import Any
 
 from rich import box
 from rich.markup import escape
 from rich.table import Table
 
 from conveyor.cli import render
-from conveyor.cli.common import add_common, load
+from conveyor.cli.common import API_HELP, add_api, add_common
 from conveyor.cli.errors import EXIT_OK
-from conveyor.scheduler import describe
+from conveyor.cli.ops import open_operations
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``schedules``."""
-    p = subparsers.add_parser("schedules", help="list the app's periodic tasks with their next run")
+    p = subparsers.add_parser("schedules", help="list the app's periodic tasks with their next run",
+                              description="The app's periodic tasks (--app), or the server's (--api). " + API_HELP)
     p.add_argument("--json", action="store_true", help='print {"items": [...]}')
     add_common(p)
+    add_api(p)
     p.set_defaults(func=schedules)
 
 
 def schedules(args: argparse.Namespace) -> int:
-    """Print every schedule of the app (needs --app or CONVEYOR_APP)."""
-    now = time.time()
-    items = [describe(s, now) for s in load(args).schedules]
+    """Print every schedule of the app (--app or CONVEYOR_APP), or of the API's app (--api)."""
+
+    async def run() -> list[dict[str, Any]]:
+        async with open_operations(args) as ops:
+            return list((await ops.schedules())["items"])
+
+    items = asyncio.run(run())
     if args.json:
         render.print_json({"items": items})
         return EXIT_OK
@@ -40,3 +47,4 @@ def schedules(args: argparse.Namespace) -> int:
                       nxt, str(item["previous_run_at"] or "-"))
     render.console().print(table if items else "no schedules")
     return EXIT_OK
+
