@@ -80,6 +80,21 @@ def test_kill_9__every_job_still_succeeds(e2e_any):
     assert len(duplicates) <= 8  # only the jobs that were running at the kill run twice
 
 
+def test_busy_worker__leases_no_job_it_has_no_slot_for__an_idle_one_runs_them_at_once(e2e_any):
+    """No prefetch (SPEC §4): a worker whose one slot runs a long job holds none of the jobs
+    queued behind it, so a worker that starts later runs them all while the long one still runs."""
+    busy = e2e_any.worker("--concurrency", "1", "--no-scheduler")
+    long_job = e2e_any.enqueue("whoami", 6.0)
+    wait_for(lambda: long_job.refresh().status is Status.RUNNING, what="the long job to start")
+    short = [e2e_any.enqueue("whoami", 0) for _ in range(3)]
+    time.sleep(0.5)  # time enough for a prefetching worker to take them
+    idle = e2e_any.worker("--concurrency", "1", "--no-scheduler")
+    e2e_any.wait_all(short, timeout=20)
+    assert [j.status for j in short] == [Status.SUCCEEDED] * 3
+    assert [j.result for j in short] == [idle.pid] * 3, f"the busy worker is {busy.pid}"
+    assert long_job.refresh().status is Status.RUNNING  # the short ones did not wait for it
+
+
 def test_burst__puts_back_and_runs_a_dead_workers_expired_lease_before_it_stops(e2e_any):
     env = e2e_any.env(TEST_VISIBILITY="1")
     dying = e2e_any.worker(env=env)
