@@ -63,3 +63,26 @@ def test_signature__arguments_are_validated_when_the_signature_is_made(app):
         app.tasks["add"].s(1, "two")
     with pytest.raises(ValidationError):
         chain()
+
+
+def test_depends_on_names__an_id_in_upper_case__the_child_reads_the_result_by_name(app):
+    """Ids are accepted in any case; the name map kept the id as given, so the name read None."""
+
+    @app.task
+    def by_name(ctx: Context) -> object:
+        return ctx.parent_results["sum"]
+
+    parent = app.tasks["add"].enqueue(40, 2)
+    child = by_name.enqueue(depends_on={"sum": parent.id.upper()})
+    drain(app)
+    assert child.refresh().result == 42
+
+
+def test_metadata__conveyors_own_key__refused_not_a_job_stuck_running(app):
+    """A user value under the key of depends_on's names crashed the worker's start of the job,
+    which then stayed ``running`` for as long as that worker lived."""
+    parent = app.tasks["add"].enqueue(1, 2)
+    with pytest.raises(ValidationError) as refused:
+        app.tasks["total"].enqueue(depends_on=[parent], metadata={"conveyor.parents": "x"})
+    [error] = refused.value.errors
+    assert error == {"pointer": "#/metadata/conveyor.parents", "detail": "reserved for depends_on names"}

@@ -160,6 +160,9 @@ def check_metadata(metadata: Any) -> dict[str, Any]:
         raise invalid("#/metadata", f"metadata: {NUL_REFUSED}", NUL_REFUSED)
     if not text.isascii() and holds_lone_surrogate(metadata):
         raise invalid("#/metadata", f"metadata: {SURROGATE_REFUSED}", SURROGATE_REFUSED)
+    if PARENT_NAMES in metadata:  # the worker reads it as depends_on's names: another value broke the job
+        raise invalid(f"#/metadata/{PARENT_NAMES}", f"metadata key {PARENT_NAMES!r} is Conveyor's (depends_on names)",
+                      "reserved for depends_on names")
     return dict(metadata)
 
 
@@ -198,7 +201,9 @@ def with_parent_names(metadata: dict[str, Any], depends_on: Any) -> dict[str, An
         return metadata
     if not all(isinstance(k, str) and k for k in depends_on):
         raise invalid("#/depends_on", "depends_on names must be non-empty strings", "names must be strings")
-    return {**metadata, PARENT_NAMES: {name: getattr(job, "id", job) for name, job in depends_on.items()}}
+    # ids as dependency_ids reads them (any case: the stored id is lower case), else kept for its error
+    ids = {name: job_id_of(getattr(job, "id", job)) or getattr(job, "id", job) for name, job in depends_on.items()}
+    return {**metadata, PARENT_NAMES: ids}
 
 
 def dependency_ids(depends_on: Iterable[Any] | None) -> list[str]:
