@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conveyor import Context, Conveyor, InvalidArguments, JobFailed
+from conveyor.core.errors import ValidationError
 from conveyor.core.job import Status
 from conveyor.worker import Worker
 
@@ -77,6 +78,14 @@ def test_wait__times_out_while_no_worker_runs(app):
     job = app.tasks["transcode"].enqueue("a.mp4", 360)
     with pytest.raises(TimeoutError):
         job.wait(timeout=0.2)
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), "5", True])
+def test_wait__a_timeout_that_is_no_number__refused_at_once(app, timeout):
+    """NaN waited forever (no deadline compares true), "5" raised a bare TypeError."""
+    job = app.tasks["transcode"].enqueue("a.mp4", 360)
+    with pytest.raises(ValidationError, match="timeout must be None or a number of seconds"):
+        job.wait(timeout=timeout)
 
 
 def test_get_job__unknown_or_malformed_id_is_none(app):

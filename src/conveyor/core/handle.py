@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from conveyor.core.errors import JobFailed, JobNotFound
+from conveyor.core.errors import JobFailed, JobNotFound, ValidationError
 from conveyor.core.job import Job, Status
 
 if TYPE_CHECKING:
@@ -73,6 +74,10 @@ class JobHandle:
         return self.app.portal.call(self.wait_async(timeout))
 
     async def wait_async(self, timeout: float | None = None) -> Any:
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                                    or math.isnan(timeout)):
+            # NaN compares false with every deadline: the wait never ended
+            raise ValidationError(f"timeout must be None or a number of seconds, not {timeout!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
         backend = await self.app.backend()
         pause = 0.002
