@@ -201,9 +201,9 @@ def with_parent_names(metadata: dict[str, Any], depends_on: Any) -> dict[str, An
         return metadata
     if not all(isinstance(k, str) and k for k in depends_on):
         raise invalid("#/depends_on", "depends_on names must be non-empty strings", "names must be strings")
-    # ids as dependency_ids reads them (any case: the stored id is lower case), else kept for its error
-    ids = {name: job_id_of(getattr(job, "id", job)) or getattr(job, "id", job) for name, job in depends_on.items()}
-    return {**metadata, PARENT_NAMES: ids}
+    refs = {name: getattr(job, "id", job) for name, job in depends_on.items()}
+    # ids as dependency_ids reads them (any case: the stored id is lower case); a bad one is its to refuse
+    return {**metadata, PARENT_NAMES: {name: job_id_of(ref) or ref for name, ref in refs.items()}}
 
 
 def dependency_ids(depends_on: Iterable[Any] | None) -> list[str]:
