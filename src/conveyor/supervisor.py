@@ -4,8 +4,10 @@ Each child runs in its own session, so a terminal's Ctrl-C reaches only the supe
 forwards one SIGTERM to every child (workers then drain within their grace). SIGTERM and SIGHUP
 (the terminal closed) stop it the same way. A child that exits while the supervisor is not
 stopping is restarted after a backoff (0.5 s doubling to 30 s; reset once a child has run for a
-minute). A second signal forwards a second SIGTERM (workers hand their jobs back at once);
-children still alive after ``stop_timeout`` are killed. On Linux a supervisor that dies without a
+minute), except one that exits 2: a configuration error (it said which, in one line) that no
+restart can mend, so every child is stopped and the supervisor exits 2. A second signal forwards
+a second SIGTERM (workers hand their jobs back at once); children still alive after
+``stop_timeout`` are killed. On Linux a supervisor that dies without a
 stop (kill -9, OOM) still stops its children: the kernel sends each one SIGTERM
 (``PR_SET_PDEATHSIG``), so none is left running without a parent.
 """
@@ -29,6 +31,8 @@ from types import FrameType
 log = logging.getLogger(__name__)
 
 BACKOFF_START, BACKOFF_CAP, HEALTHY_AFTER = 0.5, 30.0, 60.0
+#: A child's exit code for a configuration error (the CLI's usage code): not restarted.
+EXIT_CONFIGURATION = 2
 #: Each stops the supervisor and its children: SIGHUP is a closed terminal (children, in sessions
 #: of their own, never see it), not a reason to leave them running.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -51,7 +55,8 @@ class Child:
 
 
 class Supervisor:
-    """Starts ``children``, restarts those that exit, stops them all on SIGINT/SIGTERM/SIGHUP (exit 0)."""
+    """Starts ``children``, restarts those that exit, stops them all on SIGINT/SIGTERM/SIGHUP (exit 0)
+    or once one exits with a configuration error (exit 2)."""
 
     def __init__(self, children: Sequence[Child], env: Mapping[str, str] | None = None,
                  stop_timeout: float = 40.0) -> None:
@@ -59,6 +64,7 @@ class Supervisor:
         self.env = dict(env if env is not None else os.environ)
         self.stop_timeout = stop_timeout
         self.signals = 0
+        self.exit_code = 0
         self._arm_child = die_with_parent()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -67,12 +73,13 @@ class Supervisor:
             self._signal_all(signal.SIGTERM)
 
     def run(self) -> int:
-        """Supervise until a signal; the exit code (0 after a clean stop)."""
+        """Supervise until a signal or a child's configuration error; the exit code (0 after a
+        clean stop, 2 after a configuration error)."""
         previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         metrics_dir = make_metrics_dir()
         self.env.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
         try:
-            while not self.signals:
+            while not self.signals and not self.exit_code:
                 self._tick(time.monotonic())
                 time.sleep(0.1)
             self._stop_all()
@@ -80,7 +87,7 @@ class Supervisor:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             shutil.rmtree(metrics_dir, ignore_errors=True)
-        return 0
+        return self.exit_code
 
     def _tick(self, now: float) -> None:
         for child in self.children:
@@ -93,6 +100,10 @@ class Supervisor:
                 continue
             child.exits.append(code)
             child.proc = None
+            if code == EXIT_CONFIGURATION and not self.signals:
+                _say(f"{child.name} exited with code 2, a configuration error (see its line above); not restarting it")
+                self.exit_code = EXIT_CONFIGURATION
+                return
             if now - child.started >= HEALTHY_AFTER:
                 child.restarts = 0
             delay = min(BACKOFF_CAP, BACKOFF_START * 2**child.restarts)
