@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 from typing import Literal
 
@@ -42,6 +43,30 @@ def test_task_name__defaults_to_function_name_and_duplicates_are_refused(app):
     with pytest.raises(RegistrationError, match="already registered"):
         @app.task(name="transcode")
         def other(ctx: Context) -> None: ...
+
+
+@pytest.mark.parametrize("name", [5, "", "x" * 201, "a\x00b", "a\ud800", None])
+def test_registration__a_name_no_job_could_be_submitted_under__is_refused(app, name):
+    """``@app.task(name=5)`` was registered, and every attempt of its jobs failed with
+    UnknownTask; ``name=""`` silently took the function's name instead."""
+    def fn(ctx: Context) -> None: ...
+
+    if name is None:  # a callable without __name__ and no name= either
+        fn = functools.partial(fn)  # type: ignore[assignment]
+    with pytest.raises(RegistrationError, match=r"invalid task name .*: a task name is a str of 1–200 characters"
+                       if name is not None else "has no __name__: give the task a name="):
+        app.task(name=name)(fn)
+    assert set(app.tasks) == {"transcode", "resize"}
+
+
+def test_registration__a_name_of_200_characters__is_registered_and_enqueued(app):
+    app.task(name="é" * 200)(lambda ctx: None)
+    assert app.build_job("é" * 200, [], {}, now=0.0).task == "é" * 200
+
+
+def test_registration__something_not_callable__is_refused(app):
+    with pytest.raises(RegistrationError, match="a task is a function, not 5"):
+        app.task(5)
 
 
 @pytest.mark.parametrize("reserved", ["queue", "priority", "delay", "key", "depends_on", "webhook"])

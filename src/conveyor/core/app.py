@@ -29,7 +29,7 @@ from conveyor.core.ids import job_id_of, uuid7
 from conveyor.core.job import Job, Status
 from conveyor.core.portal import Portal
 from conveyor.core.queues import QueueSettings
-from conveyor.core.task import Task, TaskOptions
+from conveyor.core.task import Task, TaskOptions, check_task_name
 
 if TYPE_CHECKING:
     from conveyor.backends.base import Backend
@@ -112,10 +112,17 @@ class Conveyor:
         ``limit_key``: a format string over the task's parameters (``"{customer_id}"``) or a
         callable taking its arguments and returning a str; by default the task name. Jobs with
         the same key share the limits, whichever task they belong to.
+
+        ``name`` (by default the function's ``__name__``) is a str of 1–200 characters, as
+        ``POST /v1/jobs`` takes it.
         """
 
         def register(func: F) -> Task:
-            task_name = name or func.__name__
+            if not callable(func):
+                raise RegistrationError(f"a task is a function, not {func!r}")
+            if name is None and not hasattr(func, "__name__"):
+                raise RegistrationError(f"{func!r} has no __name__: give the task a name=")
+            task_name = check_task_name(func.__name__ if name is None else name)
             options = TaskOptions(
                 queue=queue,
                 priority=priority,

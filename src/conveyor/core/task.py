@@ -33,6 +33,18 @@ RESERVED = frozenset(
     {"queue", "priority", "delay", "eta", "max_retries", "timeout", "depends_on", "key", "metadata", "webhook"}
 )
 
+#: The longest task name: ``POST /v1/jobs`` takes ``task`` and ``GET /v1/jobs`` filters by it up to this.
+MAX_TASK_NAME = 200
+TASK_NAME_RULE = f"a task name is a str of 1–{MAX_TASK_NAME} characters, without NUL or lone surrogates"
+
+
+def check_task_name(name: object) -> str:
+    """``name``, if it may name a task (one the HTTP API can submit and every engine can store)."""
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_TASK_NAME or "\x00" in name or holds_lone_surrogate(name):
+        shown = f"{name[:40]!r}… ({len(name)} characters)" if isinstance(name, str) and len(name) > 60 else repr(name)
+        raise RegistrationError(f"invalid task name {shown}: {TASK_NAME_RULE}")
+    return name
+
 
 @dataclass(frozen=True, slots=True)
 class TaskOptions:
