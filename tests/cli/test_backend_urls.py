@@ -29,6 +29,18 @@ def test_url__port_not_a_number__exit_2_naming_it(cli: Cli, url: str, expected: 
     assert "s3cret" not in line  # a URL's password never reaches the terminal
 
 
+@pytest.mark.parametrize("argv", [["--url", "", "jobs"], ["jobs", "--url", ""],
+                                  ["submit", "add", "1", "2", "--url", " "], ["worker", "--burst", "--url", ""]])
+def test_url__explicitly_empty__exit_2_not_the_default_database(cli: Cli, argv: list[str]) -> None:
+    """``--url "$UNSET"`` used $CONVEYOR_URL, else ./conveyor.db, as if the option were not there."""
+    env = cli.env()
+    del env["CONVEYOR_URL"]
+    result = cli.run(*argv, env=env)
+    assert result.code == 2
+    assert "argument --url: empty URL" in one_error_line(result.err)
+    assert not (cli.tmp_path / "conveyor.db").exists()
+
+
 def test_url__redis_database_not_a_number__exit_2_not_database_0(cli: Cli) -> None:
     # redis-py ignores a path it cannot read as a number: the jobs would land in database 0
     url = f"redis://127.0.0.1:6379/abc?prefix=cli_{uuid.uuid4().hex[:12]}"

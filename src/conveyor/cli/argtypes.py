@@ -49,6 +49,15 @@ def address(text: str) -> tuple[str, int]:
     return host, integer(1, 65535, "the port must be")(port)
 
 
+def backend_url(text: str) -> str:
+    """A backend URL that is not empty: an empty ``--url`` (``--url "$UNSET_VAR"``) is a mistake,
+    where leaving the option out means $CONVEYOR_URL, else the default file."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "empty URL: give a backend URL (e.g. sqlite:///conveyor.db), or leave --url out to use $CONVEYOR_URL")
+    return text
+
+
 def queue_name(text: str) -> str:
     """A valid queue name (the rule of ``check_queue_name``, which the API applies too)."""
     try:

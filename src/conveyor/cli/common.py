@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from conveyor.backends import create_backend, resolve_url
 from conveyor.backends.base import Backend
+from conveyor.cli import argtypes
 from conveyor.cli.errors import Stopped, UsageError
 from conveyor.core.app import Conveyor
 from conveyor.core.errors import ConfigurationError
@@ -45,7 +46,7 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backend")
     # SUPPRESS: a subcommand's unset option must not overwrite the same option given before it
     group.add_argument(
-        "--url", default=argparse.SUPPRESS, metavar="URL",
+        "--url", default=argparse.SUPPRESS, type=argtypes.backend_url, metavar="URL",
         help="backend URL (default: the app's own, given as Conveyor(URL), else $CONVEYOR_URL, "
              "else sqlite:///conveyor.db)",
     )
