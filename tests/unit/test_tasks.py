@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
+import re
 import time
 from typing import Literal
 
@@ -246,6 +248,35 @@ def test_arguments_and_metadata__nan_or_a_set_inside__named_where_and_what(app):
         app.build_job("untyped", ["x"], {}, now=0.0, metadata={"score": float("inf")})
     assert meta.value.errors[0] == {"pointer": "#/metadata/score", "detail": "inf is not a JSON number"}
     assert str(meta.value) == "metadata/score: inf is not a JSON number"
+
+
+@pytest.mark.parametrize("how", ["enqueue", "enqueue_async", "enqueue_many", "enqueue_many_async"])
+@pytest.mark.parametrize("task", [5, None, print])
+def test_enqueue__something_not_a_task_nor_a_name__a_validation_error_naming_it(app, how, task):
+    """``app.enqueue(5)`` raised AttributeError: 'int' object has no attribute 'validate'."""
+    call = {
+        "enqueue": lambda: app.enqueue(task),
+        "enqueue_async": lambda: asyncio.run(app.enqueue_async(task)),
+        "enqueue_many": lambda: app.enqueue_many([("transcode", ["a", 1], {}, {}), (task, (), {}, {})]),
+        "enqueue_many_async": lambda: asyncio.run(app.enqueue_many_async([(task, (), {}, {})])),
+    }[how]
+    with pytest.raises(ValidationError, match=r"task must be a registered task \(what @app.task returned\) or a task "
+                                              rf"name \(str\), not {re.escape(repr(task))}") as err:
+        call()
+    assert err.value.errors[0]["pointer"] in ("#/task", "#/1/task")
+
+
+def test_enqueue__an_unknown_option__a_validation_error_naming_it(app):
+    """``app.enqueue("transcode", bogus=1)`` raised TypeError: build_job() got an unexpected keyword argument."""
+    with pytest.raises(ValidationError, match="unknown option 'bogus'; the options are delay, ") as err:
+        app.enqueue("transcode", ["a", 1], bogus=1)
+    assert err.value.errors == [{"pointer": "#/bogus", "detail": "not an option"}]
+
+
+@pytest.mark.parametrize("submissions", [5, [5], [("transcode", ["a", 1], {})], [("transcode", ["a", 1], {}, 5)]])
+def test_enqueue_many__not_a_list_of_submissions__a_validation_error_saying_what_it_takes(app, submissions):
+    with pytest.raises(ValidationError, match=r"enqueue_many takes a list of \(task, args, kwargs, options\) tuples"):
+        app.enqueue_many(submissions)
 
 
 def test_unknown_task__is_a_validation_error(app):

@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import contextlib
 import os
+import reprlib
 import threading
 import time
 import weakref
@@ -29,7 +30,7 @@ from conveyor.core.ids import job_id_of, uuid7
 from conveyor.core.job import Job, Status
 from conveyor.core.portal import Portal
 from conveyor.core.queues import QueueSettings
-from conveyor.core.task import Task, TaskOptions, check_task_name
+from conveyor.core.task import RESERVED, Task, TaskOptions, check_task_name
 
 if TYPE_CHECKING:
     from conveyor.backends.base import Backend
@@ -333,6 +334,10 @@ class Conveyor:
 
     def _build_jobs(self, submissions: Sequence[Submission]) -> list[Job]:
         now = time.time()
+        if not isinstance(submissions, list | tuple) or not all(
+            isinstance(s, tuple | list) and len(s) == 4 and isinstance(s[3], Mapping) for s in submissions
+        ):
+            raise ValidationError("enqueue_many takes a list of (task, args, kwargs, options) tuples, options a dict")
         if len(submissions) == 1:
             [(task, args, kwargs, options)] = submissions
             return [self.build_job(task, args, kwargs, now=now, **options)]
@@ -395,10 +400,20 @@ class Conveyor:
         metadata: Mapping[str, Any] | None = None,
         webhook: str | None = None,
         _id: str | None = None,
+        **unknown: Any,
     ) -> Job:
         """Validate a submission into a new ``Job``; ``ValidationError`` names what is wrong."""
+        if unknown:  # app.enqueue(task, bogus=1): the options are keywords of its own, not the task's
+            bad = sorted(unknown)[0]
+            raise ValidationError(f"unknown option {bad!r}; the options are {', '.join(sorted(RESERVED))}",
+                                  [{"pointer": f"#/{bad}", "detail": "not an option"}])
         if isinstance(task, str):
             task = self.get_task(task)
+        elif not isinstance(task, Task):
+            raise ValidationError(
+                "task must be a registered task (what @app.task returned) or a task name (str), "
+                f"not {reprlib.repr(task)}", [{"pointer": "#/task", "detail": "not a task nor a task name"}],
+            )
         if not isinstance(args, list | tuple):
             raise InvalidArguments("args must be a list", [{"pointer": "#/args", "detail": "must be a list"}])
         if not isinstance(kwargs, Mapping):
