@@ -54,9 +54,19 @@ class Schedule:
 
 
 class Conveyor:
-    """Registry of tasks, queues and schedules; enqueues through the backend of ``url``."""
+    """Registry of tasks, queues and schedules; enqueues through the backend of ``url``.
+
+    ``url`` None (the default) means ``CONVEYOR_URL``, else ``sqlite:///conveyor.db``; an empty
+    ``CONVEYOR_URL`` counts as unset (deployment tools set a variable given no value to "").
+    A ``url`` given here must be a non-empty str: ``Conveyor("")`` is refused, not the default.
+    """
 
     def __init__(self, url: str | None = None) -> None:
+        if url is not None and (not isinstance(url, str) or not url.strip()):
+            raise ConfigurationError(
+                f"the backend URL must be a non-empty str such as 'sqlite:///conveyor.db', not {reprlib.repr(url)} "
+                "(None: CONVEYOR_URL, else sqlite:///conveyor.db)"
+            )
         #: The backend URL (``CONVEYOR_URL``, else ``sqlite:///conveyor.db``).
         self.url = resolve_url(url)
         self.tasks: dict[str, Task] = {}
