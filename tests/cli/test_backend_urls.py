@@ -71,6 +71,15 @@ def test_url__redis_database_out_of_range__exit_2(cli: Cli) -> None:
         ("redis://127.0.0.1:6379/0?prefix=bad/x", "invalid redis key prefix 'bad/x': use letters, digits"),
         ("redis://127.0.0.1:6379/0?prefix=%C3%A9t%C3%A9", "invalid redis key prefix 'été': use letters, digits"),
         ("amqp://guest:s3cret@127.0.0.1:5672/?prefix=a%2Fb", "invalid amqp queue prefix 'a/b': use letters, digits"),
+        # an option without a value meant the default (the schema 'conveyor', redis-py's timeout), a
+        # repeated one its last value, without a word
+        ("postgresql://postgres:s3cret@127.0.0.1:5432/test?schema=", "the PostgreSQL URL: option 'schema' has no "
+         "value"),
+        ("redis://127.0.0.1:6379/0?prefix=cli_typo&socket_timeout=", "the redis URL: option 'socket_timeout' has no "
+         "value"),
+        ("amqp://guest:s3cret@127.0.0.1:5672/?prefix=cli_typo&reconnect_interval=", "the amqp URL: option "
+         "'reconnect_interval' has no value"),
+        ("redis://127.0.0.1:6379/0?prefix=cli_typo&prefix=cli_typo2", "the redis URL: option 'prefix' is given twice"),
     ],
 )
 def test_url__mistyped_option__exit_2_naming_it(cli: Cli, url: str, expected: str) -> None:

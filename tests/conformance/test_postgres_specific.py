@@ -40,6 +40,24 @@ def test_url__unsafe_schema_name__is_a_configuration_error():
         PostgresBackend(f"{DSN}?schema=a;drop")
 
 
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("schema=", "the PostgreSQL URL: option 'schema' has no value"),  # was: the schema 'conveyor'
+        ("schema=a&schema=b", "the PostgreSQL URL: option 'schema' is given twice"),  # was: 'b'
+        ("schema=abc&sslmode=", "the PostgreSQL URL: option 'sslmode' has no value"),  # was: a failed connection
+        ("schema=abc&pool_max=0", "invalid pool_max '0' in the PostgreSQL URL: a whole number, at least 1"),
+        ("schema=abc&pool_min=4&pool_max=2", "invalid pool_max '2' in the PostgreSQL URL: a whole number, at least 4"),
+        ("schema=abc&pool_timeout=nan", "invalid pool_timeout 'nan' in the PostgreSQL URL: seconds, more than 0"),
+        ("schema=abc&connect_timeout=soon", "invalid connect_timeout 'soon' in the PostgreSQL URL: a whole number"),
+    ],
+)
+def test_url__option_empty_repeated_or_out_of_range__configuration_error_naming_it(query, expected):
+    with pytest.raises(ConfigurationError) as caught:
+        PostgresBackend(f"{DSN}?{query}")
+    assert expected in str(caught.value)
+
+
 async def test_open__records_every_migration_in_schema_version(pg):
     async with await psycopg.AsyncConnection.connect(DSN) as conn:
         cur = await conn.execute(f'SELECT version FROM "{pg.schema}".schema_version ORDER BY version')

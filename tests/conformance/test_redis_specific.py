@@ -13,7 +13,7 @@ import pytest
 
 from conveyor.backends.base import JobQuery
 from conveyor.backends.redis import RedisBackend, packing
-from conveyor.core.errors import BackendUnavailable, ValidationError
+from conveyor.core.errors import BackendUnavailable, ConfigurationError, ValidationError
 from conveyor.core.ids import uuid7
 from conveyor.core.job import Job
 
@@ -41,6 +41,22 @@ async def test_unreachable_server_is_backend_unavailable() -> None:
     b = RedisBackend("redis://127.0.0.1:1/0?prefix=nowhere")
     with pytest.raises(BackendUnavailable, match="unreachable"):
         await b.open()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        # redis-py reads an option without a value as not given, and the last of a repeated one
+        ("redis://127.0.0.1:6379/0?prefix=rtest_x&socket_timeout=", "option 'socket_timeout' has no value"),
+        ("redis://127.0.0.1:6379/0?prefix=rtest_x&prefix=rtest_y", "option 'prefix' is given twice"),
+        # the cluster client raised a bare TypeError when first used
+        ("redis+cluster://127.0.0.1:6379/0?prefix=rtest_x&bogus=1", "unknown option 'bogus'"),
+    ],
+)
+def test_url__option_empty_repeated_or_unknown__configuration_error(url: str, expected: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        RedisBackend(url)
+    assert expected in str(caught.value)
 
 
 async def test_wait_for_work_wakes_on_enqueue(rb: RedisBackend) -> None:

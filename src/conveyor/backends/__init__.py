@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from conveyor.backends.base import Backend
 from conveyor.core.errors import ConfigurationError
@@ -57,3 +57,19 @@ def _check_port(parts: SplitResult) -> None:
         raise ConfigurationError(
             f"invalid port {port!r} in the {parts.scheme}:// URL: a port is a number from 1 to 65535"
         ) from None
+
+
+def url_options(parts: SplitResult, engine: str) -> list[tuple[str, str]]:
+    """The query options of an engine's URL, in order. An option without a value or given twice
+    is refused: the engines' clients read ``?schema=`` or ``?socket_timeout=`` as "not given" and
+    use the default, and a repeated one as its last value, without a word."""
+    options = parse_qsl(parts.query, keep_blank_values=True)
+    seen: set[str] = set()
+    for key, value in options:
+        if not value:
+            raise ConfigurationError(f"the {engine} URL: option {key!r} has no value (give one, or leave it out "
+                                     "for the default)")
+        if key in seen:
+            raise ConfigurationError(f"the {engine} URL: option {key!r} is given twice")
+        seen.add(key)
+    return options

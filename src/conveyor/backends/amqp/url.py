@@ -8,8 +8,9 @@ option neither this engine nor aio-pika reads, a bad prefix or heartbeat is refu
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from conveyor.backends import url_options
 from conveyor.core.errors import ConfigurationError
 
 #: The AMQP heartbeat timeout (s) asked for unless the URL sets ``heartbeat``. RabbitMQ closed a
@@ -30,7 +31,7 @@ def parse_url(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     prefix = "conveyor"
     query: list[tuple[str, str]] = []
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+    for key, value in url_options(parts, "amqp"):
         if key == "prefix":
             prefix = value
         elif key in CLIENT_OPTIONS:

@@ -3,19 +3,21 @@
 :func:`parse_url` takes Conveyor's own parameters (``schema``, ``pool_min``, ``pool_max``,
 ``pool_timeout``) out of the URL, adds libpq's keepalive options unless the URL sets them, and
 lets libpq check the rest, so that a typo is a configuration error rather than a failed
-connection. :data:`UNAVAILABLE` lists the errors the engine reports as ``BackendUnavailable``.
+connection; an option without a value, or given twice, is refused too (``url_options``). :data:`UNAVAILABLE` lists the errors the engine reports as ``BackendUnavailable``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg_pool import PoolTimeout
 
+from conveyor.backends import url_options
 from conveyor.core.errors import ConfigurationError
 
 AConn = psycopg.AsyncConnection[Any]
@@ -48,18 +50,15 @@ class ServerUrl:
 def parse_url(url: str, *, min_size: int, max_size: int, timeout: float) -> ServerUrl:
     """Read ``url``; its ``pool_*`` parameters override the sizes and timeout given."""
     parts = urlsplit(url)
-    params = dict(parse_qsl(parts.query, keep_blank_values=True))
+    params = dict(url_options(parts, "PostgreSQL"))
     own = {k: params.pop(k) for k in _OWN_PARAMS if k in params}
-    schema = own.get("schema") or "conveyor"
+    schema = own.get("schema", "conveyor")
     if not _SCHEMA_RE.match(schema):
         raise ConfigurationError(f"invalid PostgreSQL schema name {schema!r} in the URL: "
                                  "use letters, digits and underscores")
-    try:
-        min_size = int(own.get("pool_min", min_size))
-        max_size = max(min_size, int(own.get("pool_max", max_size)))
-        timeout = float(own.get("pool_timeout", timeout))
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid pool setting in the PostgreSQL URL: {exc}") from exc
+    min_size = _whole(own, "pool_min", min_size, 0)
+    max_size = _whole(own, "pool_max", max(min_size, max_size), max(min_size, 1))
+    timeout = _seconds(own, "pool_timeout", timeout)
     params.update({k: v for k, v in _KEEPALIVE.items() if k not in params})
     scheme = "postgresql"
     conninfo = urlunsplit((scheme, parts.netloc, parts.path, urlencode(params), parts.fragment))
@@ -71,4 +70,29 @@ def parse_url(url: str, *, min_size: int, max_size: int, timeout: float) -> Serv
     return ServerUrl(schema=schema, conninfo=conninfo,
                      where=f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or ''}",
                      min_size=min_size, max_size=max_size, timeout=timeout,
-                     probe_timeout=max(2, int(float(params.get("connect_timeout") or 2))))
+                     probe_timeout=max(2, _whole(params, "connect_timeout", 2)))
+
+
+def _whole(options: dict[str, str], name: str, default: int, low: int | None = None) -> int:
+    """Option ``name`` as a whole number (``default`` when absent), at least ``low``."""
+    text = options.get(name)
+    if text is None:
+        return default
+    if not re.fullmatch(r"-?[0-9]{1,9}", text) or (low is not None and int(text) < low):
+        least = "" if low is None else f", at least {low}"
+        raise ConfigurationError(f"invalid {name} {text!r} in the PostgreSQL URL: a whole number{least}")
+    return int(text)
+
+
+def _seconds(options: dict[str, str], name: str, default: float) -> float:
+    """Option ``name`` as a number of seconds more than 0 (``default`` when absent)."""
+    text = options.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:  # nan too
+        raise ConfigurationError(f"invalid {name} {text!r} in the PostgreSQL URL: seconds, more than 0")
+    return value

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
+from conveyor.backends import url_options
 from conveyor.core.errors import ConfigurationError
 
 
@@ -29,10 +31,9 @@ class RedisURL:
 def parse_url(url: str) -> RedisURL:
     """``url`` read, or a ``ConfigurationError`` saying what is wrong with it."""
     parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
     prefix = "conveyor"
     rest: list[tuple[str, str]] = []
-    for key, value in query:
+    for key, value in url_options(parts, "redis"):
         if key == "prefix":
             prefix = value
         else:
@@ -49,18 +50,21 @@ def parse_url(url: str) -> RedisURL:
             f"invalid redis database {database!r} in the URL: use a number, e.g. redis://host:6379/0"
         )
     client_url = urlunsplit(parts._replace(scheme=scheme.removesuffix("+cluster"), query=urlencode(rest)))
-    if not cluster:
-        _check_options(client_url)
+    _check_options(client_url, cluster)
     kind = "redis cluster" if cluster else "redis"
     return RedisURL(prefix, cluster, client_url, f"{kind} at {parts.hostname or 'localhost'}:{parts.port or 6379}")
 
 
-def _check_options(url: str) -> None:
+def _check_options(url: str, cluster: bool) -> None:
     """Refuse, as a configuration error, a URL option redis-py does not know or a value it cannot
     read (a typo would otherwise fail the first connection with a bare ``TypeError``). A
-    connection is built to find out, without connecting."""
+    connection (a cluster client, which connects only when first used) is built to find out,
+    without connecting."""
     try:
-        aioredis.ConnectionPool.from_url(url).make_connection()  # type: ignore[no-untyped-call]
+        if cluster:
+            RedisCluster.from_url(url)
+        else:
+            aioredis.ConnectionPool.from_url(url).make_connection()  # type: ignore[no-untyped-call]
     except (TypeError, ValueError) as exc:
         name = re.search(r"argument '(\w+)'", str(exc))
         detail = f"unknown option {name[1]!r}" if name else str(exc).rstrip(".")
