@@ -21,8 +21,9 @@ import functools
 import hashlib
 import logging
 import re
+import reprlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -47,12 +48,16 @@ _NOT_DETERMINISTIC = re.compile(r"(?<![a-z])[rh](?![a-z])", re.IGNORECASE)
 
 
 # -- registration ---------------------------------------------------------------------------
-def check_schedule(cron: object, tz: object, catch_up: object) -> None:
-    """Raise ``RegistrationError`` unless the schedule can fire, the same on every scheduler."""
+def check_schedule(cron: object, tz: object, catch_up: object, kwargs: object = None) -> None:
+    """Raise ``RegistrationError`` unless the schedule can fire, the same on every scheduler, with
+    ``kwargs`` (None or a dict keyed by argument names) for each tick; the task checks their values."""
     _check_fires(_checked_cron(cron), _checked_zone(tz))
     if catch_up is not None and (isinstance(catch_up, bool) or not isinstance(catch_up, int | float)
                                  or not catch_up >= 0):
         raise RegistrationError(f"catch_up must be None or a number of seconds ≥ 0, not {catch_up!r}")
+    if kwargs is not None and (not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs)):
+        raise RegistrationError(f"kwargs must be None or a dict of the task's arguments by name (str keys), "
+                                f"not {reprlib.repr(kwargs)}")
 
 
 def _checked_cron(cron: object) -> str:

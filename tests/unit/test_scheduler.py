@@ -42,6 +42,19 @@ def test_periodic__a_parameter_kwargs_does_not_give__refused_at_registration(app
     assert app.schedules[0].kwargs == {"x": 3}
 
 
+@pytest.mark.parametrize(("options", "message"), [
+    ({"kwargs": [1]}, r"kwargs must be None or a dict of the task's arguments by name \(str keys\), not \[1\]"),
+    ({"kwargs": {1: 2}}, r"kwargs must be None or a dict .*, not \{1: 2\}"),
+    ({"args": [1]}, r"periodic: unknown option 'args'; a periodic task's arguments are kwargs= \(a dict\)"),
+])
+def test_periodic__kwargs_no_tick_could_enqueue__refused_and_nothing_registered(app, options, message):
+    """``kwargs=[1]`` raised a bare TypeError and left the task registered (a second try: "already registered")."""
+    with pytest.raises(RegistrationError, match=message):
+        @app.periodic("* * * * *", **options)
+        def fixed(ctx: Context, x: object = None) -> None: ...
+    assert not app.tasks and not app.schedules
+
+
 def _engine_down(tmp_path, catch_up: float) -> tuple[Path, Conveyor]:
     """An app whose SQLite file cannot be opened (a file stands where its directory goes) until
     that file is replaced by a directory, with a schedule firing every second."""

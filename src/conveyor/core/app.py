@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import inspect
 import os
 import reprlib
 import threading
@@ -194,18 +195,25 @@ class Conveyor:
         from conveyor.scheduler import check_schedule
 
         # refused here, at import time: a schedule that cannot fire must not reach the scheduler
-        check_schedule(cron, tz, catch_up)
+        check_schedule(cron, tz, catch_up, kwargs)
+        unknown = sorted(set(options) - _TASK_OPTIONS)
+        if unknown:
+            raise RegistrationError(f"periodic: unknown option {unknown[0]!r}; a periodic task's arguments are "
+                                    f"kwargs= (a dict), its options {', '.join(sorted(_TASK_OPTIONS))}")
+        fixed = dict(kwargs or {})
 
         def register(func: F) -> Task:
             task: Task = self.task(name=name, queue=queue, **options)(func)
             try:  # every tick enqueues these arguments: they must do, now rather than at each tick
-                task.validate((), dict(kwargs or {}))
-            except ValidationError as exc:
-                del self.tasks[task.name]
+                task.validate((), fixed)
+            except BaseException as exc:
+                del self.tasks[task.name]  # a refused decorator registers nothing
+                if not isinstance(exc, ValidationError):
+                    raise
                 raise RegistrationError(
                     f"periodic task {task.name!r}: {exc} (a periodic task takes only ctx and the fixed kwargs=)"
                 ) from None
-            self.schedules.append(Schedule(task.name, cron, tz, dict(kwargs or {}), catch_up))
+            self.schedules.append(Schedule(task.name, cron, tz, fixed, catch_up))
             return task
 
         return register
@@ -467,6 +475,9 @@ class Conveyor:
     async def cancel_async(self, job_id: str) -> Job | None:
         return await (await self.backend()).cancel(job_id, time.time())
 
+
+#: The options ``periodic`` passes on to ``task`` (name and queue are its own).
+_TASK_OPTIONS = frozenset(inspect.signature(Conveyor.task).parameters) - {"self", "fn", "name", "queue"}
 
 #: every app of this process, and what a forked child inherited from its parent: kept
 #: referenced, never used nor closed (closing would act on the parent's connections)
