@@ -3,7 +3,8 @@
 :func:`parse_url` takes Conveyor's own parameters (``schema``, ``pool_min``, ``pool_max``,
 ``pool_timeout``) out of the URL, adds libpq's keepalive options unless the URL sets them, and
 lets libpq check the rest, so that a typo is a configuration error rather than a failed
-connection; an option without a value, or given twice, is refused too (``url_options``). :data:`UNAVAILABLE` lists the errors the engine reports as ``BackendUnavailable``.
+connection; an option without a value, or given twice, is refused too (``url_options``).
+:data:`UNAVAILABLE` lists the errors the engine reports as ``BackendUnavailable``.
 """
 
 from __future__ import annotations
