@@ -41,6 +41,14 @@ def test_url__explicitly_empty__exit_2_not_the_default_database(cli: Cli, argv: 
     assert not (cli.tmp_path / "conveyor.db").exists()
 
 
+def test_url__sqlite_in_memory__exit_2_not_an_id_for_a_lost_job(cli: Cli) -> None:
+    """``submit`` printed an id for a job in a database that ended with the command."""
+    for argv in (["submit", "add", "1", "2"], ["jobs"]):
+        result = cli.run(*argv, "--url", "sqlite:///:memory:")
+        assert (result.code, result.out) == (2, ""), argv
+        assert "sqlite:///:memory: cannot hold jobs" in one_error_line(result.err)
+
+
 def test_url__redis_database_not_a_number__exit_2_not_database_0(cli: Cli) -> None:
     # redis-py ignores a path it cannot read as a number: the jobs would land in database 0
     url = f"redis://127.0.0.1:6379/abc?prefix=cli_{uuid.uuid4().hex[:12]}"

@@ -30,6 +30,21 @@ def test_url__no_file__is_a_configuration_error():
         SQLiteBackend("sqlite://")
 
 
+def test_url__in_memory__sync_enqueue_refused_saying_why_and_what_to_use():
+    """Each connection to ``:memory:`` is a new database: the enqueue printed an id, and
+    ``get_job`` of that id (another connection) found nothing, nor did any worker."""
+    app = Conveyor("sqlite:///:memory:")
+
+    @app.task
+    def noop(ctx: Context) -> None: ...
+
+    with pytest.raises(ConfigurationError) as caught:
+        noop.enqueue()
+    assert "sqlite:///:memory: cannot hold jobs" in str(caught.value)
+    assert "use a file, e.g. sqlite:////tmp/conveyor-test.db" in str(caught.value)
+    app.close()
+
+
 async def test_open__relative_url__creates_file_in_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     backend = SQLiteBackend("sqlite:///conveyor.db")

@@ -68,32 +68,6 @@ def test_event_loop_blocked_past_the_stall_timeout__not_taken_for_a_stalled_clai
     app.close()
 
 
-def test_event_loop_blocked__in_memory_sqlite__the_job_still_succeeds():
-    """No second connection reaches an in-memory database: its leases are not "kept" from one
-    that would find none of them (and report them lost)."""
-    app = Conveyor("sqlite:///:memory:")
-
-    @app.task
-    async def blocks(ctx: Context) -> str:
-        time.sleep(1.5)
-        await asyncio.sleep(0.5)  # the loop's turn: a "lost" lease would be abandoned here
-        return "done"
-
-    async def main() -> tuple[str, int]:
-        worker = Worker(app, scheduler=False, heartbeat=0.1)
-        run = asyncio.create_task(worker.run())
-        while worker._pool is None:  # open, and the app bound to its in-memory database
-            await asyncio.sleep(0.01)
-        job = await blocks.enqueue_async()
-        try:
-            result = await job.wait_async(timeout=10)
-        finally:
-            worker.stop()
-        return result, await asyncio.wait_for(run, 10)
-
-    assert asyncio.run(main()) == ("done", 0)
-
-
 class LateClaimReplies(SQLiteBackend):
     """A real SQLite backend whose first claim that leases anything answers 2.5 s late (a loop
     blocked while the reply was on its way)."""

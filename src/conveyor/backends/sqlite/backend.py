@@ -119,9 +119,6 @@ class SQLiteBackend(Backend):
         """Open the file (creating it), switch to WAL and apply pending migrations."""
         self._connection()
 
-    def twin(self) -> Backend | None:
-        return None if self.path == ":memory:" else super().twin()  # a new connection: a new database
-
     async def close(self) -> None:
         """Close the connection; the backend may be opened again."""
         conn, self._conn = self._conn, None

@@ -28,8 +28,17 @@ _UNAVAILABLE_CODES = frozenset({
 })
 
 
+#: Each connection to ``:memory:`` is a new, empty database: a job enqueued by one command, thread or
+#: event loop (the sync API runs on its own) was never seen by a worker, ``get_job`` or ``jobs``.
+IN_MEMORY_REFUSED = (
+    "sqlite:///:memory: cannot hold jobs: each connection (every command, worker, thread and event loop) "
+    "gets its own empty database, so jobs would be lost; use a file, e.g. sqlite:////tmp/conveyor-test.db "
+    "(in tests, one in the test's temporary directory)"
+)
+
+
 def path_from_url(url: str) -> str:
-    """The file of ``sqlite:///relative.db`` or ``sqlite:////abs/path.db`` (``:memory:`` too)."""
+    """The file of ``sqlite:///relative.db`` or ``sqlite:////abs/path.db``."""
     parts = urlsplit(url)
     if parts.scheme.lower() != "sqlite":
         raise ConfigurationError(f"not a sqlite:// URL: {url!r}")
@@ -40,6 +49,8 @@ def path_from_url(url: str) -> str:
         path = path[1:]
     if not path:
         raise ConfigurationError(f"the SQLite URL {url!r} names no file: use sqlite:///conveyor.db")
+    if path == ":memory:":
+        raise ConfigurationError(IN_MEMORY_REFUSED)
     return path
 
 
