@@ -75,3 +75,34 @@ def test_sigterm__async_task_that_swallows_its_cancel__worker_still_exits(e2e):
     assert time.monotonic() - stopped < 8  # grace 0.5 s + at most 5 s for the leftovers
     handed = job.refresh().job
     assert handed.status is Status.QUEUED and handed.deliveries == 0
+
+
+def _overlaps(events: list[dict]) -> list[tuple[float, int]]:
+    """The moments when more than one task body ran at once (from their start and end records)."""
+    running, crowded = 0, []
+    for event in sorted(events, key=lambda e: (e["t"], e["event"] == "start")):  # an end first at a tie
+        running += 1 if event["event"] == "start" else -1
+        if running > 1:
+            crowded.append((event["t"], running))
+    return crowded
+
+
+def test_time_limit__thread_past_its_limit_keeps_its_slot_until_it_returns(e2e):
+    """Python cannot stop a thread: the first attempt ran on past its limit while its retry and
+    the next job started beside it, two threads running under --concurrency 1."""
+    e2e.worker("--concurrency", "1")
+    job = e2e.enqueue("overrun", 2.0, max_retries=1)
+    wait_for(lambda: recorded(e2e.log), timeout=20, what="the first attempt's start")
+    other = e2e.enqueue("work", 10)
+    wait_for(lambda: len([e for e in recorded(e2e.log) if e["event"] == "end"]) == 3, timeout=30,
+             what="both attempts' threads and the other job to return")
+    events = recorded(e2e.log)
+    assert _overlaps(events) == []
+    first_end = next(e["t"] for e in events if e["event"] == "end")
+    assert [e["job"] for e in events if e["t"] < first_end] == [job.id]  # nothing started beside it
+    assert [e["job"] for e in events if e["event"] == "start"].count(job.id) == 2  # the retry ran after
+    wait_for(lambda: job.refresh().status.terminal, timeout=10, what="the retry's time limit")
+    assert (job.status, job.job.attempt, job.job.error["type"]) == (Status.FAILED, 2, "TimeoutError")
+    assert other.wait(timeout=10) == 10
+    warned = [line for line in e2e.logs().splitlines() if "WARNING" in line and job.id in line]
+    assert warned and "slot" in warned[0]

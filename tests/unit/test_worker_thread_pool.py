@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from typing import Any
 
+import pytest
+
+from conveyor import Conveyor
 from conveyor.core.context import Context
 from conveyor.core.job import Job
 from conveyor.worker.pools import Call, ThreadPool
@@ -85,6 +89,56 @@ def test_errors_come_back_and_a_call_cancelled_before_it_starts_never_runs():
         assert await marker.done == ("after", None)
         await asyncio.sleep(0.05)
         assert not ran and not skipped.done.done()
+        await pool.close()
+
+    asyncio.run(main())
+
+
+def test_run_past_its_time_limit__keeps_its_slot_until_the_thread_returns(caplog: pytest.LogCaptureFixture):
+    """A dependent job's sync code runs through ``ThreadPool.run``: past its time limit it raises
+    ``TimeoutError`` at once, but its thread runs on, so the worker must count it as running
+    (``overrunning``) until it returns, and hear when it does."""
+    app = Conveyor("sqlite:///:memory:")
+    gate = threading.Event()
+
+    @app.task
+    def stuck(ctx: Context) -> str:
+        gate.wait(5)
+        return "late"
+
+    async def main() -> None:
+        freed = asyncio.Event()
+        pool = ThreadPool(2, on_returned=freed.set)
+        ctx = Context(Job(id="j1", task="stuck"))
+        with pytest.raises(TimeoutError):
+            await pool.run(stuck, [], {}, ctx, 0.1)
+        assert ctx.cancelled and pool.overrunning == 1
+        await asyncio.sleep(0.2)
+        assert pool.overrunning == 1 and not freed.is_set()  # still running: still counted
+        gate.set()
+        await asyncio.wait_for(freed.wait(), 5)
+        assert pool.overrunning == 0
+        assert await pool.run(stuck, [], {}, Context(Job(id="j2", task="stuck")), 1.0) == "late"
+        await pool.close()
+
+    with caplog.at_level(logging.WARNING, logger="conveyor.worker.pools"):
+        asyncio.run(main())
+    assert "job j1 (stuck) attempt 1 passed its time limit" in caplog.text
+    app.close()
+
+
+def test_given_up_before_a_thread_took_it__never_runs_and_its_slot_is_free():
+    async def main() -> None:
+        freed = asyncio.Event()
+        pool = ThreadPool(1, on_returned=freed.set)
+        ran: list[int] = []
+        waiting = Probe("k", lambda: ran.append(1))
+        waiting.ctx.request_cancel()  # cancelled before any thread took it (it waited behind others)
+        pool.give_up(waiting, timed_out=False)
+        assert pool.overrunning == 1
+        pool.start([waiting])
+        await asyncio.wait_for(freed.wait(), 5)
+        assert pool.overrunning == 0 and not ran and not waiting.done.done()
         await pool.close()
 
     asyncio.run(main())

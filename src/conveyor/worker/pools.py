@@ -3,7 +3,8 @@
 A pool runs one call and returns its value or raises its exception. Time limits and
 cancellation are the pool's business because only it knows how to stop its kind of work:
 the loop cancels a coroutine, a process pool kills the child, a thread cannot be stopped
-(its job is settled at once and the thread's late outcome is dropped: fencing).
+(its job is settled at once and the thread's late outcome is dropped: fencing; but the thread
+keeps its worker slot until it returns: ``ThreadPool.give_up``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import os
 import queue
 import threading
@@ -18,8 +20,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, Protocol
 
-from conveyor.core.context import Context
+from conveyor.core.context import Context, JobCancelled
 from conveyor.core.task import Task
+
+log = logging.getLogger(__name__)
 
 
 class ProcessDied(Exception):
@@ -41,6 +45,11 @@ class Pool(Protocol):
 
     def stop(self, job_id: str) -> None:
         """Stop the job's code if this pool can (cancel or kill); best effort."""
+
+    @property
+    def overrunning(self) -> int:
+        """Calls whose job was settled while their code still runs (it cannot be stopped): each
+        keeps a worker slot until it returns."""
 
     async def close(self) -> None:
         """Release the pool without waiting for code that cannot be stopped."""
@@ -104,12 +113,14 @@ class Call:
     same thread runs next, once the loop has been sent this one's result (an idle worker's wait
     runs the job it leased, with no hand-off to another thread)."""
 
-    __slots__ = ("ctx", "key", "then")
+    __slots__ = ("ctx", "key", "returned", "then")
 
     def __init__(self, ctx: Context | None, key: object) -> None:
         self.ctx = ctx
         self.key = key
         self.then: Call | None = None
+        #: set by the thread once it ran (or skipped) the call, before the loop hears of it
+        self.returned = False
 
     def run(self) -> Any:
         raise NotImplementedError
@@ -140,6 +151,10 @@ class _FutureCall(Call):
             self.future.set_result(result)
 
 
+#: What ``_serve`` reports of a call given up on that it skipped (never ran).
+_SKIPPED = JobCancelled("settled before it started")
+
+
 class _Group:
     """Calls handed to one thread to run back to back; idle threads may take from it too."""
 
@@ -151,8 +166,9 @@ class _Group:
 
 
 class ThreadPool:
-    """Sync tasks in threads. A timed-out or cancelled thread keeps running until it returns;
-    its slot is freed at once and its outcome is dropped.
+    """Sync tasks in threads. A timed-out or cancelled thread keeps running until it returns:
+    its job is settled at once and its outcome is dropped, but it counts as ``overrunning`` (and
+    so keeps its worker slot) until it returns; ``on_returned`` is then called on the loop.
 
     A thread hand-off (waking a thread, then the loop again) costs far more than a no-op
     task, and every woken thread fights the loop for the GIL. So calls of a task whose recent
@@ -172,8 +188,12 @@ class ThreadPool:
     #: Seconds after which the calls of a group not yet started are given to other threads.
     GROUP_DEADLINE = 0.002
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, on_returned: Callable[[], None] | None = None) -> None:
         self._size = size
+        self._on_returned = on_returned
+        #: calls given up on (``give_up``) whose thread has not returned: when each was given up,
+        #: and whether at its time limit
+        self._given_up: dict[Call, tuple[float, bool]] = {}
         self._groups: queue.SimpleQueue[_Group | None] = queue.SimpleQueue()
         self._done: collections.deque[tuple[Call, Any, BaseException | None]] = collections.deque()
         self._drained: collections.deque[_Group] = collections.deque()
@@ -190,14 +210,35 @@ class ThreadPool:
     ) -> Any:
         self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = self._loop.create_future()
-        self.start([_FutureCall(ctx, task, lambda: task.fn(ctx, *args, **kwargs), future)])
-        if timeout is None:
-            return await future
+        call = _FutureCall(ctx, task, lambda: task.fn(ctx, *args, **kwargs), future)
+        self.start([call])
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
             ctx.request_cancel()  # a cooperative task stops at its next raise_if_cancelled()
+            self.give_up(call, timed_out=True)
             raise
+        except asyncio.CancelledError:  # cancelled, lease lost, or handed back: the worker settles it
+            if not future.done():
+                self.give_up(call, timed_out=False)
+            raise
+
+    def give_up(self, call: Call, *, timed_out: bool) -> None:
+        """The job of ``call`` was settled (its time limit passed, or it was cancelled, lost or
+        handed back) before its thread returned (call on the loop). The thread cannot be stopped:
+        the call stays ``overrunning``, keeping its worker slot, until it returns (or, if no thread
+        took it yet, until one skips it); what it returns is dropped."""
+        if call.returned:
+            return  # the loop has yet to hear of it (or just did): no slot to keep
+        self._given_up[call] = (time.monotonic(), timed_out)
+        if timed_out and call.ctx is not None:
+            job = call.ctx.job
+            log.warning("job %s (%s) attempt %d passed its time limit; its thread runs on (Python cannot stop a "
+                        "thread) and keeps its worker slot until it returns", job.id, job.task, job.attempt)
+
+    @property
+    def overrunning(self) -> int:
+        return len(self._given_up)
 
     def start(self, calls: Sequence[Call]) -> None:
         """Run ``calls`` in threads (call on the loop); each one's ``finished`` is called on the loop."""
@@ -256,7 +297,10 @@ class ThreadPool:
                 except IndexError:  # another thread took the last one
                     break
                 if call.ctx is not None and call.ctx.cancelled:
-                    continue  # settled before it started (cancelled, handed back, timed out): never run it
+                    # settled before it started (cancelled, handed back, timed out): never run it
+                    call.returned = True
+                    self._done.append((call, None, _SKIPPED))  # a slot kept for it is free
+                    continue
                 t0 = clock()
                 try:
                     result, error = call.run(), None
@@ -267,6 +311,7 @@ class ThreadPool:
                 spent = clock() - t0
                 before = cost.get(call.key)
                 cost[call.key] = spent if before is None else before + (spent - before) * 0.25
+                call.returned = True
                 self._done.append((call, result, error))
                 if call.then is not None:
                     self._notify()  # the loop hears of this call before its follow-up runs
@@ -297,12 +342,29 @@ class ThreadPool:
         failure: BaseException | None = None
         while self._done:
             call, result, error = self._done.popleft()
+            if self._given_up and call in self._given_up:
+                self._returned_late(call, error is _SKIPPED)
+                continue  # its job was settled: what it returned is dropped
+            if error is _SKIPPED:
+                continue
             try:
                 call.finished(result, error)
             except BaseException as exc:  # settle the rest first, then let the loop report it
                 failure = failure or exc
         if failure is not None:
             raise failure
+
+    def _returned_late(self, call: Call, skipped: bool) -> None:
+        given_up, timed_out = self._given_up.pop(call)
+        if call.ctx is not None and not skipped:
+            job, late = call.ctx.job, time.monotonic() - given_up
+            # a thread that ignored its limit or cancel for long is worth a line (a cooperative one is not)
+            level = logging.WARNING if late >= 1.0 else logging.DEBUG
+            why = "its time limit" if timed_out else "the job was cancelled, lost or handed back"
+            log.log(level, "job %s (%s) attempt %d: its thread returned %.1f s after %s; its worker slot is free "
+                    "again", job.id, job.task, job.attempt, late, why)
+        if self._on_returned is not None:
+            self._on_returned()
 
     def stop(self, job_id: str) -> None:
         return None  # threads cannot be stopped; the worker tells the task through ctx.cancelled

@@ -214,6 +214,9 @@ class ProcessPool:
                 self._kill(child)
             raise
 
+    #: A child past its time limit, or whose job was cancelled, is killed: none runs on.
+    overrunning = 0
+
     def stop(self, job_id: str) -> None:
         """Kill the child running ``job_id`` (and start another); its ``run`` returns at once."""
         child = self._by_job.get(job_id)

@@ -321,13 +321,14 @@ class Worker:
 
     # -- claiming -------------------------------------------------------------------------
     async def _claim_loop(self) -> None:
-        backend = self._backend
-        assert backend is not None
+        backend, pool = self._backend, self._pool
+        assert backend is not None and pool is not None
         failures = 0
         drained = False  # the claim that came with the last wake-up found no more work: wait again
         while not self._stop.is_set():
             self._loop_tick = time.monotonic()
-            free = self.concurrency - len(self.running)
+            # a thread past its job's time limit (or cancel) runs on: it keeps its slot until it returns
+            free = self.concurrency - len(self.running) - pool.overrunning
             if free <= 0:
                 self._slot_free.clear()
                 with contextlib.suppress(TimeoutError):
@@ -539,14 +540,16 @@ class Worker:
             metrics.job_finished(job, status, duration)
 
     def _time_out(self, running: Running) -> None:
-        """A sync job's time limit passed: settle it now; its thread's late result is dropped."""
+        """A sync job's time limit passed: settle it now; its thread's late result is dropped, and
+        it keeps its slot until it returns (``ThreadPool.give_up``)."""
         job = running.lease.job
         if self.running.get(job.id) is not running:
             return
         running.ctx.request_cancel()  # a cooperative task stops at its next raise_if_cancelled()
         del self.running[job.id]
-        self._slot_free.set()
-        assert running.fn is not None
+        assert running.fn is not None and isinstance(self._pool, ThreadPool)
+        self._pool.give_up(running, timed_out=True)  # its slot is kept until the thread returns
+        self._slot_free.set()  # (were its thread just done, the slot is free)
         self._settle(
             running, decide(running.fn, running.lease, running.ctx, None, TimeoutError(), self._max_deliveries_of(job))
         )
@@ -610,6 +613,8 @@ class Worker:
             running.timer.cancel()
         if running.task is not None:
             running.task.cancel()  # a coroutine stops; a thread's late result is dropped
+        elif isinstance(self._pool, ThreadPool):
+            self._pool.give_up(running, timed_out=False)  # the thread keeps its slot until it returns
         if self._pool is not None:
             self._pool.stop(job_id)
         self._slot_free.set()
@@ -770,7 +775,7 @@ class Worker:
             assert self.app_spec is not None
             return ProcessPool(self.concurrency, self.app_spec, max_tasks=self.max_tasks_per_child,
                                max_memory=self.max_memory_per_child, on_broken=self._pool_broken)
-        return ThreadPool(self.concurrency)
+        return ThreadPool(self.concurrency, on_returned=self._slot_free.set)
 
     def _pool_broken(self, reason: str) -> None:
         """No process of the pool can load the app: hand the jobs back and exit non-zero, rather
