@@ -8,6 +8,7 @@ import pytest
 
 from conveyor.backends.base import Outcome
 from conveyor.core.job import Status
+from conveyor.core.limits import MAX_LIMIT
 from conveyor.core.queues import QueueSettings
 
 T0 = 0.0  #: an explicit clock (claims pass ``now``), after every enqueue: set for each test
@@ -227,3 +228,14 @@ async def test_wait__after_a_rate_limited_job_left__an_idle_wait_waits(backend, 
         assert await backend.claim(["default"], 10, "w1", time.time()) == []
 
     assert waits[-1] >= 0.25, waits
+
+
+async def test_claim__the_largest_limits_a_task_may_set__stored_and_claimed(backend, submit):
+    """``@app.task`` takes limits up to ``MAX_LIMIT``: every engine stores and enforces them
+    (2**31 had made every enqueue fail on PostgreSQL's integer column, 2**63 on SQLite)."""
+    job = await submit("api.call", **limited(concurrency=MAX_LIMIT, rate=(MAX_LIMIT, 3600.0)))
+
+    [lease] = await backend.claim(["default"], 10, "w1", T0)
+
+    assert lease.job.id == job.id
+    assert (lease.job.concurrency_limit, lease.job.rate_limit) == (MAX_LIMIT, (MAX_LIMIT, 3600.0))

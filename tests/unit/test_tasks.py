@@ -108,6 +108,27 @@ def test_registration__options_enqueue_would_refuse_are_refused_here(app, option
     assert "t" not in app.tasks
 
 
+@pytest.mark.parametrize(("limits", "message"), [
+    ({"concurrency_limit": 2**31}, r"concurrency_limit must be an integer from 1 to 1000000, not 2147483648"),
+    ({"concurrency_limit": 1_000_001}, r"concurrency_limit must be an integer from 1 to 1000000, not 1000001"),
+    ({"rate_limit": f"{2**63}/s"}, r"from 1 to 1000000 per second, minute or hour\), not '9223372036854775808/s'"),
+    ({"rate_limit": "1000001/h"}, r"rate_limit must look like .*, not '1000001/h'"),
+    ({"rate_limit": "9" * 5000 + "/m"}, r"rate_limit must look like .*, not '9999999"),
+])
+def test_registration__limits_beyond_what_engines_store__refused(app, limits, message):
+    """``concurrency_limit=2**31`` made every enqueue fail with a psycopg error on PostgreSQL,
+    ``2**63`` with an OverflowError on SQLite; 5,000 digits raised int()'s ValueError."""
+    with pytest.raises(RegistrationError, match=message):
+        app.task(name="limited", **limits)(lambda ctx: None)
+    assert "limited" not in app.tasks
+
+
+def test_registration__the_largest_limits__accepted(app):
+    task = app.task(name="limited", concurrency_limit=1_000_000, rate_limit="1000000/h")(lambda ctx: None)
+    assert task.describe()["concurrency_limit"] == 1_000_000
+    assert task.describe()["rate_limit"] == {"count": 1_000_000, "per": 3600.0}
+
+
 def test_queue_declaration__a_fractional_delivery_limit_is_refused(app):
     with pytest.raises(ValidationError, match="whole number"):
         app.queue("q", max_deliveries=1.5)

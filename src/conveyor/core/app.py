@@ -123,7 +123,8 @@ class Conveyor:
         ``rate_limit`` (``"10/s"``, ``"100/m"``, ``"1000/h"`` starts) are global and apply per
         ``limit_key``: a format string over the task's parameters (``"{customer_id}"``) or a
         callable taking its arguments and returning a str; by default the task name. Jobs with
-        the same key share the limits, whichever task they belong to.
+        the same key share the limits, whichever task they belong to. Each limit is at most
+        1,000,000 (running jobs; starts per second, minute or hour).
 
         ``name`` (by default the function's ``__name__``) is a str of 1–200 characters, as
         ``POST /v1/jobs`` takes it.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import reprlib
 import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,17 +21,23 @@ _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*([smh])\s*$")
 #: Longest limit key stored (a resolved key longer than this is refused at enqueue).
 MAX_KEY = 200
+#: The largest ``concurrency_limit``, and the largest count of a ``rate_limit`` (per second,
+#: minute or hour): beyond any deployment, and within what every engine stores (PostgreSQL's
+#: ``integer`` column ends at 2^31 - 1, SQLite's at 2^63 - 1, Redis's Lua reads doubles).
+MAX_LIMIT = 1_000_000
 
 
 def parse_rate(text: str, where: str) -> tuple[int, float]:
     """``"10/s"`` → ``(10, 1.0)``; ``RegistrationError`` for anything else."""
     match = _RATE.match(text) if isinstance(text, str) else None
-    if match is None or int(match.group(1)) < 1:
+    digits = match.group(1).lstrip("0") if match is not None else ""
+    count = int(digits) if 0 < len(digits) <= len(str(MAX_LIMIT)) else 0  # int() refuses 4,301 digits
+    if match is None or not 1 <= count <= MAX_LIMIT:
         raise RegistrationError(
-            f"{where}: rate_limit must look like '10/s', '100/m' or '1000/h' (a count ≥ 1 per second, "
-            f"minute or hour), not {text!r}"
+            f"{where}: rate_limit must look like '10/s', '100/m' or '1000/h' (a count from 1 to {MAX_LIMIT} per "
+            f"second, minute or hour), not {reprlib.repr(text)}"
         )
-    return int(match.group(1)), _UNITS[match.group(2)]
+    return count, _UNITS[match.group(2)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +64,10 @@ class Limits:
         limit_key: str | Callable[..., str] | None,
     ) -> Limits:
         """Validate the ``@app.task`` limit options against the task's parameters."""
-        if concurrency_limit is not None and (
-            isinstance(concurrency_limit, bool) or not isinstance(concurrency_limit, int) or concurrency_limit < 1
-        ):
-            raise RegistrationError(f"{where}: concurrency_limit must be an integer ≥ 1")
+        if concurrency_limit is not None and (isinstance(concurrency_limit, bool) or not isinstance(
+                concurrency_limit, int) or not 1 <= concurrency_limit <= MAX_LIMIT):
+            raise RegistrationError(f"{where}: concurrency_limit must be an integer from 1 to {MAX_LIMIT}, "
+                                    f"not {reprlib.repr(concurrency_limit)}")
         rate = parse_rate(rate_limit, where) if rate_limit is not None else None
         if limit_key is not None:
             if concurrency_limit is None and rate is None:
