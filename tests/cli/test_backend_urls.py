@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import pytest
@@ -58,10 +59,14 @@ def test_url__redis_database_not_a_number__exit_2_not_database_0(cli: Cli) -> No
         assert "invalid redis database 'abc' in the URL" in one_error_line(result.err)
 
 
-def test_url__redis_database_out_of_range__exit_2(cli: Cli) -> None:
-    result = cli.run("jobs", "--url", f"redis://127.0.0.1:6379/99?prefix=cli_{uuid.uuid4().hex[:12]}")
-    assert result.code == 2
-    assert "DB index is out of range" in one_error_line(result.err)
+def test_url__redis_database_the_server_lacks__exit_2_naming_it(cli: Cli) -> None:
+    """It said the server's bare "DB index is out of range"; the server refuses to start too."""
+    url = f"redis://127.0.0.1:6379/99?prefix=cli_{uuid.uuid4().hex[:12]}"
+    argvs = (["jobs"], ["submit", "add", "1", "2"], ["worker", "--burst"], ["server", "--port", str(free_port())])
+    for argv, result in zip(argvs, cli.run_each(*([*argv, "--url", url] for argv in argvs)), strict=True):
+        assert result.code == 2, argv
+        assert re.search(r"error: redis at 127\.0\.0\.1:6379 has no database 99 \(it has \d+: 0 to \d+\): use one "
+                         r"of its databases in the URL", one_error_line(result.err)), result.err
 
 
 @pytest.mark.parametrize(

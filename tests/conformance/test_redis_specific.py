@@ -197,6 +197,20 @@ async def test_enqueue_blocking__many_threads_at_once__every_job_stored_once(rb:
     assert len(await rb.get_jobs(ids)) == 320
 
 
+def test_enqueue_blocking__database_the_server_lacks__configuration_error_naming_it() -> None:
+    """The sync enqueue (``task.enqueue``) raised redis-py's bare ResponseError "DB index is out of range"."""
+    b = RedisBackend(f"redis://127.0.0.1:6379/99?prefix=rtest_{uuid.uuid4().hex[:10]}")
+    with pytest.raises(ConfigurationError, match=r"^redis at 127\.0\.0\.1:6379 has no database 99 \(it has \d+: 0 to "):
+        b.enqueue_blocking([job()])
+    b.close_blocking()
+
+
+async def test_open__database_the_server_lacks__configuration_error_naming_it() -> None:
+    b = RedisBackend(f"redis://127.0.0.1:6379/99?prefix=rtest_{uuid.uuid4().hex[:10]}")
+    with pytest.raises(ConfigurationError, match=r"^redis at 127\.0\.0\.1:6379 has no database 99 \(it has \d+: 0 to "):
+        await b.open()
+
+
 def test_enqueue_blocking__unreachable_server__backend_unavailable() -> None:
     b = RedisBackend("redis://127.0.0.1:1/0?prefix=nowhere")
     with pytest.raises(BackendUnavailable, match="unreachable"):

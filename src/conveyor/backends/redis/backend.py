@@ -110,7 +110,7 @@ from conveyor.backends.redis.records import (
 )
 from conveyor.backends.redis.scripts import claim_args, finish_args, sources
 from conveyor.backends.redis.submissions import Coalescer, Enqueued, Submission, payload, sent_together
-from conveyor.backends.redis.url import parse_url
+from conveyor.backends.redis.url import database_refused, parse_url
 from conveyor.core.errors import BackendUnavailable, ConfigurationError, InvalidTransition
 from conveyor.core.job import Job, Status
 from conveyor.core.queues import QueueSettings
@@ -153,6 +153,7 @@ class RedisBackend(Backend):
         self._anchor = f"{{{self.prefix}}}:jq"  #: KEYS[1] of every script: routes it to the {P} slot
         #: ends this backend's ``wait_for_work`` early (``end_wait``)
         self._end_key = f"{{{self.prefix}}}:ew:{secrets.token_hex(8)}"
+        self._url = parsed
         self._redis_url = parsed.client_url
         self._where = parsed.where
         self._r: aioredis.Redis | RedisCluster | None = None
@@ -263,8 +264,9 @@ class RedisBackend(Backend):
                     await self.r.ping()
                 except RedisClusterException as exc:  # no startup node answered
                     raise RedisConnectionError(str(exc)) from exc
-                except ResponseError as exc:  # the connection's setup was refused: SELECT of a missing db
-                    raise ConfigurationError(f"{self._where}: {exc} (the database number in the URL)") from exc
+                except ResponseError as exc:  # the connection's setup was refused: SELECT of a missing db, ACLs
+                    refused = await asyncio.to_thread(database_refused, self._url, exc)
+                    raise refused or ConfigurationError(f"{self._where}: {exc}") from None
                 await self._load_scripts()
         except (BackendUnavailable, ConfigurationError):
             await self.close()
@@ -365,6 +367,11 @@ class RedisBackend(Backend):
             except NoScriptError:  # a new or restarted server: load it, then run it
                 client.script_load(self._src["enqueue"])
                 reply = client.evalsha(sha, 1, *args)
+            except ResponseError as exc:  # this client's first connection: its SELECT of a missing db
+                refused = database_refused(self._url, exc)
+                if refused is None:
+                    raise
+                raise refused from None
         return cast(list[Any], reply)
 
     def close_blocking(self) -> None:

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
 
 from conveyor.backends import url_options
 from conveyor.core.errors import ConfigurationError
@@ -26,6 +29,7 @@ class RedisURL:
     cluster: bool  #: a Redis Cluster (``redis+cluster://``)
     client_url: str  #: for redis-py: the scheme without ``+cluster``, the query without ``prefix``
     where: str  #: ``redis at host:port`` (or ``redis cluster at ...``), for messages
+    database: int = 0  #: the database number of the URL's path
 
 
 def parse_url(url: str) -> RedisURL:
@@ -52,7 +56,27 @@ def parse_url(url: str) -> RedisURL:
     client_url = urlunsplit(parts._replace(scheme=scheme.removesuffix("+cluster"), query=urlencode(rest)))
     _check_options(client_url, cluster)
     kind = "redis cluster" if cluster else "redis"
-    return RedisURL(prefix, cluster, client_url, f"{kind} at {parts.hostname or 'localhost'}:{parts.port or 6379}")
+    where = f"{kind} at {parts.hostname or 'localhost'}:{parts.port or 6379}"
+    return RedisURL(prefix, cluster, client_url, where, int(database or 0))
+
+
+def database_refused(url: RedisURL, exc: ResponseError) -> ConfigurationError | None:
+    """The ``ConfigurationError`` for ``exc`` when it is the server's refusal of the URL's database
+    (redis-py selects it on each new connection: the first command failed with a bare
+    "DB index is out of range"), naming how many databases the server has when it says so on
+    database 0 within a second; None for any other error. Blocks: off the event loop."""
+    if "DB index is out of range" not in str(exc):
+        return None
+    try:
+        with redis.Redis.from_url(urlunsplit(urlsplit(url.client_url)._replace(path="")), socket_timeout=1.0,
+                                  socket_connect_timeout=1.0, retry=None) as client:
+            count = int(cast(dict[str, str], client.config_get("databases"))["databases"])
+    except (redis.RedisError, KeyError, ValueError):  # CONFIG renamed or disabled, as managed services do
+        has = f"({exc})"
+    else:
+        has = f"(it has {count}: 0 to {count - 1})"
+    return ConfigurationError(f"{url.where} has no database {url.database} {has}: use one of its databases in "
+                              "the URL, e.g. redis://host:6379/0")
 
 
 def _check_options(url: str, cluster: bool) -> None:
