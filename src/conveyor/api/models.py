@@ -6,6 +6,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
+from conveyor.core.task import MAX_TASK_NAME
+
 #: Strict, yet ints are accepted (and become floats); bools are not. Finite: NaN (which the JSON
 #: parsers take) is no number of seconds, and was refused as "less than or equal to 1209600".
 Seconds = Annotated[StrictFloat, Field(allow_inf_nan=False)]
@@ -15,7 +17,7 @@ class SubmitJob(BaseModel):
     """One job to run: the task's name, its arguments and options."""
 
     model_config = ConfigDict(extra="forbid")
-    task: Annotated[StrictStr, Field(min_length=1, max_length=200)]
+    task: Annotated[StrictStr, Field(min_length=1, max_length=MAX_TASK_NAME)]
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
     queue: StrictStr | None = None
