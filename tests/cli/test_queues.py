@@ -140,11 +140,23 @@ def test_purge__json(cli: Cli) -> None:
 
 
 @pytest.mark.parametrize("argv", [["redrive", "bad q!"], ["purge", "bad q!", "-y"], ["queue", "bad q!"],
-                                  ["worker", "--queues", "default,bad q!", "--burst"]])
+                                  ["worker", "--queues", "default,bad q!", "--burst"], ["jobs", "--queue", "bad q!"],
+                                  ["submit", "add", "1", "2", "--queue", "bad q!"]])
 def test_invalid_queue_name__exit_2_naming_it(cli: Cli, argv: list[str]) -> None:
     result = cli(*argv)
     assert result.code == 2
     assert "invalid queue name 'bad q!': queue names are" in one_error_line(result.err)
+
+
+@pytest.mark.parametrize("argv", [["jobs", "--queue", ""], ["jobs", "--queue", "a b/ü"],
+                                  ["submit", "add", "1", "2", "--queue", ""],
+                                  ["worker", "--queues", "default,", "--burst"]])
+def test_empty_or_invalid_queue_name__exit_2_not_an_empty_answer(cli: Cli, argv: list[str]) -> None:
+    """``jobs --queue ''`` printed "no jobs" (exit 0); ``worker --queues "default,$UNSET"`` worked "default" only."""
+    result = cli(*argv)
+    assert (result.code, result.out) == (2, "")
+    line = one_error_line(result.err)
+    assert "argument" in line and "invalid queue name" in line and "queue names are 1–100 ASCII letters" in line
 
 
 def _on_a_terminal(cli: Cli, argv: list[str], keys: bytes, after: bytes, timeout: float = 20.0) -> tuple[str, int]:

@@ -67,8 +67,6 @@ def queue_name(text: str) -> str:
 
 
 def queue_names(text: str) -> list[str]:
-    """A comma-separated list of at least one valid queue name."""
-    found = [queue_name(n.strip()) for n in text.split(",") if n.strip()]
-    if not found:
-        raise argparse.ArgumentTypeError("name at least one queue")
-    return found
+    """A comma-separated list of valid queue names (spaces around a name are ignored); an empty
+    one (``--queues "$A,$B"`` with B unset) is refused, as it is for every option that takes one."""
+    return [queue_name(n.strip()) for n in text.split(",")]

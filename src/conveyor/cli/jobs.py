@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("args", nargs="*", default=[], metavar="ARG_JSON",
                    help='positional arguments, each JSON (quote strings: \'"a"\')')
     p.add_argument("--kwargs", metavar="JSON", help="keyword arguments as a JSON object")
-    p.add_argument("--queue", help="queue (default: the task's)")
+    p.add_argument("--queue", type=argtypes.queue_name, help="queue (default: the task's)")
     p.add_argument("--priority", type=int, metavar="0-9", help="9 runs first (default: the task's)")
     p.add_argument("--delay", type=float, metavar="S", help="do not start before S seconds from now")
     p.add_argument("--max-retries", type=int, metavar="N", help="retries after a failure (default: the task's)")
@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = subparsers.add_parser("jobs", help="list jobs, newest first", epilog=API_HELP)
     p.add_argument("--status", choices=[str(s) for s in Status])
-    p.add_argument("--queue")
+    p.add_argument("--queue", type=argtypes.queue_name, help="only this queue's jobs")
     p.add_argument("--task")
     p.add_argument("--limit", type=argtypes.integer(1, 500), default=50, metavar="N",
                    help="at most N jobs, 1-500 (default 50)")
