@@ -98,7 +98,11 @@ def e2e_any(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
     env = Env(tmp_path, ENGINES[request.param](tmp_path, name))
     yield env
     env.stop()
+    drop_namespace(env)
 
+
+def drop_namespace(env: Env) -> None:
+    """Drop the test's keys, schema or queues (where the engine can), and close its client."""
     async def drop() -> None:
         backend = await env.client.backend()
         if hasattr(backend, "drop"):
