@@ -18,6 +18,7 @@ import signal
 import socket
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
@@ -30,7 +31,7 @@ from conveyor.core.app import Conveyor
 from conveyor.core.checks import PARENT_NAMES
 from conveyor.core.context import Context
 from conveyor.core.errors import BackendUnavailable, ConfigurationError
-from conveyor.core.job import Job, Status
+from conveyor.core.job import Job, Status, error_info
 from conveyor.core.task import Task
 from conveyor.scheduler import run_scheduler
 from conveyor.worker.execute import decide, execute, time_limit
@@ -449,34 +450,73 @@ class Worker:
 
     # -- running --------------------------------------------------------------------------
     def _start(self, leases: list[Lease], started: Running | None = None) -> None:
-        """Run the jobs of ``leases``; ``started``: one of them that a pool thread runs already."""
+        """Run the jobs of ``leases``; ``started``: one of them that a pool thread runs already.
+
+        A job whose start raises (a bug; the worker's own steps, not the task's code) fails its
+        attempt with that error (``_failed_to_start``); the others start all the same."""
         loop = asyncio.get_running_loop()
         pool = self._pool
-        calls: list[Call] = []
+        calls: list[Running] = []
         now = time.time()
         for lease in leases:
             job = lease.job
             self._leased_off_loop.pop(job.id, None)
-            running = started if started is not None and started.lease is lease else self._runs_in_thread(loop, lease)
-            if running is not None:
-                # the common case, without a coroutine: the pool calls running.finished on the loop
+            try:
+                running = started if started is not None and started.lease is lease \
+                    else self._runs_in_thread(loop, lease)
+                if running is not None:
+                    # the common case, without a coroutine: the pool calls running.finished on the loop
+                    self.running[job.id] = running
+                    assert running.fn is not None
+                    timeout = time_limit(running.fn, lease)
+                    if timeout is not None:
+                        running.timer = loop.call_later(timeout, self._time_out, running)
+                    if running is not started:
+                        calls.append(running)
+                    continue
+                running = self._running(loop, lease, self.app.tasks.get(job.task))
                 self.running[job.id] = running
-                assert running.fn is not None
-                timeout = time_limit(running.fn, lease)
-                if timeout is not None:
-                    running.timer = loop.call_later(timeout, self._time_out, running)
-                if running is not started:
-                    calls.append(running)
-                continue
-            running = self._running(loop, lease, self.app.tasks.get(job.task))
-            self.running[job.id] = running
-            running.task = asyncio.create_task(self._run(running))
+                running.task = asyncio.create_task(self._run(running))
+            except Exception as exc:
+                self._failed_to_start(lease, exc)
         if calls:
             assert isinstance(pool, ThreadPool)
-            pool.start(calls)
+            try:
+                pool.start(calls)
+            except Exception as exc:  # a thread could not be started, say: none of them is to run
+                for running in calls:
+                    running.ctx.request_cancel()  # a thread that takes one after all skips it
+                    if running.timer is not None:
+                        running.timer.cancel()
+                    del self.running[running.lease.job.id]  # no slot to keep: settled as not started
+                    self._failed_to_start(running.lease, exc)
+                self._slot_free.set()
         # counted later (``_count``), not now: the loop should go idle at once so that the
         # thread just woken gets the GIL
         self._uncounted_starts.append((leases, now))
+
+    def _failed_to_start(self, lease: Lease, exc: Exception) -> None:
+        """Settle a job whose start raised in ``_start``: stop what did start of it (its timer, its
+        coroutine, its thread) and fail its attempt (``_start_failure``)."""
+        outcome = self._start_failure(lease, exc)
+        running = self.running.get(lease.job.id)
+        if running is not None and running.lease is lease:
+            self._abandon(lease.job.id, outcome)
+        else:
+            self._uncounted_ends.append((lease.job, outcome.status, 0.0))
+            self._reporting.add(outcome)
+
+    def _start_failure(self, lease: Lease, exc: Exception) -> Outcome:
+        """The outcome of a job that the worker failed to prepare or start (``exc``: a bug, or a
+        record it cannot read, such as a parent's result that is not JSON): its attempt fails with
+        that error, retried by the usual rules, rather than the job staying ``running`` with
+        nothing running it. Said once, with the traceback."""
+        job = lease.job
+        log.error("job %s (%s) attempt %d: the worker failed to start it; the attempt fails with %s",
+                  job.id, job.task, job.attempt, type(exc).__name__, exc_info=exc)
+        task = self.app.tasks.get(job.task)
+        error = error_info(exc, "".join(traceback.format_exception(exc)))
+        return rules.failed_attempt(job, lease.token, error, time.time(), task.options if task else None)
 
     def _running(self, loop: asyncio.AbstractEventLoop, lease: Lease, fn: Task | None) -> Running:
         return Running(self, lease, Context(lease.job, self._reporter(loop, lease.job.id, lease.token)), fn)
@@ -571,6 +611,8 @@ class Worker:
                                         self._max_deliveries_of(job))
         except asyncio.CancelledError:
             return  # abandoned (lease lost) or handed back on shutdown: someone else settled it
+        except Exception as exc:  # the worker's own steps (the task's errors are its outcome, in execute)
+            outcome = self._start_failure(lease, exc)
         finally:
             if self.running.get(job.id) is running:
                 del self.running[job.id]
