@@ -4,17 +4,22 @@ Workers call ``job_started`` and ``job_finished``; the API server calls ``job_en
 When ``PROMETHEUS_MULTIPROC_DIR`` is set (``conveyor up`` sets it for its children) every
 process writes its samples there and the server's ``/metrics`` aggregates them all; without
 it, ``/metrics`` shows the serving process's own registry. A worker elsewhere serves its own
-(``serve``).
+(``serve``), with its ``/healthz`` and ``/readyz``.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
-from collections.abc import Iterable, Sequence
+import socket
+import socketserver
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import REGISTRY, Collector
@@ -93,11 +98,61 @@ def render(queues: Sequence[QueueInfo]) -> bytes:
     return text + generate_latest(gauges)
 
 
-def serve(host: str, port: int) -> None:
+def serve(host: str, port: int, not_ready: Callable[[], str | None] | None = None) -> None:
     """Serve this process's metrics at ``http://host:port/metrics`` from a daemon thread: its job
     counters and timings, and the process's own (resident memory, CPU time, open files), for a
-    worker on a host of its own (``conveyor worker --metrics``). ``OSError`` if it cannot listen."""
-    start_http_server(port, addr=host)
+    worker on a host of its own (``conveyor worker --metrics``). Beside them ``/healthz`` (200
+    while the process answers) and ``/readyz`` (200, or 503 with the reason ``not_ready`` gives).
+    ``OSError`` if it cannot listen."""
+
+    class Server(_Server):
+        address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+
+    httpd = make_server(host, port, _router(make_wsgi_app(REGISTRY), not_ready), Server, _QuietHandler)
+    threading.Thread(target=httpd.serve_forever, name="conveyor-metrics", daemon=True).start()
+
+
+#: A WSGI application: ``(environ, start_response) -> body``.
+_App = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def _router(metrics_app: _App, not_ready: Callable[[], str | None] | None) -> _App:
+    """``/healthz`` and ``/readyz`` here; every other path to prometheus_client's app, as before."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO")
+        if path == "/healthz":
+            return _json(start_response, "200 OK", {"status": "ok"})
+        if path == "/readyz":
+            problem = not_ready() if not_ready is not None else None
+            if problem is None:
+                return _json(start_response, "200 OK", {"status": "ready"})
+            body = {"type": "about:blank", "title": "Service Unavailable", "status": 503, "detail": problem}
+            return _json(start_response, "503 Service Unavailable", body, "application/problem+json",
+                         [("Retry-After", "5")])
+        return metrics_app(environ, start_response)
+
+    return app
+
+
+def _json(start_response: Callable[..., Any], status: str, body: dict[str, Any],
+          media_type: str = "application/json", extra: Sequence[tuple[str, str]] = ()) -> list[bytes]:
+    data = json.dumps(body).encode()
+    start_response(status, [("Content-Type", media_type), ("Content-Length", str(len(data))), *extra])
+    return [data]
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    """A request per thread (a slow scrape holds up no probe); the threads die with the process."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No line on stderr per request (a probe every few seconds would flood the worker's log)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
 
 
 __all__ = ["job_enqueued", "job_finished", "job_started", "render", "serve"]

@@ -13,7 +13,7 @@ from conveyor import metrics
 from conveyor.cli import argtypes
 from conveyor.cli.common import add_common, app_spec, configure_logging, load
 from conveyor.cli.errors import Stopped
-from conveyor.worker.worker import left_running, run_worker
+from conveyor.worker.worker import Worker, left_running, run_in_process
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--max-memory-per-child", type=argtypes.integer(1), metavar="MIB",
                    help="process pool: replace a process that holds more than MIB MiB after a job")
     p.add_argument("--metrics", type=argtypes.address, metavar="[HOST:]PORT",
-                   help="serve this worker's Prometheus metrics at http://HOST:PORT/metrics (HOST: 127.0.0.1)")
+                   help="serve this worker's Prometheus metrics at http://HOST:PORT/metrics, with /healthz and "
+                        "/readyz (503 while its claim loop stalls or the engine is unreachable) (HOST: 127.0.0.1)")
     p.add_argument("--no-scheduler", action="store_true", help="do not enqueue the app's periodic tasks")
     p.add_argument("--burst", action="store_true", help="exit once no job is ready")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -45,16 +46,7 @@ def worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop_before_start)  # the worker's own handler replaces it once it runs
     app = load(args)
     configure_logging(args.log_level)
-    if args.metrics is not None:
-        host, port = args.metrics
-        try:
-            metrics.serve(host, port)
-        except OSError as exc:
-            print(f"conveyor worker: error: cannot serve metrics on {host}:{port}: {exc.strerror or exc}",
-                  file=sys.stderr)
-            return 1
-        logging.getLogger("conveyor.worker").info("metrics at http://%s:%d/metrics", host, port)
-    code = run_worker(
+    worker = Worker(
         app,
         queues=args.queues,
         concurrency=args.concurrency,
@@ -66,6 +58,17 @@ def worker(args: argparse.Namespace) -> int:
         max_tasks_per_child=args.max_tasks_per_child,
         max_memory_per_child=args.max_memory_per_child and args.max_memory_per_child * 2**20,
     )
+    if args.metrics is not None:
+        host, port = args.metrics
+        try:
+            metrics.serve(host, port, worker.not_ready)
+        except OSError as exc:
+            print(f"conveyor worker: error: cannot serve metrics on {host}:{port}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 1
+        logging.getLogger("conveyor.worker").info("metrics at http://%s:%d/metrics (and /healthz, /readyz)",
+                                                  host, port)
+    code = run_in_process(worker)
     if left_running():
         # job code that ignored its time limit or cancel must not keep the process alive: its
         # job was already settled or handed back

@@ -50,6 +50,10 @@ RECANCEL_AFTER = 0.5
 EXIT_STALLED = 70
 #: Seconds the event loop may be late before the worker warns that something blocks it.
 BLOCKED_WARNING = 2.0
+#: Seconds without a turn of the claim loop after which the worker is not ready (``/readyz``):
+#: it turns at least once a second while it runs, every slot busy or none (while it backs off
+#: from an outage, for up to 5 s, its failed claim says it is not ready already).
+UNREADY_AFTER = 5.0
 
 
 class Running(Call):
@@ -199,6 +203,9 @@ class Worker:
         #: Leases a pool thread took (``_Wait``) that the loop has not started yet (job id → token):
         #: their heartbeats are owed too. Each change is one dict operation, safe from any thread.
         self._leased_off_loop: dict[str, str] = {}
+        #: what the last claim and the last heartbeat raised (None: it was answered), for ``not_ready``
+        self._claim_error: str | None = None
+        self._heartbeat_error: str | None = None
 
     # -- public ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -206,6 +213,22 @@ class Worker:
         if not self._stop.is_set():
             log.info("worker %s stopping: no new jobs, %d running", self.id, len(self.running))
         self._stop.set()
+
+    def not_ready(self) -> str | None:
+        """Why this worker is not ready (``/readyz`` answers 503 with it), or None: it runs its claim
+        loop and the engine answers its claims and heartbeats. Safe from any thread."""
+        if self._stop.is_set():
+            return "the worker is stopping"
+        if self._claim_task is None:
+            return "the worker is starting (waiting for the engine)"
+        quiet = time.monotonic() - self._loop_tick
+        if quiet > UNREADY_AFTER:
+            return f"the claim loop has not run for {quiet:.0f} s"
+        if self._claim_error is not None:
+            return f"claims fail: {self._claim_error}"
+        if self._heartbeat_error is not None:
+            return f"heartbeats fail: {self._heartbeat_error}"
+        return None
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(
@@ -344,7 +367,9 @@ class Worker:
             try:
                 leases = [] if drained else await self._report_and_claim(free)
                 failures = 0
+                self._claim_error = None
             except BackendUnavailable as exc:
+                self._claim_error = str(exc) or type(exc).__name__
                 failures += 1
                 delay = min(5.0, 0.1 * 2**failures) * random.uniform(0.5, 1.0)
                 log.warning("worker %s: claim failed (%s); retrying in %.1f s", self.id, exc, delay)
@@ -709,8 +734,10 @@ class Worker:
                 async with asyncio.timeout(10.0):
                     reply = await backend.heartbeat(self.info(), leases, time.time())
             except (BackendUnavailable, TimeoutError) as exc:
+                self._heartbeat_error = str(exc) or "no answer within 10 s"
                 log.warning("worker %s: heartbeat failed (%s)", self.id, exc)
                 continue
+            self._heartbeat_error = None
             self._heard(reply, leases)
 
     def owed_leases(self) -> dict[str, str]:
@@ -879,7 +906,12 @@ async def cancel_within(tasks: Collection[asyncio.Task[Any]], bound: float) -> N
 
 
 def run_worker(app: Conveyor, **options: Any) -> int:
-    """Run a worker in this process until it stops; its exit code.
+    """Run a worker (``Worker(app, **options)``) in this process until it stops; its exit code."""
+    return run_in_process(Worker(app, **options))
+
+
+def run_in_process(worker: Worker) -> int:
+    """Run ``worker`` in this process, on an event loop of its own, until it stops; its exit code.
 
     Not ``asyncio.run``: at its end it waits for every task it cancels, and a job coroutine that
     swallows its cancel would hold the stop for as long as it likes. Here the leftovers get
@@ -887,7 +919,7 @@ def run_worker(app: Conveyor, **options: Any) -> int:
     ``left_running``), its job settled or handed back already."""
     loop = asyncio.new_event_loop()
     try:
-        return loop.run_until_complete(Worker(app, **options).run())
+        return loop.run_until_complete(worker.run())
     finally:
         pending = asyncio.all_tasks(loop)
         loop.run_until_complete(cancel_within(pending, SHUTDOWN_BOUND))
@@ -906,4 +938,4 @@ def left_running() -> bool:
     return threads or any(not t.done() for t in LEFT_BEHIND)
 
 
-__all__ = ["EXIT_STALLED", "Worker", "left_running", "run_worker"]
+__all__ = ["EXIT_STALLED", "Worker", "left_running", "run_in_process", "run_worker"]
