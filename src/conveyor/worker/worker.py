@@ -735,7 +735,7 @@ class Worker:
                     reply = await backend.heartbeat(self.info(), leases, time.time())
             except (BackendUnavailable, TimeoutError) as exc:
                 self._heartbeat_error = str(exc) or "no answer within 10 s"
-                log.warning("worker %s: heartbeat failed (%s)", self.id, exc)
+                log.warning("worker %s: heartbeat failed (%s)", self.id, self._heartbeat_error)
                 continue
             self._heartbeat_error = None
             self._heard(reply, leases)
