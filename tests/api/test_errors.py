@@ -162,6 +162,17 @@ def test_batch__lone_surrogate__422_naming_where(http: httpx.Client, job: dict, 
     assert error["pointer"] == pointer and "lone UTF-16 surrogate" in error["detail"]
 
 
+def test_batch__lone_surrogate_as_a_kwargs_key__422_pointing_at_it(http: httpx.Client) -> None:
+    """The pointer quotes the key, which UTF-8 cannot encode: the problem could not be sent (a 500,
+    with a traceback in the server's log). It goes out escaped, as the client wrote it."""
+    raw = b'{"jobs": [{"task": "add", "kwargs": {"a": 1, "b": 2, "\\ud800": 3}}]}'
+    r = http.post("/v1/jobs/batch", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, r.text
+    assert b"\\ud800" in r.content
+    assert r.json()["errors"] == [{"pointer": "#/jobs/0/kwargs/\ud800", "detail": "unexpected argument '\\ud800'"}]
+    assert http.get("/v1/jobs").json()["items"] == []  # nothing was submitted
+
+
 def test_compressed_body__415_saying_so(http: httpx.Client) -> None:
     """A gzip body was parsed as it came: 400 "not valid JSON: expected value" or "not UTF-8 text"."""
     raw = gzip.compress(b'{"task": "add", "args": [1, 2]}')

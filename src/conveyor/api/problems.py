@@ -7,6 +7,7 @@ below; anything else is a bug and gets a generic 500 without a traceback (logged
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -114,6 +115,21 @@ class Problem(BaseModel):
     errors: list[ProblemError] | None = None
 
 
+class ProblemResponse(JSONResponse):
+    """problem+json that can always be sent: a pointer or detail may quote what the client sent,
+    and a batch's body (read by the standard library) may hold a lone surrogate (``{"\\ud800": 1}``
+    as a kwargs key) that UTF-8 cannot encode; such a body goes out with non-ASCII escaped, as the
+    client wrote it, instead of failing as a 500."""
+
+    media_type = MEDIA_TYPE
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
 def problem(
     status: int,
     detail: str,
@@ -134,7 +150,7 @@ def problem(
     if errors is not None:
         body["errors"] = [dict(e) for e in errors]
     all_headers = {**HEADERS.get(status, {}), **(headers or {})}
-    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=all_headers)
+    return ProblemResponse(body, status_code=status, headers=all_headers)
 
 
 def from_error(exc: BaseException) -> JSONResponse:
