@@ -222,6 +222,32 @@ def test_body_without_content_type__taken_as_json(http: httpx.Client) -> None:
     assert http.post("/v1/jobs", content=b'{"task": "add", "args": [1, 2]}').status_code == 202
 
 
+@pytest.mark.parametrize("headers", [[("content-type", "")], [("content-type", ";")],
+                                     [("content-type", "; charset=utf-8")]])
+def test_body_with_an_empty_content_type__taken_as_json_on_every_route(http: httpx.Client, headers: list) -> None:
+    """Like no Content-Type at all: POST /v1/jobs took it, the other routes said 422 "#: Input should
+    be a valid dictionary" of a JSON object."""
+    job = {"task": "add", "args": [1, 2]}
+    for method, path, body, status in (("POST", "/v1/jobs", job, 202), ("POST", "/v1/jobs/batch", {"jobs": [job]}, 202),
+                                       ("PATCH", "/v1/queues/default", {"paused": True}, 200),
+                                       ("POST", "/v1/queues/default/redrive", {"ids": []}, 200)):
+        r = http.request(method, path, content=json.dumps(body).encode(), headers=headers)
+        assert r.status_code == status, (method, path, r.text)
+    assert http.get("/v1/queues/default").json()["paused"] is True
+
+
+def test_two_content_types__the_first_is_judged_on_every_route(http: httpx.Client) -> None:
+    """The routes read the first; the check read the last: text/plain then application/json was
+    a 202 on POST /v1/jobs and a 422 "not a valid dictionary" on PATCH."""
+    headers = [("content-type", "text/plain"), ("content-type", "application/json")]
+    for method, path, body in (("POST", "/v1/jobs", {"task": "add", "args": [1, 2]}),
+                               ("PATCH", "/v1/queues/default", {"paused": True})):
+        r = http.request(method, path, content=json.dumps(body).encode(), headers=headers)
+        assert r.status_code == 415, (method, path, r.text)
+        assert r.json()["detail"] == "send JSON (Content-Type: application/json), not 'text/plain'"
+    assert http.get("/v1/jobs").json()["items"] == []
+
+
 def test_non_json_content_type__415(http: httpx.Client) -> None:
     r = http.post("/v1/jobs", content=b"task=add", headers={"content-type": "application/x-www-form-urlencoded"})
     assert r.status_code == 415 and r.headers["content-type"] == PROBLEM

@@ -58,9 +58,11 @@ class BodyLimitMiddleware:
         if coding not in (b"", b"identity"):  # RFC 9110 §15.5.16: 415, naming what is accepted
             return scope, problem(415, f"send the body uncompressed: Content-Encoding {coding.decode('latin-1')!r} "
                                        "is not supported", headers={"Accept-Encoding": "identity"})
-        media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if not media:  # curl --data-binary, scripts: a body without a type is taken as JSON
-            return {**scope, "headers": [*scope["headers"], (b"content-type", b"application/json")]}, None
+        # the first Content-Type, as the routes read it (``dict`` would keep the last)
+        media = next((v for k, v in scope["headers"] if k == b"content-type"), b"").split(b";")[0].strip().lower()
+        if not media:  # curl --data-binary, scripts: a body without a type (or an empty one) is taken as JSON
+            return {**scope, "headers": [*((k, v) for k, v in scope["headers"] if k != b"content-type"),
+                                         (b"content-type", b"application/json")]}, None
         if media != b"application/json" and not media.endswith(b"+json"):
             return scope, problem(415, f"send JSON (Content-Type: application/json), not {media.decode('latin-1')!r}")
         return scope, None
