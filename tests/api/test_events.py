@@ -89,6 +89,24 @@ def test_events__last_event_id_not_a_revision__whole_stream_not_500(server: Serv
         assert '"status":"cancelled"' in r.text  # taken as no id: the current state, then the end
 
 
+def test_events__last_event_id_the_job_never_reached__whole_stream(server: Server) -> None:
+    """An id beyond the job's revision (another job's, a stale client's) was never sent on this
+    stream: it starts over. A pending job's stream sent nothing, then ended without its terminal
+    event; a finished job's said 204, "you saw the end", to a client that never did."""
+    job = server.http.post("/v1/jobs", json={"task": "add", "args": [1, 2], "delay": 600}).json()
+    stream = Stream(server.url, job["id"], {"Last-Event-ID": "1000"})
+    wait_for(stream.jobs, timeout=5)
+    assert [j["status"] for j in stream.jobs()] == ["scheduled"]
+    server.http.post(f"/v1/jobs/{job['id']}/cancel")
+    assert stream.done.wait(5)
+    assert [j["status"] for j in stream.jobs()] == ["scheduled", "cancelled"]
+    revision = stream.ids()[-1]
+    r = server.http.get(f"/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": str(revision + 1)})
+    assert r.status_code == 200 and '"status":"cancelled"' in r.text
+    r = server.http.get(f"/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": str(revision)})
+    assert r.status_code == 204
+
+
 def test_events__resume_with_current_id__waits_for_the_next_change(server: Server) -> None:
     job = server.http.post("/v1/jobs", json={"task": "add", "args": [1, 2]}).json()
     revision = int(server.http.get(f"/v1/jobs/{job['id']}").headers["etag"].strip('"'))

@@ -193,7 +193,9 @@ async def job_events(
     """Server-Sent Events: ``event: job`` on every change (``id:`` = revision) until a terminal status."""
     job = await find(st, job_id)
     last = _event_id(last_event_id)
-    if last is not None and job.status.terminal and job.revision <= last:
+    if last is not None and last > job.revision:  # no id this job's stream sent: start over
+        last = None
+    if last is not None and job.status.terminal and job.revision == last:
         return Response(status_code=204)
     return StreamingResponse(
         events.stream(st.watcher, job, last, st.keepalive),
@@ -203,7 +205,8 @@ async def job_events(
 
 
 def _event_id(header: str | None) -> int | None:
-    """``Last-Event-ID`` as a revision; None for anything else (the stream starts over). Only
+    """``Last-Event-ID`` as a revision; None for anything else (the stream starts over, as it does
+    for a revision the job has not reached: the client would get no event, not even the last). Only
     ASCII digits that ``int()`` takes: "²" is a digit to ``str.isdigit``, and more than 4300
     digits exceed Python's limit (both were a 500)."""
     text = (header or "").strip()
