@@ -222,6 +222,17 @@ def test_body_without_content_type__taken_as_json(http: httpx.Client) -> None:
     assert http.post("/v1/jobs", content=b'{"task": "add", "args": [1, 2]}').status_code == 202
 
 
+def test_body_with_a_utf8_byte_order_mark__read_alike_on_every_route(http: httpx.Client) -> None:
+    """A file saved by Notepad (``curl --data-binary @job.json``): the batch took it, POST /v1/jobs
+    said 400 "not valid JSON: expected value (at line 1 column 1)"."""
+    job = {"task": "add", "args": [1, 2]}
+    for path, body in (("/v1/jobs", job), ("/v1/jobs/batch", {"jobs": [job]})):
+        r = http.post(path, content=json.dumps(body).encode("utf-8-sig"), headers={"content-type": "application/json"})
+        assert r.status_code == 202, (path, r.text)
+    r = http.post("/v1/jobs", content=b"\xef\xbb\xbf", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["detail"] == "the body is empty: send a JSON object"
+
+
 @pytest.mark.parametrize("headers", [[("content-type", "")], [("content-type", ";")],
                                      [("content-type", "; charset=utf-8")]])
 def test_body_with_an_empty_content_type__taken_as_json_on_every_route(http: httpx.Client, headers: list) -> None:

@@ -31,6 +31,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 State = Annotated[ApiState, Depends(state)]
 #: Seconds a client should wait before polling a job that is not finished.
 POLL_AFTER = "1"
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def job_response(job: Job, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -69,7 +70,9 @@ async def submit(request: Request) -> Response:
     st: ApiState = request.app.state.conveyor
     no_query(request)
     idempotency_key = request.headers.get("idempotency-key")
-    raw = await request.body()
+    # a UTF-8 byte order mark (Notepad, PowerShell) is ignored, as RFC 8259 allows and the other
+    # routes' parser does: it was "not valid JSON: expected value (at line 1 column 1)" here alone
+    raw = (await request.body()).removeprefix(UTF8_BOM)
     if not raw:
         raise RequestValidationError([MISSING_BODY])
     try:
