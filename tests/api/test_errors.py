@@ -10,6 +10,7 @@ import uuid
 import httpx
 import pytest
 
+from conveyor.core.errors import ConfigurationError, ConveyorError
 from tests.api.conftest import Server, drop_namespace, make_app
 from tests.e2e.tcp_proxy import TcpProxy
 
@@ -330,15 +331,20 @@ def test_backend_down__503_with_retry_after(tmp_path) -> None:  # type: ignore[n
         server.stop()
 
 
-def test_internal_bug__generic_500_without_traceback(app, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("error", [RuntimeError, ConveyorError, ConfigurationError])
+def test_internal_bug__generic_500_without_traceback(app, monkeypatch, error) -> None:  # type: ignore[no-untyped-def]
+    """One problem for every 500, whatever raised: one type has one title (RFC 9457 §3.1.3); a
+    ConfigurationError said "Server misconfigured" under the same type as "Internal error"."""
     server = Server(app, tokens="")
     try:
         def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
-            raise RuntimeError("secret internals")
+            raise error("secret internals")
         monkeypatch.setattr(app.tasks["add"], "describe", broken)
         r = server.http.get("/v1/tasks")
         assert r.status_code == 500 and r.headers["content-type"] == PROBLEM
         assert "secret" not in r.text and "Traceback" not in r.text
+        assert r.json() == {"type": "https://conveyor.dev/problems/internal", "title": "Internal error", "status": 500,
+                            "detail": "the server failed to process the request"}
     finally:
         server.stop()
 

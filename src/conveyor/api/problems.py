@@ -42,6 +42,7 @@ TYPE_BASE = "https://conveyor.dev/problems/"
 RETRY_AFTER_UNAVAILABLE = 5
 
 #: Error class → (status, type slug, title); the first class the error is an instance of wins.
+#: A slug has one title here and in ``HTTP`` (RFC 9457: a type's title does not change).
 ERRORS: tuple[tuple[type[BaseException], int, str, str], ...] = (
     (UnknownTask, 422, "unknown-task", "Unknown task"),
     (IdempotencyKeyReused, 422, "idempotency-key-reused", "Idempotency key reused with a different request"),
@@ -51,7 +52,7 @@ ERRORS: tuple[tuple[type[BaseException], int, str, str], ...] = (
     (IdempotencyKeyInFlight, 409, "idempotency-key-in-use", "A request with this idempotency key is in flight"),
     (BackendUnavailable, 503, "unavailable", "Backend unavailable"),
     (JobFailed, 409, "job-failed", "Job failed"),
-    (ConfigurationError, 500, "internal", "Server misconfigured"),
+    (ConfigurationError, 500, "internal", "Internal error"),
     (ConveyorError, 500, "internal", "Internal error"),
 )
 
@@ -68,7 +69,7 @@ HTTP: Mapping[int, tuple[str, str]] = {
     415: ("unsupported-media-type", "Unsupported media type"),
     422: ("validation-error", "Request is invalid"),
     500: ("internal", "Internal error"),
-    503: ("unavailable", "Service unavailable"),
+    503: ("unavailable", "Backend unavailable"),
 }
 
 #: Why a body could not be read, where it is not a syntax error: the start of the parser's
