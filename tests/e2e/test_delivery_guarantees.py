@@ -5,7 +5,9 @@ every engine (RabbitMQ with its job records in a SQLite store):
   job, so it never idles in a claim), at the latest 5 s after the lease ran out;
 - a job cancelled while its worker drains after SIGTERM ends ``cancelled``, and the worker exits
   0 at once instead of waiting out its grace, starting nothing else meanwhile;
-- a job delayed past the queue's visibility timeout runs once, at its due time.
+- a job delayed past the queue's visibility timeout runs once, at its due time;
+- a job that arrives just after SIGTERM, while an idle worker's wait for work is in flight, is
+  not started by that worker: handed back at once, not counted, it runs on another.
 """
 
 from __future__ import annotations
@@ -99,9 +101,7 @@ def test_cancel_during_the_sigterm_drain__job_ends_cancelled_and_the_worker_exit
     worker.send_signal(signal.SIGTERM)
     signalled = time.monotonic()
     wait_for(lambda: "stopping: no new jobs" in engine.logs(), timeout=5, what="the worker to start draining")
-    # a wait for work in flight at the signal may still lease a job (at most 0.25 s, says
-    # docs/guarantees.md); once it has ended the drain takes nothing, though a slot is free
-    time.sleep(0.5)
+    # at once: a wait for work still in flight (up to 0.25 s) that leases one hands it back
     others = [engine.enqueue("whoami", 0.0) for _ in range(2)]
     time.sleep(1.0)
     assert worker.poll() is None and job.refresh().status is Status.RUNNING  # the job has its grace
@@ -148,3 +148,44 @@ def test_delay_longer_than_the_visibility_timeout__runs_once_at_its_due_time(eng
     assert final.status is Status.SUCCEEDED and final.deliveries == 1 and final.attempt == 1
     runs = collections.Counter(e["job"] for e in recorded(engine.log) if e["event"] == "start")
     assert runs[job.id] == 1
+
+
+#: Idle workers stopped at once in ``test_sigterm__a_job_arriving_during_the_wait_in_flight...``:
+#: each is one more chance for the race it checks.
+STOPPED_AT_ONCE = 3
+
+
+@pytest.mark.parametrize("pool", ["thread", "process"])
+def test_sigterm__a_job_arriving_during_the_wait_in_flight__is_handed_back_not_started(engine: Env, pool: str) -> None:
+    """An idle worker waits for work up to 0.25 s, and a wait in flight when SIGTERM arrives is not
+    cut short. A job enqueued a millisecond after the signal woke that wait, which leased it (on
+    Redis the wait claims as the job arrives: in a pool thread with the thread pool, on the loop
+    with the process pool), and the stopping worker ran it. SPEC §4: a stopping worker takes no new
+    job. Each lease it still gets is handed back at once, not counted as a delivery; the jobs run
+    on a fresh worker."""
+    workers = [engine.worker("--pool", pool, "--concurrency", "2", "--no-scheduler") for _ in range(STOPPED_AT_ONCE)]
+    wait_for(lambda: engine.logs().count(" ready: queues ") == STOPPED_AT_ONCE, timeout=30,
+             what="the workers to be ready")
+    assert engine.enqueue("add", 1, 2).wait(timeout=20) == 3  # the client is connected: enqueues are quick
+    time.sleep(0.5)  # every worker is idle, in its wait for work
+
+    for worker in workers:
+        worker.send_signal(signal.SIGTERM)
+    # the jobs arrive once every worker has begun to stop (a job that arrives before a worker has
+    # heard the signal may run there), a few milliseconds into their waits of up to 0.25 s
+    deadline = time.monotonic() + 5.0
+    while engine.logs().count(" stopping: no new jobs") < STOPPED_AT_ONCE and time.monotonic() < deadline:
+        time.sleep(0.001)
+    jobs = [engine.enqueue("whoami", 0.0) for _ in range(STOPPED_AT_ONCE)]
+    assert [w.wait(15) for w in workers] == [0] * STOPPED_AT_ONCE
+
+    assert not [e for e in recorded(engine.log) if e["event"] == "start"], "a stopping worker started a job"
+    for job in jobs:
+        record = job.refresh().job
+        assert record.status is Status.QUEUED and record.deliveries == 0, record
+        # leased in a wait, then handed back (another stopping worker's wait may lease it again)
+        assert {a["status"] for a in record.attempts} <= {"handed_back"}, record.attempts
+
+    fresh = engine.worker("--no-scheduler")
+    engine.wait_all(jobs, timeout=20)
+    assert [(j.status, j.result, j.job.deliveries) for j in jobs] == [(Status.SUCCEEDED, fresh.pid, 1)] * len(jobs)

@@ -1,11 +1,15 @@
-"""A stop does not wait out a database client's own answer to a cancel."""
+"""A stop does not wait out a database client's own answer to a cancel, nor start a job it leased."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
-from conveyor.worker.worker import cancel_within
+from conveyor import Context, Conveyor
+from conveyor.backends.base import Lease
+from conveyor.core.job import Status
+from conveyor.worker.worker import Worker, cancel_within
 
 
 async def query_on_a_silent_server() -> None:
@@ -68,3 +72,41 @@ def test_cancel_within__a_failed_task__its_error_is_taken_not_raised() -> None:
         return task.done()
 
     assert asyncio.run(go())
+
+
+class StoppedDuringItsClaim(Worker):
+    """A worker whose SIGTERM arrives while a claim's reply is on its way (here: as it lands)."""
+
+    async def _report_and_claim(self, free: int) -> list[Lease]:
+        leases = await super()._report_and_claim(free)
+        if leases:
+            self.stop()
+        return leases
+
+
+def test_stop_during_a_claim__its_leases_are_handed_back_uncounted_and_nothing_runs(tmp_path: Path) -> None:
+    """SPEC §4: a stopping worker takes no new jobs. The jobs a claim leased after the stop began
+    ran (and a drain waited for them); they are handed back at once, not counted as deliveries."""
+    app = Conveyor(f"sqlite:///{tmp_path}/stop.db")
+    ran: list[str] = []
+
+    @app.task
+    def sync_job(ctx: Context) -> None:
+        ran.append("sync")
+
+    @app.task
+    async def async_job(ctx: Context) -> None:
+        ran.append("async")
+
+    jobs = [sync_job.enqueue(), async_job.enqueue()]
+    worker = StoppedDuringItsClaim(app, concurrency=2, grace=30.0, scheduler=False)
+    assert asyncio.run(asyncio.wait_for(worker.run(), 30)) == 0
+    assert ran == []
+    records = [j.refresh().job for j in jobs]
+    assert [(r.status, r.deliveries) for r in records] == [(Status.QUEUED, 0)] * 2
+    assert [[a["status"] for a in r.attempts] for r in records] == [["handed_back"]] * 2
+
+    assert asyncio.run(asyncio.wait_for(Worker(app, burst=True, scheduler=False).run(), 30)) == 0
+    assert sorted(ran) == ["async", "sync"]
+    assert [(j.refresh().status, j.job.deliveries) for j in jobs] == [(Status.SUCCEEDED, 1)] * 2
+    app.close()

@@ -95,6 +95,8 @@ class _Wait(Call):
     The thread runs the first sync job it leases itself, as soon as the engine's reply arrives:
     no wake-up of the loop and then of another thread before the job starts. ``finished`` (on the
     loop) registers and starts the leases before the thread's result for that job is settled.
+    Unless the worker began to stop while the thread waited: then it runs nothing, and
+    ``finished`` hands every lease back (``Worker._start``).
     """
 
     __slots__ = ("free", "future", "leases", "loop", "timeout", "worker")
@@ -115,7 +117,7 @@ class _Wait(Call):
         self.leases = backend.wait_and_claim_blocking(worker.queues, self.timeout, self.free, worker.id)
         for lease in self.leases or ():
             worker._leased_off_loop[lease.job.id] = lease.token  # kept while the loop may be blocked
-        if self.leases:
+        if self.leases and not worker._stop.is_set():  # stopping: ``_start`` hands them back
             self.then = worker._runs_in_thread(self.loop, self.leases[0])
         return self.leases
 
@@ -427,8 +429,8 @@ class Worker:
         With a thread pool, and an engine that can wait on a blocking client, a pool thread
         waits, and runs the first job it leases itself (``_Wait``).
 
-        Not cut short by ``stop``: a lease taken on the engine's side must reach this worker (it
-        runs, or is handed back by the drain), so stopping waits out the short wait instead.
+        Not cut short by ``stop``: a lease taken on the engine's side must reach this worker (a
+        stopping worker hands it back at once, ``_start``), so stopping waits out the short wait instead.
         """
         backend = self._backend
         assert backend is not None
@@ -478,7 +480,11 @@ class Worker:
         """Run the jobs of ``leases``; ``started``: one of them that a pool thread runs already.
 
         A job whose start raises (a bug; the worker's own steps, not the task's code) fails its
-        attempt with that error (``_failed_to_start``); the others start all the same."""
+        attempt with that error (``_failed_to_start``); the others start all the same. A stopping
+        worker starts none: a claim that returned after the stop began (a wait for work in flight at
+        SIGTERM, say) has its leases handed back at once (``_hand_back_unstarted``)."""
+        if self._stop.is_set() and not (leases := self._hand_back_unstarted(leases, started)):
+            return
         loop = asyncio.get_running_loop()
         pool = self._pool
         calls: list[Running] = []
@@ -519,6 +525,19 @@ class Worker:
         # counted later (``_count``), not now: the loop should go idle at once so that the
         # thread just woken gets the GIL
         self._uncounted_starts.append((leases, now))
+
+    def _hand_back_unstarted(self, leases: list[Lease], started: Running | None) -> list[Lease]:
+        """Hand back, uncounted, the leases a stopping worker got (SPEC §4: it takes no new jobs);
+        the ones kept: ``started``'s alone, whose pool thread began it before the stop did."""
+        kept = []
+        for lease in leases:
+            if started is not None and started.lease is lease:
+                kept.append(lease)
+                continue
+            log.info("job %s: leased as the worker stopped; handed back", lease.job.id)
+            self._reporting.add(rules.handed_back(lease.job, lease.token))  # its lease is owed until recorded
+            self._leased_off_loop.pop(lease.job.id, None)
+        return kept
 
     def _failed_to_start(self, lease: Lease, exc: Exception) -> None:
         """Settle a job whose start raised in ``_start``: stop what did start of it (its timer, its
