@@ -154,9 +154,9 @@ class Backend(abc.ABC):
 
     url: str  #: what ``create_backend`` was given
 
-    def twin(self) -> Backend | None:
+    def twin(self) -> Backend:
         """A new, unopened backend on the engine that holds this one's leases, for an event loop
-        of another thread (the worker's lease keeper); None if no other connection reaches them."""
+        of another thread (the worker's lease keeper)."""
         from conveyor.backends import create_backend
 
         return create_backend(self.url)

@@ -270,10 +270,8 @@ class Worker:
             ]
             if self.scheduler:
                 helpers.append(asyncio.create_task(run_scheduler(self.app, self._stop)))
-            twin = backend.twin()
-            keeper = LeaseKeeper(self, twin, self._heard) if twin is not None else None
-            if keeper is not None:
-                keeper.start()
+            keeper = LeaseKeeper(self, backend.twin(), self._heard)
+            keeper.start()
             try:
                 self._claim_task = asyncio.create_task(self._claim_loop())
                 await self._claim_until_stopped(self._claim_task)
@@ -282,9 +280,8 @@ class Worker:
                 self._closing = True
                 self._reporting.close()
                 await cancel_within(helpers, SHUTDOWN_BOUND)
-                if keeper is not None:
-                    keeper.stop()
-                    await asyncio.to_thread(keeper.join)
+                keeper.stop()
+                await asyncio.to_thread(keeper.join)
                 await self._report_last(backend)
         finally:
             if self._pool is not None:

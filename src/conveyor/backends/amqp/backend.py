@@ -579,7 +579,7 @@ class AMQPBackend(Backend):
     async def heartbeat(self, worker: WorkerInfo, leases: Mapping[str, str], now: float) -> HeartbeatReply:
         return await self.store.heartbeat(worker, leases, now)
 
-    def twin(self) -> Backend | None:
+    def twin(self) -> Backend:
         return self.store.twin()  # leases live in the store
 
     async def finish(self, outcomes: Sequence[Outcome], now: float) -> list[bool]:
