@@ -312,12 +312,18 @@ def test_sigterm_while_the_app_loads__exit_0(tmp_path):
     """A stop that comes before the worker took anything (a slow import, a deploy that changed
     its mind) ends it cleanly: exit 0, not death by the signal (143)."""
     (tmp_path / "slow_app.py").write_text(
-        "import time\nfrom conveyor import Conveyor\ntime.sleep(3)  # heavy imports\n"
+        "import pathlib, time\nfrom conveyor import Conveyor\n"
+        f"pathlib.Path({str(tmp_path / 'loading')!r}).touch()\n"
+        "time.sleep(3)  # heavy imports\n"
         f"app = Conveyor('sqlite:///{tmp_path}/slow.db')\n")
     proc = subprocess.Popen([sys.executable, "-m", "conveyor.cli", "worker", "--app", "slow_app:app"],
                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    time.sleep(1.0)  # inside the app's import
+    deadline = time.monotonic() + 20  # a loaded machine may take seconds to get this far
+    while not (tmp_path / "loading").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "the worker never began importing the app"
+        time.sleep(0.01)
+    time.sleep(0.2)  # inside the app's import
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 0, out
