@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 import psycopg
 import pytest
 
+from conveyor import serialization
 from conveyor.backends.base import Outcome
-from conveyor.backends.postgres import PostgresBackend
+from conveyor.backends.postgres import PostgresBackend, statements
 from conveyor.backends.postgres.statements import migrations
 from conveyor.core.errors import BackendUnavailable, ConfigurationError
 from conveyor.core.ids import uuid7
@@ -75,6 +76,36 @@ async def test_open__twice_at_once__migrates_once(pg):
     async with await psycopg.AsyncConnection.connect(DSN) as conn:
         cur = await conn.execute(f'SELECT count(*) FROM "{pg.schema}".schema_version')
         assert (await cur.fetchone())[0] == len(migrations())
+
+
+async def test_open__schema_of_version_4__upgrades_in_place__json_is_stored_as_given_from_then_on(monkeypatch):
+    # Version 4 kept arguments and results as jsonb, which rewrites numbers: 1e16 as the integer
+    # 10000000000000000, -0.0 as 0.0. The upgrade keeps the jobs stored before it as they are.
+    url = f"{DSN}?schema=pgonly_{uuid.uuid4().hex[:12]}"
+    every = migrations()
+    monkeypatch.setattr(statements, "migrations", lambda: [m for m in every if m[0] <= 4])
+    before, after = _job(args=[1e16, -0.0]), _job(args=[1e16, -0.0])
+    old = PostgresBackend(url)
+    await old.open()
+    await old.enqueue([before])
+    await old.close()
+    monkeypatch.undo()
+
+    backend = PostgresBackend(url)
+    await backend.open()
+    try:
+        await backend.enqueue([after])
+        leases = await backend.claim(["default"], 2, "w", time.time())
+        await backend.finish([Outcome(lease.job.id, lease.token, Status.SUCCEEDED, result={"z": 1e16, "a": -0.0})
+                              for lease in leases], time.time())
+
+        kept, new = await backend.get_jobs([before.id, after.id])
+        assert serialization.dumps(kept.args) == "[10000000000000000,0.0]"  # as version 4 stored them
+        assert serialization.dumps(new.args) == "[1e+16,-0.0]"
+        assert [serialization.dumps(j.result) for j in (kept, new)] == ['{"z":1e+16,"a":-0.0}'] * 2
+    finally:
+        await backend.drop()
+        await backend.close()
 
 
 async def test_enqueue_in__rollback__no_job(pg):

@@ -4,6 +4,8 @@
 
 -- name: insert_jobs
 -- Insert a batch (a JSON array of records); rows whose id or idempotency key exists are skipped.
+-- The batch is read as json, not jsonb: json_to_recordset hands the json columns (arguments,
+-- metadata, ...) their text as sent, where jsonb would rewrite their numbers (1e16 -> 10000000000000000).
 WITH ins AS (
     INSERT INTO __schema__.jobs AS j (
         id, task, queue, status, args, kwargs, priority, progress, result, error, attempt, max_retries,
@@ -15,10 +17,10 @@ WITH ins AS (
            r.idempotency_key, coalesce(r.metadata, '{}'), r.webhook, r.created_at, r.scheduled_at,
            r.started_at, r.finished_at, r.updated_at, r.deliveries, r.cancel_requested, r.revision, r.ready_at,
            coalesce(r.has_children, false), r.limit_key, r.concurrency_limit, r.rate_limit
-    FROM jsonb_to_recordset(%(jobs)s::jsonb) AS r(
-        id text, task text, queue text, status text, args jsonb, kwargs jsonb, priority smallint,
-        progress jsonb, result jsonb, error jsonb, attempt integer, max_retries integer,
-        timeout double precision, depends_on jsonb, idempotency_key text, metadata jsonb, webhook text,
+    FROM json_to_recordset(%(jobs)s::json) AS r(
+        id text, task text, queue text, status text, args json, kwargs json, priority smallint,
+        progress json, result json, error json, attempt integer, max_retries integer,
+        timeout double precision, depends_on jsonb, idempotency_key text, metadata json, webhook text,
         created_at double precision, scheduled_at double precision, started_at double precision,
         finished_at double precision, updated_at double precision, deliveries integer,
         cancel_requested boolean, revision bigint, ready_at double precision, has_children boolean,
@@ -185,15 +187,15 @@ FROM l LEFT JOIN u ON u.id = l.id;
 -- whose dead entries pile up during a drain until vacuum (each claim adds one), and scan them all
 -- on every batch.
 WITH o AS (
-    SELECT * FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS o(
-        job_id text, token text, status text, result jsonb, error jsonb,
+    SELECT * FROM json_to_recordset(%(outcomes)s::json) AS o(  -- (json: results as sent, see insert_jobs)
+        job_id text, token text, status text, result json, error json,
         scheduled_at double precision, attempt integer, uncount boolean)
 ), u AS (
     UPDATE __schema__.jobs j
     SET status = CASE WHEN o.status = 'queued' AND j.cancel_requested THEN 'cancelled' ELSE o.status END,
         result = CASE WHEN o.status = 'succeeded' THEN o.result ELSE j.result END,
         error = CASE WHEN o.status = 'succeeded' THEN NULL
-                     WHEN o.status = 'queued' AND j.cancel_requested THEN %(hb_cancel)s::jsonb
+                     WHEN o.status = 'queued' AND j.cancel_requested THEN %(hb_cancel)s::json
                      WHEN o.status = 'queued' THEN j.error
                      ELSE coalesce(o.error, j.error) END,
         finished_at = CASE WHEN o.status IN ('succeeded', 'failed', 'cancelled')
@@ -236,7 +238,7 @@ SELECT u.*, (SELECT count(*) FROM n) + (SELECT count(*) FROM d) AS notified FROM
 -- delivery already (``finish`` stores their token and status), applied by the first send; nothing
 -- is changed. Another outcome with that token (a second decision) is refused.
 SELECT j.id FROM __schema__.jobs j
-JOIN jsonb_to_recordset(%(outcomes)s::jsonb) AS o(job_id text, token text, status text)
+JOIN json_to_recordset(%(outcomes)s::json) AS o(job_id text, token text, status text)
   ON j.id = o.job_id AND j.finished_token = o.token || ':' || o.status
 WHERE j.id = ANY(%(ids)s::text[]);
 
@@ -286,15 +288,15 @@ WITH RECURSIVE tree(child_id, parent_id, parent_status) AS (
 )
 UPDATE __schema__.jobs j
 SET status = 'cancelled',
-    error = jsonb_build_object('type', 'DependencyFailed',
-                               'message', 'parent ' || pick.parent_id || ' ended ' || pick.parent_status),
+    error = json_build_object('type', 'DependencyFailed',
+                              'message', 'parent ' || pick.parent_id || ' ended ' || pick.parent_status),
     finished_at = %(now)s, ready_at = NULL, updated_at = %(now)s, revision = j.revision + 1
 FROM pick
 WHERE j.id = pick.child_id AND j.status = 'waiting'
 RETURNING j.id;
 
 -- name: set_progress
-UPDATE __schema__.jobs j SET progress = %(progress)s::jsonb, updated_at = %(now)s, revision = j.revision + 1
+UPDATE __schema__.jobs j SET progress = %(progress)s::json, updated_at = %(now)s, revision = j.revision + 1
 WHERE j.id = %(id)s AND j.lease_token = %(token)s AND j.status = 'running'
 RETURNING j.id;
 
@@ -426,9 +428,9 @@ WITH s AS (
 )
 UPDATE __schema__.jobs j
 SET status = CASE WHEN j.cancel_requested THEN 'cancelled' WHEN j.deliveries >= s.md THEN 'failed' ELSE 'queued' END,
-    error = CASE WHEN j.cancel_requested THEN %(lost_cancel)s::jsonb
+    error = CASE WHEN j.cancel_requested THEN %(lost_cancel)s::json
                  WHEN j.deliveries >= s.md
-                 THEN jsonb_build_object('type', 'DeliveryLimitExceeded', 'message',
+                 THEN json_build_object('type', 'DeliveryLimitExceeded', 'message',
                       'delivered ' || j.deliveries || ' times without finishing (lease expired; max_deliveries ' || s.md || ')')
                  ELSE j.error END,
     finished_at = CASE WHEN j.cancel_requested OR j.deliveries >= s.md THEN %(now)s END,

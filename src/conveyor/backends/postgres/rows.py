@@ -1,8 +1,8 @@
 """Values as rows: the record a new job is inserted as, and the Job, queue settings or worker a row reads back as.
 
 Job rows hold the Job fields in dataclass order (:data:`JOB_FIELDS`, the ``__JOB__`` of the named
-queries), so a row becomes a Job positionally. The connections decode ``jsonb`` columns with
-:data:`ADAPTERS`; pages of ``list_jobs`` are resumed from an opaque cursor.
+queries), so a row becomes a Job positionally. The connections decode ``json`` and ``jsonb``
+columns with :data:`ADAPTERS`; pages of ``list_jobs`` are resumed from an opaque cursor.
 """
 
 from __future__ import annotations
