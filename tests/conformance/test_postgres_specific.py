@@ -78,6 +78,19 @@ async def test_open__twice_at_once__migrates_once(pg):
         assert (await cur.fetchone())[0] == len(migrations())
 
 
+async def test_open__schema_a_newer_release_migrated__refused_saying_upgrade(pg):
+    # An old worker left running through an upgrade must not run its SQL against the new columns.
+    async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as conn:
+        await conn.execute(f'INSERT INTO "{pg.schema}".schema_version (version, name) VALUES (%s, %s)',
+                           (9999, "9999_future.sql"))
+    older = PostgresBackend(f"{DSN}?schema={pg.schema}")
+    with pytest.raises(ConfigurationError) as caught:
+        await older.open()
+    await older.close()
+    assert f"has schema version 9999, newer than this Conveyor knows ({migrations()[-1][0]}): upgrade Conveyor" in str(
+        caught.value)
+
+
 async def test_open__schema_of_version_4__upgrades_in_place__json_is_stored_as_given_from_then_on(monkeypatch):
     # Version 4 kept arguments and results as jsonb, which rewrites numbers: 1e16 as the integer
     # 10000000000000000, -0.0 as 0.0. The upgrade keeps the jobs stored before it as they are.

@@ -2,7 +2,8 @@
 
 ``queries.sql`` holds every statement under a ``-- name:`` line; :func:`load_queries` fills in
 the schema and the Job columns. ``migrations/NNNN_*.sql`` are applied in order, once each, by
-:func:`migrate` (the ``schema_version`` table records which), one migrator per schema at a time.
+:func:`migrate` (the ``schema_version`` table records which), one migrator per schema at a time;
+a schema a newer release migrated is refused.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 
 from conveyor.backends.postgres.connection import AConn
 from conveyor.backends.postgres.rows import JOB_FIELDS
+from conveyor.core.errors import ConfigurationError
 
 
 def _load_text(name: str) -> str:
@@ -57,7 +59,13 @@ async def migrate(conn: AConn, schema: str, schema_ident: str) -> None:
                            "DEFAULT now())")
         cur = await conn.execute(f"SELECT version FROM {schema_ident}.schema_version")
         applied = {row[0] for row in await cur.fetchall()}
-        for version, name, text in migrations():
+        steps = migrations()
+        latest = steps[-1][0]
+        if applied and max(applied) > latest:  # a newer release migrated it: this one's SQL may not fit
+            raise ConfigurationError(
+                f"PostgreSQL schema {schema!r} has schema version {max(applied)}, newer than this Conveyor "
+                f"knows ({latest}): upgrade Conveyor")
+        for version, name, text in steps:
             if version in applied:
                 continue
             await conn.execute(text.replace("__schema__", schema_ident))
