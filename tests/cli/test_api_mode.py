@@ -262,6 +262,21 @@ def test_jobs_json__the_servers_page(cli: Remote, api: Api) -> None:
     assert table.code == 0 and all(i in table.out for i in ids)
 
 
+@pytest.mark.parametrize(("argv", "expected"), [
+    # argv bytes that are not UTF-8 could not go into the query: "the server at ... did not answer
+    # like a Conveyor API", exit 1
+    (["--cursor", "\udcff"], "argument --cursor: invalid cursor '\\udcff': pass the next_cursor of a previous page"),
+    (["--cursor", "x" * 501], "argument --cursor: invalid cursor 'xxxx"),
+    (["--task", "\udcff"], "argument --task: invalid task name '\\udcff'"),
+])
+def test_jobs__cursor_or_task_no_page_can_have__usage_error(
+    cli: Remote, api: Api, argv: list[str], expected: str
+) -> None:
+    result = cli("jobs", *argv, "--api", api.url)
+    assert (result.code, result.out) == (2, "")
+    assert expected in one_error_line(result.err)
+
+
 def test_cancel_then_retry(cli: Remote, api: Api) -> None:
     job_id = _submit(cli, api, "add", "1", "1", "--queue", HELD)
     result = cli("cancel", job_id, "--json", "--api", api.url)

@@ -100,6 +100,27 @@ def test_jobs__bad_status__exit_2(cli: Cli) -> None:
     assert "invalid choice" in one_error_line(result.err)
 
 
+@pytest.mark.parametrize(("argv", "expected"), [
+    # "no jobs", exit 0: `--task "$UNSET"` looked like a task that never ran
+    (["jobs", "--task", ""], "argument --task: invalid task name '': a task name is a str of 1–200 characters"),
+    (["jobs", "--task", "t" * 201], "argument --task: invalid task name 'tttt"),
+    # argv bytes that are not UTF-8: "unexpected UnicodeEncodeError" from SQLite, exit 1
+    (["jobs", "--task", "\udcff"], "argument --task: invalid task name '\\udcff'"),
+    (["submit", "\udcff"], "argument TASK: invalid task name '\\udcff'"),
+])
+def test_task_name_no_task_can_have__exit_2_not_an_answer(cli: Cli, argv: list[str], expected: str) -> None:
+    cli.submit("add", "1", "1")
+    result = cli(*argv)
+    assert (result.code, result.out) == (2, "")
+    assert expected in one_error_line(result.err)
+
+
+def test_jobs__empty_cursor__the_first_page(cli: Cli) -> None:
+    """``--cursor "$NEXT"`` before there is a next page: from the start, as the API takes ``?cursor=``."""
+    job_id = cli.submit("add", "1", "1")
+    assert [j["id"] for j in cli("jobs", "--json", "--cursor", "").json()["items"]] == [job_id]
+
+
 def test_watch__succeeds__exit_0_with_result(cli: Cli) -> None:
     cli.background_worker("--no-scheduler")
     job_id = cli.submit("steps", "--kwargs", '{"n": 4, "pause": 0.05}')

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable
 
 from conveyor.core.checks import check_queue_name
-from conveyor.core.errors import ValidationError
+from conveyor.core.errors import RegistrationError, ValidationError
+from conveyor.core.task import check_task_name
 
 
 def integer(low: int, high: int | None = None, what: str = "") -> Callable[[str], int]:
@@ -64,6 +66,28 @@ def queue_name(text: str) -> str:
         return check_queue_name(text)
     except ValidationError as exc:
         raise argparse.ArgumentTypeError(f"invalid queue name {text!r}: {exc}") from None
+
+
+def task_name(text: str) -> str:
+    """A name a task can have (``check_task_name``): ``jobs --task ''`` listed "no jobs" (exit 0), and
+    argv bytes that are not UTF-8 ended in "unexpected UnicodeEncodeError" from the database."""
+    try:
+        return check_task_name(text)
+    except RegistrationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+#: What a ``next_cursor`` is made of (URL-safe base64, as ``conveyor.backends.cursors`` writes it),
+#: up to the length ``GET /v1/jobs`` takes.
+_CURSOR = re.compile(r"[A-Za-z0-9_-]{0,500}")
+
+
+def cursor(text: str) -> str:
+    """A page cursor, or '' for the first page; anything else is no ``next_cursor`` of ours (through
+    ``--api`` a non-ASCII one said "the server did not answer like a Conveyor API", exit 1)."""
+    if _CURSOR.fullmatch(text) is None:
+        raise argparse.ArgumentTypeError(f"invalid cursor {text[:60]!r}: pass the next_cursor of a previous page")
+    return text
 
 
 def queue_names(text: str) -> list[str]:

@@ -28,7 +28,7 @@ SECONDS = argtypes.seconds(positive=True)
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the job commands."""
     p = subparsers.add_parser("submit", help="enqueue a job and print its id", epilog=API_HELP)
-    p.add_argument("task", metavar="TASK", help="registered task name")
+    p.add_argument("task", type=argtypes.task_name, metavar="TASK", help="registered task name")
     # default=[]: else argparse (before 3.13) names ARG_JSON among the required arguments when TASK is missing
     p.add_argument("args", nargs="*", default=[], metavar="ARG_JSON",
                    help='positional arguments, each JSON (quote strings: \'"a"\')')
@@ -62,10 +62,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser("jobs", help="list jobs, newest first", epilog=API_HELP)
     p.add_argument("--status", choices=[str(s) for s in Status])
     p.add_argument("--queue", type=argtypes.queue_name, help="only this queue's jobs")
-    p.add_argument("--task")
+    p.add_argument("--task", type=argtypes.task_name, help="only this task's jobs")
     p.add_argument("--limit", type=argtypes.integer(1, 500), default=50, metavar="N",
                    help="at most N jobs, 1-500 (default 50)")
-    p.add_argument("--cursor", help="the next_cursor of a previous page")
+    p.add_argument("--cursor", type=argtypes.cursor, help="the next_cursor of a previous page")
     p.add_argument("--json", action="store_true", help='print {"items": [...], "next_cursor": ...}')
     add_common(p)
     add_api(p)
