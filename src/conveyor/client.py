@@ -183,6 +183,9 @@ def _base_url(base_url: str) -> str:
         raise ConfigurationError(f"the API URL {base_url!r} must be http:// or https:// with a host")
     if url.port is not None and not 0 < url.port < 65536:
         raise ConfigurationError(f"the API URL {base_url!r}: port {url.port} is not 1–65535")
+    if b"?" in url.raw_path:  # each path would go after it: "?x=1/v1/jobs" asked the server's / instead
+        raise ConfigurationError(f"the API URL {base_url!r} has a query (?...): give the server's base URL, "
+                                 "e.g. http://127.0.0.1:8000")
     return base_url
 
 

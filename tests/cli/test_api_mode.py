@@ -385,6 +385,33 @@ def test_not_an_http_url__usage_error(cli: Remote) -> None:
     assert "http://" in one_error_line(result.err)
 
 
+def test_empty_api__usage_error_not_conveyor_api_or_the_backend(
+    cli: Remote, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``--api "$UNSET"`` went to $CONVEYOR_API, else opened ./conveyor.db and listed "no jobs"."""
+    monkeypatch.chdir(tmp_path)
+    for env in ({}, {"CONVEYOR_API": "http://127.0.0.1:1"}):
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        result = cli("jobs", "--api", "")
+        assert (result.code, result.out) == (2, "")
+        assert one_error_line(result.err) == (
+            "conveyor jobs: error: argument --api: empty URL: give the server's base URL (e.g. http://127.0.0.1:8000), "
+            "or leave --api out to use $CONVEYOR_API (see 'conveyor jobs --help')")
+
+
+def test_api_with_a_query__usage_error(cli: Remote, api: Api) -> None:
+    """Each path went after the query: ``?x=1/v1/jobs`` asked the server's / ("did not answer like a
+    Conveyor API", exit 1; a submit: "HTTP 405: Method Not Allowed")."""
+    for url in (f"{api.url}?x=1", f"{api.url}/?"):
+        for command in (["jobs"], ["submit", "add", "1", "2"]):
+            result = cli(*command, "--api", url)
+            assert (result.code, result.out) == (2, ""), result.err
+            assert one_error_line(result.err) == (
+                f"conveyor: error: the API URL {url!r} has a query (?...): give the server's base URL, e.g. "
+                "http://127.0.0.1:8000")
+
+
 def test_port_out_of_range__usage_error_naming_it(cli: Remote, monkeypatch: pytest.MonkeyPatch) -> None:
     for url in ("http://127.0.0.1:99999", "http://127.0.0.1:x1"):
         result = cli("queues", "--api", url)

@@ -40,6 +40,17 @@ def test_server__unknown_host__exit_1_one_line(cli: Cli) -> None:
     assert one_error_line(result.err).startswith("conveyor server: error: cannot listen on not-a-host.invalid:8000: ")
 
 
+@pytest.mark.parametrize("command", ["server", "up"])
+def test_empty_host__exit_2_not_every_interface(cli: Cli, command: str) -> None:
+    """``--host "$UNSET"`` listened on 0.0.0.0 and [::]; with tokens set, nothing said so."""
+    env = {**cli.env(), "CONVEYOR_API_TOKENS": "ci:s3cret:admin"}
+    result = cli.run(command, "--host", "", "--port", str(free_port()), env=env, timeout=10)
+    assert result.code == 2
+    assert one_error_line(result.err) == (
+        f"conveyor {command}: error: argument --host: empty host: give an address (0.0.0.0: every interface), or "
+        f"leave --host out for 127.0.0.1 (see 'conveyor {command} --help')")
+
+
 EVERY_SECOND_APP = '''
 from conveyor import Context, Conveyor
 

@@ -60,6 +60,25 @@ def backend_url(text: str) -> str:
     return text
 
 
+def api_url(text: str) -> str:
+    """An ``--api`` URL that is not empty: ``--api "$UNSET_VAR"`` worked on $CONVEYOR_API, else on the
+    backend, where leaving the option out means $CONVEYOR_API (the URL itself is checked with it)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "empty URL: give the server's base URL (e.g. http://127.0.0.1:8000), or leave --api out to use "
+            "$CONVEYOR_API")
+    return text
+
+
+def host(text: str) -> str:
+    """A host to listen on that is not empty: ``--host ''`` listened on every interface, IPv4 and IPv6
+    (a token set made that pass unnoticed); the default is 127.0.0.1, every interface is 0.0.0.0."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty host: give an address (0.0.0.0: every interface), or leave --host "
+                                         "out for 127.0.0.1")
+    return text
+
+
 def queue_name(text: str) -> str:
     """A valid queue name (the rule of ``check_queue_name``, which the API applies too)."""
     try:

@@ -59,7 +59,7 @@ def add_api(parser: argparse.ArgumentParser) -> None:
     """Add ``--api`` and ``--token``: work through the HTTP API (``conveyor.cli.ops.Remote``)."""
     group = parser.add_argument_group("HTTP API")
     group.add_argument(
-        "--api", default=argparse.SUPPRESS, metavar="URL",
+        "--api", default=argparse.SUPPRESS, type=argtypes.api_url, metavar="URL",
         help="work through the Conveyor HTTP API at URL, e.g. http://127.0.0.1:8000 (default: $CONVEYOR_API)",
     )
     group.add_argument(

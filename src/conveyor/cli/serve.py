@@ -47,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--host", type=argtypes.host, default="127.0.0.1",
+                   help="interface to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
     p.add_argument("--port", type=argtypes.integer(1, 65535, "a TCP port is"), default=8000,
                    help="TCP port (default 8000)")
     p.add_argument("--max-body", type=argtypes.integer(1), default=DEFAULT_MAX_BODY, metavar="BYTES",
