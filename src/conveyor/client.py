@@ -374,6 +374,10 @@ class AsyncClient:
                     if response.status_code >= 400:
                         await response.aread()
                         raise error_from(response)
+                    kind = response.headers.get("content-type", "").partition(";")[0].strip()
+                    if kind != "text/event-stream":  # another server (a page, a proxy's): no use asking again
+                        raise ApiError(f"HTTP {response.status_code}: {kind or 'no content type'}, not an event "
+                                       "stream", response.status_code)
                     # closed here, not by the loop's finalizer later (a closed loop never runs it)
                     async with contextlib.aclosing(cast(AsyncGenerator[str, None], response.aiter_lines())) as lines:
                         while (line := await clock.bound(anext(lines, None), IDLE)) is not None:

@@ -449,6 +449,52 @@ def test_not_the_base_url__usage_error_saying_so(cli: Remote, api: Api) -> None:
             other.shutdown()
 
 
+class _Welcome(http.server.BaseHTTPRequestHandler):
+    """Another web server's catch-all: 200 and a page for every path and method."""
+
+    def _page(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b"<html><body>Welcome!</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PATCH = _page
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("handler", "expected"), [
+    # a submit to a server of files: "HTTP 501: Unsupported method ('POST')", exit 1
+    (_Quiet404, {"submit": "has no Conveyor API routes (HTTP 501 for /v1/...)"}),
+    # "did not answer like a Conveyor API", exit 1; watch: "cannot reach the API at ...: the stream
+    # ended before the job did", exit 1, after 8 s of reconnecting
+    (_Welcome, {"submit": "did not answer like a Conveyor API", "queues": "did not answer like a Conveyor API",
+                "watch": "did not answer like a Conveyor API (HTTP 200: text/html, not an event stream)"}),
+])
+def test_another_web_server__usage_error_at_once(
+    cli: Remote, handler: type[http.server.BaseHTTPRequestHandler], expected: dict[str, str]
+) -> None:
+    argvs = {"submit": ["submit", "add", "1", "2"], "queues": ["queues"],
+             "watch": ["watch", "0193b6c2-8f5e-7c3a-9d1e-3f2a1b4c5d6e"]}
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as other:
+        threading.Thread(target=other.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{other.server_address[1]}"
+        try:
+            for command, why in expected.items():
+                started = time.monotonic()
+                result = cli(*argvs[command], "--api", url)
+                assert (result.code, result.out) == (2, ""), result.err
+                assert one_error_line(result.err) == (
+                    f"conveyor: error: {url} {why}: give the server's base URL, e.g. http://127.0.0.1:8000")
+                assert time.monotonic() - started < 3
+        finally:
+            other.shutdown()
+
+
 def test_submit__body_over_the_servers_limit__usage_error(cli: Remote, api: Api) -> None:
     result = cli("submit", "transcode", '"' + "a" * 1_100_000 + '"', "1", "--queue", HELD, "--api", api.url)
     assert result.code == 2

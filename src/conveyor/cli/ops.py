@@ -272,7 +272,7 @@ class Remote:
             yield
         except JobNotFound as exc:  # QueueNotFound too
             if str(exc) == "Not Found":  # no route there (Starlette's 404), not "no job has id ..."
-                raise self._not_an_api() from None
+                raise self._not_an_api("has no Conveyor API routes (HTTP 404 for /v1/...)") from None
             raise
         except ValidationError as exc:  # 422: unknown task, bad arguments, bad settings
             if exc.errors:  # name each part of the request that is wrong: "#/args/1: b: ..."
@@ -287,8 +287,8 @@ class Remote:
             raise
         except ApiError as exc:
             raise self._api_error(exc) from None
-        except (ValueError, KeyError, TypeError):  # a 2xx that is not Conveyor's JSON
-            raise ConveyorError(f"the server at {self.api} did not answer like a Conveyor API") from None
+        except (ValueError, KeyError, TypeError):  # a 2xx that is not Conveyor's JSON: a wrong --api (exit 2)
+            raise self._not_an_api("did not answer like a Conveyor API") from None
 
     def _api_error(self, exc: ApiError) -> ConveyorError:
         """A problem the error tree has no class for, as the line and exit code the user needs."""
@@ -301,15 +301,18 @@ class Remote:
                                 "CONVEYOR_API_TOKEN (HTTP 401)")
         if exc.status == 403:
             return ApiAuthError(f"the token is not allowed to do this: {detail} (HTTP 403)")
-        if exc.status == 404:  # not even a problem+json: another server, or another path
-            return self._not_an_api()
+        if exc.status in (404, 405, 501) and not exc.problem.get("type"):  # not even a problem+json: another
+            # server, or another path (a web server that serves files answers a POST 501 or 405)
+            return self._not_an_api(f"has no Conveyor API routes (HTTP {exc.status} for /v1/...)")
+        if exc.status < 300:  # a 2xx where an event stream was due
+            return self._not_an_api(f"did not answer like a Conveyor API ({exc})")
         if exc.status in (400, 413):  # what the command sent, made of its arguments: a bad argument
             return UsageError(f"the API refused the request: {detail} (HTTP {exc.status})")
         return exc
 
-    def _not_an_api(self) -> UsageError:
-        return UsageError(f"{self.api} has no Conveyor API routes (HTTP 404 for /v1/...): give the server's "
-                          "base URL, e.g. http://127.0.0.1:8000")
+    def _not_an_api(self, why: str) -> UsageError:
+        """``--api`` names no Conveyor API (``why``): a usage error, as the help says."""
+        return UsageError(f"{self.api} {why}: give the server's base URL, e.g. http://127.0.0.1:8000")
 
     async def submit(self, task: str, args: Sequence[Any], kwargs: Mapping[str, Any],
                      options: Mapping[str, Any]) -> str:
