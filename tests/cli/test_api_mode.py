@@ -372,6 +372,16 @@ def test_api_host_that_does_not_resolve__exit_1_saying_so(cli: Remote) -> None:
     assert "unknown error" not in result.err
 
 
+def test_https_to_a_plain_http_server__exit_1_saying_tls(cli: Remote, api: Api) -> None:
+    """OpenSSL's error number read as the system's: "cannot reach the API at ...: operation not permitted"."""
+    url = api.url.replace("http://", "https://")
+    result = cli("queues", "--api", url)
+    assert result.code == 1
+    line = one_error_line(result.err)
+    assert line.startswith(f"conveyor: error: cannot reach the API at {url}: TLS error: [SSL: "), line
+    assert "not permitted" not in line and "_ssl.c" not in line
+
+
 def test_api_from_the_environment(cli: Remote, api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONVEYOR_API", api.url)
     result = cli("queues", "--json")

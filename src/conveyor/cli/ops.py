@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -411,12 +412,16 @@ def _stored_id(text: str) -> str:
 
 def _reason(exc: BaseException) -> str:
     """Why a connection failed, in a few lowercase words (``connection refused``, ``timed out``)."""
+    import ssl
+
     import httpx
 
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"
     seen: BaseException | None = exc
     while seen is not None:
+        if isinstance(seen, ssl.SSLError):  # its errno is OpenSSL's: os.strerror(1) said "operation not permitted"
+            return "TLS error: " + re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(seen.strerror or seen))
         if isinstance(seen, OSError) and (seen.errno or seen.strerror):
             # a name lookup's errno (-2) is getaddrinfo's, not the system's: os.strerror says "unknown error -2"
             errno = seen.errno or 0
