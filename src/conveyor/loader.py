@@ -22,9 +22,14 @@ def load_app(spec: str | None) -> Conveyor:
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # like `python -m`: the app may live in the working directory
     module = _import(module_name)
-    if not hasattr(module, attribute):
-        raise ConfigurationError(f"the app module {module_name!r} has no attribute {attribute!r}")
-    app = getattr(module, attribute)
+    try:
+        app = getattr(module, attribute)
+    except AttributeError:
+        raise ConfigurationError(f"the app module {module_name!r} has no attribute {attribute!r}") from None
+    except Exception as exc:  # a module __getattr__ (PEP 562) that builds the app lazily, and failed
+        raise ConfigurationError(
+            f"cannot get {attribute!r} from the app module {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(app, Conveyor):
         raise ConfigurationError(f"{spec!r} is not a Conveyor app (got {type(app).__name__})")
     return app
@@ -37,7 +42,9 @@ def _import(module_name: str) -> ModuleType:
         return importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from None
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise  # Ctrl-C; script code that exits is told apart by the command line
+    except BaseException as exc:  # its own BaseException too: a traceback got past the command line
         raise ConfigurationError(
             f"cannot import the app module {module_name!r}: {type(exc).__name__}: {exc}"
         ) from exc

@@ -125,6 +125,12 @@ def test_submit__app_given_as_a_file__exit_2_naming_the_module(cli: Cli, app: st
     ('raise RuntimeError("config missing: FOO")\n',
      "conveyor: error: cannot import the app module 'broken_app': RuntimeError: config missing: FOO"),
     ("def f(:\n", "conveyor: error: cannot import the app module 'broken_app': SyntaxError: "),
+    # not an Exception: a traceback
+    ('class Abort(BaseException): ...\nraise Abort("no config")\n',
+     "conveyor: error: cannot import the app module 'broken_app': Abort: no config"),
+    # a module __getattr__ that makes the app lazily: "unexpected RuntimeError", exit 1
+    ('def __getattr__(name):\n    raise RuntimeError("config missing: FOO")\n',
+     "conveyor: error: cannot get 'app' from the app module 'broken_app': RuntimeError: config missing: FOO"),
     # script code on import: the command ended with exit 3 and not a word
     ("raise SystemExit(3)\n", "conveyor: error: the app module of 'broken_app:app' exited while it was imported "
                                "(SystemExit 3): keep script code under `if __name__ == \"__main__\":`"),
