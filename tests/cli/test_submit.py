@@ -199,7 +199,9 @@ def test_worker__async_pool_and_concurrency__runs_jobs(cli: Cli) -> None:
 
 
 def test_worker__bad_options__exit_2(cli: Cli) -> None:
-    for argv in (["--concurrency", "0"], ["--pool", "fork"], ["--grace", "-1"], ["--queues", ","]):
+    # 20 digits of --concurrency: "unexpected OverflowError" from the worker's first heartbeat, exit 1
+    for argv in (["--concurrency", "0"], ["--pool", "fork"], ["--grace", "-1"], ["--queues", ","],
+                 ["--concurrency", "10001"], ["--concurrency", "99999999999999999999"]):
         result = cli("worker", "--burst", *argv)
         assert result.code == 2, argv
         one_error_line(result.err)

@@ -27,6 +27,13 @@ def integer(low: int, high: int | None = None, what: str = "") -> Callable[[str]
     return parse
 
 
+#: The most jobs one worker runs at once: its heartbeat stores the number (20 digits ended the worker
+#: in "unexpected OverflowError" on SQLite; PostgreSQL's integer column ends at 2**31 - 1).
+MAX_CONCURRENCY = 10_000
+#: ``--concurrency`` of ``worker`` and ``up``.
+concurrency = integer(1, MAX_CONCURRENCY)
+
+
 def seconds(positive: bool = False) -> Callable[[str], float]:
     """A number of seconds: 0 or more, or more than 0 when ``positive``."""
 

@@ -21,8 +21,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser("worker", help="run jobs until stopped (SIGTERM/SIGINT), or until idle with --burst")
     p.add_argument("--queues", type=argtypes.queue_names, metavar="A,B",
                    help="queues to work (default: every queue the app names)")
-    p.add_argument("--concurrency", type=argtypes.integer(1), metavar="N",
-                   help="jobs at once (default 8; process pool: CPUs)")
+    p.add_argument("--concurrency", type=argtypes.concurrency, metavar="N",
+                   help=f"jobs at once, 1-{argtypes.MAX_CONCURRENCY} (default 8; process pool: CPUs)")
     p.add_argument("--pool", choices=("thread", "process", "async"), default="thread",
                    help="where sync tasks run (async tasks always run on the event loop)")
     p.add_argument("--grace", type=argtypes.seconds(), default=30.0, metavar="S",
