@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -170,3 +171,35 @@ def one_error_line(err: str) -> str:
     assert lines[0].startswith("conveyor") and ": error: " in lines[0], err
     assert "Traceback" not in err
     return lines[0]
+
+
+def on_a_terminal(cli: Cli, argv: list[str], keys: bytes = b"", after: bytes = b"", columns: int | None = None,
+                  timeout: float = 20.0) -> tuple[str, int]:
+    """Run ``conveyor argv`` on a pseudo-terminal (``columns`` wide, else 80), type ``keys`` once
+    ``after`` shows; (output, exit code)."""
+    env = {**cli.env(), **({"COLUMNS": str(columns)} if columns else {})}
+    leader, follower = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "conveyor.cli", *argv], env=env, cwd=cli.tmp_path,
+                            stdin=follower, stdout=follower, stderr=follower, start_new_session=True)
+    os.close(follower)
+    out, typed, deadline = b"", False, time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([leader], [], [], 0.2)[0]:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                data = os.read(leader, 4096)
+            except OSError:  # the command ended: no one holds the terminal any more
+                break
+            out += data
+            if keys and after in out and not typed:
+                os.write(leader, keys)
+                typed = True
+        return out.decode(errors="replace"), proc.wait(timeout=10)
+    finally:
+        os.close(leader)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from conveyor import Context, Conveyor
-from tests.cli.conftest import Cli, one_error_line
+from tests.cli.conftest import Cli, on_a_terminal, one_error_line
 
 MISSING = "01a2222c-0000-7000-8000-000000000000"
 
@@ -119,6 +121,23 @@ def test_jobs__empty_cursor__the_first_page(cli: Cli) -> None:
     """``--cursor "$NEXT"`` before there is a next page: from the start, as the API takes ``?cursor=``."""
     job_id = cli.submit("add", "1", "1")
     assert [j["id"] for j in cli("jobs", "--json", "--cursor", "").json()["items"]] == [job_id]
+
+
+@pytest.mark.parametrize("columns", [20, 80])
+def test_jobs_and_queues__narrow_terminal__statuses_and_names_shown_whole(cli: Cli, columns: int) -> None:
+    """rich cut every column alike: at 80 columns a status read "fa…" or "qu…", at 60 only the ids
+    were left, and at 20 the queues table was blank."""
+    cli.submit("boom")
+    cli.burst()
+    cli.submit("add", "1", "1")
+    for argv, words in ((["jobs"], ("failed", "queued")), (["queues"], ("default",))):
+        out, code = on_a_terminal(cli, argv, columns=columns)
+        lines = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out).splitlines()
+        assert code == 0, out
+        assert all(any(re.search(rf"\b{word}\b", line) for line in lines) for word in words), out
+        words_only = " ".join(" ".join(lines).split())  # the caption wraps
+        assert "not shown, for want of width:" in words_only and "(--json has them)" in words_only
+        assert max(len(line.rstrip()) for line in lines) <= columns, out
 
 
 def test_watch__succeeds__exit_0_with_result(cli: Cli) -> None:

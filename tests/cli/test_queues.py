@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import select
-import subprocess
-import sys
-import time
-
 import pytest
 
-from tests.cli.conftest import Cli, one_error_line
+from tests.cli.conftest import Cli, on_a_terminal, one_error_line
 
 QUEUE_FIELDS = {"name", "queued", "scheduled", "running", "failed", "retention", "visibility_timeout",
                 "max_deliveries", "paused"}
@@ -159,38 +153,9 @@ def test_empty_or_invalid_queue_name__exit_2_not_an_empty_answer(cli: Cli, argv:
     assert "argument" in line and "invalid queue name" in line and "queue names are 1–100 ASCII letters" in line
 
 
-def _on_a_terminal(cli: Cli, argv: list[str], keys: bytes, after: bytes, timeout: float = 20.0) -> tuple[str, int]:
-    """Run ``conveyor argv`` on a pseudo-terminal, type ``keys`` once ``after`` shows; (output, exit code)."""
-    leader, follower = os.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "conveyor.cli", *argv], env=cli.env(), cwd=cli.tmp_path,
-                            stdin=follower, stdout=follower, stderr=follower, start_new_session=True)
-    os.close(follower)
-    out, typed, deadline = b"", False, time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if not select.select([leader], [], [], 0.2)[0]:
-                if proc.poll() is not None:
-                    break
-                continue
-            try:
-                data = os.read(leader, 4096)
-            except OSError:  # the command ended: no one holds the terminal any more
-                break
-            out += data
-            if after in out and not typed:
-                os.write(leader, keys)
-                typed = True
-        return out.decode(errors="replace"), proc.wait(timeout=10)
-    finally:
-        os.close(leader)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 def test_purge__ctrl_d_at_the_prompt__nothing_purged(cli: Cli) -> None:
     cli.submit("add", "1", "1")
-    out, code = _on_a_terminal(cli, ["purge", "default"], b"\x04", b"[y/N]")
+    out, code = on_a_terminal(cli, ["purge", "default"], b"\x04", b"[y/N]")
     assert code == 1, out
     assert "nothing purged" in out and "EOFError" not in out
     assert cli("queue", "default", "--json").json()["queued"] == 1

@@ -169,7 +169,8 @@ def jobs(args: argparse.Namespace) -> int:
     elif not items:
         render.console().print("no jobs")
     else:
-        render.console().print(render.jobs_table(items, page.get("next_cursor")))
+        out = render.console()
+        out.print(render.jobs_table(items, page.get("next_cursor"), width=out.width))
     return EXIT_OK
 
 

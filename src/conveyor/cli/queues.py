@@ -67,7 +67,8 @@ def queues(args: argparse.Namespace) -> int:
     elif not page["items"]:
         render.console().print("no queues")
     else:
-        render.console().print(render.queues_table([render.queue_info(q) for q in page["items"]]))
+        out = render.console()
+        out.print(render.queues_table([render.queue_info(q) for q in page["items"]], width=out.width))
     return EXIT_OK
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
@@ -11,6 +12,7 @@ from typing import Any
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -139,23 +141,59 @@ def timeline_table(job: Job) -> Table:
     return table
 
 
-def jobs_table(jobs: Sequence[Job], next_cursor: str | None = None) -> Table:
-    """One row per job, newest first."""
-    table = Table(box=box.SIMPLE_HEAD, caption=f"more: --cursor {next_cursor}" if next_cursor else None)
-    for name in ("id", "task", "queue", "status", "attempt", "progress", "created", "finished"):
-        table.add_column(name, no_wrap=name == "id")
-    for job in jobs:
-        table.add_row(
-            job.id,
-            escape(job.task),
-            escape(job.queue),
-            status_text(job.status),
-            str(job.attempt),
-            escape(progress_text(job.progress)),
-            when(job.created_at),
-            when(job.finished_at),
-        )
+def jobs_table(jobs: Sequence[Job], next_cursor: str | None = None, width: int | None = None) -> Table:
+    """One row per job, newest first; ``width``: the terminal's, which the table fits."""
+    columns = [(name, {"no_wrap": name == "id"})
+               for name in ("id", "task", "queue", "status", "attempt", "progress", "created", "finished")]
+    rows = [(job.id, escape(job.task), escape(job.queue), status_text(job.status), str(job.attempt),
+             escape(progress_text(job.progress)), when(job.created_at), when(job.finished_at)) for job in jobs]
+    return fitted_table(columns, rows, width=width, drop=JOBS_DROPPED_FIRST,
+                        caption=f"more: --cursor {next_cursor}" if next_cursor else None)
+
+
+#: The columns a narrow terminal loses first, before the last (the id and the status stay).
+JOBS_DROPPED_FIRST = ("progress", "created", "attempt", "finished", "queue", "task")
+#: Likewise for the queues (the name stays).
+QUEUES_DROPPED_FIRST = ("max deliveries", "visibility", "retention", "scheduled", "running", "paused", "failed",
+                        "queued")
+
+
+def fitted_table(columns: Sequence[tuple[str, Mapping[str, Any]]], rows: Sequence[Sequence[RenderableType]], *,
+                 width: int | None, drop: Sequence[str], caption: str | None = None) -> Table:
+    """A table of ``rows`` under ``columns`` (header, ``add_column`` options). Narrower than its
+    longest words, rich cuts every column alike ("fa…" for failed at 80 columns; at 60 only the ids
+    were left, at 20 nothing): so the columns of ``drop`` go instead, first to last, until the rest
+    fit ``width`` whole, and the caption names them (``--json`` has everything). Narrower still,
+    what is left folds onto more lines rather than lose characters."""
+    left_out: list[str] = []
+    while True:
+        table = _table(columns, rows, left_out, caption)
+        if width is None or _narrowest(table) <= width:
+            return table
+        if len(left_out) == len(drop):
+            return _table(columns, rows, left_out, caption, fold=True)
+        left_out.append(drop[len(left_out)])
+
+
+def _table(columns: Sequence[tuple[str, Mapping[str, Any]]], rows: Sequence[Sequence[RenderableType]],
+           left_out: Sequence[str], caption: str | None, fold: bool = False) -> Table:
+    shown = [i for i, (name, _) in enumerate(columns) if name not in left_out]
+    notes = [caption] if caption else []
+    if left_out:
+        notes.append(f"not shown, for want of width: {', '.join(left_out)} (--json has them)")
+    table = Table(box=box.SIMPLE_HEAD, caption="\n".join(notes) or None)
+    for i in shown:
+        name, options = columns[i]
+        table.add_column(name, **({**options, "no_wrap": False, "overflow": "fold"} if fold else options))
+    for row in rows:
+        table.add_row(*(row[i] for i in shown))
     return table
+
+
+def _narrowest(table: Table) -> int:
+    """The fewest columns ``table`` takes without breaking a word."""
+    wide = Console(file=io.StringIO(), width=100_000)
+    return Measurement.get(wide, wide.options, table).minimum
 
 
 def duration(seconds: float) -> str:
@@ -185,15 +223,15 @@ def queue_info(data: Mapping[str, Any]) -> QueueInfo:
     return QueueInfo(name=str(data["name"]), settings=settings, counts=counts)
 
 
-def queues_table(infos: Sequence[QueueInfo]) -> Table:
-    """One row per queue: counts and settings."""
-    table = Table(box=box.SIMPLE_HEAD)
-    for name in ("queue", "queued", "scheduled", "running", "failed", "retention", "visibility", "max deliveries",
-                 "paused"):
-        table.add_column(name, justify="left" if name in ("queue", "paused") else "right")
+def queues_table(infos: Sequence[QueueInfo], width: int | None = None) -> Table:
+    """One row per queue: counts and settings; ``width``: the terminal's, which the table fits."""
+    columns = [(name, {"justify": "left" if name in ("queue", "paused") else "right"})
+               for name in ("queue", "queued", "scheduled", "running", "failed", "retention", "visibility",
+                            "max deliveries", "paused")]
+    rows = []
     for info in infos:
         row = info.to_json()
-        table.add_row(
+        rows.append((
             escape(info.name),
             str(row["queued"]),
             str(row["scheduled"]),
@@ -203,8 +241,8 @@ def queues_table(infos: Sequence[QueueInfo]) -> Table:
             duration(info.settings.visibility_timeout),
             str(info.settings.max_deliveries),
             Text("paused", style="yellow") if info.settings.paused else Text("no"),
-        )
-    return table
+        ))
+    return fitted_table(columns, rows, width=width, drop=QUEUES_DROPPED_FIRST)
 
 
 def queue_panel(info: QueueInfo) -> Panel:

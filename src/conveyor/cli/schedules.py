@@ -6,9 +6,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from rich import box
 from rich.markup import escape
-from rich.table import Table
 
 from conveyor.cli import render
 from conveyor.cli.common import API_HELP, add_api, add_common
@@ -37,14 +35,19 @@ def schedules(args: argparse.Namespace) -> int:
     if args.json:
         render.print_json({"items": items})
         return EXIT_OK
-    table = Table(box=box.SIMPLE_HEAD)
-    for name in ("task", "cron", "tz", "next run (UTC)", "previous tick (UTC)"):
-        table.add_column(name)
+    if not items:
+        render.console().print("no schedules")
+        return EXIT_OK
+    rows = []
     for item in items:
         # a schedule whose ticks cannot be computed says why in its row; the others still show
         nxt = f"[red]{escape(str(item['error']))}[/red]" if "error" in item else str(item["next_run_at"])
-        table.add_row(escape(str(item["task"])), escape(str(item["cron"])), escape(str(item["tz"])),
-                      nxt, str(item["previous_run_at"] or "-"))
-    render.console().print(table if items else "no schedules")
+        rows.append((escape(str(item["task"])), escape(str(item["cron"])), escape(str(item["tz"])), nxt,
+                     str(item["previous_run_at"] or "-")))
+    # a time is cut rather than wrapped: the cron expression wraps instead
+    columns = [(name, {"no_wrap": "(UTC)" in name}) for name in ("task", "cron", "tz", "next run (UTC)",
+                                                                "previous tick (UTC)")]
+    out = render.console()
+    out.print(render.fitted_table(columns, rows, width=out.width, drop=("previous tick (UTC)", "tz", "cron")))
     return EXIT_OK
 
