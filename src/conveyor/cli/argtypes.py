@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from collections.abc import Callable
 
@@ -42,7 +43,9 @@ def seconds(positive: bool = False) -> Callable[[str], float]:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-        if not (value > 0 if positive else value >= 0) or value == float("inf"):
+        if not math.isfinite(value):  # "must be more than 0 seconds" said of inf (1e309 too) was no help
+            raise argparse.ArgumentTypeError(f"not a finite number of seconds: {text!r}")
+        if not (value > 0 if positive else value >= 0):
             raise argparse.ArgumentTypeError(f"must be {'more than' if positive else 'at least'} 0 seconds: {text!r}")
         return value
 
