@@ -62,7 +62,8 @@ def test_submit_wait__no_worker__times_out_with_exit_1(cli: Cli) -> None:
         (["add", "1", "2", "--priority", "high"], "argument --priority: invalid int value"),
         (["add", "1", "2", "--timeout", "5"], "--timeout needs --wait"),
         # "must be more than 0 seconds: '1e309'"
-        (["add", "1", "2", "--wait", "--timeout", "1e309"], "argument --timeout: not a finite number of seconds: '1e309'"),
+        (["add", "1", "2", "--wait", "--timeout", "1e309"],
+         "argument --timeout: not a finite number of seconds: '1e309'"),
         (["add", "1", "2", "--wait", "--timeout", "nan"], "argument --timeout: not a finite number of seconds: 'nan'"),
         (["add", "1", "2", "--delay", "-3"], "delay must be a number of seconds"),
         # json recursed past Python's limit: "unexpected RecursionError", exit 1
