@@ -1,4 +1,5 @@
-"""Benchmarks: ``bench.bench`` (the engines), ``bench.http`` (the API), ``bench.compare`` (the peers)."""
+"""Benchmarks: ``bench.bench`` (the engines), ``bench.http`` (the API), ``bench.compare`` (the peers);
+``bench.chaos``: a kill -9 soak that checks nothing is lost."""
 
 from __future__ import annotations
 
