@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 
@@ -40,6 +41,23 @@ def test_url__explicitly_empty__exit_2_not_the_default_database(cli: Cli, argv: 
     assert result.code == 2
     assert "argument --url: empty URL" in one_error_line(result.err)
     assert not (cli.tmp_path / "conveyor.db").exists()
+
+
+@pytest.mark.parametrize("url", ["postgresql://postgres:s3cret\udcff@127.0.0.1:5432/test", "redis://\udcff:6379/0"])
+def test_url__bytes_not_utf8__exit_2_saying_so(cli: Cli, url: str) -> None:
+    """PostgreSQL's: "unexpected UnicodeEncodeError" (exit 1); a Redis host: "unreachable" (exit 1)."""
+    result = cli.run("jobs", "--url", url)
+    assert (result.code, result.out) == (2, "")
+    assert one_error_line(result.err) == (
+        "conveyor jobs: error: argument --url: the URL holds bytes that are not UTF-8: percent-encode them (%FF) "
+        "(see 'conveyor jobs --help')")
+
+
+def test_url__sqlite_file_name_not_utf8__is_that_file(cli: Cli) -> None:
+    name = cli.tmp_path / "jobs-\udcff.db"
+    result = cli.run("submit", "add", "1", "2", "--url", f"sqlite:///{name}")
+    assert result.code == 0, result.err
+    assert os.path.exists(os.fsencode(name))
 
 
 def test_url__sqlite_in_memory__exit_2_not_an_id_for_a_lost_job(cli: Cli) -> None:

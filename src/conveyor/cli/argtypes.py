@@ -10,6 +10,7 @@ from collections.abc import Callable
 from conveyor.core.checks import check_queue_name
 from conveyor.core.errors import RegistrationError, ValidationError
 from conveyor.core.task import check_task_name
+from conveyor.serialization import holds_lone_surrogate
 
 
 def integer(low: int, high: int | None = None, what: str = "") -> Callable[[str], int]:
@@ -67,6 +68,9 @@ def backend_url(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError(
             "empty URL: give a backend URL (e.g. sqlite:///conveyor.db), or leave --url out to use $CONVEYOR_URL")
+    if holds_lone_surrogate(text) and not text.lower().startswith("sqlite:"):  # a file name may be any bytes
+        # argv bytes that are not UTF-8: psycopg ended in "unexpected UnicodeEncodeError", redis said "unreachable"
+        raise argparse.ArgumentTypeError("the URL holds bytes that are not UTF-8: percent-encode them (%FF)")
     return text
 
 
