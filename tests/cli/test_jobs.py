@@ -140,6 +140,18 @@ def test_jobs_and_queues__narrow_terminal__statuses_and_names_shown_whole(cli: C
         assert max(len(line.rstrip()) for line in lines) <= columns, out
 
 
+def test_status__narrow_terminal__the_id_whole_and_the_timeline_fitted(cli: Cli) -> None:
+    """At 40 columns the panel's title cut the id ("job 01a2…b24490d─"), the timeline read "fa…"."""
+    job_id = cli.submit("boom")
+    cli.burst()
+    out, code = on_a_terminal(cli, ["status", job_id], columns=40)
+    lines = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out).splitlines()
+    assert code == 0, out
+    assert job_id in "".join(line.strip("│ ").removeprefix("id").strip() for line in lines[1:3]), out
+    assert sum(bool(re.search(r"\bfailed\b", line)) for line in lines) == 2, out  # status, and the timeline's
+    assert max(len(line.rstrip()) for line in lines) <= 40, out
+
+
 def test_watch__succeeds__exit_0_with_result(cli: Cli) -> None:
     cli.background_worker("--no-scheduler")
     job_id = cli.submit("steps", "--kwargs", '{"n": 4, "pause": 0.05}')

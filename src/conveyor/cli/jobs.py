@@ -150,7 +150,8 @@ def status(args: argparse.Namespace) -> int:
     if args.json:
         render.print_json(data)
     else:
-        render.console().print(render.job_panel(Job.from_json(data)))
+        out = render.console()
+        out.print(render.job_panel(Job.from_json(data), width=out.width))
     return EXIT_OK
 
 

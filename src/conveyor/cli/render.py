@@ -84,11 +84,15 @@ def compact(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def job_panel(job: Job) -> Panel:
-    """Everything worth reading about one job."""
+def job_panel(job: Job, width: int | None = None) -> Panel:
+    """Everything worth reading about one job; ``width``: the terminal's, which the panel fits."""
+    title = f"job {job.id}"
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column(overflow="fold")
+    if width is not None and len(title) + 6 > width:  # the title would be cut, the id with it
+        title = "job"
+        grid.add_row("id", job.id)
     grid.add_row("status", status_text(job.status))
     grid.add_row("task", escape(job.task))
     grid.add_row("queue", escape(job.queue))
@@ -114,31 +118,32 @@ def job_panel(job: Job) -> Panel:
         grid.add_row("result", escape(compact(job.result, 2000)))
     parts: list[RenderableType] = [grid]
     if job.attempts:
-        parts.append(timeline_table(job))
+        parts.append(timeline_table(job, None if width is None else width - 4))  # the panel's border and padding
     if job.error:
         what = printable(f"{job.error.get('type')}: {job.error.get('message')}", keep="\n")
         parts.append(Text(f"\n{what}", style="red"))
         if job.error.get("traceback"):
             parts.append(Text(printable(str(job.error["traceback"]).rstrip(), keep="\n"), style="dim"))
-    return Panel(Group(*parts), title=f"job {job.id}", title_align="left", box=box.ROUNDED, expand=False)
+    return Panel(Group(*parts), title=title, title_align="left", box=box.ROUNDED, expand=False)
 
 
-def timeline_table(job: Job) -> Table:
-    """Every delivery of the job: who ran it, when, and how it ended."""
-    table = Table(title="timeline", title_justify="left", box=box.SIMPLE, show_edge=False)
-    for name in ("attempt", "worker", "started", "finished", "outcome", "error"):
-        table.add_column(name)
+def timeline_table(job: Job, width: int | None = None) -> Table:
+    """Every delivery of the job: who ran it, when, and how it ended; ``width``: what it may take."""
+    columns: list[tuple[str, Mapping[str, Any]]] = [
+        (name, {}) for name in ("attempt", "worker", "started", "finished", "outcome", "error")]
+    rows = []
     for entry in job.attempts:
         error = entry.get("error") or {}
-        table.add_row(
+        rows.append((
             str(entry.get("attempt", "")),
             escape(printable(str(entry.get("worker_id") or ""))),
             when(entry.get("started_at")),
             when(entry.get("finished_at")),
             escape(str(entry.get("status") or "running")),
             escape(printable(f"{error.get('type')}: {error.get('message')}") if error else ""),
-        )
-    return table
+        ))
+    return fitted_table(columns, rows, width=width, drop=("worker", "started", "error", "finished"),
+                        title="timeline", title_justify="left", box=box.SIMPLE, show_edge=False)
 
 
 def jobs_table(jobs: Sequence[Job], next_cursor: str | None = None, width: int | None = None) -> Table:
@@ -159,32 +164,35 @@ QUEUES_DROPPED_FIRST = ("max deliveries", "visibility", "retention", "scheduled"
 
 
 def fitted_table(columns: Sequence[tuple[str, Mapping[str, Any]]], rows: Sequence[Sequence[RenderableType]], *,
-                 width: int | None, drop: Sequence[str], caption: str | None = None) -> Table:
+                 width: int | None, drop: Sequence[str], caption: str | None = None, **options: Any) -> Table:
     """A table of ``rows`` under ``columns`` (header, ``add_column`` options). Narrower than its
     longest words, rich cuts every column alike ("fa…" for failed at 80 columns; at 60 only the ids
     were left, at 20 nothing): so the columns of ``drop`` go instead, first to last, until the rest
     fit ``width`` whole, and the caption names them (``--json`` has everything). Narrower still,
-    what is left folds onto more lines rather than lose characters."""
+    what is left folds onto more lines rather than lose characters. ``options`` go to ``Table``
+    (``box``: SIMPLE_HEAD unless given)."""
     left_out: list[str] = []
     while True:
-        table = _table(columns, rows, left_out, caption)
+        table = _table(columns, rows, left_out, caption, options)
         if width is None or _narrowest(table) <= width:
             return table
         if len(left_out) == len(drop):
-            return _table(columns, rows, left_out, caption, fold=True)
+            return _table(columns, rows, left_out, caption, options, fold=True)
         left_out.append(drop[len(left_out)])
 
 
 def _table(columns: Sequence[tuple[str, Mapping[str, Any]]], rows: Sequence[Sequence[RenderableType]],
-           left_out: Sequence[str], caption: str | None, fold: bool = False) -> Table:
+           left_out: Sequence[str], caption: str | None, options: Mapping[str, Any], fold: bool = False) -> Table:
     shown = [i for i, (name, _) in enumerate(columns) if name not in left_out]
     notes = [caption] if caption else []
     if left_out:
         notes.append(f"not shown, for want of width: {', '.join(left_out)} (--json has them)")
-    table = Table(box=box.SIMPLE_HEAD, caption="\n".join(notes) or None)
+    table = Table(caption="\n".join(notes) or None, **{"box": box.SIMPLE_HEAD, **options})
     for i in shown:
         name, options = columns[i]
-        table.add_column(name, **({**options, "no_wrap": False, "overflow": "fold"} if fold else options))
+        # fold, not cut, what still does not fit: rich narrows the widest columns first, words or not
+        table.add_column(name, **({**options, "no_wrap": False, "overflow": "fold"} if fold
+                                  else {"overflow": "fold", **options}))
     for row in rows:
         table.add_row(*(row[i] for i in shown))
     return table
