@@ -372,6 +372,18 @@ def test_api_host_that_does_not_resolve__exit_1_saying_so(cli: Remote) -> None:
     assert "unknown error" not in result.err
 
 
+def test_api_before_the_command__used_as_after_it(cli: Remote, api: Api) -> None:
+    """As --url: `conveyor --api URL jobs` said "argument COMMAND: invalid choice: 'http://...'"."""
+    result = cli("--api", api.url, "queues", "--json")
+    assert result.code == 0, result.err
+    assert result.json() == api.get("/v1/queues")
+    for command in ("worker", "server", "up"):
+        result = cli("--api", api.url, command)
+        assert (result.code, one_error_line(result.err)) == (2, (
+            f"conveyor {command}: error: {command} takes no --api or --token: it opens the backend (--url) itself "
+            f"(see 'conveyor {command} --help')"))
+
+
 def test_https_to_a_plain_http_server__exit_1_saying_tls(cli: Remote, api: Api) -> None:
     """OpenSSL's error number read as the system's: "cannot reach the API at ...: operation not permitted"."""
     url = api.url.replace("http://", "https://")

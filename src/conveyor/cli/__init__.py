@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from conveyor.cli import jobs, queues, schedules, worker
-from conveyor.cli.common import add_common
+from conveyor.cli.common import add_api, add_common
 from conveyor.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, exit_code, one_line
 
 PROG = "conveyor"
@@ -49,6 +49,7 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description="Conveyor: background jobs that are never lost.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     add_common(parser)
+    add_api(parser)  # before the command too, as --url: it read `conveyor --api URL jobs` as the command "URL"
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command", required=True)
     for group in (worker, jobs, queues, schedules):
         group.register(subparsers)
@@ -85,7 +86,14 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args, extras = build_parser().parse_known_args(argv)
     if extras:  # argparse would report it as the top-level parser's and point to 'conveyor --help'
         usage_error(f"{PROG} {args.command}", f"unrecognized arguments: {' '.join(extras)}")
+    if args.command in BACKEND_ONLY and {"api", "token"} & vars(args).keys():  # given before the command
+        usage_error(f"{PROG} {args.command}", f"{args.command} takes no --api or --token: it opens the backend "
+                                              "(--url) itself")
     return args
+
+
+#: The commands that do not work through the HTTP API.
+BACKEND_ONLY = frozenset({"worker", "server", "up"})
 
 
 @contextlib.contextmanager
