@@ -51,6 +51,14 @@ def test_empty_host__exit_2_not_every_interface(cli: Cli, command: str) -> None:
         f"leave --host out for 127.0.0.1 (see 'conveyor {command} --help')")
 
 
+@pytest.mark.parametrize("workers", ["0", "1001", "99999999999999999999"])
+def test_up__workers_out_of_range__exit_2_before_starting_anything(cli: Cli, workers: str) -> None:
+    """``--workers 100000`` set out to fork a hundred thousand processes."""
+    result = cli.run("up", "--workers", workers, "--port", str(free_port()), timeout=10)
+    assert result.code == 2
+    assert "argument --workers" in one_error_line(result.err)
+
+
 EVERY_SECOND_APP = '''
 from conveyor import Context, Conveyor
 

@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=server)
     u = subparsers.add_parser("up", help="server + workers + scheduler, supervised: the single-machine mode")
     _serve_options(u)
-    u.add_argument("--workers", type=argtypes.integer(1), default=2, metavar="N", help="worker processes (default 2)")
+    u.add_argument("--workers", type=argtypes.integer(1, 1000), default=2, metavar="N",
+                   help="worker processes, 1-1000 (default 2)")
     u.add_argument("--concurrency", type=argtypes.concurrency, metavar="N",
                    help=f"jobs at once per worker, 1-{argtypes.MAX_CONCURRENCY} (default 8)")
     u.add_argument("--grace", type=argtypes.seconds(), default=30.0, metavar="S",
