@@ -115,6 +115,33 @@ def test_ctrl_c_while_the_command_line_is_still_importing__exits_130_without_a_t
     assert out == ""  # the command itself never ran
 
 
+@pytest.mark.parametrize(("command", "code"), [("worker", 0), ("jobs", -signal.SIGTERM)])
+def test_sigterm_while_the_command_line_is_still_importing__a_worker_exits_0__others_as_by_the_signal(
+        cli: Cli, command: str, code: int) -> None:
+    """A stop that lands before Conveyor's own handler exists (a deploy that changed its mind at
+    once): a worker exits 0 as it does while the app loads, not 143; a ``jobs`` does not pretend
+    it listed anything."""
+    child = ("import builtins, sys, time; from conveyor.console import main\n"
+             "real_import = builtins.__import__\n"
+             "def slow_import(name, *args, **kwargs):\n"
+             "    if name == 'conveyor.cli' and builtins.__import__ is slow_import:\n"
+             "        builtins.__import__ = real_import\n"
+             "        print('importing', flush=True); time.sleep(1)\n"
+             "    return real_import(name, *args, **kwargs)\n"
+             "builtins.__import__ = slow_import\n"
+             f"sys.argv = ['conveyor', {command!r}, '--app', 'nowhere:app']; sys.exit(main())")
+    proc = subprocess.Popen([sys.executable, "-c", child], env=cli.env(), cwd=cli.tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "importing\n"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err
+    assert err == "" and out == ""  # the command itself never ran: no "unknown module nowhere"
+
+
 def test_unexpected_error__one_line_exit_1(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     from conveyor.cli import jobs
 
