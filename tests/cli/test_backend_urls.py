@@ -138,3 +138,12 @@ def test_url__rabbitmq_virtual_host_that_does_not_exist__exit_2_naming_it(cli: C
     assert result.code == 2, result.err
     assert one_error_line(result.err).endswith(f"refused virtual host {vhost!r}: it does not exist, or this user may "
                                                "not use it (rabbitmqctl list_vhosts, list_permissions)")
+
+
+def test_conveyor_url_env__bytes_not_utf8__exit_2_saying_so(cli: Cli) -> None:
+    """``--url`` checked its bytes; ``CONVEYOR_URL`` (and an app's own ``Conveyor(url)``) did not."""
+    env = {**cli.env(), "CONVEYOR_URL": "postgresql://postgres:s3cret\udcff@127.0.0.1:5432/test"}
+    result = cli.run("jobs", env=env)
+    assert (result.code, result.out) == (2, "")
+    assert one_error_line(result.err) == (
+        "conveyor: error: the backend URL holds bytes that are not UTF-8: percent-encode them (%FF)")

@@ -7,6 +7,7 @@ from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from conveyor.backends.base import Backend
 from conveyor.core.errors import ConfigurationError
+from conveyor.serialization import holds_lone_surrogate
 
 DEFAULT_URL = "sqlite:///conveyor.db"
 
@@ -21,6 +22,10 @@ def create_backend(url: str) -> Backend:
     parts = urlsplit(url)
     _check_port(parts)
     scheme = parts.scheme.lower()
+    if scheme != "sqlite" and holds_lone_surrogate(url):  # a file name may be any bytes
+        # bytes that are not UTF-8 (CONVEYOR_URL as os.environ decodes them): psycopg ended in a
+        # bare UnicodeEncodeError, redis said "unreachable"
+        raise ConfigurationError("the backend URL holds bytes that are not UTF-8: percent-encode them (%FF)")
     if scheme == "sqlite":
         from conveyor.backends.sqlite import SQLiteBackend
 
