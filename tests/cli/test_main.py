@@ -90,55 +90,46 @@ def test_console_script__installed(cli: Cli) -> None:
     assert proc.stdout.startswith("conveyor ")
 
 
-def test_ctrl_c_while_the_command_line_is_still_importing__exits_130_without_a_traceback(cli: Cli) -> None:
-    """Importing the command line takes about 0.3 s: a Ctrl-C then ends the command like one later does.
-    The child holds the import open until the signal (on a loaded machine the parent's signal
-    could land after a real import, or before ``main`` was entered)."""
-    child = ("import builtins, sys, time; from conveyor.console import main\n"
-             "real_import = builtins.__import__\n"
-             "def slow_import(name, *args, **kwargs):\n"
-             "    if name == 'conveyor.cli':\n"
-             "        print('importing', flush=True); time.sleep(30)\n"
-             "    return real_import(name, *args, **kwargs)\n"
-             "builtins.__import__ = slow_import\n"
-             "sys.argv = ['conveyor', 'jobs', '--json']; sys.exit(main())")
-    proc = subprocess.Popen([sys.executable, "-c", child], env=cli.env(), cwd=cli.tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == "importing\n"
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
-    assert out == ""  # the command itself never ran
-
-
-@pytest.mark.parametrize(("command", "code"), [("worker", 0), ("jobs", -signal.SIGTERM)])
-def test_sigterm_while_the_command_line_is_still_importing__a_worker_exits_0__others_as_by_the_signal(
-        cli: Cli, command: str, code: int) -> None:
-    """A stop that lands before Conveyor's own handler exists (a deploy that changed its mind at
-    once): a worker exits 0 as it does while the app loads, not 143; a ``jobs`` does not pretend
-    it listed anything."""
+def signal_while_importing(cli: Cli, argv: list[str], signum: int, hold: float) -> tuple[int, str, str]:
+    """Run ``conveyor argv`` through the console script, send ``signum`` while it imports the command
+    line, and give its exit code, stdout and stderr. The child holds that import open for ``hold``
+    seconds (on a loaded machine the signal could land after a real import, or before ``main``)."""
     child = ("import builtins, sys, time; from conveyor.console import main\n"
              "real_import = builtins.__import__\n"
              "def slow_import(name, *args, **kwargs):\n"
              "    if name == 'conveyor.cli' and builtins.__import__ is slow_import:\n"
              "        builtins.__import__ = real_import\n"
-             "        print('importing', flush=True); time.sleep(1)\n"
+             f"        print('importing', flush=True); time.sleep({hold})\n"
              "    return real_import(name, *args, **kwargs)\n"
              "builtins.__import__ = slow_import\n"
-             f"sys.argv = ['conveyor', {command!r}, '--app', 'nowhere:app']; sys.exit(main())")
+             f"sys.argv = ['conveyor', *{argv!r}]; sys.exit(main())")
     proc = subprocess.Popen([sys.executable, "-c", child], env=cli.env(), cwd=cli.tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "importing\n"
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert proc.returncode == code, err
+    return proc.returncode, out, err
+
+
+def test_ctrl_c_while_the_command_line_is_still_importing__exits_130_without_a_traceback(cli: Cli) -> None:
+    """Importing the command line takes about 0.4 s: a Ctrl-C then ends the command like one later does."""
+    code, out, err = signal_while_importing(cli, ["jobs", "--json"], signal.SIGINT, hold=30)
+    assert code == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert out == ""  # the command itself never ran
+
+
+@pytest.mark.parametrize(("command", "expected"), [("worker", 0), ("jobs", -signal.SIGTERM)])
+def test_sigterm_while_the_command_line_is_still_importing__a_worker_exits_0__others_as_by_the_signal(
+        cli: Cli, command: str, expected: int) -> None:
+    """A stop that lands before Conveyor's own handler exists (a deploy that changed its mind at
+    once): a worker exits 0 as it does while the app loads, not 143; a ``jobs`` does not pretend
+    it listed anything."""
+    code, out, err = signal_while_importing(cli, [command, "--app", "nowhere:app"], signal.SIGTERM, hold=1)
+    assert code == expected, err
     assert err == "" and out == ""  # the command itself never ran: no "unknown module nowhere"
 
 
