@@ -38,7 +38,7 @@ from conveyor.core.errors import (
     UnknownTask,
     ValidationError,
 )
-from conveyor.core.idempotency import is_valid_key
+from conveyor.core.idempotency import header_value, is_valid_key
 from conveyor.core.ids import job_id_of
 from conveyor.core.queues import QUEUE_NAME_RULE, is_queue_name
 from conveyor.serialization import not_json
@@ -130,7 +130,8 @@ def _key(value: Any) -> str:
     if not is_valid_key(key):
         detail = f"key must be 1–255 printable ASCII characters, not {key!r}"
         raise ValidationError(detail, [{"parameter": "Idempotency-Key", "detail": detail}])
-    return key
+    # bare, as Stripe's clients send it, unless the server would read it as a quoted string
+    return header_value(key) if key.startswith('"') else key
 
 
 def outcome(job: Job) -> Any:

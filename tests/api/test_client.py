@@ -59,6 +59,8 @@ def test_client__errors_map_to_the_error_tree(server: Server) -> None:
         assert client.submit("add", 1, 2, key="k")["id"] == job["id"]
         with pytest.raises(IdempotencyKeyReused):
             client.submit("add", 1, 3, key="k")
+        quoted = client.submit("add", 1, 2, key='"k"')  # not read as the quoted form of "k"
+        assert quoted["idempotency_key"] == '"k"' and quoted["id"] != job["id"]
         with pytest.raises(InvalidTransition):
             client.retry(job["id"])
         assert client.cancel(job["id"])["status"] == "cancelled"

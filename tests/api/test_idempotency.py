@@ -112,3 +112,16 @@ def test_two_idempotency_key_headers__400(http: httpx.Client) -> None:
     assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json", r.text
     assert r.json()["detail"] == "give one Idempotency-Key header, not several"
     assert http.get("/v1/jobs").json()["items"] == []
+
+
+def test_quoted_key__the_same_key_as_bare(http: httpx.Client) -> None:
+    """The IETF draft sends the key as a quoted Structured Field String, Stripe bare: a client that
+    switched form made a second job."""
+    first = http.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": '"k-\\"q\\"-1"'})
+    again = http.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": 'k-"q"-1'})
+    assert (first.status_code, again.status_code) == (202, 200), again.text
+    assert again.json()["id"] == first.json()["id"] and first.json()["idempotency_key"] == 'k-"q"-1'
+    for bad in ('"unterminated', '"a"b"', '"bad \\x escape"', '""'):
+        r = http.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": bad})
+        assert r.status_code == 400 and "quoted string" in r.json()["detail"], (bad, r.text)
+    assert len(http.get("/v1/jobs").json()["items"]) == 1

@@ -22,7 +22,7 @@ from conveyor.core.errors import (
     JobNotFound,
     ValidationError,
 )
-from conveyor.core.idempotency import check_replay, is_valid_key
+from conveyor.core.idempotency import check_replay, key_from_header
 from conveyor.core.ids import job_id_of
 from conveyor.core.job import Job, Status
 
@@ -69,7 +69,7 @@ async def submit(request: Request) -> Response:
     # dependency machinery (a third of the request's time); errors take the same route
     st: ApiState = request.app.state.conveyor
     no_query(request)
-    idempotency_key = request.headers.get("idempotency-key")
+    header_key = request.headers.get("idempotency-key")
     # a UTF-8 byte order mark (Notepad, PowerShell) is ignored, as RFC 8259 allows and the other
     # routes' parser does: it was "not valid JSON: expected value (at line 1 column 1)" here alone
     raw = (await request.body()).removeprefix(UTF8_BOM)
@@ -79,8 +79,9 @@ async def submit(request: Request) -> Response:
         body = SubmitJob.model_validate_json(raw)
     except pydantic.ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
-    if idempotency_key is not None and not is_valid_key(idempotency_key):
-        raise HTTPException(400, "Idempotency-Key must be 1–255 printable ASCII characters")
+    idempotency_key = None if header_key is None else key_from_header(header_key)
+    if header_key is not None and idempotency_key is None:
+        raise HTTPException(400, "Idempotency-Key must be 1–255 printable ASCII characters, bare or as a quoted string")
     if len(request.headers.getlist("idempotency-key")) > 1:  # the first alone was used: which one was meant?
         raise HTTPException(400, "give one Idempotency-Key header, not several")
     with st.in_flight.hold(idempotency_key):
@@ -125,10 +126,10 @@ async def list_jobs(
     request: Request,
     st: State,
     status: Status | None = None,
-    task: Annotated[str | None, Query(max_length=200)] = None,
-    queue: Annotated[str | None, Query(max_length=100)] = None,
+    task: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    queue: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=500)] = None,
 ) -> Response:
     """Jobs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page. Each filter
     takes one value (a repeat is a 422, not a filter on the last value only)."""

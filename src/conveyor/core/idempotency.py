@@ -9,6 +9,8 @@ refuse one job of a batch already stored.)
 
 from __future__ import annotations
 
+import re
+
 from conveyor.core.errors import IdempotencyKeyReused
 from conveyor.core.job import Job, Status
 
@@ -16,6 +18,9 @@ from conveyor.core.job import Job, Status
 #: the schedule, ``delay`` or ``eta``, is compared by ``_same_schedule``).
 FINGERPRINT = ("task", "queue", "args", "kwargs", "priority", "max_retries", "timeout", "depends_on",
                "metadata", "webhook")
+#: An RFC 8941 String: quoted, with ``\"`` and ``\\`` the only escapes.
+_SF_STRING = re.compile(r'"((?:[^"\\]|\\["\\])*)"')
+_SF_ESCAPE = re.compile(r'\\(["\\])')
 _CLOCK = 0.002  #: seconds: stored times round to the millisecond on some engines
 
 
@@ -23,6 +28,27 @@ def is_valid_key(key: str) -> bool:
     """An Idempotency-Key: 1–255 printable ASCII characters (the IETF draft and Stripe agree on
     this much; an HTTP header carries nothing else)."""
     return 0 < len(key) <= 255 and key.isascii() and key.isprintable()
+
+
+def key_from_header(value: str) -> str | None:
+    """The key an ``Idempotency-Key`` header names, or None when the header is malformed.
+
+    The IETF draft makes the value a Structured Field String, so on the wire it is quoted
+    (``"8e03978e"``, with ``\\"`` and ``\\\\`` escapes); Stripe and most clients send it bare. Both
+    forms name the same key, so a client that switches form still replays its job.
+    """
+    if not value.startswith('"'):
+        return value if is_valid_key(value) else None
+    quoted = _SF_STRING.fullmatch(value)
+    if quoted is None:
+        return None
+    key = _SF_ESCAPE.sub(r"\1", quoted[1])
+    return key if is_valid_key(key) else None
+
+
+def header_value(key: str) -> str:
+    """``key`` as a Structured Field String, the form the IETF draft sends."""
+    return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def same_request(built: Job, stored: Job) -> bool:
