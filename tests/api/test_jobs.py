@@ -93,6 +93,16 @@ def test_list__bad_parameters__each_named_as_a_query_parameter(http: httpx.Clien
         assert [(e["parameter"], e["in"]) for e in r.json()["errors"]] == [(name, "query")]
 
 
+def test_list__an_empty_filter__422_not_an_empty_list(http: httpx.Client) -> None:
+    """``?queue=`` filtered on the queue named "", which no job has: a list as empty as a quiet queue's."""
+    submit(http)
+    for name in ("task", "queue", "cursor"):
+        r = http.get(f"/v1/jobs?{name}=")
+        assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, (name, r.text)
+        [error] = r.json()["errors"]
+        assert (error["parameter"], error["in"]) == (name, "query") and "at least 1 character" in error["detail"]
+
+
 def test_list__a_filter_given_twice__422_naming_it_not_the_last_one_alone(http: httpx.Client) -> None:
     for name, values in (("status", ["failed", "succeeded"]), ("task", ["add", "boom"]), ("queue", ["a", "b"]),
                          ("limit", ["1", "2"])):
