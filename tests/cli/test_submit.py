@@ -202,6 +202,17 @@ def test_worker__async_pool_and_concurrency__runs_jobs(cli: Cli) -> None:
     assert cli.job(job_id)["result"] == 7
 
 
+def test_worker__log_level_in_any_case(cli: Cli) -> None:
+    """``--log-level debug`` was refused (uvicorn's flag of the same name takes lowercase)."""
+    job_id = cli.submit("add", "1", "1")
+    result = cli("worker", "--burst", "--no-scheduler", "--log-level", "debug")
+    assert result.code == 0, result.err
+    assert cli.job(job_id)["status"] == "succeeded"
+    result = cli("worker", "--burst", "--log-level", "loud")
+    assert result.code == 2 and "invalid choice" in result.err
+    one_error_line(result.err)
+
+
 def test_worker__bad_options__exit_2(cli: Cli) -> None:
     # 20 digits of --concurrency: "unexpected OverflowError" from the worker's first heartbeat, exit 1
     for argv in (["--concurrency", "0"], ["--pool", "fork"], ["--grace", "-1"], ["--queues", ","],

@@ -41,6 +41,12 @@ def configure_logging(level: str) -> None:
             logging.getLogger(name).setLevel(max(floor, logging.getLevelName(level)))
 
 
+def add_log_level(parser: argparse.ArgumentParser) -> None:
+    """Add ``--log-level``, in either case (``debug`` was refused: uvicorn's own flag takes lowercase)."""
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="DEBUG, INFO, WARNING or ERROR, in any case (default INFO)")
+
+
 def add_common(parser: argparse.ArgumentParser) -> None:
     """Add ``--url`` and ``--app`` (accepted before or after the command name)."""
     group = parser.add_argument_group("backend")

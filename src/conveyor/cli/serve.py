@@ -17,7 +17,7 @@ from typing import NoReturn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor.cli import argtypes
-from conveyor.cli.common import add_common, app_spec, configure_logging, load, open_backend
+from conveyor.cli.common import add_common, add_log_level, app_spec, configure_logging, load, open_backend
 from conveyor.cli.errors import Stopped, UsageError
 from conveyor.core.errors import BackendUnavailable
 
@@ -57,7 +57,7 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
                    help="largest request body accepted (default 1048576)")
     p.add_argument("--insecure", action="store_true",
                    help="allow listening beyond loopback without CONVEYOR_API_TOKENS")
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_log_level(p)
     p.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs ~10%%)")
 
 

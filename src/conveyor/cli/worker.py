@@ -11,7 +11,7 @@ from types import FrameType
 
 from conveyor import metrics
 from conveyor.cli import argtypes
-from conveyor.cli.common import add_common, app_spec, configure_logging, load
+from conveyor.cli.common import add_common, add_log_level, app_spec, configure_logging, load
 from conveyor.cli.errors import Stopped
 from conveyor.worker.worker import Worker, left_running, run_in_process
 
@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "/readyz (503 while its claim loop stalls or the engine is unreachable) (HOST: 127.0.0.1)")
     p.add_argument("--no-scheduler", action="store_true", help="do not enqueue the app's periodic tasks")
     p.add_argument("--burst", action="store_true", help="exit once no job is ready")
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_log_level(p)
     add_common(p)
     p.set_defaults(func=worker)
 
