@@ -184,8 +184,11 @@ def test_submit__key_beyond_printable_ascii__usage_error_as_over_http(cli: Cli) 
 
 def test_submit__negative_number_argument__is_json_not_an_option(cli: Cli) -> None:
     job_id = cli.submit("add", "-1", "-2")
+    exponent = cli.submit("steps", "0", "-1e-3")  # argparse took -1e-3 for an unknown option
     cli.burst()
-    assert cli.job(job_id)["result"] == -3
+    assert cli.job(job_id)["result"] == -3 and cli.job(exponent)["args"] == [0, -0.001]
+    result = cli("submit", "add", "1", "-Infinity")
+    assert result.code == 2 and "unrecognized" not in one_error_line(result.err), result.err
 
 
 def test_worker__queues_option__leaves_other_queues_alone(cli: Cli) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -24,6 +25,10 @@ __all__ = ["RETRYABLE", "follow", "register"]
 
 
 SECONDS = argtypes.seconds(positive=True)
+#: A negative JSON number (``-1e5``, ``-.5``) or ``-Infinity``: argparse before 3.13 took only ``-1``
+#: and ``-1.5`` for numbers and the rest for unknown options ("unrecognized arguments: -1e5").
+NEGATIVE_ARGUMENT = re.compile(r"^-(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$|^-Infinity$")
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the job commands."""
@@ -32,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     # default=[]: else argparse (before 3.13) names ARG_JSON among the required arguments when TASK is missing
     p.add_argument("args", nargs="*", default=[], metavar="ARG_JSON",
                    help='positional arguments, each JSON (quote strings: \'"a"\')')
+    p._negative_number_matcher = NEGATIVE_ARGUMENT
     p.add_argument("--kwargs", metavar="JSON", help="keyword arguments as a JSON object")
     p.add_argument("--queue", type=argtypes.queue_name, help="queue (default: the task's)")
     p.add_argument("--priority", type=int, metavar="0-9", help="9 runs first (default: the task's)")
