@@ -195,7 +195,7 @@ def _job_path(job_id: str) -> str:
     (sent as it was, ``get("../queues")`` returned the queue list as a job)."""
     stored = job_id_of(job_id)
     if stored is None:
-        raise JobNotFound(f"no job with id {job_id!r}")
+        raise JobNotFound(f"no job has id {job_id!r}")
     return f"/v1/jobs/{stored}"
 
 

@@ -297,7 +297,7 @@ def test_client__an_id_or_a_queue_name_that_cannot_be_one__refused_without_a_req
     with Client(server.url) as client:
         for call in (lambda: client.get("../queues"), lambda: client.cancel("x/../../queues"),
                      lambda: client.retry("../jobs"), lambda: client.wait("../queues", timeout=1)):
-            with pytest.raises(JobNotFound, match="no job with id"):
+            with pytest.raises(JobNotFound, match="no job has id"):
                 call()
         with pytest.raises(ValidationError, match="queue names are"):
             client.queue("../jobs")

@@ -244,7 +244,7 @@ def test_id_that_is_a_path__not_found_without_reaching_another_route(cli: Remote
     for command, text in (("status", "../queues"), ("status", "a/b"), ("watch", "../queues"),
                           ("retry", "../queues/pathy"), ("cancel", "../queues/pathy/purge"), ("status", "x?y")):
         result = cli(command, text, "--api", api.url)
-        assert (result.code, one_error_line(result.err)) == (1, f"conveyor: error: no job with id {text!r}")
+        assert (result.code, one_error_line(result.err)) == (1, f"conveyor: error: no job has id {text!r}")
     assert api.get(f"/v1/jobs/{job_id}")["status"] == "queued"
 
 

@@ -16,7 +16,7 @@ MISSING = "01a2222c-0000-7000-8000-000000000000"
 def test_status__unknown_id__exit_1_one_line(cli: Cli, job_id: str) -> None:
     result = cli("status", job_id)
     assert result.code == 1
-    assert f"no job with id '{job_id}'" in one_error_line(result.err)
+    assert f"no job has id '{job_id}'" in one_error_line(result.err)
 
 
 def test_status__unknown_id_as_a_real_process__exit_1(cli: Cli) -> None:

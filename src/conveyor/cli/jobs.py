@@ -246,7 +246,7 @@ async def follow(
         if final.status.terminal:
             break
     if final is None:
-        raise JobNotFound(f"no job with id {job_id!r}")
+        raise JobNotFound(f"no job has id {job_id!r}")
     return final
 
 

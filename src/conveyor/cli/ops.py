@@ -151,14 +151,14 @@ class Direct:
         app.bind(await self.backend())
         handle = await app.get_job_async(job_id)
         if handle is None:
-            raise JobNotFound(f"no job with id {job_id!r}")
+            raise JobNotFound(f"no job has id {job_id!r}")
         return await handle.wait_async(timeout)
 
     async def _job(self, job_id: str) -> Job:
         stored_id = job_id_of(job_id)
         found = await (await self.backend()).get_jobs([stored_id]) if stored_id else []
         if not found:
-            raise JobNotFound(f"no job with id {job_id!r}")
+            raise JobNotFound(f"no job has id {job_id!r}")
         return found[0]
 
     async def get(self, job_id: str) -> JsonObject:
@@ -196,7 +196,7 @@ class Direct:
         stored_id = job_id_of(job_id)
         job = await (await self.backend()).cancel(stored_id, time.time()) if stored_id else None
         if job is None:
-            raise JobNotFound(f"no job with id {job_id!r}")
+            raise JobNotFound(f"no job has id {job_id!r}")
         return job.to_json()
 
     async def retry(self, job_id: str) -> JsonObject:
@@ -250,7 +250,7 @@ def _job_id(text: str) -> str:
     """``text`` when it is a job id, to go into a URL path; else ``JobNotFound``, as ``Direct`` says
     it. Sent as it was, "../queues" read the queue list as a job ("unexpected KeyError")."""
     if job_id_of(text) is None:
-        raise JobNotFound(f"no job with id {text!r}")
+        raise JobNotFound(f"no job has id {text!r}")
     return text
 
 
