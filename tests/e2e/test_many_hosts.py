@@ -8,8 +8,8 @@ A reaches the engine only over 10.231.11.1, like a host on another machine would
 worker reaches its job store (Redis) over the same link, so a cut of the link cuts both. Each
 worker also gets its own hostname (``unshare --uts``), so the registry shows two hosts.
 
-One worker is killed with SIGKILL mid-run: every job still finishes on the other host, and the
-dead worker drops out of the registry (after ``Backend.WORKER_TTL``, 15 s). One host's link
+One worker is killed with SIGKILL mid-run: every job still finishes on the other host, and (on
+PostgreSQL) the dead worker drops out of the registry (after ``Backend.WORKER_TTL``, 15 s). One host's link
 is cut silently for 30 s (no reset) and healed: its worker stays up and works again within
 seconds, the other host takes over its leased jobs meanwhile.
 """
@@ -203,14 +203,18 @@ def test_two_hosts__kill_9_one_host_and_the_other_finishes_every_job(two_hosts: 
     late = [j.id for j in stored if j.worker_id == dead_id and j.finished_at > killed_wall]
     assert not late, "a job was recorded as finished by the dead worker after the kill"
 
-    # The dead host leaves the registry once its heartbeat is WORKER_TTL old; B stays.
-    wait_for(lambda: dead_id not in {w.id for w in env.workers_seen()}, timeout=Backend.WORKER_TTL + 8,
-             what="the killed worker to leave the registry")
-    gone = time.monotonic() - killed_at
-    assert [w.pid for w in env.workers_seen()] == [b.pid]
+    # The dead host leaves the registry once its heartbeat is WORKER_TTL old; B stays. Checked on
+    # one engine (a wait of ~10 s; conformance/test_housekeeping drops a silent worker on each).
+    gone = float("nan")
+    if env.kind == "postgresql":
+        wait_for(lambda: dead_id not in {w.id for w in env.workers_seen()}, timeout=Backend.WORKER_TTL + 8,
+                 what="the killed worker to leave the registry")
+        gone = time.monotonic() - killed_at
+        assert [w.pid for w in env.workers_seen()] == [b.pid]
     print(f"\n[{env.kind}, 2 hosts x 4 slots over veth] 1000 noops in {drain:.2f} s ({1000 / drain:.0f} jobs/s); "
           f"after kill -9 of host A the other host finished the 300 x 20 ms jobs in {finished:.2f} s "
-          f"({len(twice)} ran twice); dead worker left the registry {gone:.1f} s after the kill")
+          f"({len(twice)} ran twice)" + (f"; dead worker left the registry {gone:.1f} s after the kill"
+                                         if gone == gone else ""))
 
 
 PARTITION = float(os.environ.get("TEST_PARTITION", "30"))  #: seconds host A is cut off
