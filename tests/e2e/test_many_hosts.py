@@ -205,7 +205,7 @@ def test_two_hosts__kill_9_one_host_and_the_other_finishes_every_job(two_hosts: 
 
     # The dead host leaves the registry once its heartbeat is WORKER_TTL old; B stays. Checked on
     # one engine (a wait of ~10 s; conformance/test_housekeeping drops a silent worker on each).
-    gone = float("nan")
+    gone: float | None = None
     if env.kind == "postgresql":
         wait_for(lambda: dead_id not in {w.id for w in env.workers_seen()}, timeout=Backend.WORKER_TTL + 8,
                  what="the killed worker to leave the registry")
@@ -214,7 +214,7 @@ def test_two_hosts__kill_9_one_host_and_the_other_finishes_every_job(two_hosts: 
     print(f"\n[{env.kind}, 2 hosts x 4 slots over veth] 1000 noops in {drain:.2f} s ({1000 / drain:.0f} jobs/s); "
           f"after kill -9 of host A the other host finished the 300 x 20 ms jobs in {finished:.2f} s "
           f"({len(twice)} ran twice)" + (f"; dead worker left the registry {gone:.1f} s after the kill"
-                                         if gone == gone else ""))
+                                         if gone is not None else ""))
 
 
 PARTITION = float(os.environ.get("TEST_PARTITION", "30"))  #: seconds host A is cut off
