@@ -13,12 +13,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from conveyor import Context, Conveyor
-from conveyor import client as client_module
-from conveyor.client import AsyncClient, Client
-from conveyor.core.errors import (
+# the errors a Client raises, imported as a user would: from the package itself
+from conveyor import (
     BackendUnavailable,
     ConfigurationError,
+    Context,
+    Conveyor,
     IdempotencyKeyReused,
     InvalidArguments,
     InvalidTransition,
@@ -28,6 +28,8 @@ from conveyor.core.errors import (
     UnknownTask,
     ValidationError,
 )
+from conveyor import client as client_module
+from conveyor.client import AsyncClient, Client
 from tests.api.conftest import Server, WorkerThread, free_port
 
 
