@@ -88,7 +88,8 @@ async def send(client: httpx.AsyncClient, job: Job, key: bytes | None) -> bool |
         log.warning("job %s: webhook URL is invalid (%s); not sent", job.id, exc)
         return None
     except httpx.HTTPError as exc:
-        log.info("job %s: webhook failed: %s", job.id, exc)
+        # httpx's read and protocol errors often carry no message: name the kind at least
+        log.info("job %s: webhook failed: %s", job.id, str(exc) or type(exc).__name__)
         return False
     return 200 <= response.status_code < 300
 
@@ -113,6 +114,13 @@ class Sender:
             self.in_flight.add(task)
             task.add_done_callback(self.in_flight.discard)
         return len(due)
+
+    async def settle(self, now: float) -> None:
+        """Deliver everything due by ``now``, one attempt each, and wait for the attempts to end
+        (a failed one is rescheduled, so it is not due again now)."""
+        while await self.poll(now) or self.in_flight:
+            if self.in_flight:
+                await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
 
     def _http(self) -> httpx.AsyncClient:
         if self.client is None:

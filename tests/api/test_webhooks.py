@@ -16,6 +16,7 @@ import pytest
 from conveyor.core.job import Job
 from conveyor.serialization import from_rfc3339
 from conveyor.webhooks import message_id, payload
+from conveyor.worker.worker import run_worker
 from tests.api.conftest import Server, WorkerThread, free_port, make_app, wait_for
 
 KEY = b"0123456789abcdef0123456789abcdef"
@@ -41,8 +42,11 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 64  # socketserver's 5 reset some of a sender's 20 connections at once
+
         self.port = free_port()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.httpd = Server(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
@@ -133,4 +137,22 @@ def test_webhook__job_retried_and_ended_again__new_webhook_id(server: Server) ->
         assert all(i.startswith(f"msg_{job['id']}") for i in ids) and ended[0] != ended[1]
     finally:
         worker.stop()
+        receiver.stop()
+
+
+def test_webhooks__a_burst_worker_sends_what_its_jobs_owe_before_it_exits(server: Server) -> None:
+    """A ``--burst`` worker (run from cron, often alone) exited without sending its jobs'
+    webhooks: the receiver heard nothing until some other worker started."""
+    receiver = Receiver()
+    try:
+        base = f"http://127.0.0.1:{receiver.port}"
+        ok = [server.http.post("/v1/jobs", json={"task": "add", "args": [i, i], "webhook": f"{base}/ok"}).json()["id"]
+              for i in range(25)]  # more than one sender's 20 at once
+        failing = free_port()  # nothing listens: one attempt, then it is the next worker's to retry
+        server.http.post("/v1/jobs", json={"task": "add", "args": [0, 0], "webhook": f"http://127.0.0.1:{failing}/"})
+        started = time.monotonic()
+        assert run_worker(make_app(server.app.url), burst=True, scheduler=False, concurrency=4) == 0
+        assert sorted(json.loads(body)["id"] for _, body in receiver.received) == sorted(ok)
+        assert time.monotonic() - started < 10, "the failed delivery held the exit up"
+    finally:
         receiver.stop()

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds each step of a shutdown may wait on the engine (see ``Worker._claim_until_stopped``).
 SHUTDOWN_BOUND = 5.0
+#: Seconds a ``--burst`` worker gives the webhooks its jobs owe before it exits (one attempt each).
+LAST_WEBHOOKS_BOUND = 30.0
 #: Seconds a cancelled task gets before it is cancelled again (``cancel_within``).
 RECANCEL_AFTER = 0.5
 
@@ -195,6 +197,8 @@ class Worker:
         #: Set at shutdown, as the helper loops are cancelled: each also ends at its next turn,
         #: so a cancel swallowed below them (a race in asyncio or a client library) cannot hang it.
         self._closing = False
+        #: Set when a ``--burst`` worker is done: its webhook loop sends what is due, then ends.
+        self._last_webhooks = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._loop_tick = time.monotonic()
         self._backend: Backend | None = backend  #: opened by ``run`` unless given
@@ -265,9 +269,10 @@ class Worker:
                 asyncio.create_task(c)
                 for c in (
                     self._reporting.flush_loop(backend), self._heartbeat_loop(), self._watchdog_loop(),
-                    self._housekeeping_loop(), self._webhook_loop(),
+                    self._housekeeping_loop(),
                 )
             ]
+            webhooks = asyncio.create_task(self._webhook_loop())
             if self.scheduler:
                 helpers.append(asyncio.create_task(run_scheduler(self.app, self._stop)))
             keeper = LeaseKeeper(self, backend.twin(), self._heard)
@@ -283,6 +288,7 @@ class Worker:
                 keeper.stop()
                 await asyncio.to_thread(keeper.join)
                 await self._report_last(backend)
+                await self._end_webhooks(webhooks)
         finally:
             if self._pool is not None:
                 await self._pool.close()
@@ -815,12 +821,33 @@ class Worker:
         sender = Sender(backend)
         delivering = _Step("webhook delivery")
         try:
-            while not self._closing:
-                await asyncio.sleep(random.uniform(0.5, 1.0))
+            # a burst worker's loop runs on through the shutdown, until ``_end_webhooks`` says
+            while not self._last_webhooks.is_set() and (self.burst or not self._closing):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(random.uniform(0.5, 1.0)):
+                        await self._last_webhooks.wait()
                 with delivering.logged():
                     await sender.poll(time.time())
+            if self._last_webhooks.is_set():
+                with delivering.logged():
+                    await sender.settle(time.time())
         finally:
             await sender.aclose()
+
+    async def _end_webhooks(self, loop: asyncio.Task[None]) -> None:
+        """Stop the webhook loop. A ``--burst`` worker that ran out of work first sends what its
+        jobs owe (their last outcomes are recorded by now), one attempt each, within
+        ``LAST_WEBHOOKS_BOUND``: it often runs alone, from cron, and nothing else would send them
+        until another worker starts. A failed attempt is retried by the next worker."""
+        if self.burst and self.exit_code == 0 and not loop.done():
+            self._last_webhooks.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LAST_WEBHOOKS_BOUND):
+                    await asyncio.shield(loop)
+            if not loop.done():
+                log.warning("worker %s: webhooks still being sent after %g s are left to the next worker",
+                            self.id, LAST_WEBHOOKS_BOUND)
+        await cancel_within([loop], SHUTDOWN_BOUND)
 
     # -- shutdown -------------------------------------------------------------------------
     async def _drain(self) -> None:
