@@ -225,3 +225,32 @@ async def test_wait__own_heartbeats_and_progress__do_not_end_it__own_enqueue_doe
         assert time.monotonic() - started < 0.5
     finally:
         await backend.close()
+
+
+async def test_wait_for_work__quiet_for_a_second__looks_every_10_ms_not_2(tmp_path, monkeypatch):
+    """An idle worker looked at ``data_version`` every 2 ms (4-7 % of a core, all day long):
+    once it has leased nothing for a second it looks every 10 ms; a lease makes it quick again."""
+    import conveyor.backends.sqlite.backend as engine
+
+    backend = SQLiteBackend(f"sqlite:///{tmp_path}/quiet.db")
+    await backend.open()
+    looks: list[str] = []
+    backend._connection().set_trace_callback(lambda sql: looks.append(sql) if "data_version" in sql else None)
+
+    async def looks_in(seconds: float) -> int:
+        looks.clear()
+        await backend.wait_for_work(["default"], seconds)
+        return len(looks)
+
+    try:
+        monkeypatch.setattr(engine, "QUIET_AFTER", 0.3)
+        busy = await looks_in(0.2)  # just opened: as after a lease
+        time.sleep(0.3)
+        quiet = await looks_in(0.2)
+        assert busy >= 30 and quiet <= 22, (busy, quiet)
+        job = Job(id=uuid7(), task="t", queue="default", created_at=time.time())
+        await backend.enqueue([job])
+        assert len(await backend.claim(["default"], 1, "w", time.time())) == 1
+        assert await looks_in(0.2) >= 30
+    finally:
+        await backend.close()
