@@ -199,6 +199,8 @@ class Worker:
         self._closing = False
         #: Set when a ``--burst`` worker is done: its webhook loop sends what is due, then ends.
         self._last_webhooks = asyncio.Event()
+        #: A ``--burst`` worker found no more work (not stopped by a signal: that stop stays quick).
+        self._ran_out = False
         self._slot_free = asyncio.Event()
         self._loop_tick = time.monotonic()
         self._backend: Backend | None = backend  #: opened by ``run`` unless given
@@ -386,6 +388,7 @@ class Worker:
             if len(leases) < free:
                 if self.burst and not leases and not self.running:
                     if not self._reporting.waiting() and not self._returned and not await self._swept_back():
+                        self._ran_out = True
                         self.stop()
                     else:
                         await asyncio.sleep(0)  # the flush in flight lands (a SQLite claim never yields)
@@ -835,11 +838,11 @@ class Worker:
             await sender.aclose()
 
     async def _end_webhooks(self, loop: asyncio.Task[None]) -> None:
-        """Stop the webhook loop. A ``--burst`` worker that ran out of work first sends what its
-        jobs owe (their last outcomes are recorded by now), one attempt each, within
-        ``LAST_WEBHOOKS_BOUND``: it often runs alone, from cron, and nothing else would send them
-        until another worker starts. A failed attempt is retried by the next worker."""
-        if self.burst and self.exit_code == 0 and not loop.done():
+        """Stop the webhook loop. A ``--burst`` worker that ran out of work (not one stopped by a
+        signal) first sends what its jobs owe (their last outcomes are recorded by now), one
+        attempt each, within ``LAST_WEBHOOKS_BOUND``: it often runs alone, from cron, and nothing
+        else would send them until another worker starts. A failed attempt is the next worker's."""
+        if self._ran_out and self.exit_code == 0 and not loop.done():
             self._last_webhooks.set()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(LAST_WEBHOOKS_BOUND):
