@@ -168,6 +168,15 @@ def test_batch__one_bad_job__nothing_stored_and_pointers_name_each(http: httpx.C
     assert http.get("/v1/jobs").json()["items"] == []
 
 
+def test_batch__unknown_tasks_alone__the_unknown_task_problem_as_for_one_job(http: httpx.Client) -> None:
+    """A batch named its unknown tasks as a plain validation error, one job as ``unknown-task``."""
+    r = http.post("/v1/jobs/batch", json={"jobs": [{"task": "add", "args": [1, 2]}, {"task": "nope"}]})
+    assert r.status_code == 422 and r.json()["type"].endswith("/unknown-task"), r.text
+    assert r.json()["errors"] == [{"pointer": "#/jobs/1/task", "detail": "no task named 'nope'"}]
+    mixed = http.post("/v1/jobs/batch", json={"jobs": [{"task": "nope"}, {"task": "add", "args": ["x", 2]}]})
+    assert mixed.status_code == 422 and mixed.json()["type"].endswith("/validation-error"), mixed.text
+
+
 def test_batch__over_1000__422(http: httpx.Client) -> None:
     r = http.post("/v1/jobs/batch", json={"jobs": [{"task": "add", "args": [1, 2]}] * 1001})
     assert r.status_code == 422 and r.json()["errors"][0]["pointer"] == "#/jobs"

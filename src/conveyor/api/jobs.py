@@ -20,6 +20,7 @@ from conveyor.core.checks import order_by_dependencies
 from conveyor.core.errors import (
     InvalidTransition,
     JobNotFound,
+    UnknownTask,
     ValidationError,
 )
 from conveyor.core.idempotency import check_replay, key_from_header
@@ -104,14 +105,18 @@ async def submit_batch(body: SubmitBatch, st: State, request: Request) -> Respon
     now = time.time()
     jobs: list[Job] = []
     errors: list[dict[str, str]] = []
+    kinds: set[type[ValidationError]] = set()
     for i, item in enumerate(body.jobs):
         try:
             jobs.append(st.app.build_job(item.task, item.args, item.kwargs, now=now, **item.options()))
         except ValidationError as exc:
+            kinds.add(type(exc))
             for err in exc.errors or [{"pointer": "#", "detail": str(exc)}]:
                 errors.append({**err, "pointer": f"#/jobs/{i}" + err.get("pointer", "#").removeprefix("#")})
     if errors:
-        raise ValidationError(f"{len(errors)} problem(s) in the batch; no job was submitted", errors)
+        # unknown tasks alone: the problem type POST /v1/jobs gives them (a client tells them apart)
+        kind = UnknownTask if kinds == {UnknownTask} else ValidationError
+        raise kind(f"{len(errors)} problem(s) in the batch; no job was submitted", errors)
     stored = await (await st.backend()).enqueue(order_by_dependencies(jobs))
     by_id = {job.id: result for job, result in zip(order_by_dependencies(jobs), stored, strict=True)}
     out = [by_id[job.id][0] for job in jobs]
