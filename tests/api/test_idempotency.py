@@ -125,3 +125,5 @@ def test_quoted_key__the_same_key_as_bare(http: httpx.Client) -> None:
         r = http.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": bad})
         assert r.status_code == 400 and "quoted string" in r.json()["detail"], (bad, r.text)
     assert len(http.get("/v1/jobs").json()["items"]) == 1
+    longest = http.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": '"' + '\\"' * 255 + '"'})
+    assert longest.status_code == 202 and longest.json()["idempotency_key"] == '"' * 255, longest.text

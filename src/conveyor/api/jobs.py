@@ -60,8 +60,10 @@ async def find(st: ApiState, job_id: str) -> Job:
     openapi_extra={
         "requestBody": {"required": True, "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/SubmitJob"}}}},
+        # 1–255 printable ASCII characters, bare or quoted (``\"`` and ``\\`` escaped): 512 at most
         "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
+                        "description": "1–255 printable ASCII characters, bare or as a quoted string",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 512}}],
     },
 )
 async def submit(request: Request) -> Response:
