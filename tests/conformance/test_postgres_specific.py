@@ -394,3 +394,25 @@ async def test_lost_connections__fail_clearly_then_recover(pg):
     await pg.enqueue([_job()])
     await task
     assert time.monotonic() - started < 1.0
+
+
+async def test_concurrent_enqueues_share_statements__a_record_the_engine_refuses_fails_only_its_caller(pg):
+    sent: list[int] = []
+    fetch_hot = pg._fetch_hot
+
+    async def counted(name, params, **kwargs):
+        if name == "insert_jobs":
+            sent.append(params["jobs"].count('"id":'))
+        return await fetch_hot(name, params, **kwargs)
+
+    pg._fetch_hot = counted
+    good = [_job(args=[i]) for i in range(40)]
+    bad = _job(idempotency_key="nul\x00key")  # past the app's checks: PostgreSQL refuses it in a statement
+    results = await asyncio.gather(*(pg.enqueue([j]) for j in good[:20]), pg.enqueue([bad]),
+                                   *(pg.enqueue([j]) for j in good[20:]), return_exceptions=True)
+
+    assert isinstance(results[20], psycopg.errors.UntranslatableCharacter)
+    assert [r[0][0].id for i, r in enumerate(results) if i != 20] == [j.id for j in good]  # type: ignore[index]
+    assert len(await pg.get_jobs([j.id for j in good])) == 40
+    # the first caller went alone; the 40 that came meanwhile went together, then, refused, each alone
+    assert sent == [1, 40] + [1] * 40

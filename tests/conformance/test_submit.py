@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 
@@ -88,6 +89,25 @@ async def test_enqueue__idempotency_key_twice_in_one_batch__creates_one_job(back
 
     assert [created for _, created in results] == [True, False]
     assert results[0][0].id == results[1][0].id
+
+
+async def test_enqueue__many_concurrent_callers__each_gets_its_own_jobs__one_key_makes_one_job(backend, new_job):
+    # as an API server's concurrent submits arrive: engines may send them together
+    singles = [new_job(args=[i]) for i in range(40)]
+    pair = [new_job(args=[i]) for i in range(2)]
+    keyed = [new_job(idempotency_key="order-7", args=["a"]), new_job(idempotency_key="order-7", args=["b"])]
+    results = await asyncio.gather(*(backend.enqueue([j]) for j in singles[:20]), backend.enqueue(pair),
+                                   *(backend.enqueue([j]) for j in keyed), *(backend.enqueue([j]) for j in singles[20:]))
+
+    mine = [[j] for j in singles[:20]] + [pair] + [[j] for j in keyed] + [[j] for j in singles[20:]]
+    for given, got in zip(mine, results, strict=True):
+        if given[0].idempotency_key is None:
+            assert [(j.id, created) for j, created in got] == [(j.id, True) for j in given]
+    (first, first_created), (second, second_created) = results[21][0], results[22][0]
+    assert first.id == second.id and {first_created, second_created} == {True, False}
+    stored = await backend.get_jobs([j.id for j in singles + pair])
+    assert sorted(list(j.args) for j in stored) == sorted([[i] for i in range(40)] + [[0], [1]])
+    assert len((await backend.list_jobs(JobQuery(limit=100))).items) == 43
 
 
 async def test_list_jobs__newest_first_with_cursor__pages_through_everything(backend, new_job):

@@ -39,9 +39,10 @@ from conveyor.backends.base import (
     SweepReport,
     WorkerInfo,
 )
+from conveyor.backends.coalescer import Coalescer
 from conveyor.backends.postgres import enqueue
 from conveyor.backends.postgres.connection import UNAVAILABLE, AConn, parse_url
-from conveyor.backends.postgres.enqueue import TERMINAL_FAIL, StatusAndError
+from conveyor.backends.postgres.enqueue import TERMINAL_FAIL, Insert, StatusAndError
 from conveyor.backends.postgres.limits import Gate
 from conveyor.backends.postgres.rows import (
     ADAPTERS,
@@ -61,6 +62,8 @@ from conveyor.core.queues import QueueSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: what an enqueue's caller gets: each job as stored, and whether this call created it
+Enqueued = list[tuple[Job, bool]]
 
 #: Failed claims of a worker remembered for ``_hand_back_lost`` (one per retry of an outage: its
 #: backoff is capped at a few seconds); the oldest leases have expired by then anyway.
@@ -111,6 +114,9 @@ class PostgresBackend(Backend):
         #: worker id -> the ``now`` of its claims that failed without a reply: the engine may have
         #: committed them (the connection dropped after the commit). See ``_hand_back_lost``.
         self._lost_claims: dict[str, list[float]] = {}
+        #: concurrent enqueues of jobs without parents, stored together (one durable commit a batch)
+        self._inserts: Coalescer[Insert, Enqueued] = Coalescer(
+            self._insert_together, lambda insert: len(insert.jobs))
 
     # -- plumbing -----------------------------------------------------------------------
     def _unavailable(self, exc: BaseException) -> BackendUnavailable:
@@ -260,15 +266,40 @@ class PostgresBackend(Backend):
             return []
         if any(j.depends_on for j in jobs):
             return await self._run(lambda conn: self._enqueue(conn, jobs), transaction=True)
-        # No dependencies: one statement, committed durably, in one round trip. A stored job found
-        # by id or idempotency key is read by a later statement (as READ COMMITTED would in the
-        # same transaction).
+        # No dependencies: one statement, committed durably, in one round trip, shared with the
+        # callers that enqueue meanwhile (``_insert_together``).
         _, params = enqueue.insert_params(jobs, {}, {}, time.time(), self.channel)
-        rows = await self._fetch_hot("insert_jobs", params, durable=True)
+        return await self._inserts.submit(Insert(jobs, params))
+
+    async def _insert_together(self, inserts: Sequence[Insert]) -> list[Enqueued | BaseException]:
+        """Store the jobs of concurrent callers in one statement. A stored job found by id or
+        idempotency key (another caller's, maybe in the same statement) is read by a later
+        statement, as READ COMMITTED would in the same transaction. If the statement fails for
+        a reason other than an outage, each caller is sent again alone: its mistake is its own."""
+        try:
+            rows = await self._fetch_hot("insert_jobs", enqueue.inserted_together(inserts), durable=True)
+        except BackendUnavailable:
+            raise
+        except Exception:
+            if len(inserts) == 1:
+                raise
+            alone: list[Enqueued | BaseException] = []
+            for i in inserts:
+                try:
+                    alone += await self._insert_together([i])
+                except Exception as exc:
+                    alone.append(exc)
+            return alone
         inserted = {row[0]: row_to_job(row) for row in rows}
-        missing = [j for j in jobs if j.id not in inserted]
+        missing = [j for i in inserts for j in i.jobs if j.id not in inserted]
         existing = await self._run(lambda conn: self._lookup_existing(conn, missing)) if missing else {}
-        return enqueue.enqueued(jobs, inserted, existing)
+        out: list[Enqueued | BaseException] = []
+        for i in inserts:
+            try:
+                out.append(enqueue.enqueued(i.jobs, inserted, existing))
+            except BackendUnavailable as exc:
+                out.append(exc)
+        return out
 
     async def _fetch_hot(self, name: str, params: Mapping[str, Any], *, durable: bool = False) -> list[Any]:
         """One statement of the job path (claim, finish, heartbeat, insert) in one round trip.

@@ -2,12 +2,14 @@
 
 Pure functions over the batch and what the database returned: a job waits while a parent is
 pending and is cancelled if one ended badly (:func:`dependency_statuses`); a job found stored by id
-or idempotency key is returned instead of being inserted again (:func:`enqueued`).
+or idempotency key is returned instead of being inserted again (:func:`enqueued`). Concurrent
+callers' jobs without parents go in one statement (:class:`Insert`, :func:`inserted_together`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from conveyor import serialization
@@ -48,6 +50,26 @@ def insert_params(jobs: Sequence[Job], existing: Mapping[str, Job], statuses: Ma
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"job arguments must be JSON: {exc}") from exc
     return records, {"jobs": payload, "channel": channel, "notify": sorted(notify), "due": announcements(due)}
+
+
+@dataclass(slots=True)
+class Insert:
+    """One caller's jobs without parents and the ``insert_jobs`` parameters that store them."""
+
+    jobs: Sequence[Job]
+    params: dict[str, Any]
+
+
+def inserted_together(inserts: Sequence[Insert]) -> dict[str, Any]:
+    """The ``insert_jobs`` parameters that store the jobs of every one of ``inserts`` at once."""
+    if len(inserts) == 1:
+        return inserts[0].params
+    return {
+        "jobs": "[" + ",".join(i.params["jobs"][1:-1] for i in inserts) + "]",  # JSON arrays, joined
+        "channel": inserts[0].params["channel"],
+        "notify": sorted({q for i in inserts for q in i.params["notify"]}),
+        "due": list(dict.fromkeys(a for i in inserts for a in i.params["due"])),
+    }
 
 
 def enqueued(jobs: Sequence[Job], inserted: Mapping[str, Job], existing: Mapping[str, Job]) -> list[tuple[Job, bool]]:

@@ -97,6 +97,7 @@ from conveyor.backends.base import (
     SweepReport,
     WorkerInfo,
 )
+from conveyor.backends.coalescer import Coalescer
 from conveyor.backends.group_commit import GroupCommit
 from conveyor.backends.redis.kept import Kept
 from conveyor.backends.redis.packing import with_hiredis_packing
@@ -109,7 +110,7 @@ from conveyor.backends.redis.records import (
     worker_from_entry,
 )
 from conveyor.backends.redis.scripts import claim_args, finish_args, sources
-from conveyor.backends.redis.submissions import Coalescer, Enqueued, Submission, payload, sent_together
+from conveyor.backends.redis.submissions import Enqueued, Submission, payload, sent_together, sent_together_async
 from conveyor.backends.redis.url import database_refused, parse_url
 from conveyor.core.errors import BackendUnavailable, ConfigurationError, InvalidTransition
 from conveyor.core.job import Job, Status
@@ -161,7 +162,8 @@ class RedisBackend(Backend):
         self._src: dict[str, str] = {}
         self._sha: dict[str, str] = {}
         #: concurrent async enqueues, sent together
-        self._coalescer = Coalescer(self._enqueue_script)
+        self._coalescer: Coalescer[Submission, Enqueued] = Coalescer(
+            self._enqueue_batch, lambda sub: len(sub.jobs))
         #: When a rate-limited job that the last claim left queued may start (wakes ``wait_for_work``).
         self._retry_at: float | None = None
         #: What the last claim saw of its queues' schedules: (monotonic time, queues, when the first
@@ -335,6 +337,10 @@ class RedisBackend(Backend):
             return []
         now = time.time()
         return await self._coalescer.submit(Submission(jobs, payload(jobs, now), now))
+
+    async def _enqueue_batch(self, subs: Sequence[Submission]) -> list[Enqueued | BaseException]:
+        """The enqueue script for the submissions of concurrent async callers, in one call."""
+        return await sent_together_async(subs, self._enqueue_script)
 
     async def _enqueue_script(self, count: int, payload: list[str], now: float) -> list[Any]:
         reply: list[Any] = await self._run("enqueue", float_arg(now), str(count), *payload)

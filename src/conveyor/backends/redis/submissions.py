@@ -1,15 +1,14 @@
 """Enqueues as enqueue.lua takes them: one caller's jobs, several callers' sent in one call.
 
 A ``Submission`` is one caller's jobs with their flat ARGV (``payload``). Concurrent callers share
-a script call: async ones through ``Coalescer``, threads through ``GroupCommit`` and
-``sent_together``; each gets its own part of the reply (``shares``), and when one caller's
-unknown parent makes the script refuse the whole call (it writes nothing), each caller is sent
-again alone, so the mistake fails only its own caller.
+a script call: async ones through ``Coalescer`` and ``sent_together_async``, threads through
+``GroupCommit`` and ``sent_together``; each gets its own part of the reply (``shares``), and when
+one caller's unknown parent makes the script refuse the whole call (it writes nothing), each
+caller is sent again alone, so the mistake fails only its own caller.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ class Submission:
     jobs: Sequence[Job]
     payload: list[str]  #: the jobs' flat ARGV strings (see enqueue.lua)
     now: float
-    future: asyncio.Future[Enqueued] | None = None
 
 
 def payload(jobs: Sequence[Job], now: float) -> list[str]:
@@ -117,76 +115,20 @@ def sent_together(subs: Sequence[Submission],
     return out
 
 
-class Coalescer:
-    """Async enqueues, one script call at a time: calls that arrive while another is in flight
-    wait, and are sent together after it (at most about 1000 jobs a call)."""
-
-    def __init__(self, script: Callable[[int, list[str], float], Awaitable[list[Any]]]) -> None:
-        self._script = script  #: count, payload, now → the enqueue script's reply
-        self._busy = False
-        self._waiting: list[Submission] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def submit(self, sub: Submission) -> Enqueued:
-        """``sub``'s jobs as stored (sent now, or with the others waiting once the call in flight ends)."""
-        if self._busy:
-            sub.future = asyncio.get_running_loop().create_future()
-            self._waiting.append(sub)
-            return await sub.future
-        self._busy = True
+async def sent_together_async(subs: Sequence[Submission],
+                              script: Callable[[int, list[str], float], Awaitable[list[Any]]]
+                              ) -> list[Enqueued | BaseException]:
+    """``sent_together`` for concurrent async callers (``Coalescer``): ``script`` is awaited."""
+    if len(subs) == 1:
+        sub = subs[0]
+        return [checked(sub, await script(len(sub.jobs), sub.payload, sub.now))]
+    parts = shares(subs, await script(*joined(subs)))
+    if parts is not None:
+        return list(parts)
+    out: list[Enqueued | BaseException] = []
+    for sub in subs:  # someone's unknown parent (nothing was written): each caller alone
         try:
-            return await self._one(sub)
-        finally:
-            if self._waiting:
-                self._task = asyncio.create_task(self._coalesced())
-            else:
-                self._busy = False
-
-    async def _one(self, sub: Submission) -> Enqueued:
-        return checked(sub, await self._script(len(sub.jobs), sub.payload, sub.now))
-
-    async def _coalesced(self) -> None:
-        try:
-            while self._waiting:
-                batch: list[Submission] = []
-                size = 0
-                while self._waiting and size < 1000:
-                    sub = self._waiting.pop(0)
-                    batch.append(sub)
-                    size += len(sub.jobs)
-                try:
-                    parts = shares(batch, await self._script(*joined(batch)))
-                    if parts is None:  # someone's mistake: run each caller alone
-                        for sub in batch:
-                            _settle(sub, self._one(sub))
-                        continue
-                    for sub, mine in zip(batch, parts, strict=True):
-                        if sub.future is not None and not sub.future.done():
-                            sub.future.set_result(mine)
-                except Exception as exc:
-                    for sub in batch:
-                        if sub.future is not None and not sub.future.done():
-                            sub.future.set_exception(exc)
-        finally:
-            self._busy = False
-
-
-def _settle(sub: Submission, coro: Awaitable[Enqueued]) -> None:
-    """Run ``coro`` for a waiting caller and hand it the result or the exception."""
-
-    async def run() -> None:
-        fut = sub.future
-        try:
-            result = await coro
+            out.append(checked(sub, await script(len(sub.jobs), sub.payload, sub.now)))
         except Exception as exc:
-            if fut is not None and not fut.done():
-                fut.set_exception(exc)
-            return
-        if fut is not None and not fut.done():
-            fut.set_result(result)
-
-    _BACKGROUND.add(task := asyncio.ensure_future(run()))
-    task.add_done_callback(_BACKGROUND.discard)
-
-
-_BACKGROUND: set[asyncio.Future[None]] = set()
+            out.append(exc)
+    return out
