@@ -16,7 +16,7 @@ import pytest
 from conveyor.core.job import Job
 from conveyor.serialization import from_rfc3339
 from conveyor.webhooks import message_id, payload
-from conveyor.worker.worker import run_worker
+from conveyor.worker.run import run_worker
 from tests.api.conftest import Server, WorkerThread, free_port, make_app, wait_for
 
 KEY = b"0123456789abcdef0123456789abcdef"

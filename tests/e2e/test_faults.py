@@ -35,7 +35,8 @@ from conveyor.backends.redis import RedisBackend
 from conveyor.core.errors import BackendUnavailable
 from conveyor.core.ids import uuid7
 from conveyor.core.job import Job, Status
-from conveyor.worker.worker import EXIT_STALLED, SHUTDOWN_BOUND, Worker
+from conveyor.worker.stopping import SHUTDOWN_BOUND
+from conveyor.worker.worker import EXIT_STALLED, Worker
 from tests.api.conftest import free_port
 from tests.e2e import jobs_app
 from tests.e2e.conftest import Env, wait_for

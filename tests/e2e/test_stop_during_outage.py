@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conveyor.core.job import Status
-from conveyor.worker.worker import SHUTDOWN_BOUND
+from conveyor.worker.stopping import SHUTDOWN_BOUND
 from tests.e2e import test_faults
 from tests.e2e.conftest import wait_for
 from tests.e2e.jobs_app import recorded

@@ -9,7 +9,8 @@ from pathlib import Path
 from conveyor import Context, Conveyor
 from conveyor.backends.base import Lease
 from conveyor.core.job import Status
-from conveyor.worker.worker import Worker, cancel_within
+from conveyor.worker.stopping import cancel_within
+from conveyor.worker.worker import Worker
 
 
 async def query_on_a_silent_server() -> None:

@@ -13,7 +13,8 @@ from conveyor import metrics
 from conveyor.cli import argtypes
 from conveyor.cli.common import add_common, add_log_level, app_spec, configure_logging, load
 from conveyor.cli.errors import Stopped
-from conveyor.worker.worker import Worker, left_running, run_in_process
+from conveyor.worker.run import left_running, run_in_process
+from conveyor.worker.worker import Worker
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

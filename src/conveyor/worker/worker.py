@@ -1,9 +1,10 @@
-"""The worker: lease one job per free slot, run it, report, and keep the system healthy.
+"""The worker: lease one job per free slot, run it, report its outcome, keep its lease.
 
 Concurrency lives in one event loop: a claim loop (claims only for free slots; no hidden
 prefetch), a flush loop (the ``Reporter`` writes outcomes and progress in batches), a heartbeat loop
-(extends leases, learns of cancels and lost leases), a watchdog (exits when the claim loop stalls) and
-a housekeeping loop (sweeps expired leases, retention and old records; sends webhooks).
+(extends leases, learns of cancels and lost leases), a watchdog (exits when the claim loop stalls),
+and the loops of ``Housekeeping`` (sweeps, queue settings, webhooks). ``run.py`` runs a worker in a
+process; ``stopping.py`` bounds each step of its stop.
 Job state lives in the backend, never here: a worker killed at any point loses nothing.
 """
 
@@ -16,11 +17,10 @@ import os
 import random
 import signal
 import socket
-import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from conveyor import metrics
@@ -35,18 +35,13 @@ from conveyor.core.job import Job, Status, error_info
 from conveyor.core.task import Task
 from conveyor.scheduler import run_scheduler
 from conveyor.worker.execute import decide, execute, time_limit
+from conveyor.worker.housekeeping import Housekeeping, sweep
 from conveyor.worker.lease_keeper import LeaseKeeper
-from conveyor.worker.pools import LEFT_BEHIND, Call, Pool, ThreadPool
+from conveyor.worker.pools import Call, Pool, ThreadPool
 from conveyor.worker.reporter import Reporter
+from conveyor.worker.stopping import SHUTDOWN_BOUND, cancel_within
 
 log = logging.getLogger(__name__)
-
-#: Seconds each step of a shutdown may wait on the engine (see ``Worker._claim_until_stopped``).
-SHUTDOWN_BOUND = 5.0
-#: Seconds a ``--burst`` worker gives the webhooks its jobs owe before it exits (one attempt each).
-LAST_WEBHOOKS_BOUND = 30.0
-#: Seconds a cancelled task gets before it is cancelled again (``cancel_within``).
-RECANCEL_AFTER = 0.5
 
 #: Exit code of a worker whose claim loop stalled (a supervisor should restart it).
 EXIT_STALLED = 70
@@ -197,8 +192,6 @@ class Worker:
         #: Set at shutdown, as the helper loops are cancelled: each also ends at its next turn,
         #: so a cancel swallowed below them (a race in asyncio or a client library) cannot hang it.
         self._closing = False
-        #: Set when a ``--burst`` worker is done: its webhook loop sends what is due, then ends.
-        self._last_webhooks = asyncio.Event()
         #: A ``--burst`` worker found no more work (not stopped by a signal: that stop stays quick).
         self._ran_out = False
         self._slot_free = asyncio.Event()
@@ -267,14 +260,16 @@ class Worker:
                 self.concurrency,
                 self.pool_kind,
             )
+            housekeeping = Housekeeping(backend, self.id, burst=self.burst,
+                                        refresh_queue_settings=self._refresh_queue_settings)
             helpers = [
                 asyncio.create_task(c)
                 for c in (
                     self._reporting.flush_loop(backend), self._heartbeat_loop(), self._watchdog_loop(),
-                    self._housekeeping_loop(),
+                    housekeeping.sweep_loop(),
                 )
             ]
-            webhooks = asyncio.create_task(self._webhook_loop())
+            webhooks = asyncio.create_task(housekeeping.webhook_loop())
             if self.scheduler:
                 helpers.append(asyncio.create_task(run_scheduler(self.app, self._stop)))
             keeper = LeaseKeeper(self, backend.twin(), self._heard)
@@ -286,11 +281,12 @@ class Worker:
             finally:
                 self._closing = True
                 self._reporting.close()
+                housekeeping.close()
                 await cancel_within(helpers, SHUTDOWN_BOUND)
                 keeper.stop()
                 await asyncio.to_thread(keeper.join)
                 await self._report_last(backend)
-                await self._end_webhooks(webhooks)
+                await housekeeping.end_webhooks(webhooks, send_owed=self._ran_out and self.exit_code == 0)
         finally:
             if self._pool is not None:
                 await self._pool.close()
@@ -420,11 +416,9 @@ class Worker:
         finishes them before it stops, as any live worker would put them back."""
         assert self._backend is not None
         try:
-            report = await self._backend.sweep(time.time())
+            report = await sweep(self._backend)
         except BackendUnavailable:
             return False
-        if report.total:
-            log.info("housekeeping: %s", report)
         return report.requeued > 0
 
     async def _wait_for_work(self, free: int) -> bool:
@@ -722,7 +716,7 @@ class Worker:
         elif any(r.lease.job.id == job_id and r.lease.token == token for r, _, _ in self._returned):
             self._reported.setdefault((job_id, token), reported)  # returned, outcome not decided yet: it takes it
 
-    # -- heartbeats and housekeeping ------------------------------------------------------
+    # -- heartbeats and the watchdog ------------------------------------------------------
     async def _watchdog_loop(self) -> None:
         """Exit once the claim loop stalled for ``stall_timeout``. A loop of its own: behind a
         heartbeat that waits on a silent engine (up to 10 s) the stall was noticed that late."""
@@ -801,57 +795,6 @@ class Worker:
                     "visibility timeout leases expire); async tasks that ran meanwhile: %s. Blocking code in an async "
                     "task belongs in asyncio.to_thread() or a sync task", self.id, late, ", ".join(tasks) or "none")
 
-    async def _housekeeping_loop(self) -> None:
-        backend = self._backend
-        assert backend is not None
-        sweeping, refreshing = _Step("housekeeping"), _Step("refreshing queue settings")
-        while not self._closing:
-            await asyncio.sleep(random.uniform(0.5, 1.0))  # jitter: workers don't sweep in lockstep
-            with sweeping.logged():
-                report = await backend.sweep(time.time())
-                if report.total:
-                    log.info("housekeeping: %s", report)
-            with refreshing.logged():
-                await self._refresh_queue_settings()
-
-    async def _webhook_loop(self) -> None:
-        """Send due webhooks; a loop of its own, so that slow endpoints (up to 15 s an attempt)
-        never hold up the sweep that puts a dead worker's jobs back."""
-        backend = self._backend
-        assert backend is not None
-        from conveyor.webhooks import Sender
-
-        sender = Sender(backend)
-        delivering = _Step("webhook delivery")
-        try:
-            # a burst worker's loop runs on through the shutdown, until ``_end_webhooks`` says
-            while not self._last_webhooks.is_set() and (self.burst or not self._closing):
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(random.uniform(0.5, 1.0)):
-                        await self._last_webhooks.wait()
-                with delivering.logged():
-                    await sender.poll(time.time())
-            if self._last_webhooks.is_set():
-                with delivering.logged():
-                    await sender.settle(time.time())
-        finally:
-            await sender.aclose()
-
-    async def _end_webhooks(self, loop: asyncio.Task[None]) -> None:
-        """Stop the webhook loop. A ``--burst`` worker that ran out of work (not one stopped by a
-        signal) first sends what its jobs owe (their last outcomes are recorded by now), one
-        attempt each, within ``LAST_WEBHOOKS_BOUND``: it often runs alone, from cron, and nothing
-        else would send them until another worker starts. A failed attempt is the next worker's."""
-        if self._ran_out and self.exit_code == 0 and not loop.done():
-            self._last_webhooks.set()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(LAST_WEBHOOKS_BOUND):
-                    await asyncio.shield(loop)
-            if not loop.done():
-                log.warning("worker %s: webhooks still being sent after %g s are left to the next worker",
-                            self.id, LAST_WEBHOOKS_BOUND)
-        await cancel_within([loop], SHUTDOWN_BOUND)
-
     # -- shutdown -------------------------------------------------------------------------
     async def _drain(self) -> None:
         """Give the running jobs ``grace`` seconds, then hand back the rest; ``hurry`` cuts it short."""
@@ -906,82 +849,4 @@ class Worker:
             self._max_deliveries[name] = (await self._backend.queue_settings(name)).max_deliveries
 
 
-class _Step:
-    """A background step repeated about once a second, whose failures are logged while its loop
-    goes on: a bug with its traceback; an outage in one line when it starts and one when the step
-    works again (the claim loop reports outages as they last)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.down = False
-
-    @contextlib.contextmanager
-    def logged(self) -> Iterator[None]:
-        try:
-            yield
-        except BackendUnavailable as exc:
-            if not self.down:
-                log.warning("%s failed: %s (said once until it works again)", self.name, exc)
-            self.down = True
-            return
-        except Exception:
-            log.exception("%s failed", self.name)
-            return
-        if self.down:
-            self.down = False
-            log.info("%s works again", self.name)
-
-
-async def cancel_within(tasks: Collection[asyncio.Task[Any]], bound: float) -> None:
-    """Cancel ``tasks`` and wait ``bound`` seconds at most for them to end, cancelling again every
-    ``RECANCEL_AFTER`` seconds; their exceptions are taken (a stop has no use for them).
-
-    Again, because psycopg answers a first cancel by asking the server to cancel the query (5 s)
-    and then waiting for it to end (5 s more), and a second cancel by closing the connection at
-    once: against a silent engine one cancel would hold a stop 10 s per call."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + bound
-    pending = {t for t in tasks if not t.done()}
-    while pending and (left := deadline - loop.time()) > 0:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=min(RECANCEL_AFTER, left))
-    for task in tasks:
-        if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
-            log.debug("%s ended with %r as the worker stopped", task.get_name(), exc)
-
-
-def run_worker(app: Conveyor, **options: Any) -> int:
-    """Run a worker (``Worker(app, **options)``) in this process until it stops; its exit code."""
-    return run_in_process(Worker(app, **options))
-
-
-def run_in_process(worker: Worker) -> int:
-    """Run ``worker`` in this process, on an event loop of its own, until it stops; its exit code.
-
-    Not ``asyncio.run``: at its end it waits for every task it cancels, and a job coroutine that
-    swallows its cancel would hold the stop for as long as it likes. Here the leftovers get
-    ``SHUTDOWN_BOUND`` seconds; what is still running then is left to the process's exit (see
-    ``left_running``), its job settled or handed back already."""
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(worker.run())
-    finally:
-        pending = asyncio.all_tasks(loop)
-        loop.run_until_complete(cancel_within(pending, SHUTDOWN_BOUND))
-        if all(task.done() for task in pending):
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-        else:
-            LEFT_BEHIND.update(task for task in pending if not task.done())
-            log.warning("%d job coroutine(s) ignored their cancel; the process exits without them", len(LEFT_BEHIND))
-
-
-def left_running() -> bool:
-    """Whether job code the worker gave up on still runs (a thread past its time limit, a
-    coroutine that ignored its cancel): the process must then exit without waiting for it."""
-    threads = any(t.name.startswith("conveyor-job") and t.is_alive() for t in threading.enumerate())
-    return threads or any(not t.done() for t in LEFT_BEHIND)
-
-
-__all__ = ["EXIT_STALLED", "Worker", "left_running", "run_in_process", "run_worker"]
+__all__ = ["EXIT_STALLED", "Worker"]
