@@ -1,8 +1,9 @@
 """The HTTP API's benchmark: submits per second (single and batch) and submit-to-start latency.
 
-    .venv/bin/python -m bench.http [--runs 3]      # needs `wrk` (Debian package) for single submits
+    .venv/bin/python -m bench.http [--runs 3] [--url redis://127.0.0.1:6379/0]   # needs `wrk` (Debian)
 
-One `conveyor server` process on SQLite (a fresh file per run). Single submits: `wrk` with 16
+One `conveyor server` process, on SQLite (a fresh file per run) or on ``--url`` (a fresh key
+prefix or schema per run, dropped afterwards). Single submits: `wrk` with 16
 keep-alive connections POSTs one job per request for 5 s. Batch: 20 requests of 1,000 jobs
 from one httpx client. Latency: with one idle worker, 200 jobs submitted one at a time;
 latency is started_at − created_at from the job records (both stamped on this machine).
@@ -26,6 +27,7 @@ from pathlib import Path
 import httpx
 
 from bench import CHILD_PYTHONPATH
+from bench.bench import client, drop, fresh_url
 
 POST_LUA = """wrk.method = "POST"
 wrk.body = '{"task": "noop"}'
@@ -65,8 +67,15 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
-def one_run() -> tuple[float, float, float, float]:
-    url = f"sqlite:///{tempfile.mkdtemp(prefix='conveyor-http-')}/bench.db"
+def one_run(base_url: str, run: int) -> tuple[float, float, float, float]:
+    url = fresh_url(base_url, run)
+    try:
+        return measure(url)
+    finally:
+        drop(client(url))
+
+
+def measure(url: str) -> tuple[float, float, float, float]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = start(["server", "--port", str(port), "--log-level", "WARNING"], url)
@@ -119,17 +128,19 @@ def _ms(stamp: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--url", default="sqlite:///bench.db", help="the engine (a fresh store per run)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench.http: needs `wrk` for the single submits (Debian: apt-get install wrk)")
     rows = []
     for run in range(args.runs):
-        row = one_run()
+        row = one_run(args.url, run)
         rows.append(row)
         print(f"run {run + 1}: single {row[0]:,.0f} submits/s, batch {row[1]:,.0f} jobs/s, "
               f"submit-to-start p50 {row[2]:.2f} ms p99 {row[3]:.2f} ms", flush=True)
     med = [statistics.median(col) for col in zip(*rows, strict=True)]
-    print(f"\nmedian of {args.runs} (one server process, SQLite):")
+    engine = args.url.split(":", 1)[0]
+    print(f"\nmedian of {args.runs} (one server process, {engine}):")
     print("| single submits (16 keep-alive connections) | batch submits | submit-to-start p50 / p99 |")
     print("|---|---|---|")
     print(f"| {med[0]:,.0f} /s | {med[1]:,.0f} jobs/s | {med[2]:.2f} / {med[3]:.2f} ms |")
