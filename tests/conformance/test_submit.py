@@ -97,7 +97,8 @@ async def test_enqueue__many_concurrent_callers__each_gets_its_own_jobs__one_key
     pair = [new_job(args=[i]) for i in range(2)]
     keyed = [new_job(idempotency_key="order-7", args=["a"]), new_job(idempotency_key="order-7", args=["b"])]
     results = await asyncio.gather(*(backend.enqueue([j]) for j in singles[:20]), backend.enqueue(pair),
-                                   *(backend.enqueue([j]) for j in keyed), *(backend.enqueue([j]) for j in singles[20:]))
+                                   *(backend.enqueue([j]) for j in keyed),
+                                   *(backend.enqueue([j]) for j in singles[20:]))
 
     mine = [[j] for j in singles[:20]] + [pair] + [[j] for j in keyed] + [[j] for j in singles[20:]]
     for given, got in zip(mine, results, strict=True):
