@@ -416,3 +416,65 @@ async def test_concurrent_enqueues_share_statements__a_record_the_engine_refuses
     assert len(await pg.get_jobs([j.id for j in good])) == 40
     # the first caller went alone; the 40 that came meanwhile went together, then, refused, each alone
     assert sent == [1, 40] + [1] * 40
+
+
+def test_sync_enqueues_of_many_threads__share_statements__each_thread_gets_its_own_outcome(monkeypatch):
+    """A threaded web app's ``enqueue`` calls: each thread has a loop and a pool of its own, so
+    before, each paid its own durable commit and the threads fought over the GIL."""
+    import threading
+
+    from conveyor import Conveyor
+
+    sent: list[int] = []
+    fetch_hot = PostgresBackend._fetch_hot
+
+    async def counted(self, name, params, **kwargs):
+        if name == "insert_jobs":
+            sent.append(params["jobs"].count('"id":'))
+        return await fetch_hot(self, name, params, **kwargs)
+
+    monkeypatch.setattr(PostgresBackend, "_fetch_hot", counted)
+    app = Conveyor(f"{DSN}?schema=pgthreads_{uuid.uuid4().hex[:12]}")
+
+    @app.task()
+    def noop(ctx, n: int) -> None:
+        pass
+
+    outcomes: dict[int, list[object]] = {}
+    start = threading.Barrier(8)
+
+    def submit(t: int) -> None:
+        start.wait(5)
+        mine: list[object] = []
+        for i in range(30):
+            try:
+                depends = [str(uuid7())] if (t, i) == (3, 10) else []  # one thread's mistake: a parent nobody made
+                key = "same-order" if i == 20 else None
+                mine.append(noop.enqueue(t * 100 + i, depends_on=depends, key=key))
+            except Exception as exc:
+                mine.append(exc)
+        outcomes[t] = mine
+
+    threads = [threading.Thread(target=submit, args=(t,)) for t in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+            assert not thread.is_alive()
+        mistakes = [o for t in outcomes for o in outcomes[t] if isinstance(o, Exception)]
+        assert [type(m).__name__ for m in mistakes] == ["ValidationError"]  # only that call failed
+        handles = {t: [o for o in outcomes[t] if not isinstance(o, Exception)] for t in outcomes}
+        keyed = {h[20].id for t, h in handles.items() if t != 3} | {handles[3][19].id}
+        assert len(keyed) == 1  # one key, one job, whichever thread came first
+        others = [h.id for t in handles for h in handles[t] if h.id not in keyed]  # type: ignore[attr-defined]
+        assert len(set(others)) == len(others) == 8 * 29 - 1
+        assert sum(sent) == 8 * 30 - 1 and len(sent) < 8 * 30 - 1  # threads that met shared a statement
+        jobs = [app.get_job(i) for i in others]
+        assert all(j is not None and j.status == "queued" for j in jobs)
+    finally:
+        async def drop() -> None:
+            await (await app.backend()).drop()
+
+        app.portal.call(drop())
+        app.close()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from conveyor.backends import create_backend, resolve_url
+from conveyor.backends.group_commit import GroupCommit
 from conveyor.core import checks
 from conveyor.core.errors import (
     ConfigurationError,
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 #: One job to enqueue: task, args, kwargs, options.
 Submission = tuple["Task | str", Sequence[Any], Mapping[str, Any], Mapping[str, Any]]
+#: what an enqueue of jobs gets from the engine: each job as stored, and whether this call created it
+Enqueued = list[tuple[Job, bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,8 @@ class Conveyor:
         #: the backend of sync enqueues (``enqueue_blocking``); False once known to have none
         self._blocking: Backend | Literal[False] | None = None
         self._blocking_lock = threading.Lock()
+        #: sync enqueues of concurrent threads on an engine with no blocking client, run together
+        self._thread_enqueues: GroupCommit[Sequence[Job], Enqueued] = GroupCommit(self._enqueue_together, size=len)
         _APPS.add(self)
 
     def _forked(self) -> None:
@@ -338,12 +343,23 @@ class Conveyor:
 
     def enqueue_many(self, submissions: Sequence[Submission]) -> list[JobHandle]:
         """Submit many jobs in one round trip (sync)."""
-        blocking = self._blocking_backend()
-        if blocking is None or blocking.enqueue_blocking is None:
-            return self.portal.call(self.enqueue_many_async(submissions))
         jobs = self._build_jobs(submissions)
         ordered = checks.order_by_dependencies(jobs)
+        blocking = self._blocking_backend()
+        if blocking is None or blocking.enqueue_blocking is None:
+            return self._handles(jobs, ordered, self._thread_enqueues.submit(ordered))
         return self._handles(jobs, ordered, blocking.enqueue_blocking(ordered))
+
+    def _enqueue_together(self, batches: Sequence[Sequence[Job]]) -> list[Enqueued | BaseException]:
+        """The sync enqueues of concurrent threads, run by one of them on its loop at once (so the
+        engine's own coalescing sends them together): each thread's outcome."""
+        return self.portal.call(self._enqueue_each(batches))
+
+    async def _enqueue_each(self, batches: Sequence[Sequence[Job]]) -> list[Enqueued | BaseException]:
+        backend = await self.backend()
+        if len(batches) == 1:  # a lone caller: no task for it
+            return [await backend.enqueue(batches[0])]
+        return list(await asyncio.gather(*(backend.enqueue(jobs) for jobs in batches), return_exceptions=True))
 
     async def enqueue_many_async(self, submissions: Sequence[Submission]) -> list[JobHandle]:
         """Submit many jobs atomically in one round trip."""
