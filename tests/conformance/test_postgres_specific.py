@@ -371,6 +371,7 @@ async def test_unreachable_server__is_backend_unavailable_with_one_line():
 
 async def test_lost_connections__fail_clearly_then_recover(pg):
     await pg.enqueue([_job()])
+    await pg.claim(["default"], 1, "w", time.time())  # a worker's backend: it listens from its first claim
     async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as admin:
         cur = await admin.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
@@ -478,3 +479,38 @@ def test_sync_enqueues_of_many_threads__share_statements__each_thread_gets_its_o
 
         app.portal.call(drop())
         app.close()
+
+
+async def test_a_process_that_only_enqueues_listens_to_nothing__its_first_claim_starts_listening(pg):
+    """A web app's every thread has a backend of its own: each listening connection took one of
+    the server's max_connections and was sent every job's notification."""
+    async def listening() -> int:
+        async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as conn:
+            cur = await conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                                     "AND query LIKE 'LISTEN%%'", (pg.application_name,))
+            row = await cur.fetchone()
+            assert row is not None
+            return int(row[0])
+
+    for i in range(5):
+        await pg.enqueue([_job(args=[i])])
+    assert await listening() == 0
+
+    leases = await pg.claim(["default"], 1, "w", time.time())
+    assert len(leases) == 1
+    assert await listening() == 1
+    waiting = asyncio.ensure_future(pg.wait_for_work(["other"], 5.0))
+    await asyncio.sleep(0.05)
+    t0 = time.monotonic()
+    await pg_enqueue_elsewhere(pg.schema, _job(queue="other"))
+    await asyncio.wait_for(waiting, 2.0)
+    assert time.monotonic() - t0 < 1.0  # woken by the notification, not the timeout
+
+
+async def pg_enqueue_elsewhere(schema: str, job: Job) -> None:
+    other = PostgresBackend(f"{DSN}?schema={schema}")
+    await other.open()
+    try:
+        await other.enqueue([job])
+    finally:
+        await other.close()

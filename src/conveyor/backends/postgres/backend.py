@@ -218,8 +218,12 @@ class PostgresBackend(Backend):
             self._pool = None
             await pool.close()
             raise
-        # The listener starts with the backend, so that no notification sent after open() is
-        # missed by a later wait_for_work().
+
+    async def _start_listening(self) -> None:
+        """Start the listener, before this process's first claim: a notification sent after a
+        claim then reaches the next wait. Not at open: a process that only enqueues (a web app,
+        each thread of it with a backend of its own) holds no listening connection, and is not
+        sent every job's notification by PostgreSQL."""
         self._listener = Listener(self.conninfo, self.channel, self.due_channel, self.application_name)
         self._listener.start()
         with contextlib.suppress(TimeoutError):
@@ -387,6 +391,8 @@ class PostgresBackend(Backend):
         names = list(dict.fromkeys(queues))
         if limit <= 0 or not names:
             return []
+        if self._listener is None:
+            await self._start_listening()
         params = self._claim_params(names, limit, worker_id, now)
         await self._hand_back_lost(worker_id)
         try:
@@ -447,6 +453,8 @@ class PostgresBackend(Backend):
         names = list(dict.fromkeys(queues))
         if not outcomes or limit <= 0 or not names:
             return await super().finish_and_claim(outcomes, queues, limit, worker_id, now)
+        if self._listener is None:
+            await self._start_listening()
         finish_params = self._finish_params(outcomes, now)
         claim_params = self._claim_params(names, limit, worker_id, now)
         await self._hand_back_lost(worker_id)
@@ -571,10 +579,10 @@ class PostgresBackend(Backend):
         if self._pool is None:
             raise BackendUnavailable("the PostgreSQL backend is not open")
         key = frozenset(queues)
+        if self._listener is None:
+            await self._start_listening()
         listener = self._listener
-        if listener is None:
-            listener = self._listener = Listener(self.conninfo, self.channel, self.due_channel,
-                                                 self.application_name)
+        assert listener is not None
         listener.start()  # (re)starts a listener task that is not running
         mark = self._marks.get(key, 0)
         end = time.time() + timeout
