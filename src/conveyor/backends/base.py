@@ -31,6 +31,9 @@ from conveyor.core.errors import QueueNotFound
 from conveyor.core.job import Job, Status
 from conveyor.core.queues import QueueSettings
 
+#: what an enqueue's caller gets: each job as stored, and whether this call created it
+Enqueued = list[tuple[Job, bool]]
+
 
 @dataclass(frozen=True, slots=True)
 class Lease:

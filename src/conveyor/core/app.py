@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from conveyor.backends import create_backend, resolve_url
+from conveyor.backends.base import Enqueued
 from conveyor.backends.group_commit import GroupCommit
 from conveyor.core import checks
 from conveyor.core.errors import (
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 #: One job to enqueue: task, args, kwargs, options.
 Submission = tuple["Task | str", Sequence[Any], Mapping[str, Any], Mapping[str, Any]]
-#: what an enqueue of jobs gets from the engine: each job as stored, and whether this call created it
-Enqueued = list[tuple[Job, bool]]
 
 
 @dataclass(frozen=True, slots=True)

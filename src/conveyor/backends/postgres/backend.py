@@ -30,6 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 from conveyor import serialization
 from conveyor.backends.base import (
     Backend,
+    Enqueued,
     HeartbeatReply,
     JobQuery,
     Lease,
@@ -62,8 +63,6 @@ from conveyor.core.queues import QueueSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-#: what an enqueue's caller gets: each job as stored, and whether this call created it
-Enqueued = list[tuple[Job, bool]]
 
 #: Failed claims of a worker remembered for ``_hand_back_lost`` (one per retry of an outage: its
 #: backoff is capped at a few seconds); the oldest leases have expired by then anyway.

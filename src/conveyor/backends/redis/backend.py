@@ -88,6 +88,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from conveyor.backends import cursors
 from conveyor.backends.base import (
     Backend,
+    Enqueued,
     HeartbeatReply,
     JobQuery,
     Lease,
@@ -110,7 +111,7 @@ from conveyor.backends.redis.records import (
     worker_from_entry,
 )
 from conveyor.backends.redis.scripts import claim_args, finish_args, sources
-from conveyor.backends.redis.submissions import Enqueued, Submission, payload, sent_together, sent_together_async
+from conveyor.backends.redis.submissions import Submission, payload, sent_together, sent_together_async
 from conveyor.backends.redis.url import database_refused, parse_url
 from conveyor.core.errors import BackendUnavailable, ConfigurationError, InvalidTransition
 from conveyor.core.job import Job, Status

@@ -14,13 +14,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from conveyor.backends.base import Enqueued
 from conveyor.backends.redis.records import float_arg, job_from_hash, record_fields
 from conveyor.core.errors import ValidationError
 from conveyor.core.job import Job, Status
 from conveyor.serialization import loads
-
-#: what a caller gets: each job as stored, and whether this call created it
-Enqueued = list[tuple[Job, bool]]
 
 
 @dataclass(slots=True)
